@@ -1,0 +1,74 @@
+//! The REST side of Switchyard: orders, status, assignment, payments, revenue.
+//!
+//! Every change is committed together with its events (the store's outbox); the
+//! [`relay`] publishes them to the bus in order.
+//!
+//! # Layout
+//! - [`error`]: the error policy — every status code and JSON body in one table.
+//! - [`extract`]: the bearer-token caller and JSON bodies with JSON rejections.
+//! - [`orders`], [`payments`]: the handlers.
+//! - [`relay`]: outbox → bus.
+
+pub mod error;
+pub mod extract;
+pub mod orders;
+pub mod payments;
+pub mod relay;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use error::ApiError;
+use std::sync::Arc;
+use switchyard_auth::Verifier;
+use switchyard_store::Store;
+
+/// Limits of the REST API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body, bytes. Larger → 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub verifier: Arc<Verifier>,
+}
+
+/// The `/api` routes.
+pub fn router(state: ApiState, config: &ApiConfig) -> Router {
+    let api = Router::new()
+        .route("/orders", post(orders::create).get(orders::list))
+        .route("/orders/{id}", get(orders::get))
+        .route("/orders/{id}/status", post(orders::set_status))
+        .route("/orders/{id}/assign", post(orders::assign))
+        .route("/orders/{id}/payment", post(payments::pay))
+        .route("/revenue", get(payments::revenue))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state);
+    Router::new().nest("/api", api)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}

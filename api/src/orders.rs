@@ -1,0 +1,134 @@
+//! `/api/orders`: create, read, list, status changes, partner assignment.
+
+use crate::ApiState;
+use crate::error::ApiError;
+use crate::extract::{Caller, JsonBody};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchyard_protocol::order::NewOrder;
+use switchyard_protocol::room::is_valid_id;
+use switchyard_protocol::{Order, OrderStatus, Role};
+use switchyard_store::Scope;
+use switchyard_store::orders::{can_see, parse_order_id};
+
+/// Largest page a listing returns.
+pub const MAX_PAGE: i64 = 200;
+const DEFAULT_PAGE: i64 = 50;
+
+fn order_id(id: &str) -> Result<i64, ApiError> {
+    parse_order_id(id).ok_or_else(|| ApiError::not_found("order not found"))
+}
+
+/// `POST /api/orders` (customer) → 201 with the order.
+pub async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(new): JsonBody<NewOrder>,
+) -> Result<(StatusCode, Json<Order>), ApiError> {
+    caller.require(&[Role::Customer])?;
+    let total = new.validate().map_err(ApiError::invalid)?;
+    let order = state.store.create_order(&caller.0.sub, &new, total).await?;
+    Ok((StatusCode::CREATED, Json(order)))
+}
+
+/// `GET /api/orders/{id}` (the customer, the assigned partner, an admin).
+pub async fn get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    let id = order_id(&id)?;
+    let order = state.store.order(id).await?;
+    order
+        .filter(|o| can_see(o, caller.actor()))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("order not found"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    /// Orders with an id greater than this (the previous page's `next_after`).
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/orders?after=&limit=`: admin sees all, a customer their own, a partner the
+/// orders assigned to them. Oldest first; `next_after` is set when more may follow.
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(page) = page.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let after = match page.after.as_deref() {
+        None | Some("") => 0,
+        Some(a) => {
+            parse_order_id(a).ok_or_else(|| ApiError::invalid("after must be an order id"))?
+        }
+    };
+    let sub = caller.0.sub.as_str();
+    let scope = match caller.role() {
+        Role::Admin => Scope::All,
+        Role::Customer => Scope::Customer(sub),
+        Role::Partner => Scope::Partner(sub),
+        Role::Service => return Err(ApiError::forbidden("role service may not list orders")),
+    };
+    let orders = state.store.list_orders(scope, after, limit).await?;
+    let next_after = (orders.len() as i64 == limit)
+        .then(|| orders.last().map(|o| o.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "orders": orders, "next_after": next_after })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    status: OrderStatus,
+}
+
+/// `POST /api/orders/{id}/status` `{"status": ...}`: 409 for an invalid transition,
+/// 403 for one this caller may not make.
+pub async fn set_status(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(change): JsonBody<StatusChange>,
+) -> Result<Json<Order>, ApiError> {
+    let id = order_id(&id)?;
+    let order = state
+        .store
+        .change_status(id, caller.actor(), change.status)
+        .await?;
+    Ok(Json(order))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    partner: String,
+}
+
+/// `POST /api/orders/{id}/assign` `{"partner": "p7"}` (admin).
+pub async fn assign(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(assignment): JsonBody<Assignment>,
+) -> Result<Json<Order>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let id = order_id(&id)?;
+    if !is_valid_id(&assignment.partner) {
+        return Err(ApiError::invalid(
+            "partner must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+        ));
+    }
+    let order = state.store.assign(id, &assignment.partner).await?;
+    Ok(Json(order))
+}

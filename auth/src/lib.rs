@@ -1,0 +1,363 @@
+//! JWT verification and issuing, shared by the gateway (handshake) and the API (bearer header).
+//!
+//! # Layout
+//! - [`Verifier`]: checks a token and yields a [`Principal`]; built from [`JwtConfig`].
+//! - [`Issuer`]: signs HS256 tokens (the `switchyard token` command, the embedded mode's
+//!   printed tokens, tests).
+//! - [`secret`]: the per-installation secret the embedded mode creates beside its database.
+//! - [`bearer`]: pulling a token out of the places a client may put it.
+
+pub mod bearer;
+pub mod secret;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+use switchyard_protocol::{Role, room::is_valid_id};
+
+/// The claims Switchyard reads. `sub`, `role` and `exp` are required.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(default)]
+    pub sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Who a verified token says the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub sub: String,
+    pub role: Role,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// Why a token was refused; the `Display` text is the `reason` in 401 bodies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("malformed token")]
+    Malformed,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid signature")]
+    BadSignature,
+    #[error("algorithm not accepted")]
+    BadAlgorithm,
+    #[error("invalid issuer")]
+    BadIssuer,
+    #[error("invalid audience")]
+    BadAudience,
+    #[error("missing claim: {0}")]
+    MissingClaim(String),
+    #[error("invalid claim: {0}")]
+    BadClaim(String),
+}
+
+/// The key that verifies tokens.
+#[derive(Clone)]
+pub enum VerifyKey {
+    /// HS256 shared secret.
+    Secret(Vec<u8>),
+    /// RS256 or ES256 public key in PEM form.
+    PublicPem { algorithm: Algorithm, pem: Vec<u8> },
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VerifyKey::Secret(_) => f.write_str("Secret(***)"),
+            VerifyKey::PublicPem { algorithm, .. } => write!(f, "PublicPem({algorithm:?})"),
+        }
+    }
+}
+
+/// How tokens are checked.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub key: VerifyKey,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, `aud` must equal it.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`, seconds.
+    pub leeway_secs: u64,
+}
+
+/// Asymmetric algorithms accepted with a PEM public key.
+pub fn parse_public_algorithm(name: &str) -> Result<Algorithm, String> {
+    match name {
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        other => Err(format!(
+            "JWT_ALGORITHM {other:?} is not supported (RS256 or ES256)"
+        )),
+    }
+}
+
+/// Verifies tokens. Cheap to share behind an `Arc`.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(config: &JwtConfig) -> Result<Verifier, String> {
+        let (key, algorithm) = match &config.key {
+            VerifyKey::Secret(secret) => {
+                if secret.len() < 16 {
+                    return Err("JWT_SECRET must be at least 16 bytes".into());
+                }
+                (DecodingKey::from_secret(secret), Algorithm::HS256)
+            }
+            VerifyKey::PublicPem { algorithm, pem } => {
+                let key = match algorithm {
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+                    Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+                    other => return Err(format!("unsupported algorithm {other:?}")),
+                }
+                .map_err(|e| {
+                    format!("JWT_PUBLIC_KEY_FILE is not a valid {algorithm:?} public key: {e}")
+                })?;
+                (key, *algorithm)
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway_secs;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Verifier { key, validation })
+    }
+
+    /// Checks signature, algorithm, expiry, issuer and audience, then the Switchyard claims.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
+                ErrorKind::InvalidIssuer => AuthError::BadIssuer,
+                ErrorKind::InvalidAudience => AuthError::BadAudience,
+                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+                ErrorKind::InvalidClaimFormat(c) => AuthError::BadClaim(c.clone()),
+                _ if names_foreign_algorithm(token) => AuthError::BadAlgorithm,
+                _ => AuthError::Malformed,
+            },
+        )?;
+        let claims = data.claims;
+        let sub = claims
+            .sub
+            .ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
+        let exp = claims
+            .exp
+            .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        let role = claims
+            .role
+            .as_deref()
+            .ok_or_else(|| AuthError::MissingClaim("role".into()))?;
+        let role = Role::from_str(role).map_err(|_| AuthError::BadClaim("role".into()))?;
+        if !is_valid_id(&sub) {
+            return Err(AuthError::BadClaim("sub".into()));
+        }
+        Ok(Principal { sub, role, exp })
+    }
+}
+
+/// True when the token's header parses as JSON with an `alg` jsonwebtoken cannot even name
+/// (`none`, `HS1`, …), so the refusal can say "algorithm" rather than "malformed".
+fn names_foreign_algorithm(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|h| {
+            h.get("alg")
+                .and_then(|a| a.as_str())
+                .map(|a| Algorithm::from_str(a).is_err())
+        })
+        .unwrap_or(false)
+}
+
+/// Signs HS256 tokens with a shared secret.
+pub struct Issuer {
+    key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl Issuer {
+    pub fn new(secret: &[u8], issuer: Option<String>, audience: Option<String>) -> Issuer {
+        Issuer {
+            key: EncodingKey::from_secret(secret),
+            issuer,
+            audience,
+        }
+    }
+
+    /// A token for `sub` with `role`, valid for `ttl_secs` from now.
+    pub fn issue(&self, sub: &str, role: Role, ttl_secs: u64) -> String {
+        let now = now_secs();
+        let claims = Claims {
+            sub: Some(sub.to_owned()),
+            role: Some(role.as_str().to_owned()),
+            exp: Some(now + ttl_secs),
+            iat: Some(now),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        // HS256 signing of serializable claims cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> Verifier {
+        Verifier::new(&JwtConfig {
+            key: VerifyKey::Secret(SECRET.to_vec()),
+            issuer: None,
+            audience: None,
+            leeway_secs: 0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = Issuer::new(SECRET, None, None).issue("u1", Role::Customer, 60);
+        let p = verifier().verify(&t).unwrap();
+        assert_eq!(p.sub, "u1");
+        assert_eq!(p.role, Role::Customer);
+    }
+
+    #[test]
+    fn refusals() {
+        let v = verifier();
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        assert_eq!(v.verify("abc"), Err(AuthError::Malformed));
+        let other = Issuer::new(b"another-secret-of-enough-length", None, None).issue(
+            "u1",
+            Role::Admin,
+            60,
+        );
+        assert_eq!(v.verify(&other), Err(AuthError::BadSignature));
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: Some("u1".into()),
+                role: Some("admin".into()),
+                exp: Some(now_secs() - 120),
+                iat: None,
+                iss: None,
+                aud: None,
+            },
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&expired), Err(AuthError::Expired));
+        let roleless = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: Some("u1".into()),
+                role: None,
+                exp: Some(now_secs() + 60),
+                iat: None,
+                iss: None,
+                aud: None,
+            },
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&roleless),
+            Err(AuthError::MissingClaim("role".into()))
+        );
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &Claims {
+                sub: Some("u1".into()),
+                role: Some("admin".into()),
+                exp: Some(now_secs() + 60),
+                iat: None,
+                iss: None,
+                aud: None,
+            },
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&hs384), Err(AuthError::BadAlgorithm));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let v = Verifier::new(&JwtConfig {
+            key: VerifyKey::Secret(SECRET.to_vec()),
+            issuer: Some("switchyard".into()),
+            audience: Some("app".into()),
+            leeway_secs: 0,
+        })
+        .unwrap();
+        let good = Issuer::new(SECRET, Some("switchyard".into()), Some("app".into()));
+        assert!(v.verify(&good.issue("u1", Role::Admin, 60)).is_ok());
+        let bad_iss = Issuer::new(SECRET, Some("evil".into()), Some("app".into()));
+        assert_eq!(
+            v.verify(&bad_iss.issue("u1", Role::Admin, 60)),
+            Err(AuthError::BadIssuer)
+        );
+        let bad_aud = Issuer::new(SECRET, Some("switchyard".into()), Some("other".into()));
+        assert_eq!(
+            v.verify(&bad_aud.issue("u1", Role::Admin, 60)),
+            Err(AuthError::BadAudience)
+        );
+    }
+}

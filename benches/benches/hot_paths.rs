@@ -1,0 +1,89 @@
+//! Criterion benches of the per-event and per-connection hot paths.
+//!
+//! Run: `cargo bench -p switchyard-benches --bench hot_paths`
+
+use axum::extract::ws::Utf8Bytes;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::value::RawValue;
+use std::hint::black_box;
+use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey};
+use switchyard_gateway::hub::Hub;
+use switchyard_gateway::outbound::Outbound;
+use switchyard_protocol::server::encode_event;
+use switchyard_protocol::{ClientMessage, Role, Room};
+
+const STATUS: &str = r#"{"order_id":"42","status":"out_for_delivery","previous":"packed","by":"admin","updated_at":1795334318585}"#;
+
+fn encode(c: &mut Criterion) {
+    let data = RawValue::from_string(STATUS.to_owned()).unwrap();
+    let mut g = c.benchmark_group("protocol");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_event", |b| {
+        b.iter(|| encode_event(black_box("order:42"), "order.status", black_box(7), &data))
+    });
+    let frames = [
+        r#"{"op":"subscribe","room":"order:42","id":1}"#,
+        r#"{"op":"location","order_id":"42","lat":12.9716,"lng":77.5946,"heading":90,"speed":8.5,"ts":1732000000000,"id":3}"#,
+    ];
+    g.bench_function("decode_subscribe", |b| {
+        b.iter(|| ClientMessage::decode(black_box(frames[0])))
+    });
+    g.bench_function("decode_location", |b| {
+        b.iter(|| ClientMessage::decode(black_box(frames[1])))
+    });
+    g.bench_function("parse_room", |b| {
+        b.iter(|| Room::parse(black_box("order:1234567890")))
+    });
+    g.finish();
+}
+
+fn jwt(c: &mut Criterion) {
+    let secret = b"bench-secret-0123456789abcdef0123";
+    let verifier = Verifier::new(&JwtConfig {
+        key: VerifyKey::Secret(secret.to_vec()),
+        issuer: None,
+        audience: None,
+        leeway_secs: 0,
+    })
+    .unwrap();
+    let token = Issuer::new(secret, None, None).issue("u123", Role::Customer, 3600);
+    c.bench_function("jwt/verify_hs256", |b| {
+        b.iter(|| verifier.verify(black_box(&token)).unwrap())
+    });
+}
+
+fn fan_out(c: &mut Criterion) {
+    const MEMBERS: usize = 10_000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let hub = Hub::new();
+    let mut receivers = Vec::with_capacity(MEMBERS);
+    for conn in 0..MEMBERS as u64 {
+        let (out, rx, _kick) = Outbound::new(conn, 4);
+        hub.join("admin:revenue", &out);
+        receivers.push(rx);
+    }
+    let data = RawValue::from_string(STATUS.to_owned()).unwrap();
+    let frame = Utf8Bytes::from(encode_event("admin:revenue", "revenue.updated", 1, &data));
+    let mut g = c.benchmark_group("hub");
+    g.throughput(Throughput::Elements(MEMBERS as u64));
+    g.bench_function("fan_out_10k_members", |b| {
+        b.iter_batched(
+            || {
+                // Empty every queue so each iteration measures delivery, not overflow.
+                for rx in receivers.iter_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+                frame.clone()
+            },
+            |frame| hub.fan_out("admin:revenue", frame),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, jwt, fan_out);
+criterion_main!(benches);

@@ -1,0 +1,1 @@
+//! Benchmarks live in `benches/` (criterion): `cargo bench -p switchyard-benches`.

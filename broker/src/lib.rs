@@ -1,0 +1,74 @@
+//! The bus between publishers (the API, partners' location ops) and gateways.
+//!
+//! A [`Broker`] assigns each event its per-room offset, encodes the event frame once,
+//! and hands the [`Publication`] to every attached [`Deliver`] sink (a gateway's hub) that
+//! has members in the room. Two implementations fill the trait:
+//!
+//! - [`memory::MemoryBroker`]: the embedded mode's in-process bus;
+//! - a Redis implementation (distributed mode) with the same contract.
+//!
+//! # Contract
+//! - Offsets in one room start at 1 and increase by one per published event.
+//! - Publications of one room are delivered to each sink in offset order.
+//! - `subscribe`/`unsubscribe` tell the broker which rooms this node serves; a broker may
+//!   skip delivering rooms nobody subscribed to (the memory broker delivers everything and
+//!   lets the hub drop what has no members, which costs one map lookup).
+//!
+//! # Layout
+//! - [`memory`]: the in-process broker.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use switchyard_protocol::Room;
+
+/// One event on its way to subscribers: the frame is already encoded, once.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub room: String,
+    pub offset: u64,
+    pub event: String,
+    /// The complete `{"type":"event",...}` text frame.
+    pub frame: String,
+}
+
+/// Receives publications (a gateway's hub). Must not block: it runs on the broker's
+/// delivery task, and every room's delivery waits behind it.
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, publication: Publication);
+}
+
+/// Why a publish or subscribe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the bus is shutting down")]
+    Closed,
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes `data` as `event` in `room`; returns the offset it was given.
+    async fn publish(
+        &self,
+        room: &Room,
+        event: &str,
+        data: Box<RawValue>,
+    ) -> Result<u64, BrokerError>;
+
+    /// This node has (at least one more) member in `room`. Counted: every call is
+    /// matched by one [`Broker::unsubscribe`].
+    async fn subscribe(&self, room: &Room) -> Result<(), BrokerError>;
+
+    /// One member fewer in `room` on this node.
+    async fn unsubscribe(&self, room: &Room);
+
+    /// Adds a sink that receives every publication this node subscribed to.
+    fn attach(&self, sink: Arc<dyn Deliver>);
+
+    /// Whether the broker can currently publish and deliver (`/readyz`).
+    fn is_ready(&self) -> bool;
+}

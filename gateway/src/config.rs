@@ -1,0 +1,61 @@
+//! Gateway limits and timings. Parsed from flags and environment by the `switchyard`
+//! binary (see its `config` module, where each variable is documented); the defaults here
+//! are the documented defaults.
+
+use std::time::Duration;
+
+/// Everything a gateway enforces, in one place.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Largest accepted WebSocket frame and message, bytes. Larger → close 1009.
+    pub max_frame_bytes: usize,
+    /// Rooms one connection may be in at once, its own `user:` room included.
+    pub max_subscriptions: usize,
+    /// Concurrent connections per user (`sub`) on this gateway. Beyond → HTTP 429.
+    pub max_connections_per_user: usize,
+    /// Concurrent connections on this gateway. Beyond → HTTP 503.
+    pub max_connections: usize,
+    /// Frames that may wait in one connection's outbound queue. When a publication finds the
+    /// queue full, the client is too slow: it is closed with 4003 (slow consumer).
+    pub outbound_queue: usize,
+    /// How long one write to a client may block before the client counts as slow.
+    pub write_timeout: Duration,
+    /// Interval between server pings.
+    pub heartbeat_interval: Duration,
+    /// A connection with no inbound traffic (frames or pongs) for this long is closed (4002).
+    pub idle_timeout: Duration,
+    /// Ops per second per connection (token bucket rate) and burst size.
+    pub op_rate: f64,
+    pub op_burst: f64,
+    /// Location ops per second per connection, and burst. Excess → `rate_limited`.
+    pub location_rate: f64,
+    pub location_burst: f64,
+    /// tungstenite's read buffer per connection, bytes (its default is 128 KiB).
+    pub read_buffer_bytes: usize,
+    /// tungstenite's write buffer: frames are flushed once this many bytes are buffered.
+    pub write_buffer_bytes: usize,
+    /// Allowed `Origin` header values; empty allows any (and requests without Origin).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 100,
+            max_connections_per_user: 16,
+            max_connections: 19_000,
+            outbound_queue: 1024,
+            write_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            op_rate: 50.0,
+            op_burst: 100.0,
+            location_rate: 5.0,
+            location_burst: 10.0,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            allowed_origins: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `GET /ws`: authenticate, check limits, then upgrade — in that order, so a refused
+//! client gets an HTTP status and a JSON body and never a WebSocket.
+//!
+//! Token sources, first match wins: `Authorization: Bearer <jwt>`; a `bearer.<jwt>` entry
+//! in `Sec-WebSocket-Protocol` next to `switchyard.v1` (browsers, which cannot set
+//! headers); the `access_token` query parameter. The query string is never logged.
+
+use crate::outbound::Outbound;
+use crate::session::Session;
+use crate::{Shared, SlotGuard};
+use axum::Json;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+use switchyard_auth::{AuthError, bearer};
+use switchyard_protocol::{Role, SUBPROTOCOL};
+
+fn refuse(status: StatusCode, error: &str, reason: &str) -> Response {
+    (status, Json(json!({ "error": error, "reason": reason }))).into_response()
+}
+
+fn unauthorized(reason: &str) -> Response {
+    metrics::counter!("switchyard_handshake_rejections_total", "reason" => reason.to_owned())
+        .increment(1);
+    refuse(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+}
+
+/// The token from the first source that has one.
+fn token<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        return value.to_str().ok().and_then(bearer::from_authorization);
+    }
+    let offers = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    if let (_, Some(token)) = bearer::from_subprotocols(offers) {
+        return Some(token);
+    }
+    uri.query().and_then(bearer::from_query)
+}
+
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if shared.shutdown.is_cancelled() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "server is draining",
+        );
+    }
+    let config = &shared.config;
+    if !config.allowed_origins.is_empty() {
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        if let Some(origin) = origin
+            && !config.allowed_origins.iter().any(|o| o == origin)
+        {
+            metrics::counter!("switchyard_handshake_rejections_total", "reason" => "origin")
+                .increment(1);
+            return refuse(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+        }
+    }
+    let principal = match token(&headers, &uri) {
+        None => return unauthorized(&AuthError::Missing.to_string()),
+        Some(token) => match shared.verifier.verify(token) {
+            Ok(principal) => principal,
+            Err(err) => return unauthorized(&err.to_string()),
+        },
+    };
+    if principal.role == Role::Service {
+        return unauthorized("service tokens cannot open a WebSocket");
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return refuse(rejection.status(), "bad_request", &rejection.body_text());
+        }
+    };
+    let slot = match SlotGuard::acquire(&shared, &principal.sub) {
+        Ok(slot) => slot,
+        Err((status, reason)) => {
+            metrics::counter!("switchyard_handshake_rejections_total", "reason" => "limit")
+                .increment(1);
+            return refuse(status, "limit_exceeded", reason);
+        }
+    };
+    let conn = shared
+        .next_conn
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let conn_id = format!("{}-{conn}", shared.node);
+    let (out, rx, kick) = Outbound::new(conn, config.outbound_queue);
+    let session = Session::new(conn_id, principal, out, shared.clone());
+    let tracked = shared.tracker.token();
+    ws.protocols([SUBPROTOCOL])
+        .read_buffer_size(config.read_buffer_bytes)
+        .write_buffer_size(config.write_buffer_bytes)
+        .max_write_buffer_size(config.write_buffer_bytes + 2 * config.max_frame_bytes)
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes)
+        .on_failed_upgrade(|err| tracing::debug!(%err, "upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let _tracked = tracked;
+            let _slot = slot;
+            tracing::info!(conn = %session.conn_id, sub = %session.who.sub, role = %session.who.role, "connection opened");
+            session.run(socket, rx, kick).await;
+        })
+}

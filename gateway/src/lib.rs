@@ -1,0 +1,168 @@
+//! The WebSocket side of Switchyard: handshake, sessions, rooms and fan-out.
+//!
+//! # Layout
+//! - [`config`]: every limit and timing the gateway enforces.
+//! - `handshake`: `GET /ws` — token, limits, upgrade.
+//! - `session`: one connection's loop (ops, outbound queue, heartbeat, expiry, shutdown).
+//! - [`hub`]: local rooms → members; fans one encoded frame out to every member.
+//! - [`outbound`]: a connection's bounded outbound queue and its slow-consumer kick.
+//! - `access`: who may join which room; subscribe snapshots.
+//! - [`rate`]: the token bucket behind the op and location rate limits.
+//!
+//! # Lifecycle
+//! [`Gateway::new`] attaches the hub to the broker; [`Gateway::router`] serves `/ws`.
+//! Cancelling the shutdown token makes every session close with 1001;
+//! [`Gateway::drain`] then waits (bounded) for them to finish. axum's graceful shutdown
+//! does not see upgraded connections, which is why the gateway tracks them itself.
+
+pub mod access;
+pub mod config;
+mod handshake;
+pub mod hub;
+pub mod outbound;
+pub mod rate;
+mod session;
+
+pub use config::GatewayConfig;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use switchyard_auth::Verifier;
+use switchyard_broker::Broker;
+use switchyard_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State shared by the handshake handler and every session.
+pub(crate) struct Shared {
+    config: GatewayConfig,
+    verifier: Arc<Verifier>,
+    broker: Arc<dyn Broker>,
+    store: Store,
+    hub: Arc<hub::Hub>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    /// Prefix of connection ids, unique per process.
+    node: String,
+    next_conn: AtomicU64,
+    connections: AtomicUsize,
+    per_user: DashMap<String, usize>,
+}
+
+/// A held connection slot: counted against the gateway and the user until dropped.
+pub(crate) struct SlotGuard {
+    shared: Arc<Shared>,
+    sub: String,
+}
+
+impl SlotGuard {
+    fn acquire(shared: &Arc<Shared>, sub: &str) -> Result<SlotGuard, (StatusCode, &'static str)> {
+        let total = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        if total > shared.config.max_connections {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway is at its connection limit",
+            ));
+        }
+        let mut count = shared.per_user.entry(sub.to_owned()).or_insert(0);
+        if *count >= shared.config.max_connections_per_user {
+            drop(count);
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections for this user",
+            ));
+        }
+        *count += 1;
+        drop(count);
+        metrics::gauge!("switchyard_connections").increment(1.0);
+        metrics::counter!("switchyard_connections_opened_total").increment(1);
+        Ok(SlotGuard {
+            shared: shared.clone(),
+            sub: sub.to_owned(),
+        })
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        self.shared.per_user.remove_if_mut(&self.sub, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+        metrics::gauge!("switchyard_connections").decrement(1.0);
+    }
+}
+
+/// A gateway: cheap to clone, all clones share the same hub and sessions.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Builds a gateway and attaches its hub to `broker`.
+    pub fn new(
+        config: GatewayConfig,
+        verifier: Arc<Verifier>,
+        broker: Arc<dyn Broker>,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Gateway {
+        let hub = Arc::new(hub::Hub::new());
+        broker.attach(hub.clone());
+        let node: u32 = rand_node();
+        Gateway {
+            shared: Arc::new(Shared {
+                config,
+                verifier,
+                broker,
+                store,
+                hub,
+                shutdown,
+                tracker: TaskTracker::new(),
+                node: format!("{node:08x}"),
+                next_conn: AtomicU64::new(1),
+                connections: AtomicUsize::new(0),
+                per_user: DashMap::new(),
+            }),
+        }
+    }
+
+    /// `GET /ws`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/ws", get(handshake::upgrade))
+            .with_state(self.shared.clone())
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Acquire)
+    }
+
+    /// Waits until every session has closed (after the shutdown token was cancelled),
+    /// at most `deadline`. Returns false if some were still open.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        self.shared.tracker.close();
+        tokio::time::timeout(deadline, self.shared.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// A per-process id for connection ids, from the clock and the pid (no RNG needed).
+fn rand_node() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    nanos.rotate_left(16) ^ std::process::id()
+}

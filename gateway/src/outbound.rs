@@ -1,0 +1,82 @@
+//! One connection's outbound queue, as the hub sees it.
+//!
+//! The queue is a bounded channel of already-encoded frames; every frame is shared
+//! (`Utf8Bytes` is reference-counted), so a queued event costs one slot, not a copy.
+//! Publishers never wait on it: [`Outbound::push`] is a non-blocking `try_send`. A full
+//! queue means the client reads slower than its rooms publish; the connection is then
+//! *kicked* — its session closes it with 4003 (slow consumer) — and the publication is
+//! not delivered to it. Other clients and the publisher are never held up.
+
+use axum::extract::ws::Message;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use tokio::sync::{Notify, mpsc};
+
+/// Why a session was told to end from outside its own loop.
+#[derive(Debug, Default)]
+pub struct Kick {
+    notify: Notify,
+    /// Close code to use; 0 while not kicked.
+    code: AtomicU16,
+}
+
+impl Kick {
+    /// Asks the session to close with `code`. The first reason wins.
+    pub fn kick(&self, code: u16) {
+        if self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits until kicked, then returns the close code.
+    pub async fn kicked(&self) -> u16 {
+        loop {
+            let code = self.code.load(Ordering::Acquire);
+            if code != 0 {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The hub's handle on one connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub conn: u64,
+    tx: mpsc::Sender<Message>,
+    kick: Arc<Kick>,
+}
+
+impl Outbound {
+    pub fn new(conn: u64, capacity: usize) -> (Outbound, mpsc::Receiver<Message>, Arc<Kick>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let kick = Arc::new(Kick::default());
+        (
+            Outbound {
+                conn,
+                tx,
+                kick: kick.clone(),
+            },
+            rx,
+            kick,
+        )
+    }
+
+    /// Queues a frame without waiting. Returns false when it was not queued.
+    pub fn push(&self, frame: Message) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("switchyard_slow_consumer_closes_total").increment(1);
+                self.kick.kick(switchyard_protocol::close::SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! A token bucket: `rate` tokens per second, at most `burst` saved up.
+
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> TokenBucket {
+        let burst = burst.max(1.0);
+        TokenBucket {
+            rate: rate.max(0.0),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        self.try_take_at(Instant::now())
+    }
+
+    /// [`TokenBucket::try_take`] at a given instant (for tests and property checks).
+    pub fn try_take_at(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn burst_then_rate() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(10.0, 5.0);
+        b.last = start;
+        let taken = (0..20).filter(|_| b.try_take_at(start)).count();
+        assert_eq!(taken, 5);
+        // one second later: ten more tokens, capped at the burst of five
+        let later = start + Duration::from_secs(1);
+        let taken = (0..20).filter(|_| b.try_take_at(later)).count();
+        assert_eq!(taken, 5);
+        // 100 ms later: one token
+        let later = later + Duration::from_millis(100);
+        assert!(b.try_take_at(later));
+        assert!(!b.try_take_at(later));
+    }
+}

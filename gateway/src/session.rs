@@ -1,0 +1,402 @@
+//! One WebSocket connection: its loop over inbound frames, the outbound queue, heartbeats,
+//! token expiry and shutdown, all in one task.
+//!
+//! ```text
+//! run ─ join user:{sub} ─ welcome ─┬─ inbound frame → decode → op → reply
+//!                                  ├─ outbound queue → write a batch, one flush
+//!                                  ├─ heartbeat tick → idle check, ping
+//!                                  ├─ token expiry → close 4001
+//!                                  ├─ kicked (slow consumer) → close 4003
+//!                                  └─ shutdown → close 1001
+//!      leave every room ─ release the connection slot
+//! ```
+
+use crate::Shared;
+use crate::access::{self, Refusal};
+use crate::outbound::{Kick, Outbound};
+use crate::rate::TokenBucket;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_auth::Principal;
+use switchyard_protocol::client::{ClientOp, LocationFix};
+use switchyard_protocol::server::ServerMessage;
+use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
+use switchyard_store::orders::parse_order_id;
+use tokio::sync::mpsc;
+
+/// Frames written before one flush when the queue holds many.
+const MAX_BATCH: usize = 256;
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// How a session ended.
+enum Exit {
+    /// Close the socket with this code and reason.
+    Close(u16, &'static str),
+    /// The peer is gone (closed, reset, or unwritable); nothing more to send.
+    Gone(&'static str),
+}
+
+/// What an op answers on success.
+enum Reply {
+    Plain,
+    Room(Room),
+    Subscribed(Room, Box<RawValue>),
+}
+
+pub(crate) struct Session {
+    pub conn_id: String,
+    pub who: Principal,
+    pub out: Outbound,
+    pub shared: Arc<Shared>,
+    /// Rooms this connection is in; bounded by `max_subscriptions`.
+    rooms: Vec<Room>,
+    ops: TokenBucket,
+    locations: TokenBucket,
+}
+
+impl Session {
+    pub fn new(conn_id: String, who: Principal, out: Outbound, shared: Arc<Shared>) -> Session {
+        let c = &shared.config;
+        Session {
+            ops: TokenBucket::new(c.op_rate, c.op_burst),
+            locations: TokenBucket::new(c.location_rate, c.location_burst),
+            conn_id,
+            who,
+            out,
+            rooms: Vec::new(),
+            shared,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        socket: WebSocket,
+        mut rx: mpsc::Receiver<Message>,
+        kick: Arc<Kick>,
+    ) {
+        let started = Instant::now();
+        let (mut sink, mut stream) = socket.split();
+        let exit = self.serve(&mut sink, &mut stream, &mut rx, &kick).await;
+        let (code, reason) = match exit {
+            Exit::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let _ = tokio::time::timeout(
+                    self.shared.config.write_timeout,
+                    sink.send(Message::Close(Some(frame))),
+                )
+                .await;
+                (code, reason)
+            }
+            Exit::Gone(reason) => (0, reason),
+        };
+        for room in std::mem::take(&mut self.rooms) {
+            self.leave(&room).await;
+        }
+        metrics::counter!("switchyard_connections_closed_total", "code" => code.to_string())
+            .increment(1);
+        tracing::info!(
+            conn = %self.conn_id,
+            sub = %self.who.sub,
+            role = %self.who.role,
+            duration_ms = started.elapsed().as_millis() as u64,
+            close_code = code,
+            reason,
+            "connection closed"
+        );
+    }
+
+    async fn serve(
+        &mut self,
+        sink: &mut Sink,
+        stream: &mut Stream,
+        rx: &mut mpsc::Receiver<Message>,
+        kick: &Kick,
+    ) -> Exit {
+        let config = self.shared.config.clone();
+        let own_room = match Room::user(&self.who.sub) {
+            Ok(room) => room,
+            Err(_) => return Exit::Close(close::POLICY, "invalid sub"),
+        };
+        if let Err(refusal) = self.join(own_room.clone()).await {
+            tracing::warn!(conn = %self.conn_id, message = %refusal.message, "could not join own room");
+            return Exit::Close(close::INTERNAL, "could not join user room");
+        }
+        let room_names = [own_room.as_str()];
+        let welcome = ServerMessage::Welcome {
+            conn: &self.conn_id,
+            sub: &self.who.sub,
+            role: self.who.role,
+            rooms: &room_names,
+        }
+        .encode();
+        if let Some(exit) = self.send(sink, welcome).await {
+            return exit;
+        }
+
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + config.heartbeat_interval,
+            config.heartbeat_interval,
+        );
+        let expires_in =
+            Duration::from_secs(self.who.exp.saturating_sub(switchyard_auth::now_secs()));
+        let expiry = tokio::time::sleep(expires_in);
+        tokio::pin!(expiry);
+        let mut last_seen = Instant::now();
+        let shutdown = self.shared.shutdown.clone();
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
+                code = kick.kicked() => return Exit::Close(code, "slow consumer"),
+                _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, "token expired"),
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { return Exit::Gone("queue closed") };
+                    if let Some(exit) = self.write_batch(sink, rx, frame).await {
+                        return exit;
+                    }
+                }
+                inbound = stream.next() => {
+                    last_seen = Instant::now();
+                    let message = match inbound {
+                        None => return Exit::Gone("peer disconnected"),
+                        Some(Ok(message)) => message,
+                        Some(Err(err)) => return classify(err),
+                    };
+                    let reply = match message {
+                        Message::Text(text) => self.handle(&text).await,
+                        Message::Binary(_) => error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                        Message::Close(_) => return Exit::Gone("peer closed"),
+                    };
+                    if let Some(exit) = self.send(sink, reply).await {
+                        return exit;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > config.idle_timeout {
+                        return Exit::Close(close::IDLE_TIMEOUT, "idle timeout");
+                    }
+                    if let Some(exit) = self.write(sink, Message::Ping(Default::default())).await {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, up to [`MAX_BATCH`], then flushes once.
+    async fn write_batch(
+        &self,
+        sink: &mut Sink,
+        rx: &mut mpsc::Receiver<Message>,
+        first: Message,
+    ) -> Option<Exit> {
+        let batch = async {
+            sink.feed(first).await?;
+            for _ in 1..MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(frame) => sink.feed(frame).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.shared.config.write_timeout, batch).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Exit::Gone("write failed")),
+            Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+        }
+    }
+
+    async fn send(&self, sink: &mut Sink, text: String) -> Option<Exit> {
+        self.write(sink, Message::Text(text.into())).await
+    }
+
+    async fn write(&self, sink: &mut Sink, message: Message) -> Option<Exit> {
+        match tokio::time::timeout(self.shared.config.write_timeout, sink.send(message)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Exit::Gone("write failed")),
+            Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+        }
+    }
+
+    /// Decodes and executes one text frame; returns the reply frame.
+    async fn handle(&mut self, text: &str) -> String {
+        let message = match switchyard_protocol::ClientMessage::decode(text) {
+            Ok(message) => message,
+            Err(err) => return error_frame(err.id, ErrorCode::BadRequest, &err.message),
+        };
+        let id = message.id;
+        if !self.ops.try_take() {
+            return error_frame(id, ErrorCode::RateLimited, "too many ops; slow down");
+        }
+        let op = message.op.name();
+        match self.execute(message.op).await {
+            Ok(Reply::Plain) => ServerMessage::Ok {
+                id,
+                op,
+                room: None,
+                snapshot: None,
+            }
+            .encode(),
+            Ok(Reply::Room(room)) => ServerMessage::Ok {
+                id,
+                op,
+                room: Some(room.as_str()),
+                snapshot: None,
+            }
+            .encode(),
+            Ok(Reply::Subscribed(room, snapshot)) => ServerMessage::Ok {
+                id,
+                op,
+                room: Some(room.as_str()),
+                snapshot: Some(&snapshot),
+            }
+            .encode(),
+            Err(refusal) => error_frame(id, refusal.code, &refusal.message),
+        }
+    }
+
+    async fn execute(&mut self, op: ClientOp) -> Result<Reply, Refusal> {
+        match op {
+            ClientOp::Ping => Ok(Reply::Plain),
+            ClientOp::Subscribe { room, since: _ } => self.subscribe(room).await,
+            ClientOp::Unsubscribe { room } => {
+                if let Some(i) = self.rooms.iter().position(|r| *r == room) {
+                    let room = self.rooms.swap_remove(i);
+                    self.leave(&room).await;
+                }
+                Ok(Reply::Room(room))
+            }
+            ClientOp::Location { order_id, fix } => self.location(&order_id, fix).await,
+        }
+    }
+
+    async fn subscribe(&mut self, room: Room) -> Result<Reply, Refusal> {
+        let shared = self.shared.clone();
+        let store = &shared.store;
+        if !self.rooms.contains(&room) {
+            if self.rooms.len() >= self.shared.config.max_subscriptions {
+                return Err(Refusal::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "at most {} subscriptions per connection",
+                        self.shared.config.max_subscriptions
+                    ),
+                ));
+            }
+            access::may_join(store, &self.who, &room).await?;
+            self.join(room.clone()).await?;
+        }
+        // Joined before the snapshot is read: an event published in between is delivered
+        // (possibly just before this reply) rather than lost.
+        let snapshot = access::snapshot(store, &room).await?;
+        Ok(Reply::Subscribed(room, snapshot))
+    }
+
+    async fn join(&mut self, room: Room) -> Result<(), Refusal> {
+        if let Err(err) = self.shared.broker.subscribe(&room).await {
+            tracing::warn!(%err, "broker subscribe failed");
+            return Err(Refusal::new(ErrorCode::Internal, "bus unavailable, retry"));
+        }
+        self.shared.hub.join(room.as_str(), &self.out);
+        metrics::gauge!("switchyard_subscriptions").increment(1.0);
+        self.rooms.push(room);
+        Ok(())
+    }
+
+    async fn leave(&self, room: &Room) {
+        if self.shared.hub.leave(room.as_str(), self.out.conn) {
+            metrics::gauge!("switchyard_subscriptions").decrement(1.0);
+        }
+        self.shared.broker.unsubscribe(room).await;
+    }
+
+    async fn location(&mut self, order_id: &str, fix: LocationFix) -> Result<Reply, Refusal> {
+        if self.who.role != Role::Partner {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only partners send locations",
+            ));
+        }
+        if !self.locations.try_take() {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "at most {} locations per second",
+                    self.shared.config.location_rate
+                ),
+            ));
+        }
+        let store = &self.shared.store;
+        let carries = matches!(
+            access::order_parties(store, order_id).await?,
+            Some((_, Some(partner))) if partner == self.who.sub
+        );
+        let (true, Some(id)) = (carries, parse_order_id(order_id)) else {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "this order is not assigned to you",
+            ));
+        };
+        let location = Location {
+            lat: fix.lat,
+            lng: fix.lng,
+            heading: fix.heading,
+            speed: fix.speed,
+            ts: fix.ts,
+            received_at: switchyard_store::now_ms(),
+        };
+        store.record_location(id, &location).await.map_err(|err| {
+            tracing::error!(%err, "could not record location");
+            Refusal::new(ErrorCode::Internal, "temporary server error, retry")
+        })?;
+        let mut data = serde_json::to_value(location).unwrap_or_default();
+        data["order_id"] = json!(order_id);
+        data["partner"] = json!(self.who.sub);
+        let room = Room::order(order_id)
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let data = RawValue::from_string(data.to_string())
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "encoding failed"))?;
+        self.shared
+            .broker
+            .publish(&room, events::PARTNER_LOCATION, data)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, "location publish failed");
+                Refusal::new(ErrorCode::Internal, "bus unavailable, retry")
+            })?;
+        metrics::counter!("switchyard_events_published_total", "source" => "partner").increment(1);
+        Ok(Reply::Plain)
+    }
+}
+
+fn error_frame(id: Option<i64>, code: ErrorCode, message: &str) -> String {
+    ServerMessage::Error { id, code, message }.encode()
+}
+
+/// Maps a read error to how the session ends.
+fn classify(err: axum::Error) -> Exit {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    let inner = err.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+            Exit::Close(close::TOO_BIG, "message too big")
+        }
+        Some(WsError::Capacity(_)) => Exit::Close(close::TOO_BIG, "frame too big"),
+        Some(WsError::Utf8(_)) => Exit::Close(close::INVALID_PAYLOAD, "invalid UTF-8"),
+        Some(WsError::Protocol(_)) => Exit::Close(close::PROTOCOL, "protocol error"),
+        _ => Exit::Gone("read failed"),
+    }
+}

@@ -1,0 +1,268 @@
+//! Frames a client sends, decoded in one pass.
+//!
+//! Decoding first reads a flat envelope (every field optional), then checks the
+//! fields the `op` needs. That way a frame with a bad field still yields its `id`,
+//! so the `bad_request` reply can be matched to the request that caused it.
+
+use crate::room::{Room, RoomError, is_valid_id};
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// A decoded, validated client frame.
+#[derive(Debug, Clone)]
+pub struct ClientMessage {
+    /// Echoed in the reply so the client can match it to the request.
+    pub id: Option<i64>,
+    pub op: ClientOp,
+}
+
+/// What the client asks for.
+#[derive(Debug, Clone)]
+pub enum ClientOp {
+    /// Join a room. `since` is the position the client last saw (recovery; see protocol/README.md).
+    Subscribe {
+        room: Room,
+        since: Option<StreamPosition>,
+    },
+    Unsubscribe {
+        room: Room,
+    },
+    /// A partner's GPS fix for an order it carries.
+    Location {
+        order_id: String,
+        fix: LocationFix,
+    },
+    Ping,
+}
+
+/// A position in a room's stream: the offset of the last event seen, within an epoch
+/// that changes whenever the room's history is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamPosition {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// A GPS fix as sent by a partner. `lat`/`lng` are validated; the rest is optional.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocationFix {
+    pub lat: f64,
+    pub lng: f64,
+    pub heading: Option<f64>,
+    pub speed: Option<f64>,
+    /// Client timestamp, milliseconds since the Unix epoch.
+    pub ts: Option<i64>,
+}
+
+impl ClientOp {
+    /// The op's wire name, echoed in `ok` replies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Subscribe { .. } => "subscribe",
+            ClientOp::Unsubscribe { .. } => "unsubscribe",
+            ClientOp::Location { .. } => "location",
+            ClientOp::Ping => "ping",
+        }
+    }
+}
+
+/// A frame that could not be decoded; `id` is set when the frame was JSON with a usable id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub id: Option<i64>,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: Option<i64>, message: impl Into<String>) -> Self {
+        DecodeError {
+            id,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    id: Option<i64>,
+    #[serde(borrow)]
+    room: Option<Cow<'a, str>>,
+    since: Option<StreamPosition>,
+    #[serde(borrow)]
+    order_id: Option<Cow<'a, str>>,
+    lat: Option<f64>,
+    lng: Option<f64>,
+    heading: Option<f64>,
+    speed: Option<f64>,
+    ts: Option<i64>,
+}
+
+/// Just the id, for frames whose other fields failed to decode.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<i64>,
+}
+
+impl ClientMessage {
+    /// Decodes one text frame.
+    pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
+        let env: Envelope<'_> = match serde_json::from_str(text) {
+            Ok(env) => env,
+            Err(err) => {
+                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
+                return Err(DecodeError::new(id, format!("invalid frame: {err}")));
+            }
+        };
+        let id = env.id;
+        let op = env
+            .op
+            .as_deref()
+            .ok_or_else(|| DecodeError::new(id, "missing \"op\""))?;
+        let room = |field: Option<&Cow<'_, str>>| -> Result<Room, DecodeError> {
+            let name = field.ok_or_else(|| DecodeError::new(id, "missing \"room\""))?;
+            Room::parse(name).map_err(|e: RoomError| DecodeError::new(id, format!("bad room: {e}")))
+        };
+        let op = match op {
+            "subscribe" => ClientOp::Subscribe {
+                room: room(env.room.as_ref())?,
+                since: env.since,
+            },
+            "unsubscribe" => ClientOp::Unsubscribe {
+                room: room(env.room.as_ref())?,
+            },
+            "ping" => ClientOp::Ping,
+            "location" => {
+                let order_id = env
+                    .order_id
+                    .ok_or_else(|| DecodeError::new(id, "missing \"order_id\""))?;
+                if !is_valid_id(&order_id) {
+                    return Err(DecodeError::new(
+                        id,
+                        "bad order_id: 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+                    ));
+                }
+                let (Some(lat), Some(lng)) = (env.lat, env.lng) else {
+                    return Err(DecodeError::new(id, "missing \"lat\" or \"lng\""));
+                };
+                let fix = LocationFix {
+                    lat,
+                    lng,
+                    heading: env.heading,
+                    speed: env.speed,
+                    ts: env.ts,
+                };
+                fix.validate().map_err(|m| DecodeError::new(id, m))?;
+                ClientOp::Location {
+                    order_id: order_id.into_owned(),
+                    fix,
+                }
+            }
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(DecodeError::new(id, format!("unknown op {shown:?}")));
+            }
+        };
+        Ok(ClientMessage { id, op })
+    }
+}
+
+impl LocationFix {
+    /// Coordinates must be finite, `lat` in [-90, 90], `lng` in [-180, 180];
+    /// `heading` in [0, 360) and `speed` ≥ 0 when present.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if !self.lat.is_finite() || !(-90.0..=90.0).contains(&self.lat) {
+            return Err("lat must be a finite number in [-90, 90]");
+        }
+        if !self.lng.is_finite() || !(-180.0..=180.0).contains(&self.lng) {
+            return Err("lng must be a finite number in [-180, 180]");
+        }
+        if let Some(h) = self.heading
+            && (!h.is_finite() || !(0.0..=360.0).contains(&h))
+        {
+            return Err("heading must be a finite number in [0, 360]");
+        }
+        if let Some(s) = self.speed
+            && (!s.is_finite() || s < 0.0)
+        {
+            return Err("speed must be a finite number >= 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_op() {
+        let m = ClientMessage::decode(r#"{"op":"subscribe","room":"order:42","id":1}"#).unwrap();
+        assert_eq!(m.id, Some(1));
+        assert!(
+            matches!(m.op, ClientOp::Subscribe { ref room, since: None } if room.as_str() == "order:42")
+        );
+        let m = ClientMessage::decode(r#"{"op":"unsubscribe","room":"order:42","id":2}"#).unwrap();
+        assert!(matches!(m.op, ClientOp::Unsubscribe { .. }));
+        let m = ClientMessage::decode(
+            r#"{"op":"location","order_id":"42","lat":12.9716,"lng":77.5946,"heading":90,"speed":8.5,"ts":1732000000000,"id":3}"#,
+        )
+        .unwrap();
+        match m.op {
+            ClientOp::Location { order_id, fix } => {
+                assert_eq!(order_id, "42");
+                assert_eq!(fix.lat, 12.9716);
+                assert_eq!(fix.heading, Some(90.0));
+                assert_eq!(fix.ts, Some(1_732_000_000_000));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            ClientMessage::decode(r#"{"op":"ping","id":4}"#).unwrap().op,
+            ClientOp::Ping
+        ));
+    }
+
+    #[test]
+    fn errors_keep_the_id() {
+        let e = ClientMessage::decode(r#"{"op":"subscribe","room":"order:*","id":9}"#).unwrap_err();
+        assert_eq!(e.id, Some(9));
+        let e = ClientMessage::decode(r#"{"op":"fly","id":10}"#).unwrap_err();
+        assert_eq!(e.id, Some(10));
+        let e = ClientMessage::decode(r#"{"op":"location","order_id":"1","lat":"x","id":11}"#)
+            .unwrap_err();
+        assert_eq!(e.id, Some(11));
+        let e = ClientMessage::decode("not json").unwrap_err();
+        assert_eq!(e.id, None);
+    }
+
+    #[test]
+    fn refuses_bad_coordinates() {
+        for (lat, lng) in [
+            ("91", "0"),
+            ("-90.5", "0"),
+            ("0", "180.1"),
+            ("0", "-181"),
+            ("1e400", "0"),
+        ] {
+            let frame = format!(r#"{{"op":"location","order_id":"1","lat":{lat},"lng":{lng}}}"#);
+            assert!(ClientMessage::decode(&frame).is_err(), "{frame}");
+        }
+        assert!(
+            ClientMessage::decode(r#"{"op":"location","order_id":"1","lat":1,"lng":2,"speed":-1}"#)
+                .is_err()
+        );
+        assert!(
+            ClientMessage::decode(r#"{"op":"location","order_id":"a b","lat":1,"lng":2}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_panicking() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let frame = format!(r#"{{"op":"subscribe","room":"user:u1","since":{deep}}}"#);
+        assert!(ClientMessage::decode(&frame).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! Room names and their grammar.
+//!
+//! ```text
+//! room  = "user:" id | "order:" id | "admin:revenue"
+//! id    = 1*64( ALPHA / DIGIT / "_" / "-" )      ; ASCII only
+//! ```
+//!
+//! The grammar is strict on purpose: a room name ends up in Redis channel names
+//! and log lines, so nothing outside `[A-Za-z0-9_:-]` ever gets past [`Room::parse`]
+//! (no glob characters, no whitespace, no control bytes, no non-ASCII digits).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// Longest id allowed after `user:` or `order:`.
+pub const MAX_ID_LEN: usize = 64;
+
+/// A validated room name. Cheap to clone only as far as its `String` is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Room {
+    name: String,
+    kind: RoomKind,
+}
+
+/// What kind of room a name denotes; the id is the part after the colon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomKind {
+    User,
+    Order,
+    AdminRevenue,
+}
+
+/// Why a room name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    #[error("unknown room kind: expected user:{{id}}, order:{{id}} or admin:revenue")]
+    UnknownKind,
+    #[error("room id must be 1 to 64 characters")]
+    BadLength,
+    #[error("room id may only contain A-Z, a-z, 0-9, '_' and '-'")]
+    BadCharacter,
+}
+
+/// True when `id` matches `[A-Za-z0-9_-]{1,64}`; the same rule applies to user ids (`sub`).
+pub fn is_valid_id(id: &str) -> bool {
+    validate_id(id).is_ok()
+}
+
+fn validate_id(id: &str) -> Result<(), RoomError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(RoomError::BadLength);
+    }
+    if id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(RoomError::BadCharacter)
+    }
+}
+
+impl Room {
+    pub const ADMIN_REVENUE: &'static str = "admin:revenue";
+
+    /// Parses and validates a room name.
+    pub fn parse(name: &str) -> Result<Room, RoomError> {
+        if name == Self::ADMIN_REVENUE {
+            return Ok(Room::admin_revenue());
+        }
+        let (kind, id) = if let Some(id) = name.strip_prefix("user:") {
+            (RoomKind::User, id)
+        } else if let Some(id) = name.strip_prefix("order:") {
+            (RoomKind::Order, id)
+        } else {
+            return Err(RoomError::UnknownKind);
+        };
+        validate_id(id)?;
+        Ok(Room {
+            name: name.to_owned(),
+            kind,
+        })
+    }
+
+    /// `user:{id}`; fails when the id breaks the grammar.
+    pub fn user(id: &str) -> Result<Room, RoomError> {
+        validate_id(id)?;
+        Ok(Room {
+            name: format!("user:{id}"),
+            kind: RoomKind::User,
+        })
+    }
+
+    /// `order:{id}`; fails when the id breaks the grammar.
+    pub fn order(id: &str) -> Result<Room, RoomError> {
+        validate_id(id)?;
+        Ok(Room {
+            name: format!("order:{id}"),
+            kind: RoomKind::Order,
+        })
+    }
+
+    pub fn admin_revenue() -> Room {
+        Room {
+            name: Self::ADMIN_REVENUE.to_owned(),
+            kind: RoomKind::AdminRevenue,
+        }
+    }
+
+    pub fn kind(&self) -> RoomKind {
+        self.kind
+    }
+
+    /// The part after the first colon (`42` for `order:42`, `revenue` for `admin:revenue`).
+    pub fn id(&self) -> &str {
+        self.name.split_once(':').map(|(_, id)| id).unwrap_or("")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    pub fn into_string(self) -> String {
+        self.name
+    }
+}
+
+impl fmt::Display for Room {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl std::str::FromStr for Room {
+    type Err = RoomError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Room::parse(s)
+    }
+}
+
+impl Serialize for Room {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for Room {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Room::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_three_kinds() {
+        assert_eq!(Room::parse("user:u1").unwrap().kind(), RoomKind::User);
+        assert_eq!(Room::parse("order:42").unwrap().kind(), RoomKind::Order);
+        assert_eq!(Room::parse("order:42").unwrap().id(), "42");
+        assert_eq!(
+            Room::parse("admin:revenue").unwrap().kind(),
+            RoomKind::AdminRevenue
+        );
+        assert!(Room::parse("user:A-z_09").is_ok());
+        assert!(Room::parse(&format!("order:{}", "x".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for bad in [
+            "",
+            "user:",
+            "order:",
+            "admin:",
+            "admin:revenue2",
+            "admin:other",
+            "USER:1",
+            "room:1",
+            "user",
+            "user:a b",
+            "user:a*",
+            "user:a?",
+            "user:[a]",
+            "user:a\r\n",
+            "user:a\0",
+            "user:١٢٣", // Arabic-Indic digits
+            "user:é",
+            "order:1:2",
+            "order:a.b",
+        ] {
+            assert!(Room::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(
+            Room::parse(&format!("order:{}", "x".repeat(65))),
+            Err(RoomError::BadLength)
+        );
+        assert_eq!(
+            Room::parse(&format!("user:{}", "9".repeat(10_000))),
+            Err(RoomError::BadLength)
+        );
+    }
+
+    #[test]
+    fn constructors_match_the_parser() {
+        assert_eq!(Room::user("u1").unwrap(), Room::parse("user:u1").unwrap());
+        assert_eq!(Room::order("7").unwrap(), Room::parse("order:7").unwrap());
+        assert!(Room::user("bad id").is_err());
+    }
+
+    #[test]
+    fn serde_round_trip_validates() {
+        let room: Room = serde_json::from_str("\"order:9\"").unwrap();
+        assert_eq!(serde_json::to_string(&room).unwrap(), "\"order:9\"");
+        assert!(serde_json::from_str::<Room>("\"order:*\"").is_err());
+    }
+}

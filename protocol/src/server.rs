@@ -1,0 +1,141 @@
+//! Frames the server sends. Each is serialized once into a `String`; an event's
+//! bytes are then shared by every recipient (see `switchyard-gateway`'s hub).
+
+use crate::role::Role;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Error codes carried by `{"type":"error"}` replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON, named an unknown op, or had a bad field. The connection stays usable.
+    BadRequest,
+    /// The caller may not do this (another user's room, someone else's order, an unknown order).
+    Forbidden,
+    /// Too many ops per second; retry later. The connection stays open.
+    RateLimited,
+    /// A configured limit was hit (e.g. subscriptions per connection).
+    LimitExceeded,
+    /// The server failed; retrying may help.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Everything the server sends, borrowed so that encoding allocates only the output string.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage<'a> {
+    /// First frame on every connection.
+    Welcome {
+        conn: &'a str,
+        sub: &'a str,
+        role: Role,
+        rooms: &'a [&'a str],
+    },
+    /// Success reply to an op.
+    Ok {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        op: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        /// Present on subscribe replies: the room's current state (`null` for user rooms).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        snapshot: Option<&'a RawValue>,
+    },
+    /// Failure reply to an op (or to an undecodable frame, then without id).
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        code: ErrorCode,
+        message: &'a str,
+    },
+    /// A publication in a room the connection is subscribed to.
+    Event {
+        room: &'a str,
+        event: &'a str,
+        offset: u64,
+        data: &'a RawValue,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// Serializes the frame. Serialization of these types cannot fail (no maps with
+    /// non-string keys, raw values are already valid JSON).
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"encoding failed"}"#.to_owned()
+        })
+    }
+}
+
+/// Encodes an event frame once; the result is shared by every recipient.
+pub fn encode_event(room: &str, event: &str, offset: u64, data: &RawValue) -> String {
+    ServerMessage::Event {
+        room,
+        event,
+        offset,
+        data,
+    }
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_shape() {
+        let data = RawValue::from_string(r#"{"status":"confirmed"}"#.into()).unwrap();
+        assert_eq!(
+            encode_event("order:42", "order.status", 7, &data),
+            r#"{"type":"event","room":"order:42","event":"order.status","offset":7,"data":{"status":"confirmed"}}"#
+        );
+    }
+
+    #[test]
+    fn replies_shape() {
+        let err = ServerMessage::Error {
+            id: Some(1),
+            code: ErrorCode::Forbidden,
+            message: "no",
+        };
+        assert_eq!(
+            err.encode(),
+            r#"{"type":"error","id":1,"code":"forbidden","message":"no"}"#
+        );
+        let null = RawValue::NULL;
+        let ok = ServerMessage::Ok {
+            id: None,
+            op: "subscribe",
+            room: Some("user:u1"),
+            snapshot: Some(null),
+        };
+        assert_eq!(
+            ok.encode(),
+            r#"{"type":"ok","op":"subscribe","room":"user:u1","snapshot":null}"#
+        );
+        let welcome = ServerMessage::Welcome {
+            conn: "c1",
+            sub: "u1",
+            role: Role::Customer,
+            rooms: &["user:u1"],
+        };
+        assert_eq!(
+            welcome.encode(),
+            r#"{"type":"welcome","conn":"c1","sub":"u1","role":"customer","rooms":["user:u1"]}"#
+        );
+    }
+}

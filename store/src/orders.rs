@@ -1,0 +1,294 @@
+//! Orders: create, read, list, status changes, partner assignment and last known location.
+
+use crate::outbox::enqueue;
+use crate::{Actor, Store, StoreError, now_ms};
+use serde_json::json;
+use sqlx::{Sqlite, Transaction};
+use switchyard_protocol::order::{NewOrder, Party, TransitionError, check_transition};
+use switchyard_protocol::{Location, Order, OrderStatus, Role, Room, events};
+
+/// Which orders a listing covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    Customer(&'a str),
+    Partner(&'a str),
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: i64,
+    customer: String,
+    partner: Option<String>,
+    status: String,
+    items: String,
+    address: String,
+    total_paise: i64,
+    paid: i64,
+    last_location: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const COLUMNS: &str = "id, customer, partner, status, items, address, total_paise, paid, \
+                       last_location, created_at, updated_at";
+
+impl OrderRow {
+    fn into_order(self) -> Result<Order, StoreError> {
+        let corrupt =
+            |what: &str| StoreError::Invalid(format!("order {}: corrupt {what}", self.id));
+        Ok(Order {
+            id: self.id.to_string(),
+            status: self.status.parse().map_err(|_| corrupt("status"))?,
+            items: serde_json::from_str(&self.items).map_err(|_| corrupt("items"))?,
+            last_location: match &self.last_location {
+                Some(l) => Some(serde_json::from_str(l).map_err(|_| corrupt("location"))?),
+                None => None,
+            },
+            customer: self.customer,
+            partner: self.partner,
+            address: self.address,
+            total_paise: self.total_paise,
+            paid: self.paid != 0,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// Order ids are integers in the database; any other room id names no order.
+pub fn parse_order_id(id: &str) -> Option<i64> {
+    if id.is_empty() || id.len() > 18 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+fn order_room(id: i64) -> Room {
+    // Decimal digits always satisfy the room grammar.
+    Room::order(&id.to_string()).unwrap_or_else(|_| Room::admin_revenue())
+}
+
+fn user_room(sub: &str) -> Option<Room> {
+    Room::user(sub).ok()
+}
+
+/// May `actor` see this order?
+pub fn can_see(order: &Order, actor: Actor<'_>) -> bool {
+    match actor.role {
+        Role::Admin => true,
+        Role::Customer => order.customer == actor.sub,
+        Role::Partner => order.partner.as_deref() == Some(actor.sub),
+        Role::Service => false,
+    }
+}
+
+pub(crate) async fn load_for_update(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: i64,
+) -> Result<Option<Order>, StoreError> {
+    let row: Option<OrderRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.map(OrderRow::into_order).transpose()
+}
+
+impl Store {
+    /// Creates an order for `customer`; status starts `placed`. Emits `order.created`.
+    pub async fn create_order(
+        &self,
+        customer: &str,
+        new: &NewOrder,
+        total_paise: i64,
+    ) -> Result<Order, StoreError> {
+        let now = now_ms();
+        let items =
+            serde_json::to_string(&new.items).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.write_tx().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO orders (customer, status, items, address, total_paise, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
+        )
+        .bind(customer)
+        .bind(OrderStatus::Placed.as_str())
+        .bind(items)
+        .bind(new.address.trim())
+        .bind(total_paise)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let order = Order {
+            id: id.to_string(),
+            customer: customer.to_owned(),
+            partner: None,
+            status: OrderStatus::Placed,
+            items: new.items.clone(),
+            address: new.address.trim().to_owned(),
+            total_paise,
+            paid: false,
+            created_at: now,
+            updated_at: now,
+            last_location: None,
+        };
+        if let Some(room) = user_room(customer) {
+            enqueue(&mut tx, &room, events::ORDER_CREATED, &order).await?;
+        }
+        tx.commit().await?;
+        self.outbox_written.notify_one();
+        Ok(order)
+    }
+
+    /// The order with this id, whoever may see it.
+    pub async fn order(&self, id: i64) -> Result<Option<Order>, StoreError> {
+        let row: Option<OrderRow> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(OrderRow::into_order).transpose()
+    }
+
+    /// The customer and the assigned partner of an order (room access checks).
+    pub async fn parties(&self, id: i64) -> Result<Option<(String, Option<String>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT customer, partner FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Orders in `scope` with id greater than `after`, oldest first, at most `limit`.
+    pub async fn list_orders(
+        &self,
+        scope: Scope<'_>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        let (filter, who) = match scope {
+            Scope::All => ("", None),
+            Scope::Customer(sub) => ("AND customer = $3", Some(sub)),
+            Scope::Partner(sub) => ("AND partner = $3", Some(sub)),
+        };
+        let sql =
+            format!("SELECT {COLUMNS} FROM orders WHERE id > $1 {filter} ORDER BY id LIMIT $2");
+        let mut query = sqlx::query_as::<_, OrderRow>(&sql).bind(after).bind(limit);
+        if let Some(who) = who {
+            query = query.bind(who);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(OrderRow::into_order)
+            .collect()
+    }
+
+    /// Moves an order to `to` if the machine and the caller's role allow it.
+    /// Emits `order.status` to the order room and the customer's room.
+    pub async fn change_status(
+        &self,
+        id: i64,
+        actor: Actor<'_>,
+        to: OrderStatus,
+    ) -> Result<Order, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut order = load_for_update(&mut tx, id)
+            .await?
+            .filter(|o| can_see(o, actor))
+            .ok_or(StoreError::NotFound)?;
+        let party = Party {
+            role: actor.role,
+            is_customer: order.customer == actor.sub,
+            is_partner: order.partner.as_deref() == Some(actor.sub),
+        };
+        check_transition(order.status, to, party).map_err(|e| match e {
+            TransitionError::Invalid { from, to } => {
+                StoreError::Conflict(format!("cannot move an order from {from} to {to}"))
+            }
+            TransitionError::NotAllowed(why) => StoreError::Forbidden(why.to_owned()),
+        })?;
+        let from = order.status;
+        order.status = to;
+        order.updated_at = now_ms();
+        sqlx::query("UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3")
+            .bind(to.as_str())
+            .bind(order.updated_at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let data = json!({
+            "order_id": order.id,
+            "status": to,
+            "previous": from,
+            "by": actor.role,
+            "updated_at": order.updated_at,
+        });
+        enqueue(&mut tx, &order_room(id), events::ORDER_STATUS, &data).await?;
+        if let Some(room) = user_room(&order.customer) {
+            enqueue(&mut tx, &room, events::ORDER_STATUS, &data).await?;
+        }
+        tx.commit().await?;
+        self.outbox_written.notify_one();
+        Ok(order)
+    }
+
+    /// Assigns `partner` to an order that is not finished. Emits `order.assigned` to the
+    /// order room, the customer, the new partner and (when reassigning) the former partner.
+    pub async fn assign(&self, id: i64, partner: &str) -> Result<Order, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut order = load_for_update(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if matches!(
+            order.status,
+            OrderStatus::Delivered | OrderStatus::Cancelled
+        ) {
+            return Err(StoreError::Conflict(format!(
+                "cannot assign a partner to a {} order",
+                order.status
+            )));
+        }
+        let previous = order.partner.replace(partner.to_owned());
+        order.updated_at = now_ms();
+        sqlx::query("UPDATE orders SET partner = $1, updated_at = $2 WHERE id = $3")
+            .bind(partner)
+            .bind(order.updated_at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let data = json!({
+            "order_id": order.id,
+            "partner": partner,
+            "previous_partner": previous,
+            "updated_at": order.updated_at,
+        });
+        enqueue(&mut tx, &order_room(id), events::ORDER_ASSIGNED, &data).await?;
+        let mut users = vec![order.customer.as_str(), partner];
+        if let Some(prev) = previous.as_deref().filter(|p| *p != partner) {
+            users.push(prev);
+        }
+        for user in users {
+            if let Some(room) = user_room(user) {
+                enqueue(&mut tx, &room, events::ORDER_ASSIGNED, &data).await?;
+            }
+        }
+        tx.commit().await?;
+        self.outbox_written.notify_one();
+        Ok(order)
+    }
+
+    /// Remembers a partner's latest position on the order (shown in snapshots).
+    pub async fn record_location(&self, id: i64, location: &Location) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(location).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query("UPDATE orders SET last_location = $1 WHERE id = $2")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! Command line and environment: every setting, its variable and its default.
+//!
+//! Each flag has an environment variable (flags win). `switchyard --help` and
+//! `switchyard <command> --help` print this same documentation.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use switchyard_api::ApiConfig;
+use switchyard_auth::{JwtConfig, VerifyKey, parse_public_algorithm};
+use switchyard_gateway::GatewayConfig;
+use switchyard_protocol::Role;
+
+/// Switchyard: a real-time WebSocket gateway with JWT handshakes, rooms and a REST API.
+///
+/// With no command, runs `all`: gateway + API in one process with an in-process bus and an
+/// embedded SQLite database — no external services needed.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Gateway + REST API in one process (the embedded default).
+    All(ServeArgs),
+    /// Only the WebSocket gateway (`/ws`). Requires a configured JWT key.
+    Gateway(ServeArgs),
+    /// Only the REST API (`/api`) and its outbox relay. Requires a configured JWT key.
+    Api(ServeArgs),
+    /// Print a signed HS256 token for local use.
+    Token(TokenArgs),
+}
+
+/// What a server process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    All,
+    Gateway,
+    Api,
+}
+
+impl Mode {
+    pub fn runs_gateway(self) -> bool {
+        matches!(self, Mode::All | Mode::Gateway)
+    }
+    pub fn runs_api(self) -> bool {
+        matches!(self, Mode::All | Mode::Api)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::All => "all",
+            Mode::Gateway => "gateway",
+            Mode::Api => "api",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Settings of a server process.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (HTTP, `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`).
+    /// Port 0 picks a free port; the chosen address is printed as `listening on ADDR`.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Database URL. SQLite: `sqlite://path/to/file.db` (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Log format on stderr. Tokens and query strings are never logged.
+    #[arg(
+        long,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, how long to wait for connections to close before exiting (ms).
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+}
+
+/// JWT verification settings.
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// HS256 shared secret (at least 16 bytes). When neither this nor a public key is set,
+    /// `all` generates a per-installation secret once and stores it beside the database
+    /// (`switchyard.secret`); `gateway` and `api` refuse to start.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key for RS256/ES256 verification (production). Overrides JWT_SECRET.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Algorithm of JWT_PUBLIC_KEY_FILE: RS256 or ES256.
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
+    pub jwt_algorithm: String,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp`, seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+}
+
+/// Limits and timings. Each hit limit answers with a documented error (see protocol/README.md).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest WebSocket frame/message accepted, bytes (larger → close 1009).
+    #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Rooms per connection, including its own user room (beyond → `limit_exceeded`).
+    #[arg(long, env = "SWITCHYARD_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+    /// Connections per gateway process (beyond → HTTP 503 at the handshake).
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+    /// Connections per user (`sub`) per gateway (beyond → HTTP 429 at the handshake).
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 16
+    )]
+    pub max_connections_per_user: usize,
+    /// Frames queued per connection before it counts as a slow consumer (closed with 4003).
+    #[arg(long, env = "SWITCHYARD_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// A write to a client blocked this long makes it a slow consumer (ms).
+    #[arg(long, env = "SWITCHYARD_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+    /// Server ping interval (ms).
+    #[arg(
+        long,
+        env = "SWITCHYARD_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 25_000
+    )]
+    pub heartbeat_interval_ms: u64,
+    /// Close a connection silent for this long (no frames, no pongs) with 4002 (ms).
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Ops per second per connection (token bucket), and the burst allowed.
+    #[arg(long, env = "SWITCHYARD_OP_RATE", default_value_t = 50.0)]
+    pub op_rate: f64,
+    #[arg(long, env = "SWITCHYARD_OP_BURST", default_value_t = 100.0)]
+    pub op_burst: f64,
+    /// Location ops per second per connection, and the burst allowed (excess → `rate_limited`).
+    #[arg(long, env = "SWITCHYARD_LOCATION_RATE", default_value_t = 5.0)]
+    pub location_rate: f64,
+    #[arg(long, env = "SWITCHYARD_LOCATION_BURST", default_value_t = 10.0)]
+    pub location_burst: f64,
+    /// WebSocket read buffer per connection, bytes.
+    #[arg(long, env = "SWITCHYARD_READ_BUFFER_BYTES", default_value_t = 4 * 1024)]
+    pub read_buffer_bytes: usize,
+    /// WebSocket write buffer per connection, bytes.
+    #[arg(long, env = "SWITCHYARD_WRITE_BUFFER_BYTES", default_value_t = 16 * 1024)]
+    pub write_buffer_bytes: usize,
+    /// Comma-separated allowed `Origin`s for `/ws`; empty allows any.
+    #[arg(long, env = "SWITCHYARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Largest REST request body, bytes (larger → 413).
+    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// `switchyard token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub`): 1 to 64 of A-Z, a-z, 0-9, '_', '-'.
+    #[arg(long)]
+    pub sub: String,
+    /// customer, partner, admin or service.
+    #[arg(long)]
+    pub role: Role,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Finds the embedded secret beside this database when JWT_SECRET is unset.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
+    pub database_url: String,
+    /// HS256 secret to sign with (default: the embedded per-installation secret).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl LimitArgs {
+    pub fn gateway(&self) -> Result<GatewayConfig, String> {
+        let ms = Duration::from_millis;
+        if self.idle_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(
+                "SWITCHYARD_IDLE_TIMEOUT_MS must exceed SWITCHYARD_HEARTBEAT_INTERVAL_MS".into(),
+            );
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err("SWITCHYARD_MAX_FRAME_BYTES must be at least 1024".into());
+        }
+        Ok(GatewayConfig {
+            max_frame_bytes: self.max_frame_bytes,
+            max_subscriptions: self.max_subscriptions.max(1),
+            max_connections_per_user: self.max_connections_per_user.max(1),
+            max_connections: self.max_connections.max(1),
+            outbound_queue: self.outbound_queue.max(1),
+            write_timeout: ms(self.write_timeout_ms.max(1)),
+            heartbeat_interval: ms(self.heartbeat_interval_ms.max(10)),
+            idle_timeout: ms(self.idle_timeout_ms),
+            op_rate: self.op_rate,
+            op_burst: self.op_burst,
+            location_rate: self.location_rate,
+            location_burst: self.location_burst,
+            read_buffer_bytes: self.read_buffer_bytes.max(256),
+            write_buffer_bytes: self.write_buffer_bytes,
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        })
+    }
+
+    pub fn api(&self) -> ApiConfig {
+        ApiConfig {
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// Where the embedded per-installation secret lives: beside the SQLite file.
+pub fn secret_path(database_url: &str) -> PathBuf {
+    let path = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .unwrap_or(database_url);
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") {
+        return PathBuf::from("switchyard.secret");
+    }
+    Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.join("switchyard.secret"))
+        .unwrap_or_else(|| PathBuf::from("switchyard.secret"))
+}
+
+/// The JWT key source that was configured.
+pub enum KeySource {
+    /// JWT_SECRET or JWT_PUBLIC_KEY_FILE.
+    Configured(JwtConfig),
+    /// Neither: only the embedded mode may then make its own secret.
+    Unset,
+}
+
+impl JwtArgs {
+    pub fn key_source(&self) -> Result<KeySource, String> {
+        let key = if let Some(file) = &self.jwt_public_key_file {
+            let pem = std::fs::read(file)
+                .map_err(|e| format!("JWT_PUBLIC_KEY_FILE {}: {e}", file.display()))?;
+            VerifyKey::PublicPem {
+                algorithm: parse_public_algorithm(&self.jwt_algorithm)?,
+                pem,
+            }
+        } else if let Some(secret) = &self.jwt_secret {
+            VerifyKey::Secret(secret.as_bytes().to_vec())
+        } else {
+            return Ok(KeySource::Unset);
+        };
+        Ok(KeySource::Configured(self.with_key(key)))
+    }
+
+    pub fn with_key(&self, key: VerifyKey) -> JwtConfig {
+        JwtConfig {
+            key,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_secs: self.jwt_leeway_secs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_lives_beside_the_database() {
+        assert_eq!(
+            secret_path("sqlite://data/sy.db"),
+            PathBuf::from("data/switchyard.secret")
+        );
+        assert_eq!(
+            secret_path("sqlite://sy.db?mode=rwc"),
+            PathBuf::from("switchyard.secret")
+        );
+        assert_eq!(
+            secret_path("sqlite:///var/lib/sy/sy.db"),
+            PathBuf::from("/var/lib/sy/switchyard.secret")
+        );
+        assert_eq!(
+            secret_path("sqlite::memory:"),
+            PathBuf::from("switchyard.secret")
+        );
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

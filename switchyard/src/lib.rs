@@ -1,0 +1,14 @@
+//! The `switchyard` program: one binary, several process roles.
+//!
+//! # Layout
+//! - [`config`]: flags and environment variables, documented where they are parsed.
+//! - [`server`]: a server process's whole lifecycle — start, serve, drain, stop — in one place.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`token`]: the `switchyard token` command.
+//!
+//! Tests drive [`server::run`] directly with a listener on port 0, or the binary itself.
+
+pub mod config;
+pub mod health;
+pub mod server;
+pub mod token;

@@ -1,0 +1,155 @@
+//! A server process's lifecycle, in one place:
+//!
+//! 1. **start** — resolve the JWT key, open the database, start the bus, build the gateway
+//!    and/or the API and its outbox relay;
+//! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`;
+//! 3. **drain** — when `shutdown` is cancelled: stop accepting, `/readyz` turns 503, every
+//!    WebSocket is closed with 1001, the relay publishes what is left;
+//! 4. **stop** — wait for all of it (bounded by the drain timeout), close the database.
+
+use crate::config::{KeySource, Mode, ServeArgs, secret_path};
+use crate::health::{self, Health};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_api::{ApiState, relay};
+use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey, secret};
+use switchyard_broker::Broker;
+use switchyard_broker::memory::MemoryBroker;
+use switchyard_gateway::Gateway;
+use switchyard_protocol::Role;
+use switchyard_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Token lifetime of the tokens the embedded mode prints at start.
+const PRINTED_TOKEN_TTL: u64 = 24 * 3600;
+
+/// Runs a server on `listener` until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    mode: Mode,
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // ── start ──────────────────────────────────────────────────────────────────────────
+    let (jwt, embedded_secret) = resolve_jwt(mode, &args)?;
+    let verifier = Arc::new(Verifier::new(&jwt).map_err(anyhow::Error::msg)?);
+    let gateway_config = args.limits.gateway().map_err(anyhow::Error::msg)?;
+    let store = Store::open(&args.database_url)
+        .await
+        .with_context(|| format!("opening database {}", args.database_url))?;
+    let broker: Arc<dyn Broker> = MemoryBroker::start();
+    if mode != Mode::All {
+        tracing::warn!(
+            "no REDIS_URL: `{}` uses the in-process bus, so events do not reach other processes",
+            mode.name()
+        );
+    }
+    let gateway = mode.runs_gateway().then(|| {
+        Gateway::new(
+            gateway_config,
+            verifier.clone(),
+            broker.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )
+    });
+    let relay = mode
+        .runs_api()
+        .then(|| tokio::spawn(relay::run(store.clone(), broker.clone(), shutdown.clone())));
+
+    let mut app = health::router(Health {
+        store: store.clone(),
+        broker: broker.clone(),
+        shutdown: shutdown.clone(),
+        metrics: health::metrics_handle(),
+    });
+    if let Some(gateway) = &gateway {
+        app = app.merge(gateway.router());
+    }
+    if mode.runs_api() {
+        let state = ApiState {
+            store: store.clone(),
+            verifier: verifier.clone(),
+        };
+        app = app.merge(switchyard_api::router(state, &args.limits.api()));
+    }
+
+    // ── serve ──────────────────────────────────────────────────────────────────────────
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("listening on {addr}");
+    if let Some(secret) = embedded_secret {
+        print_tokens(&secret, &jwt, addr);
+    }
+    tracing::info!(%addr, mode = mode.name(), "serving");
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    shutdown.cancelled().await;
+
+    // ── drain ──────────────────────────────────────────────────────────────────────────
+    let deadline = Duration::from_millis(args.drain_timeout_ms);
+    tracing::info!(?deadline, "draining");
+    if let Some(gateway) = &gateway {
+        let open = gateway.connections();
+        if !gateway.drain(deadline).await {
+            tracing::warn!(open, "drain deadline passed with connections still open");
+        }
+    }
+    match tokio::time::timeout(deadline, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::warn!(%err, "server error while draining"),
+        Ok(Err(err)) => tracing::warn!(%err, "server task failed"),
+        Err(_) => tracing::warn!("HTTP connections still open at the drain deadline"),
+    }
+    if let Some(relay) = relay
+        && tokio::time::timeout(deadline, relay).await.is_err()
+    {
+        tracing::warn!("outbox relay did not finish; unsent events stay in the outbox");
+    }
+
+    // ── stop ───────────────────────────────────────────────────────────────────────────
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configured key, or — for `all` only — the per-installation secret beside the
+/// database, created on first start. Returns the secret too when it is the embedded one,
+/// so ready-to-use tokens can be printed.
+fn resolve_jwt(mode: Mode, args: &ServeArgs) -> anyhow::Result<(JwtConfig, Option<String>)> {
+    match args.jwt.key_source().map_err(anyhow::Error::msg)? {
+        KeySource::Configured(config) => Ok((config, None)),
+        KeySource::Unset if mode == Mode::All => {
+            let path = secret_path(&args.database_url);
+            let secret = secret::load_or_create(&path)
+                .with_context(|| format!("embedded JWT secret at {}", path.display()))?;
+            let config = args
+                .jwt
+                .with_key(VerifyKey::Secret(secret.as_bytes().to_vec()));
+            Ok((config, Some(secret)))
+        }
+        KeySource::Unset => anyhow::bail!(
+            "`switchyard {}` needs a JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE (RS256/ES256)",
+            mode.name()
+        ),
+    }
+}
+
+fn print_tokens(secret: &str, jwt: &JwtConfig, addr: std::net::SocketAddr) {
+    let issuer = Issuer::new(secret.as_bytes(), jwt.issuer.clone(), jwt.audience.clone());
+    let admin = issuer.issue("admin", Role::Admin, PRINTED_TOKEN_TTL);
+    let customer = issuer.issue("c1", Role::Customer, PRINTED_TOKEN_TTL);
+    let partner = issuer.issue("p1", Role::Partner, PRINTED_TOKEN_TTL);
+    println!(
+        "\nSwitchyard (embedded) is up: REST on http://{addr}/api, WebSocket on ws://{addr}/ws\n\
+         Tokens valid for 24 h (make more with `switchyard token --sub ID --role ROLE`):\n  \
+         admin     (sub admin): {admin}\n  \
+         customer  (sub c1):    {customer}\n  \
+         partner   (sub p1):    {partner}\n"
+    );
+}

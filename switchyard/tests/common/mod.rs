@@ -1,0 +1,297 @@
+//! Test harness: real servers on port 0, real WebSocket clients over TCP, a real HTTP client.
+#![allow(dead_code)]
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard::config::{Cli, Command, Mode};
+use switchyard_auth::Issuer;
+use switchyard_protocol::Role;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+/// How long a test waits for any one expected frame or response.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A `switchyard all` server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(&[]).await
+    }
+
+    /// Starts with extra command-line flags (e.g. `["--max-subscriptions", "3"]`).
+    pub async fn start_with(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/test.db", dir.path().display());
+        let mut argv = vec![
+            "switchyard".to_owned(),
+            "all".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--database-url".to_owned(),
+            db,
+            "--jwt-secret".to_owned(),
+            SECRET.to_owned(),
+            "--drain-timeout-ms".to_owned(),
+            "3000".to_owned(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let cli = Cli::try_parse_from(argv).expect("test flags parse");
+        let Some(Command::All(args)) = cli.command else {
+            unreachable!()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(switchyard::server::run(
+            Mode::All,
+            args,
+            listener,
+            shutdown.clone(),
+        ));
+        let server = TestServer {
+            addr,
+            shutdown,
+            task,
+            dir,
+            http: reqwest::Client::new(),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(WAIT, self.task).await;
+    }
+
+    /// A REST call; returns status and JSON body (`Value::Null` when the body is empty).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates an order for `customer` and returns its id.
+    pub async fn create_order(&self, customer: &str, qty: i64, price: i64) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/orders",
+                &token(customer, Role::Customer),
+                Some(json!({"items":[{"sku":"milk-1l","qty":qty,"unit_price_paise":price}],"address":"12 MG Road"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn assign(&self, order: &str, partner: &str) {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/api/orders/{order}/assign"),
+                &admin(),
+                Some(json!({ "partner": partner })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub async fn set_status(&self, order: &str, token: &str, status: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            &format!("/api/orders/{order}/status"),
+            token,
+            Some(json!({ "status": status })),
+        )
+        .await
+    }
+}
+
+pub fn token(sub: &str, role: Role) -> String {
+    Issuer::new(SECRET.as_bytes(), None, None).issue(sub, role, 3600)
+}
+
+pub fn admin() -> String {
+    token("admin", Role::Admin)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the Switchyard protocol.
+pub struct Client {
+    pub ws: Ws,
+    pub welcome: Value,
+    pub response: Response<Option<Vec<u8>>>,
+    next_id: i64,
+}
+
+/// Connects with `Authorization: Bearer`; panics unless the upgrade succeeds.
+pub async fn connect(url: &str, token: &str) -> Client {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    connect_request(req).await.expect("upgrade refused")
+}
+
+/// Connects with a prepared request; the error is the HTTP response of a refused upgrade.
+pub async fn connect_request(
+    req: tungstenite::handshake::client::Request,
+) -> Result<Client, tungstenite::Error> {
+    let (ws, response) = tokio_tungstenite::connect_async(req).await?;
+    let mut client = Client {
+        ws,
+        welcome: Value::Null,
+        response,
+        next_id: 1,
+    };
+    client.welcome = client.recv().await;
+    assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
+    Ok(client)
+}
+
+/// Tries to upgrade and expects an HTTP refusal; returns its status and JSON body.
+pub async fn refused(req: tungstenite::handshake::client::Request) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => panic!("upgrade unexpectedly accepted"),
+        Err(tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null);
+            (status, body)
+        }
+        Err(other) => panic!("unexpected error {other:?}"),
+    }
+}
+
+impl Client {
+    /// The next text frame as JSON.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended")
+                .expect("read error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Frames until one matches `pred` (earlier ones are dropped).
+    pub async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// The next event in `room` with name `event`.
+    pub async fn event(&mut self, room: &str, event: &str) -> Value {
+        self.recv_until(|v| v["type"] == "event" && v["room"] == room && v["event"] == event)
+            .await
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// Sends an op with a fresh id and returns the reply carrying that id.
+    pub async fn request(&mut self, mut op: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        op["id"] = json!(id);
+        self.send(op).await;
+        self.recv_until(|v| v["id"] == id && (v["type"] == "ok" || v["type"] == "error"))
+            .await
+    }
+
+    pub async fn subscribe(&mut self, room: &str) -> Value {
+        self.request(json!({"op":"subscribe","room":room})).await
+    }
+
+    /// Reads until the server closes; returns the close frame (None if the TCP stream just ended).
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Err(_) => panic!("timed out waiting for close"),
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => return frame,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The real binary: one-command start, restarts, signals, heartbeats, expiry, slow clients.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use switchyard_protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A `switchyard` process; SIGKILLed on drop if still running.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    stdout: Vec<String>,
+}
+
+impl Proc {
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(dir)
+            .env_remove("JWT_SECRET")
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn switchyard");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stdout = Vec::new();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("switchyard exited before listening")
+                .unwrap();
+            stdout.push(line.clone());
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.parse().unwrap();
+            }
+        };
+        // Collect the token banner that follows in the embedded mode.
+        std::thread::spawn(move || for _ in lines {});
+        Proc {
+            child,
+            addr,
+            stdout,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn token_cmd(dir: &Path, sub: &str, role: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--sub", sub, "--role", role])
+        .current_dir(dir)
+        .env_remove("JWT_SECRET")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_needs_nothing_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // No JWT_SECRET: the embedded mode creates its secret and prints usable tokens.
+    let mut first = Proc::start(dir.path(), &["--listen", "127.0.0.1:0"], &[]);
+    assert!(dir.path().join("switchyard.secret").exists());
+    assert!(dir.path().join("switchyard.db").exists());
+    let _ = &first.stdout;
+    let customer = token_cmd(dir.path(), "c1", "customer");
+    let admin = token_cmd(dir.path(), "admin", "admin");
+    let resp = http
+        .post(first.url("/api/orders"))
+        .bearer_auth(&customer)
+        .json(&json!({"items":[{"sku":"milk-1l","qty":2,"unit_price_paise":6500}],"address":"12 MG Road"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let order: serde_json::Value = resp.json().await.unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    let resp = http
+        .post(first.url(&format!("/api/orders/{id}/payment")))
+        .bearer_auth(&customer)
+        .header("idempotency-key", "restart-1")
+        .json(&json!({"amount_paise":13000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    first.signal("-TERM");
+    assert!(first.wait(Duration::from_secs(10)).success());
+
+    let second = Proc::start(dir.path(), &["--listen", "127.0.0.1:0"], &[]);
+    // Tokens made before the restart still verify: the secret persisted.
+    let resp = http
+        .get(second.url(&format!("/api/orders/{id}")))
+        .bearer_auth(&customer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let again: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(again["paid"], true);
+    assert_eq!(again["total_paise"], 13000);
+    let revenue: serde_json::Value = http
+        .get(second.url("/api/revenue"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(revenue["total_paise"], 13000);
+    assert_eq!(revenue["paid_orders"], 1);
+    // The idempotency key survived too: a retry after the restart counts nothing.
+    let resp = http
+        .post(second.url(&format!("/api/orders/{id}/payment")))
+        .bearer_auth(&customer)
+        .header("idempotency-key", "restart-1")
+        .json(&json!({"amount_paise":13000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers().get("idempotent-replayed").unwrap(), "true");
+    let mut ws = connect(&format!("ws://{}/ws", second.addr), &customer).await;
+    let snap = ws.subscribe(&format!("order:{id}")).await;
+    assert_eq!(snap["snapshot"]["paid"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_socket_with_1001_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = Proc::start(
+        dir.path(),
+        &["--listen", "127.0.0.1:0"],
+        &[("JWT_SECRET", SECRET)],
+    );
+    let url = format!("ws://{}/ws", proc.addr);
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(connect(&url, &token(&format!("u{i}"), Role::Customer)).await);
+    }
+    proc.signal("-TERM");
+    for c in &mut clients {
+        let frame = c.closed().await.expect("a close frame");
+        assert_eq!(frame.code, CloseCode::Away);
+    }
+    assert!(proc.wait(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_roles_refuse_to_start_without_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for role in ["gateway", "api"] {
+        let out = Command::new(BIN)
+            .args([role, "--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .env_remove("JWT_SECRET")
+            .env_remove("JWT_PUBLIC_KEY_FILE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("JWT_SECRET"), "{err}");
+    }
+    assert!(!dir.path().join("switchyard.secret").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_for_idleness() {
+    let server =
+        TestServer::start_with(&["--heartbeat-interval-ms", "100", "--idle-timeout-ms", "300"])
+            .await;
+    // A raw TCP client that completes the upgrade and then never sends another byte.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        server.addr,
+        token("u1", Role::Customer)
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut received))
+        .await
+        .expect("the server never closed the silent connection")
+        .ok();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    // Pings (0x89) came first, then a close frame (0x88) with code 4002 (0x0FA2).
+    let close = received
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2] == 0x0F && w[3] == 0xA2);
+    let ping = received.iter().position(|b| *b == 0x89);
+    assert!(close.is_some(), "no 4002 close frame in {received:?}");
+    assert!(
+        ping.is_some_and(|p| p < close.unwrap()),
+        "no ping before the close"
+    );
+    // A client that answers pings stays.
+    let mut alive = connect(&server.ws_url(), &token("u2", Role::Customer)).await;
+    for _ in 0..8 {
+        let r = alive.request(json!({"op":"ping"})).await;
+        assert_eq!(r["type"], "ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_ends_the_connection_with_4001() {
+    let server = TestServer::start_with(&["--jwt-leeway-secs", "0"]).await;
+    let t =
+        switchyard_auth::Issuer::new(SECRET.as_bytes(), None, None).issue("u1", Role::Customer, 2);
+    let mut c = connect(&server.ws_url(), &t).await;
+    let frame = c.closed().await.expect("close frame");
+    assert_eq!(u16::from(frame.code), 4001);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_stalls_neither_publishers_nor_others() {
+    let server =
+        TestServer::start_with(&["--outbound-queue", "8", "--write-timeout-ms", "500"]).await;
+    let url = server.ws_url();
+    let mut slow = connect(&url, &admin()).await;
+    assert_eq!(slow.subscribe("admin:revenue").await["type"], "ok");
+    let mut fast = connect(&url, &admin()).await;
+    assert_eq!(fast.subscribe("admin:revenue").await["type"], "ok");
+    // Big events fill the slow client's socket buffers and then its queue.
+    let mut orders = Vec::new();
+    for i in 0..60 {
+        orders.push(server.create_order(&format!("c{i}"), 1, 100).await);
+    }
+    let pays = orders.iter().enumerate().map(|(i, order)| {
+        let http = server.http.clone();
+        let url = server.url(&format!("/api/orders/{order}/payment"));
+        async move {
+            http.post(url)
+                .bearer_auth(token(&format!("c{i}"), Role::Customer))
+                .header("idempotency-key", "k")
+                .json(&json!({"amount_paise":100}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    for status in futures_util::future::join_all(pays).await {
+        assert_eq!(status, 201);
+    }
+    for _ in 0..60 {
+        fast.event("admin:revenue", "revenue.updated").await;
+    }
+    // Every payment was answered and the reading client got all 60 events while the other
+    // never read a frame. (Overflowing a queue needs more bytes than loopback's socket
+    // buffers hold; the hub's unit tests cover the kick itself.)
+    drop(slow);
+    server.stop().await;
+}

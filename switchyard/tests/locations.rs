@@ -1,0 +1,126 @@
+//! Partners stream GPS fixes into the rooms of the orders they carry.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use switchyard_protocol::Role;
+
+fn fix(order: &str, lat: f64, lng: f64) -> serde_json::Value {
+    json!({"op":"location","order_id":order,"lat":lat,"lng":lng,"heading":90,"speed":8.5,"ts":1_732_000_000_000_i64})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_location_reaches_the_order_room_and_the_next_snapshot() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let order = server.create_order("c1", 1, 100).await;
+    server.assign(&order, "p1").await;
+    let room = format!("order:{order}");
+    let mut c1 = connect(&url, &token("c1", Role::Customer)).await;
+    assert_eq!(c1.subscribe(&room).await["type"], "ok");
+    let mut p1 = connect(&url, &token("p1", Role::Partner)).await;
+
+    let r = p1.request(fix(&order, 12.9716, 77.5946)).await;
+    assert_eq!(
+        (r["type"].as_str(), r["op"].as_str()),
+        (Some("ok"), Some("location")),
+        "{r}"
+    );
+    let e = c1.event(&room, "partner.location").await;
+    assert_eq!(e["data"]["lat"], 12.9716);
+    assert_eq!(e["data"]["lng"], 77.5946);
+    assert_eq!(e["data"]["partner"], "p1");
+    assert_eq!(e["data"]["ts"], 1_732_000_000_000_i64);
+
+    // The next subscriber's snapshot carries the last known location.
+    let mut admin_ws = connect(&url, &admin()).await;
+    let snap = admin_ws.subscribe(&room).await;
+    assert_eq!(snap["snapshot"]["last_location"]["lat"], 12.9716);
+    assert_eq!(snap["snapshot"]["last_location"]["heading"], 90.0);
+    assert!(
+        snap["snapshot"]["last_location"]["received_at"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    // …and so does the REST read.
+    let (_, o) = server
+        .call(
+            "GET",
+            &format!("/api/orders/{order}"),
+            &token("c1", Role::Customer),
+            None,
+        )
+        .await;
+    assert_eq!(o["last_location"]["lng"], 77.5946);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_assigned_partner_may_send_and_coordinates_are_validated() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let order = server.create_order("c1", 1, 100).await;
+    server.assign(&order, "p1").await;
+    let mut p1 = connect(&url, &token("p1", Role::Partner)).await;
+    let mut p2 = connect(&url, &token("p2", Role::Partner)).await;
+    let mut c1 = connect(&url, &token("c1", Role::Customer)).await;
+    let mut adm = connect(&url, &admin()).await;
+    assert_eq!(p2.request(fix(&order, 1.0, 1.0)).await["code"], "forbidden");
+    assert_eq!(c1.request(fix(&order, 1.0, 1.0)).await["code"], "forbidden");
+    assert_eq!(
+        adm.request(fix(&order, 1.0, 1.0)).await["code"],
+        "forbidden"
+    );
+    assert_eq!(
+        p1.request(fix("999999", 1.0, 1.0)).await["code"],
+        "forbidden"
+    );
+    for (lat, lng) in [(90.5, 0.0), (-91.0, 0.0), (0.0, 180.5), (0.0, -181.0)] {
+        assert_eq!(
+            p1.request(fix(&order, lat, lng)).await["code"],
+            "bad_request",
+            "{lat},{lng}"
+        );
+    }
+    p1.send_raw(tokio_tungstenite::tungstenite::Message::Text(
+        format!(r#"{{"op":"location","order_id":"{order}","lat":1e999,"lng":0,"id":99}}"#).into(),
+    ))
+    .await;
+    assert_eq!(
+        p1.recv().await["code"],
+        "bad_request",
+        "out-of-range number"
+    );
+    // A reassigned order no longer accepts the former partner's fixes.
+    server.assign(&order, "p2").await;
+    assert_eq!(p1.request(fix(&order, 1.0, 1.0)).await["code"], "forbidden");
+    assert_eq!(p2.request(fix(&order, 1.0, 1.0)).await["type"], "ok");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_floods_are_rate_limited_without_disconnecting() {
+    let server = TestServer::start_with(&["--location-rate", "2", "--location-burst", "3"]).await;
+    let url = server.ws_url();
+    let order = server.create_order("c1", 1, 100).await;
+    server.assign(&order, "p1").await;
+    let mut p1 = connect(&url, &token("p1", Role::Partner)).await;
+    let mut limited = 0;
+    let mut accepted = 0;
+    for _ in 0..10 {
+        let r = p1.request(fix(&order, 1.0, 1.0)).await;
+        match r["code"].as_str() {
+            Some("rate_limited") => limited += 1,
+            None => accepted += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        accepted >= 3 && limited >= 5,
+        "accepted {accepted}, limited {limited}"
+    );
+    assert_eq!(p1.request(json!({"op":"ping"})).await["type"], "ok");
+    server.stop().await;
+}

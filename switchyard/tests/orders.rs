@@ -1,0 +1,415 @@
+//! The REST API and the events every change publishes.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard_protocol::Role;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_change_reaches_the_order_room_and_the_user_room_with_increasing_offsets() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let order = server.create_order("c1", 2, 6500).await;
+    let room = format!("order:{order}");
+    let mut c1 = connect(&url, &token("c1", Role::Customer)).await;
+    assert_eq!(c1.subscribe(&room).await["type"], "ok");
+
+    let mut order_offsets = Vec::new();
+    let mut user_offsets = Vec::new();
+    for status in ["confirmed", "packed", "out_for_delivery", "delivered"] {
+        let (code, body) = server.set_status(&order, &admin(), status).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], status);
+        let e = c1.event(&room, "order.status").await;
+        assert_eq!(e["data"]["status"], status);
+        assert_eq!(e["data"]["order_id"], order.as_str());
+        order_offsets.push(e["offset"].as_u64().unwrap());
+        let e = c1.event("user:c1", "order.status").await;
+        assert_eq!(e["data"]["status"], status);
+        user_offsets.push(e["offset"].as_u64().unwrap());
+    }
+    for offsets in [&order_offsets, &user_offsets] {
+        assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_and_assignment_are_published() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut c1 = connect(&url, &token("c1", Role::Customer)).await;
+    let mut p7 = connect(&url, &token("p7", Role::Partner)).await;
+    let order = server.create_order("c1", 1, 500).await;
+    let e = c1.event("user:c1", "order.created").await;
+    assert_eq!(e["data"]["id"], order.as_str());
+    assert_eq!(e["data"]["total_paise"], 500);
+    server.assign(&order, "p7").await;
+    let e = p7.event("user:p7", "order.assigned").await;
+    assert_eq!(e["data"]["partner"], "p7");
+    let e = c1.event("user:c1", "order.assigned").await;
+    assert_eq!(e["data"]["order_id"], order.as_str());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_rules_over_rest() {
+    let server = TestServer::start().await;
+    let order = server.create_order("c1", 1, 100).await;
+    let c1 = token("c1", Role::Customer);
+    let c2 = token("c2", Role::Customer);
+    server.assign(&order, "p1").await;
+    let p1 = token("p1", Role::Partner);
+    // Invalid transition → 409, even for an admin.
+    assert_eq!(
+        server.set_status(&order, &admin(), "delivered").await.0,
+        409
+    );
+    // Valid but not allowed → 403.
+    assert_eq!(server.set_status(&order, &c1, "confirmed").await.0, 403);
+    assert_eq!(server.set_status(&order, &p1, "confirmed").await.0, 403);
+    // Someone else's order is not visible → 404.
+    assert_eq!(server.set_status(&order, &c2, "cancelled").await.0, 404);
+    // Unknown status value → 422.
+    assert_eq!(
+        server.set_status(&order, &admin(), "teleported").await.0,
+        422
+    );
+    // The partner moves delivery along.
+    assert_eq!(
+        server.set_status(&order, &admin(), "confirmed").await.0,
+        200
+    );
+    assert_eq!(server.set_status(&order, &admin(), "packed").await.0, 200);
+    assert_eq!(
+        server.set_status(&order, &c1, "cancelled").await.0,
+        403,
+        "too late to cancel"
+    );
+    assert_eq!(
+        server.set_status(&order, &p1, "out_for_delivery").await.0,
+        200
+    );
+    assert_eq!(server.set_status(&order, &p1, "delivered").await.0, 200);
+    // A customer cancels early.
+    let early = server.create_order("c1", 1, 100).await;
+    let (code, body) = server.set_status(&early, &c1, "cancelled").await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("cancelled")));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_listings_follow_roles() {
+    let server = TestServer::start().await;
+    let a = server.create_order("c1", 1, 100).await;
+    let b = server.create_order("c2", 1, 100).await;
+    let c = server.create_order("c1", 1, 100).await;
+    server.assign(&b, "p1").await;
+    let c1 = token("c1", Role::Customer);
+    let p1 = token("p1", Role::Partner);
+    assert_eq!(
+        server
+            .call("GET", &format!("/api/orders/{a}"), &c1, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        server
+            .call("GET", &format!("/api/orders/{b}"), &c1, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        server
+            .call("GET", &format!("/api/orders/{b}"), &p1, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        server.call("GET", "/api/orders/abc", &c1, None).await.0,
+        404
+    );
+    let ids = |v: &Value| -> Vec<String> {
+        v["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, mine) = server.call("GET", "/api/orders", &c1, None).await;
+    assert_eq!(ids(&mine), vec![a.clone(), c.clone()]);
+    let (_, assigned) = server.call("GET", "/api/orders", &p1, None).await;
+    assert_eq!(ids(&assigned), vec![b.clone()]);
+    // Admin pages through everything.
+    let (_, page1) = server
+        .call("GET", "/api/orders?limit=2", &admin(), None)
+        .await;
+    assert_eq!(ids(&page1), vec![a.clone(), b.clone()]);
+    let next = page1["next_after"].as_str().unwrap();
+    let (_, page2) = server
+        .call(
+            "GET",
+            &format!("/api/orders?limit=2&after={next}"),
+            &admin(),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page2), vec![c.clone()]);
+    assert!(page2["next_after"].is_null());
+    assert_eq!(
+        server
+            .call("GET", "/api/orders?limit=0", &admin(), None)
+            .await
+            .0,
+        422
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_errors_are_json_with_the_right_status() {
+    let server = TestServer::start_with(&["--max-body-bytes", "1024"]).await;
+    let c1 = token("c1", Role::Customer);
+    let post = |body: String, token: Option<String>, content_type: bool| {
+        let mut req = server.http.post(server.url("/api/orders")).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if content_type {
+            req = req.header("content-type", "application/json");
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let good =
+        json!({"items":[{"sku":"a","qty":1,"unit_price_paise":1}],"address":"x"}).to_string();
+    let cases = [
+        (
+            post("{".into(), Some(c1.clone()), true).await,
+            400,
+            "bad_request",
+        ),
+        (post(good.clone(), None, true).await, 401, "unauthorized"),
+        (
+            post(good.clone(), Some("garbage".into()), true).await,
+            401,
+            "unauthorized",
+        ),
+        (
+            post(good.clone(), Some(admin()), true).await,
+            403,
+            "forbidden",
+        ),
+        (
+            post(good.clone(), Some(c1.clone()), false).await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            post("x".repeat(4096), Some(c1.clone()), true).await,
+            413,
+            "payload_too_large",
+        ),
+        (
+            post(
+                json!({"items":[],"address":"x"}).to_string(),
+                Some(c1.clone()),
+                true,
+            )
+            .await,
+            422,
+            "invalid",
+        ),
+        (
+            post(
+                json!({"items":[{"sku":"a","qty":-1,"unit_price_paise":1}],"address":"x"})
+                    .to_string(),
+                Some(c1.clone()),
+                true,
+            )
+            .await,
+            422,
+            "invalid",
+        ),
+        (
+            post(
+                json!({"items":"nope","address":"x"}).to_string(),
+                Some(c1.clone()),
+                true,
+            )
+            .await,
+            422,
+            "invalid",
+        ),
+    ];
+    for ((status, body), want_status, want_code) in cases {
+        assert_eq!(status, want_status, "{body}");
+        assert_eq!(body["error"], want_code, "{body}");
+        assert!(body["message"].is_string(), "{body}");
+    }
+    let (status, body) = server.call("GET", "/api/nowhere", &c1, None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, _) = server.call("DELETE", "/api/orders", &c1, None).await;
+    assert_eq!(status, 405);
+    let (status, _) = server.call("GET", "/api/revenue", &c1, None).await;
+    assert_eq!(status, 403);
+    server.stop().await;
+}
+
+async fn pay(
+    server: &TestServer,
+    order: &str,
+    token: &str,
+    key: &str,
+    amount: i64,
+) -> (u16, Value) {
+    let resp = server
+        .http
+        .post(server.url(&format!("/api/orders/{order}/payment")))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&json!({ "amount_paise": amount }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_moves_revenue_once() {
+    let server = TestServer::start().await;
+    let mut adm = connect(&server.ws_url(), &admin()).await;
+    assert_eq!(adm.subscribe("admin:revenue").await["type"], "ok");
+    let order = server.create_order("c1", 2, 6500).await;
+    let c1 = token("c1", Role::Customer);
+
+    let (status, first) = pay(&server, &order, &c1, "key-1", 13_000).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["revenue"]["total_paise"], 13_000);
+    let e = adm.event("admin:revenue", "revenue.updated").await;
+    assert_eq!(e["data"]["total_paise"], 13_000);
+    assert_eq!(e["data"]["paid_orders"], 1);
+    assert_eq!(e["data"]["payment"]["order_id"], order.as_str());
+
+    for _ in 0..3 {
+        let (status, again) = pay(&server, &order, &c1, "key-1", 13_000).await;
+        assert_eq!(
+            (status, &again),
+            (201, &first),
+            "a repeat returns the same result"
+        );
+    }
+    assert_eq!(
+        pay(&server, &order, &c1, "key-2", 13_000).await.0,
+        409,
+        "already paid"
+    );
+    assert_eq!(
+        pay(&server, &order, &c1, "key-1", 12_000).await.0,
+        422,
+        "key reused for another body"
+    );
+    let other = server.create_order("c1", 1, 100).await;
+    assert_eq!(
+        pay(&server, &other, &c1, "key-3", 99).await.0,
+        422,
+        "amount must equal the total"
+    );
+    assert_eq!(
+        pay(&server, &other, &token("c2", Role::Customer), "key-4", 100)
+            .await
+            .0,
+        404
+    );
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/api/orders/{other}/payment"),
+            &c1,
+            Some(json!({"amount_paise":100})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "no Idempotency-Key"
+    );
+
+    let (_, revenue) = server.call("GET", "/api/revenue", &admin(), None).await;
+    assert_eq!(
+        revenue,
+        json!({"currency":"INR","total_paise":13_000,"paid_orders":1})
+    );
+    // The repeats published nothing: the next revenue event directly follows the first.
+    assert_eq!(pay(&server, &other, &c1, "key-5", 100).await.0, 201);
+    let next = adm.event("admin:revenue", "revenue.updated").await;
+    assert_eq!(
+        next["offset"].as_u64(),
+        e["offset"].as_u64().map(|o| o + 1),
+        "{next}"
+    );
+    assert_eq!(next["data"]["paid_orders"], 2);
+    assert_eq!(next["data"]["total_paise"], 13_100);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_payments_of_different_orders_all_count_and_totals_only_grow() {
+    let server = TestServer::start().await;
+    let mut adm = connect(&server.ws_url(), &admin()).await;
+    assert_eq!(adm.subscribe("admin:revenue").await["type"], "ok");
+    const N: usize = 20;
+    let mut orders = Vec::new();
+    for i in 0..N {
+        orders.push(
+            server
+                .create_order(&format!("c{i}"), 1, 100 + i as i64)
+                .await,
+        );
+    }
+    let expected: i64 = (0..N as i64).map(|i| 100 + i).sum();
+    let server = std::sync::Arc::new(server);
+    let mut tasks = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        let server = server.clone();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = token(&format!("c{i}"), Role::Customer);
+            // Each payment is also retried with its key at once, concurrently.
+            let a = pay(&server, &order, &t, "k", 100 + i as i64);
+            let b = pay(&server, &order, &t, "k", 100 + i as i64);
+            let (a, b) = tokio::join!(a, b);
+            assert_eq!((a.0, b.0), (201, 201));
+            assert_eq!(a.1, b.1);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, revenue) = server.call("GET", "/api/revenue", &admin(), None).await;
+    assert_eq!(revenue["total_paise"], expected);
+    assert_eq!(revenue["paid_orders"], N);
+    // The ticker saw N updates, in offset order, with totals that never go down.
+    let mut last_offset = 0;
+    let mut last_total = 0;
+    for _ in 0..N {
+        let e = adm.event("admin:revenue", "revenue.updated").await;
+        let offset = e["offset"].as_u64().unwrap();
+        let total = e["data"]["total_paise"].as_i64().unwrap();
+        assert!(offset > last_offset && total > last_total, "{e}");
+        last_offset = offset;
+        last_total = total;
+    }
+    assert_eq!(last_total, expected);
+    let server = std::sync::Arc::into_inner(server).unwrap();
+    server.stop().await;
+}
