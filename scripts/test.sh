@@ -2,9 +2,9 @@
 # The whole test suite: unit tests, integration tests against real servers on loopback,
 # and the criterion benches compiled and run once in test mode.
 #
-# Needs only the Rust toolchain today. Tests that need external programs (redis-server,
-# nginx, chromium) install them from Debian packages here, or stop with a message that
-# says what to install.
+# Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3 and docker-compose
+# are installed here from Debian packages when missing (as root), or the script stops with a
+# message that says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +12,28 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found; install the Rust toolchain (https://rustup.rs)" >&2
   exit 1
 fi
+
+# The distributed-mode tests run a real redis-server and nginx (scripts/cluster.sh); the
+# compose file is validated with docker-compose (no Docker engine needed for that).
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+missing=()
+for pair in redis-server:redis-server redis-cli:redis-tools nginx:nginx-light curl:curl \
+            python3:python3 docker-compose:docker-compose; do
+  have "${pair%%:*}" || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} (Debian packages) for the distributed-mode tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts packaged services on install where it can; the tests start their own.
+  else
+    echo "error: missing ${missing[*]}; install them (Debian: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config -q
+echo "docker-compose.yml: valid"
 
 cargo test --workspace --all-targets --locked "$@"

@@ -14,6 +14,7 @@
 //! | 415 | `unsupported_media_type` | body without `Content-Type: application/json` |
 //! | 422 | `invalid` | well-formed JSON with invalid values |
 //! | 500 | `internal` | a database failure; details are logged, never returned |
+//! | 503 | `unavailable` | a change while the event bus is down (retry) |
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;

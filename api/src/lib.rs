@@ -16,11 +16,15 @@ pub mod payments;
 pub mod relay;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use error::ApiError;
 use std::sync::Arc;
 use switchyard_auth::Verifier;
+use switchyard_broker::Broker;
 use switchyard_store::Store;
 
 /// Limits of the REST API.
@@ -43,6 +47,8 @@ impl Default for ApiConfig {
 pub struct ApiState {
     pub store: Store,
     pub verifier: Arc<Verifier>,
+    /// For control messages (revocations) and for refusing writes while the bus is down.
+    pub broker: Arc<dyn Broker>,
 }
 
 /// The `/api` routes.
@@ -57,8 +63,30 @@ pub fn router(state: ApiState, config: &ApiConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            writes_need_the_bus,
+        ))
         .with_state(state);
     Router::new().nest("/api", api)
+}
+
+/// Changes are refused with 503 while the bus is down rather than piling up events nobody
+/// can deliver: a client retries, a committed change is never silently undelivered.
+/// (Committed events wait in the outbox and go out when the bus is back.)
+async fn writes_need_the_bus(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if request.method() != Method::GET && !state.broker.is_ready() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event bus is unavailable; retry shortly",
+        ));
+    }
+    Ok(next.run(request).await)
 }
 
 async fn not_found() -> ApiError {
@@ -67,7 +95,7 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "method not allowed on this route",
     )

@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use switchyard_broker::Control;
 use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::room::is_valid_id;
 use switchyard_protocol::{Order, OrderStatus, Role};
@@ -129,6 +130,17 @@ pub async fn assign(
             "partner must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
         ));
     }
-    let order = state.store.assign(id, &assignment.partner).await?;
+    let (order, previous) = state.store.assign(id, &assignment.partner).await?;
+    if let Some(previous) = previous.filter(|p| *p != assignment.partner) {
+        // The former partner loses the order room on every gateway, now.
+        let revoke = Control::Revoke {
+            room: format!("order:{}", order.id),
+            sub: previous,
+            reason: "the order was reassigned to another partner".into(),
+        };
+        if let Err(err) = state.broker.broadcast(revoke).await {
+            tracing::warn!(%err, "could not revoke the former partner's subscriptions");
+        }
+    }
     Ok(Json(order))
 }

@@ -1,37 +1,92 @@
 //! The outbox relay: publishes committed events in the order they were written.
 //!
-//! It wakes on every commit that wrote outbox rows (and once a second regardless, which
-//! also picks up rows another process or a previous run left). A row is deleted only after
-//! the bus accepted it; when the bus refuses, the relay backs off and retries from the
-//! same row, so events are never skipped or reordered. A crash between publish and delete
-//! publishes that row again on restart (at-least-once from database to bus).
+//! Several API processes may share one database; only the holder of the relay lease
+//! publishes, so events leave in commit order (one sequence of ids, one publisher). The
+//! holder wakes on its own commits, on `OutboxWritten` control messages from the other
+//! processes' commits (sent over the bus), and once a second regardless — which also picks up
+//! rows a crashed process or a previous run left. A row is deleted only after the bus took
+//! it; when the bus refuses, the relay backs off and retries from the same row, so events are
+//! never skipped or reordered. A crash between publish and delete publishes that row again on
+//! restart (at-least-once from database to bus).
 
 use serde_json::value::RawValue;
 use std::sync::Arc;
-use std::time::Duration;
-use switchyard_broker::Broker;
+use std::time::{Duration, Instant};
+use switchyard_broker::{Broker, Control, Deliver, Publication};
 use switchyard_protocol::Room;
 use switchyard_store::Store;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const BATCH: i64 = 256;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a lease lasts; it is renewed when half of it is left.
+const LEASE_MS: i64 = 5_000;
 
-/// Runs until `shutdown` is cancelled, then publishes what is left (one last pass).
+/// Wakes the relay when another process announces committed outbox rows.
+struct Wake(Arc<Notify>);
+
+impl Deliver for Wake {
+    fn deliver(&self, _publication: Publication) {}
+
+    fn control(&self, control: &Control) {
+        if *control == Control::OutboxWritten {
+            self.0.notify_one();
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled, then publishes what is left (one last pass) and
+/// releases the lease.
 pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationToken) {
-    let wake = store.outbox_written();
+    let local = store.outbox_written();
+    let remote = Arc::new(Notify::new());
+    broker.attach(Arc::new(Wake(remote.clone())));
+    let holder = format!(
+        "relay-{}-{:x}",
+        std::process::id(),
+        switchyard_store::now_ms()
+    );
+    let mut lease_until: Option<Instant> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
         let stopping = shutdown.is_cancelled();
-        match relay_batch(&store, broker.as_ref()).await {
+        // Renew when less than half the lease is left (one small write every ~2.5 s).
+        let renew = lease_until.is_none_or(|t| {
+            t.saturating_duration_since(Instant::now()) < Duration::from_millis(LEASE_MS as u64 / 2)
+        });
+        if renew {
+            let asked = Instant::now();
+            lease_until = match store.relay_lease(&holder, LEASE_MS).await {
+                Ok(true) => Some(asked + Duration::from_millis(LEASE_MS as u64)),
+                Ok(false) => None,
+                Err(err) => {
+                    tracing::warn!(%err, "relay lease check failed");
+                    None
+                }
+            };
+        }
+        let leader = lease_until.is_some();
+        let result = if leader {
+            relay_batch(&store, broker.as_ref()).await
+        } else {
+            Ok(0)
+        };
+        match result {
             Ok(0) => {
                 backoff = Duration::from_millis(50);
                 if stopping {
-                    return;
+                    break;
                 }
                 tokio::select! {
-                    _ = wake.notified() => {}
+                    _ = local.notified() => {
+                        if !leader {
+                            // Our commit, someone else's lease: wake the holder.
+                            let _ = broker.broadcast(Control::OutboxWritten).await;
+                        }
+                    }
+                    _ = remote.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
                     _ = shutdown.cancelled() => {}
                 }
@@ -40,7 +95,7 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
             Err(err) => {
                 if stopping {
                     tracing::warn!(%err, "outbox relay stopping with events left; they are published on the next start");
-                    return;
+                    break;
                 }
                 tracing::warn!(%err, ?backoff, "outbox relay failed; retrying");
                 tokio::select! {
@@ -50,6 +105,9 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+    if lease_until.is_some() {
+        let _ = store.release_relay_lease(&holder).await;
     }
 }
 

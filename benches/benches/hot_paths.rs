@@ -61,7 +61,7 @@ fn fan_out(c: &mut Criterion) {
     let hub = Hub::new();
     let mut receivers = Vec::with_capacity(MEMBERS);
     for conn in 0..MEMBERS as u64 {
-        let (out, rx, _kick) = Outbound::new(conn, 4);
+        let (out, rx, _kick) = Outbound::new(conn, "u", 4);
         hub.join("admin:revenue", &out);
         receivers.push(rx);
     }

@@ -15,11 +15,14 @@
 //!   lets the hub drop what has no members, which costs one map lookup).
 //!
 //! # Layout
-//! - [`memory`]: the in-process broker.
+//! - [`memory`]: the in-process broker (embedded mode).
+//! - [`redis`]: Redis pub/sub with offsets assigned in Redis (distributed mode).
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use switchyard_protocol::Room;
@@ -29,15 +32,31 @@ use switchyard_protocol::Room;
 pub struct Publication {
     pub room: String,
     pub offset: u64,
-    pub event: String,
     /// The complete `{"type":"event",...}` text frame.
     pub frame: String,
 }
 
-/// Receives publications (a gateway's hub). Must not block: it runs on the broker's
-/// delivery task, and every room's delivery waits behind it.
+/// Messages for every process rather than for a room's members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Control {
+    /// End `sub`'s subscription to `room` on every gateway (a partner was reassigned):
+    /// its sessions leave the room and tell the client why.
+    Revoke {
+        room: String,
+        sub: String,
+        reason: String,
+    },
+    /// Outbox rows were committed by some process: the relay holding the lease should look.
+    OutboxWritten,
+}
+
+/// Receives publications (a gateway's hub) and control messages. Must not block: it runs on
+/// the broker's delivery task, and every room's delivery waits behind it.
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, publication: Publication);
+
+    fn control(&self, _control: &Control) {}
 }
 
 /// Why a publish or subscribe failed.
@@ -66,7 +85,11 @@ pub trait Broker: Send + Sync + 'static {
     /// One member fewer in `room` on this node.
     async fn unsubscribe(&self, room: &Room);
 
-    /// Adds a sink that receives every publication this node subscribed to.
+    /// Sends a control message to every process's sinks (this one's included).
+    async fn broadcast(&self, control: Control) -> Result<(), BrokerError>;
+
+    /// Adds a sink that receives every publication this node subscribed to, and every
+    /// control message.
     fn attach(&self, sink: Arc<dyn Deliver>);
 
     /// Whether the broker can currently publish and deliver (`/readyz`).

@@ -7,7 +7,7 @@
 //!
 //! Offsets live in memory: after a restart every room counts from 1 again.
 
-use crate::{Broker, BrokerError, Deliver, Publication};
+use crate::{Broker, BrokerError, Control, Deliver, Publication};
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -18,11 +18,14 @@ use tokio::sync::{mpsc, oneshot};
 /// How many publish requests may wait for the dispatcher.
 const QUEUE: usize = 4096;
 
-struct Request {
-    room: String,
-    event: String,
-    data: Box<RawValue>,
-    reply: oneshot::Sender<u64>,
+enum Request {
+    Publish {
+        room: String,
+        event: String,
+        data: Box<RawValue>,
+        reply: oneshot::Sender<u64>,
+    },
+    Control(Control),
 }
 
 type Sinks = Arc<RwLock<Vec<Arc<dyn Deliver>>>>;
@@ -52,27 +55,40 @@ async fn dispatch(mut rx: mpsc::Receiver<Request>, sinks: Sinks) {
     // order, which the embedded mode (one machine, one database file) can afford.
     let mut offsets: HashMap<String, u64> = HashMap::new();
     while let Some(req) = rx.recv().await {
+        // Sinks are attached at start; the read lock is uncontended afterwards.
+        let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (room, event, data, reply) = match req {
+            Request::Publish {
+                room,
+                event,
+                data,
+                reply,
+            } => (room, event, data, reply),
+            Request::Control(control) => {
+                for sink in &sinks {
+                    sink.control(&control);
+                }
+                continue;
+            }
+        };
         let offset = offsets
-            .entry(req.room.clone())
+            .entry(room.clone())
             .and_modify(|o| *o += 1)
             .or_insert(1);
         let offset = *offset;
-        let frame = encode_event(&req.room, &req.event, offset, &req.data);
+        let frame = encode_event(&room, &event, offset, &data);
         let publication = Publication {
-            room: req.room,
+            room,
             offset,
-            event: req.event,
             frame,
         };
-        // Sinks are attached at start; the read lock is uncontended afterwards.
-        let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((last, rest)) = sinks.split_last() {
             for sink in rest {
                 sink.deliver(publication.clone());
             }
             last.deliver(publication);
         }
-        let _ = req.reply.send(offset);
+        let _ = reply.send(offset);
     }
 }
 
@@ -86,7 +102,7 @@ impl Broker for MemoryBroker {
     ) -> Result<u64, BrokerError> {
         let (reply, offset) = oneshot::channel();
         self.requests
-            .send(Request {
+            .send(Request::Publish {
                 room: room.as_str().to_owned(),
                 event: event.to_owned(),
                 data,
@@ -102,6 +118,13 @@ impl Broker for MemoryBroker {
     }
 
     async fn unsubscribe(&self, _room: &Room) {}
+
+    async fn broadcast(&self, control: Control) -> Result<(), BrokerError> {
+        self.requests
+            .send(Request::Control(control))
+            .await
+            .map_err(|_| BrokerError::Closed)
+    }
 
     fn attach(&self, sink: Arc<dyn Deliver>) {
         self.sinks

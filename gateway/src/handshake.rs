@@ -31,8 +31,12 @@ fn unauthorized(reason: &str) -> Response {
 
 /// The token from the first source that has one.
 fn token<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        return value.to_str().ok().and_then(bearer::from_authorization);
+    if let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer::from_authorization)
+    {
+        return Some(token);
     }
     let offers = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -96,7 +100,7 @@ pub(crate) async fn upgrade(
         .next_conn
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let conn_id = format!("{}-{conn}", shared.node);
-    let (out, rx, kick) = Outbound::new(conn, config.outbound_queue);
+    let (out, rx, kick) = Outbound::new(conn, &principal.sub, config.outbound_queue);
     let session = Session::new(conn_id, principal, out, shared.clone());
     let tracked = shared.tracker.token();
     ws.protocols([SUBPROTOCOL])

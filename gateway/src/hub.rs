@@ -8,11 +8,11 @@
 //! A publication's frame is turned into one `Utf8Bytes` and every member gets a clone
 //! of the same bytes: encoded once, never per recipient.
 
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Outgoing};
 use axum::extract::ws::{Message, Utf8Bytes};
 use dashmap::DashMap;
 use std::sync::Arc;
-use switchyard_broker::{Deliver, Publication};
+use switchyard_broker::{Control, Deliver, Publication};
 
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -79,9 +79,38 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Tells every local member of `room` whose user is `sub` to leave it.
+    pub fn revoke(&self, room: &str, sub: &str, reason: &str) -> usize {
+        let Some(members) = self.rooms.get(room).map(|m| Arc::clone(&m)) else {
+            return 0;
+        };
+        let (room, reason): (Arc<str>, Arc<str>) = (room.into(), reason.into());
+        members
+            .iter()
+            .filter(|m| &*m.sub == sub)
+            .filter(|m| {
+                m.push_outgoing(Outgoing::Revoke {
+                    room: room.clone(),
+                    reason: reason.clone(),
+                })
+            })
+            .count()
+    }
+}
+
 impl Deliver for Hub {
     fn deliver(&self, publication: Publication) {
         self.fan_out(&publication.room, Utf8Bytes::from(publication.frame));
+    }
+
+    fn control(&self, control: &Control) {
+        if let Control::Revoke { room, sub, reason } = control {
+            let revoked = self.revoke(room, sub, reason);
+            if revoked > 0 {
+                tracing::info!(%room, %sub, revoked, "subscriptions revoked");
+            }
+        }
     }
 }
 
@@ -92,14 +121,22 @@ mod tests {
     #[tokio::test]
     async fn join_fan_out_leave() {
         let hub = Hub::new();
-        let (a, mut ra, _) = Outbound::new(1, 8);
-        let (b, mut rb, _) = Outbound::new(2, 8);
+        let (a, mut ra, _) = Outbound::new(1, "a", 8);
+        let (b, mut rb, _) = Outbound::new(2, "b", 8);
         assert!(hub.join("order:1", &a));
         assert!(!hub.join("order:1", &a));
         assert!(hub.join("order:1", &b));
         assert_eq!(hub.fan_out("order:1", Utf8Bytes::from_static("x")), 2);
-        assert!(matches!(ra.recv().await, Some(Message::Text(t)) if t.as_str() == "x"));
-        assert!(matches!(rb.recv().await, Some(Message::Text(t)) if t.as_str() == "x"));
+        assert!(
+            matches!(ra.recv().await, Some(Outgoing::Frame(Message::Text(t))) if t.as_str() == "x")
+        );
+        assert!(
+            matches!(rb.recv().await, Some(Outgoing::Frame(Message::Text(t))) if t.as_str() == "x")
+        );
+        assert_eq!(hub.revoke("order:1", "b", "reassigned"), 1);
+        assert!(
+            matches!(rb.recv().await, Some(Outgoing::Revoke { room, .. }) if &*room == "order:1")
+        );
         assert!(hub.leave("order:1", 1));
         assert!(!hub.leave("order:1", 1));
         assert_eq!(hub.member_count("order:1"), 1);
@@ -111,8 +148,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_kicks_only_that_member() {
         let hub = Hub::new();
-        let (slow, _rs, kick) = Outbound::new(1, 2);
-        let (fast, mut rf, _) = Outbound::new(2, 64);
+        let (slow, _rs, kick) = Outbound::new(1, "s", 2);
+        let (fast, mut rf, _) = Outbound::new(2, "f", 64);
         hub.join("r", &slow);
         hub.join("r", &fast);
         for _ in 0..3 {

@@ -44,21 +44,37 @@ impl Kick {
     }
 }
 
+/// What waits in a connection's outbound queue.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A frame to write as is.
+    Frame(Message),
+    /// Leave `room` and tell the client why (partner reassigned).
+    Revoke { room: Arc<str>, reason: Arc<str> },
+}
+
 /// The hub's handle on one connection.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub conn: u64,
-    tx: mpsc::Sender<Message>,
+    /// The connection's user (`sub`), for revocations aimed at one user.
+    pub sub: Arc<str>,
+    tx: mpsc::Sender<Outgoing>,
     kick: Arc<Kick>,
 }
 
 impl Outbound {
-    pub fn new(conn: u64, capacity: usize) -> (Outbound, mpsc::Receiver<Message>, Arc<Kick>) {
+    pub fn new(
+        conn: u64,
+        sub: &str,
+        capacity: usize,
+    ) -> (Outbound, mpsc::Receiver<Outgoing>, Arc<Kick>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let kick = Arc::new(Kick::default());
         (
             Outbound {
                 conn,
+                sub: sub.into(),
                 tx,
                 kick: kick.clone(),
             },
@@ -69,7 +85,12 @@ impl Outbound {
 
     /// Queues a frame without waiting. Returns false when it was not queued.
     pub fn push(&self, frame: Message) -> bool {
-        match self.tx.try_send(frame) {
+        self.push_outgoing(Outgoing::Frame(frame))
+    }
+
+    /// Queues anything without waiting. A full queue kicks the connection as a slow consumer.
+    pub fn push_outgoing(&self, item: Outgoing) -> bool {
+        match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("switchyard_slow_consumer_closes_total").increment(1);

@@ -13,7 +13,7 @@
 
 use crate::Shared;
 use crate::access::{self, Refusal};
-use crate::outbound::{Kick, Outbound};
+use crate::outbound::{Kick, Outbound, Outgoing};
 use crate::rate::TokenBucket;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_auth::Principal;
 use switchyard_protocol::client::{ClientOp, LocationFix};
+use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::ServerMessage;
 use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
 use switchyard_store::orders::parse_order_id;
@@ -78,7 +79,7 @@ impl Session {
     pub async fn run(
         mut self,
         socket: WebSocket,
-        mut rx: mpsc::Receiver<Message>,
+        mut rx: mpsc::Receiver<Outgoing>,
         kick: Arc<Kick>,
     ) {
         let started = Instant::now();
@@ -119,7 +120,7 @@ impl Session {
         &mut self,
         sink: &mut Sink,
         stream: &mut Stream,
-        rx: &mut mpsc::Receiver<Message>,
+        rx: &mut mpsc::Receiver<Outgoing>,
         kick: &Kick,
     ) -> Exit {
         let config = self.shared.config.clone();
@@ -160,9 +161,9 @@ impl Session {
                 _ = shutdown.cancelled() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
                 code = kick.kicked() => return Exit::Close(code, "slow consumer"),
                 _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, "token expired"),
-                frame = rx.recv() => {
-                    let Some(frame) = frame else { return Exit::Gone("queue closed") };
-                    if let Some(exit) = self.write_batch(sink, rx, frame).await {
+                item = rx.recv() => {
+                    let Some(item) = item else { return Exit::Gone("queue closed") };
+                    if let Some(exit) = self.write_batch(sink, rx, item).await {
                         return exit;
                     }
                 }
@@ -177,7 +178,11 @@ impl Session {
                         Message::Text(text) => self.handle(&text).await,
                         Message::Binary(_) => error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
                         Message::Ping(_) | Message::Pong(_) => continue,
-                        Message::Close(_) => return Exit::Gone("peer closed"),
+                        Message::Close(_) => {
+                            // tungstenite queued the close reply; send it.
+                            let _ = tokio::time::timeout(config.write_timeout, sink.flush()).await;
+                            return Exit::Gone("peer closed");
+                        }
                     };
                     if let Some(exit) = self.send(sink, reply).await {
                         return exit;
@@ -197,26 +202,49 @@ impl Session {
 
     /// Writes `first` and whatever else is queued, up to [`MAX_BATCH`], then flushes once.
     async fn write_batch(
-        &self,
+        &mut self,
         sink: &mut Sink,
-        rx: &mut mpsc::Receiver<Message>,
-        first: Message,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        first: Outgoing,
     ) -> Option<Exit> {
-        let batch = async {
-            sink.feed(first).await?;
-            for _ in 1..MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(frame) => sink.feed(frame).await?,
-                    Err(_) => break,
+        let write_timeout = self.shared.config.write_timeout;
+        let mut next = Some(first);
+        let mut written = 0;
+        let result = tokio::time::timeout(write_timeout, async {
+            while let Some(item) = next.take() {
+                let frame = match item {
+                    Outgoing::Frame(frame) => Some(frame),
+                    Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
+                };
+                if let Some(frame) = frame {
+                    sink.feed(frame).await?;
+                }
+                written += 1;
+                if written < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
             sink.flush().await
-        };
-        match tokio::time::timeout(self.shared.config.write_timeout, batch).await {
+        })
+        .await;
+        match result {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
             Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
         }
+    }
+
+    /// Leaves a room the server revoked; returns the frame telling the client, if it was in it.
+    async fn revoked(&mut self, room: &str, reason: &str) -> Option<Message> {
+        let i = self.rooms.iter().position(|r| r.as_str() == room)?;
+        let room = self.rooms.swap_remove(i);
+        self.leave(&room).await;
+        let frame = ServerMessage::Revoked {
+            room: room.as_str(),
+            reason,
+        }
+        .encode();
+        Some(Message::Text(frame.into()))
     }
 
     async fn send(&self, sink: &mut Sink, text: String) -> Option<Exit> {
@@ -233,12 +261,17 @@ impl Session {
 
     /// Decodes and executes one text frame; returns the reply frame.
     async fn handle(&mut self, text: &str) -> String {
+        // Every frame costs a token, undecodable ones included, so junk cannot flood either.
+        let allowed = self.ops.try_take();
         let message = match switchyard_protocol::ClientMessage::decode(text) {
             Ok(message) => message,
-            Err(err) => return error_frame(err.id, ErrorCode::BadRequest, &err.message),
+            Err(err) if allowed => return error_frame(err.id, ErrorCode::BadRequest, &err.message),
+            Err(err) => {
+                return error_frame(err.id, ErrorCode::RateLimited, "too many ops; slow down");
+            }
         };
         let id = message.id;
-        if !self.ops.try_take() {
+        if !allowed {
             return error_frame(id, ErrorCode::RateLimited, "too many ops; slow down");
         }
         let op = message.op.name();
@@ -298,6 +331,17 @@ impl Session {
             }
             access::may_join(store, &self.who, &room).await?;
             self.join(room.clone()).await?;
+            if self.who.role == Role::Partner && room.kind() == RoomKind::Order {
+                // A reassignment committed between the check and the join sent its revoke
+                // before we were a member: look again now that we are.
+                if let Err(refusal) = access::may_join(store, &self.who, &room).await {
+                    if let Some(i) = self.rooms.iter().position(|r| *r == room) {
+                        let room = self.rooms.swap_remove(i);
+                        self.leave(&room).await;
+                    }
+                    return Err(refusal);
+                }
+            }
         }
         // Joined before the snapshot is read: an event published in between is delivered
         // (possibly just before this reply) rather than lost.

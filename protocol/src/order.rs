@@ -186,6 +186,9 @@ impl NewOrder {
                 .and_then(|line| total.checked_add(line))
                 .ok_or("order total overflows")?;
         }
+        if total == 0 {
+            return Err("the order total must be above zero".into());
+        }
         Ok(total)
     }
 }

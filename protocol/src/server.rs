@@ -62,6 +62,9 @@ pub enum ServerMessage<'a> {
         code: ErrorCode,
         message: &'a str,
     },
+    /// The server ended this connection's subscription to `room` (e.g. the order was
+    /// reassigned to another partner). No more events of the room follow.
+    Revoked { room: &'a str, reason: &'a str },
     /// A publication in a room the connection is subscribed to.
     Event {
         room: &'a str,
@@ -83,13 +86,27 @@ impl ServerMessage<'_> {
 
 /// Encodes an event frame once; the result is shared by every recipient.
 pub fn encode_event(room: &str, event: &str, offset: u64, data: &RawValue) -> String {
-    ServerMessage::Event {
-        room,
-        event,
-        offset,
-        data,
-    }
-    .encode()
+    let (head, tail) = event_frame_parts(room, event, data);
+    let mut frame = String::with_capacity(head.len() + 20 + tail.len());
+    frame.push_str(&head);
+    frame.push_str(&offset.to_string());
+    frame.push_str(&tail);
+    frame
+}
+
+/// An event frame split around its offset: `head + offset + tail` is the frame. Lets a
+/// broker whose offsets are assigned elsewhere (a Redis script) build the frame there
+/// without decoding anything.
+pub fn event_frame_parts(room: &str, event: &str, data: &RawValue) -> (String, String) {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+    (
+        format!(
+            r#"{{"type":"event","room":{},"event":{},"offset":"#,
+            quote(room),
+            quote(event)
+        ),
+        format!(r#","data":{}}}"#, data.get()),
+    )
 }
 
 #[cfg(test)]
@@ -103,6 +120,17 @@ mod tests {
             encode_event("order:42", "order.status", 7, &data),
             r#"{"type":"event","room":"order:42","event":"order.status","offset":7,"data":{"status":"confirmed"}}"#
         );
+    }
+
+    #[test]
+    fn parts_make_the_same_frame() {
+        let data = RawValue::from_string(r#"{"a":"\"offset\":1"}"#.into()).unwrap();
+        let (head, tail) = event_frame_parts("user:u1", "x.y", &data);
+        let frame = format!("{head}12{tail}");
+        assert_eq!(frame, encode_event("user:u1", "x.y", 12, &data));
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["offset"], 12);
+        assert_eq!(v["data"]["a"], "\"offset\":1");
     }
 
     #[test]

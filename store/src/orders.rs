@@ -56,9 +56,14 @@ impl OrderRow {
     }
 }
 
-/// Order ids are integers in the database; any other room id names no order.
+/// Order ids are integers in the database, written canonically (`42`, never `042`): any
+/// other room id names no order, so one order has exactly one room name.
 pub fn parse_order_id(id: &str) -> Option<i64> {
-    if id.is_empty() || id.len() > 18 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    if id.is_empty()
+        || id.len() > 18
+        || !id.bytes().all(|b| b.is_ascii_digit())
+        || (id.len() > 1 && id.starts_with('0'))
+    {
         return None;
     }
     id.parse().ok()
@@ -237,7 +242,12 @@ impl Store {
 
     /// Assigns `partner` to an order that is not finished. Emits `order.assigned` to the
     /// order room, the customer, the new partner and (when reassigning) the former partner.
-    pub async fn assign(&self, id: i64, partner: &str) -> Result<Order, StoreError> {
+    /// Returns the order and the partner it had before.
+    pub async fn assign(
+        &self,
+        id: i64,
+        partner: &str,
+    ) -> Result<(Order, Option<String>), StoreError> {
         let mut tx = self.write_tx().await?;
         let mut order = load_for_update(&mut tx, id)
             .await?
@@ -277,7 +287,7 @@ impl Store {
         }
         tx.commit().await?;
         self.outbox_written.notify_one();
-        Ok(order)
+        Ok((order, previous))
     }
 
     /// Remembers a partner's latest position on the order (shown in snapshots).
@@ -290,5 +300,16 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn order_ids_are_canonical() {
+        assert_eq!(super::parse_order_id("42"), Some(42));
+        assert_eq!(super::parse_order_id("0042"), None);
+        assert_eq!(super::parse_order_id("4a"), None);
+        assert_eq!(super::parse_order_id("9999999999999999999"), None);
     }
 }

@@ -52,6 +52,43 @@ impl Store {
         Ok(())
     }
 
+    /// Takes or renews the relay lease for `holder` for `ttl_ms`. True when `holder` holds it.
+    /// Only the holder publishes, so events leave in commit order even with several API
+    /// processes; a holder that dies loses the lease when it expires.
+    pub async fn relay_lease(&self, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT holder, expires_at FROM relay_lease WHERE name = 'outbox'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mine = match current {
+            Some((h, expires)) if h != holder && expires > now => false,
+            _ => {
+                sqlx::query(
+                    "INSERT INTO relay_lease (name, holder, expires_at) VALUES ('outbox', $1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                )
+                .bind(holder)
+                .bind(now + ttl_ms)
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+        };
+        tx.commit().await?;
+        Ok(mine)
+    }
+
+    /// Gives the lease up (clean shutdown), so another relay takes over at once.
+    pub async fn release_relay_lease(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM relay_lease WHERE name = 'outbox' AND holder = $1")
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Unpublished events and the age of the oldest, in milliseconds.
     pub async fn outbox_backlog(&self) -> Result<(i64, i64), StoreError> {
         let (count, oldest): (i64, Option<i64>) =

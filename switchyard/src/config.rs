@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_api::ApiConfig;
 use switchyard_auth::{JwtConfig, VerifyKey, parse_public_algorithm};
+use switchyard_broker::redis::RedisConfig;
 use switchyard_gateway::GatewayConfig;
 use switchyard_protocol::Role;
 
@@ -83,6 +84,9 @@ pub struct ServeArgs {
     pub jwt: JwtArgs,
 
     #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
     pub limits: LimitArgs,
 
     /// Log format on stderr. Tokens and query strings are never logged.
@@ -97,6 +101,47 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long to wait for connections to close before exiting (ms).
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+}
+
+/// The bus. Without REDIS_URL the bus is in-process (embedded mode): events never leave
+/// the process, so split `gateway`/`api` processes need Redis.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (`redis://host:port/db`): turns on the distributed mode's Redis bus.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "sy:")]
+    pub redis_prefix: String,
+    /// How long a room's offset counter lives in Redis after its last event (s).
+    #[arg(long, env = "SWITCHYARD_REDIS_OFFSET_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub redis_offset_ttl_secs: u64,
+    /// How long one Redis command may take before it fails (ms).
+    #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    pub fn config(&self) -> Result<Option<RedisConfig>, String> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let prefix_ok = !self.redis_prefix.is_empty()
+            && self.redis_prefix.len() <= 32
+            && self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-:.".contains(&b));
+        if !prefix_ok {
+            return Err("SWITCHYARD_REDIS_PREFIX must be 1 to 32 of A-Z a-z 0-9 _ - : .".into());
+        }
+        Ok(Some(RedisConfig {
+            url: url.clone(),
+            prefix: self.redis_prefix.clone(),
+            offset_ttl: Duration::from_secs(self.redis_offset_ttl_secs.max(60)),
+            command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
+        }))
+    }
 }
 
 /// JWT verification settings.

@@ -1,6 +1,7 @@
 //! A server process's lifecycle, in one place:
 //!
-//! 1. **start** — resolve the JWT key, open the database, start the bus, build the gateway
+//! 1. **start** — resolve the JWT key, open the database, start the bus (Redis when
+//!    `REDIS_URL` is set, in-process otherwise), build the gateway
 //!    and/or the API and its outbox relay;
 //! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`;
 //! 3. **drain** — when `shutdown` is cancelled: stop accepting, `/readyz` turns 503, every
@@ -16,6 +17,7 @@ use switchyard_api::{ApiState, relay};
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey, secret};
 use switchyard_broker::Broker;
 use switchyard_broker::memory::MemoryBroker;
+use switchyard_broker::redis::RedisBroker;
 use switchyard_gateway::Gateway;
 use switchyard_protocol::Role;
 use switchyard_store::Store;
@@ -39,13 +41,20 @@ pub async fn run(
     let store = Store::open(&args.database_url)
         .await
         .with_context(|| format!("opening database {}", args.database_url))?;
-    let broker: Arc<dyn Broker> = MemoryBroker::start();
-    if mode != Mode::All {
-        tracing::warn!(
-            "no REDIS_URL: `{}` uses the in-process bus, so events do not reach other processes",
-            mode.name()
-        );
-    }
+    let broker: Arc<dyn Broker> = match args.redis.config().map_err(anyhow::Error::msg)? {
+        Some(config) => RedisBroker::connect(config)
+            .await
+            .context("connecting to Redis (REDIS_URL)")?,
+        None => {
+            if mode != Mode::All {
+                tracing::warn!(
+                    "no REDIS_URL: `{}` uses the in-process bus, so events do not reach other processes",
+                    mode.name()
+                );
+            }
+            MemoryBroker::start()
+        }
+    };
     let gateway = mode.runs_gateway().then(|| {
         Gateway::new(
             gateway_config,
@@ -72,6 +81,7 @@ pub async fn run(
         let state = ApiState {
             store: store.clone(),
             verifier: verifier.clone(),
+            broker: broker.clone(),
         };
         app = app.merge(switchyard_api::router(state, &args.limits.api()));
     }

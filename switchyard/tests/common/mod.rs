@@ -1,6 +1,8 @@
 //! Test harness: real servers on port 0, real WebSocket clients over TCP, a real HTTP client.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};

@@ -1,0 +1,391 @@
+//! The distributed mode's bus: Redis pub/sub, with per-room offsets assigned in Redis.
+//!
+//! # Publishing: one script call per event
+//! The publisher encodes the event frame once, split around its offset
+//! ([`event_frame_parts`]). One Lua script then, atomically inside Redis, increments the
+//! room's offset counter, refreshes its expiry, and publishes `"<offset> <frame>"` on the
+//! room's channel. Offsets are therefore strictly increasing per room whichever process
+//! publishes, and concurrent publishes from one process are pipelined by fred on one
+//! connection (one round trip per event, never several).
+//!
+//! # Subscribing: reference-counted and batched
+//! A gateway holds a Redis subscription to a room's channel only while it has at least one
+//! local member. Join/leave requests go to one manager task that counts members per room and
+//! sends one `SUBSCRIBE`/`UNSUBSCRIBE` for everything that changed since its last round
+//! trip, so 10,000 joins cost a handful of commands, not 10,000. A gateway receives no
+//! traffic for rooms it does not serve.
+//!
+//! # Names
+//! Every key and channel starts with the configured prefix (default `sy:`):
+//! `{prefix}room:{room}` (channel), `{prefix}off:{room}` (offset counter), `{prefix}ctl`
+//! (control channel). Room names are validated by [`Room`] before they get here, so no glob
+//! or control character can reach Redis.
+//!
+//! # Outages
+//! fred reconnects with exponential backoff and re-subscribes every tracked channel
+//! (`manage_subscriptions`); WebSocket clients stay connected throughout. While Redis is
+//! unreachable, [`Broker::is_ready`] is false (`/readyz` 503), publishes fail after the
+//! command timeout, and `switchyard_bus_up` is 0; reconnects are counted. Events published
+//! to Redis while a gateway's subscriber was disconnected are not seen by that gateway.
+
+use crate::{Broker, BrokerError, Control, Deliver, Publication};
+use async_trait::async_trait;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::scripts::Script;
+use serde_json::value::RawValue;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use switchyard_protocol::Room;
+use switchyard_protocol::server::event_frame_parts;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Increments the room's offset, refreshes its expiry and publishes `"<offset> <frame>"`.
+/// KEYS[1] = offset key; ARGV = channel, frame head, frame tail, offset TTL (ms).
+const PUBLISH_LUA: &str = r#"
+local offset = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2] .. offset .. ARGV[3])
+return offset
+"#;
+
+/// Settings of the Redis bus.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// How long a room's offset counter lives after its last publish.
+    pub offset_ttl: Duration,
+    /// How long one Redis command may take before it fails (and the publish is refused).
+    pub command_timeout: Duration,
+}
+
+enum Interest {
+    Join(String, oneshot::Sender<Result<(), String>>),
+    Leave(String),
+}
+
+type Sinks = Arc<RwLock<Vec<Arc<dyn Deliver>>>>;
+
+/// Redis [`Broker`].
+pub struct RedisBroker {
+    client: Client,
+    subscriber: SubscriberClient,
+    script: Script,
+    prefix: String,
+    offset_ttl_ms: i64,
+    interest: mpsc::Sender<Interest>,
+    sinks: Sinks,
+}
+
+impl RedisBroker {
+    /// Connects both clients (commands and subscriptions) and starts the subscription
+    /// manager and the message dispatcher. Fails when Redis cannot be reached at start.
+    pub async fn connect(config: RedisConfig) -> Result<Arc<RedisBroker>, BrokerError> {
+        let unavailable = |e: fred::error::Error| BrokerError::Unavailable(e.to_string());
+        let redis_config = Config::from_url(&config.url).map_err(unavailable)?;
+        let mut builder = Builder::from_config(redis_config);
+        let timeout = config.command_timeout;
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+                // Room messages wait here for the dispatcher; a lagging dispatcher loses
+                // the oldest (counted in switchyard_bus_lagged_total).
+                p.broadcast_channel_capacity = 1 << 16;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(3);
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 1;
+            });
+        let client = builder.build().map_err(unavailable)?;
+        let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
+        client.init().await.map_err(unavailable)?;
+        subscriber.init().await.map_err(unavailable)?;
+        let script = Script::from_lua(PUBLISH_LUA);
+        script.load(&client).await.map_err(unavailable)?;
+
+        let prefix = config.prefix.clone();
+        let sinks: Sinks = Arc::default();
+        let messages = subscriber.message_rx();
+        // Re-subscribe every tracked channel after a reconnect. These listener tasks live as
+        // long as the clients; dropping their handles detaches them.
+        drop(subscriber.manage_subscriptions());
+        subscriber
+            .subscribe(control_channel(&prefix))
+            .await
+            .map_err(unavailable)?;
+        for c in [client.clone(), subscriber.to_client()] {
+            drop(c.on_reconnect(|server| async move {
+                tracing::info!(%server, "redis reconnected");
+                metrics::counter!("switchyard_bus_reconnects_total").increment(1);
+                Ok(())
+            }));
+            drop(c.on_error(|(err, _)| async move {
+                tracing::warn!(%err, "redis connection error");
+                Ok(())
+            }));
+        }
+        tokio::spawn(dispatch(messages, prefix.clone(), sinks.clone()));
+        let (interest, requests) = mpsc::channel(4096);
+        tokio::spawn(manage(subscriber.clone(), requests, prefix.clone()));
+        tracing::info!(url = %redact(&config.url), %prefix, "connected to redis");
+        Ok(Arc::new(RedisBroker {
+            client,
+            subscriber,
+            script,
+            prefix,
+            offset_ttl_ms: config.offset_ttl.as_millis() as i64,
+            interest,
+            sinks,
+        }))
+    }
+}
+
+fn room_channel(prefix: &str, room: &str) -> String {
+    format!("{prefix}room:{room}")
+}
+
+fn control_channel(prefix: &str) -> String {
+    format!("{prefix}ctl")
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        room: &Room,
+        event: &str,
+        data: Box<RawValue>,
+    ) -> Result<u64, BrokerError> {
+        let (head, tail) = event_frame_parts(room.as_str(), event, &data);
+        let keys = vec![format!("{}off:{}", self.prefix, room)];
+        let args = vec![
+            room_channel(&self.prefix, room.as_str()),
+            head,
+            tail,
+            self.offset_ttl_ms.to_string(),
+        ];
+        let offset: i64 = self
+            .script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        Ok(offset as u64)
+    }
+
+    async fn subscribe(&self, room: &Room) -> Result<(), BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        self.interest
+            .send(Interest::Join(room.as_str().to_owned(), tx))
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        rx.await
+            .map_err(|_| BrokerError::Closed)?
+            .map_err(BrokerError::Unavailable)
+    }
+
+    async fn unsubscribe(&self, room: &Room) {
+        let _ = self
+            .interest
+            .send(Interest::Leave(room.as_str().to_owned()))
+            .await;
+    }
+
+    async fn broadcast(&self, control: Control) -> Result<(), BrokerError> {
+        let payload =
+            serde_json::to_string(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let _: i64 = self
+            .client
+            .publish(control_channel(&self.prefix), payload)
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    fn attach(&self, sink: Arc<dyn Deliver>) {
+        self.sinks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sink);
+    }
+
+    fn is_ready(&self) -> bool {
+        let up = self.client.is_connected() && self.subscriber.is_connected();
+        metrics::gauge!("switchyard_bus_up").set(if up { 1.0 } else { 0.0 });
+        up
+    }
+}
+
+/// Counts local members per room and turns changes into batched SUBSCRIBE/UNSUBSCRIBE.
+async fn manage(
+    subscriber: SubscriberClient,
+    mut requests: mpsc::Receiver<Interest>,
+    prefix: String,
+) {
+    let mut members: HashMap<String, usize> = HashMap::new();
+    // What Redis has been told: rooms with a live subscription.
+    let mut subscribed: HashSet<String> = HashSet::new();
+    const MAX_BATCH: usize = 10_000;
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut touched: HashSet<String> = HashSet::new();
+        let mut waiters: Vec<(String, oneshot::Sender<Result<(), String>>)> = Vec::new();
+        for request in batch {
+            match request {
+                Interest::Join(room, reply) => {
+                    *members.entry(room.clone()).or_insert(0) += 1;
+                    touched.insert(room.clone());
+                    waiters.push((room, reply));
+                }
+                Interest::Leave(room) => {
+                    if let Some(count) = members.get_mut(&room) {
+                        *count -= 1;
+                        if *count == 0 {
+                            members.remove(&room);
+                        }
+                    }
+                    touched.insert(room);
+                }
+            }
+        }
+        let join: Vec<String> = touched
+            .iter()
+            .filter(|r| members.contains_key(*r) && !subscribed.contains(*r))
+            .cloned()
+            .collect();
+        let leave: Vec<String> = touched
+            .iter()
+            .filter(|r| !members.contains_key(*r) && subscribed.contains(*r))
+            .cloned()
+            .collect();
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut failure = String::new();
+        if !join.is_empty() {
+            let channels: Vec<String> = join.iter().map(|r| room_channel(&prefix, r)).collect();
+            match subscriber.subscribe(channels).await {
+                Ok(()) => subscribed.extend(join.iter().cloned()),
+                Err(err) => {
+                    tracing::warn!(%err, rooms = join.len(), "redis SUBSCRIBE failed");
+                    failure = err.to_string();
+                    failed.extend(join.iter().cloned());
+                }
+            }
+        }
+        if !leave.is_empty() {
+            let channels: Vec<String> = leave.iter().map(|r| room_channel(&prefix, r)).collect();
+            // Forgotten either way: a failed UNSUBSCRIBE only costs unwanted traffic until
+            // the next reconnect, which re-subscribes tracked channels only.
+            if let Err(err) = subscriber.unsubscribe(channels).await {
+                tracing::warn!(%err, rooms = leave.len(), "redis UNSUBSCRIBE failed");
+            }
+            for room in &leave {
+                subscribed.remove(room);
+            }
+        }
+        for (room, reply) in waiters {
+            if failed.contains(&room) {
+                // The joiner gets an error and will not call Leave: undo its count.
+                if let Some(count) = members.get_mut(&room) {
+                    *count -= 1;
+                    if *count == 0 {
+                        members.remove(&room);
+                    }
+                }
+                let _ = reply.send(Err(failure.clone()));
+            } else {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        metrics::gauge!("switchyard_bus_subscribed_rooms").set(subscribed.len() as f64);
+    }
+}
+
+/// Turns Redis messages into publications and control messages for the sinks.
+async fn dispatch(
+    mut messages: broadcast::Receiver<fred::types::Message>,
+    prefix: String,
+    sinks: Sinks,
+) {
+    let room_prefix = format!("{prefix}room:");
+    let control = control_channel(&prefix);
+    loop {
+        let message = match messages.recv().await {
+            Ok(m) => m,
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                tracing::warn!(lost, "redis message dispatcher lagged; messages lost");
+                metrics::counter!("switchyard_bus_lagged_total").increment(lost);
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        metrics::counter!("switchyard_bus_messages_received_total").increment(1);
+        let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(payload) = message.value.as_str() else {
+            continue;
+        };
+        if let Some(room) = message.channel.strip_prefix(room_prefix.as_str()) {
+            let Some((offset, frame)) = payload.split_once(' ') else {
+                continue;
+            };
+            let Ok(offset) = offset.parse::<u64>() else {
+                continue;
+            };
+            let publication = Publication {
+                room: room.to_owned(),
+                offset,
+                frame: frame.to_owned(),
+            };
+            if let Some((last, rest)) = sinks.split_last() {
+                for sink in rest {
+                    sink.deliver(publication.clone());
+                }
+                last.deliver(publication);
+            }
+        } else if *message.channel == *control {
+            match serde_json::from_str::<Control>(&payload) {
+                Ok(control) => {
+                    for sink in &sinks {
+                        sink.control(&control);
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "ignoring a malformed control message"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(
+            redact("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,154 @@
+//! The distributed topology for tests: `scripts/cluster.sh` starts a real redis-server,
+//! gateways, API processes and nginx on loopback; dropping the [`Cluster`] stops them.
+
+use super::SECRET;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nginx: String,
+    pub gateways: Vec<String>,
+    pub apis: Vec<String>,
+    pub redis_port: u16,
+    pub http: reqwest::Client,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
+}
+
+impl Cluster {
+    pub fn up(gateways: usize, apis: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["up", dir.path().to_str().unwrap()])
+            .args([
+                "--gateways",
+                &gateways.to_string(),
+                "--apis",
+                &apis.to_string(),
+            ])
+            .args(["--bin", env!("CARGO_BIN_EXE_switchyard")])
+            .env("JWT_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run scripts/cluster.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            let _ = Command::new("bash")
+                .arg(script())
+                .args(["down", dir.path().to_str().unwrap()])
+                .status();
+            panic!(
+                "cluster.sh up failed:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let env: HashMap<String, String> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        let list = |k: &str| {
+            env[k]
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        Cluster {
+            nginx: env["NGINX"].clone(),
+            gateways: list("GATEWAYS"),
+            apis: list("APIS"),
+            redis_port: env["REDIS_PORT"].parse().unwrap(),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn run(&self, cmd: &str) {
+        let status = Command::new("bash")
+            .arg(script())
+            .args([cmd, self.dir.path().to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cluster.sh {cmd} failed");
+    }
+
+    pub fn stop_redis(&self) {
+        self.run("stop-redis");
+    }
+
+    pub fn start_redis(&self) {
+        self.run("start-redis");
+    }
+
+    /// `redis-cli` against the cluster's Redis; returns stdout.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.redis_port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Subscribers of a room's channel across all gateways (`PUBSUB NUMSUB`).
+    pub fn numsub(&self, room: &str) -> u64 {
+        let out = self.redis_cli(&["pubsub", "numsub", &format!("sy:room:{room}")]);
+        out.lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn ws(&self, addr: &str) -> String {
+        format!("ws://{addr}/ws")
+    }
+
+    /// A REST call to `base` (an API process or nginx).
+    pub async fn call(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("http://{base}{path}"))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn create_order(&self, base: &str, customer: &str) -> String {
+        let (status, body) = self
+            .call(
+                base,
+                "POST",
+                "/api/orders",
+                &super::token(customer, switchyard_protocol::Role::Customer),
+                Some(serde_json::json!({"items":[{"sku":"tea","qty":1,"unit_price_paise":250}],"address":"x"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["down", self.dir.path().to_str().unwrap()])
+            .status();
+    }
+}

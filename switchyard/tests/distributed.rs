@@ -1,0 +1,353 @@
+//! Distributed mode: real redis-server, several gateway and API processes, real nginx —
+//! started by scripts/cluster.sh.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::*;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_broker::redis::{RedisBroker, RedisConfig};
+use switchyard_broker::{Broker, Deliver, Publication};
+use switchyard_protocol::{Role, Room};
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_across_gateways_isolation_nginx_and_revocation() {
+    let cluster = Cluster::up(2, 1);
+    let (gw_a, gw_b, api) = (&cluster.gateways[0], &cluster.gateways[1], &cluster.apis[0]);
+    let order = cluster.create_order(api, "c1").await;
+    let room = format!("order:{order}");
+
+    // One client on each gateway, same room.
+    let mut on_a = connect(&cluster.ws(gw_a), &token("c1", Role::Customer)).await;
+    assert_eq!(on_a.subscribe(&room).await["type"], "ok");
+    // Only gateway A serves the room so far: one Redis subscriber for its channel.
+    assert_eq!(cluster.numsub(&room), 1);
+    let mut on_b = connect(&cluster.ws(gw_b), &admin()).await;
+    assert_eq!(on_b.subscribe(&room).await["type"], "ok");
+    assert_eq!(cluster.numsub(&room), 2);
+
+    let (status, _) = cluster
+        .call(
+            api,
+            "POST",
+            &format!("/api/orders/{order}/status"),
+            &admin(),
+            Some(json!({"status":"confirmed"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let a = on_a.event(&room, "order.status").await;
+    let b = on_b.event(&room, "order.status").await;
+    assert_eq!(a["offset"], b["offset"], "same offset on both gateways");
+    assert_eq!(a["data"]["status"], "confirmed");
+    // Once each: the next event is the very next offset, with nothing in between.
+    cluster
+        .call(
+            api,
+            "POST",
+            &format!("/api/orders/{order}/status"),
+            &admin(),
+            Some(json!({"status":"packed"})),
+        )
+        .await;
+    for client in [&mut on_a, &mut on_b] {
+        let next = client
+            .recv_until(|v| v["type"] == "event" && v["room"] == room.as_str())
+            .await;
+        assert_eq!(
+            next["offset"].as_u64(),
+            a["offset"].as_u64().map(|o| o + 1),
+            "{next}"
+        );
+        assert_eq!(next["data"]["status"], "packed");
+    }
+
+    // When B's only member leaves, B drops its Redis subscription: no traffic for it.
+    let r = on_b.request(json!({"op":"unsubscribe","room":room})).await;
+    assert_eq!(r["type"], "ok");
+    eventually("gateway B unsubscribed", async || {
+        cluster.numsub(&room) == 1
+    })
+    .await;
+    let other = cluster.create_order(api, "c2").await;
+    assert_eq!(
+        cluster.numsub(&format!("order:{other}")),
+        0,
+        "no gateway serves it"
+    );
+
+    // Through nginx: connect, subscribe, receive an event published through nginx's /api.
+    let mut via_nginx = connect(&cluster.ws(&cluster.nginx), &token("c2", Role::Customer)).await;
+    assert_eq!(
+        via_nginx.subscribe(&format!("order:{other}")).await["type"],
+        "ok"
+    );
+    let (status, _) = cluster
+        .call(
+            &cluster.nginx,
+            "POST",
+            &format!("/api/orders/{other}/status"),
+            &token("c2", Role::Customer),
+            Some(json!({"status":"cancelled"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let e = via_nginx
+        .event(&format!("order:{other}"), "order.status")
+        .await;
+    assert_eq!(e["data"]["status"], "cancelled");
+    // nginx's access log never records query strings (tokens).
+    let q = format!(
+        "ws://{}/ws?access_token={}",
+        cluster.nginx,
+        token("c9", Role::Customer)
+    );
+    let mut with_query = connect_request(
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(q.as_str())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    // nginx writes a WebSocket's log line when the connection ends.
+    with_query.ws.close(None).await.unwrap();
+    drop(with_query);
+    let log_path = cluster.dir.path().join("nginx/access.log");
+    eventually("the WebSocket's access log line", async || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("GET /ws")
+    })
+    .await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains("access_token"), "{log}");
+
+    // Reassignment revokes the former partner's subscription on its gateway (B here), and
+    // the API that made the change runs in another process.
+    let delivery = cluster.create_order(api, "c3").await;
+    let droom = format!("order:{delivery}");
+    cluster
+        .call(
+            api,
+            "POST",
+            &format!("/api/orders/{delivery}/assign"),
+            &admin(),
+            Some(json!({"partner":"p1"})),
+        )
+        .await;
+    let mut p1 = connect(&cluster.ws(gw_b), &token("p1", Role::Partner)).await;
+    assert_eq!(p1.subscribe(&droom).await["type"], "ok");
+    let mut watcher = connect(&cluster.ws(gw_a), &admin()).await;
+    assert_eq!(watcher.subscribe(&droom).await["type"], "ok");
+    let (status, _) = cluster
+        .call(
+            api,
+            "POST",
+            &format!("/api/orders/{delivery}/assign"),
+            &admin(),
+            Some(json!({"partner":"p2"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = p1.recv_until(|v| v["type"] == "revoked").await;
+    assert_eq!(revoked["room"], droom.as_str());
+    assert!(revoked["reason"].as_str().unwrap().contains("reassigned"));
+    // p1 no longer gets the room's events; the watcher does.
+    cluster
+        .call(
+            api,
+            "POST",
+            &format!("/api/orders/{delivery}/status"),
+            &admin(),
+            Some(json!({"status":"confirmed"})),
+        )
+        .await;
+    watcher.event(&droom, "order.status").await;
+    let pong = p1.request(json!({"op":"ping"})).await;
+    assert_eq!(pong["type"], "ok");
+    // And cannot rejoin.
+    assert_eq!(p1.subscribe(&droom).await["code"], "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_give_one_gapless_offset_sequence() {
+    let cluster = Cluster::up(1, 2);
+    let mut adm = connect(&cluster.ws(&cluster.gateways[0]), &admin()).await;
+    assert_eq!(adm.subscribe("user:c1").await["type"], "ok");
+    const N: usize = 40;
+    let apis = cluster.apis.clone();
+    let creates = (0..N).map(|i| {
+        let api = apis[i % 2].clone();
+        let cluster = &cluster;
+        async move { cluster.create_order(&api, "c1").await }
+    });
+    futures_util::future::join_all(creates).await;
+    let mut offsets = Vec::new();
+    for _ in 0..N {
+        let e = adm.event("user:c1", "order.created").await;
+        offsets.push(e["offset"].as_u64().unwrap());
+    }
+    let first = offsets[0];
+    assert_eq!(
+        offsets,
+        (first..first + N as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate, in order"
+    );
+}
+
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<Publication>>);
+
+impl Deliver for Collect {
+    fn deliver(&self, p: Publication) {
+        self.0.lock().unwrap().push(p);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_share_one_offset_counter_in_redis() {
+    let cluster = Cluster::up(1, 1);
+    let config = RedisConfig {
+        url: format!("redis://127.0.0.1:{}", cluster.redis_port),
+        prefix: "sy:".into(),
+        offset_ttl: Duration::from_secs(600),
+        command_timeout: Duration::from_secs(2),
+    };
+    let a = RedisBroker::connect(config.clone()).await.unwrap();
+    let b = RedisBroker::connect(config.clone()).await.unwrap();
+    let listener = RedisBroker::connect(config).await.unwrap();
+    let sink = Arc::new(Collect::default());
+    listener.attach(sink.clone());
+    let room = Room::parse("order:shared").unwrap();
+    listener.subscribe(&room).await.unwrap();
+    const N: usize = 200;
+    let publishers = (0..N).map(|i| {
+        let broker: Arc<dyn Broker> = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let room = room.clone();
+        async move {
+            broker
+                .publish(
+                    &room,
+                    "test.seq",
+                    RawValue::from_string(format!(r#"{{"i":{i}}}"#)).unwrap(),
+                )
+                .await
+                .unwrap()
+        }
+    });
+    let mut returned = futures_util::future::join_all(publishers).await;
+    returned.sort();
+    assert_eq!(returned, (1..=N as u64).collect::<Vec<_>>());
+    eventually("all publications delivered", async || {
+        sink.0.lock().unwrap().len() == N
+    })
+    .await;
+    let got = sink.0.lock().unwrap();
+    let offsets: Vec<u64> = got.iter().map(|p| p.offset).collect();
+    assert_eq!(
+        offsets,
+        (1..=N as u64).collect::<Vec<_>>(),
+        "delivered in offset order"
+    );
+    let frame: Value = serde_json::from_str(&got[0].frame).unwrap();
+    assert_eq!(frame["offset"], 1);
+    assert_eq!(frame["room"], "order:shared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_survive_a_redis_restart() {
+    let cluster = Cluster::up(2, 1);
+    let api = cluster.apis[0].clone();
+    let order = cluster.create_order(&api, "c1").await;
+    let room = format!("order:{order}");
+    let mut clients = Vec::new();
+    for gw in &cluster.gateways {
+        let mut c = connect(&cluster.ws(gw), &token("c1", Role::Customer)).await;
+        assert_eq!(c.subscribe(&room).await["type"], "ok");
+        clients.push(c);
+    }
+    cluster.stop_redis();
+    // Not ready while Redis is away; writes are refused rather than silently dropped.
+    let gw = cluster.gateways[0].clone();
+    eventually("gateway reports not ready", async || {
+        cluster
+            .http
+            .get(format!("http://{gw}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 503)
+            .unwrap_or(false)
+    })
+    .await;
+    let (status, body) = cluster
+        .call(
+            &api,
+            "POST",
+            &format!("/api/orders/{order}/status"),
+            &admin(),
+            Some(json!({"status":"confirmed"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    cluster.start_redis();
+    for gw in cluster.gateways.clone() {
+        eventually("gateway ready again", async || {
+            cluster
+                .http
+                .get(format!("http://{gw}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    eventually("both gateways re-subscribed", async || {
+        cluster.numsub(&room) == 2
+    })
+    .await;
+    let (status, _) = cluster
+        .call(
+            &api,
+            "POST",
+            &format!("/api/orders/{order}/status"),
+            &admin(),
+            Some(json!({"status":"confirmed"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for c in &mut clients {
+        // Still the same WebSocket connections.
+        let e = c.event(&room, "order.status").await;
+        assert_eq!(e["data"]["status"], "confirmed");
+    }
+    let metrics = cluster
+        .http
+        .get(format!("http://{gw}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_bus_reconnects_total"),
+        "outage counted"
+    );
+}
