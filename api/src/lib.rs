@@ -7,12 +7,14 @@
 //! - [`error`]: the error policy — every status code and JSON body in one table.
 //! - [`extract`]: the bearer-token caller and JSON bodies with JSON rejections.
 //! - [`orders`], [`payments`]: the handlers.
+//! - [`publish`]: the server publish API for other backend services.
 //! - [`relay`]: outbox → bus.
 
 pub mod error;
 pub mod extract;
 pub mod orders;
 pub mod payments;
+pub mod publish;
 pub mod relay;
 
 use axum::Router;
@@ -32,12 +34,18 @@ use switchyard_store::Store;
 pub struct ApiConfig {
     /// Largest accepted request body, bytes. Larger → 413.
     pub max_body_bytes: usize,
+    /// Largest `data` of one published event, bytes. Larger → 413.
+    pub max_publish_data_bytes: usize,
+    /// Largest `POST /api/publish/batch` body, bytes. Larger → 413.
+    pub max_batch_body_bytes: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             max_body_bytes: 64 * 1024,
+            max_publish_data_bytes: 16 * 1024,
+            max_batch_body_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -49,11 +57,18 @@ pub struct ApiState {
     pub verifier: Arc<Verifier>,
     /// For control messages (revocations) and for refusing writes while the bus is down.
     pub broker: Arc<dyn Broker>,
+    pub config: ApiConfig,
 }
 
 /// The `/api` routes.
-pub fn router(state: ApiState, config: &ApiConfig) -> Router {
+pub fn router(state: ApiState) -> Router {
+    let config = state.config.clone();
+    // The batch endpoint carries up to 1,000 events: its own, larger body limit.
+    let batch = Router::new()
+        .route("/publish/batch", post(publish::publish_batch))
+        .layer(DefaultBodyLimit::max(config.max_batch_body_bytes));
     let api = Router::new()
+        .route("/publish", post(publish::publish))
         .route("/orders", post(orders::create).get(orders::list))
         .route("/orders/{id}", get(orders::get))
         .route("/orders/{id}/status", post(orders::set_status))
@@ -63,6 +78,7 @@ pub fn router(state: ApiState, config: &ApiConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .merge(batch)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             writes_need_the_bus,

@@ -59,6 +59,38 @@ pub trait Deliver: Send + Sync + 'static {
     fn control(&self, _control: &Control) {}
 }
 
+/// The sinks attached to a broker. Attached at start, read on every delivery (the read lock
+/// is uncontended then); each delivery clones the list's `Arc`s, never the publication more
+/// than once per extra sink.
+#[derive(Clone, Default)]
+pub struct Sinks(Arc<std::sync::RwLock<Vec<Arc<dyn Deliver>>>>);
+
+impl Sinks {
+    pub fn attach(&self, sink: Arc<dyn Deliver>) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).push(sink);
+    }
+
+    fn snapshot(&self) -> Vec<Arc<dyn Deliver>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn deliver(&self, publication: Publication) {
+        let sinks = self.snapshot();
+        if let Some((last, rest)) = sinks.split_last() {
+            for sink in rest {
+                sink.deliver(publication.clone());
+            }
+            last.deliver(publication);
+        }
+    }
+
+    pub fn control(&self, control: &Control) {
+        for sink in self.snapshot() {
+            sink.control(control);
+        }
+    }
+}
+
 /// Why a publish or subscribe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

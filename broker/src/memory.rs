@@ -7,11 +7,11 @@
 //!
 //! Offsets live in memory: after a restart every room counts from 1 again.
 
-use crate::{Broker, BrokerError, Control, Deliver, Publication};
+use crate::{Broker, BrokerError, Control, Deliver, Publication, Sinks};
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use switchyard_protocol::{Room, server::encode_event};
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,8 +28,6 @@ enum Request {
     Control(Control),
 }
 
-type Sinks = Arc<RwLock<Vec<Arc<dyn Deliver>>>>;
-
 /// In-process [`Broker`].
 pub struct MemoryBroker {
     requests: mpsc::Sender<Request>,
@@ -41,7 +39,7 @@ impl MemoryBroker {
     /// The dispatcher stops when the broker is dropped.
     pub fn start() -> Arc<MemoryBroker> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let sinks: Sinks = Arc::default();
+        let sinks = Sinks::default();
         tokio::spawn(dispatch(rx, sinks.clone()));
         Arc::new(MemoryBroker {
             requests: tx,
@@ -55,8 +53,6 @@ async fn dispatch(mut rx: mpsc::Receiver<Request>, sinks: Sinks) {
     // order, which the embedded mode (one machine, one database file) can afford.
     let mut offsets: HashMap<String, u64> = HashMap::new();
     while let Some(req) = rx.recv().await {
-        // Sinks are attached at start; the read lock is uncontended afterwards.
-        let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
         let (room, event, data, reply) = match req {
             Request::Publish {
                 room,
@@ -65,9 +61,7 @@ async fn dispatch(mut rx: mpsc::Receiver<Request>, sinks: Sinks) {
                 reply,
             } => (room, event, data, reply),
             Request::Control(control) => {
-                for sink in &sinks {
-                    sink.control(&control);
-                }
+                sinks.control(&control);
                 continue;
             }
         };
@@ -82,12 +76,7 @@ async fn dispatch(mut rx: mpsc::Receiver<Request>, sinks: Sinks) {
             offset,
             frame,
         };
-        if let Some((last, rest)) = sinks.split_last() {
-            for sink in rest {
-                sink.deliver(publication.clone());
-            }
-            last.deliver(publication);
-        }
+        sinks.deliver(publication);
         let _ = reply.send(offset);
     }
 }
@@ -127,10 +116,7 @@ impl Broker for MemoryBroker {
     }
 
     fn attach(&self, sink: Arc<dyn Deliver>) {
-        self.sinks
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sink);
+        self.sinks.attach(sink);
     }
 
     fn is_ready(&self) -> bool {

@@ -28,7 +28,7 @@
 //! command timeout, and `switchyard_bus_up` is 0; reconnects are counted. Events published
 //! to Redis while a gateway's subscriber was disconnected are not seen by that gateway.
 
-use crate::{Broker, BrokerError, Control, Deliver, Publication};
+use crate::{Broker, BrokerError, Control, Deliver, Publication, Sinks};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -36,7 +36,7 @@ use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::scripts::Script;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard_protocol::Room;
 use switchyard_protocol::server::event_frame_parts;
@@ -68,8 +68,6 @@ enum Interest {
     Join(String, oneshot::Sender<Result<(), String>>),
     Leave(String),
 }
-
-type Sinks = Arc<RwLock<Vec<Arc<dyn Deliver>>>>;
 
 /// Redis [`Broker`].
 pub struct RedisBroker {
@@ -111,7 +109,7 @@ impl RedisBroker {
         script.load(&client).await.map_err(unavailable)?;
 
         let prefix = config.prefix.clone();
-        let sinks: Sinks = Arc::default();
+        let sinks = Sinks::default();
         let messages = subscriber.message_rx();
         // Re-subscribe every tracked channel after a reconnect. These listener tasks live as
         // long as the clients; dropping their handles detaches them.
@@ -219,10 +217,7 @@ impl Broker for RedisBroker {
     }
 
     fn attach(&self, sink: Arc<dyn Deliver>) {
-        self.sinks
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sink);
+        self.sinks.attach(sink);
     }
 
     fn is_ready(&self) -> bool {
@@ -341,7 +336,6 @@ async fn dispatch(
             Err(broadcast::error::RecvError::Closed) => return,
         };
         metrics::counter!("switchyard_bus_messages_received_total").increment(1);
-        let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(payload) = message.value.as_str() else {
             continue;
         };
@@ -352,24 +346,14 @@ async fn dispatch(
             let Ok(offset) = offset.parse::<u64>() else {
                 continue;
             };
-            let publication = Publication {
+            sinks.deliver(Publication {
                 room: room.to_owned(),
                 offset,
                 frame: frame.to_owned(),
-            };
-            if let Some((last, rest)) = sinks.split_last() {
-                for sink in rest {
-                    sink.deliver(publication.clone());
-                }
-                last.deliver(publication);
-            }
+            });
         } else if *message.channel == *control {
             match serde_json::from_str::<Control>(&payload) {
-                Ok(control) => {
-                    for sink in &sinks {
-                        sink.control(&control);
-                    }
-                }
+                Ok(control) => sinks.control(&control),
                 Err(err) => tracing::warn!(%err, "ignoring a malformed control message"),
             }
         }

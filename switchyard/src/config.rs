@@ -36,6 +36,8 @@ pub enum Command {
     Api(ServeArgs),
     /// Print a signed HS256 token for local use.
     Token(TokenArgs),
+    /// Publish one event into a room through the API's server publish endpoint.
+    Publish(PublishArgs),
 }
 
 /// What a server process runs.
@@ -231,6 +233,35 @@ pub struct LimitArgs {
     /// Largest REST request body, bytes (larger → 413).
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest `data` of one event sent to `/api/publish`, bytes (larger → 413).
+    #[arg(long, env = "SWITCHYARD_MAX_PUBLISH_DATA_BYTES", default_value_t = 16 * 1024)]
+    pub max_publish_data_bytes: usize,
+    /// Largest `/api/publish/batch` body, bytes (larger → 413).
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_batch_body_bytes: usize,
+}
+
+/// `switchyard publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Room, e.g. `order:42` or `user:u1`.
+    #[arg(long)]
+    pub room: String,
+    /// Event name, `[a-z][a-z0-9_.-]{0,63}` outside order.*, revenue.*, partner.*.
+    #[arg(long)]
+    pub event: String,
+    /// Event data: a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub data: String,
+    /// Base URL of an API process (or nginx).
+    #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A `service` (or admin) token. Default: a service token signed with JWT_SECRET or the
+    /// embedded secret beside DATABASE_URL.
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub signer: SignerArgs,
 }
 
 /// `switchyard token`.
@@ -245,6 +276,13 @@ pub struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl: u64,
+    #[command(flatten)]
+    pub signer: SignerArgs,
+}
+
+/// Which key signs locally made tokens.
+#[derive(Debug, Clone, Args)]
+pub struct SignerArgs {
     /// Finds the embedded secret beside this database when JWT_SECRET is unset.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
     pub database_url: String,
@@ -295,6 +333,8 @@ impl LimitArgs {
     pub fn api(&self) -> ApiConfig {
         ApiConfig {
             max_body_bytes: self.max_body_bytes,
+            max_publish_data_bytes: self.max_publish_data_bytes,
+            max_batch_body_bytes: self.max_batch_body_bytes,
         }
     }
 }

@@ -5,10 +5,12 @@
 //! - [`server`]: a server process's whole lifecycle — start, serve, drain, stop — in one place.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`token`]: the `switchyard token` command.
+//! - [`publish`]: the `switchyard publish` command.
 //!
 //! Tests drive [`server::run`] directly with a listener on port 0, or the binary itself.
 
 pub mod config;
 pub mod health;
+pub mod publish;
 pub mod server;
 pub mod token;

@@ -21,6 +21,21 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Publish(args) => {
+            let result = tokio::runtime::Runtime::new()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(switchyard::publish::run(&args)));
+            return match result {
+                Ok(offset) => {
+                    println!("{offset}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::All(args) => (Mode::All, args),
         Command::Gateway(args) => (Mode::Gateway, args),
         Command::Api(args) => (Mode::Api, args),

@@ -82,8 +82,9 @@ pub async fn run(
             store: store.clone(),
             verifier: verifier.clone(),
             broker: broker.clone(),
+            config: args.limits.api(),
         };
-        app = app.merge(switchyard_api::router(state, &args.limits.api()));
+        app = app.merge(switchyard_api::router(state));
     }
 
     // ── serve ──────────────────────────────────────────────────────────────────────────

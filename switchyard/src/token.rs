@@ -1,12 +1,18 @@
 //! `switchyard token --sub ID --role ROLE [--ttl SECS]`: prints a signed HS256 token.
 
-use crate::config::{TokenArgs, secret_path};
+use crate::config::{SignerArgs, TokenArgs, secret_path};
 use switchyard_auth::{Issuer, secret};
+use switchyard_protocol::Role;
 use switchyard_protocol::room::is_valid_id;
 
 /// Signs the token `args` describe, with JWT_SECRET or the embedded per-installation secret.
 pub fn make(args: &TokenArgs) -> Result<String, String> {
-    if !is_valid_id(&args.sub) {
+    sign(&args.signer, &args.sub, args.role, args.ttl)
+}
+
+/// Signs a token for `sub` with `role`.
+pub fn sign(args: &SignerArgs, sub: &str, role: Role, ttl: u64) -> Result<String, String> {
+    if !is_valid_id(sub) {
         return Err("--sub must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'".into());
     }
     let secret = match &args.jwt_secret {
@@ -26,5 +32,5 @@ pub fn make(args: &TokenArgs) -> Result<String, String> {
         args.jwt_issuer.clone(),
         args.jwt_audience.clone(),
     );
-    Ok(issuer.issue(&args.sub, args.role, args.ttl))
+    Ok(issuer.issue(sub, role, ttl))
 }

@@ -306,8 +306,8 @@ async fn clients_survive_a_redis_restart() {
         "{body}"
     );
     cluster.start_redis();
-    for gw in cluster.gateways.clone() {
-        eventually("gateway ready again", async || {
+    for gw in cluster.gateways.iter().chain(&cluster.apis) {
+        eventually("process ready again", async || {
             cluster
                 .http
                 .get(format!("http://{gw}/readyz"))

@@ -1,0 +1,156 @@
+//! The server publish API: other backend services (an ETA engine, promotions, packing)
+//! push events into rooms without going through the order CRUD.
+//!
+//! `POST /api/publish` and `POST /api/publish/batch`, roles `service` and `admin`. Events take
+//! exactly the path built-in ones take — the broker's `publish`: same per-room offsets, same
+//! fan-out, in both modes. There is no second path.
+
+use crate::ApiState;
+use crate::error::ApiError;
+use crate::extract::{Caller, JsonBody};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use switchyard_protocol::events::{EventNameError, check_publishable};
+use switchyard_protocol::{Role, Room};
+
+/// Most items in one batch.
+pub const MAX_BATCH: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishItem {
+    room: String,
+    event: String,
+    data: Box<RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    items: Vec<Box<RawValue>>,
+}
+
+fn reject(reason: &'static str, err: ApiError) -> ApiError {
+    metrics::counter!("switchyard_publish_rejections_total", "reason" => reason).increment(1);
+    err
+}
+
+/// Validates one item: room grammar, event name, data an object within the size limit.
+fn validate(item: &PublishItem, max_data: usize) -> Result<Room, ApiError> {
+    let room = Room::parse(&item.room)
+        .map_err(|e| reject("room", ApiError::invalid(format!("bad room: {e}"))))?;
+    check_publishable(&item.event).map_err(|e| {
+        reject(
+            "event",
+            ApiError::invalid(match e {
+                EventNameError::Grammar => "event must match [a-z][a-z0-9_.-]{0,63}",
+                EventNameError::Reserved => {
+                    "event families order.*, revenue.* and partner.* are reserved for Switchyard"
+                }
+            }),
+        )
+    })?;
+    if !item.data.get().starts_with('{') {
+        return Err(reject(
+            "data",
+            ApiError::invalid("data must be a JSON object"),
+        ));
+    }
+    if item.data.get().len() > max_data {
+        return Err(reject(
+            "too_large",
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("data is larger than {max_data} bytes"),
+            ),
+        ));
+    }
+    Ok(room)
+}
+
+async fn publish_one(state: &ApiState, room: &Room, item: PublishItem) -> Result<u64, ApiError> {
+    let offset = state
+        .broker
+        .publish(room, &item.event, item.data)
+        .await
+        .map_err(|err| {
+            tracing::warn!(%err, "service publish failed");
+            reject(
+                "bus",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the event bus is unavailable; retry",
+                ),
+            )
+        })?;
+    metrics::counter!("switchyard_events_published_total", "source" => "service").increment(1);
+    Ok(offset)
+}
+
+/// `POST /api/publish` `{"room","event","data"}` → 200 `{"room","offset"}`.
+pub async fn publish(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(item): JsonBody<PublishItem>,
+) -> Result<Json<Value>, ApiError> {
+    caller
+        .require(&[Role::Service, Role::Admin])
+        .map_err(|e| reject("role", e))?;
+    let room = validate(&item, state.config.max_publish_data_bytes)?;
+    let offset = publish_one(&state, &room, item).await?;
+    Ok(Json(json!({ "room": room, "offset": offset })))
+}
+
+/// `POST /api/publish/batch` `{"items":[…]}` (1 to 1,000) → 200 `{"results":[…]}`, one result per
+/// item in the same order: `{"room","offset"}` or `{"error","message"}`. Items for the same
+/// room are published in the order given; different rooms go out concurrently.
+pub async fn publish_batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(batch): JsonBody<Batch>,
+) -> Result<Json<Value>, ApiError> {
+    caller
+        .require(&[Role::Service, Role::Admin])
+        .map_err(|e| reject("role", e))?;
+    if batch.items.is_empty() || batch.items.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!(
+            "items must hold 1 to {MAX_BATCH} entries"
+        )));
+    }
+    let mut results: Vec<Value> = vec![Value::Null; batch.items.len()];
+    let mut by_room: HashMap<Room, Vec<(usize, PublishItem)>> = HashMap::new();
+    for (i, raw) in batch.items.into_iter().enumerate() {
+        let checked = serde_json::from_str::<PublishItem>(raw.get())
+            .map_err(|e| ApiError::invalid(format!("items[{i}]: {e}")))
+            .and_then(|item| Ok((validate(&item, state.config.max_publish_data_bytes)?, item)));
+        match checked {
+            Ok((room, item)) => by_room.entry(room).or_default().push((i, item)),
+            Err(err) => results[i] = json!({ "error": err.code, "message": err.message }),
+        }
+    }
+    let state = &state;
+    let groups = by_room.into_iter().map(|(room, items)| async move {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items {
+            let result = match publish_one(state, &room, item).await {
+                Ok(offset) => json!({ "room": room, "offset": offset }),
+                Err(err) => json!({ "error": err.code, "message": err.message }),
+            };
+            out.push((i, result));
+        }
+        out
+    });
+    for group in futures_util::future::join_all(groups).await {
+        for (i, result) in group {
+            results[i] = result;
+        }
+    }
+    Ok(Json(json!({ "results": results })))
+}
