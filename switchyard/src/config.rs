@@ -106,8 +106,9 @@ pub struct ServeArgs {
 }
 
 /// The bus. Without REDIS_URL the bus is in-process (embedded mode): events never leave
-/// the process, so split `gateway`/`api` processes need Redis.
-#[derive(Debug, Clone, Args)]
+/// the process, so split `gateway`/`api` processes need Redis. `Debug` masks the URL (it may
+/// carry a password).
+#[derive(Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL (`redis://host:port/db`): turns on the distributed mode's Redis bus.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -146,8 +147,8 @@ impl RedisArgs {
     }
 }
 
-/// JWT verification settings.
-#[derive(Debug, Clone, Args)]
+/// JWT verification settings. `Debug` masks the secret.
+#[derive(Clone, Args)]
 pub struct JwtArgs {
     /// HS256 shared secret (at least 16 bytes). When neither this nor a public key is set,
     /// `all` generates a per-installation secret once and stores it beside the database
@@ -241,8 +242,8 @@ pub struct LimitArgs {
     pub max_batch_body_bytes: usize,
 }
 
-/// `switchyard publish`.
-#[derive(Debug, Clone, Args)]
+/// `switchyard publish`. `Debug` masks the token.
+#[derive(Clone, Args)]
 pub struct PublishArgs {
     /// Room, e.g. `order:42` or `user:u1`.
     #[arg(long)]
@@ -280,8 +281,8 @@ pub struct TokenArgs {
     pub signer: SignerArgs,
 }
 
-/// Which key signs locally made tokens.
-#[derive(Debug, Clone, Args)]
+/// Which key signs locally made tokens. `Debug` masks the secret.
+#[derive(Clone, Args)]
 pub struct SignerArgs {
     /// Finds the embedded secret beside this database when JWT_SECRET is unset.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
@@ -293,6 +294,57 @@ pub struct SignerArgs {
     pub jwt_issuer: Option<String>,
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+}
+
+fn masked<T>(value: &Option<T>) -> &'static str {
+    if value.is_some() { "Some(***)" } else { "None" }
+}
+
+impl std::fmt::Debug for JwtArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtArgs")
+            .field("jwt_secret", &masked(&self.jwt_secret))
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &masked(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("redis_offset_ttl_secs", &self.redis_offset_ttl_secs)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SignerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerArgs")
+            .field("database_url", &self.database_url)
+            .field("jwt_secret", &masked(&self.jwt_secret))
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PublishArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishArgs")
+            .field("room", &self.room)
+            .field("event", &self.event)
+            .field("url", &self.url)
+            .field("token", &masked(&self.token))
+            .field("signer", &self.signer)
+            .finish()
+    }
 }
 
 impl LimitArgs {
@@ -413,6 +465,22 @@ mod tests {
             secret_path("sqlite::memory:"),
             PathBuf::from("switchyard.secret")
         );
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug() {
+        let cli = Cli::try_parse_from([
+            "switchyard",
+            "all",
+            "--jwt-secret",
+            "super-secret-value-123",
+            "--redis-url",
+            "redis://:pw@127.0.0.1:1",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("super-secret-value-123"), "{shown}");
+        assert!(!shown.contains(":pw@"), "{shown}");
     }
 
     #[test]
