@@ -39,30 +39,14 @@ async fn fan_out_across_gateways_isolation_nginx_and_revocation() {
     assert_eq!(on_b.subscribe(&room).await["type"], "ok");
     assert_eq!(cluster.numsub(&room), 2);
 
-    let (status, _) = cluster
-        .call(
-            api,
-            "POST",
-            &format!("/api/orders/{order}/status"),
-            &admin(),
-            Some(json!({"status":"confirmed"})),
-        )
-        .await;
+    let (status, _) = cluster.set_status(api, &order, "confirmed").await;
     assert_eq!(status, 200);
     let a = on_a.event(&room, "order.status").await;
     let b = on_b.event(&room, "order.status").await;
     assert_eq!(a["offset"], b["offset"], "same offset on both gateways");
     assert_eq!(a["data"]["status"], "confirmed");
     // Once each: the next event is the very next offset, with nothing in between.
-    cluster
-        .call(
-            api,
-            "POST",
-            &format!("/api/orders/{order}/status"),
-            &admin(),
-            Some(json!({"status":"packed"})),
-        )
-        .await;
+    cluster.set_status(api, &order, "packed").await;
     for client in [&mut on_a, &mut on_b] {
         let next = client
             .recv_until(|v| v["type"] == "event" && v["room"] == room.as_str())
@@ -165,15 +149,7 @@ async fn fan_out_across_gateways_isolation_nginx_and_revocation() {
     assert_eq!(revoked["room"], droom.as_str());
     assert!(revoked["reason"].as_str().unwrap().contains("reassigned"));
     // p1 no longer gets the room's events; the watcher does.
-    cluster
-        .call(
-            api,
-            "POST",
-            &format!("/api/orders/{delivery}/status"),
-            &admin(),
-            Some(json!({"status":"confirmed"})),
-        )
-        .await;
+    cluster.set_status(api, &delivery, "confirmed").await;
     watcher.event(&droom, "order.status").await;
     let pong = p1.request(json!({"op":"ping"})).await;
     assert_eq!(pong["type"], "ok");
@@ -282,24 +258,10 @@ async fn clients_survive_a_redis_restart() {
     // Not ready while Redis is away; writes are refused rather than silently dropped.
     let gw = cluster.gateways[0].clone();
     eventually("gateway reports not ready", async || {
-        cluster
-            .http
-            .get(format!("http://{gw}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status() == 503)
-            .unwrap_or(false)
+        cluster.readyz(&gw).await == 503
     })
     .await;
-    let (status, body) = cluster
-        .call(
-            &api,
-            "POST",
-            &format!("/api/orders/{order}/status"),
-            &admin(),
-            Some(json!({"status":"confirmed"})),
-        )
-        .await;
+    let (status, body) = cluster.set_status(&api, &order, "confirmed").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("unavailable")),
@@ -308,13 +270,7 @@ async fn clients_survive_a_redis_restart() {
     cluster.start_redis();
     for gw in cluster.gateways.iter().chain(&cluster.apis) {
         eventually("process ready again", async || {
-            cluster
-                .http
-                .get(format!("http://{gw}/readyz"))
-                .send()
-                .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false)
+            cluster.readyz(gw).await == 200
         })
         .await;
     }
@@ -322,15 +278,7 @@ async fn clients_survive_a_redis_restart() {
         cluster.numsub(&room) == 2
     })
     .await;
-    let (status, _) = cluster
-        .call(
-            &api,
-            "POST",
-            &format!("/api/orders/{order}/status"),
-            &admin(),
-            Some(json!({"status":"confirmed"})),
-        )
-        .await;
+    let (status, _) = cluster.set_status(&api, &order, "confirmed").await;
     assert_eq!(status, 200);
     for c in &mut clients {
         // Still the same WebSocket connections.

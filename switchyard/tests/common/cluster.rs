@@ -129,6 +129,33 @@ impl Cluster {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// The HTTP status of `GET /readyz` on a process (0 when it does not answer).
+    pub async fn readyz(&self, addr: &str) -> u16 {
+        self.http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// `POST /api/orders/{order}/status` as admin through `base`.
+    pub async fn set_status(
+        &self,
+        base: &str,
+        order: &str,
+        status: &str,
+    ) -> (u16, serde_json::Value) {
+        self.call(
+            base,
+            "POST",
+            &format!("/api/orders/{order}/status"),
+            &super::admin(),
+            Some(serde_json::json!({ "status": status })),
+        )
+        .await
+    }
+
     pub async fn create_order(&self, base: &str, customer: &str) -> String {
         let (status, body) = self
             .call(
