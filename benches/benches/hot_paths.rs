@@ -78,7 +78,7 @@ fn fan_out(c: &mut Criterion) {
                 }
                 frame.clone()
             },
-            |frame| hub.fan_out("admin:revenue", frame),
+            |frame| hub.fan_out("admin:revenue", 1, frame),
             BatchSize::PerIteration,
         )
     });

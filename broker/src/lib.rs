@@ -22,18 +22,31 @@ pub mod memory;
 pub mod redis;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use switchyard_protocol::Room;
+use switchyard_protocol::client::StreamPosition;
 
 /// One event on its way to subscribers: the frame is already encoded, once.
 #[derive(Debug, Clone)]
 pub struct Publication {
     pub room: String,
     pub offset: u64,
-    /// The complete `{"type":"event",...}` text frame.
-    pub frame: String,
+    /// The complete `{"type":"event",...}` text frame (UTF-8), shared, never copied per
+    /// recipient.
+    pub frame: Bytes,
+}
+
+/// A room's stream position and, when asked with `since`, what was missed.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The room's current position (last offset published, in the current epoch).
+    pub position: StreamPosition,
+    /// Every publication after `since`, in order — or `None` when that cannot be given
+    /// completely (another epoch, or history no longer reaches back to `since`).
+    pub missed: Option<Vec<Publication>>,
 }
 
 /// Messages for every process rather than for a room's members.
@@ -116,6 +129,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// One member fewer in `room` on this node.
     async fn unsubscribe(&self, room: &Room);
+
+    /// The room's position, and with `since` the publications after it (recovery). Call it
+    /// after subscribing, so nothing published in between is lost (deduplicate by offset).
+    async fn history(
+        &self,
+        room: &Room,
+        since: Option<&StreamPosition>,
+    ) -> Result<History, BrokerError>;
 
     /// Sends a control message to every process's sinks (this one's included).
     async fn broadcast(&self, control: Control) -> Result<(), BrokerError>;

@@ -5,20 +5,57 @@
 //! once and calls every sink in order. The bounded channel is the backpressure: when the
 //! dispatcher falls behind, `publish` waits rather than queueing without limit.
 //!
-//! Offsets live in memory: after a restart every room counts from 1 again.
+//! Offsets and history live in memory: a restart starts a new *epoch* (random per process),
+//! so clients can tell that offsets began again and that their old position is gone.
+//!
+//! History: each room keeps its last [`HistoryConfig::size`] publications for at most
+//! [`HistoryConfig::ttl`] (a ring of shared frames, no copies). A recovery request goes through
+//! the same channel as publishes, so it sees exactly the publications delivered before it.
 
-use crate::{Broker, BrokerError, Control, Deliver, Publication, Sinks};
+use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::{Room, server::encode_event};
 use tokio::sync::{mpsc, oneshot};
 
 /// How many publish requests may wait for the dispatcher.
 const QUEUE: usize = 4096;
 
+/// How much history each room keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    /// Publications kept per room.
+    pub size: usize,
+    /// How long a publication stays recoverable.
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+struct RoomStream {
+    offset: u64,
+    recent: VecDeque<(Instant, Publication)>,
+}
+
 enum Request {
+    History {
+        room: String,
+        since: Option<StreamPosition>,
+        reply: oneshot::Sender<History>,
+    },
     Publish {
         room: String,
         event: String,
@@ -37,10 +74,10 @@ pub struct MemoryBroker {
 impl MemoryBroker {
     /// Creates the broker and spawns its dispatcher on the current Tokio runtime.
     /// The dispatcher stops when the broker is dropped.
-    pub fn start() -> Arc<MemoryBroker> {
+    pub fn start(history: HistoryConfig) -> Arc<MemoryBroker> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let sinks = Sinks::default();
-        tokio::spawn(dispatch(rx, sinks.clone()));
+        tokio::spawn(dispatch(rx, sinks.clone(), history, new_epoch()));
         Arc::new(MemoryBroker {
             requests: tx,
             sinks,
@@ -48,11 +85,33 @@ impl MemoryBroker {
     }
 }
 
-async fn dispatch(mut rx: mpsc::Receiver<Request>, sinks: Sinks) {
-    // Offset counters grow with the number of rooms ever published to: one small entry per
-    // order, which the embedded mode (one machine, one database file) can afford.
-    let mut offsets: HashMap<String, u64> = HashMap::new();
+/// A fresh epoch: time and process id, hex. Unique per start of a process.
+pub(crate) fn new_epoch() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+async fn dispatch(
+    mut rx: mpsc::Receiver<Request>,
+    sinks: Sinks,
+    config: HistoryConfig,
+    epoch: String,
+) {
+    // One entry per room ever published to: its offset (a few bytes) and a bounded ring
+    // (emptied by age). The embedded mode (one machine, one database) can afford that.
+    let mut rooms: HashMap<String, RoomStream> = HashMap::new();
+    let mut swept = Instant::now();
     while let Some(req) = rx.recv().await {
+        if swept.elapsed() > config.ttl / 4 {
+            let now = Instant::now();
+            for stream in rooms.values_mut() {
+                expire(&mut stream.recent, now, config.ttl);
+            }
+            swept = now;
+        }
         let (room, event, data, reply) = match req {
             Request::Publish {
                 room,
@@ -64,20 +123,74 @@ async fn dispatch(mut rx: mpsc::Receiver<Request>, sinks: Sinks) {
                 sinks.control(&control);
                 continue;
             }
+            Request::History { room, since, reply } => {
+                let stream = rooms.get_mut(&room);
+                let offset = stream.as_ref().map(|s| s.offset).unwrap_or(0);
+                let missed = match (since, stream) {
+                    (Some(since), _) if since.epoch != epoch || since.offset > offset => None,
+                    (Some(since), _) if since.offset == offset => Some(Vec::new()),
+                    (Some(since), Some(stream)) => {
+                        expire(&mut stream.recent, Instant::now(), config.ttl);
+                        // Complete only if the oldest kept publication is the one right after `since`.
+                        let first = stream
+                            .recent
+                            .iter()
+                            .position(|(_, p)| p.offset > since.offset);
+                        match first {
+                            Some(i) if stream.recent[i].1.offset == since.offset + 1 => Some(
+                                stream
+                                    .recent
+                                    .iter()
+                                    .skip(i)
+                                    .map(|(_, p)| p.clone())
+                                    .collect(),
+                            ),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                let _ = reply.send(History {
+                    position: StreamPosition {
+                        epoch: epoch.clone(),
+                        offset,
+                    },
+                    missed,
+                });
+                continue;
+            }
         };
-        let offset = offsets
-            .entry(room.clone())
-            .and_modify(|o| *o += 1)
-            .or_insert(1);
-        let offset = *offset;
-        let frame = encode_event(&room, &event, offset, &data);
+        let stream = rooms.entry(room.clone()).or_insert_with(|| RoomStream {
+            offset: 0,
+            recent: VecDeque::new(),
+        });
+        stream.offset += 1;
+        let offset = stream.offset;
+        let frame = Bytes::from(encode_event(&room, &event, offset, &data));
         let publication = Publication {
             room,
             offset,
             frame,
         };
+        if config.size > 0 {
+            if stream.recent.len() == config.size {
+                stream.recent.pop_front();
+            }
+            stream
+                .recent
+                .push_back((Instant::now(), publication.clone()));
+        }
         sinks.deliver(publication);
         let _ = reply.send(offset);
+    }
+}
+
+fn expire(recent: &mut VecDeque<(Instant, Publication)>, now: Instant, ttl: Duration) {
+    while recent
+        .front()
+        .is_some_and(|(at, _)| now.saturating_duration_since(*at) > ttl)
+    {
+        recent.pop_front();
     }
 }
 
@@ -107,6 +220,23 @@ impl Broker for MemoryBroker {
     }
 
     async fn unsubscribe(&self, _room: &Room) {}
+
+    async fn history(
+        &self,
+        room: &Room,
+        since: Option<&StreamPosition>,
+    ) -> Result<History, BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::History {
+                room: room.as_str().to_owned(),
+                since: since.cloned(),
+                reply,
+            })
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        answer.await.map_err(|_| BrokerError::Closed)
+    }
 
     async fn broadcast(&self, control: Control) -> Result<(), BrokerError> {
         self.requests
@@ -139,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_count_per_room_and_arrive_in_order() {
-        let broker = MemoryBroker::start();
+        let broker = MemoryBroker::start(HistoryConfig::default());
         let sink = Arc::new(Collect::default());
         broker.attach(sink.clone());
         let a = Room::parse("order:1").unwrap();
@@ -169,7 +299,56 @@ mod tests {
         assert!(
             got[0]
                 .frame
-                .starts_with(r#"{"type":"event","room":"order:"#)
+                .starts_with(br#"{"type":"event","room":"order:"#)
         );
+    }
+
+    #[tokio::test]
+    async fn history_recovers_exactly_what_was_missed_or_says_it_cannot() {
+        let broker = MemoryBroker::start(HistoryConfig {
+            size: 5,
+            ttl: Duration::from_secs(60),
+        });
+        let room = Room::parse("order:1").unwrap();
+        let data = || RawValue::from_string("{}".into()).unwrap();
+        for _ in 0..8 {
+            broker.publish(&room, "x.y", data()).await.unwrap();
+        }
+        let now = broker.history(&room, None).await.unwrap();
+        assert_eq!(now.position.offset, 8);
+        assert!(now.missed.is_none());
+        let at = |offset| StreamPosition {
+            epoch: now.position.epoch.clone(),
+            offset,
+        };
+        let got = broker
+            .history(&room, Some(&at(5)))
+            .await
+            .unwrap()
+            .missed
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![6, 7, 8]
+        );
+        let got = broker
+            .history(&room, Some(&at(3)))
+            .await
+            .unwrap()
+            .missed
+            .unwrap();
+        assert_eq!(got.len(), 5);
+        let beyond = broker.history(&room, Some(&at(2))).await.unwrap();
+        assert!(beyond.missed.is_none(), "beyond history");
+        let current = broker.history(&room, Some(&at(8))).await.unwrap();
+        assert!(current.missed.unwrap().is_empty());
+        let future = broker.history(&room, Some(&at(9))).await.unwrap();
+        assert!(future.missed.is_none(), "from the future");
+        let other = StreamPosition {
+            epoch: "old".into(),
+            offset: 7,
+        };
+        let old = broker.history(&room, Some(&other)).await.unwrap();
+        assert!(old.missed.is_none(), "another epoch");
     }
 }

@@ -28,7 +28,7 @@
 //! command timeout, and `switchyard_bus_up` is 0; reconnects are counted. Events published
 //! to Redis while a gateway's subscriber was disconnected are not seen by that gateway.
 
-use crate::{Broker, BrokerError, Control, Deliver, Publication, Sinks};
+use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -39,6 +39,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_protocol::Room;
+use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::server::event_frame_parts;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -49,6 +50,18 @@ local offset = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2] .. offset .. ARGV[3])
 return offset
+"#;
+
+/// The room's position: the Redis-wide epoch (created when missing, so a flushed or restarted
+/// Redis gets a new one) and the room's last offset. KEYS = epoch key, offset key;
+/// ARGV[1] = a fresh epoch to use if there is none.
+const POSITION_LUA: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[1])
+  epoch = ARGV[1]
+end
+return {epoch, redis.call('GET', KEYS[2]) or '0'}
 "#;
 
 /// Settings of the Redis bus.
@@ -74,6 +87,7 @@ pub struct RedisBroker {
     client: Client,
     subscriber: SubscriberClient,
     script: Script,
+    position_script: Script,
     prefix: String,
     offset_ttl_ms: i64,
     interest: mpsc::Sender<Interest>,
@@ -107,6 +121,8 @@ impl RedisBroker {
         subscriber.init().await.map_err(unavailable)?;
         let script = Script::from_lua(PUBLISH_LUA);
         script.load(&client).await.map_err(unavailable)?;
+        let position_script = Script::from_lua(POSITION_LUA);
+        position_script.load(&client).await.map_err(unavailable)?;
 
         let prefix = config.prefix.clone();
         let sinks = Sinks::default();
@@ -137,6 +153,7 @@ impl RedisBroker {
             client,
             subscriber,
             script,
+            position_script,
             prefix,
             offset_ttl_ms: config.offset_ttl.as_millis() as i64,
             interest,
@@ -203,6 +220,30 @@ impl Broker for RedisBroker {
             .interest
             .send(Interest::Leave(room.as_str().to_owned()))
             .await;
+    }
+
+    /// The position comes from Redis; recovery from Redis history is not implemented yet, so
+    /// any `since` other than the current position answers `missed: None` (resync).
+    async fn history(
+        &self,
+        room: &Room,
+        since: Option<&StreamPosition>,
+    ) -> Result<History, BrokerError> {
+        let keys = vec![
+            format!("{}epoch", self.prefix),
+            format!("{}off:{}", self.prefix, room),
+        ];
+        let (epoch, offset): (String, String) = self
+            .position_script
+            .evalsha_with_reload(&self.client, keys, vec![crate::memory::new_epoch()])
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let position = StreamPosition {
+            epoch,
+            offset: offset.parse().unwrap_or(0),
+        };
+        let missed = since.filter(|s| **s == position).map(|_| Vec::new());
+        Ok(History { position, missed })
     }
 
     async fn broadcast(&self, control: Control) -> Result<(), BrokerError> {
@@ -349,7 +390,7 @@ async fn dispatch(
             sinks.deliver(Publication {
                 room: room.to_owned(),
                 offset,
-                frame: frame.to_owned(),
+                frame: frame.to_owned().into(),
             });
         } else if *message.channel == *control {
             match serde_json::from_str::<Control>(&payload) {

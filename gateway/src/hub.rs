@@ -9,7 +9,7 @@
 //! of the same bytes: encoded once, never per recipient.
 
 use crate::outbound::{Outbound, Outgoing};
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::sync::Arc;
 use switchyard_broker::{Control, Deliver, Publication};
@@ -63,13 +63,23 @@ impl Hub {
         self.rooms.get(room).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Queues `frame` for every member of `room`; returns how many accepted it.
-    pub fn fan_out(&self, room: &str, frame: Utf8Bytes) -> usize {
+    /// Queues `frame` (the event at `offset` in `room`) for every member of `room`; returns
+    /// how many accepted it.
+    pub fn fan_out(&self, room: &str, offset: u64, frame: Utf8Bytes) -> usize {
         let Some(members) = self.rooms.get(room).map(|m| Arc::clone(&m)) else {
             return 0;
         };
-        let message = Message::Text(frame);
-        let delivered = members.iter().filter(|m| m.push(message.clone())).count();
+        let room: Arc<str> = room.into();
+        let delivered = members
+            .iter()
+            .filter(|m| {
+                m.push_outgoing(Outgoing::Event {
+                    room: room.clone(),
+                    offset,
+                    frame: frame.clone(),
+                })
+            })
+            .count();
         metrics::counter!("switchyard_events_delivered_total").increment(delivered as u64);
         let dropped = members.len() - delivered;
         if dropped > 0 {
@@ -101,7 +111,14 @@ impl Hub {
 
 impl Deliver for Hub {
     fn deliver(&self, publication: Publication) {
-        self.fan_out(&publication.room, Utf8Bytes::from(publication.frame));
+        match Utf8Bytes::try_from(publication.frame) {
+            Ok(frame) => {
+                self.fan_out(&publication.room, publication.offset, frame);
+            }
+            Err(_) => {
+                tracing::error!(room = %publication.room, "dropping a publication that is not UTF-8")
+            }
+        }
     }
 
     fn control(&self, control: &Control) {
@@ -126,12 +143,12 @@ mod tests {
         assert!(hub.join("order:1", &a));
         assert!(!hub.join("order:1", &a));
         assert!(hub.join("order:1", &b));
-        assert_eq!(hub.fan_out("order:1", Utf8Bytes::from_static("x")), 2);
+        assert_eq!(hub.fan_out("order:1", 1, Utf8Bytes::from_static("x")), 2);
         assert!(
-            matches!(ra.recv().await, Some(Outgoing::Frame(Message::Text(t))) if t.as_str() == "x")
+            matches!(ra.recv().await, Some(Outgoing::Event { frame, .. }) if frame.as_str() == "x")
         );
         assert!(
-            matches!(rb.recv().await, Some(Outgoing::Frame(Message::Text(t))) if t.as_str() == "x")
+            matches!(rb.recv().await, Some(Outgoing::Event { frame, .. }) if frame.as_str() == "x")
         );
         assert_eq!(hub.revoke("order:1", "b", "reassigned"), 1);
         assert!(
@@ -142,7 +159,7 @@ mod tests {
         assert_eq!(hub.member_count("order:1"), 1);
         assert!(hub.leave("order:1", 2));
         assert_eq!(hub.room_count(), 0);
-        assert_eq!(hub.fan_out("order:1", Utf8Bytes::from_static("x")), 0);
+        assert_eq!(hub.fan_out("order:1", 1, Utf8Bytes::from_static("x")), 0);
     }
 
     #[tokio::test]
@@ -153,7 +170,7 @@ mod tests {
         hub.join("r", &slow);
         hub.join("r", &fast);
         for _ in 0..3 {
-            hub.fan_out("r", Utf8Bytes::from_static("e"));
+            hub.fan_out("r", 1, Utf8Bytes::from_static("e"));
         }
         assert_eq!(
             kick.kicked().await,

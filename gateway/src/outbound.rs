@@ -7,7 +7,7 @@
 //! *kicked* — its session closes it with 4003 (slow consumer) — and the publication is
 //! not delivered to it. Other clients and the publisher are never held up.
 
-use axum::extract::ws::Message;
+use axum::extract::ws::Utf8Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::sync::{Notify, mpsc};
@@ -47,8 +47,13 @@ impl Kick {
 /// What waits in a connection's outbound queue.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// A frame to write as is.
-    Frame(Message),
+    /// An event frame of `room` at `offset`, shared by every recipient. The session may drop
+    /// it (room left, or already covered by a snapshot or a recovery).
+    Event {
+        room: Arc<str>,
+        offset: u64,
+        frame: Utf8Bytes,
+    },
     /// Leave `room` and tell the client why (partner reassigned).
     Revoke { room: Arc<str>, reason: Arc<str> },
 }
@@ -81,11 +86,6 @@ impl Outbound {
             rx,
             kick,
         )
-    }
-
-    /// Queues a frame without waiting. Returns false when it was not queued.
-    pub fn push(&self, frame: Message) -> bool {
-        self.push_outgoing(Outgoing::Frame(frame))
     }
 
     /// Queues anything without waiting. A full queue kicks the connection as a slow consumer.

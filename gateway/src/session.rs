@@ -23,7 +23,8 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_auth::Principal;
-use switchyard_protocol::client::{ClientOp, LocationFix};
+use switchyard_broker::Publication;
+use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
 use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::ServerMessage;
 use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
@@ -48,7 +49,16 @@ enum Exit {
 enum Reply {
     Plain,
     Room(Room),
-    Subscribed(Room, Box<RawValue>),
+    Subscribed {
+        room: Room,
+        position: StreamPosition,
+        /// Set when the client asked for recovery.
+        recovered: Option<bool>,
+        /// When not (completely) recovered.
+        snapshot: Option<Box<RawValue>>,
+        /// The recovered events, written right after the reply.
+        missed: Vec<Publication>,
+    },
 }
 
 pub(crate) struct Session {
@@ -56,8 +66,10 @@ pub(crate) struct Session {
     pub who: Principal,
     pub out: Outbound,
     pub shared: Arc<Shared>,
-    /// Rooms this connection is in; bounded by `max_subscriptions`.
-    rooms: Vec<Room>,
+    /// Rooms this connection is in, each with the offset up to which its events were already
+    /// covered (by the subscribe snapshot or a recovery) and are dropped from the queue.
+    /// Bounded by `max_subscriptions`.
+    rooms: Vec<(Room, u64)>,
     ops: TokenBucket,
     locations: TokenBucket,
 }
@@ -100,7 +112,7 @@ impl Session {
             }
             Exit::Gone(reason) => (0, reason),
         };
-        for room in std::mem::take(&mut self.rooms) {
+        for (room, _) in std::mem::take(&mut self.rooms) {
             self.leave(&room).await;
         }
         metrics::counter!("switchyard_connections_closed_total", "code" => code.to_string())
@@ -175,7 +187,17 @@ impl Session {
                         Some(Err(err)) => return classify(err),
                     };
                     let reply = match message {
-                        Message::Text(text) => self.handle(&text).await,
+                        Message::Text(text) => {
+                            let (reply, missed) = self.handle(&text).await;
+                            if missed.is_empty() {
+                                reply
+                            } else {
+                                if let Some(exit) = self.send_with_missed(sink, reply, missed).await {
+                                    return exit;
+                                }
+                                continue;
+                            }
+                        }
                         Message::Binary(_) => error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
                         Message::Ping(_) | Message::Pong(_) => continue,
                         Message::Close(_) => {
@@ -213,7 +235,11 @@ impl Session {
         let result = tokio::time::timeout(write_timeout, async {
             while let Some(item) = next.take() {
                 let frame = match item {
-                    Outgoing::Frame(frame) => Some(frame),
+                    Outgoing::Event {
+                        room,
+                        offset,
+                        frame,
+                    } => self.wanted(&room, offset).then_some(Message::Text(frame)),
                     Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
                 };
                 if let Some(frame) = frame {
@@ -234,10 +260,42 @@ impl Session {
         }
     }
 
+    /// Whether a queued event still goes out: the room is still joined and the event is newer
+    /// than what the snapshot or recovery already covered.
+    fn wanted(&self, room: &str, offset: u64) -> bool {
+        self.rooms
+            .iter()
+            .any(|(r, covered)| r.as_str() == room && offset > *covered)
+    }
+
+    /// The reply, then the recovered events, then one flush.
+    async fn send_with_missed(
+        &self,
+        sink: &mut Sink,
+        reply: String,
+        missed: Vec<Publication>,
+    ) -> Option<Exit> {
+        let write = async {
+            sink.feed(Message::Text(reply.into())).await?;
+            for publication in missed {
+                match Utf8Bytes::try_from(publication.frame) {
+                    Ok(frame) => sink.feed(Message::Text(frame)).await?,
+                    Err(_) => continue,
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.shared.config.write_timeout, write).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Exit::Gone("write failed")),
+            Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+        }
+    }
+
     /// Leaves a room the server revoked; returns the frame telling the client, if it was in it.
     async fn revoked(&mut self, room: &str, reason: &str) -> Option<Message> {
-        let i = self.rooms.iter().position(|r| r.as_str() == room)?;
-        let room = self.rooms.swap_remove(i);
+        let i = self.rooms.iter().position(|(r, _)| r.as_str() == room)?;
+        let (room, _) = self.rooms.swap_remove(i);
         self.leave(&room).await;
         let frame = ServerMessage::Revoked {
             room: room.as_str(),
@@ -259,55 +317,82 @@ impl Session {
         }
     }
 
-    /// Decodes and executes one text frame; returns the reply frame.
-    async fn handle(&mut self, text: &str) -> String {
+    /// Decodes and executes one text frame; returns the reply frame and any recovered events.
+    async fn handle(&mut self, text: &str) -> (String, Vec<Publication>) {
+        match self.handle_op(text).await {
+            Ok((reply, missed)) => (reply, missed),
+            Err(reply) => (reply, Vec::new()),
+        }
+    }
+
+    async fn handle_op(&mut self, text: &str) -> Result<(String, Vec<Publication>), String> {
         // Every frame costs a token, undecodable ones included, so junk cannot flood either.
         let allowed = self.ops.try_take();
         let message = match switchyard_protocol::ClientMessage::decode(text) {
             Ok(message) => message,
-            Err(err) if allowed => return error_frame(err.id, ErrorCode::BadRequest, &err.message),
+            Err(err) if allowed => {
+                return Err(error_frame(err.id, ErrorCode::BadRequest, &err.message));
+            }
             Err(err) => {
-                return error_frame(err.id, ErrorCode::RateLimited, "too many ops; slow down");
+                return Err(error_frame(
+                    err.id,
+                    ErrorCode::RateLimited,
+                    "too many ops; slow down",
+                ));
             }
         };
         let id = message.id;
         if !allowed {
-            return error_frame(id, ErrorCode::RateLimited, "too many ops; slow down");
+            return Err(error_frame(
+                id,
+                ErrorCode::RateLimited,
+                "too many ops; slow down",
+            ));
         }
         let op = message.op.name();
+        let plain = |room: Option<&str>| {
+            ServerMessage::Ok {
+                id,
+                op,
+                room,
+                position: None,
+                recovered: None,
+                snapshot: None,
+            }
+            .encode()
+        };
         match self.execute(message.op).await {
-            Ok(Reply::Plain) => ServerMessage::Ok {
-                id,
-                op,
-                room: None,
-                snapshot: None,
+            Ok(Reply::Plain) => Ok((plain(None), Vec::new())),
+            Ok(Reply::Room(room)) => Ok((plain(Some(room.as_str())), Vec::new())),
+            Ok(Reply::Subscribed {
+                room,
+                position,
+                recovered,
+                snapshot,
+                missed,
+            }) => {
+                let reply = ServerMessage::Ok {
+                    id,
+                    op,
+                    room: Some(room.as_str()),
+                    position: Some(&position),
+                    recovered,
+                    snapshot: snapshot.as_deref(),
+                }
+                .encode();
+                Ok((reply, missed))
             }
-            .encode(),
-            Ok(Reply::Room(room)) => ServerMessage::Ok {
-                id,
-                op,
-                room: Some(room.as_str()),
-                snapshot: None,
-            }
-            .encode(),
-            Ok(Reply::Subscribed(room, snapshot)) => ServerMessage::Ok {
-                id,
-                op,
-                room: Some(room.as_str()),
-                snapshot: Some(&snapshot),
-            }
-            .encode(),
-            Err(refusal) => error_frame(id, refusal.code, &refusal.message),
+            Err(refusal) => Err(error_frame(id, refusal.code, &refusal.message)),
         }
     }
 
     async fn execute(&mut self, op: ClientOp) -> Result<Reply, Refusal> {
         match op {
             ClientOp::Ping => Ok(Reply::Plain),
-            ClientOp::Subscribe { room, since: _ } => self.subscribe(room).await,
+            ClientOp::Subscribe { room, since } => self.subscribe(room, since).await,
             ClientOp::Unsubscribe { room } => {
-                if let Some(i) = self.rooms.iter().position(|r| *r == room) {
-                    let room = self.rooms.swap_remove(i);
+                if let Some(i) = self.rooms.iter().position(|(r, _)| *r == room) {
+                    let (room, _) = self.rooms.swap_remove(i);
                     self.leave(&room).await;
                 }
                 Ok(Reply::Room(room))
@@ -316,16 +401,20 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, room: Room) -> Result<Reply, Refusal> {
+    async fn subscribe(
+        &mut self,
+        room: Room,
+        since: Option<StreamPosition>,
+    ) -> Result<Reply, Refusal> {
         let shared = self.shared.clone();
         let store = &shared.store;
-        if !self.rooms.contains(&room) {
-            if self.rooms.len() >= self.shared.config.max_subscriptions {
+        if !self.rooms.iter().any(|(r, _)| *r == room) {
+            if self.rooms.len() >= shared.config.max_subscriptions {
                 return Err(Refusal::new(
                     ErrorCode::LimitExceeded,
                     format!(
                         "at most {} subscriptions per connection",
-                        self.shared.config.max_subscriptions
+                        shared.config.max_subscriptions
                     ),
                 ));
             }
@@ -335,18 +424,42 @@ impl Session {
                 // A reassignment committed between the check and the join sent its revoke
                 // before we were a member: look again now that we are.
                 if let Err(refusal) = access::may_join(store, &self.who, &room).await {
-                    if let Some(i) = self.rooms.iter().position(|r| *r == room) {
-                        let room = self.rooms.swap_remove(i);
+                    if let Some(i) = self.rooms.iter().position(|(r, _)| *r == room) {
+                        let (room, _) = self.rooms.swap_remove(i);
                         self.leave(&room).await;
                     }
                     return Err(refusal);
                 }
             }
         }
-        // Joined before the snapshot is read: an event published in between is delivered
-        // (possibly just before this reply) rather than lost.
-        let snapshot = access::snapshot(store, &room).await?;
-        Ok(Reply::Subscribed(room, snapshot))
+        // Joined first, then the position, then the snapshot: nothing published in between is
+        // lost, and queued events the snapshot or the recovery already covers are dropped.
+        let history = shared
+            .broker
+            .history(&room, since.as_ref())
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, "history read failed");
+                Refusal::new(ErrorCode::Internal, "bus unavailable, retry")
+            })?;
+        if let Some(entry) = self.rooms.iter_mut().find(|(r, _)| *r == room) {
+            entry.1 = history.position.offset;
+        }
+        let recovered = since.as_ref().map(|_| history.missed.is_some());
+        if since.is_some() {
+            metrics::counter!("switchyard_recoveries_total", "recovered" => if history.missed.is_some() { "true" } else { "false" }).increment(1);
+        }
+        let (snapshot, missed) = match history.missed {
+            Some(missed) => (None, missed),
+            None => (Some(access::snapshot(store, &room).await?), Vec::new()),
+        };
+        Ok(Reply::Subscribed {
+            room,
+            position: history.position,
+            recovered,
+            snapshot,
+            missed,
+        })
     }
 
     async fn join(&mut self, room: Room) -> Result<(), Refusal> {
@@ -356,7 +469,7 @@ impl Session {
         }
         self.shared.hub.join(room.as_str(), &self.out);
         metrics::gauge!("switchyard_subscriptions").increment(1.0);
-        self.rooms.push(room);
+        self.rooms.push((room, 0));
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Frames the server sends. Each is serialized once into a `String`; an event's
 //! bytes are then shared by every recipient (see `switchyard-gateway`'s hub).
 
+use crate::client::StreamPosition;
 use crate::role::Role;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -51,7 +52,14 @@ pub enum ServerMessage<'a> {
         op: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<&'a str>,
-        /// Present on subscribe replies: the room's current state (`null` for user rooms).
+        /// Present on subscribe replies: the room's stream position when it was joined.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        position: Option<&'a StreamPosition>,
+        /// Present on subscribe replies that asked for recovery (`since`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// On subscribe replies without a complete recovery: the room's current state
+        /// (`null` for user rooms).
         #[serde(skip_serializing_if = "Option::is_none")]
         snapshot: Option<&'a RawValue>,
     },
@@ -149,6 +157,8 @@ mod tests {
             id: None,
             op: "subscribe",
             room: Some("user:u1"),
+            position: None,
+            recovered: None,
             snapshot: Some(null),
         };
         assert_eq!(

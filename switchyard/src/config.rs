@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_api::ApiConfig;
 use switchyard_auth::{JwtConfig, VerifyKey, parse_public_algorithm};
+use switchyard_broker::memory::HistoryConfig;
 use switchyard_broker::redis::RedisConfig;
 use switchyard_gateway::GatewayConfig;
 use switchyard_protocol::Role;
@@ -234,6 +235,12 @@ pub struct LimitArgs {
     /// Largest REST request body, bytes (larger → 413).
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Events each room keeps for recovery (`subscribe` with `since`). Embedded bus only so far.
+    #[arg(long, env = "SWITCHYARD_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+    /// How long an event stays recoverable (s).
+    #[arg(long, env = "SWITCHYARD_HISTORY_TTL_SECS", default_value_t = 300)]
+    pub history_ttl_secs: u64,
     /// Largest `data` of one event sent to `/api/publish`, bytes (larger → 413).
     #[arg(long, env = "SWITCHYARD_MAX_PUBLISH_DATA_BYTES", default_value_t = 16 * 1024)]
     pub max_publish_data_bytes: usize,
@@ -380,6 +387,13 @@ impl LimitArgs {
                 .filter(|o| !o.is_empty())
                 .collect(),
         })
+    }
+
+    pub fn history(&self) -> HistoryConfig {
+        HistoryConfig {
+            size: self.history_size.min(100_000),
+            ttl: Duration::from_secs(self.history_ttl_secs),
+        }
     }
 
     pub fn api(&self) -> ApiConfig {

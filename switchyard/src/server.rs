@@ -52,7 +52,7 @@ pub async fn run(
                     mode.name()
                 );
             }
-            MemoryBroker::start()
+            MemoryBroker::start(args.limits.history())
         }
     };
     let gateway = mode.runs_gateway().then(|| {

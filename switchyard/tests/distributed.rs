@@ -237,7 +237,7 @@ async fn concurrent_publishers_share_one_offset_counter_in_redis() {
         (1..=N as u64).collect::<Vec<_>>(),
         "delivered in offset order"
     );
-    let frame: Value = serde_json::from_str(&got[0].frame).unwrap();
+    let frame: Value = serde_json::from_slice(&got[0].frame).unwrap();
     assert_eq!(frame["offset"], 1);
     assert_eq!(frame["room"], "order:shared");
 }

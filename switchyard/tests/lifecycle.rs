@@ -276,7 +276,7 @@ async fn an_expiring_token_ends_the_connection_with_4001() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_stalls_neither_publishers_nor_others() {
     let server =
-        TestServer::start_with(&["--outbound-queue", "8", "--write-timeout-ms", "500"]).await;
+        TestServer::start_with(&["--outbound-queue", "128", "--write-timeout-ms", "500"]).await;
     let url = server.ws_url();
     let mut slow = connect(&url, &admin()).await;
     assert_eq!(slow.subscribe("admin:revenue").await["type"], "ok");

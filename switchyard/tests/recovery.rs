@@ -1,0 +1,132 @@
+//! Positions and recovery (embedded bus): a client that comes back gets exactly what it
+//! missed, or is told plainly to resync from the snapshot.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard_protocol::Role;
+
+async fn change(server: &TestServer, order: &str, statuses: &[&str]) {
+    for status in statuses {
+        let (code, body) = server.set_status(order, &admin(), status).await;
+        assert_eq!(code, 200, "{body}");
+    }
+}
+
+/// Re-subscribes (idempotent) until the room's position reaches `offset`: the outbox relay
+/// publishes shortly after each REST call returns.
+async fn wait_for_offset(watcher: &mut Client, room: &str, offset: u64) -> Value {
+    for _ in 0..250 {
+        let r = watcher.subscribe(room).await;
+        if r["position"]["offset"].as_u64() >= Some(offset) {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{room} never reached offset {offset}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_client_gets_exactly_what_it_missed() {
+    let server = TestServer::start().await;
+    let order = server.create_order("c1", 1, 100).await;
+    let room = format!("order:{order}");
+    let mut first = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let joined = first.subscribe(&room).await;
+    assert_eq!(joined["snapshot"]["status"], "placed");
+    let position: Value = joined["position"].clone();
+    assert!(
+        position["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+        "{joined}"
+    );
+    drop(first);
+
+    change(
+        &server,
+        &order,
+        &["confirmed", "packed", "out_for_delivery"],
+    )
+    .await;
+    let since = position["offset"].as_u64().unwrap();
+    let mut watcher = connect(&server.ws_url(), &admin()).await;
+    let now = wait_for_offset(&mut watcher, &room, since + 3).await;
+    let last = now["position"]["offset"].as_u64().unwrap();
+    assert_eq!(last, since + 3);
+
+    let mut back = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let reply = back
+        .request(json!({"op":"subscribe","room":room,"since":position}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert!(
+        reply.get("snapshot").is_none(),
+        "no snapshot when recovered: {reply}"
+    );
+    assert_eq!(reply["position"]["offset"].as_u64(), Some(last));
+    for (i, status) in ["confirmed", "packed", "out_for_delivery"]
+        .iter()
+        .enumerate()
+    {
+        let e = back.recv().await;
+        assert_eq!(e["type"], "event", "{e}");
+        assert_eq!(e["offset"].as_u64(), Some(since + 1 + i as u64));
+        assert_eq!(e["data"]["status"], *status);
+    }
+    // Live events continue right after, with no duplicate.
+    change(&server, &order, &["delivered"]).await;
+    let e = back.event(&room, "order.status").await;
+    assert_eq!(e["offset"].as_u64(), Some(last + 1));
+    assert_eq!(e["data"]["status"], "delivered");
+
+    // Coming back at the current position recovers nothing, completely.
+    let mut idle = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let at_head = json!({"epoch": position["epoch"], "offset": last + 1});
+    let r = idle
+        .request(json!({"op":"subscribe","room":room,"since":at_head}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_history_or_another_epoch_means_resync() {
+    let server = TestServer::start_with(&["--history-size", "2"]).await;
+    let order = server.create_order("c1", 1, 100).await;
+    let room = format!("order:{order}");
+    let mut first = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let position = first.subscribe(&room).await["position"].clone();
+    drop(first);
+    change(
+        &server,
+        &order,
+        &["confirmed", "packed", "out_for_delivery"],
+    )
+    .await;
+    let mut watcher = connect(&server.ws_url(), &admin()).await;
+    let since = position["offset"].as_u64().unwrap();
+    wait_for_offset(&mut watcher, &room, since + 3).await;
+
+    let mut back = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let r = back
+        .request(json!({"op":"subscribe","room":room,"since":position}))
+        .await;
+    assert_eq!(r["recovered"], false, "3 missed, 2 kept: {r}");
+    assert_eq!(
+        r["snapshot"]["status"], "out_for_delivery",
+        "resync from the snapshot"
+    );
+
+    let other_epoch = json!({"epoch":"not-this-one","offset":1});
+    let r = back
+        .request(json!({"op":"subscribe","room":room,"since":other_epoch}))
+        .await;
+    assert_eq!(r["recovered"], false, "{r}");
+    assert!(r["snapshot"].is_object());
+
+    let bad = back
+        .request(json!({"op":"subscribe","room":room,"since":{"epoch":1}}))
+        .await;
+    assert_eq!(bad["code"], "bad_request");
+    server.stop().await;
+}
