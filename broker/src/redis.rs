@@ -43,25 +43,49 @@ use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::server::event_frame_parts;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-/// Increments the room's offset, refreshes its expiry and publishes `"<offset> <frame>"`.
-/// KEYS[1] = offset key; ARGV = channel, frame head, frame tail, offset TTL (ms).
+/// Publishes one event atomically: makes sure the Redis-wide epoch exists, increments the
+/// room's offset, appends the frame to the room's history stream (entry id `<offset>-1`, at
+/// most ARGV[6] entries, the stream expiring ARGV[7] ms after the room's last event) and
+/// publishes `"<offset> <frame>"` on the room's channel.
+/// KEYS = offset key, history key, epoch key;
+/// ARGV = channel, frame head, frame tail, offset TTL (ms), fresh epoch, history size, history TTL (ms).
 const PUBLISH_LUA: &str = r#"
+if not redis.call('GET', KEYS[3]) then
+  redis.call('SET', KEYS[3], ARGV[5])
+end
 local offset = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2] .. offset .. ARGV[3])
+local frame = ARGV[2] .. offset .. ARGV[3]
+if tonumber(ARGV[6]) > 0 then
+  -- pcall: a history that cannot take the entry (ids out of order after an eviction) must
+  -- not stop the publish; recovery then finds the gap and answers "resync".
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-1', 'f', frame)
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+end
+redis.call('PUBLISH', ARGV[1], offset .. ' ' .. frame)
 return offset
 "#;
 
-/// The room's position: the Redis-wide epoch (created when missing, so a flushed or restarted
-/// Redis gets a new one) and the room's last offset. KEYS = epoch key, offset key;
-/// ARGV[1] = a fresh epoch to use if there is none.
+/// The room's position — the Redis-wide epoch (created when missing, so a flushed or
+/// restarted Redis gets a new one) and the room's last offset — and, when ARGV[2] is a
+/// number, the history entries after that offset, all read atomically.
+/// KEYS = epoch key, offset key, history key; ARGV = fresh epoch, since offset or "".
 const POSITION_LUA: &str = r#"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   redis.call('SET', KEYS[1], ARGV[1])
   epoch = ARGV[1]
 end
-return {epoch, redis.call('GET', KEYS[2]) or '0'}
+local offset = redis.call('GET', KEYS[2]) or '0'
+local result = {epoch, offset}
+if ARGV[2] ~= '' then
+  local entries = redis.call('XRANGE', KEYS[3], (tonumber(ARGV[2]) + 1) .. '-1', '+')
+  for _, entry in ipairs(entries) do
+    table.insert(result, entry[1])
+    table.insert(result, entry[2][2])
+  end
+end
+return result
 "#;
 
 /// Settings of the Redis bus.
@@ -75,6 +99,9 @@ pub struct RedisConfig {
     pub offset_ttl: Duration,
     /// How long one Redis command may take before it fails (and the publish is refused).
     pub command_timeout: Duration,
+    /// Events each room keeps in its history stream (0: none), and for how long after the
+    /// room's last event.
+    pub history: crate::memory::HistoryConfig,
 }
 
 enum Interest {
@@ -90,6 +117,7 @@ pub struct RedisBroker {
     position_script: Script,
     prefix: String,
     offset_ttl_ms: i64,
+    history: crate::memory::HistoryConfig,
     interest: mpsc::Sender<Interest>,
     sinks: Sinks,
 }
@@ -156,6 +184,7 @@ impl RedisBroker {
             position_script,
             prefix,
             offset_ttl_ms: config.offset_ttl.as_millis() as i64,
+            history: config.history,
             interest,
             sinks,
         }))
@@ -189,12 +218,19 @@ impl Broker for RedisBroker {
         data: Box<RawValue>,
     ) -> Result<u64, BrokerError> {
         let (head, tail) = event_frame_parts(room.as_str(), event, &data);
-        let keys = vec![format!("{}off:{}", self.prefix, room)];
+        let keys = vec![
+            format!("{}off:{}", self.prefix, room),
+            format!("{}hist:{}", self.prefix, room),
+            format!("{}epoch", self.prefix),
+        ];
         let args = vec![
             room_channel(&self.prefix, room.as_str()),
             head,
             tail,
             self.offset_ttl_ms.to_string(),
+            crate::memory::new_epoch(),
+            self.history.size.to_string(),
+            self.history.ttl.as_millis().max(1).to_string(),
         ];
         let offset: i64 = self
             .script
@@ -222,8 +258,9 @@ impl Broker for RedisBroker {
             .await;
     }
 
-    /// The position comes from Redis; recovery from Redis history is not implemented yet, so
-    /// any `since` other than the current position answers `missed: None` (resync).
+    /// Position and history come from Redis in one atomic script call. A recovery is
+    /// complete only when the epoch matches and the stream still holds the entry right after
+    /// `since` (and every one after it, which the stream's consecutive ids guarantee).
     async fn history(
         &self,
         room: &Room,
@@ -232,17 +269,47 @@ impl Broker for RedisBroker {
         let keys = vec![
             format!("{}epoch", self.prefix),
             format!("{}off:{}", self.prefix, room),
+            format!("{}hist:{}", self.prefix, room),
         ];
-        let (epoch, offset): (String, String) = self
+        let args = vec![
+            crate::memory::new_epoch(),
+            since.map(|s| s.offset.to_string()).unwrap_or_default(),
+        ];
+        let reply: Vec<String> = self
             .position_script
-            .evalsha_with_reload(&self.client, keys, vec![crate::memory::new_epoch()])
+            .evalsha_with_reload(&self.client, keys, args)
             .await
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let position = StreamPosition {
-            epoch,
-            offset: offset.parse().unwrap_or(0),
-        };
-        let missed = since.filter(|s| **s == position).map(|_| Vec::new());
+        let mut fields = reply.into_iter();
+        let epoch = fields.next().unwrap_or_default();
+        let offset: u64 = fields.next().and_then(|o| o.parse().ok()).unwrap_or(0);
+        let mut entries = Vec::new();
+        while let (Some(id), Some(frame)) = (fields.next(), fields.next()) {
+            let entry_offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
+            if let Some(entry_offset) = entry_offset {
+                entries.push(Publication {
+                    room: room.as_str().to_owned(),
+                    offset: entry_offset,
+                    frame: frame.into(),
+                });
+            }
+        }
+        let position = StreamPosition { epoch, offset };
+        let missed = since.and_then(|since| {
+            if since.epoch != position.epoch || since.offset > position.offset {
+                return None;
+            }
+            if since.offset == position.offset {
+                return Some(Vec::new());
+            }
+            // Consecutive from since+1 up to the position, or nothing.
+            let complete = entries
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p.offset == since.offset + 1 + i as u64)
+                && entries.last().map(|p| p.offset) == Some(position.offset);
+            complete.then_some(entries)
+        });
         Ok(History { position, missed })
     }
 

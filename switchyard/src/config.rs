@@ -126,7 +126,7 @@ pub struct RedisArgs {
 }
 
 impl RedisArgs {
-    pub fn config(&self) -> Result<Option<RedisConfig>, String> {
+    pub fn config(&self, history: HistoryConfig) -> Result<Option<RedisConfig>, String> {
         let Some(url) = &self.redis_url else {
             return Ok(None);
         };
@@ -144,6 +144,7 @@ impl RedisArgs {
             prefix: self.redis_prefix.clone(),
             offset_ttl: Duration::from_secs(self.redis_offset_ttl_secs.max(60)),
             command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
+            history,
         }))
     }
 }
@@ -235,10 +236,11 @@ pub struct LimitArgs {
     /// Largest REST request body, bytes (larger → 413).
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// Events each room keeps for recovery (`subscribe` with `since`). Embedded bus only so far.
+    /// Events each room keeps for recovery (`subscribe` with `since`): in memory on the
+    /// embedded bus, in a Redis stream per room on the Redis bus.
     #[arg(long, env = "SWITCHYARD_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
-    /// How long an event stays recoverable (s).
+    /// How long an event stays recoverable (s); on Redis, counted from the room's last event.
     #[arg(long, env = "SWITCHYARD_HISTORY_TTL_SECS", default_value_t = 300)]
     pub history_ttl_secs: u64,
     /// Largest `data` of one event sent to `/api/publish`, bytes (larger → 413).

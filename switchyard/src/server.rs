@@ -41,7 +41,11 @@ pub async fn run(
     let store = Store::open(&args.database_url)
         .await
         .with_context(|| format!("opening database {}", args.database_url))?;
-    let broker: Arc<dyn Broker> = match args.redis.config().map_err(anyhow::Error::msg)? {
+    let broker: Arc<dyn Broker> = match args
+        .redis
+        .config(args.limits.history())
+        .map_err(anyhow::Error::msg)?
+    {
         Some(config) => RedisBroker::connect(config)
             .await
             .context("connecting to Redis (REDIS_URL)")?,

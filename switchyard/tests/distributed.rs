@@ -200,6 +200,7 @@ async fn concurrent_publishers_share_one_offset_counter_in_redis() {
         prefix: "sy:".into(),
         offset_ttl: Duration::from_secs(600),
         command_timeout: Duration::from_secs(2),
+        history: switchyard_broker::memory::HistoryConfig::default(),
     };
     let a = RedisBroker::connect(config.clone()).await.unwrap();
     let b = RedisBroker::connect(config.clone()).await.unwrap();
@@ -298,4 +299,76 @@ async fn clients_survive_a_redis_restart() {
         metrics.contains("switchyard_bus_reconnects_total"),
         "outage counted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_on_another_gateway_and_a_new_epoch_after_redis_restarts() {
+    let cluster = Cluster::up(2, 1);
+    let (gw_a, gw_b, api) = (
+        cluster.gateways[0].clone(),
+        cluster.gateways[1].clone(),
+        cluster.apis[0].clone(),
+    );
+    let order = cluster.create_order(&api, "c1").await;
+    let room = format!("order:{order}");
+    let mut first = connect(&cluster.ws(&gw_a), &token("c1", Role::Customer)).await;
+    let position = first.subscribe(&room).await["position"].clone();
+    let since = position["offset"].as_u64().unwrap();
+    drop(first);
+    for status in ["confirmed", "packed", "out_for_delivery"] {
+        assert_eq!(cluster.set_status(&api, &order, status).await.0, 200);
+    }
+    let mut watcher = connect(&cluster.ws(&gw_b), &admin()).await;
+    let mut head = 0;
+    for _ in 0..250 {
+        head = watcher.subscribe(&room).await["position"]["offset"]
+            .as_u64()
+            .unwrap();
+        if head >= since + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(head, since + 3);
+
+    // Back on the other gateway: exactly the three missed events, in order.
+    let mut back = connect(&cluster.ws(&gw_b), &token("c1", Role::Customer)).await;
+    let reply = back
+        .request(json!({"op":"subscribe","room":room,"since":position}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    for (i, status) in ["confirmed", "packed", "out_for_delivery"]
+        .iter()
+        .enumerate()
+    {
+        let e = back.recv().await;
+        assert_eq!(e["offset"].as_u64(), Some(since + 1 + i as u64), "{e}");
+        assert_eq!(e["data"]["status"], *status);
+    }
+    assert_eq!(cluster.set_status(&api, &order, "delivered").await.0, 200);
+    let live = back.event(&room, "order.status").await;
+    assert_eq!(
+        live["offset"].as_u64(),
+        Some(since + 4),
+        "no duplicate, no gap"
+    );
+    let last = json!({"epoch": position["epoch"], "offset": since + 4});
+
+    // Redis restarts without persistence: history and offsets are gone, the epoch changes,
+    // and a client coming back is told to resync rather than given wrong offsets.
+    cluster.stop_redis();
+    cluster.start_redis();
+    for p in cluster.gateways.iter().chain(&cluster.apis) {
+        eventually("ready after the restart", async || {
+            cluster.readyz(p).await == 200
+        })
+        .await;
+    }
+    let mut again = connect(&cluster.ws(&gw_a), &token("c1", Role::Customer)).await;
+    let reply = again
+        .request(json!({"op":"subscribe","room":room,"since":last}))
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["snapshot"]["status"], "delivered");
+    assert_ne!(reply["position"]["epoch"], position["epoch"]);
 }
