@@ -63,3 +63,35 @@ mod tests {
         assert!(!b.try_take_at(later));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    proptest! {
+        /// Over any schedule of attempts, the bucket never grants more than
+        /// `burst + rate × elapsed` tokens.
+        #[test]
+        fn never_more_than_burst_plus_rate(
+            rate in 0.0f64..1000.0,
+            burst in 1.0f64..100.0,
+            gaps_ms in proptest::collection::vec(0u64..200, 1..200),
+        ) {
+            let start = Instant::now();
+            let mut bucket = TokenBucket::new(rate, burst);
+            bucket.last = start;
+            let mut now = start;
+            let mut granted = 0u64;
+            for gap in gaps_ms {
+                now += Duration::from_millis(gap);
+                if bucket.try_take_at(now) {
+                    granted += 1;
+                }
+            }
+            let elapsed = now.duration_since(start).as_secs_f64();
+            prop_assert!(granted as f64 <= burst.floor() + rate * elapsed + 1e-6);
+        }
+    }
+}

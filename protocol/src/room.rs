@@ -217,3 +217,30 @@ mod tests {
         assert!(serde_json::from_str::<Room>("\"order:*\"").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every id of the grammar makes a room that parses back to itself.
+        #[test]
+        fn valid_ids_round_trip(id in "[A-Za-z0-9_-]{1,64}", kind in 0..2u8) {
+            let name = if kind == 0 { format!("user:{id}") } else { format!("order:{id}") };
+            let room = Room::parse(&name).unwrap();
+            prop_assert_eq!(room.as_str(), name.as_str());
+            prop_assert_eq!(room.id(), id.as_str());
+        }
+
+        /// Whatever is accepted contains only the grammar's bytes and is at most 70 bytes long;
+        /// arbitrary input never panics.
+        #[test]
+        fn anything_accepted_is_in_the_grammar(name in "\\PC{0,80}|(user|order):.{0,80}") {
+            if let Ok(room) = Room::parse(&name) {
+                prop_assert!(room.as_str().len() <= "order:".len() + MAX_ID_LEN);
+                prop_assert!(room.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b"_-:".contains(&b)));
+            }
+        }
+    }
+}

@@ -313,3 +313,61 @@ async fn a_client_that_stops_reading_stalls_neither_publishers_nor_others() {
     drop(slow);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_before_a_crash_are_published_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let customer = token("c1", Role::Customer);
+    // The fail point makes the process die "between commit and publish": nothing is relayed.
+    let crashed = Proc::start(
+        dir.path(),
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("SWITCHYARD_FAILPOINT", "relay-off"),
+        ],
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let resp = http
+            .post(crashed.url("/api/orders"))
+            .bearer_auth(&customer)
+            .json(&json!({"items":[{"sku":"a","qty":1,"unit_price_paise":100}],"address":"x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let order: serde_json::Value = resp.json().await.unwrap();
+        ids.push(order["id"].as_str().unwrap().to_owned());
+    }
+    drop(crashed); // SIGKILL
+
+    let restarted = Proc::start(
+        dir.path(),
+        &["--listen", "127.0.0.1:0"],
+        &[("JWT_SECRET", SECRET)],
+    );
+    let mut c = connect(&format!("ws://{}/ws", restarted.addr), &customer).await;
+    // The relay publishes the three committed order.created events on start; read them back
+    // from the room's history from the beginning of this epoch.
+    let mut position = serde_json::Value::Null;
+    for _ in 0..250 {
+        position = c.subscribe("user:c1").await["position"].clone();
+        if position["offset"].as_u64() >= Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(position["offset"].as_u64(), Some(3), "{position}");
+    let from_start = json!({"epoch": position["epoch"], "offset": 0});
+    let reply = c
+        .request(json!({"op":"subscribe","room":"user:c1","since":from_start}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    for id in &ids {
+        let e = c.recv().await;
+        assert_eq!(e["event"], "order.created");
+        assert_eq!(e["data"]["id"], id.as_str());
+    }
+}
