@@ -36,6 +36,9 @@ pub struct GatewayConfig {
     pub write_buffer_bytes: usize,
     /// Allowed `Origin` header values; empty allows any (and requests without Origin).
     pub allowed_origins: Vec<String>,
+    /// On shutdown each connection is closed at its own moment in
+    /// `[drain_spread / 20, drain_spread)`, so clients do not all reconnect at once.
+    pub drain_spread: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +59,7 @@ impl Default for GatewayConfig {
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 16 * 1024,
             allowed_origins: Vec::new(),
+            drain_spread: Duration::from_secs(2),
         }
     }
 }

@@ -166,11 +166,16 @@ impl Session {
         tokio::pin!(expiry);
         let mut last_seen = Instant::now();
         let shutdown = self.shared.shutdown.clone();
+        // Set when shutdown begins: this connection's own moment to close within the spread.
+        let mut close_at: Option<tokio::time::Instant> = None;
 
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
+                _ = shutdown.cancelled(), if close_at.is_none() => {
+                    close_at = Some(tokio::time::Instant::now() + spread_delay(self.out.conn, config.drain_spread));
+                }
+                _ = sleep_until_some(close_at) => return Exit::Close(close::GOING_AWAY, "server shutting down"),
                 code = kick.kicked() => return Exit::Close(code, "slow consumer"),
                 _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, "token expired"),
                 item = rx.recv() => {
@@ -536,6 +541,25 @@ impl Session {
             })?;
         metrics::counter!("switchyard_events_published_total", "source" => "partner").increment(1);
         Ok(Reply::Plain)
+    }
+}
+
+/// This connection's moment in `[spread / 20, spread)`, spread evenly by a hash of its id.
+fn spread_delay(conn: u64, spread: Duration) -> Duration {
+    let spread_ms = spread.as_millis() as u64;
+    if spread_ms == 0 {
+        return Duration::ZERO;
+    }
+    let floor = spread_ms / 20;
+    let mixed = conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    Duration::from_millis(floor + mixed % (spread_ms - floor).max(1))
+}
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

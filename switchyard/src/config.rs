@@ -104,6 +104,12 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long to wait for connections to close before exiting (ms).
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, WebSockets are closed (1001) at moments spread over this window (ms),
+    /// so thousands of clients do not reconnect in the same second. Must be below the drain
+    /// timeout.
+    #[arg(long, env = "SWITCHYARD_DRAIN_SPREAD_MS", default_value_t = 2_000)]
+    pub drain_spread_ms: u64,
 }
 
 /// The bus. Without REDIS_URL the bus is in-process (embedded mode): events never leave
@@ -357,7 +363,7 @@ impl std::fmt::Debug for PublishArgs {
 }
 
 impl LimitArgs {
-    pub fn gateway(&self) -> Result<GatewayConfig, String> {
+    pub fn gateway(&self, drain_spread: Duration) -> Result<GatewayConfig, String> {
         let ms = Duration::from_millis;
         if self.idle_timeout_ms <= self.heartbeat_interval_ms {
             return Err(
@@ -382,6 +388,7 @@ impl LimitArgs {
             location_burst: self.location_burst,
             read_buffer_bytes: self.read_buffer_bytes.max(256),
             write_buffer_bytes: self.write_buffer_bytes,
+            drain_spread,
             allowed_origins: self
                 .allowed_origins
                 .iter()

@@ -37,7 +37,13 @@ pub async fn run(
     // ── start ──────────────────────────────────────────────────────────────────────────
     let (jwt, embedded_secret) = resolve_jwt(mode, &args)?;
     let verifier = Arc::new(Verifier::new(&jwt).map_err(anyhow::Error::msg)?);
-    let gateway_config = args.limits.gateway().map_err(anyhow::Error::msg)?;
+    if args.drain_spread_ms >= args.drain_timeout_ms {
+        anyhow::bail!("SWITCHYARD_DRAIN_SPREAD_MS must be below SWITCHYARD_DRAIN_TIMEOUT_MS");
+    }
+    let gateway_config = args
+        .limits
+        .gateway(Duration::from_millis(args.drain_spread_ms))
+        .map_err(anyhow::Error::msg)?;
     let store = Store::open(&args.database_url)
         .await
         .with_context(|| format!("opening database {}", args.database_url))?;
@@ -99,14 +105,19 @@ pub async fn run(
         print_tokens(&secret, &jwt, addr);
     }
     tracing::info!(%addr, mode = mode.name(), "serving");
+    // The listener keeps accepting while the WebSockets drain, so `/readyz` answers 503 (and
+    // new handshakes are refused with 503) until the sockets are closed; only then it stops.
+    let stop_accepting = CancellationToken::new();
     let server = tokio::spawn(
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
             .into_future(),
     );
     shutdown.cancelled().await;
 
     // ── drain ──────────────────────────────────────────────────────────────────────────
+    // `shutdown` is cancelled: /readyz is 503 from this instant, and every session closes
+    // with 1001 at its own moment within the drain spread.
     let deadline = Duration::from_millis(args.drain_timeout_ms);
     tracing::info!(?deadline, "draining");
     if let Some(gateway) = &gateway {
@@ -115,6 +126,7 @@ pub async fn run(
             tracing::warn!(open, "drain deadline passed with connections still open");
         }
     }
+    stop_accepting.cancel();
     match tokio::time::timeout(deadline, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(err))) => tracing::warn!(%err, "server error while draining"),

@@ -371,3 +371,65 @@ async fn events_committed_before_a_crash_are_published_after_the_restart() {
         assert_eq!(e["data"]["id"], id.as_str());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_turns_unready_first_then_closes_spread_out_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = Proc::start(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-spread-ms",
+            "1500",
+            "--drain-timeout-ms",
+            "5000",
+        ],
+        &[("JWT_SECRET", SECRET)],
+    );
+    let url = format!("ws://{}/ws", proc.addr);
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        clients.push(connect(&url, &token(&format!("u{i}"), Role::Customer)).await);
+    }
+    // Poll /readyz until it says 503; remember when.
+    let readyz = proc.url("/readyz");
+    let poller = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(r) = http.get(&readyz).send().await
+                && r.status() == 503
+            {
+                return std::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let signalled = std::time::Instant::now();
+    proc.signal("-TERM");
+    let closes = futures_util::future::join_all(clients.iter_mut().map(|c| async move {
+        let frame = c.closed().await.expect("a close frame");
+        (frame.code, std::time::Instant::now())
+    }))
+    .await;
+    let unready_at = tokio::time::timeout(WAIT, poller).await.unwrap().unwrap();
+    let first = closes.iter().map(|(_, t)| *t).min().unwrap();
+    let last = closes.iter().map(|(_, t)| *t).max().unwrap();
+    for (code, _) in &closes {
+        assert_eq!(*code, CloseCode::Away);
+    }
+    assert!(unready_at < first, "/readyz was 503 before the first close");
+    assert!(
+        last - first >= Duration::from_millis(300),
+        "closes spread out: {:?}",
+        last - first
+    );
+    assert!(
+        last - signalled < Duration::from_millis(1600),
+        "all within the spread window"
+    );
+    assert!(
+        proc.wait(Duration::from_secs(5)).success(),
+        "exits before the deadline"
+    );
+}

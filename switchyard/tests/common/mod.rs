@@ -52,6 +52,8 @@ impl TestServer {
             SECRET.to_owned(),
             "--drain-timeout-ms".to_owned(),
             "3000".to_owned(),
+            "--drain-spread-ms".to_owned(),
+            "100".to_owned(),
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         let cli = Cli::try_parse_from(argv).expect("test flags parse");
