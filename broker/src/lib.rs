@@ -70,6 +70,10 @@ pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, publication: Publication);
 
     fn control(&self, _control: &Control) {}
+
+    /// Publications may have been lost for every room this node serves (the bus connection
+    /// dropped, or the node fell behind): members must be told to recover.
+    fn gap(&self) {}
 }
 
 /// The sinks attached to a broker. Attached at start, read on every delivery (the read lock
@@ -94,6 +98,12 @@ impl Sinks {
                 sink.deliver(publication.clone());
             }
             last.deliver(publication);
+        }
+    }
+
+    pub fn gap(&self) {
+        for sink in self.snapshot() {
+            sink.gap();
         }
     }
 

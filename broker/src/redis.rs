@@ -162,6 +162,16 @@ impl RedisBroker {
             .subscribe(control_channel(&prefix))
             .await
             .map_err(unavailable)?;
+        // The subscriber's reconnection is a gap: whatever was published while it was away
+        // never reached this node's clients.
+        let gap_sinks = sinks.clone();
+        drop(subscriber.on_reconnect(move |_| {
+            let sinks = gap_sinks.clone();
+            async move {
+                sinks.gap();
+                Ok(())
+            }
+        }));
         for c in [client.clone(), subscriber.to_client()] {
             drop(c.on_reconnect(|server| async move {
                 tracing::info!(%server, "redis reconnected");
@@ -439,6 +449,7 @@ async fn dispatch(
             Err(broadcast::error::RecvError::Lagged(lost)) => {
                 tracing::warn!(lost, "redis message dispatcher lagged; messages lost");
                 metrics::counter!("switchyard_bus_lagged_total").increment(lost);
+                sinks.gap();
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -121,6 +121,22 @@ impl Deliver for Hub {
         }
     }
 
+    fn gap(&self) {
+        let rooms: Vec<(Arc<str>, Arc<[Outbound]>)> = self
+            .rooms
+            .iter()
+            .map(|e| (Arc::from(e.key().as_str()), e.value().clone()))
+            .collect();
+        let mut told = 0;
+        for (room, members) in rooms {
+            for m in members.iter() {
+                told += usize::from(m.push_outgoing(Outgoing::Gap { room: room.clone() }));
+            }
+        }
+        metrics::counter!("switchyard_bus_gaps_total").increment(1);
+        tracing::warn!(told, "bus gap: subscribers told to recover");
+    }
+
     fn control(&self, control: &Control) {
         if let Control::Revoke { room, sub, reason } = control {
             let revoked = self.revoke(room, sub, reason);

@@ -54,6 +54,8 @@ pub enum Outgoing {
         offset: u64,
         frame: Utf8Bytes,
     },
+    /// Tell the client that events of `room` may have been lost (bus gap).
+    Gap { room: Arc<str> },
     /// Leave `room` and tell the client why (partner reassigned).
     Revoke { room: Arc<str>, reason: Arc<str> },
 }

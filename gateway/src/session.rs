@@ -246,6 +246,11 @@ impl Session {
                         frame,
                     } => self.wanted(&room, offset).then_some(Message::Text(frame)),
                     Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
+                    Outgoing::Gap { room } => self
+                        .rooms
+                        .iter()
+                        .any(|(r, _)| r.as_str() == &*room)
+                        .then(|| Message::Text(ServerMessage::Gap { room: &room }.encode().into())),
                 };
                 if let Some(frame) = frame {
                     sink.feed(frame).await?;

@@ -73,6 +73,9 @@ pub enum ServerMessage<'a> {
     /// The server ended this connection's subscription to `room` (e.g. the order was
     /// reassigned to another partner). No more events of the room follow.
     Revoked { room: &'a str, reason: &'a str },
+    /// Events of `room` may have been lost on the way to this connection (the gateway's bus
+    /// connection dropped). The subscription stays; resubscribe with `since` to recover.
+    Gap { room: &'a str },
     /// A publication in a room the connection is subscribed to.
     Event {
         room: &'a str,
