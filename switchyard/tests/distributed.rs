@@ -209,6 +209,11 @@ async fn concurrent_publishers_share_one_offset_counter_in_redis() {
     listener.attach(sink.clone());
     let room = Room::parse("order:shared").unwrap();
     listener.subscribe(&room).await.unwrap();
+    // Redis has the subscription before anything is published.
+    eventually("the listener's subscription is active", async || {
+        cluster.numsub("order:shared") >= 1
+    })
+    .await;
     const N: usize = 200;
     let publishers = (0..N).map(|i| {
         let broker: Arc<dyn Broker> = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -233,6 +238,7 @@ async fn concurrent_publishers_share_one_offset_counter_in_redis() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(sink.0.lock().unwrap().len(), N, "every publication once");
     let got = sink.0.lock().unwrap();
     let offsets: Vec<u64> = got.iter().map(|p| p.offset).collect();
     assert_eq!(
