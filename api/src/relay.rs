@@ -122,13 +122,13 @@ async fn relay_batch(store: &Store, broker: &dyn Broker) -> Result<usize, String
     let batch = store.outbox_batch(BATCH).await.map_err(|e| e.to_string())?;
     let mut done = None;
     let mut result = Ok(batch.len());
-    for event in &batch {
+    for event in batch {
         let parsed = Room::parse(&event.room)
             .map_err(|e| e.to_string())
             .and_then(|room| {
                 Ok((
                     room,
-                    RawValue::from_string(event.data.clone()).map_err(|e| e.to_string())?,
+                    RawValue::from_string(event.data).map_err(|e| e.to_string())?,
                 ))
             });
         match parsed {

@@ -76,18 +76,29 @@ pub trait Deliver: Send + Sync + 'static {
     fn gap(&self) {}
 }
 
-/// The sinks attached to a broker. Attached at start, read on every delivery (the read lock
-/// is uncontended then); each delivery clones the list's `Arc`s, never the publication more
-/// than once per extra sink.
-#[derive(Clone, Default)]
-pub struct Sinks(Arc<std::sync::RwLock<Vec<Arc<dyn Deliver>>>>);
+/// The sinks attached to a broker: an immutable list swapped on attach (at start), so a
+/// delivery takes one `Arc` clone under a momentary read lock and holds no lock while the
+/// sinks fan out.
+#[derive(Clone)]
+pub struct Sinks(Arc<std::sync::RwLock<SinkList>>);
+
+type SinkList = Arc<[Arc<dyn Deliver>]>;
+
+impl Default for Sinks {
+    fn default() -> Self {
+        Sinks(Arc::new(std::sync::RwLock::new(Arc::new([]))))
+    }
+}
 
 impl Sinks {
     pub fn attach(&self, sink: Arc<dyn Deliver>) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).push(sink);
+        let mut list = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut sinks: Vec<_> = list.iter().cloned().collect();
+        sinks.push(sink);
+        *list = sinks.into();
     }
 
-    fn snapshot(&self) -> Vec<Arc<dyn Deliver>> {
+    fn snapshot(&self) -> SinkList {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -102,13 +113,13 @@ impl Sinks {
     }
 
     pub fn gap(&self) {
-        for sink in self.snapshot() {
+        for sink in self.snapshot().iter() {
             sink.gap();
         }
     }
 
     pub fn control(&self, control: &Control) {
-        for sink in self.snapshot() {
+        for sink in self.snapshot().iter() {
             sink.control(control);
         }
     }

@@ -225,27 +225,12 @@ async fn silent_clients_are_closed_for_idleness() {
         TestServer::start_with(&["--heartbeat-interval-ms", "100", "--idle-timeout-ms", "300"])
             .await;
     // A raw TCP client that completes the upgrade and then never sends another byte.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        server.addr,
-        token("u1", Role::Customer)
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut received))
-        .await
-        .expect("the server never closed the silent connection")
-        .ok();
+    let mut tcp = raw_upgrade(server.addr, &token("u1", Role::Customer)).await;
+    let received = read_until_closed(&mut tcp).await;
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     // Pings (0x89) came first, then a close frame (0x88) with code 4002 (0x0FA2).
-    let close = received
-        .windows(4)
-        .position(|w| w[0] == 0x88 && w[2] == 0x0F && w[3] == 0xA2);
+    let close = close_frame_at(&received, 4002);
     let ping = received.iter().position(|b| *b == 0x89);
     assert!(close.is_some(), "no 4002 close frame in {received:?}");
     assert!(

@@ -191,32 +191,17 @@ async fn op_floods_are_rate_limited_not_disconnected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_closes_with_1007_and_others_keep_going() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = TestServer::start().await;
     let mut other = connect(&server.ws_url(), &token("c2", Role::Customer)).await;
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        server.addr,
-        token("c1", Role::Customer)
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut tcp = raw_upgrade(server.addr, &token("c1", Role::Customer)).await;
     // A masked text frame (zero mask key) whose payload is not UTF-8.
     tcp.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe])
         .await
         .unwrap();
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut received))
-        .await
-        .expect("the server never closed the connection")
-        .ok();
-    // Close frame (0x88) carrying 1007 (0x03EF).
+    let received = read_until_closed(&mut tcp).await;
     assert!(
-        received
-            .windows(4)
-            .any(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xEF),
+        close_frame_at(&received, 1007).is_some(),
         "{}",
         String::from_utf8_lossy(&received)
     );

@@ -299,3 +299,36 @@ impl Client {
         }
     }
 }
+
+/// A raw TCP connection that has sent a WebSocket upgrade request with `token` and nothing
+/// else: for tests that must write bytes no WebSocket client library would.
+pub async fn raw_upgrade(addr: SocketAddr, token: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Everything the server sends until it closes the connection.
+pub async fn read_until_closed(tcp: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut received))
+        .await
+        .expect("the server never closed the connection")
+        .ok();
+    received
+}
+
+/// Where an unmasked server close frame (0x88) carrying `code` starts in raw bytes.
+pub fn close_frame_at(bytes: &[u8], code: u16) -> Option<usize> {
+    let [hi, lo] = code.to_be_bytes();
+    bytes
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2] == hi && w[3] == lo)
+}
