@@ -16,6 +16,7 @@ pub mod orders;
 pub mod payments;
 pub mod publish;
 pub mod relay;
+pub mod sessions;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -75,6 +76,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/orders/{id}/assign", post(orders::assign))
         .route("/orders/{id}/payment", post(payments::pay))
         .route("/revenue", get(payments::revenue))
+        .route("/users/{sub}/revoke", post(sessions::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

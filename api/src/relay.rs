@@ -117,6 +117,17 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
     }
 }
 
+/// Adds `"event_id":<outbox id>` to an event's data object: the same id however often a
+/// crash makes the relay publish the row, so a client can drop a republished duplicate
+/// (which has a new offset) by it.
+fn with_event_id(id: i64, data: &str) -> String {
+    match data.trim_start().strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"event_id\":{id}}}"),
+        Some(rest) => format!("{{\"event_id\":{id},{rest}"),
+        None => data.to_owned(),
+    }
+}
+
 /// Publishes one batch; returns how many rows it consumed.
 async fn relay_batch(store: &Store, broker: &dyn Broker) -> Result<usize, String> {
     let batch = store.outbox_batch(BATCH).await.map_err(|e| e.to_string())?;
@@ -128,7 +139,8 @@ async fn relay_batch(store: &Store, broker: &dyn Broker) -> Result<usize, String
             .and_then(|room| {
                 Ok((
                     room,
-                    RawValue::from_string(event.data).map_err(|e| e.to_string())?,
+                    RawValue::from_string(with_event_id(event.id, &event.data))
+                        .map_err(|e| e.to_string())?,
                 ))
             });
         match parsed {
@@ -149,4 +161,21 @@ async fn relay_batch(store: &Store, broker: &dyn Broker) -> Result<usize, String
         store.outbox_done(id).await.map_err(|e| e.to_string())?;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_event_id;
+
+    #[test]
+    fn event_ids_go_first_in_the_data_object() {
+        assert_eq!(with_event_id(7, "{}"), r#"{"event_id":7}"#);
+        assert_eq!(with_event_id(7, r#"{"a":1}"#), r#"{"event_id":7,"a":1}"#);
+        let v: serde_json::Value =
+            serde_json::from_str(&with_event_id(9, r#" { "a" : [1] } "#)).unwrap();
+        assert_eq!(
+            (v["event_id"].as_i64(), v["a"][0].as_i64()),
+            (Some(9), Some(1))
+        );
+    }
 }

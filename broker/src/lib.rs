@@ -26,6 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
+use std::time::Duration;
 use switchyard_protocol::Room;
 use switchyard_protocol::client::StreamPosition;
 
@@ -60,6 +61,8 @@ pub enum Control {
         sub: String,
         reason: String,
     },
+    /// Close every connection of `sub`, on every gateway, with 4501 (access withdrawn).
+    RevokeUser { sub: String },
     /// Outbox rows were committed by some process: the relay holding the lease should look.
     OutboxWritten,
 }
@@ -168,4 +171,25 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can currently publish and deliver (`/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// Counts connection `conn` of user `sub` against `limit` connections per user across
+    /// every gateway sharing this bus; false when the user already has `limit`. The claim is
+    /// a lease: it lapses after `lease` unless renewed, so a killed gateway's connections
+    /// stop counting. The in-process bus serves one process, whose own count is exact, so
+    /// it always says yes.
+    async fn claim_connection(
+        &self,
+        _sub: &str,
+        _conn: &str,
+        _limit: usize,
+        _lease: Duration,
+    ) -> Result<bool, BrokerError> {
+        Ok(true)
+    }
+
+    /// Extends a claim (called on every heartbeat of the connection).
+    async fn renew_connection(&self, _sub: &str, _conn: &str, _lease: Duration) {}
+
+    /// Ends a claim (the connection closed).
+    async fn release_connection(&self, _sub: &str, _conn: &str) {}
 }

@@ -31,7 +31,7 @@
 use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, SortedSetsInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::scripts::Script;
 use serde_json::value::RawValue;
@@ -109,12 +109,29 @@ enum Interest {
     Leave(String),
 }
 
+/// Claims (or renews) a connection lease in a user's sorted set of connections, scored by
+/// lease expiry in Redis's own clock; expired leases are dropped first.
+/// KEYS = the user's connection set; ARGV = conn id, lease (ms), limit (0: no check, a renewal).
+const CLAIM_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local limit = tonumber(ARGV[3])
+if limit > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= limit then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
 /// Redis [`Broker`].
 pub struct RedisBroker {
     client: Client,
     subscriber: SubscriberClient,
     script: Script,
     position_script: Script,
+    claim_script: Script,
     prefix: String,
     offset_ttl_ms: i64,
     history: crate::memory::HistoryConfig,
@@ -151,6 +168,8 @@ impl RedisBroker {
         script.load(&client).await.map_err(unavailable)?;
         let position_script = Script::from_lua(POSITION_LUA);
         position_script.load(&client).await.map_err(unavailable)?;
+        let claim_script = Script::from_lua(CLAIM_LUA);
+        claim_script.load(&client).await.map_err(unavailable)?;
 
         let prefix = config.prefix.clone();
         let sinks = Sinks::default();
@@ -192,12 +211,20 @@ impl RedisBroker {
             subscriber,
             script,
             position_script,
+            claim_script,
             prefix,
             offset_ttl_ms: config.offset_ttl.as_millis() as i64,
             history: config.history,
             interest,
             sinks,
         }))
+    }
+}
+
+impl RedisBroker {
+    /// `{prefix}conns:{sub}`: the user's connection leases across the cluster.
+    fn connections_key(&self, sub: &str) -> String {
+        format!("{}conns:{sub}", self.prefix)
     }
 }
 
@@ -266,6 +293,50 @@ impl Broker for RedisBroker {
             .interest
             .send(Interest::Leave(room.as_str().to_owned()))
             .await;
+    }
+
+    async fn claim_connection(
+        &self,
+        sub: &str,
+        conn: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<bool, BrokerError> {
+        let claimed: i64 = self
+            .claim_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.connections_key(sub)],
+                vec![
+                    conn.to_owned(),
+                    lease.as_millis().to_string(),
+                    limit.max(1).to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        Ok(claimed == 1)
+    }
+
+    async fn renew_connection(&self, sub: &str, conn: &str, lease: Duration) {
+        let renewed: Result<i64, _> = self
+            .claim_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.connections_key(sub)],
+                vec![conn.to_owned(), lease.as_millis().to_string(), "0".into()],
+            )
+            .await;
+        if let Err(err) = renewed {
+            tracing::debug!(%err, "connection lease renewal failed");
+        }
+    }
+
+    async fn release_connection(&self, sub: &str, conn: &str) {
+        let removed: Result<i64, _> = self.client.zrem(self.connections_key(sub), conn).await;
+        if let Err(err) = removed {
+            tracing::debug!(%err, "connection lease release failed");
+        }
     }
 
     /// Position and history come from Redis in one atomic script call. A recovery is

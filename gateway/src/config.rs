@@ -11,13 +11,14 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Rooms one connection may be in at once, its own `user:` room included.
     pub max_subscriptions: usize,
-    /// Concurrent connections per user (`sub`) on this gateway. Beyond → HTTP 429.
+    /// Concurrent connections per user (`sub`) on this gateway and, with Redis, across every
+    /// gateway (leases in Redis). Beyond → HTTP 429.
     pub max_connections_per_user: usize,
     /// Concurrent connections on this gateway. Beyond → HTTP 503.
     pub max_connections: usize,
-    /// Frames that may wait in one connection's outbound queue. When a publication finds the
-    /// queue full, the client is too slow: it is closed with 4003 (slow consumer).
-    pub outbound_queue: usize,
+    /// Bytes that may wait in one connection's outbound queue. Latest-value events are
+    /// conflated; an ordered event that does not fit closes the client with 4003.
+    pub outbound_queue_bytes: usize,
     /// How long one write to a client may block before the client counts as slow.
     pub write_timeout: Duration,
     /// Interval between server pings.
@@ -41,6 +42,14 @@ pub struct GatewayConfig {
     pub drain_spread: Duration,
 }
 
+impl GatewayConfig {
+    /// How long a connection's cluster-wide claim lives without a heartbeat renewing it:
+    /// three heartbeats, so a killed gateway's connections stop counting soon after.
+    pub fn connection_lease(&self) -> Duration {
+        (self.heartbeat_interval * 3).max(Duration::from_secs(10))
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
@@ -48,7 +57,7 @@ impl Default for GatewayConfig {
             max_subscriptions: 100,
             max_connections_per_user: 16,
             max_connections: 19_000,
-            outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),

@@ -88,19 +88,23 @@ pub(crate) async fn upgrade(
             return refuse(rejection.status(), "bad_request", &rejection.body_text());
         }
     };
-    let slot = match SlotGuard::acquire(&shared, &principal.sub) {
-        Ok(slot) => slot,
-        Err((status, reason)) => {
-            metrics::counter!("switchyard_handshake_rejections_total", "reason" => "limit")
-                .increment(1);
-            return refuse(status, "limit_exceeded", reason);
-        }
-    };
     let conn = shared
         .next_conn
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let conn_id = format!("{}-{conn}", shared.node);
-    let (out, rx, kick) = Outbound::new(conn, &principal.sub, config.outbound_queue);
+    let limited = |(status, reason)| {
+        metrics::counter!("switchyard_handshake_rejections_total", "reason" => "limit")
+            .increment(1);
+        refuse(status, "limit_exceeded", reason)
+    };
+    let mut slot = match SlotGuard::acquire(&shared, &principal.sub) {
+        Ok(slot) => slot,
+        Err(refusal) => return limited(refusal),
+    };
+    if let Err(refusal) = slot.claim(&conn_id).await {
+        return limited(refusal);
+    }
+    let (out, mailbox) = Outbound::new(conn, &principal.sub, config.outbound_queue_bytes);
     let session = Session::new(conn_id, principal, out, shared.clone());
     let tracked = shared.tracker.token();
     ws.protocols([SUBPROTOCOL])
@@ -114,6 +118,6 @@ pub(crate) async fn upgrade(
             let _tracked = tracked;
             let _slot = slot;
             tracing::info!(conn = %session.conn_id, sub = %session.who.sub, role = %session.who.role, "connection opened");
-            session.run(socket, rx, kick).await;
+            session.run(socket, mailbox).await;
         })
 }

@@ -8,11 +8,13 @@
 //! A publication's frame is turned into one `Utf8Bytes` and every member gets a clone
 //! of the same bytes: encoded once, never per recipient.
 
-use crate::outbound::{Outbound, Outgoing};
+use crate::outbound::{Event, Outbound, Outgoing, Pushed};
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::sync::Arc;
 use switchyard_broker::{Control, Deliver, Publication};
+use switchyard_protocol::events;
+use switchyard_protocol::server::frame_event_name;
 
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -64,32 +66,47 @@ impl Hub {
     }
 
     /// Queues `frame` (the event at `offset` in `room`) for every member of `room`; returns
-    /// how many accepted it.
-    pub fn fan_out(&self, room: &str, offset: u64, frame: Utf8Bytes) -> usize {
+    /// how many accepted it. The event is wrapped once and shared by every member.
+    pub fn fan_out(&self, room: &str, offset: u64, frame: Utf8Bytes, latest_only: bool) -> usize {
         let Some(members) = self.rooms.get(room).map(|m| Arc::clone(&m)) else {
             return 0;
         };
-        let room: Arc<str> = room.into();
-        let delivered = members
-            .iter()
-            .filter(|m| {
-                m.push_outgoing(Outgoing::Event {
-                    room: room.clone(),
-                    offset,
-                    frame: frame.clone(),
-                })
-            })
-            .count();
-        metrics::counter!("switchyard_events_delivered_total").increment(delivered as u64);
-        let dropped = members.len() - delivered;
-        if dropped > 0 {
-            metrics::counter!("switchyard_events_dropped_total").increment(dropped as u64);
+        let event = Arc::new(Event {
+            room: room.into(),
+            offset,
+            frame,
+            latest_only,
+        });
+        let (mut accepted, mut conflated, mut bytes) = (0u64, 0u64, 0isize);
+        for member in members.iter() {
+            match member.push(Outgoing::Event(event.clone())) {
+                Pushed::Queued { delta } => {
+                    accepted += 1;
+                    bytes += delta;
+                }
+                Pushed::Conflated { delta } => {
+                    accepted += 1;
+                    conflated += 1;
+                    bytes += delta;
+                }
+                Pushed::Overflow => {
+                    metrics::counter!("switchyard_slow_consumer_closes_total").increment(1);
+                }
+                Pushed::Closed => {}
+            }
         }
-        delivered
+        metrics::counter!("switchyard_events_delivered_total").increment(accepted);
+        metrics::gauge!("switchyard_outbound_queue_bytes").increment(bytes as f64);
+        if conflated > 0 {
+            metrics::counter!("switchyard_events_conflated_total").increment(conflated);
+        }
+        let dropped = members.len() as u64 - accepted;
+        if dropped > 0 {
+            metrics::counter!("switchyard_events_dropped_total").increment(dropped);
+        }
+        accepted as usize
     }
-}
 
-impl Hub {
     /// Tells every local member of `room` whose user is `sub` to leave it.
     pub fn revoke(&self, room: &str, sub: &str, reason: &str) -> usize {
         let Some(members) = self.rooms.get(room).map(|m| Arc::clone(&m)) else {
@@ -100,10 +117,37 @@ impl Hub {
             .iter()
             .filter(|m| &*m.sub == sub)
             .filter(|m| {
-                m.push_outgoing(Outgoing::Revoke {
+                m.push(Outgoing::Revoke {
                     room: room.clone(),
                     reason: reason.clone(),
                 })
+                .accepted()
+            })
+            .count()
+    }
+}
+
+impl Hub {
+    /// Closes every local connection of user `sub` with `code`. Every connection is in its
+    /// own `user:{sub}` room, so that room's members are exactly the user's connections.
+    pub fn close_user(&self, sub: &str, code: u16) -> usize {
+        let Some(members) = self
+            .rooms
+            .get(&format!("user:{sub}"))
+            .map(|m| Arc::clone(&m))
+        else {
+            return 0;
+        };
+        let reason: Arc<str> = switchyard_protocol::close::reason(code).into();
+        members
+            .iter()
+            .filter(|m| &*m.sub == sub)
+            .filter(|m| {
+                m.push(Outgoing::Close {
+                    code,
+                    reason: reason.clone(),
+                })
+                .accepted()
             })
             .count()
     }
@@ -113,7 +157,8 @@ impl Deliver for Hub {
     fn deliver(&self, publication: Publication) {
         match Utf8Bytes::try_from(publication.frame) {
             Ok(frame) => {
-                self.fan_out(&publication.room, publication.offset, frame);
+                let latest_only = frame_event_name(&frame).is_some_and(events::is_latest_value);
+                self.fan_out(&publication.room, publication.offset, frame, latest_only);
             }
             Err(_) => {
                 tracing::error!(room = %publication.room, "dropping a publication that is not UTF-8")
@@ -130,7 +175,7 @@ impl Deliver for Hub {
         let mut told = 0;
         for (room, members) in rooms {
             for m in members.iter() {
-                told += usize::from(m.push_outgoing(Outgoing::Gap { room: room.clone() }));
+                told += usize::from(m.push(Outgoing::Gap { room: room.clone() }).accepted());
             }
         }
         metrics::counter!("switchyard_bus_gaps_total").increment(1);
@@ -138,11 +183,20 @@ impl Deliver for Hub {
     }
 
     fn control(&self, control: &Control) {
-        if let Control::Revoke { room, sub, reason } = control {
-            let revoked = self.revoke(room, sub, reason);
-            if revoked > 0 {
-                tracing::info!(%room, %sub, revoked, "subscriptions revoked");
+        match control {
+            Control::Revoke { room, sub, reason } => {
+                let revoked = self.revoke(room, sub, reason);
+                if revoked > 0 {
+                    tracing::info!(%room, %sub, revoked, "subscriptions revoked");
+                }
             }
+            Control::RevokeUser { sub } => {
+                let closed = self.close_user(sub, switchyard_protocol::close::REVOKED);
+                if closed > 0 {
+                    tracing::info!(%sub, closed, "user's connections revoked");
+                }
+            }
+            Control::OutboxWritten => {}
         }
     }
 }
@@ -151,49 +205,61 @@ impl Deliver for Hub {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn join_fan_out_leave() {
+    fn next_event(mailbox: &crate::outbound::Mailbox) -> Option<Outgoing> {
+        let mut batch = Vec::new();
+        mailbox.take(&mut batch, 1);
+        batch.pop()
+    }
+
+    #[test]
+    fn join_fan_out_leave() {
         let hub = Hub::new();
-        let (a, mut ra, _) = Outbound::new(1, "a", 8);
-        let (b, mut rb, _) = Outbound::new(2, "b", 8);
+        let (a, ma) = Outbound::new(1, "a", 1024);
+        let (b, mb) = Outbound::new(2, "b", 1024);
         assert!(hub.join("order:1", &a));
         assert!(!hub.join("order:1", &a));
         assert!(hub.join("order:1", &b));
-        assert_eq!(hub.fan_out("order:1", 1, Utf8Bytes::from_static("x")), 2);
-        assert!(
-            matches!(ra.recv().await, Some(Outgoing::Event { frame, .. }) if frame.as_str() == "x")
+        assert_eq!(
+            hub.fan_out("order:1", 1, Utf8Bytes::from_static("x"), false),
+            2
         );
-        assert!(
-            matches!(rb.recv().await, Some(Outgoing::Event { frame, .. }) if frame.as_str() == "x")
-        );
+        for mailbox in [&ma, &mb] {
+            assert!(
+                matches!(next_event(mailbox), Some(Outgoing::Event(e)) if e.frame.as_str() == "x" && e.offset == 1)
+            );
+        }
         assert_eq!(hub.revoke("order:1", "b", "reassigned"), 1);
         assert!(
-            matches!(rb.recv().await, Some(Outgoing::Revoke { room, .. }) if &*room == "order:1")
+            matches!(next_event(&mb), Some(Outgoing::Revoke { room, .. }) if &*room == "order:1")
         );
         assert!(hub.leave("order:1", 1));
         assert!(!hub.leave("order:1", 1));
         assert_eq!(hub.member_count("order:1"), 1);
         assert!(hub.leave("order:1", 2));
         assert_eq!(hub.room_count(), 0);
-        assert_eq!(hub.fan_out("order:1", 1, Utf8Bytes::from_static("x")), 0);
+        assert_eq!(
+            hub.fan_out("order:1", 1, Utf8Bytes::from_static("x"), false),
+            0
+        );
     }
 
     #[tokio::test]
-    async fn a_full_queue_kicks_only_that_member() {
+    async fn a_full_mailbox_kicks_only_that_member() {
         let hub = Hub::new();
-        let (slow, _rs, kick) = Outbound::new(1, "s", 2);
-        let (fast, mut rf, _) = Outbound::new(2, "f", 64);
+        let cost = crate::outbound::ITEM_OVERHEAD + 1;
+        let (slow, ms) = Outbound::new(1, "s", 2 * cost);
+        let (fast, mf) = Outbound::new(2, "f", 64 * cost);
         hub.join("r", &slow);
         hub.join("r", &fast);
-        for _ in 0..3 {
-            hub.fan_out("r", 1, Utf8Bytes::from_static("e"));
+        for offset in 1..=3 {
+            hub.fan_out("r", offset, Utf8Bytes::from_static("e"), false);
         }
         assert_eq!(
-            kick.kicked().await,
+            ms.kick().kicked().await,
             switchyard_protocol::close::SLOW_CONSUMER
         );
-        for _ in 0..3 {
-            assert!(rf.recv().await.is_some());
-        }
+        let mut batch = Vec::new();
+        mf.take(&mut batch, 10);
+        assert_eq!(batch.len(), 3);
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! # Lifecycle
 //! [`Gateway::new`] attaches the hub to the broker; [`Gateway::router`] serves `/ws`.
-//! Cancelling the shutdown token makes every session close with 1001;
+//! Cancelling the shutdown token makes every session close with 4000 (shutdown);
 //! [`Gateway::drain`] then waits (bounded) for them to finish. axum's graceful shutdown
 //! does not see upgraded connections, which is why the gateway tracks them itself.
 
@@ -58,6 +58,8 @@ pub(crate) struct Shared {
 pub(crate) struct SlotGuard {
     shared: Arc<Shared>,
     sub: String,
+    /// Set once the cluster-wide claim was taken (released on drop).
+    claimed: Option<String>,
 }
 
 impl SlotGuard {
@@ -86,7 +88,39 @@ impl SlotGuard {
         Ok(SlotGuard {
             shared: shared.clone(),
             sub: sub.to_owned(),
+            claimed: None,
         })
+    }
+
+    /// Counts connection `conn` against the user's limit across every gateway on the bus.
+    /// A bus that cannot answer does not lock users out: the claim is skipped (logged), and
+    /// the local limit still holds.
+    async fn claim(&mut self, conn: &str) -> Result<(), (StatusCode, &'static str)> {
+        let config = &self.shared.config;
+        match self
+            .shared
+            .broker
+            .claim_connection(
+                &self.sub,
+                conn,
+                config.max_connections_per_user,
+                config.connection_lease(),
+            )
+            .await
+        {
+            Ok(true) => {
+                self.claimed = Some(conn.to_owned());
+                Ok(())
+            }
+            Ok(false) => Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections for this user across the cluster",
+            )),
+            Err(err) => {
+                tracing::warn!(%err, "cluster-wide connection count unavailable; local limit only");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -98,6 +132,11 @@ impl Drop for SlotGuard {
             *count == 0
         });
         metrics::gauge!("switchyard_connections").decrement(1.0);
+        if let Some(conn) = self.claimed.take() {
+            let broker = self.shared.broker.clone();
+            let sub = std::mem::take(&mut self.sub);
+            tokio::spawn(async move { broker.release_connection(&sub, &conn).await });
+        }
     }
 }
 

@@ -1,16 +1,34 @@
-//! One connection's outbound queue, as the hub sees it.
+//! One connection's outbound queue — its *mailbox* — as the hub and the session see it.
 //!
-//! The queue is a bounded channel of already-encoded frames; every frame is shared
-//! (`Utf8Bytes` is reference-counted), so a queued event costs one slot, not a copy.
-//! Publishers never wait on it: [`Outbound::push`] is a non-blocking `try_send`. A full
-//! queue means the client reads slower than its rooms publish; the connection is then
-//! *kicked* — its session closes it with 4003 (slow consumer) — and the publication is
-//! not delivered to it. Other clients and the publisher are never held up.
+//! The mailbox is bounded in **bytes**, not items (`outbound_queue_bytes`, 1 MiB by
+//! default), so a slow client costs at most that much however small or large its events
+//! are. Publishers never wait on it: [`Outbound::push`] takes a short lock, appends, and
+//! wakes the session only when the queue was empty (the session then takes everything
+//! queued, up to a batch, and flushes once).
+//!
+//! Two kinds of events, two policies:
+//! - **latest-value** events (`partner.location`, `revenue.updated`, see
+//!   [`switchyard_protocol::events::is_latest_value`]) are *conflated*: a newer one replaces
+//!   the queued older one of the same room — removed from its place and appended, so
+//!   offsets still leave in increasing order. A client on a bad network gets the freshest
+//!   position, not a backlog; it sees the skipped offsets as a jump, which for these events
+//!   is not a loss.
+//! - **ordered** events (everything else) are never dropped: when one does not fit, the
+//!   queue is cleared, closed, and the connection *kicked* — its session closes it with
+//!   4003 (slow consumer: reconnect and recover). Other clients and the publisher are
+//!   never held up.
+//!
+//! An event's bytes are shared by every recipient ([`Event`] is one `Arc` per publication),
+//! so a queued event costs one pointer in the queue plus its share of the byte budget.
 
 use axum::extract::ws::Utf8Bytes;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
-use tokio::sync::{Notify, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// What one queued item is charged beyond its frame's bytes (queue slot, bookkeeping).
+pub const ITEM_OVERHEAD: usize = 64;
 
 /// Why a session was told to end from outside its own loop.
 #[derive(Debug, Default)]
@@ -44,20 +62,169 @@ impl Kick {
     }
 }
 
-/// What waits in a connection's outbound queue.
+/// One publication as every local recipient shares it.
+#[derive(Debug)]
+pub struct Event {
+    pub room: Box<str>,
+    pub offset: u64,
+    /// The encoded `{"type":"event",...}` frame.
+    pub frame: Utf8Bytes,
+    /// Only the newest matters (conflated in a backed-up queue).
+    pub latest_only: bool,
+}
+
+/// What waits in a connection's mailbox.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// An event frame of `room` at `offset`, shared by every recipient. The session may drop
-    /// it (room left, or already covered by a snapshot or a recovery).
-    Event {
-        room: Arc<str>,
-        offset: u64,
-        frame: Utf8Bytes,
-    },
+    /// An event. The session may drop it (room left, or already covered by a snapshot or a
+    /// recovery).
+    Event(Arc<Event>),
     /// Tell the client that events of `room` may have been lost (bus gap).
     Gap { room: Arc<str> },
     /// Leave `room` and tell the client why (partner reassigned).
     Revoke { room: Arc<str>, reason: Arc<str> },
+    /// Close the connection with this code (e.g. the user's access was withdrawn).
+    Close { code: u16, reason: Arc<str> },
+}
+
+impl Outgoing {
+    /// Bytes charged against the mailbox's budget.
+    fn cost(&self) -> usize {
+        ITEM_OVERHEAD
+            + match self {
+                Outgoing::Event(event) => event.frame.len(),
+                Outgoing::Gap { room } => room.len(),
+                Outgoing::Revoke { room, reason } => room.len() + reason.len(),
+                Outgoing::Close { reason, .. } => reason.len(),
+            }
+    }
+}
+
+/// What became of a pushed item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; the queue's byte count changed by `delta` (negative when a conflated event
+    /// replaced a bigger one).
+    Queued { delta: isize },
+    /// Replaced an older event of the same room (latest-value); counted in `delta` too.
+    Conflated { delta: isize },
+    /// Did not fit: the connection was kicked as a slow consumer.
+    Overflow,
+    /// The connection is closing; nothing more is queued.
+    Closed,
+}
+
+impl Pushed {
+    pub fn accepted(self) -> bool {
+        matches!(self, Pushed::Queued { .. } | Pushed::Conflated { .. })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A connection's bounded mailbox, shared by the hub (pushes) and its session (takes).
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    kick: Kick,
+    limit: usize,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, item: Outgoing) -> Pushed {
+        let mut queue = self.lock();
+        if queue.closed {
+            return Pushed::Closed;
+        }
+        let cost = item.cost();
+        let mut freed = 0;
+        if let Outgoing::Event(new) = &item
+            && new.latest_only
+            && let Some(i) = queue.items.iter().rposition(
+                |old| matches!(old, Outgoing::Event(old) if old.latest_only && old.room == new.room),
+            )
+            && let Some(old) = queue.items.remove(i)
+        {
+            freed = old.cost();
+            queue.bytes -= freed;
+        }
+        if queue.bytes + cost > self.limit {
+            queue.items = VecDeque::new();
+            queue.bytes = 0;
+            queue.closed = true;
+            drop(queue);
+            self.kick.kick(switchyard_protocol::close::SLOW_CONSUMER);
+            return Pushed::Overflow;
+        }
+        let was_empty = queue.items.is_empty();
+        queue.items.push_back(item);
+        queue.bytes += cost;
+        drop(queue);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        let delta = cost as isize - freed as isize;
+        if freed > 0 {
+            Pushed::Conflated { delta }
+        } else {
+            Pushed::Queued { delta }
+        }
+    }
+
+    /// Moves up to `max` queued items into `batch`; returns the bytes they were charged.
+    /// When more remain, the session is woken again so it comes back for them.
+    pub fn take(&self, batch: &mut Vec<Outgoing>, max: usize) -> usize {
+        let mut queue = self.lock();
+        let n = queue.items.len().min(max);
+        let mut bytes = 0;
+        for item in queue.items.drain(..n) {
+            bytes += item.cost();
+            batch.push(item);
+        }
+        queue.bytes -= bytes;
+        let more = !queue.items.is_empty();
+        if queue.items.is_empty() && queue.items.capacity() > 64 {
+            // A burst grew the queue; give the memory back while idle.
+            queue.items = VecDeque::new();
+        }
+        drop(queue);
+        if more {
+            self.ready.notify_one();
+        }
+        bytes
+    }
+
+    /// Completes when something may have been queued since the last [`Mailbox::take`].
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// The session is ending: refuse further items and free what is queued.
+    pub fn close(&self) -> usize {
+        let mut queue = self.lock();
+        queue.closed = true;
+        queue.items = VecDeque::new();
+        std::mem::take(&mut queue.bytes)
+    }
+
+    pub fn kick(&self) -> &Kick {
+        &self.kick
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
 }
 
 /// The hub's handle on one connection.
@@ -66,40 +233,120 @@ pub struct Outbound {
     pub conn: u64,
     /// The connection's user (`sub`), for revocations aimed at one user.
     pub sub: Arc<str>,
-    tx: mpsc::Sender<Outgoing>,
-    kick: Arc<Kick>,
+    mailbox: Arc<Mailbox>,
 }
 
 impl Outbound {
-    pub fn new(
-        conn: u64,
-        sub: &str,
-        capacity: usize,
-    ) -> (Outbound, mpsc::Receiver<Outgoing>, Arc<Kick>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let kick = Arc::new(Kick::default());
+    /// A connection's handle and its mailbox, bounded to `limit_bytes` queued bytes.
+    pub fn new(conn: u64, sub: &str, limit_bytes: usize) -> (Outbound, Arc<Mailbox>) {
+        let mailbox = Arc::new(Mailbox {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            kick: Kick::default(),
+            limit: limit_bytes.max(ITEM_OVERHEAD),
+        });
         (
             Outbound {
                 conn,
                 sub: sub.into(),
-                tx,
-                kick: kick.clone(),
+                mailbox: mailbox.clone(),
             },
-            rx,
-            kick,
+            mailbox,
         )
     }
 
-    /// Queues anything without waiting. A full queue kicks the connection as a slow consumer.
-    pub fn push_outgoing(&self, item: Outgoing) -> bool {
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("switchyard_slow_consumer_closes_total").increment(1);
-                self.kick.kick(switchyard_protocol::close::SLOW_CONSUMER);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+    /// Queues `item` without waiting; see the module docs for what happens when it does not
+    /// fit.
+    pub fn push(&self, item: Outgoing) -> Pushed {
+        self.mailbox.push(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(room: &str, offset: u64, latest_only: bool, size: usize) -> Outgoing {
+        let frame: String = "x".repeat(size);
+        Outgoing::Event(Arc::new(Event {
+            room: room.into(),
+            offset,
+            frame: frame.into(),
+            latest_only,
+        }))
+    }
+
+    fn offsets(batch: &[Outgoing]) -> Vec<(String, u64)> {
+        batch
+            .iter()
+            .filter_map(|item| match item {
+                Outgoing::Event(e) => Some((e.room.to_string(), e.offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn latest_value_events_replace_their_older_self_and_keep_offsets_increasing() {
+        let (out, mailbox) = Outbound::new(1, "u", 1 << 20);
+        assert!(matches!(
+            out.push(event("order:1", 1, true, 10)),
+            Pushed::Queued { .. }
+        ));
+        out.push(event("order:1", 2, false, 10));
+        out.push(event("order:2", 3, true, 10));
+        assert!(matches!(
+            out.push(event("order:1", 4, true, 10)),
+            Pushed::Conflated { delta: 0 }
+        ));
+        let mut batch = Vec::new();
+        mailbox.take(&mut batch, 100);
+        assert_eq!(
+            offsets(&batch),
+            [("order:1", 2), ("order:2", 3), ("order:1", 4)].map(|(r, o)| (r.to_owned(), o))
+        );
+        assert_eq!(mailbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn an_ordered_event_that_does_not_fit_kicks_and_frees_the_queue() {
+        let limit = 4 * (ITEM_OVERHEAD + 100);
+        let (out, mailbox) = Outbound::new(1, "u", limit);
+        for offset in 1..=4 {
+            assert!(out.push(event("order:1", offset, false, 100)).accepted());
         }
+        assert_eq!(mailbox.queued_bytes(), limit);
+        assert_eq!(out.push(event("order:1", 5, false, 100)), Pushed::Overflow);
+        assert_eq!(mailbox.queued_bytes(), 0);
+        assert_eq!(out.push(event("order:1", 6, false, 1)), Pushed::Closed);
+        let code = mailbox.kick.code.load(Ordering::Acquire);
+        assert_eq!(code, switchyard_protocol::close::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn latest_value_events_alone_never_overflow_a_room() {
+        let (out, mailbox) = Outbound::new(1, "u", 2 * (ITEM_OVERHEAD + 100));
+        for offset in 1..=10_000 {
+            assert!(out.push(event("order:1", offset, true, 100)).accepted());
+        }
+        let mut batch = Vec::new();
+        mailbox.take(&mut batch, 100);
+        assert_eq!(offsets(&batch), [("order:1".to_owned(), 10_000)]);
+    }
+
+    #[tokio::test]
+    async fn take_wakes_again_while_items_remain() {
+        let (out, mailbox) = Outbound::new(1, "u", 1 << 20);
+        for offset in 1..=5 {
+            out.push(event("r", offset, false, 1));
+        }
+        mailbox.ready().await;
+        let mut batch = Vec::new();
+        mailbox.take(&mut batch, 3);
+        assert_eq!(batch.len(), 3);
+        mailbox.ready().await;
+        batch.clear();
+        mailbox.take(&mut batch, 3);
+        assert_eq!(batch.len(), 2);
     }
 }

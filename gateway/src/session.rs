@@ -5,15 +5,15 @@
 //! run ─ join user:{sub} ─ welcome ─┬─ inbound frame → decode → op → reply
 //!                                  ├─ outbound queue → write a batch, one flush
 //!                                  ├─ heartbeat tick → idle check, ping
-//!                                  ├─ token expiry → close 4001
+//!                                  ├─ token expiry → close 4001 (unless refreshed)
 //!                                  ├─ kicked (slow consumer) → close 4003
-//!                                  └─ shutdown → close 1001
+//!                                  └─ shutdown → close 4000 at its moment in the spread
 //!      leave every room ─ release the connection slot
 //! ```
 
 use crate::Shared;
 use crate::access::{self, Refusal};
-use crate::outbound::{Kick, Outbound, Outgoing};
+use crate::outbound::{Mailbox, Outbound, Outgoing};
 use crate::rate::TokenBucket;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -29,7 +29,6 @@ use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::ServerMessage;
 use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
 use switchyard_store::orders::parse_order_id;
-use tokio::sync::mpsc;
 
 /// Frames written before one flush when the queue holds many.
 const MAX_BATCH: usize = 256;
@@ -72,6 +71,8 @@ pub(crate) struct Session {
     rooms: Vec<(Room, u64)>,
     ops: TokenBucket,
     locations: TokenBucket,
+    /// Set by an op that ends the connection (a `refresh` for another user).
+    closing: Option<u16>,
 }
 
 impl Session {
@@ -84,19 +85,17 @@ impl Session {
             who,
             out,
             rooms: Vec::new(),
+            closing: None,
             shared,
         }
     }
 
-    pub async fn run(
-        mut self,
-        socket: WebSocket,
-        mut rx: mpsc::Receiver<Outgoing>,
-        kick: Arc<Kick>,
-    ) {
+    pub async fn run(mut self, socket: WebSocket, mailbox: Arc<Mailbox>) {
         let started = Instant::now();
         let (mut sink, mut stream) = socket.split();
-        let exit = self.serve(&mut sink, &mut stream, &mut rx, &kick).await;
+        let exit = self.serve(&mut sink, &mut stream, &mailbox).await;
+        let unsent = mailbox.close();
+        metrics::gauge!("switchyard_outbound_queue_bytes").decrement(unsent as f64);
         let (code, reason) = match exit {
             Exit::Close(code, reason) => {
                 let frame = CloseFrame {
@@ -128,28 +127,33 @@ impl Session {
         );
     }
 
-    async fn serve(
-        &mut self,
-        sink: &mut Sink,
-        stream: &mut Stream,
-        rx: &mut mpsc::Receiver<Outgoing>,
-        kick: &Kick,
-    ) -> Exit {
+    async fn serve(&mut self, sink: &mut Sink, stream: &mut Stream, mailbox: &Mailbox) -> Exit {
         let config = self.shared.config.clone();
         let own_room = match Room::user(&self.who.sub) {
             Ok(room) => room,
-            Err(_) => return Exit::Close(close::POLICY, "invalid sub"),
+            Err(_) => return Exit::Close(close::POLICY_VIOLATION, "invalid sub"),
         };
         if let Err(refusal) = self.join(own_room.clone()).await {
             tracing::warn!(conn = %self.conn_id, message = %refusal.message, "could not join own room");
             return Exit::Close(close::INTERNAL, "could not join user room");
         }
-        let room_names = [own_room.as_str()];
+        // Joined first, then the position: events after it are queued, earlier ones covered.
+        let position = match self.shared.broker.history(&own_room, None).await {
+            Ok(history) => history.position,
+            Err(err) => {
+                tracing::warn!(conn = %self.conn_id, %err, "could not read the user room's position");
+                return Exit::Close(close::INTERNAL, "bus unavailable");
+            }
+        };
+        if let Some(entry) = self.rooms.iter_mut().find(|(r, _)| *r == own_room) {
+            entry.1 = position.offset;
+        }
         let welcome = ServerMessage::Welcome {
             conn: &self.conn_id,
             sub: &self.who.sub,
             role: self.who.role,
-            rooms: &room_names,
+            rooms: &[own_room.as_str()],
+            positions: &[(own_room.as_str(), &position)],
         }
         .encode();
         if let Some(exit) = self.send(sink, welcome).await {
@@ -160,9 +164,8 @@ impl Session {
             tokio::time::Instant::now() + config.heartbeat_interval,
             config.heartbeat_interval,
         );
-        let expires_in =
-            Duration::from_secs(self.who.exp.saturating_sub(switchyard_auth::now_secs()));
-        let expiry = tokio::time::sleep(expires_in);
+        let mut exp = self.who.exp;
+        let expiry = tokio::time::sleep(until_exp(exp));
         tokio::pin!(expiry);
         let mut last_seen = Instant::now();
         let shutdown = self.shared.shutdown.clone();
@@ -175,12 +178,11 @@ impl Session {
                 _ = shutdown.cancelled(), if close_at.is_none() => {
                     close_at = Some(tokio::time::Instant::now() + spread_delay(self.out.conn, config.drain_spread));
                 }
-                _ = sleep_until_some(close_at) => return Exit::Close(close::GOING_AWAY, "server shutting down"),
-                code = kick.kicked() => return Exit::Close(code, "slow consumer"),
-                _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, "token expired"),
-                item = rx.recv() => {
-                    let Some(item) = item else { return Exit::Gone("queue closed") };
-                    if let Some(exit) = self.write_batch(sink, rx, item).await {
+                _ = sleep_until_some(close_at) => return Exit::Close(close::SHUTDOWN, close::reason(close::SHUTDOWN)),
+                code = mailbox.kick().kicked() => return Exit::Close(code, close::reason(code)),
+                _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, close::reason(close::TOKEN_EXPIRED)),
+                _ = mailbox.ready() => {
+                    if let Some(exit) = self.write_batch(sink, mailbox).await {
                         return exit;
                     }
                 }
@@ -214,11 +216,19 @@ impl Session {
                     if let Some(exit) = self.send(sink, reply).await {
                         return exit;
                     }
+                    if let Some(code) = self.closing {
+                        return Exit::Close(code, close::reason(code));
+                    }
+                    if self.who.exp != exp {
+                        exp = self.who.exp;
+                        expiry.as_mut().reset(tokio::time::Instant::now() + until_exp(exp));
+                    }
                 }
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > config.idle_timeout {
                         return Exit::Close(close::IDLE_TIMEOUT, "idle timeout");
                     }
+                    self.renew_claim();
                     if let Some(exit) = self.write(sink, Message::Ping(Default::default())).await {
                         return exit;
                     }
@@ -227,44 +237,42 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is queued, up to [`MAX_BATCH`], then flushes once.
-    async fn write_batch(
-        &mut self,
-        sink: &mut Sink,
-        rx: &mut mpsc::Receiver<Outgoing>,
-        first: Outgoing,
-    ) -> Option<Exit> {
+    /// Writes what is queued, up to [`MAX_BATCH`] frames, then flushes once.
+    async fn write_batch(&mut self, sink: &mut Sink, mailbox: &Mailbox) -> Option<Exit> {
+        let mut batch = Vec::new();
+        let bytes = mailbox.take(&mut batch, MAX_BATCH);
+        if batch.is_empty() {
+            return None;
+        }
+        metrics::gauge!("switchyard_outbound_queue_bytes").decrement(bytes as f64);
+        let mut close_with = None;
         let write_timeout = self.shared.config.write_timeout;
-        let mut next = Some(first);
-        let mut written = 0;
-        let result = tokio::time::timeout(write_timeout, async {
-            while let Some(item) = next.take() {
+        let write = async {
+            for item in batch {
                 let frame = match item {
-                    Outgoing::Event {
-                        room,
-                        offset,
-                        frame,
-                    } => self.wanted(&room, offset).then_some(Message::Text(frame)),
+                    Outgoing::Event(event) => self
+                        .wanted(&event.room, event.offset)
+                        .then(|| Message::Text(event.frame.clone())),
                     Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
                     Outgoing::Gap { room } => self
                         .rooms
                         .iter()
                         .any(|(r, _)| r.as_str() == &*room)
                         .then(|| Message::Text(ServerMessage::Gap { room: &room }.encode().into())),
+                    Outgoing::Close { code, .. } => {
+                        close_with = Some(code);
+                        break;
+                    }
                 };
                 if let Some(frame) = frame {
                     sink.feed(frame).await?;
                 }
-                written += 1;
-                if written < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
             }
             sink.flush().await
-        })
-        .await;
+        };
+        let result = tokio::time::timeout(write_timeout, write).await;
         match result {
-            Ok(Ok(())) => None,
+            Ok(Ok(())) => close_with.map(|code| Exit::Close(code, close::reason(code))),
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
             Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
         }
@@ -399,6 +407,7 @@ impl Session {
     async fn execute(&mut self, op: ClientOp) -> Result<Reply, Refusal> {
         match op {
             ClientOp::Ping => Ok(Reply::Plain),
+            ClientOp::Refresh { token } => self.refresh(&token),
             ClientOp::Subscribe { room, since } => self.subscribe(room, since).await,
             ClientOp::Unsubscribe { room } => {
                 if let Some(i) = self.rooms.iter().position(|(r, _)| *r == room) {
@@ -490,6 +499,33 @@ impl Session {
         self.shared.broker.unsubscribe(room).await;
     }
 
+    /// Keeps this connection counted in the cluster-wide per-user limit (off the loop).
+    fn renew_claim(&self) {
+        let broker = self.shared.broker.clone();
+        let (sub, conn) = (self.who.sub.clone(), self.conn_id.clone());
+        let lease = self.shared.config.connection_lease();
+        tokio::spawn(async move { broker.renew_connection(&sub, &conn, lease).await });
+    }
+
+    /// Accepts a fresh token for the same user and role: the connection now ends at its
+    /// `exp` instead. A token for anyone else ends the connection (4500).
+    fn refresh(&mut self, token: &str) -> Result<Reply, Refusal> {
+        let fresh =
+            self.shared.verifier.verify(token).map_err(|err| {
+                Refusal::new(ErrorCode::Forbidden, format!("token rejected: {err}"))
+            })?;
+        if fresh.sub != self.who.sub || fresh.role != self.who.role {
+            self.closing = Some(close::POLICY_VIOLATION);
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "a refresh token must name the same user and role",
+            ));
+        }
+        self.who.exp = fresh.exp;
+        metrics::counter!("switchyard_token_refreshes_total").increment(1);
+        Ok(Reply::Plain)
+    }
+
     async fn location(&mut self, order_id: &str, fix: LocationFix) -> Result<Reply, Refusal> {
         if self.who.role != Role::Partner {
             return Err(Refusal::new(
@@ -547,6 +583,11 @@ impl Session {
         metrics::counter!("switchyard_events_published_total", "source" => "partner").increment(1);
         Ok(Reply::Plain)
     }
+}
+
+/// Time left until `exp` (seconds since the Unix epoch).
+fn until_exp(exp: u64) -> Duration {
+    Duration::from_secs(exp.saturating_sub(switchyard_auth::now_secs()))
 }
 
 /// This connection's moment in `[spread / 20, spread)`, spread evenly by a hash of its id.

@@ -33,6 +33,10 @@ pub enum ClientOp {
         fix: LocationFix,
     },
     Ping,
+    /// A fresh token for the same user, extending the connection past the old `exp`.
+    Refresh {
+        token: String,
+    },
 }
 
 /// A position in a room's stream: the offset of the last event seen, within an epoch
@@ -63,6 +67,7 @@ impl ClientOp {
             ClientOp::Unsubscribe { .. } => "unsubscribe",
             ClientOp::Location { .. } => "location",
             ClientOp::Ping => "ping",
+            ClientOp::Refresh { .. } => "refresh",
         }
     }
 }
@@ -98,6 +103,8 @@ struct Envelope<'a> {
     heading: Option<f64>,
     speed: Option<f64>,
     ts: Option<i64>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Just the id, for frames whose other fields failed to decode.
@@ -134,6 +141,13 @@ impl ClientMessage {
                 room: room(env.room.as_ref())?,
             },
             "ping" => ClientOp::Ping,
+            "refresh" => ClientOp::Refresh {
+                token: env
+                    .token
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| DecodeError::new(id, "missing \"token\""))?
+                    .into_owned(),
+            },
             "location" => {
                 let order_id = env
                     .order_id
@@ -223,6 +237,10 @@ mod tests {
             ClientMessage::decode(r#"{"op":"ping","id":4}"#).unwrap().op,
             ClientOp::Ping
         ));
+        let m = ClientMessage::decode(r#"{"op":"refresh","token":"a.b.c","id":5}"#).unwrap();
+        assert!(matches!(m.op, ClientOp::Refresh { ref token } if token == "a.b.c"));
+        let e = ClientMessage::decode(r#"{"op":"refresh","token":"","id":6}"#).unwrap_err();
+        assert_eq!(e.id, Some(6));
     }
 
     #[test]

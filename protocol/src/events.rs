@@ -14,6 +14,15 @@ pub const REVENUE_UPDATED: &str = "revenue.updated";
 /// A partner's position → `order:{id}`.
 pub const PARTNER_LOCATION: &str = "partner.location";
 
+/// Events that only matter as their latest value: a backed-up connection keeps only the
+/// newest one per room (conflation) instead of queueing every one.
+pub const LATEST_VALUE: [&str; 2] = [PARTNER_LOCATION, REVENUE_UPDATED];
+
+/// Whether `name` is a latest-value event (see [`LATEST_VALUE`]).
+pub fn is_latest_value(name: &str) -> bool {
+    LATEST_VALUE.contains(&name)
+}
+
 /// Families only Switchyard itself may publish.
 pub const RESERVED_FAMILIES: [&str; 3] = ["order.", "revenue.", "partner."];
 

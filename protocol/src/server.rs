@@ -44,6 +44,9 @@ pub enum ServerMessage<'a> {
         sub: &'a str,
         role: Role,
         rooms: &'a [&'a str],
+        /// Each joined room's current stream position, keyed by room.
+        #[serde(serialize_with = "as_map")]
+        positions: &'a [(&'a str, &'a StreamPosition)],
     },
     /// Success reply to an op.
     Ok {
@@ -85,6 +88,13 @@ pub enum ServerMessage<'a> {
     },
 }
 
+fn as_map<S: serde::Serializer>(
+    pairs: &[(&str, &StreamPosition)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().copied())
+}
+
 impl ServerMessage<'_> {
     /// Serializes the frame. Serialization of these types cannot fail (no maps with
     /// non-string keys, raw values are already valid JSON).
@@ -120,8 +130,26 @@ pub fn event_frame_parts(room: &str, event: &str, data: &RawValue) -> (String, S
     )
 }
 
+/// The event name in a frame made by [`encode_event`] / [`event_frame_parts`], read from
+/// its fixed head without parsing the JSON (room names and event names never need
+/// escaping). `None` for anything else.
+pub fn frame_event_name(frame: &str) -> Option<&str> {
+    let rest = frame.strip_prefix(r#"{"type":"event","room":""#)?;
+    let (_, rest) = rest.split_once(r#"","event":""#)?;
+    let (name, _) = rest.split_once('"')?;
+    Some(name)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_name_is_read_from_the_head() {
+        let data = RawValue::from_string(r#"{"event":"x"}"#.into()).unwrap();
+        let frame = encode_event("order:9", "partner.location", 3, &data);
+        assert_eq!(frame_event_name(&frame), Some("partner.location"));
+        assert_eq!(frame_event_name(r#"{"type":"ok"}"#), None);
+    }
+
     use super::*;
 
     #[test]
@@ -173,10 +201,17 @@ mod tests {
             sub: "u1",
             role: Role::Customer,
             rooms: &["user:u1"],
+            positions: &[(
+                "user:u1",
+                &StreamPosition {
+                    epoch: "e1".into(),
+                    offset: 3,
+                },
+            )],
         };
         assert_eq!(
             welcome.encode(),
-            r#"{"type":"welcome","conn":"c1","sub":"u1","role":"customer","rooms":["user:u1"]}"#
+            r#"{"type":"welcome","conn":"c1","sub":"u1","role":"customer","rooms":["user:u1"],"positions":{"user:u1":{"epoch":"e1","offset":3}}}"#
         );
     }
 }

@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// Port 0 picks a free port; the chosen address is printed as `listening on ADDR`.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Kernel send buffer of every accepted socket, bytes (`SO_SNDBUF`); 0 keeps Linux's
+    /// autotuning, which on loopback grows to megabytes per connection. A fixed size bounds
+    /// what a client that stops reading can pin in the kernel; the outbound queue
+    /// (`SWITCHYARD_OUTBOUND_QUEUE_BYTES`) bounds the rest.
+    #[arg(long, env = "SWITCHYARD_SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
+    pub socket_send_buffer_bytes: u32,
 
     /// Database URL. SQLite: `sqlite://path/to/file.db` (created if missing).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
@@ -105,7 +111,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
 
-    /// On SIGTERM/SIGINT, WebSockets are closed (1001) at moments spread over this window (ms),
+    /// On SIGTERM/SIGINT, WebSockets are closed (4000) at moments spread over this window (ms),
     /// so thousands of clients do not reconnect in the same second. Must be below the drain
     /// timeout.
     #[arg(long, env = "SWITCHYARD_DRAIN_SPREAD_MS", default_value_t = 2_000)]
@@ -204,9 +210,12 @@ pub struct LimitArgs {
         default_value_t = 16
     )]
     pub max_connections_per_user: usize,
-    /// Frames queued per connection before it counts as a slow consumer (closed with 4003).
-    #[arg(long, env = "SWITCHYARD_OUTBOUND_QUEUE", default_value_t = 1024)]
-    pub outbound_queue: usize,
+    /// Bytes of events that may wait in one connection's outbound queue (at least 16 KiB).
+    /// Latest-value events (partner locations, revenue totals) are conflated to the newest
+    /// per room; an ordered event that does not fit closes the client with 4003 (slow
+    /// consumer: reconnect and recover).
+    #[arg(long, env = "SWITCHYARD_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
     /// A write to a client blocked this long makes it a slow consumer (ms).
     #[arg(long, env = "SWITCHYARD_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
@@ -378,7 +387,7 @@ impl LimitArgs {
             max_subscriptions: self.max_subscriptions.max(1),
             max_connections_per_user: self.max_connections_per_user.max(1),
             max_connections: self.max_connections.max(1),
-            outbound_queue: self.outbound_queue.max(1),
+            outbound_queue_bytes: self.outbound_queue_bytes.max(16 * 1024),
             write_timeout: ms(self.write_timeout_ms.max(1)),
             heartbeat_interval: ms(self.heartbeat_interval_ms.max(10)),
             idle_timeout: ms(self.idle_timeout_ms),

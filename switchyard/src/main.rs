@@ -58,12 +58,26 @@ fn main() -> ExitCode {
 }
 
 async fn serve(mode: Mode, args: ServeArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let listener =
+        listen(&args).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     server::run(mode, args, listener, shutdown).await
+}
+
+/// The listening socket. Accepted sockets inherit its send buffer size, so a configured
+/// `SWITCHYARD_SOCKET_SEND_BUFFER_BYTES` bounds the kernel memory behind every client.
+fn listen(args: &ServeArgs) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match args.listen {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if args.socket_send_buffer_bytes > 0 {
+        socket.set_send_buffer_size(args.socket_send_buffer_bytes)?;
+    }
+    socket.bind(args.listen)?;
+    socket.listen(4096)
 }
 
 /// SIGTERM or SIGINT starts the drain.

@@ -5,7 +5,7 @@
 //!    and/or the API and its outbox relay;
 //! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`;
 //! 3. **drain** — when `shutdown` is cancelled: stop accepting, `/readyz` turns 503, every
-//!    WebSocket is closed with 1001, the relay publishes what is left;
+//!    WebSocket is closed with 4000, the relay publishes what is left;
 //! 4. **stop** — wait for all of it (bounded by the drain timeout), close the database.
 
 use crate::config::{KeySource, Mode, ServeArgs, secret_path};
@@ -117,7 +117,7 @@ pub async fn run(
 
     // ── drain ──────────────────────────────────────────────────────────────────────────
     // `shutdown` is cancelled: /readyz is 503 from this instant, and every session closes
-    // with 1001 at its own moment within the drain spread.
+    // with 4000 at its own moment within the drain spread.
     let deadline = Duration::from_millis(args.drain_timeout_ms);
     tracing::info!(?deadline, "draining");
     if let Some(gateway) = &gateway {

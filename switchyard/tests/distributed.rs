@@ -12,6 +12,8 @@ use std::time::Duration;
 use switchyard_broker::redis::{RedisBroker, RedisConfig};
 use switchyard_broker::{Broker, Deliver, Publication};
 use switchyard_protocol::{Role, Room};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..200 {
@@ -296,15 +298,7 @@ async fn clients_survive_a_redis_restart() {
         let e = c.event(&room, "order.status").await;
         assert_eq!(e["data"]["status"], "confirmed");
     }
-    let metrics = cluster
-        .http
-        .get(format!("http://{gw}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&format!("http://{gw}")).await;
     assert!(
         metrics.contains("switchyard_bus_reconnects_total"),
         "outage counted"
@@ -381,4 +375,33 @@ async fn recovery_on_another_gateway_and_a_new_epoch_after_redis_restarts() {
     assert_eq!(reply["recovered"], false, "{reply}");
     assert_eq!(reply["snapshot"]["status"], "delivered");
     assert_ne!(reply["position"]["epoch"], position["epoch"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_are_limited_across_the_cluster() {
+    let cluster = Cluster::up_with(2, 1, &[("SWITCHYARD_MAX_CONNECTIONS_PER_USER", "2")]);
+    let (gw_a, gw_b) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let c1 = token("c1", Role::Customer);
+    let first = connect(&cluster.ws(gw_a), &c1).await;
+    let _second = connect(&cluster.ws(gw_b), &c1).await;
+    // A third, on either gateway, is over the user's limit of two.
+    for gw in [gw_a, gw_b] {
+        let mut req = cluster.ws(gw).into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {c1}")).unwrap(),
+        );
+        let (status, body) = refused(req).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error"], "limit_exceeded", "{body}");
+    }
+    // Another user is not affected.
+    connect(&cluster.ws(gw_a), &token("c2", Role::Customer)).await;
+    // Closing one frees its slot for any gateway.
+    drop(first);
+    eventually("the closed connection's claim to be released", async || {
+        cluster.redis_cli(&["ZCARD", "sy:conns:c1"]).trim() == "1"
+    })
+    .await;
+    connect(&cluster.ws(gw_b), &c1).await;
 }

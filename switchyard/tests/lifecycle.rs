@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use switchyard_protocol::Role;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use switchyard_protocol::{Role, close};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -181,7 +180,7 @@ async fn embedded_default_needs_nothing_and_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_every_socket_with_1001_and_exits() {
+async fn sigterm_closes_every_socket_with_4000_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let mut proc = Proc::start(
         dir.path(),
@@ -196,7 +195,7 @@ async fn sigterm_closes_every_socket_with_1001_and_exits() {
     proc.signal("-TERM");
     for c in &mut clients {
         let frame = c.closed().await.expect("a close frame");
-        assert_eq!(frame.code, CloseCode::Away);
+        assert_eq!(u16::from(frame.code), close::SHUTDOWN);
     }
     assert!(proc.wait(Duration::from_secs(10)).success());
 }
@@ -259,43 +258,67 @@ async fn an_expiring_token_ends_the_connection_with_4001() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_stalls_neither_publishers_nor_others() {
-    let server =
-        TestServer::start_with(&["--outbound-queue", "128", "--write-timeout-ms", "500"]).await;
+async fn refresh_extends_a_connection_past_its_first_token() {
+    let server = TestServer::start_with(&["--jwt-leeway-secs", "0"]).await;
+    let issuer = switchyard_auth::Issuer::new(SECRET.as_bytes(), None, None);
+    let mut c = connect(&server.ws_url(), &issuer.issue("u1", Role::Customer, 2)).await;
+    // A bad token is refused in-band; the connection stays.
+    let r = c
+        .request(json!({"op":"refresh","token":"not.a.token"}))
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{r}"
+    );
+    let r = c
+        .request(json!({"op":"refresh","token": issuer.issue("u1", Role::Customer, 3600)}))
+        .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    // Past the first token's exp, still open.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(c.request(json!({"op":"ping"})).await["type"], "ok");
+
+    // A refresh naming someone else ends the connection: do not reconnect (4500).
+    let r = c
+        .request(json!({"op":"refresh","token": issuer.issue("u2", Role::Customer, 3600)}))
+        .await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let frame = c.closed().await.expect("close frame");
+    assert_eq!(u16::from(frame.code), close::POLICY_VIOLATION);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_user_closes_each_of_its_connections_with_4501() {
+    let server = TestServer::start().await;
     let url = server.ws_url();
-    let mut slow = connect(&url, &admin()).await;
-    assert_eq!(slow.subscribe("admin:revenue").await["type"], "ok");
-    let mut fast = connect(&url, &admin()).await;
-    assert_eq!(fast.subscribe("admin:revenue").await["type"], "ok");
-    // Big events fill the slow client's socket buffers and then its queue.
-    let mut orders = Vec::new();
-    for i in 0..60 {
-        orders.push(server.create_order(&format!("c{i}"), 1, 100).await);
+    let mut a = connect(&url, &token("c1", Role::Customer)).await;
+    let mut b = connect(&url, &token("c1", Role::Customer)).await;
+    let mut other = connect(&url, &token("c2", Role::Customer)).await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/users/c1/revoke",
+            &token("c2", Role::Customer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = server
+        .call("POST", "/api/users/c1/revoke", &admin(), None)
+        .await;
+    assert_eq!((status, &body["revoked"]), (200, &json!(true)), "{body}");
+    for client in [&mut a, &mut b] {
+        let frame = client.closed().await.expect("close frame");
+        assert_eq!(u16::from(frame.code), close::REVOKED);
+        assert!(!close::should_reconnect(close::REVOKED));
     }
-    let pays = orders.iter().enumerate().map(|(i, order)| {
-        let http = server.http.clone();
-        let url = server.url(&format!("/api/orders/{order}/payment"));
-        async move {
-            http.post(url)
-                .bearer_auth(token(&format!("c{i}"), Role::Customer))
-                .header("idempotency-key", "k")
-                .json(&json!({"amount_paise":100}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
-    for status in futures_util::future::join_all(pays).await {
-        assert_eq!(status, 201);
-    }
-    for _ in 0..60 {
-        fast.event("admin:revenue", "revenue.updated").await;
-    }
-    // Every payment was answered and the reading client got all 60 events while the other
-    // never read a frame. (Overflowing a queue needs more bytes than loopback's socket
-    // buffers hold; the hub's unit tests cover the kick itself.)
-    drop(slow);
+    assert_eq!(other.request(json!({"op":"ping"})).await["type"], "ok");
+    let (status, _) = server
+        .call("POST", "/api/users/c*1/revoke", &admin(), None)
+        .await;
+    assert_eq!(status, 422);
     server.stop().await;
 }
 
@@ -401,7 +424,7 @@ async fn drain_turns_unready_first_then_closes_spread_out_then_exits() {
     let first = closes.iter().map(|(_, t)| *t).min().unwrap();
     let last = closes.iter().map(|(_, t)| *t).max().unwrap();
     for (code, _) in &closes {
-        assert_eq!(*code, CloseCode::Away);
+        assert_eq!(u16::from(*code), close::SHUTDOWN);
     }
     assert!(unready_at < first, "/readyz was 503 before the first close");
     assert!(

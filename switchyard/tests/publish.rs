@@ -194,15 +194,7 @@ async fn refusals_have_their_codes() {
     // …and does no order CRUD.
     let (status, _) = server.call("GET", "/api/orders", &service(), None).await;
     assert_eq!(status, 403);
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&server.url("")).await;
     assert!(
         metrics.contains("switchyard_publish_rejections_total{reason=\"event\"}"),
         "{metrics}"

@@ -130,3 +130,47 @@ async fn beyond_history_or_another_epoch_means_resync() {
     assert_eq!(bad["code"], "bad_request");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_welcome_carries_the_user_rooms_position() {
+    let server = TestServer::start().await;
+    let service = token("notifier", Role::Service);
+    for i in 0..3 {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/api/publish",
+                &service,
+                Some(json!({"room":"user:c1","event":"promo.tick","data":{"i":i}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut c1 = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let position = c1.welcome["positions"]["user:c1"].clone();
+    assert_eq!(position["offset"], 3, "{}", c1.welcome);
+    assert!(position["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/publish",
+            &service,
+            Some(json!({"room":"user:c1","event":"promo.tick","data":{"i":3}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The next event is the one right after the welcome's position: nothing before it.
+    let e = c1.event("user:c1", "promo.tick").await;
+    assert_eq!(
+        (e["offset"].as_u64(), e["data"]["i"].as_u64()),
+        (Some(4), Some(3))
+    );
+
+    // The welcome position is a valid `since`: recovery from it is complete and empty.
+    let mut again = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let r = again
+        .request(json!({"op":"subscribe","room":"user:c1","since": position}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    server.stop().await;
+}

@@ -21,6 +21,11 @@ fn script() -> PathBuf {
 
 impl Cluster {
     pub fn up(gateways: usize, apis: usize) -> Cluster {
+        Cluster::up_with(gateways, apis, &[])
+    }
+
+    /// Like [`Cluster::up`], with `SWITCHYARD_*` settings for every process.
+    pub fn up_with(gateways: usize, apis: usize, settings: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("bash")
             .arg(script())
@@ -34,6 +39,7 @@ impl Cluster {
             .args(["--bin", env!("CARGO_BIN_EXE_switchyard")])
             .env("JWT_SECRET", SECRET)
             .env("RUST_LOG", "info")
+            .envs(settings.iter().copied())
             .output()
             .expect("run scripts/cluster.sh");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod process;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
@@ -117,17 +118,7 @@ impl TestServer {
         token: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), self.url(path))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        http_call(&self.http, method, &self.url(path), token, body).await
     }
 
     /// Creates an order for `customer` and returns its id.
@@ -167,6 +158,37 @@ impl TestServer {
     }
 }
 
+/// One REST call with a bearer token; returns the status and the JSON body (`null` when the
+/// body is not JSON).
+pub async fn http_call(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The Prometheus text a process serves at `base` + `/metrics`.
+pub async fn scrape(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn token(sub: &str, role: Role) -> String {
     Issuer::new(SECRET.as_bytes(), None, None).issue(sub, role, 3600)
 }
@@ -200,15 +222,41 @@ pub async fn connect_request(
     req: tungstenite::handshake::client::Request,
 ) -> Result<Client, tungstenite::Error> {
     let (ws, response) = tokio_tungstenite::connect_async(req).await?;
-    let mut client = Client {
-        ws,
-        welcome: Value::Null,
-        response,
-        next_id: 1,
-    };
-    client.welcome = client.recv().await;
-    assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
-    Ok(client)
+    Ok(Client::welcomed(ws, response).await)
+}
+
+impl Client {
+    /// Wraps an upgraded socket and reads its `welcome`.
+    async fn welcomed(ws: Ws, response: Response<Option<Vec<u8>>>) -> Client {
+        let mut client = Client {
+            ws,
+            welcome: Value::Null,
+            response,
+            next_id: 1,
+        };
+        client.welcome = client.recv().await;
+        assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
+        client
+    }
+}
+
+/// Connects over a socket whose receive buffer is only `recv_buffer` bytes, so that a
+/// client that stops reading backs the server up after a few KiB instead of megabytes.
+pub async fn connect_small_window(url: &str, token: &str, recv_buffer: u32) -> Client {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    let host = req.uri().authority().unwrap().as_str().to_owned();
+    let addr: SocketAddr = host.parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(recv_buffer).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (ws, response) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("upgrade refused");
+    Client::welcomed(ws, response).await
 }
 
 /// Tries to upgrade and expects an HTTP refusal; returns its status and JSON body.
