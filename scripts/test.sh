@@ -4,7 +4,7 @@
 #
 # Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3 and docker-compose
 # are installed here from Debian packages when missing (as root), or the script stops with a
-# message that says what to install.
+# message that says what to install. kosoku (PyPI) is installed into target/ when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +21,17 @@ for pair in redis-server:redis-server redis-cli:redis-tools nginx:nginx-light cu
             python3:python3 docker-compose:docker-compose; do
   have "${pair%%:*}" || missing+=("${pair#*:}")
 done
+# The RFC 6455 conformance test runs the Autobahn cases with kosoku (PyPI), pinned here and
+# in switchyard/tests/autobahn/expected.json; it goes into a venv under target/ (Debian's own
+# python3 refuses pip installs outside one), which needs python3-venv there.
+KOSOKU_VERSION=0.1.0
+kosoku_venv="$PWD/target/kosoku-$KOSOKU_VERSION"
+if ! command -v kosoku >/dev/null 2>&1 && [ ! -x "$kosoku_venv/bin/kosoku" ]; then
+  python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${missing[*]} (Debian packages) for the distributed-mode tests"
+    echo "installing ${missing[*]} (Debian packages) for the tests"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # Debian starts packaged services on install where it can; the tests start their own.
@@ -31,6 +39,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "error: missing ${missing[*]}; install them (Debian: sudo apt-get install ${missing[*]})" >&2
     exit 1
   fi
+fi
+
+if ! command -v kosoku >/dev/null 2>&1; then
+  if [ ! -x "$kosoku_venv/bin/kosoku" ]; then
+    echo "installing kosoku==$KOSOKU_VERSION (PyPI) into $kosoku_venv for the conformance test"
+    python3 -m venv "$kosoku_venv"
+    "$kosoku_venv/bin/python" -m pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
+  fi
+  export PATH="$kosoku_venv/bin:$PATH"
 fi
 
 JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config -q

@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     /// On shutdown each connection is closed at its own moment in
     /// `[drain_spread / 20, drain_spread)`, so clients do not all reconnect at once.
     pub drain_spread: Duration,
+    /// Test-only: also serve `GET /conformance/echo`, an echo endpoint behind the same
+    /// handshake and limits as `/ws`, for RFC 6455 conformance runs. Off in production.
+    pub conformance_echo: bool,
 }
 
 impl GatewayConfig {
@@ -69,6 +72,7 @@ impl Default for GatewayConfig {
             write_buffer_bytes: 16 * 1024,
             allowed_origins: Vec::new(),
             drain_spread: Duration::from_secs(2),
+            conformance_echo: false,
         }
     }
 }

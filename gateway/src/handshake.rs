@@ -4,10 +4,13 @@
 //! Token sources, first match wins: `Authorization: Bearer <jwt>`; a `bearer.<jwt>` entry
 //! in `Sec-WebSocket-Protocol` next to `switchyard.v1` (browsers, which cannot set
 //! headers); the `access_token` query parameter. The query string is never logged.
+//!
+//! [`admit`] (the checks) and [`limits`] (tungstenite's limits) are shared with the
+//! test-only `/conformance/echo` route, so conformance runs see the real handshake.
 
 use crate::outbound::Outbound;
 use crate::session::Session;
-use crate::{Shared, SlotGuard};
+use crate::{GatewayConfig, Shared, SlotGuard};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
@@ -16,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
-use switchyard_auth::{AuthError, bearer};
+use switchyard_auth::{AuthError, Principal, bearer};
 use switchyard_protocol::{Role, SUBPROTOCOL};
 
 fn refuse(status: StatusCode, error: &str, reason: &str) -> Response {
@@ -48,18 +51,33 @@ fn token<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
     uri.query().and_then(bearer::from_query)
 }
 
-pub(crate) async fn upgrade(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    uri: Uri,
+/// What a route gets from [`admit`]: who connected, the upgrade, and their held slot.
+pub(crate) struct Admitted {
+    pub principal: Principal,
+    pub ws: WebSocketUpgrade,
+    pub slot: SlotGuard,
+    /// The connection's number in this process, and its id (`{node}-{number}`).
+    pub conn: u64,
+    pub conn_id: String,
+}
+
+/// The checks every WebSocket route makes, in order: draining, `Origin`, token (no
+/// service tokens), a valid upgrade request, then a connection slot here and a claim in the
+/// cluster-wide per-user count. `Err` is the refusal.
+// The refusal is the response itself, made once per refused handshake: not worth a box.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn admit(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    uri: &Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+) -> Result<Admitted, Response> {
     if shared.shutdown.is_cancelled() {
-        return refuse(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "server is draining",
-        );
+        ));
     }
     let config = &shared.config;
     if !config.allowed_origins.is_empty() {
@@ -69,23 +87,31 @@ pub(crate) async fn upgrade(
         {
             metrics::counter!("switchyard_handshake_rejections_total", "reason" => "origin")
                 .increment(1);
-            return refuse(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "origin not allowed",
+            ));
         }
     }
-    let principal = match token(&headers, &uri) {
-        None => return unauthorized(&AuthError::Missing.to_string()),
+    let principal = match token(headers, uri) {
+        None => return Err(unauthorized(&AuthError::Missing.to_string())),
         Some(token) => match shared.verifier.verify(token) {
             Ok(principal) => principal,
-            Err(err) => return unauthorized(&err.to_string()),
+            Err(err) => return Err(unauthorized(&err.to_string())),
         },
     };
     if principal.role == Role::Service {
-        return unauthorized("service tokens cannot open a WebSocket");
+        return Err(unauthorized("service tokens cannot open a WebSocket"));
     }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            return refuse(rejection.status(), "bad_request", &rejection.body_text());
+            return Err(refuse(
+                rejection.status(),
+                "bad_request",
+                &rejection.body_text(),
+            ));
         }
     };
     let conn = shared
@@ -97,22 +123,48 @@ pub(crate) async fn upgrade(
             .increment(1);
         refuse(status, "limit_exceeded", reason)
     };
-    let mut slot = match SlotGuard::acquire(&shared, &principal.sub) {
-        Ok(slot) => slot,
-        Err(refusal) => return limited(refusal),
-    };
-    if let Err(refusal) = slot.claim(&conn_id).await {
-        return limited(refusal);
-    }
-    let (out, mailbox) = Outbound::new(conn, &principal.sub, config.outbound_queue_bytes);
-    let session = Session::new(conn_id, principal, out, shared.clone());
-    let tracked = shared.tracker.token();
+    let mut slot = SlotGuard::acquire(shared, &principal.sub).map_err(limited)?;
+    slot.claim(&conn_id).await.map_err(limited)?;
+    Ok(Admitted {
+        principal,
+        ws,
+        slot,
+        conn,
+        conn_id,
+    })
+}
+
+/// The subprotocol and tungstenite's buffer, frame and message limits, for every route.
+pub(crate) fn limits(ws: WebSocketUpgrade, config: &GatewayConfig) -> WebSocketUpgrade {
     ws.protocols([SUBPROTOCOL])
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(config.write_buffer_bytes)
         .max_write_buffer_size(config.write_buffer_bytes + 2 * config.max_frame_bytes)
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
+}
+
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Admitted {
+        principal,
+        ws,
+        slot,
+        conn,
+        conn_id,
+    } = match admit(&shared, &headers, &uri, ws).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let config = &shared.config;
+    let (out, mailbox) = Outbound::new(conn, &principal.sub, config.outbound_queue_bytes);
+    let session = Session::new(conn_id, principal, out, shared.clone());
+    let tracked = shared.tracker.token();
+    limits(ws, config)
         .on_failed_upgrade(|err| tracing::debug!(%err, "upgrade failed"))
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;

@@ -7,6 +7,7 @@
 //! - [`hub`]: local rooms → members; fans one encoded frame out to every member.
 //! - [`outbound`]: a connection's bounded outbound queue and its slow-consumer kick.
 //! - `access`: who may join which room; subscribe snapshots.
+//! - `conformance`: test-only `GET /conformance/echo` for RFC 6455 conformance runs.
 //! - [`rate`]: the token bucket behind the op and location rate limits.
 //!
 //! # Lifecycle
@@ -17,6 +18,7 @@
 
 pub mod access;
 pub mod config;
+mod conformance;
 mod handshake;
 pub mod hub;
 pub mod outbound;
@@ -175,11 +177,13 @@ impl Gateway {
         }
     }
 
-    /// `GET /ws`.
+    /// `GET /ws`, and `GET /conformance/echo` when `conformance_echo` is set (test-only).
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/ws", get(handshake::upgrade))
-            .with_state(self.shared.clone())
+        let mut router = Router::new().route("/ws", get(handshake::upgrade));
+        if self.shared.config.conformance_echo {
+            router = router.route("/conformance/echo", get(conformance::echo));
+        }
+        router.with_state(self.shared.clone())
     }
 
     /// Open WebSocket connections.

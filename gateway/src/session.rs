@@ -615,15 +615,24 @@ fn error_frame(id: Option<i64>, code: ErrorCode, message: &str) -> String {
 
 /// Maps a read error to how the session ends.
 fn classify(err: axum::Error) -> Exit {
+    match close_for(err) {
+        Some((code, reason)) => Exit::Close(code, reason),
+        None => Exit::Gone("read failed"),
+    }
+}
+
+/// The close a read error calls for (shared with the conformance echo); `None` when the
+/// peer is simply gone.
+pub(crate) fn close_for(err: axum::Error) -> Option<(u16, &'static str)> {
     use tungstenite::error::{CapacityError, Error as WsError};
     let inner = err.into_inner();
-    match inner.downcast_ref::<WsError>() {
-        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
-            Exit::Close(close::TOO_BIG, "message too big")
+    match inner.downcast_ref::<WsError>()? {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((close::TOO_BIG, "message too big"))
         }
-        Some(WsError::Capacity(_)) => Exit::Close(close::TOO_BIG, "frame too big"),
-        Some(WsError::Utf8(_)) => Exit::Close(close::INVALID_PAYLOAD, "invalid UTF-8"),
-        Some(WsError::Protocol(_)) => Exit::Close(close::PROTOCOL, "protocol error"),
-        _ => Exit::Gone("read failed"),
+        WsError::Capacity(_) => Some((close::TOO_BIG, "frame too big")),
+        WsError::Utf8(_) => Some((close::INVALID_PAYLOAD, "invalid UTF-8")),
+        WsError::Protocol(_) => Some((close::PROTOCOL, "protocol error")),
+        _ => None,
     }
 }

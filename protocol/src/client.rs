@@ -116,6 +116,10 @@ struct IdOnly {
 impl ClientMessage {
     /// Decodes one text frame.
     pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
+        // Only objects: serde would also map a JSON array onto the envelope by field order.
+        if !text.trim_start().starts_with('{') {
+            return Err(DecodeError::new(None, "a frame must be a JSON object"));
+        }
         let env: Envelope<'_> = match serde_json::from_str(text) {
             Ok(env) => env,
             Err(err) => {
@@ -254,6 +258,8 @@ mod tests {
         assert_eq!(e.id, Some(11));
         let e = ClientMessage::decode("not json").unwrap_err();
         assert_eq!(e.id, None);
+        let e = ClientMessage::decode(r#"["subscribe",5,"order:42"]"#).unwrap_err();
+        assert_eq!(e.message, "a frame must be a JSON object");
     }
 
     #[test]

@@ -116,6 +116,12 @@ pub struct ServeArgs {
     /// timeout.
     #[arg(long, env = "SWITCHYARD_DRAIN_SPREAD_MS", default_value_t = 2_000)]
     pub drain_spread_ms: u64,
+
+    /// Test-only: RFC 6455 conformance runs. Also serves `GET /conformance/echo`, which echoes
+    /// text and binary messages behind the same handshake and limits as `/ws`
+    /// (switchyard/tests/autobahn.rs). Never enable in production.
+    #[arg(long, env = "SWITCHYARD_CONFORMANCE_ECHO")]
+    pub conformance_echo: bool,
 }
 
 /// The bus. Without REDIS_URL the bus is in-process (embedded mode): events never leave
@@ -398,6 +404,8 @@ impl LimitArgs {
             read_buffer_bytes: self.read_buffer_bytes.max(256),
             write_buffer_bytes: self.write_buffer_bytes,
             drain_spread,
+            // A ServeArgs flag, not a limit: `server::run` sets it.
+            conformance_echo: false,
             allowed_origins: self
                 .allowed_origins
                 .iter()

@@ -40,10 +40,11 @@ pub async fn run(
     if args.drain_spread_ms >= args.drain_timeout_ms {
         anyhow::bail!("SWITCHYARD_DRAIN_SPREAD_MS must be below SWITCHYARD_DRAIN_TIMEOUT_MS");
     }
-    let gateway_config = args
+    let mut gateway_config = args
         .limits
         .gateway(Duration::from_millis(args.drain_spread_ms))
         .map_err(anyhow::Error::msg)?;
+    gateway_config.conformance_echo = args.conformance_echo;
     let store = Store::open(&args.database_url)
         .await
         .with_context(|| format!("opening database {}", args.database_url))?;
