@@ -578,6 +578,12 @@ async fn tokens_are_never_logged_even_at_trace_level() {
                 HeaderValue::from_str(&format!("Bearer {bad}")).unwrap(),
             );
             assert_eq!(refused(req).await.0, 401);
+            let mut req = url.as_str().into_client_request().unwrap();
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(&format!("switchyard.v1, bearer.{bad}")).unwrap(),
+            );
+            assert_eq!(refused(req).await.0, 401);
         }
         // Plain HTTP with a token in the query: not an upgrade, and an unknown path.
         let http = reqwest::Client::new();
