@@ -14,8 +14,10 @@
 //!   an idle keep-alive connection is also closed after the handshake timeout;
 //! - our own first-request deadline: unless the first request head has reached the router
 //!   within the timeout, the connection is dropped. This holds whatever hyper does with a
-//!   connection that sends no bytes at all (hyper before 1.4 started its timer at the first
-//!   byte; hyperium/hyper#3178, #3305).
+//!   connection that sends no bytes at all: older hyper started its timer only at the first
+//!   byte (hyperium/hyper#3178, #3305); 1.12 starts it at once, and
+//!   `tests/handshake.rs` passes with either bound alone for a silent or trickling client
+//!   (only hyper's covers a kept-alive connection's later requests).
 //!
 //! HTTP/1.1 only: axum here is built without `http2`, and skipping the `auto` protocol sniff
 //! is what removes the untimed read. A WebSocket upgrade leaves this loop once the `101` is
