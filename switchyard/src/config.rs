@@ -3,6 +3,7 @@
 //! Each flag has an environment variable (flags win). `switchyard --help` and
 //! `switchyard <command> --help` print this same documentation.
 
+use crate::listener::HttpConfig;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -200,6 +201,11 @@ pub struct JwtArgs {
 /// Limits and timings. Each hit limit answers with a documented error (see protocol/README.md).
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
+    /// A TCP connection must send a complete HTTP request head (the WebSocket handshake
+    /// included) within this long, or it is closed without a response (slowloris). Also how
+    /// long an idle keep-alive HTTP connection is kept (ms).
+    #[arg(long, env = "SWITCHYARD_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub handshake_timeout_ms: u64,
     /// Largest WebSocket frame/message accepted, bytes (larger → close 1009).
     #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
@@ -419,6 +425,12 @@ impl LimitArgs {
         HistoryConfig {
             size: self.history_size.min(100_000),
             ttl: Duration::from_secs(self.history_ttl_secs),
+        }
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms.max(10)),
         }
     }
 

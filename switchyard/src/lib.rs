@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: flags and environment variables, documented where they are parsed.
 //! - [`server`]: a server process's whole lifecycle — start, serve, drain, stop — in one place.
+//! - [`listener`]: the HTTP/1.1 accept loop: handshake deadline, graceful shutdown.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`token`]: the `switchyard token` command.
 //! - [`publish`]: the `switchyard publish` command.
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod health;
+pub mod listener;
 pub mod publish;
 pub mod server;
 pub mod token;

@@ -3,13 +3,16 @@
 //! 1. **start** — resolve the JWT key, open the database, start the bus (Redis when
 //!    `REDIS_URL` is set, in-process otherwise), build the gateway
 //!    and/or the API and its outbox relay;
-//! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`;
-//! 3. **drain** — when `shutdown` is cancelled: stop accepting, `/readyz` turns 503, every
-//!    WebSocket is closed with 4000, the relay publishes what is left;
+//! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`
+//!    ([`crate::listener`]: every connection has a handshake deadline);
+//! 3. **drain** — when `shutdown` is cancelled: `/readyz` turns 503, every WebSocket is
+//!    closed with 4000, then the listener stops accepting and open HTTP connections finish;
+//!    the relay publishes what is left;
 //! 4. **stop** — wait for all of it (bounded by the drain timeout), close the database.
 
 use crate::config::{KeySource, Mode, ServeArgs, secret_path};
 use crate::health::{self, Health};
+use crate::listener::HttpServer;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,12 +111,7 @@ pub async fn run(
     tracing::info!(%addr, mode = mode.name(), "serving");
     // The listener keeps accepting while the WebSockets drain, so `/readyz` answers 503 (and
     // new handshakes are refused with 503) until the sockets are closed; only then it stops.
-    let stop_accepting = CancellationToken::new();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-            .into_future(),
-    );
+    let server = HttpServer::spawn(listener, app, args.limits.http());
     shutdown.cancelled().await;
 
     // ── drain ──────────────────────────────────────────────────────────────────────────
@@ -127,12 +125,11 @@ pub async fn run(
             tracing::warn!(open, "drain deadline passed with connections still open");
         }
     }
-    stop_accepting.cancel();
-    match tokio::time::timeout(deadline, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::warn!(%err, "server error while draining"),
-        Ok(Err(err)) => tracing::warn!(%err, "server task failed"),
-        Err(_) => tracing::warn!("HTTP connections still open at the drain deadline"),
+    // Stop accepting; in-flight requests finish, idle keep-alive connections close now, and
+    // whatever is still open at the deadline is dropped rather than holding the process.
+    let left = server.shutdown(deadline).await;
+    if left > 0 {
+        tracing::warn!(left, "HTTP connections closed at the drain deadline");
     }
     if let Some(relay) = relay
         && tokio::time::timeout(deadline, relay).await.is_err()

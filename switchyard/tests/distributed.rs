@@ -405,3 +405,220 @@ async fn connections_per_user_are_limited_across_the_cluster() {
     .await;
     connect(&cluster.ws(gw_b), &c1).await;
 }
+
+/// One room's events as a client saw them: `(offset, event, seq)` (`seq` for the test's own
+/// `test.tick` events).
+type Seen = Vec<(u64, String, Option<u64>)>;
+
+fn record(seen: &mut std::collections::HashMap<String, Seen>, frame: &Value) {
+    if frame["type"] != "event" {
+        return;
+    }
+    let room = frame["room"].as_str().unwrap().to_owned();
+    seen.entry(room).or_default().push((
+        frame["offset"].as_u64().unwrap(),
+        frame["event"].as_str().unwrap().to_owned(),
+        frame["data"]["seq"].as_u64(),
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_every_event_on_another_gateway_after_a_sigkill() {
+    use futures_util::StreamExt;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cluster = Arc::new(Cluster::up(2, 1));
+    let (gw_a, gw_b, api) = (
+        cluster.gateways[0].clone(),
+        cluster.gateways[1].clone(),
+        cluster.apis[0].clone(),
+    );
+    let order = cluster.create_order(&api, "c1").await;
+    let order_room = format!("order:{order}");
+    let user_room = "user:c1".to_owned();
+    let rooms = [user_room.clone(), order_room.clone()];
+
+    let mut on_a = connect(&cluster.ws(&gw_a), &token("c1", Role::Customer)).await;
+    let mut positions = HashMap::new();
+    // The relay publishes order.created into the user room just after the REST call: wait
+    // for it, so every later event in both rooms is one the test publishes.
+    eventually("order.created published", async || {
+        on_a.subscribe(&user_room).await["position"]["offset"].as_u64() >= Some(1)
+    })
+    .await;
+    for room in &rooms {
+        let reply = on_a.subscribe(room).await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+        positions.insert(room.clone(), reply["position"].clone());
+    }
+    // Skip the order.created event and the replies still queued from the polling above.
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+
+    // Publisher: a bounded number of events, alternating rooms, paced so that some arrive
+    // before the kill, some while no gateway serves the client, and some after it is back.
+    const EVENTS: u64 = 80;
+    let published = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let cluster = cluster.clone();
+        let api = api.clone();
+        let rooms = rooms.clone();
+        let published = published.clone();
+        tokio::spawn(async move {
+            let service = token("svc", Role::Service);
+            let mut offsets: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+            for seq in 0..EVENTS {
+                let room = &rooms[(seq % 2) as usize];
+                let (status, body) = cluster
+                    .call(
+                        &api,
+                        "POST",
+                        "/api/publish",
+                        &service,
+                        Some(json!({"room":room,"event":"test.tick","data":{"seq":seq}})),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                offsets
+                    .entry(room.clone())
+                    .or_default()
+                    .push((seq, body["offset"].as_u64().unwrap()));
+                published.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            offsets
+        })
+    };
+
+    // Read on A until a few events of each room arrived, then SIGKILL A.
+    let ticks = |seen: &HashMap<String, Seen>, room: &str| {
+        seen.get(room)
+            .map_or(0, |v| v.iter().filter(|e| e.2.is_some()).count())
+    };
+    while rooms.iter().any(|r| ticks(&seen, r) < 5) {
+        let frame = on_a.recv().await;
+        record(&mut seen, &frame);
+    }
+    cluster.kill_gateway(0);
+    let killed_at = published.load(Ordering::SeqCst);
+    // Whatever A wrote before it died still counts; then the connection ends.
+    loop {
+        match tokio::time::timeout(WAIT, on_a.ws.next()).await {
+            Err(_) => panic!("the connection to the killed gateway never ended"),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(Message::Text(t)))) => record(&mut seen, &serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    drop(on_a);
+    // Let events be published while the client is away, so there is something to recover.
+    eventually("events published while the client is away", async || {
+        published.load(Ordering::SeqCst) >= killed_at + 6
+    })
+    .await;
+
+    // Back on B with, for each room, the last position it saw. The user room first: the
+    // connection is in it from the welcome on, so its live events may arrive before the
+    // reply to the recovering subscribe. Every such event is among the recovered ones
+    // (published before the position was read); a client drops them, as this one does.
+    let mut on_b = connect(&cluster.ws(&gw_b), &token("c1", Role::Customer)).await;
+    let mut recovered = 0;
+    let mut dropped_early = 0;
+    for (i, room) in rooms.iter().enumerate() {
+        let last = seen[room].last().unwrap().0;
+        let id = 1000 + i;
+        let since = json!({"epoch": positions[room]["epoch"], "offset": last});
+        on_b.send(json!({"op":"subscribe","room":room,"since":since,"id":id}))
+            .await;
+        let mut before_reply = Vec::new();
+        let reply = loop {
+            let frame = on_b.recv().await;
+            if frame["id"] == id {
+                break frame;
+            }
+            if frame["type"] == "event" && frame["room"] == room.as_str() {
+                before_reply.push(frame["offset"].as_u64().unwrap());
+            } else {
+                record(&mut seen, &frame);
+            }
+        };
+        assert_eq!(reply["type"], "ok", "{reply}");
+        assert_eq!(reply["recovered"], true, "{reply}");
+        let head = reply["position"]["offset"].as_u64().unwrap();
+        assert!(
+            before_reply.iter().all(|o| *o > last && *o <= head),
+            "{room}: live events before the reply ({before_reply:?}) are all recovered (after {last}, up to {head})"
+        );
+        dropped_early += before_reply.len();
+        // The missed events follow the reply at once, before any live one.
+        for offset in last + 1..=head {
+            let frame = on_b.recv().await;
+            assert_eq!(
+                frame["room"],
+                room.as_str(),
+                "recovered events first: {frame}"
+            );
+            assert_eq!(frame["offset"].as_u64(), Some(offset), "{frame}");
+            record(&mut seen, &frame);
+            recovered += 1;
+        }
+    }
+    assert!(
+        recovered > 0,
+        "nothing was missed: the test did not exercise recovery"
+    );
+    eprintln!(
+        "killed after {killed_at} of {EVENTS} published; recovered {recovered} on B; \
+         {dropped_early} live user-room events came before the recovery reply"
+    );
+
+    // Live events keep coming on B until the publisher is done.
+    let published_offsets = tokio::time::timeout(Duration::from_secs(60), publisher)
+        .await
+        .expect("publisher finished")
+        .unwrap();
+    let last_published = |room: &str| published_offsets[room].last().unwrap().1;
+    while rooms
+        .iter()
+        .any(|r| seen[r].last().unwrap().0 < last_published(r))
+    {
+        let frame = on_b.recv().await;
+        record(&mut seen, &frame);
+    }
+    // And after: one more event per room, live, with the next offset.
+    for room in &rooms {
+        let (status, body) = cluster
+            .call(
+                &api,
+                "POST",
+                "/api/publish",
+                &token("svc", Role::Service),
+                Some(json!({"room":room,"event":"test.after","data":{}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let live = on_b.event(room, "test.after").await;
+        assert_eq!(live["offset"].as_u64(), Some(last_published(room) + 1));
+    }
+
+    for room in &rooms {
+        let got = &seen[room];
+        let base = positions[room]["offset"].as_u64().unwrap();
+        // By offset: every one from the subscription on, once, in order.
+        let offsets: Vec<u64> = got.iter().map(|e| e.0).collect();
+        assert_eq!(
+            offsets,
+            (base + 1..=last_published(room)).collect::<Vec<_>>(),
+            "{room}: no gap, no duplicate, in order"
+        );
+        // By payload: exactly the sequence numbers published into this room, each at the
+        // offset its publish call returned.
+        let ticks: Vec<(u64, u64)> = got
+            .iter()
+            .filter(|e| e.1 == "test.tick")
+            .map(|e| (e.2.unwrap(), e.0))
+            .collect();
+        assert_eq!(ticks, published_offsets[room], "{room}");
+    }
+}

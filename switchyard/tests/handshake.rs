@@ -272,3 +272,130 @@ async fn connection_limits_and_origins_are_enforced_at_the_handshake() {
     assert!(connect_request(req).await.is_ok());
     server.stop().await;
 }
+
+/// Reads until the server ends the connection (EOF or reset); returns how long that took
+/// and what was received. Panics if the server keeps it open for `limit`.
+async fn server_closes_within(
+    tcp: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> (std::time::Duration, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + limit),
+            tcp.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => panic!("the server kept the connection open for {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), received),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Slowloris: connections that never complete a request are closed at the handshake timeout,
+/// and the server keeps serving everyone else meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_the_handshake_are_closed() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    const TIMEOUT_MS: u64 = 300;
+    let server = TestServer::start_with(&["--handshake-timeout-ms", &TIMEOUT_MS.to_string()]).await;
+    // Generous: the point is "closed", not "closed on time to the millisecond".
+    let limit = Duration::from_millis(TIMEOUT_MS * 10);
+
+    // Connects and sends nothing at all.
+    let mut silent: Vec<TcpStream> = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Sends half a request line, then half a header block, one byte at a time, forever: the
+    // deadline is for the whole head, not reset by each byte.
+    let addr = server.addr;
+    let trickle = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        wr.write_all(b"GET /ws HT").await.unwrap();
+        let writer = async move {
+            for byte in b"TP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nX-Slow: "
+                .iter()
+                .cycle()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Once the server has closed, writes fail; the read below notices first.
+                let _ = wr.write_all(&[*byte]).await;
+            }
+        };
+        let mut buf = [0u8; 256];
+        tokio::select! {
+            _ = rd.read(&mut buf) => {}
+            () = writer => unreachable!("the byte cycle never ends"),
+        }
+    });
+
+    // Everyone else is served meanwhile: REST, a new WebSocket, ops on it.
+    let (status, _) = server.call("GET", "/healthz", &admin(), None).await;
+    assert_eq!(status, 200);
+    let mut ws = connect(&server.ws_url(), &token("u1", Role::Customer)).await;
+    assert_eq!(ws.request(json!({"op":"ping"})).await["type"], "ok");
+
+    for tcp in &mut silent {
+        let (_, received) = server_closes_within(tcp, limit).await;
+        // Closed without a response, or with at most a 408: never a 101 or a 200.
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            received.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+    tokio::time::timeout(limit, trickle)
+        .await
+        .expect("the trickling client was not closed")
+        .unwrap();
+
+    // An upgraded WebSocket is past its handshake: it outlives the timeout many times over.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS * 3)).await;
+    assert_eq!(ws.request(json!({"op":"ping"})).await["type"], "ok");
+    // And a complete handshake sent right away is served as before.
+    let mut tcp = raw_upgrade(server.addr, &token("u2", Role::Customer)).await;
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut head)
+        .await
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    server.stop().await;
+}
+
+/// A kept-alive HTTP connection waiting for its next request is bounded the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_at_the_handshake_timeout() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TIMEOUT_MS: u64 = 300;
+    let server = TestServer::start_with(&["--handshake-timeout-ms", &TIMEOUT_MS.to_string()]).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    for _ in 0..2 {
+        // Two requests on one connection, each answered: keep-alive works.
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let (_, rest) = server_closes_within(&mut tcp, Duration::from_millis(TIMEOUT_MS * 10)).await;
+    assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"));
+    server.stop().await;
+}

@@ -2,94 +2,13 @@
 
 mod common;
 
+use common::process::{BIN, ServerProcess as Proc};
 use common::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use switchyard_protocol::{Role, close};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// A `switchyard` process; SIGKILLed on drop if still running.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    stdout: Vec<String>,
-}
-
-impl Proc {
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .current_dir(dir)
-            .env_remove("JWT_SECRET")
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn switchyard");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut stdout = Vec::new();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("switchyard exited before listening")
-                .unwrap();
-            stdout.push(line.clone());
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                break addr.parse().unwrap();
-            }
-        };
-        // Collect the token banner that follows in the embedded mode.
-        std::thread::spawn(move || for _ in lines {});
-        Proc {
-            child,
-            addr,
-            stdout,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 fn token_cmd(dir: &Path, sub: &str, role: &str) -> String {
     let out = Command::new(BIN)
@@ -440,4 +359,212 @@ async fn drain_turns_unready_first_then_closes_spread_out_then_exits() {
         proc.wait(Duration::from_secs(5)).success(),
         "exits before the deadline"
     );
+}
+
+/// On SIGTERM, an idle keep-alive connection is closed at once, and connections stuck in a
+/// request (half a head, half a body) are dropped at the drain deadline: none of them holds
+/// the process open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_http_connections_do_not_hold_the_process_past_the_drain_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = Proc::start(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            // Long enough that only the drain can end these connections.
+            "--handshake-timeout-ms",
+            "60000",
+            "--drain-timeout-ms",
+            "1500",
+            "--drain-spread-ms",
+            "100",
+        ],
+        &[("JWT_SECRET", SECRET)],
+    );
+    let mut idle = TcpStream::connect(proc.addr).await.unwrap();
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", proc.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut half_head = TcpStream::connect(proc.addr).await.unwrap();
+    half_head
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut half_body = TcpStream::connect(proc.addr).await.unwrap();
+    half_body
+        .write_all(
+            format!(
+                "POST /api/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"items\"",
+                token("c1", Role::Customer)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Let the server read the head of the stuck request before the signal.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signalled = std::time::Instant::now();
+    proc.signal("-TERM");
+    // The idle one is closed as soon as the listener stops (there are no WebSockets to
+    // drain first), well before the deadline.
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .expect("idle keep-alive connection left open")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without another response");
+    assert!(proc.wait(WAIT).success());
+    for stuck in [&mut half_head, &mut half_body] {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, stuck.read_to_end(&mut rest))
+            .await
+            .expect("closed when the process exited");
+    }
+    // Generous bound: two drain deadlines (sockets, then HTTP) plus start-up noise.
+    assert!(signalled.elapsed() < WAIT, "{:?}", signalled.elapsed());
+}
+
+/// Tokens, from any source, accepted or refused, never appear in stdout or stderr — even at
+/// RUST_LOG=trace, in either log format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_never_logged_even_at_trace_level() {
+    use jsonwebtoken::{EncodingKey, Header};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let sign = |claims: serde_json::Value, key: &[u8]| {
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(key)).unwrap()
+    };
+    let now = switchyard_auth::now_secs();
+    for format in ["human", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut proc = Proc::start_logging_to(
+            dir.path(),
+            &["--listen", "127.0.0.1:0", "--log-format", format],
+            &[("JWT_SECRET", SECRET), ("RUST_LOG", "trace")],
+            &log,
+        );
+        let url = format!("ws://{}/ws", proc.addr);
+        let in_header = token("h1", Role::Customer);
+        let in_protocol = token("s1", Role::Customer);
+        let in_query = token("q1", Role::Customer);
+        let in_rest = token("r1", Role::Customer);
+        let wrongly_signed = sign(
+            json!({"sub":"q2","role":"customer","exp":now + 600}),
+            b"some-other-secret-entirely-0000",
+        );
+        let expired = sign(
+            json!({"sub":"q3","role":"customer","exp":now - 600}),
+            SECRET.as_bytes(),
+        );
+        let secrets = [
+            &in_header,
+            &in_protocol,
+            &in_query,
+            &in_rest,
+            &wrongly_signed,
+            &expired,
+        ];
+
+        let mut clients = vec![connect(&url, &in_header).await];
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&format!("switchyard.v1, bearer.{in_protocol}")).unwrap(),
+        );
+        clients.push(connect_request(req).await.unwrap());
+        let req = format!("{url}?access_token={in_query}")
+            .into_client_request()
+            .unwrap();
+        clients.push(connect_request(req).await.unwrap());
+        for c in &mut clients {
+            assert_eq!(c.request(json!({"op":"ping"})).await["type"], "ok");
+            assert_eq!(c.subscribe("admin:revenue").await["type"], "error");
+        }
+        for bad in [&wrongly_signed, &expired] {
+            let req = format!("{url}?access_token={bad}")
+                .into_client_request()
+                .unwrap();
+            assert_eq!(refused(req).await.0, 401);
+            let mut req = url.as_str().into_client_request().unwrap();
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {bad}")).unwrap(),
+            );
+            assert_eq!(refused(req).await.0, 401);
+            let mut req = url.as_str().into_client_request().unwrap();
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(&format!("switchyard.v1, bearer.{bad}")).unwrap(),
+            );
+            assert_eq!(refused(req).await.0, 401);
+        }
+        // Plain HTTP with a token in the query: not an upgrade, and an unknown path.
+        let http = reqwest::Client::new();
+        for path in [
+            format!("/ws?access_token={in_query}"),
+            format!("/nowhere?access_token={wrongly_signed}"),
+        ] {
+            let status = http.get(proc.url(&path)).send().await.unwrap().status();
+            assert!(status.is_client_error(), "{path}: {status}");
+        }
+        // REST with the Authorization header, accepted and refused.
+        let resp = http
+            .post(proc.url("/api/orders"))
+            .bearer_auth(&in_rest)
+            .json(&json!({"items":[{"sku":"a","qty":1,"unit_price_paise":100}],"address":"x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let resp = http
+            .get(proc.url("/api/revenue"))
+            .bearer_auth(&expired)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        for mut c in clients {
+            let _ = c.ws.close(None).await;
+        }
+        proc.signal("-TERM");
+        assert!(proc.wait(WAIT).success());
+
+        let mut output = std::fs::read_to_string(&log).unwrap();
+        output.push_str(&proc.stdout.lock().unwrap().join("\n"));
+        // Not vacuous: trace-level logs were written, in the format asked for.
+        let marker = if format == "json" {
+            r#""level":"TRACE""#
+        } else {
+            "TRACE"
+        };
+        assert!(output.contains(marker), "no trace logs in {format} format");
+        for t in secrets {
+            let mut parts = t.split('.');
+            let (_header, payload, signature) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
+            for secret in [t.as_str(), payload, signature] {
+                if let Some(at) = output.find(secret) {
+                    let from = output[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let line = output[from..].lines().next().unwrap_or_default();
+                    panic!("a token part was logged ({format}): {line}");
+                }
+            }
+        }
+        assert!(!output.contains("access_token="), "query string logged");
+        assert!(!output.contains(SECRET), "the JWT secret was logged");
+    }
 }

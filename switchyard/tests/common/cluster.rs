@@ -5,6 +5,7 @@ use super::SECRET;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -89,6 +90,28 @@ impl Cluster {
 
     pub fn start_redis(&self) {
         self.run("start-redis");
+    }
+
+    /// SIGKILLs gateway `index` (0-based, as in `gateways`) — that one process, by the pid
+    /// `cluster.sh` recorded — and waits until its port refuses connections. Its pid file is
+    /// removed so `down` never signals a pid the system may have reused.
+    pub fn kill_gateway(&self, index: usize) {
+        let pid_file = self.dir.path().join(format!("gateway{}.pid", index + 1));
+        let pid = std::fs::read_to_string(&pid_file).expect("gateway pid file");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -KILL {}", pid.trim());
+        std::fs::remove_file(&pid_file).unwrap();
+        let addr: std::net::SocketAddr = self.gateways[index].parse().unwrap();
+        for _ in 0..500 {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("gateway {addr} still accepts connections after SIGKILL");
     }
 
     /// `redis-cli` against the cluster's Redis; returns stdout.
