@@ -189,7 +189,7 @@ impl ClientMessage {
 
 impl LocationFix {
     /// Coordinates must be finite, `lat` in [-90, 90], `lng` in [-180, 180];
-    /// `heading` in [0, 360) and `speed` ≥ 0 when present.
+    /// `heading` in [0, 360] and `speed` ≥ 0 when present (as protocol/README.md says).
     pub fn validate(&self) -> Result<(), &'static str> {
         if !self.lat.is_finite() || !(-90.0..=90.0).contains(&self.lat) {
             return Err("lat must be a finite number in [-90, 90]");
