@@ -46,6 +46,7 @@ fn check_decoded(text: &str, message: &ClientMessage) {
             check_fix(fix);
         }
         ClientOp::Ping => {}
+        ClientOp::Refresh { token } => assert!(!token.is_empty(), "empty refresh token"),
     }
 
     // Cross-check against a generic parse of the same frame. `Value` refuses a few frames
@@ -77,6 +78,9 @@ fn check_decoded(text: &str, message: &ClientMessage) {
                 assert_eq!(obj.get("ts").and_then(Value::as_i64), fix.ts);
             }
             ClientOp::Ping => {}
+            ClientOp::Refresh { token } => {
+                assert_eq!(obj.get("token").and_then(Value::as_str), Some(token.as_str()));
+            }
         }
     }
 
@@ -118,6 +122,7 @@ fn check_decoded(text: &str, message: &ClientMessage) {
             assert_eq!(fa.ts, fb.ts);
         }
         (ClientOp::Ping, ClientOp::Ping) => {}
+        (ClientOp::Refresh { token: a }, ClientOp::Refresh { token: b }) => assert_eq!(a, b),
         (a, b) => panic!("op changed on re-encode: {a:?} -> {b:?}"),
     }
 }
@@ -166,6 +171,7 @@ fn encode(message: &ClientMessage) -> String {
             "ts": fix.ts,
         }),
         ClientOp::Ping => json!({"op": "ping"}),
+        ClientOp::Refresh { token } => json!({"op": "refresh", "token": token}),
     };
     if let Some(id) = message.id {
         frame["id"] = json!(id);
