@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
 use switchyard_auth::{AuthError, Principal, bearer};
+use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::{Role, SUBPROTOCOL};
 
 fn refuse(status: StatusCode, error: &str, reason: &str) -> Response {
@@ -144,6 +145,20 @@ pub(crate) fn limits(ws: WebSocketUpgrade, config: &GatewayConfig) -> WebSocketU
         .max_frame_size(config.max_frame_bytes)
 }
 
+/// The `since` query parameter (`<epoch>:<offset>`, the colon optionally `%3A`): recover the
+/// user room in the welcome instead of with a later subscribe.
+fn user_room_since(query: &str) -> Result<Option<StreamPosition>, ()> {
+    let Some((_, value)) = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "since")
+    else {
+        return Ok(None);
+    };
+    let value = value.replace("%3A", ":").replace("%3a", ":");
+    StreamPosition::parse_compact(&value).map(Some).ok_or(())
+}
+
 pub(crate) async fn upgrade(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -160,9 +175,19 @@ pub(crate) async fn upgrade(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
+    let user_since = match uri.query().map(user_room_since).unwrap_or(Ok(None)) {
+        Ok(since) => since,
+        Err(()) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "since must be <epoch>:<offset>",
+            );
+        }
+    };
     let config = &shared.config;
     let (out, mailbox) = Outbound::new(conn, &principal.sub, config.outbound_queue_bytes);
-    let session = Session::new(conn_id, principal, out, shared.clone());
+    let session = Session::new(conn_id, principal, out, shared.clone(), user_since);
     let tracked = shared.tracker.token();
     limits(ws, config)
         .on_failed_upgrade(|err| tracing::debug!(%err, "upgrade failed"))

@@ -73,10 +73,18 @@ pub(crate) struct Session {
     locations: TokenBucket,
     /// Set by an op that ends the connection (a `refresh` for another user).
     closing: Option<u16>,
+    /// The handshake's `since` for the user room: recovered in the welcome.
+    user_since: Option<StreamPosition>,
 }
 
 impl Session {
-    pub fn new(conn_id: String, who: Principal, out: Outbound, shared: Arc<Shared>) -> Session {
+    pub fn new(
+        conn_id: String,
+        who: Principal,
+        out: Outbound,
+        shared: Arc<Shared>,
+        user_since: Option<StreamPosition>,
+    ) -> Session {
         let c = &shared.config;
         Session {
             ops: TokenBucket::new(c.op_rate, c.op_burst),
@@ -86,6 +94,7 @@ impl Session {
             out,
             rooms: Vec::new(),
             closing: None,
+            user_since,
             shared,
         }
     }
@@ -137,26 +146,34 @@ impl Session {
             tracing::warn!(conn = %self.conn_id, message = %refusal.message, "could not join own room");
             return Exit::Close(close::INTERNAL, "could not join user room");
         }
-        // Joined first, then the position: events after it are queued, earlier ones covered.
-        let position = match self.shared.broker.history(&own_room, None).await {
-            Ok(history) => history.position,
+        // Joined first, then the position (and with `since` the missed events): events after
+        // it are queued, earlier ones covered — so a recovery in the welcome has no duplicate.
+        let since = self.user_since.take();
+        let history = match self.shared.broker.history(&own_room, since.as_ref()).await {
+            Ok(history) => history,
             Err(err) => {
                 tracing::warn!(conn = %self.conn_id, %err, "could not read the user room's position");
                 return Exit::Close(close::INTERNAL, "bus unavailable");
             }
         };
         if let Some(entry) = self.rooms.iter_mut().find(|(r, _)| *r == own_room) {
-            entry.1 = position.offset;
+            entry.1 = history.position.offset;
+        }
+        let recovered = since.as_ref().map(|_| history.missed.is_some());
+        if let Some(recovered) = recovered {
+            metrics::counter!("switchyard_recoveries_total", "recovered" => if recovered { "true" } else { "false" }).increment(1);
         }
         let welcome = ServerMessage::Welcome {
             conn: &self.conn_id,
             sub: &self.who.sub,
             role: self.who.role,
             rooms: &[own_room.as_str()],
-            positions: &[(own_room.as_str(), &position)],
+            positions: &[(own_room.as_str(), &history.position)],
+            recovered,
         }
         .encode();
-        if let Some(exit) = self.send(sink, welcome).await {
+        let missed = history.missed.unwrap_or_default();
+        if let Some(exit) = self.send_with_missed(sink, welcome, missed).await {
             return exit;
         }
 

@@ -48,6 +48,21 @@ pub struct StreamPosition {
     pub offset: u64,
 }
 
+impl StreamPosition {
+    /// Reads the compact `<epoch>:<offset>` form used in the handshake's `since` query
+    /// parameter (epochs are `[A-Za-z0-9_-]{1,64}`).
+    pub fn parse_compact(text: &str) -> Option<StreamPosition> {
+        let (epoch, offset) = text.rsplit_once(':')?;
+        if !is_valid_id(epoch) || offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(StreamPosition {
+            epoch: epoch.to_owned(),
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
 /// A GPS fix as sent by a partner. `lat`/`lng` are validated; the rest is optional.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LocationFix {
@@ -281,6 +296,23 @@ mod tests {
         assert!(
             ClientMessage::decode(r#"{"op":"location","order_id":"a b","lat":1,"lng":2}"#).is_err()
         );
+    }
+
+    #[test]
+    fn compact_positions() {
+        let p = StreamPosition::parse_compact("19a2f0c3:42").unwrap();
+        assert_eq!((p.epoch.as_str(), p.offset), ("19a2f0c3", 42));
+        for bad in [
+            "",
+            ":1",
+            "e:",
+            "e:-1",
+            "e:1x",
+            "e*:1",
+            "e:99999999999999999999999",
+        ] {
+            assert_eq!(StreamPosition::parse_compact(bad), None, "{bad}");
+        }
     }
 
     #[test]

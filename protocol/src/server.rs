@@ -47,6 +47,10 @@ pub enum ServerMessage<'a> {
         /// Each joined room's current stream position, keyed by room.
         #[serde(serialize_with = "as_map")]
         positions: &'a [(&'a str, &'a StreamPosition)],
+        /// Present when the handshake asked to recover the user room (`since`): as in a
+        /// subscribe reply; the recovered events follow the welcome.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     /// Success reply to an op.
     Ok {
@@ -208,6 +212,7 @@ mod tests {
                     offset: 3,
                 },
             )],
+            recovered: None,
         };
         assert_eq!(
             welcome.encode(),

@@ -6,6 +6,8 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use switchyard_protocol::Role;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 async fn change(server: &TestServer, order: &str, statuses: &[&str]) {
     for status in statuses {
@@ -172,5 +174,64 @@ async fn the_welcome_carries_the_user_rooms_position() {
         .request(json!({"op":"subscribe","room":"user:c1","since": position}))
         .await;
     assert_eq!(r["recovered"], true, "{r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_room_recovers_in_the_welcome_without_duplicates() {
+    let server = TestServer::start().await;
+    let service = token("notifier", Role::Service);
+    let publish = async |i: u64| {
+        let (status, body) = server
+            .call(
+                "POST",
+                "/api/publish",
+                &service,
+                Some(json!({"room":"user:c1","event":"promo.tick","data":{"i":i}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let first = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let seen = first.welcome["positions"]["user:c1"].clone();
+    drop(first);
+    for i in 1..=3 {
+        publish(i).await;
+    }
+    let since = format!("{}:{}", seen["epoch"].as_str().unwrap(), seen["offset"]);
+    let url = format!("{}?since={}", server.ws_url(), since.replace(':', "%3A"));
+    let mut back = connect(&url, &token("c1", Role::Customer)).await;
+    assert_eq!(back.welcome["recovered"], true, "{}", back.welcome);
+    for i in 1..=3 {
+        let e = back.event("user:c1", "promo.tick").await;
+        assert_eq!(e["data"]["i"], i, "{e}");
+    }
+    publish(4).await;
+    // The next frame is the live event: nothing recovered twice.
+    let e = back.recv().await;
+    assert_eq!(
+        (e["event"].as_str(), e["data"]["i"].as_u64()),
+        (Some("promo.tick"), Some(4)),
+        "{e}"
+    );
+
+    // Another epoch: told to resync, no events replayed.
+    let url = format!("{}?since=otherepoch:1", server.ws_url());
+    let stale = connect(&url, &token("c1", Role::Customer)).await;
+    assert_eq!(stale.welcome["recovered"], false, "{}", stale.welcome);
+    // A malformed position is refused before the upgrade.
+    let mut req = format!("{}?since=nope", server.ws_url())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", token("c1", Role::Customer))).unwrap(),
+    );
+    let (status, body) = refused(req).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
     server.stop().await;
 }
