@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use futures_util::SinkExt;
 use serde_json::json;
 use switchyard_protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -71,9 +72,17 @@ async fn room_rules() {
         "order:",
         "admin:other",
         "user:١٢",
+        "user:c?",
+        "user:[c1]",
+        "order:1\r\nPUBLISH x",
+        "user:c1\n",
+        "user:c\u{0}1",
+        "order:１２",
+        "user:ç",
+        &format!("user:{}", "a".repeat(10 * 1024)),
     ] {
         let r = c1.subscribe(bad).await;
-        assert_eq!(r["code"], "bad_request", "{bad}: {r}");
+        assert_eq!(r["code"], "bad_request", "{bad:?}: {r}");
     }
 
     // Unsubscribe is acknowledged with the room.
@@ -115,6 +124,10 @@ async fn bad_frames_get_bad_request_and_the_connection_survives() {
         r#"{"op":"subscribe"}"#,
         r#"{"op":"subscribe","room":42}"#,
         r#"{"op":"location","order_id":"1","lat":"north","lng":0}"#,
+        // JSON has no NaN or infinities; out-of-range floats are refused too.
+        r#"{"op":"location","order_id":"1","lat":NaN,"lng":0}"#,
+        r#"{"op":"location","order_id":"1","lat":0,"lng":Infinity}"#,
+        r#"{"op":"location","order_id":"1","lat":1e999,"lng":0}"#,
         &format!(
             r#"{{"op":"subscribe","room":"user:c1","since":{}{}}}"#,
             "[".repeat(5000),
@@ -186,6 +199,26 @@ async fn op_floods_are_rate_limited_not_disconnected() {
     assert!(limited >= 10, "only {limited} of 20 were limited");
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(c.request(json!({"op":"ping"})).await["type"], "ok");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_costs_only_the_flooder() {
+    let server = TestServer::start().await;
+    let mut other = connect(&server.ws_url(), &token("c2", Role::Customer)).await;
+    let mut flooder = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    // 20,000 pings without reading a single pong: tungstenite keeps at most one pong pending.
+    for i in 0..20_000u32 {
+        flooder
+            .ws
+            .feed(Message::Ping(i.to_be_bytes().to_vec().into()))
+            .await
+            .unwrap();
+    }
+    flooder.ws.flush().await.unwrap();
+    assert_eq!(other.request(json!({"op":"ping"})).await["type"], "ok");
+    // The flooder itself is still served once it reads again.
+    assert_eq!(flooder.request(json!({"op":"ping"})).await["type"], "ok");
     server.stop().await;
 }
 
