@@ -399,6 +399,11 @@ export class SwitchyardClient {
     if (msg.offset <= entry.position.offset) return; // already applied
     entry.position = { epoch: entry.position.epoch, offset: msg.offset };
     const event = { room: msg.room, event: msg.event, offset: msg.offset, data: msg.data };
+    if (entry.held) entry.held.push(event);
+    else this._deliver(entry, event);
+  }
+
+  _deliver(entry, event) {
     if (entry.onEvent) {
       try {
         entry.onEvent(event);
@@ -423,7 +428,8 @@ export class SwitchyardClient {
     entry.inflight = true;
     const op = { op: "subscribe", room };
     if (since) op.since = since;
-    this._request(op).then(
+    this._send(
+      op,
       (reply) => {
         if (this._rooms.get(room) !== entry) return; // unsubscribed meanwhile
         entry.inflight = false;
@@ -438,6 +444,16 @@ export class SwitchyardClient {
           entry.position = position ? { ...position } : null;
           if (since) this._emit("resync", { room, snapshot: reply.snapshot ?? null, position });
           result = { room, position, recovered: false, snapshot: reply.snapshot ?? null };
+        }
+        if (entry.waiters.length) {
+          // Let the app's `await subscribe()` continuation (microtasks) apply the snapshot
+          // before the room's next events reach it: hold them until a macrotask later.
+          entry.held = [];
+          setTimeout(() => {
+            const held = entry.held ?? [];
+            entry.held = null;
+            if (this._rooms.get(room) === entry) held.forEach((e) => this._deliver(entry, e));
+          }, 0);
         }
         entry.waiters.splice(0).forEach((w) => w.resolve(result));
         if (entry.again) {
@@ -456,21 +472,30 @@ export class SwitchyardClient {
     );
   }
 
+  /** Sends an op and returns a promise of its `ok` reply (rejects with the error). */
   _request(op) {
+    return new Promise((resolve, reject) => this._send(op, resolve, reject));
+  }
+
+  /**
+   * Sends an op; `onOk` / `onErr` run synchronously when the reply is read, before any frame
+   * that follows it (a promise's `then` would run after the rest of the same network read:
+   * the recovered events that follow a subscribe reply would then be dropped as in flight).
+   */
+  _send(op, onOk, onErr) {
     const socket = this._socket;
     if (!this._welcome || !socket || socket.readyState !== 1) {
-      return Promise.reject(new SwitchyardError("disconnected", "not connected"));
+      onErr(new SwitchyardError("disconnected", "not connected"));
+      return;
     }
     const id = this._nextId++;
-    return new Promise((resolve, reject) => {
-      this._pending.set(id, { resolve, reject });
-      try {
-        socket.send(JSON.stringify({ ...op, id }));
-      } catch (err) {
-        this._pending.delete(id);
-        reject(new SwitchyardError("disconnected", String(err?.message ?? err)));
-      }
-    });
+    this._pending.set(id, { resolve: onOk, reject: onErr });
+    try {
+      socket.send(JSON.stringify({ ...op, id }));
+    } catch (err) {
+      this._pending.delete(id);
+      onErr(new SwitchyardError("disconnected", String(err?.message ?? err)));
+    }
   }
 
   _onReply(msg) {

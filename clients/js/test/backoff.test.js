@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { backoffCap, backoffDelay, decodeJwtExp, shouldReconnect } from "../switchyard.js";
-import { mint } from "./harness.js";
+import { mint } from "../support/harness.js";
 
 const opts = { initialMs: 100, maxMs: 5000 };
 

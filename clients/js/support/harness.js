@@ -1,5 +1,6 @@
 // Test harness: the real `switchyard` binary as a child process on loopback, HS256 tokens
-// minted with node:crypto, a REST helper and small waiting helpers.
+// minted with node:crypto, a REST helper and small waiting helpers. It lives outside test/
+// because `node --test test/` runs every .js file of the directory as a test file.
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
