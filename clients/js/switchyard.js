@@ -189,13 +189,17 @@ export class SwitchyardClient {
   /**
    * Joins a room (or, for a room already joined, reads its position and snapshot again).
    * Kept across reconnects: the client resubscribes with `since` and recovers. Called while
-   * disconnected, it resolves once the room is joined after the next connection.
+   * disconnected, it resolves once the room is joined after the next connection; after a
+   * final close (or `close()`), it rejects with `closed` until `connect()` is called again.
    * @param {string} room `order:42`, `user:c1`, `admin:revenue`
    * @param {(event: EventFrame) => void} [onEvent] called for each applied event of the room
    * @param {{since?: Position}} [opts] a position the app persisted, to recover from
    * @returns {Promise<Subscribed>} rejects with a SwitchyardError (`forbidden`, `bad_request`, …)
    */
   subscribe(room, onEvent, opts = {}) {
+    if (this._finished) {
+      return Promise.reject(new SwitchyardError("closed", "the client is closed; connect() again"));
+    }
     let entry = this._rooms.get(room);
     if (!entry) {
       entry = { position: null, inflight: false, again: false, waiters: [], userRoom: false };
