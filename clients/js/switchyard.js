@@ -178,11 +178,10 @@ export class SwitchyardClient {
   connect() {
     if (this._welcome) return Promise.resolve(this._welcome);
     const p = new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
-    if (!this._socket && !this._timers.reconnect && !this._opening) {
-      this._closed = false;
-      this._finished = false;
-      this._open();
-    }
+    this._closed = false;
+    this._finished = false;
+    // Unless an attempt is already under way (opening, open, or a reconnect scheduled).
+    if (!this._socket && !this._timers.reconnect && !this._opening) this._open();
     return p;
   }
 
@@ -420,6 +419,7 @@ export class SwitchyardClient {
     this._emit("event", event);
   }
 
+  /** Subscribes again with `since` (gap, transient failure); never two at once per room. */
   _resubscribe(room) {
     const entry = this._rooms.get(room);
     if (!entry || !this._welcome) return;
@@ -437,6 +437,7 @@ export class SwitchyardClient {
       (reply) => {
         if (this._rooms.get(room) !== entry) return; // unsubscribed meanwhile
         entry.inflight = false;
+        entry.retries = 0;
         const position = reply.position;
         let result;
         if (since && reply.recovered === true) {
@@ -469,6 +470,12 @@ export class SwitchyardClient {
         if (this._rooms.get(room) !== entry) return;
         entry.inflight = false;
         if (err.code === "disconnected") return; // resent after the next welcome
+        if (!entry.waiters.length && (err.code === "internal" || err.code === "rate_limited")) {
+          // A background resubscribe (reconnect, gap) hit a transient refusal: try again later.
+          entry.retries = (entry.retries ?? 0) + 1;
+          setTimeout(() => this._resubscribe(room), backoffDelay(entry.retries, this.backoff));
+          return;
+        }
         this._rooms.delete(room);
         if (entry.waiters.length) entry.waiters.splice(0).forEach((w) => w.reject(err));
         else this._emit("error", { room, code: err.code, message: err.message });

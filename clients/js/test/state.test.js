@@ -123,6 +123,29 @@ test("a gap frame resubscribes with since; a recovered reply is followed by the 
   c.close();
 });
 
+test("a background resubscribe refused with internal/rate_limited is retried; forbidden drops the room", async () => {
+  const { c, log, sock } = setup();
+  const connected = c.connect();
+  await until(() => FakeSocket.all.length === 1, "a socket");
+  sock().welcome();
+  await connected;
+  for (const room of ["order:1", "order:2"]) {
+    const p = c.subscribe(room);
+    sock().recv({ type: "ok", id: sock().last().id, op: "subscribe", room, position: { epoch: "e1", offset: 0 }, snapshot: {} });
+    await p;
+  }
+  sock().recv({ type: "gap", room: "order:1" });
+  sock().recv({ type: "error", id: sock().last().id, code: "internal", message: "bus unavailable, retry" });
+  await until(() => sock().sent.length === 4, "a retried subscribe");
+  assert.deepEqual(sock().last().room, "order:1");
+  assert.equal(c.position("order:1").offset, 0);
+  sock().recv({ type: "gap", room: "order:2" });
+  sock().recv({ type: "error", id: sock().last().id, code: "forbidden", message: "not allowed to join this room" });
+  assert.equal(c.position("order:2"), null);
+  assert.deepEqual(log.find(([n]) => n === "error")[1], { room: "order:2", code: "forbidden", message: "not allowed to join this room" });
+  c.close();
+});
+
 test("revoked rooms are forgotten and not resubscribed after a reconnect (4003)", async () => {
   const { c, log, sock } = setup();
   const connected = c.connect();
