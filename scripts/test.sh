@@ -2,9 +2,10 @@
 # The whole test suite: unit tests, integration tests against real servers on loopback,
 # and the criterion benches compiled and run once in test mode.
 #
-# Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3 and docker-compose
-# are installed here from Debian packages when missing (as root), or the script stops with a
-# message that says what to install. kosoku (PyPI) is installed into target/ when missing.
+# Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3, docker-compose and
+# node/npm (the JavaScript client's tests) are installed here from Debian packages when missing
+# (as root), or the script stops with a message that says what to install. kosoku (PyPI) is
+# installed into target/ when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,7 @@ fi
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 missing=()
 for pair in redis-server:redis-server redis-cli:redis-tools nginx:nginx-light curl:curl \
-            python3:python3 docker-compose:docker-compose; do
+            python3:python3 docker-compose:docker-compose node:nodejs npm:npm; do
   have "${pair%%:*}" || missing+=("${pair#*:}")
 done
 # The RFC 6455 conformance test runs the Autobahn cases with kosoku (PyPI), pinned here and
@@ -54,3 +55,12 @@ JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config -q
 echo "docker-compose.yml: valid"
 
 cargo test --workspace --all-targets --locked "$@"
+
+# The JavaScript client (clients/js) against the binary cargo test just built: `ws` is its
+# only (dev) dependency, pinned by package-lock.json.
+bin="$PWD/target/debug/switchyard"
+if [ ! -x "$bin" ]; then
+  echo "error: $bin not found after cargo test (the JavaScript client's tests need it)" >&2
+  exit 1
+fi
+(cd clients/js && npm ci --no-audit --no-fund --silent && SWITCHYARD_BIN="$bin" node --test test/)
