@@ -250,7 +250,9 @@ impl Broker for MemoryBroker {
     }
 
     fn is_ready(&self) -> bool {
-        !self.requests.is_closed()
+        let up = !self.requests.is_closed();
+        metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
+        up
     }
 }
 

@@ -25,7 +25,7 @@
 //! fred reconnects with exponential backoff and re-subscribes every tracked channel
 //! (`manage_subscriptions`); WebSocket clients stay connected throughout. While Redis is
 //! unreachable, [`Broker::is_ready`] is false (`/readyz` 503), publishes fail after the
-//! command timeout, and `switchyard_bus_up` is 0; reconnects are counted. Events published
+//! command timeout, and `switchyard_bus_connected` is 0; reconnects are counted. Events published
 //! to Redis while a gateway's subscriber was disconnected are not seen by that gateway.
 
 use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
@@ -203,10 +203,11 @@ impl RedisBroker {
             }));
         }
         tokio::spawn(dispatch(messages, prefix.clone(), sinks.clone()));
+
         let (interest, requests) = mpsc::channel(4096);
         tokio::spawn(manage(subscriber.clone(), requests, prefix.clone()));
         tracing::info!(url = %redact(&config.url), %prefix, "connected to redis");
-        Ok(Arc::new(RedisBroker {
+        let broker = Arc::new(RedisBroker {
             client,
             subscriber,
             script,
@@ -217,7 +218,23 @@ impl RedisBroker {
             history: config.history,
             interest,
             sinks,
-        }))
+        });
+        // `switchyard_bus_connected` follows both connections, scraped or not, for as long
+        // as the broker lives.
+        let watched = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match watched.upgrade() {
+                    Some(broker) => {
+                        broker.is_ready();
+                    }
+                    None => return,
+                }
+            }
+        });
+        Ok(broker)
     }
 }
 
@@ -411,7 +428,7 @@ impl Broker for RedisBroker {
 
     fn is_ready(&self) -> bool {
         let up = self.client.is_connected() && self.subscriber.is_connected();
-        metrics::gauge!("switchyard_bus_up").set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
         up
     }
 }

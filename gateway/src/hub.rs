@@ -28,10 +28,10 @@ impl Hub {
 
     /// Adds a member; returns false if it was already there.
     pub fn join(&self, room: &str, member: &Outbound) -> bool {
-        let mut entry = self
-            .rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| Arc::new([]));
+        let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(|| {
+            metrics::gauge!("switchyard_rooms").increment(1.0);
+            Arc::new([])
+        });
         if entry.iter().any(|m| m.conn == member.conn) {
             return false;
         }
@@ -45,13 +45,19 @@ impl Hub {
     /// Removes a member; returns false if it was not there.
     pub fn leave(&self, room: &str, conn: u64) -> bool {
         let mut removed = false;
-        self.rooms.remove_if_mut(room, |_, members| {
-            if members.iter().any(|m| m.conn == conn) {
-                removed = true;
-                *members = members.iter().filter(|m| m.conn != conn).cloned().collect();
-            }
-            members.is_empty()
-        });
+        let _ = self
+            .rooms
+            .remove_if_mut(room, |_, members| {
+                if members.iter().any(|m| m.conn == conn) {
+                    removed = true;
+                    *members = members.iter().filter(|m| m.conn != conn).cloned().collect();
+                }
+                members.is_empty()
+            })
+            .is_some_and(|_| {
+                metrics::gauge!("switchyard_rooms").decrement(1.0);
+                true
+            });
         removed
     }
 
@@ -76,6 +82,7 @@ impl Hub {
             offset,
             frame,
             latest_only,
+            received: std::time::Instant::now(),
         });
         let (mut accepted, mut conflated, mut bytes) = (0u64, 0u64, 0isize);
         for member in members.iter() {

@@ -71,6 +71,8 @@ pub struct Event {
     pub frame: Utf8Bytes,
     /// Only the newest matters (conflated in a backed-up queue).
     pub latest_only: bool,
+    /// When this gateway got it from the bus (fan-out latency is measured from here).
+    pub received: std::time::Instant,
 }
 
 /// What waits in a connection's mailbox.
@@ -273,6 +275,7 @@ mod tests {
             offset,
             frame: frame.into(),
             latest_only,
+            received: std::time::Instant::now(),
         }))
     }
 

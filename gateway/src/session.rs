@@ -263,13 +263,18 @@ impl Session {
         }
         metrics::gauge!("switchyard_outbound_queue_bytes").decrement(bytes as f64);
         let mut close_with = None;
+        // Fan-out latency is sampled once per batch: its oldest event's wait, from the bus to
+        // the flush.
+        let mut oldest = None;
         let write_timeout = self.shared.config.write_timeout;
         let write = async {
             for item in batch {
                 let frame = match item {
-                    Outgoing::Event(event) => self
-                        .wanted(&event.room, event.offset)
-                        .then(|| Message::Text(event.frame.clone())),
+                    Outgoing::Event(event) => {
+                        oldest.get_or_insert(event.received);
+                        self.wanted(&event.room, event.offset)
+                            .then(|| Message::Text(event.frame.clone()))
+                    }
                     Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
                     Outgoing::Gap { room } => self
                         .rooms
@@ -288,6 +293,10 @@ impl Session {
             sink.flush().await
         };
         let result = tokio::time::timeout(write_timeout, write).await;
+        if let (Ok(Ok(())), Some(oldest)) = (&result, oldest) {
+            metrics::histogram!("switchyard_fanout_latency_seconds")
+                .record(oldest.elapsed().as_secs_f64());
+        }
         match result {
             Ok(Ok(())) => close_with.map(|code| Exit::Close(code, close::reason(code))),
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
