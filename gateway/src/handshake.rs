@@ -17,6 +17,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 use switchyard_auth::{AuthError, Principal, bearer};
@@ -187,14 +188,22 @@ pub(crate) async fn upgrade(
     };
     let config = &shared.config;
     let (out, mailbox) = Outbound::new(conn, &principal.sub, config.outbound_queue_bytes);
-    let session = Session::new(conn_id, principal, out, shared.clone(), user_since);
-    let tracked = shared.tracker.token();
+    let session = Box::new(Session::new(
+        conn_id,
+        principal,
+        out,
+        shared.clone(),
+        user_since,
+        slot,
+        shared.tracker.token(),
+    ));
     limits(ws, config)
         .on_failed_upgrade(|err| tracing::debug!(%err, "upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            let _tracked = tracked;
-            let _slot = slot;
+        // Not an async block: the socket is split here and the task's future is the session
+        // itself — a few hundred bytes per idle connection.
+        .on_upgrade(move |socket| {
             tracing::info!(conn = %session.conn_id, sub = %session.who.sub, role = %session.who.role, "connection opened");
-            session.run(socket, mailbox).await;
+            let (sink, stream) = socket.split();
+            session.run(sink, stream, mailbox)
         })
 }

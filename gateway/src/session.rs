@@ -11,10 +11,10 @@
 //!      leave every room ─ release the connection slot
 //! ```
 
-use crate::Shared;
 use crate::access::{self, Refusal};
 use crate::outbound::{Mailbox, Outbound, Outgoing};
 use crate::rate::TokenBucket;
+use crate::{Shared, SlotGuard};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -29,12 +29,13 @@ use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::ServerMessage;
 use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
 use switchyard_store::orders::parse_order_id;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Frames written before one flush when the queue holds many.
 const MAX_BATCH: usize = 256;
 
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
+pub(crate) type Sink = SplitSink<WebSocket, Message>;
+pub(crate) type Stream = SplitStream<WebSocket>;
 
 /// How a session ended.
 enum Exit {
@@ -75,6 +76,10 @@ pub(crate) struct Session {
     closing: Option<u16>,
     /// The handshake's `since` for the user room: recovered in the welcome.
     user_since: Option<StreamPosition>,
+    /// Held for the connection's life: its slot in the connection limits, and its place in
+    /// the set of sessions a drain waits for.
+    _slot: SlotGuard,
+    _tracked: TaskTrackerToken,
 }
 
 impl Session {
@@ -84,6 +89,8 @@ impl Session {
         out: Outbound,
         shared: Arc<Shared>,
         user_since: Option<StreamPosition>,
+        slot: SlotGuard,
+        tracked: TaskTrackerToken,
     ) -> Session {
         let c = &shared.config;
         Session {
@@ -95,13 +102,21 @@ impl Session {
             rooms: Vec::new(),
             closing: None,
             user_since,
+            _slot: slot,
+            _tracked: tracked,
             shared,
         }
     }
 
-    pub async fn run(mut self, socket: WebSocket, mailbox: Arc<Mailbox>) {
+    /// The connection's whole life. Called with the socket already split and the session
+    /// boxed, so the task's future stays small (its size is per-connection memory).
+    pub async fn run(
+        mut self: Box<Self>,
+        mut sink: Sink,
+        mut stream: Stream,
+        mailbox: Arc<Mailbox>,
+    ) {
         let started = Instant::now();
-        let (mut sink, mut stream) = socket.split();
         let exit = self.serve(&mut sink, &mut stream, &mailbox).await;
         let unsent = mailbox.close();
         metrics::gauge!("switchyard_outbound_queue_bytes").decrement(unsent as f64);
@@ -136,15 +151,16 @@ impl Session {
         );
     }
 
-    async fn serve(&mut self, sink: &mut Sink, stream: &mut Stream, mailbox: &Mailbox) -> Exit {
-        let config = self.shared.config.clone();
+    /// Joins the user room, reads its position (recovering from the handshake's `since`),
+    /// and sends the welcome and any recovered events.
+    async fn welcome(&mut self, sink: &mut Sink) -> Option<Exit> {
         let own_room = match Room::user(&self.who.sub) {
             Ok(room) => room,
-            Err(_) => return Exit::Close(close::POLICY_VIOLATION, "invalid sub"),
+            Err(_) => return Some(Exit::Close(close::POLICY_VIOLATION, "invalid sub")),
         };
         if let Err(refusal) = self.join(own_room.clone()).await {
             tracing::warn!(conn = %self.conn_id, message = %refusal.message, "could not join own room");
-            return Exit::Close(close::INTERNAL, "could not join user room");
+            return Some(Exit::Close(close::INTERNAL, "could not join user room"));
         }
         // Joined first, then the position (and with `since` the missed events): events after
         // it are queued, earlier ones covered — so a recovery in the welcome has no duplicate.
@@ -153,7 +169,7 @@ impl Session {
             Ok(history) => history,
             Err(err) => {
                 tracing::warn!(conn = %self.conn_id, %err, "could not read the user room's position");
-                return Exit::Close(close::INTERNAL, "bus unavailable");
+                return Some(Exit::Close(close::INTERNAL, "bus unavailable"));
             }
         };
         if let Some(entry) = self.rooms.iter_mut().find(|(r, _)| *r == own_room) {
@@ -173,10 +189,15 @@ impl Session {
         }
         .encode();
         let missed = history.missed.unwrap_or_default();
-        if let Some(exit) = self.send_with_missed(sink, welcome, missed).await {
+        self.send_with_missed(sink, welcome, missed).await
+    }
+
+    async fn serve(&mut self, sink: &mut Sink, stream: &mut Stream, mailbox: &Mailbox) -> Exit {
+        if let Some(exit) = Box::pin(self.welcome(sink)).await {
             return exit;
         }
-
+        let shared = self.shared.clone();
+        let config = &shared.config;
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + config.heartbeat_interval,
             config.heartbeat_interval,
@@ -199,7 +220,7 @@ impl Session {
                 code = mailbox.kick().kicked() => return Exit::Close(code, close::reason(code)),
                 _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, close::reason(close::TOKEN_EXPIRED)),
                 _ = mailbox.ready() => {
-                    if let Some(exit) = self.write_batch(sink, mailbox).await {
+                    if let Some(exit) = Box::pin(self.write_batch(sink, mailbox)).await {
                         return exit;
                     }
                 }
@@ -212,11 +233,11 @@ impl Session {
                     };
                     let reply = match message {
                         Message::Text(text) => {
-                            let (reply, missed) = self.handle(&text).await;
+                            let (reply, missed) = Box::pin(self.handle(&text)).await;
                             if missed.is_empty() {
                                 reply
                             } else {
-                                if let Some(exit) = self.send_with_missed(sink, reply, missed).await {
+                                if let Some(exit) = Box::pin(self.send_with_missed(sink, reply, missed)).await {
                                     return exit;
                                 }
                                 continue;
