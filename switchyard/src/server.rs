@@ -82,6 +82,7 @@ pub async fn run(
         .runs_api()
         .then(|| tokio::spawn(relay::run(store.clone(), broker.clone(), shutdown.clone())));
 
+    health::register_families(mode);
     let mut app = health::router(Health {
         store: store.clone(),
         broker: broker.clone(),
