@@ -38,6 +38,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // ── start ──────────────────────────────────────────────────────────────────────────
+    // The metrics recorder before anything records: what is recorded earlier is lost.
+    let metrics = health::metrics_handle();
+    health::register_families(mode);
     let (jwt, embedded_secret) = resolve_jwt(mode, &args)?;
     let verifier = Arc::new(Verifier::new(&jwt).map_err(anyhow::Error::msg)?);
     if args.drain_spread_ms >= args.drain_timeout_ms {
@@ -82,12 +85,11 @@ pub async fn run(
         .runs_api()
         .then(|| tokio::spawn(relay::run(store.clone(), broker.clone(), shutdown.clone())));
 
-    health::register_families(mode);
     let mut app = health::router(Health {
         store: store.clone(),
         broker: broker.clone(),
         shutdown: shutdown.clone(),
-        metrics: health::metrics_handle(),
+        metrics: metrics.clone(),
     });
     if let Some(gateway) = &gateway {
         app = app.merge(gateway.router());
