@@ -53,6 +53,10 @@ fi
 
 JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config -q
 echo "docker-compose.yml: valid"
+# The Grafana dashboard must parse (switchyard/tests/metrics.rs also checks that every
+# metric it queries is exported).
+python3 -m json.tool deploy/grafana/dashboards/switchyard.json >/dev/null
+echo "deploy/grafana/dashboards/switchyard.json: valid JSON"
 
 cargo test --workspace --all-targets --locked "$@"
 

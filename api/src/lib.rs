@@ -9,9 +9,11 @@
 //! - [`orders`], [`payments`]: the handlers.
 //! - [`publish`]: the server publish API for other backend services.
 //! - [`relay`]: outbox → bus.
+//! - [`metrics`]: per-route request counts and latencies.
 
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod orders;
 pub mod payments;
 pub mod publish;
@@ -85,6 +87,8 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             writes_need_the_bus,
         ))
+        // Outermost, so the 503s above and the 413s of the body limits are counted too.
+        .layer(middleware::from_fn(metrics::record))
         .with_state(state);
     Router::new().nest("/api", api)
 }

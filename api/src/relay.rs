@@ -8,6 +8,12 @@
 //! it; when the bus refuses, the relay backs off and retries from the same row, so events are
 //! never skipped or reordered. A crash between publish and delete publishes that row again on
 //! restart (at-least-once from database to bus).
+//!
+//! Metrics, updated every cycle (at most every [`GAUGE_INTERVAL`]): `switchyard_outbox_backlog`
+//! (rows waiting) and `switchyard_outbox_oldest_age_seconds` (how long the oldest has waited)
+//! — from every API process, leader or not, since the outbox is shared: a backlog that grows
+//! while no process is leader is exactly what they should show (aggregate with `max`, not
+//! `sum`); and `switchyard_relay_leader` (1 while this process holds the lease).
 
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -23,6 +29,8 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a lease lasts; it is renewed when half of it is left.
 const LEASE_MS: i64 = 5_000;
+/// Least time between two backlog queries (a `COUNT(*)` over the outbox) while busy.
+pub const GAUGE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Wakes the relay when another process announces committed outbox rows.
 struct Wake(Arc<Notify>);
@@ -56,6 +64,8 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
     );
     let mut lease_until: Option<Instant> = None;
     let mut backoff = Duration::from_millis(50);
+    let mut gauges_at: Option<Instant> = None;
+    metrics::gauge!("switchyard_relay_leader").set(0.0);
     loop {
         let stopping = shutdown.is_cancelled();
         // Renew when less than half the lease is left (one small write every ~2.5 s).
@@ -74,11 +84,18 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
             };
         }
         let leader = lease_until.is_some();
+        metrics::gauge!("switchyard_relay_leader").set(if leader { 1.0 } else { 0.0 });
         let result = if leader {
             relay_batch(&store, broker.as_ref()).await
         } else {
             Ok(0)
         };
+        // While draining a backlog, at most every GAUGE_INTERVAL; always once caught up, so
+        // the gauges read 0 as soon as the outbox is empty.
+        if matches!(result, Ok(0)) || gauges_at.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
+            update_backlog_gauges(&store).await;
+            gauges_at = Some(Instant::now());
+        }
         match result {
             Ok(0) => {
                 backoff = Duration::from_millis(50);
@@ -114,6 +131,17 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
     }
     if lease_until.is_some() {
         let _ = store.release_relay_lease(&holder).await;
+    }
+    metrics::gauge!("switchyard_relay_leader").set(0.0);
+}
+
+async fn update_backlog_gauges(store: &Store) {
+    match store.outbox_backlog().await {
+        Ok((rows, oldest_ms)) => {
+            metrics::gauge!("switchyard_outbox_backlog").set(rows as f64);
+            metrics::gauge!("switchyard_outbox_oldest_age_seconds").set(oldest_ms as f64 / 1000.0);
+        }
+        Err(err) => tracing::debug!(%err, "outbox backlog query failed"),
     }
 }
 

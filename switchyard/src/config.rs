@@ -40,6 +40,11 @@ pub enum Command {
     Token(TokenArgs),
     /// Publish one event into a room through the API's server publish endpoint.
     Publish(PublishArgs),
+    /// `all` plus a simulated city: customers order and pay, an admin moves the orders
+    /// along, partners drive to the customers — through the public REST and WebSocket
+    /// interfaces, so everything moves within seconds. Prints the dashboard URL; runs until
+    /// Ctrl-C/SIGTERM, then drains like `all`.
+    Demo(DemoArgs),
 }
 
 /// What a server process runs.
@@ -64,6 +69,35 @@ impl Mode {
             Mode::Api => "api",
         }
     }
+}
+
+/// `switchyard demo`: the server settings of `all`, and the simulation's.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How fast the simulated world moves: `normal` (an order every ~2 s, partners report
+    /// their position once a second, a drive takes 20 s) or `fast` (four times faster; a
+    /// whole order lifecycle in about 4 s — what the tests use).
+    #[arg(
+        long,
+        env = "SWITCHYARD_DEMO_SPEED",
+        value_enum,
+        default_value = "normal"
+    )]
+    pub demo_speed: DemoSpeed,
+    /// Simulated customers (each keeps a WebSocket open and at most two orders open).
+    #[arg(long, env = "SWITCHYARD_DEMO_CUSTOMERS", default_value_t = 5)]
+    pub customers: usize,
+    /// Simulated delivery partners (each carries one order at a time).
+    #[arg(long, env = "SWITCHYARD_DEMO_PARTNERS", default_value_t = 3)]
+    pub partners: usize,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoSpeed {
+    Normal,
+    Fast,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,14 +1,16 @@
 //! `/healthz` (the process is alive), `/readyz` (it should get traffic) and `/metrics`.
 
+use crate::config::Mode;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use switchyard_broker::Broker;
 use switchyard_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -22,17 +24,108 @@ pub struct Health {
     pub metrics: PrometheusHandle,
 }
 
+/// Buckets of the API request latency histogram, seconds: 1 ms to 10 s.
+pub const API_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets of the fan-out latency histogram (publish received → written to the socket),
+/// seconds: 100 µs to 2.5 s.
+pub const FANOUT_LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Buckets of any other histogram (seconds-shaped): 1 ms to 10 s.
+const DEFAULT_BUCKETS: &[f64] = API_LATENCY_BUCKETS;
+/// How often histogram samples are folded into their buckets when nobody scrapes: the
+/// exporter buffers raw samples until a render or an upkeep, so without it an unscraped
+/// process would grow with every recorded request.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The exporter's configuration. With buckets, histograms render as Prometheus histograms
+/// (`_bucket{le=…}`, `_sum`, `_count`, aggregatable across processes with
+/// `histogram_quantile`) rather than as per-process summaries.
+pub fn prometheus_builder() -> PrometheusBuilder {
+    let full = |name: &str| Matcher::Full(name.to_owned());
+    PrometheusBuilder::new()
+        .set_buckets(DEFAULT_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                full("switchyard_api_request_duration_seconds"),
+                API_LATENCY_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                full("switchyard_fanout_latency_seconds"),
+                FANOUT_LATENCY_BUCKETS,
+            )
+        })
+        .expect("bucket lists are non-empty")
+}
+
 /// The process-wide Prometheus recorder (the `metrics` facade has exactly one), installed
-/// on first use.
+/// on first use, with a thread that runs its upkeep.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = prometheus_builder()
                 .install_recorder()
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+                .unwrap_or_else(|_| prometheus_builder().build_recorder().handle());
+            let upkeep = handle.clone();
+            // A thread, not a task: the handle outlives any one runtime (tests run several).
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            handle
         })
         .clone()
+}
+
+/// Registers the families this process exports at zero, so they are in `/metrics` from the
+/// start: a dashboard shows 0 rather than "no data", and `rate()`/`increase()` count the
+/// first event too (a series that appears at 1 hides it). Only families whose zero is true
+/// at start are listed (no bus state: it is set when known), and only unlabeled series or
+/// labels with a fixed set of values; the others appear with their first event.
+pub fn register_families(mode: Mode) {
+    use metrics::{counter, gauge};
+    if mode.runs_gateway() {
+        for name in [
+            "switchyard_connections_opened_total",
+            "switchyard_events_delivered_total",
+            "switchyard_events_conflated_total",
+            "switchyard_events_dropped_total",
+            "switchyard_slow_consumer_closes_total",
+            "switchyard_bus_gaps_total",
+            "switchyard_token_refreshes_total",
+        ] {
+            counter!(name).increment(0);
+        }
+        for recovered in ["true", "false"] {
+            counter!("switchyard_recoveries_total", "recovered" => recovered).increment(0);
+        }
+        counter!("switchyard_events_published_total", "source" => "partner").increment(0);
+        for name in [
+            "switchyard_connections",
+            "switchyard_subscriptions",
+            "switchyard_outbound_queue_bytes",
+        ] {
+            gauge!(name).increment(0.0);
+        }
+    }
+    if mode.runs_api() {
+        counter!("switchyard_payments_total").increment(0);
+        for source in ["api", "service"] {
+            counter!("switchyard_events_published_total", "source" => source).increment(0);
+        }
+    }
+    counter!("switchyard_handshake_timeouts_total").increment(0);
+    // Counted by the Redis bus; 0 is also the truth of the in-process bus.
+    counter!("switchyard_bus_reconnects_total").increment(0);
 }
 
 pub fn router(health: Health) -> Router {

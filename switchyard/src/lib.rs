@@ -7,10 +7,12 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`token`]: the `switchyard token` command.
 //! - [`publish`]: the `switchyard publish` command.
+//! - [`demo`]: the `switchyard demo` command — `all` plus a simulator speaking the public API.
 //!
 //! Tests drive [`server::run`] directly with a listener on port 0, or the binary itself.
 
 pub mod config;
+pub mod demo;
 pub mod health;
 pub mod listener;
 pub mod publish;

@@ -2,13 +2,13 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use switchyard::config::{Cli, Command, LogFormat, Mode, ServeArgs};
-use switchyard::{server, token};
+use switchyard::config::{Cli, Command, DemoArgs, LogFormat, Mode, ServeArgs};
+use switchyard::{demo, server, token};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (mode, args) = match cli.command.unwrap_or(Command::All(cli.serve)) {
+    let (process, args) = match cli.command.unwrap_or(Command::All(cli.serve)) {
         Command::Token(args) => {
             return match token::make(&args) {
                 Ok(token) => {
@@ -36,9 +36,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::All(args) => (Mode::All, args),
-        Command::Gateway(args) => (Mode::Gateway, args),
-        Command::Api(args) => (Mode::Api, args),
+        Command::Demo(args) => (Process::Demo(Box::new(args.clone())), args.serve),
+        Command::All(args) => (Process::Server(Mode::All), args),
+        Command::Gateway(args) => (Process::Server(Mode::Gateway), args),
+        Command::Api(args) => (Process::Server(Mode::Api), args),
     };
     init_logging(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(mode, args)) {
+    match runtime.block_on(serve(process, args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -57,12 +58,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(mode: Mode, args: ServeArgs) -> anyhow::Result<()> {
+/// What a serving process runs.
+enum Process {
+    Server(Mode),
+    /// `all` plus the simulator (its settings include the server's).
+    Demo(Box<DemoArgs>),
+}
+
+async fn serve(process: Process, args: ServeArgs) -> anyhow::Result<()> {
     let listener =
         listen(&args).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    server::run(mode, args, listener, shutdown).await
+    match process {
+        Process::Server(mode) => server::run(mode, args, listener, shutdown).await,
+        Process::Demo(demo) => demo::run(*demo, listener, shutdown).await,
+    }
 }
 
 /// The listening socket. Accepted sockets inherit its send buffer size, so a configured
@@ -97,8 +108,11 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colors only on a terminal: logs piped to a file or a collector stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

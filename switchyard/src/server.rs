@@ -38,6 +38,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // ── start ──────────────────────────────────────────────────────────────────────────
+    // The metrics recorder before anything records: what is recorded earlier is lost.
+    let metrics = health::metrics_handle();
+    health::register_families(mode);
     let (jwt, embedded_secret) = resolve_jwt(mode, &args)?;
     let verifier = Arc::new(Verifier::new(&jwt).map_err(anyhow::Error::msg)?);
     if args.drain_spread_ms >= args.drain_timeout_ms {
@@ -86,7 +89,7 @@ pub async fn run(
         store: store.clone(),
         broker: broker.clone(),
         shutdown: shutdown.clone(),
-        metrics: health::metrics_handle(),
+        metrics: metrics.clone(),
     });
     if let Some(gateway) = &gateway {
         app = app.merge(gateway.router());

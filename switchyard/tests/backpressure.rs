@@ -189,7 +189,7 @@ async fn a_slow_customer_gets_the_freshest_position_instead_of_a_backlog() {
     assert_eq!(customer.request(json!({"op":"ping"})).await["type"], "ok");
     let metrics = scrape(&server.url("")).await;
     assert!(
-        metrics.contains("switchyard_events_conflated_total"),
-        "no conflation counter in /metrics"
+        sample_value(&metrics, "switchyard_events_conflated_total").is_some_and(|n| n > 0.0),
+        "no conflation counted in /metrics"
     );
 }

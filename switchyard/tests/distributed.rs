@@ -300,7 +300,7 @@ async fn clients_survive_a_redis_restart() {
     }
     let metrics = scrape(&format!("http://{gw}")).await;
     assert!(
-        metrics.contains("switchyard_bus_reconnects_total"),
+        sample_value(&metrics, "switchyard_bus_reconnects_total").is_some_and(|n| n > 0.0),
         "outage counted"
     );
 }

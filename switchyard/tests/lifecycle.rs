@@ -549,6 +549,31 @@ async fn tokens_are_never_logged_even_at_trace_level() {
             "TRACE"
         };
         assert!(output.contains(marker), "no trace logs in {format} format");
+        // One info line per connection open and close, the close with its duration and code.
+        let (duration, code) = if format == "json" {
+            (r#""duration_ms":"#, r#""close_code":"#)
+        } else {
+            ("duration_ms=", "close_code=")
+        };
+        let closes: Vec<&str> = output
+            .lines()
+            .filter(|l| l.contains("connection closed"))
+            .collect();
+        assert_eq!(closes.len(), 3, "{format}: {closes:?}");
+        assert!(
+            closes
+                .iter()
+                .all(|l| l.contains(duration) && l.contains(code)),
+            "{format}: {closes:?}"
+        );
+        assert_eq!(
+            output
+                .lines()
+                .filter(|l| l.contains("connection opened"))
+                .count(),
+            3,
+            "{format}"
+        );
         for t in secrets {
             let mut parts = t.split('.');
             let (_header, payload, signature) = (

@@ -189,6 +189,14 @@ pub async fn scrape(base: &str) -> String {
         .unwrap()
 }
 
+/// The value of an unlabeled sample in a scrape (families are registered at 0 on start, so
+/// "present" says nothing; the value does).
+pub fn sample_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn token(sub: &str, role: Role) -> String {
     Issuer::new(SECRET.as_bytes(), None, None).issue(sub, role, 3600)
 }
