@@ -61,7 +61,7 @@ fn fan_out(c: &mut Criterion) {
     let hub = Hub::new();
     let mut mailboxes = Vec::with_capacity(MEMBERS);
     for conn in 0..MEMBERS as u64 {
-        let (out, mailbox) = Outbound::new(conn, "u", 1 << 20);
+        let (out, mailbox) = Outbound::new(conn, "u".into(), 1 << 20);
         hub.join("order:1", &out);
         mailboxes.push(mailbox);
     }

@@ -68,7 +68,7 @@ impl Default for GatewayConfig {
             op_burst: 100.0,
             location_rate: 5.0,
             location_burst: 10.0,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 16 * 1024,
             allowed_origins: Vec::new(),
             drain_spread: Duration::from_secs(2),

@@ -60,7 +60,7 @@ pub(crate) struct Admitted {
     pub slot: SlotGuard,
     /// The connection's number in this process, and its id (`{node}-{number}`).
     pub conn: u64,
-    pub conn_id: String,
+    pub conn_id: Arc<str>,
 }
 
 /// The checks every WebSocket route makes, in order: draining, `Origin`, token (no
@@ -119,13 +119,13 @@ pub(crate) async fn admit(
     let conn = shared
         .next_conn
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let conn_id = format!("{}-{conn}", shared.node);
+    let conn_id: Arc<str> = format!("{}-{conn}", shared.node).into();
     let limited = |(status, reason)| {
         metrics::counter!("switchyard_handshake_rejections_total", "reason" => "limit")
             .increment(1);
         refuse(status, "limit_exceeded", reason)
     };
-    let mut slot = SlotGuard::acquire(shared, &principal.sub).map_err(limited)?;
+    let mut slot = SlotGuard::acquire(shared, principal.sub.as_str().into()).map_err(limited)?;
     slot.claim(&conn_id).await.map_err(limited)?;
     Ok(Admitted {
         principal,
@@ -187,7 +187,7 @@ pub(crate) async fn upgrade(
         }
     };
     let config = &shared.config;
-    let (out, mailbox) = Outbound::new(conn, &principal.sub, config.outbound_queue_bytes);
+    let (out, mailbox) = Outbound::new(conn, slot.sub.clone(), config.outbound_queue_bytes);
     let session = Box::new(Session::new(
         conn_id,
         principal,

@@ -53,19 +53,23 @@ pub(crate) struct Shared {
     node: String,
     next_conn: AtomicU64,
     connections: AtomicUsize,
-    per_user: DashMap<String, usize>,
+    per_user: DashMap<Arc<str>, usize>,
 }
 
 /// A held connection slot: counted against the gateway and the user until dropped.
 pub(crate) struct SlotGuard {
     shared: Arc<Shared>,
-    sub: String,
+    /// The user, shared with the session's other handles on it (one allocation).
+    pub(crate) sub: Arc<str>,
     /// Set once the cluster-wide claim was taken (released on drop).
-    claimed: Option<String>,
+    claimed: Option<Arc<str>>,
 }
 
 impl SlotGuard {
-    fn acquire(shared: &Arc<Shared>, sub: &str) -> Result<SlotGuard, (StatusCode, &'static str)> {
+    fn acquire(
+        shared: &Arc<Shared>,
+        sub: Arc<str>,
+    ) -> Result<SlotGuard, (StatusCode, &'static str)> {
         let total = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
         if total > shared.config.max_connections {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -74,7 +78,7 @@ impl SlotGuard {
                 "gateway is at its connection limit",
             ));
         }
-        let mut count = shared.per_user.entry(sub.to_owned()).or_insert(0);
+        let mut count = shared.per_user.entry(sub.clone()).or_insert(0);
         if *count >= shared.config.max_connections_per_user {
             drop(count);
             shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -89,7 +93,7 @@ impl SlotGuard {
         metrics::counter!("switchyard_connections_opened_total").increment(1);
         Ok(SlotGuard {
             shared: shared.clone(),
-            sub: sub.to_owned(),
+            sub,
             claimed: None,
         })
     }
@@ -97,7 +101,7 @@ impl SlotGuard {
     /// Counts connection `conn` against the user's limit across every gateway on the bus.
     /// A bus that cannot answer does not lock users out: the claim is skipped (logged), and
     /// the local limit still holds.
-    async fn claim(&mut self, conn: &str) -> Result<(), (StatusCode, &'static str)> {
+    async fn claim(&mut self, conn: &Arc<str>) -> Result<(), (StatusCode, &'static str)> {
         let config = &self.shared.config;
         match self
             .shared
@@ -111,7 +115,7 @@ impl SlotGuard {
             .await
         {
             Ok(true) => {
-                self.claimed = Some(conn.to_owned());
+                self.claimed = Some(conn.clone());
                 Ok(())
             }
             Ok(false) => Err((
@@ -136,7 +140,7 @@ impl Drop for SlotGuard {
         metrics::gauge!("switchyard_connections").decrement(1.0);
         if let Some(conn) = self.claimed.take() {
             let broker = self.shared.broker.clone();
-            let sub = std::mem::take(&mut self.sub);
+            let sub = self.sub.clone();
             tokio::spawn(async move { broker.release_connection(&sub, &conn).await });
         }
     }

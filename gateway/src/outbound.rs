@@ -30,38 +30,6 @@ use tokio::sync::Notify;
 /// What one queued item is charged beyond its frame's bytes (queue slot, bookkeeping).
 pub const ITEM_OVERHEAD: usize = 64;
 
-/// Why a session was told to end from outside its own loop.
-#[derive(Debug, Default)]
-pub struct Kick {
-    notify: Notify,
-    /// Close code to use; 0 while not kicked.
-    code: AtomicU16,
-}
-
-impl Kick {
-    /// Asks the session to close with `code`. The first reason wins.
-    pub fn kick(&self, code: u16) {
-        if self
-            .code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Waits until kicked, then returns the close code.
-    pub async fn kicked(&self) -> u16 {
-        loop {
-            let code = self.code.load(Ordering::Acquire);
-            if code != 0 {
-                return code;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
 /// One publication as every local recipient shares it.
 #[derive(Debug)]
 pub struct Event {
@@ -130,11 +98,13 @@ struct Queue {
 }
 
 /// A connection's bounded mailbox, shared by the hub (pushes) and its session (takes).
+/// One `Notify` wakes the session for both reasons: something queued, or a kick.
 #[derive(Debug)]
 pub struct Mailbox {
     queue: Mutex<Queue>,
     ready: Notify,
-    kick: Kick,
+    /// Close code the session must close with (slow consumer); 0 while not kicked.
+    kicked: AtomicU16,
     limit: usize,
 }
 
@@ -165,7 +135,7 @@ impl Mailbox {
             queue.bytes = 0;
             queue.closed = true;
             drop(queue);
-            self.kick.kick(switchyard_protocol::close::SLOW_CONSUMER);
+            self.kick(switchyard_protocol::close::SLOW_CONSUMER);
             return Pushed::Overflow;
         }
         let was_empty = queue.items.is_empty();
@@ -206,7 +176,8 @@ impl Mailbox {
         bytes
     }
 
-    /// Completes when something may have been queued since the last [`Mailbox::take`].
+    /// Completes when something may have been queued since the last [`Mailbox::take`], or the
+    /// session was kicked.
     pub async fn ready(&self) {
         self.ready.notified().await
     }
@@ -219,8 +190,23 @@ impl Mailbox {
         std::mem::take(&mut queue.bytes)
     }
 
-    pub fn kick(&self) -> &Kick {
-        &self.kick
+    /// Tells the session to close with `code`; the first reason wins.
+    pub fn kick(&self, code: u16) {
+        if self
+            .kicked
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.ready.notify_one();
+        }
+    }
+
+    /// The close code the session was kicked with, if it was.
+    pub fn kicked(&self) -> Option<u16> {
+        match self.kicked.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
     }
 
     /// Bytes queued now.
@@ -240,17 +226,17 @@ pub struct Outbound {
 
 impl Outbound {
     /// A connection's handle and its mailbox, bounded to `limit_bytes` queued bytes.
-    pub fn new(conn: u64, sub: &str, limit_bytes: usize) -> (Outbound, Arc<Mailbox>) {
+    pub fn new(conn: u64, sub: Arc<str>, limit_bytes: usize) -> (Outbound, Arc<Mailbox>) {
         let mailbox = Arc::new(Mailbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
-            kick: Kick::default(),
+            kicked: AtomicU16::new(0),
             limit: limit_bytes.max(ITEM_OVERHEAD),
         });
         (
             Outbound {
                 conn,
-                sub: sub.into(),
+                sub,
                 mailbox: mailbox.clone(),
             },
             mailbox,
@@ -291,7 +277,7 @@ mod tests {
 
     #[test]
     fn latest_value_events_replace_their_older_self_and_keep_offsets_increasing() {
-        let (out, mailbox) = Outbound::new(1, "u", 1 << 20);
+        let (out, mailbox) = Outbound::new(1, "u".into(), 1 << 20);
         assert!(matches!(
             out.push(event("order:1", 1, true, 10)),
             Pushed::Queued { .. }
@@ -314,7 +300,7 @@ mod tests {
     #[test]
     fn an_ordered_event_that_does_not_fit_kicks_and_frees_the_queue() {
         let limit = 4 * (ITEM_OVERHEAD + 100);
-        let (out, mailbox) = Outbound::new(1, "u", limit);
+        let (out, mailbox) = Outbound::new(1, "u".into(), limit);
         for offset in 1..=4 {
             assert!(out.push(event("order:1", offset, false, 100)).accepted());
         }
@@ -322,13 +308,15 @@ mod tests {
         assert_eq!(out.push(event("order:1", 5, false, 100)), Pushed::Overflow);
         assert_eq!(mailbox.queued_bytes(), 0);
         assert_eq!(out.push(event("order:1", 6, false, 1)), Pushed::Closed);
-        let code = mailbox.kick.code.load(Ordering::Acquire);
-        assert_eq!(code, switchyard_protocol::close::SLOW_CONSUMER);
+        assert_eq!(
+            mailbox.kicked(),
+            Some(switchyard_protocol::close::SLOW_CONSUMER)
+        );
     }
 
     #[test]
     fn latest_value_events_alone_never_overflow_a_room() {
-        let (out, mailbox) = Outbound::new(1, "u", 2 * (ITEM_OVERHEAD + 100));
+        let (out, mailbox) = Outbound::new(1, "u".into(), 2 * (ITEM_OVERHEAD + 100));
         for offset in 1..=10_000 {
             assert!(out.push(event("order:1", offset, true, 100)).accepted());
         }
@@ -339,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn take_wakes_again_while_items_remain() {
-        let (out, mailbox) = Outbound::new(1, "u", 1 << 20);
+        let (out, mailbox) = Outbound::new(1, "u".into(), 1 << 20);
         for offset in 1..=5 {
             out.push(event("r", offset, false, 1));
         }

@@ -62,7 +62,7 @@ enum Reply {
 }
 
 pub(crate) struct Session {
-    pub conn_id: String,
+    pub conn_id: Arc<str>,
     pub who: Principal,
     pub out: Outbound,
     pub shared: Arc<Shared>,
@@ -84,7 +84,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub fn new(
-        conn_id: String,
+        conn_id: Arc<str>,
         who: Principal,
         out: Outbound,
         shared: Arc<Shared>,
@@ -217,9 +217,11 @@ impl Session {
                     close_at = Some(tokio::time::Instant::now() + spread_delay(self.out.conn, config.drain_spread));
                 }
                 _ = sleep_until_some(close_at) => return Exit::Close(close::SHUTDOWN, close::reason(close::SHUTDOWN)),
-                code = mailbox.kick().kicked() => return Exit::Close(code, close::reason(code)),
                 _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, close::reason(close::TOKEN_EXPIRED)),
                 _ = mailbox.ready() => {
+                    if let Some(code) = mailbox.kicked() {
+                        return Exit::Close(code, close::reason(code));
+                    }
                     if let Some(exit) = Box::pin(self.write_batch(sink, mailbox)).await {
                         return exit;
                     }

@@ -285,8 +285,9 @@ pub struct LimitArgs {
     pub location_rate: f64,
     #[arg(long, env = "SWITCHYARD_LOCATION_BURST", default_value_t = 10.0)]
     pub location_burst: f64,
-    /// WebSocket read buffer per connection, bytes.
-    #[arg(long, env = "SWITCHYARD_READ_BUFFER_BYTES", default_value_t = 4 * 1024)]
+    /// WebSocket read buffer per connection, bytes (allocated up front for every connection,
+    /// so it dominates idle memory; client frames are small, and a bigger frame grows it).
+    #[arg(long, env = "SWITCHYARD_READ_BUFFER_BYTES", default_value_t = 512)]
     pub read_buffer_bytes: usize,
     /// WebSocket write buffer per connection, bytes.
     #[arg(long, env = "SWITCHYARD_WRITE_BUFFER_BYTES", default_value_t = 16 * 1024)]
