@@ -9,6 +9,7 @@
 //! - [`orders`], [`payments`]: the handlers.
 //! - [`publish`]: the server publish API for other backend services.
 //! - [`relay`]: outbox → bus.
+//! - [`web`]: the live dashboard (`/`, `/track`), embedded in the binary.
 
 pub mod error;
 pub mod extract;
@@ -17,6 +18,7 @@ pub mod payments;
 pub mod publish;
 pub mod relay;
 pub mod sessions;
+pub mod web;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -86,7 +88,7 @@ pub fn router(state: ApiState) -> Router {
             writes_need_the_bus,
         ))
         .with_state(state);
-    Router::new().nest("/api", api)
+    Router::new().nest("/api", api).merge(web::router())
 }
 
 /// Changes are refused with 503 while the bus is down rather than piling up events nobody
