@@ -13,6 +13,8 @@ export { $ };
 export function fragment() {
   return new URLSearchParams(location.hash.slice(1));
 }
+// A new token or order pasted into the fragment does not reload the page by itself: do it.
+addEventListener("hashchange", () => location.reload());
 
 /** Shows the "how to get a token" box instead of the app, with an optional reason. */
 export function showHelp(reason) {
