@@ -2,9 +2,10 @@
 # The whole test suite: unit tests, integration tests against real servers on loopback,
 # and the criterion benches compiled and run once in test mode.
 #
-# Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3, docker-compose and
-# node/npm (the JavaScript client's tests) are installed here from Debian packages when missing
-# (as root), or the script stops with a message that says what to install. kosoku (PyPI) is
+# Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3, docker-compose,
+# node/npm (the JavaScript client's tests) and chromium (the dashboard's browser test) are
+# installed here from Debian packages when missing (as root), or the script stops with a
+# message that says what to install. kosoku (PyPI) is
 # installed into target/ when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,13 @@ for pair in redis-server:redis-server redis-cli:redis-tools nginx:nginx-light cu
             python3:python3 docker-compose:docker-compose node:nodejs npm:npm; do
   have "${pair%%:*}" || missing+=("${pair#*:}")
 done
+# The dashboard's browser test drives Debian's chromium (CHROMIUM overrides its path).
+if [ -z "${CHROMIUM:-}" ]; then
+  have chromium || missing+=(chromium)
+elif [ ! -x "$CHROMIUM" ]; then
+  echo "error: CHROMIUM=$CHROMIUM is not an executable; unset it to use Debian's chromium" >&2
+  exit 1
+fi
 # The RFC 6455 conformance test runs the Autobahn cases with kosoku (PyPI), pinned here and
 # in switchyard/tests/autobahn/expected.json; it goes into a venv under target/ (Debian's own
 # python3 refuses pip installs outside one), which needs python3-venv there.
@@ -68,3 +76,9 @@ if [ ! -x "$bin" ]; then
   exit 1
 fi
 (cd clients/js && npm ci --no-audit --no-fund --silent && SWITCHYARD_BIN="$bin" node --test test/)
+
+# The dashboard (web/) in headless Chromium against the same binary: playwright-core, pinned by
+# web/test/package-lock.json, drives the system's chromium (no browser download).
+chromium_bin="${CHROMIUM:-$(command -v chromium || echo /usr/bin/chromium)}"
+(cd web/test && npm ci --no-audit --no-fund --silent \
+  && SWITCHYARD_BIN="$bin" CHROMIUM="$chromium_bin" node --test dashboard.test.js)

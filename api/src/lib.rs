@@ -10,6 +10,7 @@
 //! - [`publish`]: the server publish API for other backend services.
 //! - [`relay`]: outbox → bus.
 //! - [`metrics`]: per-route request counts and latencies.
+//! - [`web`]: the live dashboard (`/`, `/track`), embedded in the binary.
 
 pub mod error;
 pub mod extract;
@@ -19,6 +20,7 @@ pub mod payments;
 pub mod publish;
 pub mod relay;
 pub mod sessions;
+pub mod web;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -90,7 +92,7 @@ pub fn router(state: ApiState) -> Router {
         // Outermost, so the 503s above and the 413s of the body limits are counted too.
         .layer(middleware::from_fn(metrics::record))
         .with_state(state);
-    Router::new().nest("/api", api)
+    Router::new().nest("/api", api).merge(web::router())
 }
 
 /// Changes are refused with 503 while the bus is down rather than piling up events nobody

@@ -178,6 +178,8 @@ fn print_tokens(secret: &str, jwt: &JwtConfig, addr: std::net::SocketAddr) {
          Tokens valid for 24 h (make more with `switchyard token --sub ID --role ROLE`):\n  \
          admin     (sub admin): {admin}\n  \
          customer  (sub c1):    {customer}\n  \
-         partner   (sub p1):    {partner}\n"
+         partner   (sub p1):    {partner}\n\n\
+         Dashboard (admin):        http://{addr}/#token={admin}\n\
+         Tracking (customer c1):   http://{addr}/track#order=ORDER_ID&token={customer}\n"
     );
 }

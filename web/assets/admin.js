@@ -1,0 +1,319 @@
+// The admin view (/): revenue ticker with a sparkline, the live list of orders, partners on a
+// map. Initial state over REST, then live events through clients/js:
+//
+// - `admin:revenue` carries `revenue.updated` (totals, and the payment that moved them);
+// - each `order:{id}` room carries `order.status`, `order.assigned`, `order.paid` and
+//   `partner.location` for that order.
+//
+// New orders: `order.created` goes only to the customer's `user:{customer}` room
+// (protocol/README.md, "Events"), and an admin cannot know every customer in advance, so the
+// page polls `GET /api/orders?after=<last id seen>` every POLL_MS for new ids and subscribes to
+// each new order's room (whose snapshot then brings the order up to date).
+//
+// Rooms per connection are limited (SWITCHYARD_MAX_SUBSCRIPTIONS, 100 by default, the user
+// room included): the page stays in the rooms of the newest MAX_LIVE_ORDERS unfinished orders
+// and leaves a room once its order is delivered or cancelled.
+import {
+  $,
+  api,
+  clock,
+  colorFor,
+  drawSparkline,
+  fragment,
+  isFinished,
+  itemsText,
+  liveClient,
+  MapCanvas,
+  rupees,
+  showHelp,
+  statusLabel,
+} from "./common.js";
+
+const POLL_MS = 2000;
+const MAX_LIVE_ORDERS = 90;
+const MAX_ROWS = 300;
+const SPARK_WINDOW_MS = 10 * 60_000;
+const STALE_MS = 60_000;
+const TRAIL_POINTS = 40;
+
+/** @type {Map<string, any>} id → order, as the REST API returns it */
+const orders = new Map();
+/** @type {Map<string, HTMLTableRowElement>} */
+const rows = new Map();
+/** Order ids whose room this page is in (or joining). */
+const live = new Set();
+/** partner → {partner, order_id, lat, lng, heading, at, trail} */
+const partners = new Map();
+/** Revenue total over time, for the sparkline: [{t, v}] */
+const samples = [];
+let revenue = null;
+/** The highest order id seen: `GET /api/orders?after=cursor` returns only newer ones. */
+let cursor = "";
+let token;
+let client;
+let map;
+
+const byId = (a, b) => Number(a) - Number(b) || String(a).localeCompare(String(b));
+
+token = fragment().get("token");
+if (!token) showHelp();
+else start().catch((err) => note(`error: ${err.message}`));
+
+async function start() {
+  // One REST call first: a rejected token gets a clear message instead of a reconnect loop.
+  try {
+    setRevenue(await api(token, "/api/revenue"));
+  } catch (err) {
+    if (err.status === 401) return showHelp(`The token was rejected (${err.message}). Get a fresh one:`);
+    if (err.status === 403) return showHelp("This view is for admins: open it with an admin token.");
+    throw err;
+  }
+  $("app").hidden = false;
+  map = new MapCanvas($("map"));
+  note("orders: polled every 2 s for new ids, then live over the order rooms");
+
+  client = liveClient(token);
+  client.on("event", onEvent);
+  client.on("resync", (r) => onResync(r).catch((err) => note(`resync failed: ${err.message}`)));
+  // A background resubscribe that was refused: that order is no longer followed live.
+  client.on("error", ({ room }) => room?.startsWith("order:") && live.delete(room.slice(6)));
+  await client.connect();
+  const { snapshot } = await client.subscribe("admin:revenue");
+  if (snapshot) setRevenue(snapshot);
+  await pollNewOrders();
+  setInterval(() => pollNewOrders().catch(() => {}), POLL_MS); // fails quietly while the server is away
+  setInterval(() => {
+    drawRevenue();
+    drawMap();
+  }, 1000);
+}
+
+// ---- live events ----------------------------------------------------------------------------
+
+function onEvent({ event, data }) {
+  switch (event) {
+    case "revenue.updated":
+      setRevenue(data);
+      if (data.payment) patch(data.payment.order_id, { paid: true });
+      break;
+    case "order.status":
+      patch(data.order_id, { status: data.status, updated_at: data.updated_at });
+      if (isFinished(data.status)) leave(data.order_id);
+      break;
+    case "order.assigned":
+      patch(data.order_id, { partner: data.partner, updated_at: data.updated_at });
+      break;
+    case "order.paid":
+      patch(data.order_id, { paid: true });
+      break;
+    case "partner.location":
+      movePartner(data);
+      break;
+  }
+}
+
+/**
+ * The server could not replay what this page missed (it restarted, or the history no longer
+ * reaches back): replace the room's state with the snapshot, or refetch it over REST.
+ */
+async function onResync({ room, snapshot }) {
+  if (room === "admin:revenue") {
+    setRevenue(snapshot ?? (await api(token, "/api/revenue")));
+  } else if (room.startsWith("order:")) {
+    const id = room.slice("order:".length);
+    upsert(snapshot ?? (await api(token, `/api/orders/${encodeURIComponent(id)}`)));
+  }
+  // Orders created while we were away are found by the next poll; do it now.
+  await pollNewOrders();
+}
+
+// ---- orders -------------------------------------------------------------------------------
+
+let polling = null;
+/** Fetches orders newer than `cursor` (every page), shows them and joins their rooms. */
+function pollNewOrders() {
+  polling ??= (async () => {
+    try {
+      for (;;) {
+        const page = await api(token, `/api/orders?after=${encodeURIComponent(cursor)}&limit=200`);
+        for (const order of page.orders) {
+          upsert(order);
+          cursor = order.id;
+        }
+        if (!page.next_after) break;
+      }
+      trimRows();
+      follow();
+    } finally {
+      polling = null;
+    }
+  })();
+  return polling;
+}
+
+/** Joins the rooms of the newest unfinished orders, up to MAX_LIVE_ORDERS. */
+function follow() {
+  const wanted = [...orders.values()]
+    .filter((o) => !isFinished(o.status))
+    .map((o) => o.id)
+    .sort(byId)
+    .reverse();
+  for (const id of wanted) {
+    if (live.size >= MAX_LIVE_ORDERS) break;
+    if (live.has(id)) continue;
+    live.add(id);
+    client
+      .subscribe(`order:${id}`)
+      // The snapshot reflects every event up to the reply: it brings the row up to date.
+      .then(({ snapshot }) => snapshot && upsert(snapshot))
+      .catch(() => live.delete(id));
+  }
+}
+
+/** Leaves a finished order's room, making room for another. */
+function leave(id) {
+  if (!live.delete(id)) return;
+  client.unsubscribe(`order:${id}`).catch(() => {});
+  follow();
+}
+
+function upsert(order) {
+  const known = orders.get(order.id);
+  orders.set(order.id, order);
+  if (order.partner && order.last_location) {
+    movePartner({ ...order.last_location, partner: order.partner, order_id: order.id });
+  }
+  render(order, Boolean(known) && changed(known, order));
+}
+
+function patch(id, fields) {
+  const order = orders.get(id);
+  if (!order) return; // not on the page (yet): the poll will bring it
+  const next = { ...order, ...fields };
+  orders.set(id, next);
+  render(next, changed(order, next));
+}
+
+const changed = (a, b) => a.status !== b.status || a.partner !== b.partner || a.paid !== b.paid;
+
+function render(order, flash) {
+  let tr = rows.get(order.id);
+  if (!tr) {
+    tr = document.createElement("tr");
+    tr.dataset.order = order.id;
+    for (const cls of ["id", "customer", "items", "num total", "st", "partner", "paid-cell", "updated"]) {
+      const td = document.createElement("td");
+      td.className = cls;
+      tr.append(td);
+    }
+    tr.children[4].append(Object.assign(document.createElement("span"), { className: "status" }));
+    // Newest first: a newer id goes above every older one.
+    const after = [...rows.entries()].filter(([id]) => byId(id, order.id) < 0).sort(([a], [b]) => byId(b, a))[0];
+    $("orders").insertBefore(tr, after ? after[1] : null);
+    rows.set(order.id, tr);
+  }
+  const c = tr.children;
+  c[0].textContent = `#${order.id}`;
+  c[1].textContent = order.customer;
+  c[2].textContent = itemsText(order.items);
+  c[3].textContent = rupees(order.total_paise);
+  const status = c[4].firstChild;
+  status.dataset.status = order.status;
+  status.textContent = statusLabel(order.status);
+  c[5].textContent = order.partner ?? "—";
+  c[6].textContent = order.paid ? "paid" : "unpaid";
+  c[6].className = `paid-cell ${order.paid ? "paid" : "unpaid"}`;
+  c[7].textContent = clock(order.updated_at);
+  if (flash) {
+    tr.classList.remove("flash");
+    void tr.offsetWidth; // restart the animation
+    tr.classList.add("flash");
+  }
+  const open = [...orders.values()].filter((o) => !isFinished(o.status)).length;
+  $("orders-count").textContent = `${orders.size} shown · ${open} open · ${live.size} live`;
+}
+
+/** Keeps the table to the newest MAX_ROWS orders. */
+function trimRows() {
+  const ids = [...rows.keys()].sort(byId);
+  for (const id of ids.slice(0, Math.max(0, ids.length - MAX_ROWS))) {
+    rows.get(id).remove();
+    rows.delete(id);
+    orders.delete(id);
+    leave(id);
+  }
+}
+
+// ---- revenue --------------------------------------------------------------------------------
+
+function setRevenue(r) {
+  if (!r) return;
+  revenue = r;
+  const last = samples.at(-1);
+  if (!last || last.v !== r.total_paise) samples.push({ t: Date.now(), v: r.total_paise });
+  while (samples.length > 2 && samples[1].t < Date.now() - SPARK_WINDOW_MS) samples.shift();
+  $("revenue-total").textContent = rupees(r.total_paise);
+  $("revenue-total").dataset.paise = String(r.total_paise);
+  $("revenue-orders").textContent = `${r.paid_orders} paid order${r.paid_orders === 1 ? "" : "s"}`;
+  drawRevenue();
+}
+
+function drawRevenue() {
+  if (!revenue) return;
+  drawSparkline($("sparkline"), samples, SPARK_WINDOW_MS);
+  const from = Date.now() - SPARK_WINDOW_MS;
+  const base = [...samples].reverse().find((s) => s.t <= from) ?? samples[0];
+  const gained = revenue.total_paise - base.v;
+  const minutes = Math.max(1, Math.round(Math.min(SPARK_WINDOW_MS, Date.now() - samples[0].t) / 60_000));
+  $("revenue-window").textContent = `+${rupees(gained)} in the last ${minutes} min (since this page opened: ${clock(samples[0].t)})`;
+}
+
+// ---- partners -------------------------------------------------------------------------------
+
+function movePartner(loc) {
+  const p = partners.get(loc.partner) ?? { partner: loc.partner, trail: [], at: 0 };
+  const at = loc.received_at ?? Date.now();
+  if (at < p.at) return; // an older fix (a snapshot after an event)
+  Object.assign(p, { order_id: loc.order_id, lat: loc.lat, lng: loc.lng, heading: loc.heading, at });
+  const last = p.trail.at(-1);
+  if (!last || last[0] !== loc.lat || last[1] !== loc.lng) p.trail.push([loc.lat, loc.lng]);
+  if (p.trail.length > TRAIL_POINTS) p.trail.shift();
+  partners.set(loc.partner, p);
+  requestDraw();
+}
+
+let drawPending = false;
+function requestDraw() {
+  if (drawPending) return;
+  drawPending = true;
+  requestAnimationFrame(() => {
+    drawPending = false;
+    drawMap();
+  });
+}
+
+function drawMap() {
+  if (!map) return;
+  const now = Date.now();
+  const markers = [...partners.values()].map((p) => {
+    const order = orders.get(p.order_id);
+    const done = !order || isFinished(order.status);
+    return {
+      id: p.partner,
+      label: `${p.partner} · #${p.order_id}`,
+      lat: p.lat,
+      lng: p.lng,
+      heading: p.heading,
+      trail: p.trail,
+      color: colorFor(p.partner),
+      faded: done || now - p.at > STALE_MS,
+    };
+  });
+  map.draw(markers);
+  const moving = markers.filter((m) => !m.faded).length;
+  $("partners-count").textContent = `${moving} moving · ${markers.length} seen`;
+}
+
+function note(text) {
+  $("foot").textContent = text;
+}

@@ -1,0 +1,162 @@
+// The customer's tracking view (/track#order=42&token=…): one order's status timeline, its
+// partner's position on a map, and the order's events as they come. The order over REST first,
+// then its `order:{id}` room through clients/js (order.status, order.assigned, order.paid,
+// partner.location, and any event a backend service publishes there, e.g. an ETA).
+import {
+  $,
+  api,
+  clock,
+  colorFor,
+  fragment,
+  itemsText,
+  liveClient,
+  MapCanvas,
+  metres,
+  rupees,
+  showHelp,
+  STATUSES,
+  statusLabel,
+} from "./common.js";
+
+const TRAIL_POINTS = 120;
+
+const params = fragment();
+const orderId = params.get("order");
+const token = params.get("token");
+let order = null;
+/** When each status was reached, as far as this page knows. */
+const reached = new Map();
+/** The partner's positions seen by this page: [[lat, lng]] */
+let trail = [];
+let fix = null;
+let map;
+
+if (!orderId || !token) showHelp();
+else start().catch((err) => ($("foot").textContent = `error: ${err.message}`));
+
+async function start() {
+  try {
+    apply(await api(token, `/api/orders/${encodeURIComponent(orderId)}`));
+  } catch (err) {
+    if (err.status === 401) return showHelp(`The token was rejected (${err.message}). Get a fresh one:`);
+    if (err.status === 404) return showHelp(`Order ${orderId} was not found, or this token may not see it.`);
+    throw err;
+  }
+  $("app").hidden = false;
+  document.title = `Order #${orderId} · Switchyard`;
+  map = new MapCanvas($("map"), { spanDeg: 0.02 });
+  draw();
+
+  const client = liveClient(token);
+  client.on("resync", async ({ room, snapshot }) => {
+    if (room !== `order:${orderId}`) return;
+    apply(snapshot ?? (await api(token, `/api/orders/${encodeURIComponent(orderId)}`)));
+    log("reconnected: status reloaded");
+  });
+  client.on("revoked", ({ reason }) => log(`no longer following this order: ${reason}`));
+  await client.connect();
+  const { snapshot } = await client.subscribe(`order:${orderId}`, onEvent);
+  if (snapshot) apply(snapshot);
+  log(`following order #${order.id}: ${statusLabel(order.status)}`);
+  setInterval(draw, 1000);
+}
+
+function onEvent({ event, data }) {
+  switch (event) {
+    case "order.status":
+      reached.set(data.status, data.updated_at);
+      apply({ ...order, status: data.status, updated_at: data.updated_at });
+      log(`status: ${statusLabel(data.status)}`, data.updated_at);
+      break;
+    case "order.assigned":
+      apply({ ...order, partner: data.partner });
+      log(`partner ${data.partner} assigned`, data.updated_at);
+      break;
+    case "order.paid":
+      apply({ ...order, paid: true });
+      log(`paid ${rupees(data.amount_paise)}`, data.paid_at);
+      break;
+    case "partner.location":
+      if (!fix) log(`${data.partner} is on the map`, data.received_at);
+      locate(data);
+      break;
+    default: // an event a backend service published to the room (POST /api/publish)
+      log(`${event}: ${JSON.stringify(data).slice(0, 120)}`);
+  }
+}
+
+function apply(next) {
+  order = next;
+  if (!reached.has("placed")) reached.set("placed", order.created_at);
+  if (!reached.has(order.status)) reached.set(order.status, order.updated_at);
+  if (order.last_location) locate(order.last_location);
+  $("order-id").textContent = `#${order.id}`;
+  const paid = $("order-paid");
+  paid.textContent = order.paid ? "paid" : "not paid";
+  paid.className = `badge ${order.paid ? "paid" : "unpaid"}`;
+  $("order-summary").textContent = `${itemsText(order.items)} · ${rupees(order.total_paise)} · to ${order.address}`;
+  $("partner-name").textContent = order.partner ?? "not assigned yet";
+  renderTimeline();
+  draw();
+}
+
+function renderTimeline() {
+  const ol = $("timeline");
+  ol.replaceChildren();
+  ol.dataset.status = order.status;
+  const cancelled = order.status === "cancelled";
+  const steps = cancelled
+    ? [...STATUSES.filter((s) => s !== "delivered" && reached.has(s)), "cancelled"]
+    : STATUSES;
+  const current = steps.indexOf(order.status);
+  steps.forEach((status, i) => {
+    const li = document.createElement("li");
+    li.dataset.step = status;
+    li.className = i < current ? "done" : i === current ? (cancelled ? "current cancelled" : "current") : "";
+    if (status === "delivered" && i === current) li.className = "done current";
+    li.textContent = statusLabel(status);
+    if (reached.has(status) && i <= current) {
+      const time = document.createElement("time");
+      time.textContent = clock(reached.get(status));
+      li.append(time);
+    }
+    ol.append(li);
+  });
+}
+
+function locate(loc) {
+  if (fix && (loc.received_at ?? 0) < fix.received_at) return; // an older fix
+  fix = { ...loc, received_at: loc.received_at ?? Date.now() };
+  const last = trail.at(-1);
+  if (!last || last[0] !== loc.lat || last[1] !== loc.lng) trail.push([loc.lat, loc.lng]);
+  if (trail.length > TRAIL_POINTS) trail = trail.slice(-TRAIL_POINTS);
+  draw();
+}
+
+function draw() {
+  if (!map || !order) return;
+  const partner = fix?.partner ?? order.partner;
+  const markers = fix
+    ? [{ id: partner, label: partner ?? "partner", lat: fix.lat, lng: fix.lng, heading: fix.heading, trail,
+         color: colorFor(partner ?? ""), faded: order.status === "delivered" || order.status === "cancelled" }]
+    : [];
+  map.draw(markers, trail.length > 1 ? [{ lat: trail[0][0], lng: trail[0][1], label: "first seen" }] : []);
+  if (!fix) return;
+  const ago = Math.max(0, Math.round((Date.now() - fix.received_at) / 1000));
+  const parts = [`${partner ?? "partner"} · updated ${ago} s ago`];
+  if (typeof fix.speed === "number") parts.push(`${Math.round(fix.speed * 3.6)} km/h`);
+  if (trail.length > 1) {
+    let d = 0;
+    for (let i = 1; i < trail.length; i++) d += metres(trail[i - 1], trail[i]);
+    parts.push(`${d >= 1000 ? `${(d / 1000).toFixed(1)} km` : `${Math.round(d)} m`} covered while you watched`);
+  }
+  $("partner-info").textContent = parts.join(" · ");
+}
+
+function log(text, at = Date.now()) {
+  const li = document.createElement("li");
+  const time = document.createElement("time");
+  time.textContent = clock(at);
+  li.append(time, text);
+  $("activity").prepend(li);
+}

@@ -1,0 +1,257 @@
+// The dashboard end to end: the real binary (SWITCHYARD_BIN), headless Chromium (CHROMIUM,
+// Debian's /usr/bin/chromium by default) driven by playwright-core, the REST API as the source
+// of changes. It checks that the admin view (/) follows revenue and order statuses live without
+// a reload, that it comes back after the server restarts, that the tracking view (/track)
+// follows its order, and saves screenshots of both: to target/screenshots/, or with
+// SCREENSHOTS_UPDATE=1 to docs/screenshots/ (the committed ones the README shows), so a test
+// run does not leave the working tree changed.
+//
+// Partners' locations are sent from a third page of the same browser, with the same client
+// module the dashboard uses (/client/switchyard.js), as a partner app would.
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { mint, sleep, startServer } from "../../clients/js/support/harness.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const SCREENSHOTS = resolve(here, process.env.SCREENSHOTS_UPDATE === "1" ? "../../docs/screenshots" : "../../target/screenshots");
+const WAIT = { timeout: 10_000 };
+
+const tokens = {
+  admin: mint({ sub: "admin", role: "admin", ttlSecs: 3600 }),
+  c1: mint({ sub: "c1", role: "customer", ttlSecs: 3600 }),
+  c2: mint({ sub: "c2", role: "customer", ttlSecs: 3600 }),
+  p1: mint({ sub: "p1", role: "partner", ttlSecs: 3600 }),
+  p2: mint({ sub: "p2", role: "partner", ttlSecs: 3600 }),
+};
+
+let server;
+let browser;
+let context;
+let admin; // the admin page, open from the first test to the last
+const pageErrors = [];
+
+before(async () => {
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    // Root in a container: Chromium's sandbox needs user namespaces it may not get.
+    args: ["--no-sandbox", "--disable-dev-shm-usage"],
+  });
+  context = await browser.newContext({ viewport: { width: 1280, height: 820 }, deviceScaleFactor: 1 });
+  context.on("page", (page) => watch(page));
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop("SIGKILL");
+  server?.cleanup();
+});
+
+function watch(page) {
+  page.on("pageerror", (err) => pageErrors.push(`${page.url()}: ${err.message}`));
+}
+
+/** One REST call as `who`; throws unless the status is 2xx. */
+async function rest(who, method, path, body, headers = {}) {
+  const res = await fetch(server.url(path), {
+    method,
+    headers: { authorization: `Bearer ${tokens[who]}`, "content-type": "application/json", ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await res.json();
+  assert.ok(res.ok, `${method} ${path} → ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+const order = (who, items, address) => rest(who, "POST", "/api/orders", { items, address });
+const setStatus = (id, status) => rest("admin", "POST", `/api/orders/${id}/status`, { status });
+const assign = (id, partner) => rest("admin", "POST", `/api/orders/${id}/assign`, { partner });
+const pay = (who, o) =>
+  rest(who, "POST", `/api/orders/${o.id}/payment`, { amount_paise: o.total_paise }, { "idempotency-key": `pay-${o.id}` });
+
+/** Walks a partner along `path` ([[lat, lng]…]) for `orderId`, from a page of its own. */
+async function drive(partner, orderId, path, everyMs = 250) {
+  const page = await context.newPage();
+  await page.goto(server.url("/track")); // any page of the server: same origin for the socket
+  await page.evaluate(
+    async ({ token, orderId, path, everyMs }) => {
+      const { SwitchyardClient } = await import("/client/switchyard.js");
+      const client = new SwitchyardClient({ url: `ws://${location.host}/ws`, token });
+      await client.connect();
+      for (let i = 0; i < path.length; i++) {
+        const [lat, lng] = path[i];
+        const [nlat, nlng] = path[Math.min(i + 1, path.length - 1)];
+        const heading = (Math.atan2(nlng - lng, nlat - lat) * 180) / Math.PI;
+        client._socket.send(
+          JSON.stringify({ op: "location", order_id: orderId, lat, lng, heading: (heading + 360) % 360, speed: 7.5 }),
+        );
+        await new Promise((r) => setTimeout(r, everyMs));
+      }
+      client.close();
+    },
+    { token: tokens[partner], orderId, path, everyMs },
+  );
+  await page.close();
+}
+
+/** `n` points from `a` to `b` through the corner (a's lat, b's lng): a ride along two streets. */
+function route([lat1, lng1], [lat2, lng2], n) {
+  const half = Math.floor(n / 2);
+  const pts = [];
+  for (let i = 0; i <= half; i++) pts.push([lat1, lng1 + ((lng2 - lng1) * i) / half]);
+  for (let i = 1; i < n - half; i++) pts.push([lat1 + ((lat2 - lat1) * i) / (n - half - 1), lng2]);
+  return pts;
+}
+
+const text = (page, selector) => page.locator(selector).first().textContent();
+const statusOf = (id) => `tr[data-order="${id}"] .status`;
+async function waitStatus(page, id, status, opts = WAIT) {
+  await page.waitForFunction(
+    ([sel, status]) => document.querySelector(sel)?.dataset.status === status,
+    [statusOf(id), status],
+    opts,
+  );
+}
+
+const milk = { sku: "milk-1l", qty: 2, unit_price_paise: 6500 };
+const bread = { sku: "bread-400g", qty: 1, unit_price_paise: 4500 };
+const eggs = { sku: "eggs-12", qty: 1, unit_price_paise: 9900 };
+const orders = {};
+
+test("the admin page shows the orders and a revenue total that follows payments made over REST", async () => {
+  orders.a = await order("c1", [milk, bread], "12 MG Road");
+  orders.b = await order("c2", [eggs], "4 Church Street");
+  orders.c = await order("c1", [bread], "80 Residency Road");
+  await pay("c1", orders.a);
+
+  admin = await context.newPage();
+  await admin.goto(server.url(`/#token=${tokens.admin}`));
+  await admin.waitForSelector('#conn[data-state="connected"]', WAIT);
+  await admin.evaluate(() => (window.stillTheSamePage = true));
+  await admin.waitForSelector(statusOf(orders.c.id), WAIT);
+  assert.equal(await text(admin, "#revenue-total"), "₹175.00");
+  assert.equal(await text(admin, "#revenue-orders"), "1 paid order");
+
+  // Payments through the REST API reach the ticker over `admin:revenue`, spread out so the
+  // sparkline has steps.
+  await pay("c2", orders.b);
+  await admin.waitForFunction(() => document.getElementById("revenue-total").dataset.paise === "27400", null, WAIT);
+  assert.equal(await text(admin, "#revenue-total"), "₹274.00");
+  assert.equal(await text(admin, "#revenue-orders"), "2 paid orders");
+  await admin.waitForFunction(
+    (id) => document.querySelector(`tr[data-order="${id}"] .paid-cell`)?.textContent === "paid",
+    orders.b.id,
+    WAIT,
+  );
+  await sleep(1200);
+  await pay("c1", orders.c);
+  await admin.waitForFunction(() => document.getElementById("revenue-total").dataset.paise === "31900", null, WAIT);
+  assert.equal(await admin.evaluate(() => window.stillTheSamePage), true);
+});
+
+test("order statuses change in place, new orders appear, partners move on the map", async () => {
+  for (const status of ["confirmed", "packed"]) {
+    await setStatus(orders.a.id, status);
+    await waitStatus(admin, orders.a.id, status);
+  }
+  assert.equal(await text(admin, statusOf(orders.a.id)), "packed");
+  await setStatus(orders.a.id, "out_for_delivery");
+  await assign(orders.a.id, "p1");
+  await waitStatus(admin, orders.a.id, "out_for_delivery");
+  await admin.waitForFunction(
+    (id) => document.querySelector(`tr[data-order="${id}"] .partner`)?.textContent === "p1",
+    orders.a.id,
+    WAIT,
+  );
+
+  // A new order: found by the page's poll, then followed live in its room.
+  orders.d = await order("c2", [milk, eggs], "221 Brigade Road");
+  await waitStatus(admin, orders.d.id, "placed");
+  await setStatus(orders.d.id, "confirmed");
+  await waitStatus(admin, orders.d.id, "confirmed");
+  await setStatus(orders.b.id, "confirmed");
+  await assign(orders.b.id, "p2");
+  await setStatus(orders.c.id, "cancelled");
+  await waitStatus(admin, orders.c.id, "cancelled");
+
+  // The customer's tracking page for order a, open while its partner rides.
+  const track = await context.newPage();
+  await track.goto(server.url(`/track#order=${orders.a.id}&token=${tokens.c1}`));
+  await track.waitForSelector('#conn[data-state="connected"]', WAIT);
+  await track.waitForSelector('#timeline[data-status="out_for_delivery"]', WAIT);
+
+  await Promise.all([
+    drive("p1", orders.a.id, route([12.9612, 77.6101], [12.9719, 77.6245], 12)),
+    drive("p2", orders.b.id, route([12.9801, 77.5902], [12.9665, 77.6015], 10)),
+  ]);
+  await admin.waitForFunction(() => document.getElementById("map").dataset.markers === "2", null, WAIT);
+  await track.waitForFunction(() => document.getElementById("map").dataset.markers === "1", null, WAIT);
+  await track.waitForFunction(() => /covered/.test(document.getElementById("partner-info").textContent), null, WAIT);
+  assert.equal(await admin.evaluate(() => window.stillTheSamePage), true);
+
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  await admin.screenshot({ path: resolve(SCREENSHOTS, "admin.png"), fullPage: true });
+  await track.screenshot({ path: resolve(SCREENSHOTS, "tracking.png") });
+
+  // The tracking page follows the order to its end.
+  await setStatus(orders.a.id, "delivered");
+  await track.waitForSelector('#timeline[data-status="delivered"]', WAIT);
+  assert.match(await text(track, '#timeline li[data-step="delivered"]'), /delivered/);
+  await waitStatus(admin, orders.a.id, "delivered");
+  await track.close();
+});
+
+test("after a restart on the same port and database, the page reconnects and follows again", async () => {
+  const { dir, port } = server;
+  const stopped = Date.now();
+  await server.stop("SIGTERM"); // drain: sockets closed with 4000, then exit
+  await admin.waitForSelector('#conn[data-state="reconnecting"]', WAIT);
+  server = await startServer({ dir, port });
+
+  // The new process has a new epoch: every room resyncs (snapshot), and the page says so.
+  await admin.waitForFunction(() => Number(document.body.dataset.resyncs) > 0, null, { timeout: 20_000 });
+  await admin.waitForSelector('#conn[data-state="resynced"], #conn[data-state="connected"]', WAIT);
+  const back = Date.now() - stopped;
+
+  await setStatus(orders.d.id, "packed");
+  await waitStatus(admin, orders.d.id, "packed");
+  await pay("c2", orders.d);
+  await admin.waitForFunction(() => document.getElementById("revenue-total").dataset.paise === "54800", null, WAIT);
+  // And a new order after the restart is picked up too.
+  orders.e = await order("c1", [eggs], "1 Lavelle Road");
+  await waitStatus(admin, orders.e.id, "placed");
+  await setStatus(orders.e.id, "confirmed");
+  await waitStatus(admin, orders.e.id, "confirmed");
+
+  assert.equal(await admin.evaluate(() => window.stillTheSamePage), true, "the page was reloaded");
+  assert.ok(Number(await admin.evaluate(() => document.body.dataset.reconnects)) >= 1);
+  console.log(`# back and resynced ${back} ms after SIGTERM`);
+});
+
+test("the pages explain how to get a token when the fragment has none", async () => {
+  const page = await context.newPage();
+  for (const path of ["/", "/track", `/track#order=1`]) {
+    await page.goto(server.url(path));
+    await page.waitForSelector("#help:not([hidden])", WAIT);
+    assert.match(await text(page, "#help"), /switchyard token --sub/);
+  }
+  await page.goto(server.url("/#token=not-a-jwt"));
+  await page.waitForSelector("#help:not([hidden])", WAIT);
+  assert.match(await text(page, "#help-reason"), /rejected/);
+  // Unknown assets are JSON 404s; the client module is served as JavaScript.
+  const missing = await fetch(server.url("/assets/nope.js"));
+  assert.equal(missing.status, 404);
+  assert.equal((await missing.json()).error, "not_found");
+  const client = await fetch(server.url("/client/switchyard.js"));
+  assert.match(client.headers.get("content-type"), /^text\/javascript/);
+  await page.close();
+});
+
+test("no page threw an error", () => {
+  assert.deepEqual(pageErrors, []);
+});
