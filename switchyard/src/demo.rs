@@ -133,8 +133,11 @@ pub async fn run(
         }
         println!(
             "\nswitchyard demo: {customers} customers, {partners} partners ({:?} pace)\n  \
-             dashboard: {}/\n  metrics:   {}/metrics\n  Ctrl-C to stop\n",
-            args.demo_speed, world.base, world.base
+             dashboard: {}/#token={}\n  metrics:   {}/metrics\n  Ctrl-C to stop\n",
+            args.demo_speed,
+            world.base,
+            world.token("admin", Role::Admin),
+            world.base
         );
         let mut tasks = Vec::new();
         let partner_ids: Vec<String> = (1..=partners).map(|i| format!("demo-p{i}")).collect();
