@@ -135,6 +135,19 @@ impl Hub {
 }
 
 impl Hub {
+    /// Kicks every local connection with `code` (the drain: each closes at its moment).
+    /// Every connection is in its own `user:` room, so walking those reaches each one.
+    pub fn kick_all(&self, code: u16) -> usize {
+        let mut kicked = 0;
+        for entry in self.rooms.iter().filter(|e| e.key().starts_with("user:")) {
+            for member in entry.value().iter() {
+                member.kick(code);
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
     /// Closes every local connection of user `sub` with `code`. Every connection is in its
     /// own `user:{sub}` room, so that room's members are exactly the user's connections.
     pub fn close_user(&self, sub: &str, code: u16) -> usize {

@@ -163,6 +163,18 @@ impl Gateway {
     ) -> Gateway {
         let hub = Arc::new(hub::Hub::new());
         broker.attach(hub.clone());
+        // The drain reaches every session as a kick through its mailbox; sessions that join
+        // after this sweep see the cancelled token themselves.
+        let sweep = (hub.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let (hub, shutdown) = sweep;
+            shutdown.cancelled().await;
+            let kicked = hub.kick_all(switchyard_protocol::close::SHUTDOWN);
+            tracing::info!(
+                kicked,
+                "draining: every connection closes within the spread"
+            );
+        });
         let node: u32 = rand_node();
         Gateway {
             shared: Arc::new(Shared {

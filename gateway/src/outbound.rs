@@ -243,6 +243,11 @@ impl Outbound {
         )
     }
 
+    /// Tells the session to close with `code` (the first reason wins).
+    pub fn kick(&self, code: u16) {
+        self.mailbox.kick(code);
+    }
+
     /// Queues `item` without waiting; see the module docs for what happens when it does not
     /// fit.
     pub fn push(&self, item: Outgoing) -> Pushed {

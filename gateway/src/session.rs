@@ -202,25 +202,40 @@ impl Session {
             tokio::time::Instant::now() + config.heartbeat_interval,
             config.heartbeat_interval,
         );
+        // One timer for both ends a connection has a date for: its token's `exp`, and once
+        // the gateway drains, its own moment within the drain spread — whichever is first.
+        // (The drain reaches sessions as a kick through the mailbox, so an idle connection
+        // waits on no shutdown future of its own: every byte here is per connection.)
         let mut exp = self.who.exp;
-        let expiry = tokio::time::sleep(until_exp(exp));
-        tokio::pin!(expiry);
-        let mut last_seen = Instant::now();
-        let shutdown = self.shared.shutdown.clone();
-        // Set when shutdown begins: this connection's own moment to close within the spread.
         let mut close_at: Option<tokio::time::Instant> = None;
+        let deadline = tokio::time::sleep(until_exp(exp));
+        tokio::pin!(deadline);
+        let mut last_seen = Instant::now();
+        if self.shared.shutdown.is_cancelled() {
+            // Joined after the drain's sweep: take this connection's moment now.
+            close_at = Some(self.drain_moment());
+            deadline.as_mut().reset(earliest(exp, close_at));
+        }
 
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if close_at.is_none() => {
-                    close_at = Some(tokio::time::Instant::now() + spread_delay(self.out.conn, config.drain_spread));
+                _ = &mut deadline => {
+                    return match close_at {
+                        Some(at) if tokio::time::Instant::now() >= at => {
+                            Exit::Close(close::SHUTDOWN, close::reason(close::SHUTDOWN))
+                        }
+                        _ => Exit::Close(close::TOKEN_EXPIRED, close::reason(close::TOKEN_EXPIRED)),
+                    };
                 }
-                _ = sleep_until_some(close_at) => return Exit::Close(close::SHUTDOWN, close::reason(close::SHUTDOWN)),
-                _ = &mut expiry => return Exit::Close(close::TOKEN_EXPIRED, close::reason(close::TOKEN_EXPIRED)),
                 _ = mailbox.ready() => {
-                    if let Some(code) = mailbox.kicked() {
-                        return Exit::Close(code, close::reason(code));
+                    match mailbox.kicked() {
+                        Some(close::SHUTDOWN) if close_at.is_none() => {
+                            close_at = Some(self.drain_moment());
+                            deadline.as_mut().reset(earliest(exp, close_at));
+                        }
+                        Some(close::SHUTDOWN) | None => {}
+                        Some(code) => return Exit::Close(code, close::reason(code)),
                     }
                     if let Some(exit) = Box::pin(self.write_batch(sink, mailbox)).await {
                         return exit;
@@ -253,7 +268,7 @@ impl Session {
                             return Exit::Gone("peer closed");
                         }
                     };
-                    if let Some(exit) = self.send(sink, reply).await {
+                    if let Some(exit) = Box::pin(self.send(sink, reply)).await {
                         return exit;
                     }
                     if let Some(code) = self.closing {
@@ -261,7 +276,7 @@ impl Session {
                     }
                     if self.who.exp != exp {
                         exp = self.who.exp;
-                        expiry.as_mut().reset(tokio::time::Instant::now() + until_exp(exp));
+                        deadline.as_mut().reset(earliest(exp, close_at));
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -269,7 +284,7 @@ impl Session {
                         return Exit::Close(close::IDLE_TIMEOUT, "idle timeout");
                     }
                     self.renew_claim();
-                    if let Some(exit) = self.write(sink, Message::Ping(Default::default())).await {
+                    if let Some(exit) = Box::pin(self.write(sink, Message::Ping(Default::default()))).await {
                         return exit;
                     }
                 }
@@ -548,6 +563,11 @@ impl Session {
         self.shared.broker.unsubscribe(room).await;
     }
 
+    /// This connection's moment to close, once the gateway drains: spread over the window.
+    fn drain_moment(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + spread_delay(self.out.conn, self.shared.config.drain_spread)
+    }
+
     /// Keeps this connection counted in the cluster-wide per-user limit (off the loop).
     fn renew_claim(&self) {
         let broker = self.shared.broker.clone();
@@ -650,12 +670,10 @@ fn spread_delay(conn: u64, spread: Duration) -> Duration {
     Duration::from_millis(floor + mixed % (spread_ms - floor).max(1))
 }
 
-/// Sleeps until `at`, or forever when it is `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// The earlier of the token's expiry and the drain moment.
+fn earliest(exp: u64, close_at: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    let expires = tokio::time::Instant::now() + until_exp(exp);
+    close_at.map_or(expires, |at| at.min(expires))
 }
 
 fn error_frame(id: Option<i64>, code: ErrorCode, message: &str) -> String {
