@@ -149,18 +149,19 @@ impl RedisBroker {
         let timeout = config.command_timeout;
         builder
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
-                // Room messages wait here for the dispatcher; a lagging dispatcher loses
-                // the oldest (counted in switchyard_bus_lagged_total).
-                p.broadcast_channel_capacity = 1 << 16;
-            })
+            .with_performance_config(|p| p.default_command_timeout = timeout)
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(3);
                 c.internal_command_timeout = timeout;
                 c.max_command_attempts = 1;
             });
+        // fred preallocates every one of a client's ~9 notification channels at this
+        // capacity (tokio broadcast slots): the command client keeps the small default, and
+        // only the subscriber, whose room messages wait there for the dispatcher, gets room
+        // for bursts. A dispatcher that still lags loses the oldest: counted in
+        // switchyard_bus_lagged_total and told to clients as a gap.
         let client = builder.build().map_err(unavailable)?;
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = 1 << 14);
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
