@@ -16,9 +16,44 @@ use switchyard_broker::{Control, Deliver, Publication};
 use switchyard_protocol::events;
 use switchyard_protocol::server::frame_event_name;
 
-#[derive(Debug, Default)]
 pub struct Hub {
     rooms: DashMap<String, Arc<[Outbound]>>,
+    /// Handles on the delivery-path metrics, registered once: no registry lookup per event.
+    pub(crate) metrics: DeliveryMetrics,
+}
+
+/// The metrics every publication or write batch touches.
+pub(crate) struct DeliveryMetrics {
+    pub delivered: metrics::Counter,
+    pub conflated: metrics::Counter,
+    pub dropped: metrics::Counter,
+    pub slow_consumer_closes: metrics::Counter,
+    pub queue_bytes: metrics::Gauge,
+    pub fanout_latency: metrics::Histogram,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            rooms: DashMap::new(),
+            metrics: DeliveryMetrics {
+                delivered: metrics::counter!("switchyard_events_delivered_total"),
+                conflated: metrics::counter!("switchyard_events_conflated_total"),
+                dropped: metrics::counter!("switchyard_events_dropped_total"),
+                slow_consumer_closes: metrics::counter!("switchyard_slow_consumer_closes_total"),
+                queue_bytes: metrics::gauge!("switchyard_outbound_queue_bytes"),
+                fanout_latency: metrics::histogram!("switchyard_fanout_latency_seconds"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("rooms", &self.rooms.len())
+            .finish()
+    }
 }
 
 impl Hub {
@@ -97,19 +132,19 @@ impl Hub {
                     bytes += delta;
                 }
                 Pushed::Overflow => {
-                    metrics::counter!("switchyard_slow_consumer_closes_total").increment(1);
+                    self.metrics.slow_consumer_closes.increment(1);
                 }
                 Pushed::Closed => {}
             }
         }
-        metrics::counter!("switchyard_events_delivered_total").increment(accepted);
-        metrics::gauge!("switchyard_outbound_queue_bytes").increment(bytes as f64);
+        self.metrics.delivered.increment(accepted);
+        self.metrics.queue_bytes.increment(bytes as f64);
         if conflated > 0 {
-            metrics::counter!("switchyard_events_conflated_total").increment(conflated);
+            self.metrics.conflated.increment(conflated);
         }
         let dropped = members.len() as u64 - accepted;
         if dropped > 0 {
-            metrics::counter!("switchyard_events_dropped_total").increment(dropped);
+            self.metrics.dropped.increment(dropped);
         }
         accepted as usize
     }

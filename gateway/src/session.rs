@@ -119,7 +119,7 @@ impl Session {
         let started = Instant::now();
         let exit = self.serve(&mut sink, &mut stream, &mailbox).await;
         let unsent = mailbox.close();
-        metrics::gauge!("switchyard_outbound_queue_bytes").decrement(unsent as f64);
+        self.shared.hub.metrics.queue_bytes.decrement(unsent as f64);
         let (code, reason) = match exit {
             Exit::Close(code, reason) => {
                 let frame = CloseFrame {
@@ -299,7 +299,7 @@ impl Session {
         if batch.is_empty() {
             return None;
         }
-        metrics::gauge!("switchyard_outbound_queue_bytes").decrement(bytes as f64);
+        self.shared.hub.metrics.queue_bytes.decrement(bytes as f64);
         let mut close_with = None;
         // Fan-out latency is sampled once per batch: its oldest event's wait, from the bus to
         // the flush.
@@ -332,7 +332,10 @@ impl Session {
         };
         let result = tokio::time::timeout(write_timeout, write).await;
         if let (Ok(Ok(())), Some(oldest)) = (&result, oldest) {
-            metrics::histogram!("switchyard_fanout_latency_seconds")
+            self.shared
+                .hub
+                .metrics
+                .fanout_latency
                 .record(oldest.elapsed().as_secs_f64());
         }
         match result {
