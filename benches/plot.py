@@ -124,8 +124,9 @@ def idle_section(results, out_dir):
 
 # ── handshake ────────────────────────────────────────────────────────────────────────────────
 def handshake_section(results):
+    conc = sorted({r.get("concurrency") for s, _ in SYSTEMS for r in load(results, "handshake", s)} - {None})
     lines = ["## 2. Handshakes per second (one instance)", "",
-             "Closed loop: 64 handshakes in flight (connect, JWT, `welcome` / Socket.IO connect ack,"
+             f"Closed loop: {'/'.join(map(str, conc)) or '?'} handshakes in flight (connect, JWT, `welcome` / Socket.IO connect ack,"
              " then close), each with its own user id. Median over the runs.", "",
              "| system | handshakes/s | p50 | p99 | failed | server CPU | loadgen CPU | runs |",
              "|---|---|---|---|---|---|---|---|"]

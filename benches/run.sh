@@ -63,6 +63,7 @@ start_redis() { # name -> prints port
 
 start_switchyard() { # role name
   local role=$1 name=$2 addr=""
+  : > "$work/$name.out"   # exists before the background process opens it (no race with sed)
   target/release/switchyard "$role" --listen 127.0.0.1:0 < /dev/null > "$work/$name.out" 2> "$work/$name.log" &
   local pid=$!; started_pids+=("$pid"); echo "$pid" > "$work/$name.pid"
   for _ in $(seq 1 300); do
@@ -77,6 +78,7 @@ start_switchyard() { # role name
 
 start_peer() { # name
   local port; port=$(free_port)
+  : > "$work/$1.out"
   PORT=$port HOST=127.0.0.1 REDIS_URL="$PEER_REDIS_URL" node benches/peer/server.js \
     < /dev/null > "$work/$1.out" 2> "$work/$1.log" &
   local pid=$!; started_pids+=("$pid")
@@ -126,8 +128,8 @@ if [ $quick = 1 ]; then
   or_clients=1000; or_rates=1000,5000; slow_rates=1000; api_rates=500
 else
   idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
-  bc_rates=10,25,50,100,200,400; step=4
-  or_clients=10000; or_rates=1000,5000,10000,20000,30000,45000,60000,80000
+  bc_rates=1,2,5,10,25,50,100,200; step=4
+  or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
   slow_rates=5000,20000; api_rates=1000,5000,10000
 fi
 
@@ -144,13 +146,13 @@ for r in $(seq 1 "$repeat"); do
   if has handshake; then
     log "scenario 2 handshake (one instance)"
     "$loadgen" handshake --proto switchyard --target "$gw1" --pid "gateway1=$gw1_pid" --pid "redis=$sy_redis_pid" \
-      --count "$hs_count" --secs "$hs_secs" --concurrency 64 --json "$results/handshake-switchyard$sfx.json"
+      --count "$hs_count" --secs "$hs_secs" --concurrency 256 --json "$results/handshake-switchyard$sfx.json"
     "$loadgen" handshake --proto socketio --target "$p1" --pid "peer1=$p1_pid" --pid "redis=$peer_redis_pid" \
-      --count "$hs_count" --secs "$hs_secs" --concurrency 64 --json "$results/handshake-socketio$sfx.json"
+      --count "$hs_count" --secs "$hs_secs" --concurrency 256 --json "$results/handshake-socketio$sfx.json"
   fi
   if has broadcast; then
     log "scenario 3 broadcast ($bc_clients members, rates $bc_rates)"
-    common=(run --label broadcast --rooms shared --clients "$bc_clients" --ramp 2000 --rates "$bc_rates" --step-secs "$step" --max-p99-ms 250)
+    common=(run --label broadcast --rooms shared --clients "$bc_clients" --ramp 2000 --rates "$bc_rates" --step-secs "$step" --max-p99-ms 2000)
     "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/broadcast-switchyard$sfx.json"
     "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/broadcast-socketio$sfx.json"
   fi

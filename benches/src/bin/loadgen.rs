@@ -812,7 +812,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let before = watched.sample();
         let started = Instant::now();
         let outcome = match args.publisher {
-            Publisher::Redis => publish_redis(&args, rate, n_rooms).await?,
+            Publisher::Redis => {
+                // Its own thread and runtime, like the peer's publisher in its own process: the
+                // Redis client's connection task must not queue behind 10,000 client tasks.
+                let a = args.clone();
+                let thread = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|rt| rt.block_on(publish_redis(&a, rate, n_rooms)))
+                });
+                tokio::task::spawn_blocking(move || thread.join())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??
+            }
             Publisher::Api => publish_api(&args, rate, n_rooms, &issuer).await?,
             Publisher::Peer => publish_peer(&args, rate, n_rooms, step_index).await?,
             Publisher::None => unreachable!(),
