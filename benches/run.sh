@@ -135,6 +135,7 @@ fi
 
 has() { [[ " $only " == *" $1 "* ]]; }
 suffix() { [ "$repeat" -gt 1 ] && echo ".r$1" || echo ""; }
+for s in $only; do rm -f "$results/$s"-*.json; done   # no stale repeats mixed into the medians
 
 for r in $(seq 1 "$repeat"); do
   sfx=$(suffix "$r")
