@@ -297,7 +297,7 @@ def main():
            f"- Switchyard {machine['switchyard_commit']} (release build, {machine['rustc']}); Redis {machine['redis']};"
            f" Node {machine['node']}, socket.io {machine['socketio']}, @socket.io/redis-adapter {machine['redis_adapter']},"
            f" @socket.io/redis-emitter {machine['redis_emitter']}.",
-           f"- Measured {machine['date']}; repeats: {machine['repeat']} (handshake, broadcast and order-room figures"
+           f"- Measured {machine['date']}; repeats: {max([len(load(results, s, x)) for s in ('handshake', 'broadcast', 'orders') for x, _ in SYSTEMS] + [1])} (handshake, broadcast and order-room figures"
            " are medians over the repeats, step by step; loss columns show the worst repeat; CPU and RSS columns"
            " come from the first repeat).", ""]
     idle_lines, slopes = idle_section(results, out_dir)
