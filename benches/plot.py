@@ -257,6 +257,29 @@ def stepped_section(results, out_dir, scenario, title, intro, p99_limit, plot_na
     return lines, best
 
 
+def locations_section(results):
+    lines = ["## 5. Locations: partner → customer (Switchyard only)", "",
+             "Orders are created (`POST /api/orders`, customer `lc{k}`) and assigned (`POST /api/orders/{id}/assign`,"
+             " partner `lp{k}`) through the API first; each customer subscribes its `order:{id}` room on one"
+             " gateway, its partner connects to the other and sends `location` ops at 4 Hz (under the default"
+             " 5/s per-connection limit); a step activates a fraction of the partners. Latency = the op's `ts`"
+             " (device time, ms — the protocol's unit, so figures are over-stated by < 1 ms) → receipt of"
+             " `partner.location` by the customer. The peer has no handler that relays a client event to a"
+             " room (its README defines only `join`), so it is not measured.", ""]
+    runs = load(results, "locations", "switchyard")
+    if not runs:
+        return lines + ["(not run)", ""]
+    r = runs[0]
+    lines += [f"{fmt(r['orders'])} orders set up in {r['setup_secs']:.1f} s; {fmt(r['connected'])} of {fmt(r['connections'])} connections; {r['step_secs']} s per step.", "",
+              "| partners sending | locations/s | delivered/s | p50 | p99 | max | lost | gaps | refused | gateways CPU | API CPU | redis CPU | loadgen CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for st in r["steps"]:
+        lat = st["latency_ms"]
+        lines.append(f"| {fmt(st['partners'])} | {fmt(st['send_rate'])} | {fmt(st['deliveries_per_sec'])} | {ms(lat['p50'])} | {ms(lat['p99'])} | {ms(lat['max'])}"
+                     f" | {fmt(st['lost'])} | {fmt(st['seq_gaps'])} | {fmt(st['refused'])} | {proc_cpu(st, 'gateway'):.0f} % | {proc_cpu(st, 'api'):.0f} % | {proc_cpu(st, 'redis'):.0f} % | {proc_cpu(st, 'loadgen'):.0f} % |")
+    return lines + [""]
+
+
 def criterion_section(results):
     path = os.path.join(results, "criterion.txt")
     lines = ["## Hot paths (criterion)", "",
@@ -403,10 +426,7 @@ def main():
     analysis = os.path.join(HERE, "analysis.md")
     extra = open(analysis).read().splitlines() + [""] if os.path.exists(analysis) else []
     doc += summary + scale + extra + idle_lines + scale_lines + hs_lines + bc_lines + or_lines + slow_lines + api_lines
-    doc += ["## 5. Locations", "",
-            "Not measured in this run: Switchyard needs orders with assigned partners (REST setup) for"
-            " `location` ops, and the peer has no handler relaying a client event to a room (its README"
-            " defines only `join`), so this scenario would be Switchyard-only.", ""]
+    doc += locations_section(results)
     doc += criterion_section(results)
     open(out, "w").write("\n".join(doc) + "\n")
     print(f"wrote {out} and plots in {out_dir}")

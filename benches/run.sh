@@ -11,14 +11,15 @@
 # under target/). --quick: small counts and short steps (a smoke run, a minute or two; results go
 # to target/bench-quick/ and BENCHMARKS.md is not touched).
 #
-# Scenarios: idle handshake broadcast orders slow api scale (locations: see BENCHMARKS.md).
+# Scenarios: idle handshake broadcast orders slow api locations scale.
+# locations: Switchyard only (the peer has no relay handler); orders created/assigned via REST first.
 # scale: 100,000 idle connections over 6 fresh gateways (Switchyard only; the target is about gateways).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quick=0; repeat=1; build=1; criterion=1
-only="idle handshake broadcast orders slow api scale"
+only="idle handshake broadcast orders slow api locations scale"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -125,10 +126,10 @@ peer_targets=(--proto socketio --target "$p1" --target "$p2" --pid "peer1=$p1_pi
 
 # ── sizes ────────────────────────────────────────────────────────────────────────────────────
 if [ $quick = 1 ]; then
-  scale_levels=300,600; idle_levels=500,1000; hs_count=2000; hs_secs=3; bc_clients=1000; bc_rates=10,50; step=2
+  loc_orders=200; scale_levels=300,600; idle_levels=500,1000; hs_count=2000; hs_secs=3; bc_clients=1000; bc_rates=10,50; step=2
   or_clients=1000; or_rates=1000,5000; slow_rates=1000; api_rates=500
 else
-  scale_levels=8350,16700; idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
+  loc_orders=2500; scale_levels=8350,16700; idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
   bc_rates=1,2,5,10,25,50,100,200; step=4
   or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
   slow_rates=5000,20000; api_rates=1000,5000,10000
@@ -175,6 +176,11 @@ for r in $(seq 1 "$repeat"); do
     "$loadgen" run --label api --rooms pairs --clients 2000 --ramp 2000 --rates "$api_rates" --step-secs "$step" \
       --max-p99-ms 250 --batch 10 "${sy_targets[@]}" --pid "api=$api_pid" --publisher api --api "http://$api_addr" \
       --json "$results/api-switchyard.json"
+  fi
+  if has locations && [ "$r" = 1 ]; then
+    log "scenario 5 locations ($loc_orders orders: partners at 4 Hz -> customers, Switchyard only)"
+    "$loadgen" locations "${sy_targets[@]}" --pid "api=$api_pid" --api "http://$api_addr" --orders "$loc_orders" \
+      --hz 4 --fractions 0.1,0.2,0.4,1 --step-secs "$step" --ramp 2000 --json "$results/locations-switchyard.json"
   fi
   if has scale && [ "$r" = 1 ]; then
     log "scale: idle connections over 6 fresh gateways ($scale_levels per gateway)"

@@ -53,6 +53,9 @@ enum Cmd {
     Handshake(HandshakeArgs),
     /// RSS per idle connection at several connection counts (spawns `run` processes).
     Idle(IdleArgs),
+    /// Scenario 5 (Switchyard only): partners stream `location` ops into their orders' rooms,
+    /// customers receive them; orders are created and assigned through the REST API first.
+    Locations(Box<LocationArgs>),
     /// Merge the JSON results of several `run` processes.
     Merge {
         /// Output file.
@@ -184,6 +187,30 @@ struct HandshakeArgs {
     /// Time bound, seconds (at most 120).
     #[arg(long, default_value_t = 10)]
     secs: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+struct LocationArgs {
+    #[command(flatten)]
+    common: Common,
+    /// API base URL (orders are created and assigned there).
+    #[arg(long)]
+    api: String,
+    /// Orders, each with one customer and one partner connection (2 connections per order).
+    #[arg(long, default_value_t = 1000)]
+    orders: usize,
+    /// Location ops per second per partner.
+    #[arg(long, default_value_t = 4.0)]
+    hz: f64,
+    /// Fractions of the partners sending, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1")]
+    fractions: Vec<f64>,
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    #[arg(long, default_value_t = 1000.0)]
+    ramp: f64,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -1049,6 +1076,240 @@ async fn handshake(args: HandshakeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates `n` orders (customer `lc{k}`) and assigns each to partner `lp{k}`; returns the ids.
+async fn create_orders(api: &str, issuer: &Issuer, n: usize) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let admin = issuer.issue("lg-admin", Role::Admin, 3600);
+    let permits = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let (http, api, admin) = (http.clone(), api.to_owned(), admin.clone());
+        let customer = issuer.issue(&format!("lc{k}"), Role::Customer, 3600);
+        let permit = permits.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let order: Value = http
+                .post(format!("{api}/api/orders"))
+                .bearer_auth(customer)
+                .json(&json!({"items":[{"sku":"milk-1l","qty":1,"unit_price_paise":6500}],"address":"1 Bench Road"}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let id = match &order["id"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            http.post(format!("{api}/api/orders/{id}/assign"))
+                .bearer_auth(admin)
+                .json(&json!({"partner": format!("lp{k}")}))
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(id)
+        }));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    Ok(ids)
+}
+
+async fn locations(args: LocationArgs) -> anyhow::Result<()> {
+    for t in &args.common.targets {
+        check_loopback(t)?;
+    }
+    check_loopback_url(&args.api)?;
+    if args.orders == 0
+        || args.orders > 9000
+        || args.step_secs == 0
+        || args.step_secs > 60
+        || args.fractions.len() > 10
+    {
+        bail!("--orders 1 to 9,000, --step-secs 1 to 60, at most 10 --fractions");
+    }
+    if args.ramp <= 0.0 || args.ramp > 2000.0 || args.hz <= 0.0 || args.hz > 20.0 {
+        bail!("--ramp in (0, 2000], --hz in (0, 20]");
+    }
+    const PROTO: proto::switchyard::Switchyard = proto::switchyard::Switchyard;
+    let watched = Watched::parse(&args.common.pids)?;
+    let issuer = Issuer::new(args.common.secret.as_bytes(), None, None);
+    let setup = Instant::now();
+    let ids = create_orders(args.api.trim_end_matches('/'), &issuer, args.orders).await?;
+    let setup_secs = setup.elapsed().as_secs_f64();
+    eprintln!(
+        "[locations] {} orders created and assigned in {setup_secs:.1}s",
+        ids.len()
+    );
+    let sources = net::loopback_sources(args.common.sources);
+    let targets = &args.common.targets;
+    let latencies = Arc::new(hist::Latencies::new(64));
+    let (delivered, gaps, sent, refused) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Which partners send: partner k sends while k < active.
+    let active = Arc::new(AtomicU64::new(0));
+    let ramp_started = Instant::now();
+    let mut conns = Vec::new();
+    for (k, id) in ids.iter().enumerate() {
+        // Customer and partner of an order on different gateways: the location crosses Redis.
+        for (n, (sub, role)) in [
+            (format!("lc{k}"), Role::Customer),
+            (format!("lp{k}"), Role::Partner),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let idx = 2 * k + n;
+            let due = ramp_started + Duration::from_secs_f64(idx as f64 / args.ramp);
+            tokio::time::sleep_until(due.into()).await;
+            let token = issuer.issue(&sub, role, 3600);
+            let addr = targets[idx % targets.len()].clone();
+            let src = sources[idx % sources.len()];
+            let room = format!("order:{id}");
+            let (latencies, delivered, gaps, sent, refused, active, mut stop) = (
+                latencies.clone(),
+                delivered.clone(),
+                gaps.clone(),
+                sent.clone(),
+                refused.clone(),
+                active.clone(),
+                stop_rx.clone(),
+            );
+            let (id, hz) = (id.clone(), args.hz);
+            conns.push(tokio::spawn(async move {
+                let setup = async {
+                    let mut ws = open(&PROTO, src, &addr, &token).await?;
+                    if role == Role::Customer {
+                        join_all(&PROTO, &mut ws, std::slice::from_ref(&room), &token).await?;
+                    }
+                    anyhow::Ok(ws)
+                };
+                let mut ws = match tokio::time::timeout(Duration::from_secs(20), setup).await {
+                    Ok(Ok(ws)) => ws,
+                    _ => return false,
+                };
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last: Option<u64> = None;
+                let mut n = 0u64;
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick(), if role == Role::Partner => {
+                            if (k as u64) < active.load(Ordering::Relaxed) {
+                                n += 1;
+                                let ts_ms = now_us() / 1000;
+                                let op = json!({"op":"location","order_id":id,"lat":12.97,"lng":77.59,"ts":ts_ms,"id":n});
+                                if ws.send(Message::Text(op.to_string().into())).await.is_err() { break; }
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        frame = ws.next() => {
+                            let Some(Ok(Message::Text(text))) = frame else {
+                                if matches!(frame, Some(Ok(_))) { continue; }
+                                break;
+                            };
+                            let now = now_us();
+                            match PROTO.on_text(&text, &token) {
+                                Incoming::Event { room: Some(r), seq, ts_us: ts_ms } if r == room => {
+                                    if let Some(prev) = last && seq > prev + 1 {
+                                        gaps.fetch_add(seq - prev - 1, Ordering::Relaxed);
+                                    }
+                                    last = Some(last.map_or(seq, |p| p.max(seq)));
+                                    delivered.fetch_add(1, Ordering::Relaxed);
+                                    // ts is the device time in ms (the protocol's unit): latency
+                                    // is over-stated by less than 1 ms.
+                                    latencies.record(k, now.saturating_sub(ts_ms * 1000));
+                                }
+                                Incoming::JoinFailed(_) => { refused.fetch_add(1, Ordering::Relaxed); }
+                                _ if text.contains(r#""code":"rate_limited""#) || text.contains(r#""code":"forbidden""#) => {
+                                    refused.fetch_add(1, Ordering::Relaxed);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                true
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ramp_secs = ramp_started.elapsed().as_secs_f64();
+    eprintln!(
+        "[locations] {} connections opened in {ramp_secs:.1}s",
+        conns.len()
+    );
+    let mut steps = Vec::new();
+    for &fraction in &args.fractions {
+        let partners = ((args.orders as f64 * fraction).round() as u64).min(args.orders as u64);
+        let (d0, s0, g0, r0) = (
+            delivered.load(Ordering::Relaxed),
+            sent.load(Ordering::Relaxed),
+            gaps.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed),
+        );
+        let _ = latencies.take();
+        let before = watched.sample();
+        let started = Instant::now();
+        active.store(partners, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(args.step_secs)).await;
+        active.store(0, Ordering::Relaxed);
+        let sent_n = sent.load(Ordering::Relaxed) - s0;
+        let settle = Instant::now();
+        while delivered.load(Ordering::Relaxed) - d0 < sent_n
+            && settle.elapsed() < Duration::from_secs(3)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let h = latencies.take();
+        let got = delivered.load(Ordering::Relaxed) - d0;
+        let step = json!({
+            "partners": partners,
+            "offered_rate": partners as f64 * args.hz,
+            "sent": sent_n,
+            "send_rate": sent_n as f64 / args.step_secs as f64,
+            "delivered": got,
+            "deliveries_per_sec": got as f64 / args.step_secs as f64,
+            "lost": sent_n.saturating_sub(got),
+            "seq_gaps": gaps.load(Ordering::Relaxed) - g0,
+            "refused": refused.load(Ordering::Relaxed) - r0,
+            "latency_ms": hist::summary(&h),
+            "histogram": hist::encode(&h),
+            "processes": watched.report(&before, wall),
+        });
+        eprintln!(
+            "[locations] {partners} partners x {} Hz: sent {sent_n} delivered {got} gaps {} refused {} | latency {}",
+            args.hz, step["seq_gaps"], step["refused"], step["latency_ms"]
+        );
+        steps.push(step);
+    }
+    let _ = stop_tx.send(true);
+    let mut connected = 0;
+    for c in conns {
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(2), c).await {
+            connected += 1;
+        }
+    }
+    let result = json!({
+        "label": "locations", "system": "switchyard", "orders": args.orders, "hz": args.hz,
+        "setup_secs": setup_secs, "connections": 2 * args.orders, "connected": connected,
+        "step_secs": args.step_secs, "steps": steps,
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    }
+    Ok(())
+}
+
 /// Waits (bounded) for a file to exist.
 fn wait_file(path: &Path, secs: u64) -> bool {
     let until = Instant::now() + Duration::from_secs(secs);
@@ -1204,6 +1465,7 @@ fn main() -> anyhow::Result<()> {
                 match cmd {
                     Cmd::Run(a) => run(*a).await,
                     Cmd::Handshake(a) => handshake(a).await,
+                    Cmd::Locations(a) => locations(*a).await,
                     _ => unreachable!(),
                 }
             }),
