@@ -1,11 +1,19 @@
 //! Switchyard's bench harness.
 //!
 //! - `benches/hot_paths.rs`: criterion benches (`cargo bench -p switchyard-benches`).
-//! - `src/bin/loadgen.rs`: the load generator (`cargo run --release -p switchyard-benches
-//!   --bin loadgen -- --help`): real WebSocket clients with real JWTs, publishes through the
-//!   server publish API, end-to-end latency in HDR histograms, loss detected by offsets.
+//! - `src/bin/loadgen.rs`: the load generator (`target/release/loadgen --help`): real
+//!   WebSocket clients with real JWTs against Switchyard or the Socket.IO peer
+//!   (`benches/peer/`), publishes through Redis, end-to-end latency in HDR histograms, loss
+//!   detected by per-room offsets / sequence numbers.
+//! - `run.sh`: the whole side-by-side suite; `plot.py` renders BENCHMARKS.md and the plots.
 //!
 //! # Layout
 //! - [`procstat`]: RSS and CPU time of server processes from `/proc`.
+//! - [`proto`]: the client protocols (one file per system).
+//! - [`net`]: client sockets bound to several loopback source addresses.
+//! - [`hist`]: latency histograms and their serialization for merging.
 
+pub mod hist;
+pub mod net;
 pub mod procstat;
+pub mod proto;

@@ -1,86 +1,233 @@
-//! `loadgen`: drives a running Switchyard the way its users do, and measures it.
+//! `loadgen`: drives a running Switchyard (or the Socket.IO peer in `benches/peer/`) the way
+//! its users do, and measures it.
 //!
-//! Opens real WebSocket connections with real JWTs (at a bounded ramp rate), publishes events
-//! from outside through the server publish API (`POST /api/publish/batch`, as another backend
-//! would), and records for every delivery the end-to-end latency (timestamp in the payload →
-//! receipt) in an HDR histogram. Loss is detected by per-room offsets (a gap) and by counting
-//! deliveries against what was published. Server processes given with `--pid` are sampled for
-//! RSS and CPU time, as is the load generator itself, so a result says who was the bottleneck.
+//! - `run`: opens real WebSocket connections with real JWTs (bounded ramp, client sockets
+//!   spread over several loopback source addresses), joins rooms, then publishes at stepped
+//!   offered rates — through Redis with the broker crate (Switchyard's distributed path: one
+//!   Lua script per event, pipelined), through the publish API (`--publisher api`), or with
+//!   the peer's `publisher.js` (`--publisher peer`) — and records, per step, the end-to-end
+//!   latency of every delivery (payload `ts` → receipt) in an HDR histogram, loss (deliveries
+//!   against what was published, and per-room sequence gaps), and the RSS and CPU time of the
+//!   server processes given with `--pid` and of itself.
+//! - `handshake`: connections per second (connect + auth + welcome/connect ack, then close).
+//! - `idle`: RSS per idle connection at several connection counts, using several `run`
+//!   processes (one process may hold at most ~20,000 sockets).
+//! - `merge`: combines the JSON results of several `run` processes (histograms exactly).
 //!
-//! Loopback only, bounded in count (`--clients`) and time (`--secs`, at most 600).
-//!
-//! ```sh
-//! cargo run --release -p switchyard-benches --bin loadgen -- \
-//!     --ws ws://127.0.0.1:8080/ws --api http://127.0.0.1:8080 --clients 1000 --rooms own \
-//!     --rate 5000 --secs 10 --pid $(pgrep -f 'switchyard')
-//! ```
+//! Loopback only; bounded in count (`--clients`, `--count`) and time (`--step-secs`, `--secs`,
+//! `--hold-secs`).
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchyard_auth::Issuer;
-use switchyard_benches::procstat;
+use switchyard_benches::proto::{Incoming, Protocol};
+use switchyard_benches::{hist, net, procstat, proto};
 use switchyard_protocol::Role;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Load generator for Switchyard and its Socket.IO peer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Connect clients, publish at stepped rates, measure.
+    Run(Box<RunArgs>),
+    /// Handshakes per second against one server.
+    Handshake(HandshakeArgs),
+    /// RSS per idle connection at several connection counts (spawns `run` processes).
+    Idle(IdleArgs),
+    /// Scenario 5 (Switchyard only): partners stream `location` ops into their orders' rooms,
+    /// customers receive them; orders are created and assigned through the REST API first.
+    Locations(Box<LocationArgs>),
+    /// Merge the JSON results of several `run` processes.
+    Merge {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+struct Common {
+    /// Client protocol: switchyard or socketio.
+    #[arg(long, default_value = "switchyard")]
+    proto: String,
+    /// Server address host:port (repeat the flag); clients are spread round-robin.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// HS256 secret the servers verify with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Client sockets are bound round-robin to 127.0.0.2 ..= 127.0.0.{1+N}.
+    #[arg(long, default_value_t = 8)]
+    sources: u8,
+    /// Server processes to sample for RSS and CPU: NAME=PID (repeat the flag).
+    #[arg(long = "pid")]
+    pids: Vec<String>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RoomMode {
-    /// Every client is alone in its own `user:` room: many small rooms.
-    Own,
-    /// Every client joins one shared room: a broadcast.
+    /// Every client joins one shared room (a broadcast).
     Shared,
+    /// Client i joins `order:{i/2}`: two-member rooms.
+    Pairs,
 }
 
-/// Load generator for Switchyard.
-#[derive(Debug, Parser)]
-#[command(name = "loadgen")]
-struct Args {
-    /// Gateway WebSocket URLs (repeat the flag); clients are spread over them round-robin.
-    #[arg(long = "ws", required = true)]
-    ws: Vec<String>,
-    /// Base URL of an API process (or nginx) for the publishes.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    api: String,
-    /// HS256 secret the servers verify with (mints the clients' and the publisher's tokens).
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    secret: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Publisher {
+    None,
+    /// Switchyard's broker crate straight into Redis (distributed mode).
+    Redis,
+    /// `POST /api/publish/batch` (any mode; needs `--api`).
+    Api,
+    /// The peer's `publisher.js` (Socket.IO redis-emitter).
+    Peer,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Scenario label written into the result.
+    #[arg(long, default_value = "run")]
+    label: String,
     /// WebSocket connections to open.
     #[arg(long, default_value_t = 100)]
     clients: usize,
-    #[arg(long, value_enum, default_value = "own")]
+    /// First client index (several processes: disjoint users and rooms).
+    #[arg(long, default_value_t = 0)]
+    client_offset: usize,
+    #[arg(long, value_enum, default_value = "pairs")]
     rooms: RoomMode,
-    /// Events published per second (offered rate).
-    #[arg(long, default_value_t = 1000.0)]
-    rate: f64,
-    /// How long to publish, seconds (at most 600).
-    #[arg(long, default_value_t = 10)]
-    secs: u64,
-    /// Events per publish request.
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    /// Publish requests in flight at most.
-    #[arg(long, default_value_t = 32)]
-    in_flight: usize,
+    /// The shared room's name.
+    #[arg(long, default_value = "user:bench-broadcast")]
+    room: String,
     /// New connections per second while ramping up (at most 2,000: the SYN backlog).
     #[arg(long, default_value_t = 1000.0)]
     ramp: f64,
-    /// Bytes of padding in each event's data.
+    #[arg(long, value_enum, default_value = "none")]
+    publisher: Publisher,
+    /// Redis URL (publisher redis / peer).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Key prefix of the Switchyard servers.
+    #[arg(long, default_value = "sy:")]
+    redis_prefix: String,
+    /// API base URL (publisher api).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// The peer's publisher.js (publisher peer).
+    #[arg(long, default_value = "benches/peer/publisher.js")]
+    peer_publisher: PathBuf,
+    /// Offered publish rates, events/s, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    rates: Vec<f64>,
+    /// Seconds per step (at most 120).
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    /// Stop stepping after a step whose p99 exceeds this (ms) or which lost anything.
+    #[arg(long, default_value_t = 250.0)]
+    max_p99_ms: f64,
+    /// Bytes of padding in each event.
     #[arg(long, default_value_t = 200)]
     pad: usize,
-    /// Server process ids to sample for RSS and CPU (repeat the flag).
+    /// Publishes in flight at most (redis/api); beyond, the offered event is counted as not
+    /// published instead of queued.
+    #[arg(long, default_value_t = 8192)]
+    in_flight: usize,
+    /// Events per API request (publisher api).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Percent of clients that stop reading once joined (slow consumers).
+    #[arg(long, default_value_t = 0.0)]
+    stall_percent: f64,
+    /// Without a publisher: hold the connections this long (or until --stop-file exists).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
+    /// Written (with the connected count) once every client is ready.
     #[arg(long)]
-    pid: Vec<u32>,
+    ready_file: Option<PathBuf>,
+    /// Ends the hold when it appears.
+    #[arg(long)]
+    stop_file: Option<PathBuf>,
     /// Where to write the JSON result.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+struct HandshakeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Handshakes to perform at most.
+    #[arg(long, default_value_t = 20_000)]
+    count: u64,
+    /// Handshakes in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Time bound, seconds (at most 120).
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+struct LocationArgs {
+    #[command(flatten)]
+    common: Common,
+    /// API base URL (orders are created and assigned there).
+    #[arg(long)]
+    api: String,
+    /// Orders, each with one customer and one partner connection (2 connections per order).
+    #[arg(long, default_value_t = 1000)]
+    orders: usize,
+    /// Location ops per second per partner.
+    #[arg(long, default_value_t = 4.0)]
+    hz: f64,
+    /// Fractions of the partners sending, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1")]
+    fractions: Vec<f64>,
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    #[arg(long, default_value_t = 1000.0)]
+    ramp: f64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connections per target at each level (cumulative).
+    #[arg(long, value_delimiter = ',', default_value = "5000,10000,18000")]
+    levels: Vec<usize>,
+    /// Ramp per child process, connections/s (two children ramp at once).
+    #[arg(long, default_value_t = 1000.0)]
+    ramp: f64,
+    /// Directory for the children's files.
+    #[arg(long, default_value = "/tmp")]
+    work_dir: PathBuf,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -92,6 +239,63 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+fn check_loopback(addr: &str) -> anyhow::Result<SocketAddr> {
+    let sa: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr}: expected IP:PORT"))?;
+    if !sa.ip().is_loopback() {
+        bail!("{addr}: loadgen only targets loopback addresses");
+    }
+    Ok(sa)
+}
+
+fn check_loopback_url(url: &str) -> anyhow::Result<()> {
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h))
+        .and_then(|h| h.rsplit('@').next())
+        .unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !ok {
+        bail!("{url}: loadgen only targets loopback addresses");
+    }
+    Ok(())
+}
+
+/// Named processes sampled from /proc.
+struct Watched(Vec<(String, u32)>);
+
+impl Watched {
+    fn parse(specs: &[String]) -> anyhow::Result<Watched> {
+        let mut v = Vec::new();
+        for s in specs {
+            let (name, pid) = s.split_once('=').unwrap_or((s.as_str(), s.as_str()));
+            v.push((name.to_owned(), pid.parse().with_context(|| s.clone())?));
+        }
+        v.push(("loadgen".to_owned(), std::process::id()));
+        Ok(Watched(v))
+    }
+    fn sample(&self) -> Vec<Option<procstat::Sample>> {
+        self.0.iter().map(|(_, p)| procstat::sample(*p)).collect()
+    }
+    /// RSS after and CPU % over `secs` for each process.
+    fn report(&self, before: &[Option<procstat::Sample>], secs: f64) -> Vec<Value> {
+        let after = self.sample();
+        self.0
+            .iter()
+            .zip(before.iter().zip(&after))
+            .map(|((name, pid), (b, a))| match (b, a) {
+                (Some(b), Some(a)) => json!({"name": name, "pid": pid, "rss_kib": a.rss_kib,
+                    "cpu_percent": 100.0 * (a.cpu_secs - b.cpu_secs) / secs.max(1e-3)}),
+                _ => json!({"name": name, "pid": pid, "gone": true}),
+            })
+            .collect()
+    }
+}
+
 /// Counters shared by every connection.
 #[derive(Default)]
 struct Tally {
@@ -99,257 +303,672 @@ struct Tally {
     gaps: AtomicU64,
     connected: AtomicU64,
     failed_connects: AtomicU64,
+    disconnected: AtomicU64,
 }
 
-/// Latency histograms, sharded so connections rarely contend on one lock.
-struct Latencies(Vec<Mutex<Histogram<u64>>>);
+struct Ctx {
+    proto: Box<dyn Protocol>,
+    tally: Tally,
+    latencies: hist::Latencies,
+    /// Bumped at each step: sequence tracking restarts (the peer's seq restarts per publisher).
+    step: AtomicU64,
+    stop: watch::Receiver<bool>,
+}
 
-impl Latencies {
-    fn new(shards: usize) -> Latencies {
-        Latencies(
-            (0..shards)
-                .map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")))
-                .collect(),
-        )
-    }
-    fn record(&self, shard: usize, us: u64) {
-        let mut h = self.0[shard % self.0.len()]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let _ = h.record(us.clamp(1, 60_000_000));
-    }
-    fn merged(&self) -> Histogram<u64> {
-        let mut all = Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-        for h in &self.0 {
-            let _ = all.add(&*h.lock().unwrap_or_else(|e| e.into_inner()));
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects and authenticates; the socket is ready for joins.
+async fn open(proto: &dyn Protocol, src: IpAddr, addr: &str, token: &str) -> anyhow::Result<Ws> {
+    let dst: SocketAddr = addr.parse()?;
+    let stream = net::connect_from(src, dst).await?;
+    let request = proto.request(addr, token)?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
+    loop {
+        let Some(frame) = ws.next().await else {
+            bail!("closed before ready")
+        };
+        if let Message::Text(t) = frame? {
+            match proto.on_text(&t, token) {
+                Incoming::Ready => return Ok(ws),
+                Incoming::Refused => bail!("refused"),
+                Incoming::Reply(r) => ws.send(Message::Text(r.into())).await?,
+                _ => {}
+            }
         }
-        all
     }
 }
 
-fn check_loopback(url: &str) -> anyhow::Result<()> {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', '?']).next())
-        .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h))
-        .unwrap_or("");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ok = host == "localhost"
-        || host
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false);
-    if !ok {
-        bail!("{url}: loadgen only targets loopback addresses");
+/// Joins `rooms` (ids 1..); returns once every join is acknowledged.
+async fn join_all(
+    proto: &dyn Protocol,
+    ws: &mut Ws,
+    rooms: &[String],
+    token: &str,
+) -> anyhow::Result<()> {
+    for (k, room) in rooms.iter().enumerate() {
+        ws.send(Message::Text(proto.join(room, k as u64 + 1).into()))
+            .await?;
+    }
+    let mut pending = rooms.len();
+    while pending > 0 {
+        let Some(frame) = ws.next().await else {
+            bail!("closed while joining")
+        };
+        if let Message::Text(t) = frame? {
+            match proto.on_text(&t, token) {
+                Incoming::Joined(_) => pending -= 1,
+                Incoming::JoinFailed(id) => bail!("join {id} refused: {t}"),
+                Incoming::Reply(r) => ws.send(Message::Text(r.into())).await?,
+                _ => {}
+            }
+        }
     }
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    for url in args.ws.iter().chain([&args.api]) {
-        check_loopback(url)?;
+/// One client: connects, joins, then records every event of `tracked` until stopped.
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    ctx: Arc<Ctx>,
+    i: usize,
+    src: IpAddr,
+    addr: String,
+    token: String,
+    rooms: Vec<String>,
+    stall: bool,
+    ready: mpsc::Sender<bool>,
+) {
+    let proto = ctx.proto.as_ref();
+    let setup = async {
+        let mut ws = open(proto, src, &addr, &token).await?;
+        join_all(proto, &mut ws, &rooms, &token).await?;
+        anyhow::Ok(ws)
+    };
+    let mut ws = match tokio::time::timeout(Duration::from_secs(20), setup).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            if ctx.tally.failed_connects.fetch_add(1, Ordering::Relaxed) < 3 {
+                eprintln!("client {i}: {e:#}");
+            }
+            let _ = ready.send(false).await;
+            return;
+        }
+        Err(_) => {
+            ctx.tally.failed_connects.fetch_add(1, Ordering::Relaxed);
+            let _ = ready.send(false).await;
+            return;
+        }
+    };
+    ctx.tally.connected.fetch_add(1, Ordering::Relaxed);
+    let _ = ready.send(true).await;
+    drop(ready);
+    let mut stop = ctx.stop.clone();
+    if stall {
+        // A slow consumer: never reads again (the kernel buffers fill, then the server's).
+        let _ = stop.wait_for(|s| *s).await;
+        return;
     }
-    if args.secs == 0 || args.secs > 600 {
-        bail!("--secs must be 1 to 600");
-    }
-    if args.ramp <= 0.0 || args.ramp > 2000.0 {
-        bail!("--ramp must be in (0, 2000]");
-    }
-    if args.batch == 0 || args.batch > 1000 {
-        bail!("--batch must be 1 to 1000");
-    }
-    let issuer = Issuer::new(args.secret.as_bytes(), None, None);
-    let tally = Arc::new(Tally::default());
-    let latencies = Arc::new(Latencies::new(64));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shared_room = "user:lg-broadcast";
-
-    // ── ramp up ─────────────────────────────────────────────────────────────────────────
-    let ramp_started = Instant::now();
-    let mut tasks = Vec::with_capacity(args.clients);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(args.clients.max(1));
-    for i in 0..args.clients {
-        let due = ramp_started + Duration::from_secs_f64(i as f64 / args.ramp);
-        tokio::time::sleep_until(due.into()).await;
-        let (sub, role, room) = match args.rooms {
-            RoomMode::Own => (format!("lg{i}"), Role::Customer, None),
-            RoomMode::Shared => (format!("lg-admin-{i}"), Role::Admin, Some(shared_room)),
+    let tracked = rooms.last().cloned().unwrap_or_default();
+    let mut last: Option<u64> = None;
+    let mut step = 0;
+    loop {
+        let frame = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            frame = ws.next() => frame,
         };
-        let token = issuer.issue(&sub, role, 3600);
-        let url = args.ws[i % args.ws.len()].clone();
-        let (tally, latencies, stop, ready) = (
-            tally.clone(),
-            latencies.clone(),
-            stop_rx.clone(),
-            ready_tx.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            client(i, url, token, room, tally, latencies, stop, ready).await
-        }));
-    }
-    drop(ready_tx);
-    let mut ready = 0;
-    while let Ok(Some(ok)) = tokio::time::timeout(Duration::from_secs(30), ready_rx.recv()).await {
-        ready += usize::from(ok);
-        if ready == args.clients {
-            break;
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            _ => {
+                ctx.tally.disconnected.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let now = now_us();
+        match proto.on_text(&text, &token) {
+            Incoming::Event { room, seq, ts_us } => {
+                if room.is_some_and(|r| r != tracked) {
+                    continue;
+                }
+                let current = ctx.step.load(Ordering::Relaxed);
+                if current != step {
+                    step = current;
+                    last = None;
+                }
+                if let Some(prev) = last
+                    && seq > prev + 1
+                {
+                    ctx.tally.gaps.fetch_add(seq - prev - 1, Ordering::Relaxed);
+                }
+                last = Some(last.map_or(seq, |p| p.max(seq)));
+                ctx.tally.delivered.fetch_add(1, Ordering::Relaxed);
+                ctx.latencies.record(i, now.saturating_sub(ts_us));
+            }
+            Incoming::Reply(r) if ws.send(Message::Text(r.as_str().into())).await.is_err() => {
+                ctx.tally.disconnected.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => {}
         }
     }
-    let ramp_secs = ramp_started.elapsed().as_secs_f64();
-    let connected = tally.connected.load(Ordering::Relaxed);
-    eprintln!(
-        "{connected}/{} clients ready in {ramp_secs:.1}s ({} failed)",
-        args.clients,
-        tally.failed_connects.load(Ordering::Relaxed)
-    );
-    if connected == 0 {
-        bail!("no client connected");
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
 
-    // ── publish ─────────────────────────────────────────────────────────────────────────
-    let before: Vec<_> = args.pid.iter().map(|p| procstat::sample(*p)).collect();
-    let self_before = procstat::sample(std::process::id());
-    let http = reqwest::Client::new();
-    let service = issuer.issue("loadgen", Role::Service, 3600);
-    let url = format!("{}/api/publish/batch", args.api.trim_end_matches('/'));
-    let published = Arc::new(AtomicU64::new(0));
-    let rejected = Arc::new(AtomicU64::new(0));
-    let permits = Arc::new(Semaphore::new(args.in_flight.max(1)));
+/// xorshift64*: the publisher's room choice (uniform, like the peer's Math.random()).
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) % n.max(1)
+    }
+}
+
+struct StepOutcome {
+    published: u64,
+    not_published: u64,
+    /// Published events per room index (empty when the publisher does not say).
+    per_room: Vec<u64>,
+    publish_secs: f64,
+    publisher_cpu_s: Option<f64>,
+    note: Option<String>,
+}
+
+fn room_names(args: &RunArgs, n_rooms: usize) -> impl Fn(usize) -> String + '_ {
+    let _ = n_rooms;
+    move |k| match args.rooms {
+        RoomMode::Shared => args.room.clone(),
+        RoomMode::Pairs => format!("order:{k}"),
+    }
+}
+
+async fn publish_redis(args: &RunArgs, rate: f64, n_rooms: usize) -> anyhow::Result<StepOutcome> {
+    use switchyard_broker::Broker;
+    use switchyard_broker::memory::HistoryConfig;
+    use switchyard_broker::redis::{RedisBroker, RedisConfig};
+    let broker = RedisBroker::connect(RedisConfig {
+        url: args.redis.clone(),
+        prefix: args.redis_prefix.clone(),
+        offset_ttl: Duration::from_secs(7 * 86_400),
+        command_timeout: Duration::from_secs(2),
+        history: HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(300),
+        },
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+    let rooms: Vec<switchyard_protocol::Room> = (0..n_rooms)
+        .map(|k| room_names(args, n_rooms)(k).parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("room: {e:?}"))?;
+    let rooms = Arc::new(rooms);
+    let per_room: Arc<Vec<AtomicU64>> = Arc::new((0..n_rooms).map(|_| AtomicU64::new(0)).collect());
+    let failed = Arc::new(AtomicU64::new(0));
+    let permits = Arc::new(Semaphore::new(args.in_flight));
     let pad = "x".repeat(args.pad);
-    let interval = Duration::from_secs_f64(args.batch as f64 / args.rate.max(0.001));
+    let total = (rate * args.step_secs as f64).round() as u64;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ now_us());
+    let mut seqs = vec![0u64; n_rooms];
+    let (mut sent, mut skipped) = (0u64, 0u64);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.secs);
-    let mut seq: u64 = 0;
+    let deadline = started + Duration::from_secs(args.step_secs);
+    while sent + skipped < total && Instant::now() < deadline {
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        while sent + skipped < due {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                skipped += 1; // the bus is not keeping up with the offered rate
+                continue;
+            };
+            let k = rng.below(n_rooms as u64) as usize;
+            seqs[k] += 1;
+            let data = format!(r#"{{"ts":{},"seq":{},"pad":"{pad}"}}"#, now_us(), seqs[k]);
+            let (broker, rooms, per_room, failed) = (
+                broker.clone(),
+                rooms.clone(),
+                per_room.clone(),
+                failed.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                let raw = serde_json::value::RawValue::from_string(data).expect("valid json");
+                match broker.publish(&rooms[k], "bench.tick", raw).await {
+                    Ok(_) => per_room[k].fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            });
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        permits.acquire_many(args.in_flight as u32),
+    )
+    .await;
+    let publish_secs = started.elapsed().as_secs_f64();
+    let per_room: Vec<u64> = per_room.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let published: u64 = per_room.iter().sum();
+    Ok(StepOutcome {
+        published,
+        not_published: skipped + failed.load(Ordering::Relaxed),
+        per_room,
+        publish_secs,
+        publisher_cpu_s: None,
+        note: None,
+    })
+}
+
+async fn publish_api(
+    args: &RunArgs,
+    rate: f64,
+    n_rooms: usize,
+    issuer: &Issuer,
+) -> anyhow::Result<StepOutcome> {
+    let http = reqwest::Client::new();
+    let token = issuer.issue("loadgen", Role::Service, 3600);
+    let url = format!("{}/api/publish/batch", args.api.trim_end_matches('/'));
+    let per_room: Arc<Vec<AtomicU64>> = Arc::new((0..n_rooms).map(|_| AtomicU64::new(0)).collect());
+    let rejected = Arc::new(AtomicU64::new(0));
+    let in_flight = (args.in_flight / args.batch).clamp(1, 64);
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let pad = "x".repeat(args.pad);
+    let names = room_names(args, n_rooms);
+    let interval = Duration::from_secs_f64(args.batch as f64 / rate.max(0.001));
+    let mut rng = Rng(0x2545_F491 ^ now_us());
+    let mut seq = 0u64;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.step_secs);
     let mut tick = started;
     while Instant::now() < deadline {
         tokio::time::sleep_until(tick.into()).await;
         tick += interval;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // The server is not keeping up with the offered rate: count, don't queue.
             rejected.fetch_add(args.batch as u64, Ordering::Relaxed);
             continue;
         };
         let ts = now_us();
-        let items: Vec<Value> = (0..args.batch)
-            .map(|_| {
+        let ks: Vec<usize> = (0..args.batch)
+            .map(|_| rng.below(n_rooms as u64) as usize)
+            .collect();
+        let items: Vec<Value> = ks
+            .iter()
+            .map(|&k| {
                 seq += 1;
-                let room = match args.rooms {
-                    RoomMode::Own => format!("user:lg{}", seq as usize % connected as usize),
-                    RoomMode::Shared => shared_room.to_owned(),
-                };
-                json!({"room": room, "event": "bench.tick", "data": {"ts": ts, "seq": seq, "pad": pad}})
+                json!({"room": names(k), "event": "bench.tick", "data": {"ts": ts, "seq": seq, "pad": pad}})
             })
             .collect();
-        let (http, url, token, published, rejected) = (
+        let (http, url, token, per_room, rejected) = (
             http.clone(),
             url.clone(),
-            service.clone(),
-            published.clone(),
+            token.clone(),
+            per_room.clone(),
             rejected.clone(),
         );
         tokio::spawn(async move {
             let _permit = permit;
-            let sent = items.len() as u64;
             let result = http
                 .post(&url)
                 .bearer_auth(token)
                 .json(&json!({ "items": items }))
                 .send()
                 .await;
-            let ok = match result {
-                Ok(r) if r.status().is_success() => r
-                    .json::<Value>()
-                    .await
-                    .map(|b| {
-                        b["results"]
-                            .as_array()
-                            .map(|a| a.iter().filter(|r| r["offset"].is_u64()).count() as u64)
-                            .unwrap_or(0)
-                    })
-                    .unwrap_or(0),
-                _ => 0,
+            let body = match result {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                _ => None,
             };
-            published.fetch_add(ok, Ordering::Relaxed);
-            rejected.fetch_add(sent - ok, Ordering::Relaxed);
+            let oks = body
+                .as_ref()
+                .and_then(|b| b["results"].as_array())
+                .map(|a| a.iter().map(|r| r["offset"].is_u64()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for (n, &k) in ks.iter().enumerate() {
+                if oks.get(n).copied().unwrap_or(false) {
+                    per_room[k].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         });
     }
-    // Let in-flight publishes finish, then wait for deliveries to settle (at most 5 s).
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
-        permits.acquire_many(args.in_flight.max(1) as u32),
+        permits.acquire_many(in_flight as u32),
     )
     .await;
-    let publish_secs = started.elapsed().as_secs_f64();
-    let members = match args.rooms {
-        RoomMode::Own => 1,
-        RoomMode::Shared => connected,
+    let per_room: Vec<u64> = per_room.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    Ok(StepOutcome {
+        published: per_room.iter().sum(),
+        not_published: rejected.load(Ordering::Relaxed),
+        per_room,
+        publish_secs: started.elapsed().as_secs_f64(),
+        publisher_cpu_s: None,
+        note: None,
+    })
+}
+
+async fn publish_peer(
+    args: &RunArgs,
+    rate: f64,
+    n_rooms: usize,
+    step: usize,
+) -> anyhow::Result<StepOutcome> {
+    let done =
+        std::env::temp_dir().join(format!("loadgen-peer-{}-{step}.json", std::process::id()));
+    let _ = std::fs::remove_file(&done);
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(&args.peer_publisher);
+    match args.rooms {
+        RoomMode::Shared => cmd.args(["--room", &args.room]),
+        RoomMode::Pairs => cmd.args(["--room-prefix", "order:", "--rooms", &n_rooms.to_string()]),
     };
-    let expected = published.load(Ordering::Relaxed) * members;
-    let settle = Instant::now();
-    while tally.delivered.load(Ordering::Relaxed) < expected
-        && settle.elapsed() < Duration::from_secs(5)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    cmd.args([
+        "--rate",
+        &rate.to_string(),
+        "--secs",
+        &args.step_secs.to_string(),
+    ])
+    .args(["--pad", &args.pad.to_string(), "--redis", &args.redis])
+    .arg("--done-file")
+    .arg(&done)
+    .stdout(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("node publisher.js")?;
+    let status = tokio::time::timeout(Duration::from_secs(args.step_secs + 30), child.wait()).await;
+    let publish_secs = started.elapsed().as_secs_f64();
+    let out: Value = std::fs::read(&done)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let _ = std::fs::remove_file(&done);
+    let published = out["published"].as_u64().unwrap_or(0);
+    let offered = (rate * args.step_secs as f64).round() as u64;
+    Ok(StepOutcome {
+        published,
+        not_published: offered.saturating_sub(published),
+        per_room: Vec::new(),
+        publish_secs: out["send_secs"].as_f64().unwrap_or(publish_secs),
+        publisher_cpu_s: out["cpu_s"].as_f64(),
+        note: match status {
+            Ok(Ok(s)) if s.success() => None,
+            other => Some(format!("publisher.js: {other:?}")),
+        },
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let targets: Vec<String> = args.common.targets.clone();
+    for t in &targets {
+        check_loopback(t)?;
     }
-    let wall = started.elapsed().as_secs_f64();
-    let after: Vec<_> = args.pid.iter().map(|p| procstat::sample(*p)).collect();
-    let self_after = procstat::sample(std::process::id());
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    if args.publisher == Publisher::Redis || args.publisher == Publisher::Peer {
+        check_loopback_url(&args.redis)?;
+    }
+    if args.publisher == Publisher::Api {
+        check_loopback_url(&args.api)?;
+    }
+    if args.step_secs == 0 || args.step_secs > 120 || args.hold_secs > 600 {
+        bail!("--step-secs must be 1 to 120, --hold-secs at most 600");
+    }
+    if args.ramp <= 0.0 || args.ramp > 2000.0 {
+        bail!("--ramp must be in (0, 2000]");
+    }
+    if args.clients > 19_000 || args.rates.len() > 20 || args.batch == 0 || args.batch > 1000 {
+        bail!(
+            "--clients at most 19,000 per process (fd limit), at most 20 --rates, --batch 1 to 1000"
+        );
+    }
+    let proto = proto::by_name(&args.common.proto)?;
+    let watched = Watched::parse(&args.common.pids)?;
+    let issuer = Issuer::new(args.common.secret.as_bytes(), None, None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(Ctx {
+        proto,
+        tally: Tally::default(),
+        latencies: hist::Latencies::new(64),
+        step: AtomicU64::new(0),
+        stop: stop_rx,
+    });
+    let sources = net::loopback_sources(args.common.sources);
+    let n_rooms = match args.rooms {
+        RoomMode::Shared => 1,
+        RoomMode::Pairs => (args.clients + args.client_offset).div_ceil(2),
+    };
+    let stall_every = if args.stall_percent > 0.0 {
+        (100.0 / args.stall_percent).round() as usize
+    } else {
+        0
+    };
+    let names = room_names(&args, n_rooms);
+
+    // ── ramp up ─────────────────────────────────────────────────────────────────────────
+    let ramp_started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(args.clients.max(1));
+    let mut active_members = vec![0u64; n_rooms];
+    let mut stalled = 0usize;
+    for n in 0..args.clients {
+        let i = args.client_offset + n;
+        let due = ramp_started + Duration::from_secs_f64(n as f64 / args.ramp);
+        tokio::time::sleep_until(due.into()).await;
+        let sub = format!("lg{i}");
+        let room_index = match args.rooms {
+            RoomMode::Shared => 0,
+            RoomMode::Pairs => i / 2,
+        };
+        let mut rooms = Vec::new();
+        if !ctx.proto.implicit_user_room() {
+            rooms.push(format!("user:{sub}"));
+        }
+        rooms.push(names(room_index));
+        let stall = stall_every > 0 && i % stall_every == stall_every - 1;
+        if stall {
+            stalled += 1;
+        } else {
+            active_members[room_index] += 1;
+        }
+        let token = issuer.issue(&sub, Role::Admin, 3600);
+        let addr = targets[n % targets.len()].clone();
+        let src = sources[n % sources.len()];
+        tasks.push(tokio::spawn(client(
+            ctx.clone(),
+            i,
+            src,
+            addr,
+            token,
+            rooms,
+            stall,
+            ready_tx.clone(),
+        )));
+    }
+    drop(ready_tx);
+    let mut answered = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(30), ready_rx.recv()).await {
+        answered += 1;
+        if answered == args.clients {
+            break;
+        }
+    }
+    let ramp_secs = ramp_started.elapsed().as_secs_f64();
+    let connected = ctx.tally.connected.load(Ordering::Relaxed);
+    let failed = ctx.tally.failed_connects.load(Ordering::Relaxed);
+    eprintln!(
+        "[{} {}] {connected}/{} clients ready in {ramp_secs:.1}s ({failed} failed)",
+        ctx.proto.name(),
+        args.label,
+        args.clients
+    );
+    if let Some(f) = &args.ready_file {
+        std::fs::write(
+            f,
+            json!({"connected": connected, "failed": failed}).to_string(),
+        )?;
     }
 
-    // ── report ──────────────────────────────────────────────────────────────────────────
-    let h = latencies.merged();
-    let delivered = tally.delivered.load(Ordering::Relaxed);
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let processes: Vec<Value> = args
-        .pid
-        .iter()
-        .zip(before.iter().zip(&after))
-        .map(|(pid, (b, a))| match (b, a) {
-            (Some(b), Some(a)) => json!({"pid": pid, "rss_kib": a.rss_kib, "cpu_percent": 100.0 * (a.cpu_secs - b.cpu_secs) / wall}),
-            _ => json!({"pid": pid, "gone": true}),
-        })
-        .collect();
-    let loadgen_cpu = match (self_before, self_after) {
-        (Some(b), Some(a)) => 100.0 * (a.cpu_secs - b.cpu_secs) / wall,
-        _ => 0.0,
-    };
-    let result = json!({
-        "rooms": format!("{:?}", args.rooms).to_lowercase(),
-        "clients": connected,
-        "ramp_secs": ramp_secs,
-        "offered_rate": args.rate,
-        "published": published.load(Ordering::Relaxed),
-        "not_published": rejected.load(Ordering::Relaxed),
-        "publish_rate": published.load(Ordering::Relaxed) as f64 / publish_secs,
-        "expected_deliveries": expected,
-        "delivered": delivered,
-        "lost": expected.saturating_sub(delivered),
-        "offset_gaps": tally.gaps.load(Ordering::Relaxed),
-        "deliveries_per_sec": delivered as f64 / publish_secs,
-        "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
-        "processes": processes,
-        "loadgen_cpu_percent": loadgen_cpu,
-    });
-    println!(
-        "clients {connected} | published {} ({:.0}/s offered {:.0}/s) | delivered {delivered} of {expected} ({:.0}/s) | gaps {} | p50 {:.2} ms p99 {:.2} ms max {:.2} ms | loadgen cpu {loadgen_cpu:.0}%",
-        result["published"],
-        result["publish_rate"].as_f64().unwrap_or(0.0),
-        args.rate,
-        result["deliveries_per_sec"].as_f64().unwrap_or(0.0),
-        result["offset_gaps"],
-        ms(0.5),
-        ms(0.99),
-        h.max() as f64 / 1000.0
-    );
-    for p in &processes {
-        println!("  process {p}");
+    // ── hold (idle) ─────────────────────────────────────────────────────────────────────
+    let mut steps = Vec::new();
+    let mut stopped_because = Value::Null;
+    if args.publisher == Publisher::None {
+        let until = Instant::now() + Duration::from_secs(args.hold_secs);
+        while Instant::now() < until && !args.stop_file.as_ref().is_some_and(|f| f.exists()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
+
+    // ── stepped publishing ──────────────────────────────────────────────────────────────
+    let members_total: u64 = active_members.iter().sum();
+    for (step_index, &rate) in args.rates.iter().enumerate() {
+        if args.publisher == Publisher::None || connected == 0 {
+            break;
+        }
+        ctx.step.fetch_add(1, Ordering::Relaxed);
+        let _ = ctx.latencies.take();
+        let delivered0 = ctx.tally.delivered.load(Ordering::Relaxed);
+        let gaps0 = ctx.tally.gaps.load(Ordering::Relaxed);
+        let before = watched.sample();
+        let started = Instant::now();
+        let outcome = match args.publisher {
+            Publisher::Redis => {
+                // Its own thread and runtime, like the peer's publisher in its own process: the
+                // Redis client's connection task must not queue behind 10,000 client tasks.
+                let a = args.clone();
+                let thread = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|rt| rt.block_on(publish_redis(&a, rate, n_rooms)))
+                });
+                tokio::task::spawn_blocking(move || thread.join())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??
+            }
+            Publisher::Api => publish_api(&args, rate, n_rooms, &issuer).await?,
+            Publisher::Peer => publish_peer(&args, rate, n_rooms, step_index).await?,
+            Publisher::None => unreachable!(),
+        };
+        // Expected deliveries: exact per room when the publisher reports per-room counts,
+        // otherwise (the peer's publisher picks rooms at random) the mean members per room.
+        let (expected, exact) = if outcome.per_room.is_empty() {
+            let mean = members_total as f64 / n_rooms as f64;
+            ((outcome.published as f64 * mean).round() as u64, false)
+        } else {
+            let e = outcome
+                .per_room
+                .iter()
+                .zip(&active_members)
+                .map(|(p, m)| p * m)
+                .sum();
+            (e, true)
+        };
+        let settle = Instant::now();
+        while ctx.tally.delivered.load(Ordering::Relaxed) - delivered0 < expected
+            && settle.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A few ms more: late stragglers count in this step, not the next.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let wall = started.elapsed().as_secs_f64();
+        let processes = watched.report(&before, wall);
+        let h = ctx.latencies.take();
+        let delivered = ctx.tally.delivered.load(Ordering::Relaxed) - delivered0;
+        let gaps = ctx.tally.gaps.load(Ordering::Relaxed) - gaps0;
+        // With an inexact expectation (the peer's random rooms, some members not reading) only
+        // sequence gaps are counted as loss; the shortfall against the estimate is reported.
+        let shortfall = expected.saturating_sub(delivered);
+        let lost = if exact { shortfall } else { gaps };
+        let summary = hist::summary(&h);
+        let p99 = summary["p99"].as_f64().unwrap_or(0.0);
+        let step = json!({
+            "offered_rate": rate,
+            "published": outcome.published,
+            "not_published": outcome.not_published,
+            "publish_secs": outcome.publish_secs,
+            "publish_rate": outcome.published as f64 / outcome.publish_secs.max(1e-3),
+            "expected_deliveries": expected,
+            "expected_exact": exact,
+            "delivered": delivered,
+            "lost": lost,
+            "shortfall_vs_expected": shortfall,
+            "seq_gaps": gaps,
+            "deliveries_per_sec": delivered as f64 / outcome.publish_secs.max(1e-3),
+            "latency_ms": summary,
+            "histogram": hist::encode(&h),
+            "processes": processes,
+            "publisher_cpu_s": outcome.publisher_cpu_s,
+            "disconnected_so_far": ctx.tally.disconnected.load(Ordering::Relaxed),
+            "note": outcome.note,
+        });
+        eprintln!(
+            "[{} {}] {rate:>8.0}/s offered: published {} ({:.0}/s, {} not) delivered {delivered}/{expected} ({:.0}/s) lost {lost} gaps {gaps} | p50 {:.2} p99 {:.2} max {:.2} ms | {}",
+            ctx.proto.name(),
+            args.label,
+            outcome.published,
+            step["publish_rate"].as_f64().unwrap_or(0.0),
+            outcome.not_published,
+            step["deliveries_per_sec"].as_f64().unwrap_or(0.0),
+            summary["p50"].as_f64().unwrap_or(0.0),
+            p99,
+            summary["max"].as_f64().unwrap_or(0.0),
+            step["processes"]
+                .as_array()
+                .map(|ps| ps
+                    .iter()
+                    .map(|p| format!(
+                        "{} {:.0}% {:.0}MiB",
+                        p["name"].as_str().unwrap_or("?"),
+                        p["cpu_percent"].as_f64().unwrap_or(0.0),
+                        p["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
+        steps.push(step);
+        // Beyond the offered rate the bus refused or could not take (>1% not published), a
+        // step measures the publisher, not the servers: stop too.
+        let saturated = outcome.not_published as f64 > 0.01 * rate * args.step_secs as f64;
+        if p99 > args.max_p99_ms || lost > 0 || gaps > 0 || saturated {
+            stopped_because = json!(format!(
+                "p99 {p99:.1} ms (limit {}), lost {lost}, gaps {gaps}, not published {}",
+                args.max_p99_ms, outcome.not_published
+            ));
+            break;
+        }
+    }
+    let snapshot = watched.report(&watched.sample(), 1.0);
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    let result = json!({
+        "label": args.label,
+        "system": ctx.proto.name(),
+        "publisher": format!("{:?}", args.publisher).to_lowercase(),
+        "rooms": format!("{:?}", args.rooms).to_lowercase(),
+        "room_count": n_rooms,
+        "clients": args.clients,
+        "connected": connected,
+        "failed_connects": failed,
+        "stalled_clients": stalled,
+        "ramp_secs": ramp_secs,
+        "step_secs": args.step_secs,
+        "steps": steps,
+        "stopped_because": stopped_because,
+        "processes_at_end": snapshot,
+    });
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&result)?)
             .with_context(|| path.display().to_string())?;
@@ -357,100 +976,513 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One WebSocket client: connects, joins its room, then records every event until stopped.
-#[allow(clippy::too_many_arguments)]
-async fn client(
-    i: usize,
-    url: String,
-    token: String,
-    room: Option<&'static str>,
-    tally: Arc<Tally>,
-    latencies: Arc<Latencies>,
-    mut stop: watch::Receiver<bool>,
-    ready: tokio::sync::mpsc::Sender<bool>,
-) {
-    let mut request = match url.as_str().into_client_request() {
-        Ok(r) => r,
-        Err(_) => return,
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
-        request.headers_mut().insert("authorization", v);
+async fn handshake(args: HandshakeArgs) -> anyhow::Result<()> {
+    let target = args.common.targets[0].clone();
+    check_loopback(&target)?;
+    if args.secs == 0 || args.secs > 120 || args.concurrency == 0 || args.concurrency > 1000 {
+        bail!("--secs 1 to 120, --concurrency 1 to 1000");
     }
-    let ws = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(request),
-    )
-    .await;
-    let Ok(Ok((mut ws, _))) = ws else {
-        tally.failed_connects.fetch_add(1, Ordering::Relaxed);
-        let _ = ready.send(false).await;
-        return;
-    };
-    if let Some(room) = room {
-        let _ = ws
-            .send(Message::Text(
-                json!({"op":"subscribe","room":room,"id":1})
-                    .to_string()
-                    .into(),
-            ))
-            .await;
-    }
-    let mut joined = room.is_none();
-    let mut last_offset = 0u64;
-    loop {
-        let frame = tokio::select! {
-            _ = stop.changed() => break,
-            frame = ws.next() => frame,
-        };
-        let text = match frame {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(_)) => continue,
-            _ => break,
-        };
-        let now = now_us();
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        match v["type"].as_str() {
-            Some("welcome") if joined => {
-                tally.connected.fetch_add(1, Ordering::Relaxed);
-                let _ = ready.send(true).await;
-            }
-            Some("ok") if !joined => {
-                joined = true;
-                tally.connected.fetch_add(1, Ordering::Relaxed);
-                let _ = ready.send(true).await;
-            }
-            Some("event") => {
-                let offset = v["offset"].as_u64().unwrap_or(0);
-                if last_offset > 0 && offset > last_offset + 1 {
-                    tally
-                        .gaps
-                        .fetch_add(offset - last_offset - 1, Ordering::Relaxed);
+    let proto: Arc<dyn Protocol> = Arc::from(proto::by_name(&args.common.proto)?);
+    let watched = Watched::parse(&args.common.pids)?;
+    let issuer = Arc::new(Issuer::new(args.common.secret.as_bytes(), None, None));
+    let sources = net::loopback_sources(args.common.sources);
+    let next = Arc::new(AtomicU64::new(0));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let latencies = Arc::new(hist::Latencies::new(16));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let over = Arc::new(AtomicBool::new(false));
+    let before = watched.sample();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.secs);
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let (proto, issuer, sources, next, ok, failed, latencies, target, first_error, over) = (
+            proto.clone(),
+            issuer.clone(),
+            sources.clone(),
+            next.clone(),
+            ok.clone(),
+            failed.clone(),
+            latencies.clone(),
+            target.clone(),
+            first_error.clone(),
+            over.clone(),
+        );
+        let count = args.count;
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count || Instant::now() >= deadline || over.load(Ordering::Relaxed) {
+                    break;
                 }
-                last_offset = last_offset.max(offset);
-                if let Some(ts) = v["data"]["ts"].as_u64() {
-                    tally.delivered.fetch_add(1, Ordering::Relaxed);
-                    latencies.record(i, now.saturating_sub(ts));
+                let token = issuer.issue(&format!("hs{n}"), Role::Customer, 3600);
+                let t0 = Instant::now();
+                let src = sources[n as usize % sources.len()];
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    open(proto.as_ref(), src, &target, &token),
+                )
+                .await;
+                match r {
+                    Ok(Ok(mut ws)) => {
+                        latencies.record(w, t0.elapsed().as_micros() as u64);
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+                    }
+                    Ok(Err(e)) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(format!("{e:#}"));
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            _ => {}
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let h = latencies.take();
+    let done = ok.load(Ordering::Relaxed);
+    let result = json!({
+        "label": "handshake",
+        "system": proto.name(),
+        "handshakes": done,
+        "failed": failed.load(Ordering::Relaxed),
+        "first_error": *first_error.lock().unwrap_or_else(|e| e.into_inner()),
+        "secs": secs,
+        "concurrency": args.concurrency,
+        "handshakes_per_sec": done as f64 / secs,
+        "latency_ms": hist::summary(&h),
+        "histogram": hist::encode(&h),
+        "processes": watched.report(&before, secs),
+    });
+    eprintln!(
+        "[{} handshake] {done} in {secs:.1}s = {:.0}/s, failed {}, latency {}",
+        proto.name(),
+        done as f64 / secs,
+        result["failed"],
+        result["latency_ms"]
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    }
+    Ok(())
+}
+
+/// Creates `n` orders (customer `lc{k}`) and assigns each to partner `lp{k}`; returns the ids.
+async fn create_orders(api: &str, issuer: &Issuer, n: usize) -> anyhow::Result<Vec<String>> {
+    let http = reqwest::Client::new();
+    let admin = issuer.issue("lg-admin", Role::Admin, 3600);
+    let permits = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let (http, api, admin) = (http.clone(), api.to_owned(), admin.clone());
+        let customer = issuer.issue(&format!("lc{k}"), Role::Customer, 3600);
+        let permit = permits.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let order: Value = http
+                .post(format!("{api}/api/orders"))
+                .bearer_auth(customer)
+                .json(&json!({"items":[{"sku":"milk-1l","qty":1,"unit_price_paise":6500}],"address":"1 Bench Road"}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let id = match &order["id"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            http.post(format!("{api}/api/orders/{id}/assign"))
+                .bearer_auth(admin)
+                .json(&json!({"partner": format!("lp{k}")}))
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(id)
+        }));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    Ok(ids)
+}
+
+async fn locations(args: LocationArgs) -> anyhow::Result<()> {
+    for t in &args.common.targets {
+        check_loopback(t)?;
+    }
+    check_loopback_url(&args.api)?;
+    if args.orders == 0
+        || args.orders > 9000
+        || args.step_secs == 0
+        || args.step_secs > 60
+        || args.fractions.len() > 10
+    {
+        bail!("--orders 1 to 9,000, --step-secs 1 to 60, at most 10 --fractions");
+    }
+    if args.ramp <= 0.0 || args.ramp > 2000.0 || args.hz <= 0.0 || args.hz > 20.0 {
+        bail!("--ramp in (0, 2000], --hz in (0, 20]");
+    }
+    const PROTO: proto::switchyard::Switchyard = proto::switchyard::Switchyard;
+    let watched = Watched::parse(&args.common.pids)?;
+    let issuer = Issuer::new(args.common.secret.as_bytes(), None, None);
+    let setup = Instant::now();
+    let ids = create_orders(args.api.trim_end_matches('/'), &issuer, args.orders).await?;
+    let setup_secs = setup.elapsed().as_secs_f64();
+    eprintln!(
+        "[locations] {} orders created and assigned in {setup_secs:.1}s",
+        ids.len()
+    );
+    let sources = net::loopback_sources(args.common.sources);
+    let targets = &args.common.targets;
+    let latencies = Arc::new(hist::Latencies::new(64));
+    let (delivered, gaps, sent, refused) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Which partners send: partner k sends while k < active.
+    let active = Arc::new(AtomicU64::new(0));
+    let ramp_started = Instant::now();
+    let mut conns = Vec::new();
+    for (k, id) in ids.iter().enumerate() {
+        // Customer and partner of an order on different gateways: the location crosses Redis.
+        for (n, (sub, role)) in [
+            (format!("lc{k}"), Role::Customer),
+            (format!("lp{k}"), Role::Partner),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let idx = 2 * k + n;
+            let due = ramp_started + Duration::from_secs_f64(idx as f64 / args.ramp);
+            tokio::time::sleep_until(due.into()).await;
+            let token = issuer.issue(&sub, role, 3600);
+            let addr = targets[idx % targets.len()].clone();
+            let src = sources[idx % sources.len()];
+            let room = format!("order:{id}");
+            let (latencies, delivered, gaps, sent, refused, active, mut stop) = (
+                latencies.clone(),
+                delivered.clone(),
+                gaps.clone(),
+                sent.clone(),
+                refused.clone(),
+                active.clone(),
+                stop_rx.clone(),
+            );
+            let (id, hz) = (id.clone(), args.hz);
+            conns.push(tokio::spawn(async move {
+                let setup = async {
+                    let mut ws = open(&PROTO, src, &addr, &token).await?;
+                    if role == Role::Customer {
+                        join_all(&PROTO, &mut ws, std::slice::from_ref(&room), &token).await?;
+                    }
+                    anyhow::Ok(ws)
+                };
+                let mut ws = match tokio::time::timeout(Duration::from_secs(20), setup).await {
+                    Ok(Ok(ws)) => ws,
+                    _ => return false,
+                };
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last: Option<u64> = None;
+                let mut n = 0u64;
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick(), if role == Role::Partner => {
+                            if (k as u64) < active.load(Ordering::Relaxed) {
+                                n += 1;
+                                let ts_ms = now_us() / 1000;
+                                let op = json!({"op":"location","order_id":id,"lat":12.97,"lng":77.59,"ts":ts_ms,"id":n});
+                                if ws.send(Message::Text(op.to_string().into())).await.is_err() { break; }
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        frame = ws.next() => {
+                            let Some(Ok(Message::Text(text))) = frame else {
+                                if matches!(frame, Some(Ok(_))) { continue; }
+                                break;
+                            };
+                            let now = now_us();
+                            match PROTO.on_text(&text, &token) {
+                                Incoming::Event { room: Some(r), seq, ts_us: ts_ms } if r == room => {
+                                    if let Some(prev) = last && seq > prev + 1 {
+                                        gaps.fetch_add(seq - prev - 1, Ordering::Relaxed);
+                                    }
+                                    last = Some(last.map_or(seq, |p| p.max(seq)));
+                                    delivered.fetch_add(1, Ordering::Relaxed);
+                                    // ts is the device time in ms (the protocol's unit): latency
+                                    // is over-stated by less than 1 ms.
+                                    latencies.record(k, now.saturating_sub(ts_ms * 1000));
+                                }
+                                Incoming::JoinFailed(_) => { refused.fetch_add(1, Ordering::Relaxed); }
+                                _ if text.contains(r#""code":"rate_limited""#) || text.contains(r#""code":"forbidden""#) => {
+                                    refused.fetch_add(1, Ordering::Relaxed);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                true
+            }));
         }
     }
-    let _ = ws.close(None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ramp_secs = ramp_started.elapsed().as_secs_f64();
+    eprintln!(
+        "[locations] {} connections opened in {ramp_secs:.1}s",
+        conns.len()
+    );
+    let mut steps = Vec::new();
+    for &fraction in &args.fractions {
+        let partners = ((args.orders as f64 * fraction).round() as u64).min(args.orders as u64);
+        let (d0, s0, g0, r0) = (
+            delivered.load(Ordering::Relaxed),
+            sent.load(Ordering::Relaxed),
+            gaps.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed),
+        );
+        let _ = latencies.take();
+        let before = watched.sample();
+        let started = Instant::now();
+        active.store(partners, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(args.step_secs)).await;
+        active.store(0, Ordering::Relaxed);
+        let sent_n = sent.load(Ordering::Relaxed) - s0;
+        let settle = Instant::now();
+        while delivered.load(Ordering::Relaxed) - d0 < sent_n
+            && settle.elapsed() < Duration::from_secs(3)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let h = latencies.take();
+        let got = delivered.load(Ordering::Relaxed) - d0;
+        let step = json!({
+            "partners": partners,
+            "offered_rate": partners as f64 * args.hz,
+            "sent": sent_n,
+            "send_rate": sent_n as f64 / args.step_secs as f64,
+            "delivered": got,
+            "deliveries_per_sec": got as f64 / args.step_secs as f64,
+            "lost": sent_n.saturating_sub(got),
+            "seq_gaps": gaps.load(Ordering::Relaxed) - g0,
+            "refused": refused.load(Ordering::Relaxed) - r0,
+            "latency_ms": hist::summary(&h),
+            "histogram": hist::encode(&h),
+            "processes": watched.report(&before, wall),
+        });
+        eprintln!(
+            "[locations] {partners} partners x {} Hz: sent {sent_n} delivered {got} gaps {} refused {} | latency {}",
+            args.hz, step["seq_gaps"], step["refused"], step["latency_ms"]
+        );
+        steps.push(step);
+    }
+    let _ = stop_tx.send(true);
+    let mut connected = 0;
+    for c in conns {
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(2), c).await {
+            connected += 1;
+        }
+    }
+    let result = json!({
+        "label": "locations", "system": "switchyard", "orders": args.orders, "hz": args.hz,
+        "setup_secs": setup_secs, "connections": 2 * args.orders, "connected": connected,
+        "step_secs": args.step_secs, "steps": steps,
+    });
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    }
+    Ok(())
+}
+
+/// Waits (bounded) for a file to exist.
+fn wait_file(path: &Path, secs: u64) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let watched = Watched::parse(&args.common.pids)?;
+    let tag = format!("{}-{}", args.common.proto, std::process::id());
+    let stop_file = args.work_dir.join(format!("idle-{tag}.stop"));
+    let _ = std::fs::remove_file(&stop_file);
+    let mut children = Vec::new();
+    let mut levels = Vec::new();
+    let baseline = watched.report(&watched.sample(), 1.0);
+    levels.push(json!({"per_target": 0, "connected": 0, "processes": baseline}));
+    let (mut have, mut offset, mut connected) = (0usize, 0usize, 0u64);
+    let mut outcome = Ok(());
+    'levels: for &level in &args.levels {
+        let add = level.saturating_sub(have);
+        if add == 0 || add > 19_000 {
+            outcome = Err(anyhow::anyhow!("levels must increase by 1 to 19,000"));
+            break;
+        }
+        let mut ready_files = Vec::new();
+        for target in &args.common.targets {
+            let ready = args.work_dir.join(format!("idle-{tag}-{offset}.ready"));
+            let _ = std::fs::remove_file(&ready);
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("run")
+                .args(["--proto", &args.common.proto, "--target", target])
+                .args(["--sources", &args.common.sources.to_string()])
+                .args(["--label", "idle", "--rooms", "pairs", "--publisher", "none"])
+                .args([
+                    "--clients",
+                    &add.to_string(),
+                    "--client-offset",
+                    &offset.to_string(),
+                ])
+                .args(["--ramp", &args.ramp.to_string(), "--hold-secs", "300"])
+                .arg("--ready-file")
+                .arg(&ready)
+                .arg("--stop-file")
+                .arg(&stop_file)
+                .env("JWT_SECRET", &args.common.secret)
+                .stdin(std::process::Stdio::null());
+            children.push(cmd.spawn()?);
+            ready_files.push(ready);
+            offset += add;
+        }
+        for f in &ready_files {
+            if !wait_file(f, 60) {
+                outcome = Err(anyhow::anyhow!("{} never became ready", f.display()));
+                break 'levels;
+            }
+            let v: Value = serde_json::from_slice(&std::fs::read(f)?)?;
+            connected += v["connected"].as_u64().unwrap_or(0);
+            let _ = std::fs::remove_file(f);
+        }
+        have = level;
+        std::thread::sleep(Duration::from_secs(2));
+        let processes = watched.report(&watched.sample(), 1.0);
+        eprintln!(
+            "[{} idle] {level}/target, {connected} connected: {}",
+            args.common.proto,
+            json!(processes)
+        );
+        levels.push(json!({"per_target": level, "connected": connected, "processes": processes}));
+    }
+    std::fs::write(&stop_file, b"stop")?;
+    for mut c in children {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && c.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if c.try_wait()?.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    let _ = std::fs::remove_file(&stop_file);
+    let result = json!({"label": "idle", "system": args.common.proto, "targets": args.common.targets.len(), "levels": levels, "error": outcome.as_ref().err().map(|e| e.to_string())});
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    }
+    outcome
+}
+
+/// Sums the steps of several `run` results (same step list) and merges their histograms.
+fn merge(out: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
+    let runs: Vec<Value> = files
+        .iter()
+        .map(|f| Ok(serde_json::from_slice(&std::fs::read(f)?)?))
+        .collect::<anyhow::Result<_>>()?;
+    let Some(first) = runs.first() else {
+        bail!("nothing to merge")
+    };
+    let mut merged = first.clone();
+    for key in ["clients", "connected", "failed_connects", "stalled_clients"] {
+        merged[key] = json!(runs.iter().filter_map(|r| r[key].as_u64()).sum::<u64>());
+    }
+    let n_steps = runs
+        .iter()
+        .filter_map(|r| r["steps"].as_array().map(Vec::len))
+        .min()
+        .unwrap_or(0);
+    let mut steps = Vec::new();
+    for s in 0..n_steps {
+        let mut step = runs[0]["steps"][s].clone();
+        let mut h: Histogram<u64> = hist::new_histogram();
+        for key in ["expected_deliveries", "delivered", "lost", "seq_gaps"] {
+            step[key] = json!(
+                runs.iter()
+                    .filter_map(|r| r["steps"][s][key].as_u64())
+                    .sum::<u64>()
+            );
+        }
+        step["deliveries_per_sec"] = json!(
+            runs.iter()
+                .filter_map(|r| r["steps"][s]["deliveries_per_sec"].as_f64())
+                .sum::<f64>()
+        );
+        for r in &runs {
+            if let Some(b) = r["steps"][s]["histogram"].as_str() {
+                h.add(hist::decode(b)?)?;
+            }
+        }
+        step["latency_ms"] = hist::summary(&h);
+        step["histogram"] = json!(hist::encode(&h));
+        steps.push(step);
+    }
+    merged["steps"] = json!(steps);
+    merged["merged_from"] = json!(files.len());
+    std::fs::write(out, serde_json::to_vec_pretty(&merged)?)?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Idle(a) => idle(a),
+        Cmd::Merge { out, files } => merge(&out, &files),
+        cmd => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                match cmd {
+                    Cmd::Run(a) => run(*a).await,
+                    Cmd::Handshake(a) => handshake(a).await,
+                    Cmd::Locations(a) => locations(*a).await,
+                    _ => unreachable!(),
+                }
+            }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check_loopback;
+    use super::{check_loopback, check_loopback_url};
 
     #[test]
     fn only_loopback_targets() {
-        assert!(check_loopback("ws://127.0.0.1:8080/ws").is_ok());
-        assert!(check_loopback("http://localhost:8080").is_ok());
-        assert!(check_loopback("ws://[::1]:8080/ws").is_ok());
-        assert!(check_loopback("ws://127.9.0.3:1/ws").is_ok());
-        assert!(check_loopback("ws://10.0.0.1:8080/ws").is_err());
-        assert!(check_loopback("http://example.com").is_err());
+        assert!(check_loopback("127.0.0.1:8080").is_ok());
+        assert!(check_loopback("127.9.0.3:1").is_ok());
+        assert!(check_loopback("10.0.0.1:8080").is_err());
+        assert!(check_loopback_url("redis://127.0.0.1:6379").is_ok());
+        assert!(check_loopback_url("http://localhost:8080").is_ok());
+        assert!(check_loopback_url("http://example.com").is_err());
     }
 }

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# The side-by-side load benchmark (issue #5): Switchyard vs Socket.IO 4 + @socket.io/redis-adapter.
+#
+#   benches/run.sh [--quick] [--repeat N] [--skip-build] [--no-criterion] [--only "idle handshake ..."]
+#
+# Builds release, starts on loopback: redis-server + 2 Switchyard gateways + 1 API (distributed
+# mode, shared JWT secret, temp dirs), and a second redis-server + 2 peer instances
+# (benches/peer/); runs the scenarios against both with target/release/loadgen; stops everything
+# it started (by PID, trap on exit); writes benches/results/<scenario>-<system>[.rN].json,
+# renders the PNG plots and regenerates BENCHMARKS.md (benches/plot.py, matplotlib in a venv
+# under target/). --quick: small counts and short steps (a smoke run, a minute or two; results go
+# to target/bench-quick/ and BENCHMARKS.md is not touched).
+#
+# Scenarios: idle handshake broadcast orders slow api locations scale.
+# locations: Switchyard only (the peer has no relay handler); orders created/assigned via REST first.
+# scale: 100,000 idle connections over 6 fresh gateways (Switchyard only; the target is about gateways).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+quick=0; repeat=1; build=1; criterion=1
+only="idle handshake broadcast orders slow api locations scale"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1; shift ;;
+    --repeat) repeat=$2; shift 2 ;;
+    --skip-build) build=0; shift ;;
+    --no-criterion) criterion=0; shift ;;
+    --only) only=$2; shift 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
+  esac
+done
+started=$(date +%s)
+results="$root/benches/results"
+[ $quick = 1 ] && results="$root/target/bench-quick"
+mkdir -p "$results"
+work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+log() { echo "[$(date +%T)] $*" >&2; }
+
+# ── processes we start, stopped by PID on exit ───────────────────────────────────────────────
+started_pids=()
+cleanup() {
+  local pid
+  for pid in "${started_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${started_pids[@]}"; do
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 300); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; log "error: $1 not ready"; return 1; }
+
+start_redis() { # name -> prints port
+  local port; port=$(free_port)
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    --maxclients 10000 --daemonize no --logfile "$work/$1.log" < /dev/null > /dev/null 2>&1 &
+  started_pids+=($!); echo "$!" > "$work/$1.pid"
+  for _ in $(seq 1 200); do redis-cli -p "$port" ping > /dev/null 2>&1 && break; sleep 0.05; done
+  REPLY_PORT=$port
+}
+
+start_switchyard() { # role name
+  local role=$1 name=$2 addr=""
+  : > "$work/$name.out"   # exists before the background process opens it (no race with sed)
+  target/release/switchyard "$role" --listen 127.0.0.1:0 < /dev/null > "$work/$name.out" 2> "$work/$name.log" &
+  local pid=$!; started_pids+=("$pid"); echo "$pid" > "$work/$name.pid"
+  for _ in $(seq 1 300); do
+    addr=$(sed -n 's/^listening on //p' "$work/$name.out" | head -n1)
+    [ -n "$addr" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$work/$name.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  wait_http "http://$addr/readyz"
+  REPLY_ADDR=$addr; REPLY_PID=$pid
+}
+
+start_peer() { # name
+  local port; port=$(free_port)
+  : > "$work/$1.out"
+  PORT=$port HOST=127.0.0.1 REDIS_URL="$PEER_REDIS_URL" node benches/peer/server.js \
+    < /dev/null > "$work/$1.out" 2> "$work/$1.log" &
+  local pid=$!; started_pids+=("$pid")
+  for _ in $(seq 1 300); do grep -q listening "$work/$1.out" 2>/dev/null && break; sleep 0.05; done
+  grep -q listening "$work/$1.out" || { cat "$work/$1.log" >&2; exit 1; }
+  REPLY_ADDR=127.0.0.1:$port; REPLY_PID=$pid
+}
+
+# ── build, peer deps, plotting venv ──────────────────────────────────────────────────────────
+if [ $build = 1 ]; then
+  log "cargo build --release -p switchyard -p switchyard-benches"
+  cargo build --release -q -p switchyard -p switchyard-benches
+fi
+[ -d benches/peer/node_modules ] || (log "npm ci (benches/peer)"; cd benches/peer && npm ci --no-audit --no-fund > /dev/null)
+venv="$root/target/plot-venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2> /dev/null; then
+  (python3 -m venv "$venv" && "$venv/bin/pip" install -q matplotlib > "$work/pip.log" 2>&1) &
+  pip_pid=$!
+fi
+loadgen="$root/target/release/loadgen"
+
+# ── Switchyard: redis + API + 2 gateways ─────────────────────────────────────────────────────
+JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export JWT_SECRET
+start_redis redis-switchyard; sy_redis_port=$REPLY_PORT
+export REDIS_URL="redis://127.0.0.1:$sy_redis_port" DATABASE_URL="sqlite://$work/switchyard.db"
+export SWITCHYARD_MAX_CONNECTIONS=19500 RUST_LOG=warn
+start_switchyard api api1; api_addr=$REPLY_ADDR; api_pid=$REPLY_PID
+start_switchyard gateway gateway1; gw1=$REPLY_ADDR; gw1_pid=$REPLY_PID
+start_switchyard gateway gateway2; gw2=$REPLY_ADDR; gw2_pid=$REPLY_PID
+sy_redis_pid=$(cat "$work/redis-switchyard.pid")
+log "switchyard: gateways $gw1 $gw2, api $api_addr, redis $REDIS_URL"
+
+# ── peer: its own redis + 2 Socket.IO instances ──────────────────────────────────────────────
+start_redis redis-peer; PEER_REDIS_URL="redis://127.0.0.1:$REPLY_PORT"
+peer_redis_pid=$(cat "$work/redis-peer.pid")
+start_peer peer1; p1=$REPLY_ADDR; p1_pid=$REPLY_PID
+start_peer peer2; p2=$REPLY_ADDR; p2_pid=$REPLY_PID
+log "peer: instances $p1 $p2, redis $PEER_REDIS_URL"
+
+sy_targets=(--proto switchyard --target "$gw1" --target "$gw2" --pid "gateway1=$gw1_pid" --pid "gateway2=$gw2_pid" --pid "redis=$sy_redis_pid")
+peer_targets=(--proto socketio --target "$p1" --target "$p2" --pid "peer1=$p1_pid" --pid "peer2=$p2_pid" --pid "redis=$peer_redis_pid")
+
+# ── sizes ────────────────────────────────────────────────────────────────────────────────────
+if [ $quick = 1 ]; then
+  loc_orders=200; scale_levels=300,600; idle_levels=500,1000; hs_count=2000; hs_secs=3; bc_clients=1000; bc_rates=10,50; step=2
+  or_clients=1000; or_rates=1000,5000; slow_rates=1000; api_rates=500
+else
+  loc_orders=2500; scale_levels=8350,16700; idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
+  bc_rates=1,2,5,10,25,50,100,200; step=4
+  or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
+  slow_rates=5000,20000; api_rates=1000,5000,10000
+fi
+
+has() { [[ " $only " == *" $1 "* ]]; }
+suffix() { [ "$repeat" -gt 1 ] && echo ".r$1" || echo ""; }
+for s in $only; do rm -f "$results/$s"-*.json; done   # no stale repeats mixed into the medians
+
+for r in $(seq 1 "$repeat"); do
+  sfx=$(suffix "$r")
+  if has idle && [ "$r" = 1 ]; then # RSS per connection: once (fresh processes) per run
+    log "scenario 1 idle ($idle_levels per instance)"
+    "$loadgen" idle "${sy_targets[@]}" --levels "$idle_levels" --work-dir "$work" --json "$results/idle-switchyard.json"
+    "$loadgen" idle "${peer_targets[@]}" --levels "$idle_levels" --work-dir "$work" --json "$results/idle-socketio.json"
+  fi
+  if has handshake; then
+    log "scenario 2 handshake (one instance)"
+    "$loadgen" handshake --proto switchyard --target "$gw1" --pid "gateway1=$gw1_pid" --pid "redis=$sy_redis_pid" \
+      --count "$hs_count" --secs "$hs_secs" --concurrency 256 --json "$results/handshake-switchyard$sfx.json"
+    "$loadgen" handshake --proto socketio --target "$p1" --pid "peer1=$p1_pid" --pid "redis=$peer_redis_pid" \
+      --count "$hs_count" --secs "$hs_secs" --concurrency 256 --json "$results/handshake-socketio$sfx.json"
+  fi
+  if has broadcast; then
+    log "scenario 3 broadcast ($bc_clients members, rates $bc_rates)"
+    common=(run --label broadcast --rooms shared --clients "$bc_clients" --ramp 2000 --rates "$bc_rates" --step-secs "$step" --max-p99-ms 2000)
+    "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/broadcast-switchyard$sfx.json"
+    "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/broadcast-socketio$sfx.json"
+  fi
+  if has orders; then
+    log "scenario 4 order rooms ($or_clients clients in 2-member rooms, rates $or_rates)"
+    common=(run --label orders --rooms pairs --clients "$or_clients" --ramp 2000 --rates "$or_rates" --step-secs "$step" --max-p99-ms 250)
+    "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/orders-switchyard$sfx.json"
+    "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/orders-socketio$sfx.json"
+  fi
+  if has slow && [ "$r" = 1 ]; then
+    log "scenario 7 slow consumers (orders with 5% of clients not reading, rates $slow_rates)"
+    common=(run --label slow --rooms pairs --clients "$or_clients" --ramp 2000 --rates "$slow_rates" --step-secs $((step + 2)) --max-p99-ms 1000 --stall-percent 5)
+    "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/slow-switchyard.json"
+    "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/slow-socketio.json"
+  fi
+  if has api && [ "$r" = 1 ]; then
+    log "scenario 6 api end-to-end (publish API -> WebSocket, Switchyard only)"
+    "$loadgen" run --label api --rooms pairs --clients 2000 --ramp 2000 --rates "$api_rates" --step-secs "$step" \
+      --max-p99-ms 250 --batch 10 "${sy_targets[@]}" --pid "api=$api_pid" --publisher api --api "http://$api_addr" \
+      --json "$results/api-switchyard.json"
+  fi
+  if has locations && [ "$r" = 1 ]; then
+    log "scenario 5 locations ($loc_orders orders: partners at 4 Hz -> customers, Switchyard only)"
+    "$loadgen" locations "${sy_targets[@]}" --pid "api=$api_pid" --api "http://$api_addr" --orders "$loc_orders" \
+      --hz 4 --fractions 0.1,0.2,0.4,1 --step-secs "$step" --ramp 2000 --json "$results/locations-switchyard.json"
+  fi
+  if has scale && [ "$r" = 1 ]; then
+    log "scale: idle connections over 6 fresh gateways ($scale_levels per gateway)"
+    scale_args=(); scale_pids=()
+    for i in 3 4 5 6 7 8; do
+      start_switchyard gateway "gateway$i"
+      scale_args+=(--target "$REPLY_ADDR" --pid "gateway$i=$REPLY_PID"); scale_pids+=("$REPLY_PID")
+    done
+    # 6 children ramp at once: 333/s each stays within the 2,000/s ramp limit.
+    "$loadgen" idle --proto switchyard "${scale_args[@]}" --pid "redis=$sy_redis_pid" --levels "$scale_levels" \
+      --ramp 333 --sources 16 --work-dir "$work" --json "$results/scale-switchyard.json"
+    for pid in "${scale_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  fi
+done
+
+# ── machine and versions ─────────────────────────────────────────────────────────────────────
+{
+  echo "{"
+  echo "\"cpu\": $(lscpu | sed -n 's/^Model name: *//p' | head -n1 | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'),"
+  echo "\"cores\": $(nproc),"
+  echo "\"mem_gib\": $(awk '/MemTotal/ {printf "%.1f", $2/1048576}' /proc/meminfo),"
+  echo "\"kernel\": \"$(uname -r)\","
+  echo "\"rustc\": \"$(rustc --version)\","
+  echo "\"node\": \"$(node --version)\","
+  echo "\"redis\": \"$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')\","
+  echo "\"socketio\": \"$(node -p 'require("./benches/peer/node_modules/socket.io/package.json").version')\","
+  echo "\"redis_adapter\": \"$(node -p 'require("./benches/peer/node_modules/@socket.io/redis-adapter/package.json").version')\","
+  echo "\"redis_emitter\": \"$(node -p 'require("./benches/peer/node_modules/@socket.io/redis-emitter/package.json").version')\","
+  echo "\"switchyard_commit\": \"$(git rev-parse --short HEAD)\","
+  echo "\"date\": \"$(date -u +%F)\","
+  echo "\"repeat\": $repeat,"
+  echo "\"quick\": $quick"
+  echo "}"
+} > "$results/machine.json"
+
+# ── stop servers before criterion (quiet machine for it) ─────────────────────────────────────
+cleanup; started_pids=(); work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+if [ $criterion = 1 ] && [ $quick = 0 ]; then
+  log "criterion hot paths"
+  cargo bench -q -p switchyard-benches --bench hot_paths -- --warm-up-time 1 --measurement-time 3 \
+    2>&1 | tee "$results/criterion.txt" | grep -E 'time:|^[a-z_]+/' >&2 || true
+fi
+if [ -n "${pip_pid:-}" ]; then wait "$pip_pid" || { log "pip install matplotlib failed: see target/"; }; fi
+if [ $quick = 0 ]; then
+  "$venv/bin/python" benches/plot.py "$results" "$root/BENCHMARKS.md"
+else
+  "$venv/bin/python" benches/plot.py "$results" "$results/BENCHMARKS.md"
+fi
+log "done in $(( $(date +%s) - started )) s; results in $results"
