@@ -406,12 +406,20 @@ def main():
 
     # How it scales: figures derived from the measurements above.
     scale = ["## How it scales (derived from the measured figures)", ""]
+    scale_runs = load(results, "scale", "switchyard")
+    base_mib = None
+    if scale_runs:
+        lv0 = scale_runs[0]["levels"][0]
+        n0 = sum(1 for p in lv0["processes"] if p["name"].startswith("gateway"))
+        base_mib = proc_rss(lv0, "gateway") / 1024 / max(n0, 1)
     if sy_idle:
         scale.append(f"- **Per connection (idle):** {sy_idle:.1f} KiB of gateway RSS (peer {pe_idle:.1f} KiB)."
                      f" 1,000,000 connections ≈ {sy_idle * 1e6 / 1048576:.1f} GiB of gateway RSS"
-                     f" (peer ≈ {pe_idle * 1e6 / 1048576:.1f} GiB), i.e. ≈ {1e6 / 19000:.0f} gateway processes at the"
-                     " default 19,000 connections each (file-descriptor bound, not memory bound), plus"
-                     " ≥ 2 client source addresses per 28k connections behind each load balancer address.")
+                     f" (peer ≈ {pe_idle * 1e6 / 1048576:.1f} GiB) for the connections, in ≈ {1e6 / 19000:.0f} gateway processes at the"
+                     " default 19,000 connections each (file-descriptor bound, not memory bound)"
+                     + (f", which add {base_mib:.0f} MiB of start-up RSS each (measured in the scale run): ≈ {(sy_idle * 1e6 / 1024 + 53 * base_mib) / 1024:.1f} GiB in all"
+                        if base_mib else "")
+                     + "; a load balancer needs ≥ 2 source addresses per 28k connections to each gateway address.")
         if pe_idle is None:
             pass
     for s, name in SYSTEMS:
