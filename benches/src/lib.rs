@@ -5,7 +5,8 @@
 //!   WebSocket clients with real JWTs against Switchyard or the Socket.IO peer
 //!   (`benches/peer/`), publishes through Redis, end-to-end latency in HDR histograms, loss
 //!   detected by per-room offsets / sequence numbers.
-//! - `run.sh`: the whole side-by-side suite; `plot.py` renders BENCHMARKS.md and the plots.
+//! - `run.sh`: the whole side-by-side suite (`loadgen run/handshake/idle/locations`); `plot.py`
+//!   renders BENCHMARKS.md and the plots; `analysis.md` is the hand-written part of it.
 //!
 //! # Layout
 //! - [`procstat`]: RSS and CPU time of server processes from `/proc`.

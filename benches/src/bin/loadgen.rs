@@ -861,8 +861,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Expected deliveries: exact per room when the publisher reports per-room counts,
         // otherwise (the peer's publisher picks rooms at random) the mean members per room.
         let (expected, exact) = if outcome.per_room.is_empty() {
+            // Exact when every room has the same number of active members.
             let mean = members_total as f64 / n_rooms as f64;
-            ((outcome.published as f64 * mean).round() as u64, false)
+            let uniform = active_members.iter().all(|m| *m == active_members[0]);
+            ((outcome.published as f64 * mean).round() as u64, uniform)
         } else {
             let e = outcome
                 .per_room
