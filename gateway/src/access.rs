@@ -9,6 +9,7 @@
 //! Order access is read from the database at subscribe time, so a subscribe right after the
 //! REST call that created or assigned the order sees the committed state.
 
+use crate::locations::Locations;
 use serde_json::value::RawValue;
 use switchyard_auth::Principal;
 use switchyard_protocol::room::RoomKind;
@@ -76,12 +77,21 @@ pub async fn order_parties(
 
 /// The room's current state: the order (with last location) for `order:`, revenue totals
 /// for `admin:revenue`, `null` for `user:` rooms.
-pub async fn snapshot(store: &Store, room: &Room) -> Result<Box<RawValue>, Refusal> {
+/// A room's current state. Order snapshots overlay the position this gateway has not written
+/// yet (see [`crate::locations`]).
+pub async fn snapshot(
+    store: &Store,
+    locations: &Locations,
+    room: &Room,
+) -> Result<Box<RawValue>, Refusal> {
     let json = match room.kind() {
         RoomKind::User => None,
         RoomKind::Order => match parse_order_id(room.id()) {
             Some(id) => {
-                let order = store.order(id).await.map_err(Refusal::internal)?;
+                let mut order = store.order(id).await.map_err(Refusal::internal)?;
+                if let (Some(order), Some(newest)) = (order.as_mut(), locations.pending(id)) {
+                    order.last_location = Some(newest);
+                }
                 order
                     .map(|o| serde_json::to_string(&o))
                     .transpose()

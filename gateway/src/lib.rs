@@ -21,6 +21,7 @@ pub mod config;
 mod conformance;
 mod handshake;
 pub mod hub;
+pub mod locations;
 pub mod outbound;
 pub mod rate;
 mod session;
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     connections: AtomicUsize,
     per_user: DashMap<Arc<str>, usize>,
+    /// Partners' newest positions, written behind.
+    locations: Arc<locations::Locations>,
 }
 
 /// A held connection slot: counted against the gateway and the user until dropped.
@@ -176,6 +179,11 @@ impl Gateway {
             );
         });
         let node: u32 = rand_node();
+        let locations = Arc::new(locations::Locations::default());
+        {
+            let (locations, store, shutdown) = (locations.clone(), store.clone(), shutdown.clone());
+            tokio::spawn(async move { locations.run(store, shutdown).await });
+        }
         Gateway {
             shared: Arc::new(Shared {
                 config,
@@ -189,6 +197,7 @@ impl Gateway {
                 next_conn: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 per_user: DashMap::new(),
+                locations,
             }),
         }
     }
@@ -211,9 +220,12 @@ impl Gateway {
     /// at most `deadline`. Returns false if some were still open.
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.shared.tracker.close();
-        tokio::time::timeout(deadline, self.shared.tracker.wait())
+        let drained = tokio::time::timeout(deadline, self.shared.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // Positions the last sessions recorded after the periodic writer stopped.
+        self.shared.locations.flush(&self.shared.store).await;
+        drained
     }
 }
 

@@ -31,6 +31,9 @@ use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
 use switchyard_store::orders::parse_order_id;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+/// How long a partner's verified assignment is trusted by its location ops.
+const CARRYING_TTL: Duration = Duration::from_secs(2);
+
 /// Frames written before one flush when the queue holds many.
 const MAX_BATCH: usize = 256;
 
@@ -74,6 +77,9 @@ pub(crate) struct Session {
     locations: TokenBucket,
     /// Set by an op that ends the connection (a `refresh` for another user).
     closing: Option<u16>,
+    /// The order this partner was last found to carry, and when: location ops for it skip
+    /// the database for [`CARRYING_TTL`] (a reassignment is noticed within that).
+    carrying: Option<(Box<str>, Instant)>,
     /// The handshake's `since` for the user room: recovered in the welcome.
     user_since: Option<StreamPosition>,
     /// Held for the connection's life: its slot in the connection limits, and its place in
@@ -102,6 +108,7 @@ impl Session {
             rooms: Vec::new(),
             closing: None,
             user_since,
+            carrying: None,
             _slot: slot,
             _tracked: tracked,
             shared,
@@ -382,6 +389,11 @@ impl Session {
         let i = self.rooms.iter().position(|(r, _)| r.as_str() == room)?;
         let (room, _) = self.rooms.swap_remove(i);
         self.leave(&room).await;
+        if matches!(&self.carrying, Some((id, _)) if room.kind() == RoomKind::Order && &**id == room.id())
+        {
+            // Reassigned away: location ops for it go back to the database check.
+            self.carrying = None;
+        }
         let frame = ServerMessage::Revoked {
             room: room.as_str(),
             reason,
@@ -537,7 +549,10 @@ impl Session {
         }
         let (snapshot, missed) = match history.missed {
             Some(missed) => (None, missed),
-            None => (Some(access::snapshot(store, &room).await?), Vec::new()),
+            None => (
+                Some(access::snapshot(store, &shared.locations, &room).await?),
+                Vec::new(),
+            ),
         };
         Ok(Reply::Subscribed {
             room,
@@ -564,6 +579,11 @@ impl Session {
             metrics::gauge!("switchyard_subscriptions").decrement(1.0);
         }
         self.shared.broker.unsubscribe(room).await;
+    }
+
+    /// Whether this partner was found to carry `order_id` within [`CARRYING_TTL`].
+    fn carries(&self, order_id: &str) -> bool {
+        matches!(&self.carrying, Some((id, at)) if &**id == order_id && at.elapsed() < CARRYING_TTL)
     }
 
     /// This connection's moment to close, once the gateway drains: spread over the window.
@@ -614,12 +634,21 @@ impl Session {
                 ),
             ));
         }
-        let store = &self.shared.store;
-        let carries = matches!(
-            access::order_parties(store, order_id).await?,
-            Some((_, Some(partner))) if partner == self.who.sub
-        );
-        let (true, Some(id)) = (carries, parse_order_id(order_id)) else {
+        if !self.carries(order_id) {
+            // Not known to be ours in the last few seconds: ask the database.
+            let carries = matches!(
+                access::order_parties(&self.shared.store, order_id).await?,
+                Some((_, Some(partner))) if partner == self.who.sub
+            );
+            if !carries {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "this order is not assigned to you",
+                ));
+            }
+            self.carrying = Some((order_id.into(), Instant::now()));
+        }
+        let Some(id) = parse_order_id(order_id) else {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "this order is not assigned to you",
@@ -633,10 +662,7 @@ impl Session {
             ts: fix.ts,
             received_at: switchyard_store::now_ms(),
         };
-        store.record_location(id, &location).await.map_err(|err| {
-            tracing::error!(%err, "could not record location");
-            Refusal::new(ErrorCode::Internal, "temporary server error, retry")
-        })?;
+        self.shared.locations.record(id, location);
         let mut data = serde_json::to_value(location).unwrap_or_default();
         data["order_id"] = json!(order_id);
         data["partner"] = json!(self.who.sub);

@@ -291,14 +291,19 @@ impl Store {
     }
 
     /// Remembers a partner's latest position on the order (shown in snapshots).
-    pub async fn record_location(&self, id: i64, location: &Location) -> Result<(), StoreError> {
-        let json =
-            serde_json::to_string(location).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query("UPDATE orders SET last_location = $1 WHERE id = $2")
-            .bind(json)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    /// Stores several orders' latest positions in one transaction (one fsync).
+    pub async fn record_locations(&self, batch: &[(i64, Location)]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for (id, location) in batch {
+            let json =
+                serde_json::to_string(location).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sqlx::query("UPDATE orders SET last_location = $1 WHERE id = $2")
+                .bind(json)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -44,16 +44,24 @@ async fn a_partner_location_reaches_the_order_room_and_the_next_snapshot() {
             .unwrap()
             > 0
     );
-    // …and so does the REST read.
-    let (_, o) = server
-        .call(
-            "GET",
-            &format!("/api/orders/{order}"),
-            &token("c1", Role::Customer),
-            None,
-        )
-        .await;
-    assert_eq!(o["last_location"]["lng"], 77.5946);
+    // …and so does the REST read, once the position is written (within one flush interval).
+    let mut stored = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, o) = server
+            .call(
+                "GET",
+                &format!("/api/orders/{order}"),
+                &token("c1", Role::Customer),
+                None,
+            )
+            .await;
+        stored = o["last_location"].clone();
+        if !stored.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored["lng"], 77.5946);
     server.stop().await;
 }
 
