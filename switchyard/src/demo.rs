@@ -314,7 +314,11 @@ impl World {
                 .insert("authorization", HeaderValue::from_str(&bearer).ok()?);
             tokio::select! {
                 connected = tokio_tungstenite::connect_async(request) => match connected {
-                    Ok((ws, _)) => return Some(Socket { ws, next_id: 1 }),
+                    Ok((ws, _)) => return Some(Socket {
+                        ws,
+                        next_id: 1,
+                        early: Default::default(),
+                    }),
                     Err(err) => tracing::debug!(sub, %err, "demo: cannot connect; retrying"),
                 },
                 _ = self.shutdown.cancelled() => return None,
@@ -443,6 +447,11 @@ impl World {
             socket.subscribe("admin:revenue").await;
             for c in &customers {
                 socket.subscribe(&format!("user:{c}")).await;
+            }
+            // Subscribed for real before listing: an order created in between is in the list
+            // or in the events, never in neither.
+            if !socket.settle().await {
+                continue;
             }
             // Orders created before the subscriptions (or by an earlier run) are taken over
             // from the list; the events cover everything after.
@@ -753,24 +762,21 @@ type Ws =
 struct Socket {
     ws: Ws,
     next_id: u64,
+    /// Frames read by [`Socket::settle`] before the reply it waited for, not yet handed out.
+    early: std::collections::VecDeque<Value>,
 }
 
 impl Socket {
     /// The next JSON frame, or `None` when the connection ended (the actor reconnects).
     async fn next(&mut self) -> Option<Value> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(text)) => {
-                    let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    if frame["type"] == "error" {
-                        tracing::debug!(%frame, "demo: error frame");
-                    }
-                    return Some(frame);
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
+        if let Some(frame) = self.early.pop_front() {
+            return Some(frame);
         }
+        let frame = self.next_frame().await?;
+        if frame["type"] == "error" {
+            tracing::debug!(%frame, "demo: error frame");
+        }
+        Some(frame)
     }
 
     async fn send(&mut self, mut op: Value) {
@@ -781,6 +787,34 @@ impl Socket {
 
     async fn subscribe(&mut self, room: &str) {
         self.send(json!({ "op": "subscribe", "room": room })).await;
+    }
+
+    /// Waits until the server has handled every op sent so far (ops are answered in order, so
+    /// a ping's reply comes after theirs); frames read meanwhile stay queued for `next`.
+    async fn settle(&mut self) -> bool {
+        let id = self.next_id;
+        self.send(json!({ "op": "ping" })).await;
+        loop {
+            let Some(frame) = self.next_frame().await else {
+                return false;
+            };
+            if frame["type"] == "ok" && frame["id"] == id {
+                return true;
+            }
+            self.early.push_back(frame);
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).unwrap_or(Value::Null));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
     }
 
     async fn close(&mut self) {
