@@ -28,10 +28,15 @@ pub fn from_subprotocols<'a>(offers: impl Iterator<Item = &'a str>) -> (bool, Op
 /// The `access_token` parameter of a query string, if present. Tokens are base64url and
 /// dots, so no percent-decoding is needed for a well-formed one.
 pub fn from_query(query: &str) -> Option<&str> {
+    query_param(query, "access_token")
+}
+
+/// The raw (not percent-decoded) value of the first `key=` parameter of a query string.
+pub fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "access_token")
+        .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
 }
 

@@ -149,11 +149,7 @@ pub(crate) fn limits(ws: WebSocketUpgrade, config: &GatewayConfig) -> WebSocketU
 /// The `since` query parameter (`<epoch>:<offset>`, the colon optionally `%3A`): recover the
 /// user room in the welcome instead of with a later subscribe.
 fn user_room_since(query: &str) -> Result<Option<StreamPosition>, ()> {
-    let Some((_, value)) = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "since")
-    else {
+    let Some(value) = bearer::query_param(query, "since") else {
         return Ok(None);
     };
     let value = value.replace("%3A", ":").replace("%3a", ":");

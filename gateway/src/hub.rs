@@ -193,17 +193,10 @@ impl Hub {
         else {
             return 0;
         };
-        let reason: Arc<str> = switchyard_protocol::close::reason(code).into();
         members
             .iter()
             .filter(|m| &*m.sub == sub)
-            .filter(|m| {
-                m.push(Outgoing::Close {
-                    code,
-                    reason: reason.clone(),
-                })
-                .accepted()
-            })
+            .filter(|m| m.push(Outgoing::Close { code }).accepted())
             .count()
     }
 }

@@ -54,7 +54,7 @@ pub enum Outgoing {
     /// Leave `room` and tell the client why (partner reassigned).
     Revoke { room: Arc<str>, reason: Arc<str> },
     /// Close the connection with this code (e.g. the user's access was withdrawn).
-    Close { code: u16, reason: Arc<str> },
+    Close { code: u16 },
 }
 
 impl Outgoing {
@@ -65,7 +65,7 @@ impl Outgoing {
                 Outgoing::Event(event) => event.frame.len(),
                 Outgoing::Gap { room } => room.len(),
                 Outgoing::Revoke { room, reason } => room.len() + reason.len(),
-                Outgoing::Close { reason, .. } => reason.len(),
+                Outgoing::Close { .. } => 0,
             }
     }
 }
@@ -94,7 +94,14 @@ impl Pushed {
 struct Queue {
     items: VecDeque<Outgoing>,
     bytes: usize,
+    /// Latest-value events among `items`: a push only looks for one to replace when some
+    /// are queued, so a backlog of ordered events is never scanned.
+    latest_only: usize,
     closed: bool,
+}
+
+fn is_latest_only(item: &Outgoing) -> bool {
+    matches!(item, Outgoing::Event(event) if event.latest_only)
 }
 
 /// A connection's bounded mailbox, shared by the hub (pushes) and its session (takes).
@@ -122,6 +129,7 @@ impl Mailbox {
         let mut freed = 0;
         if let Outgoing::Event(new) = &item
             && new.latest_only
+            && queue.latest_only > 0
             && let Some(i) = queue.items.iter().rposition(
                 |old| matches!(old, Outgoing::Event(old) if old.latest_only && old.room == new.room),
             )
@@ -129,16 +137,19 @@ impl Mailbox {
         {
             freed = old.cost();
             queue.bytes -= freed;
+            queue.latest_only -= 1;
         }
         if queue.bytes + cost > self.limit {
             queue.items = VecDeque::new();
             queue.bytes = 0;
+            queue.latest_only = 0;
             queue.closed = true;
             drop(queue);
             self.kick(switchyard_protocol::close::SLOW_CONSUMER);
             return Pushed::Overflow;
         }
         let was_empty = queue.items.is_empty();
+        queue.latest_only += usize::from(is_latest_only(&item));
         queue.items.push_back(item);
         queue.bytes += cost;
         drop(queue);
@@ -159,11 +170,14 @@ impl Mailbox {
         let mut queue = self.lock();
         let n = queue.items.len().min(max);
         let mut bytes = 0;
+        let mut latest_only = 0;
         for item in queue.items.drain(..n) {
             bytes += item.cost();
+            latest_only += usize::from(is_latest_only(&item));
             batch.push(item);
         }
         queue.bytes -= bytes;
+        queue.latest_only -= latest_only;
         let more = !queue.items.is_empty();
         if queue.items.is_empty() && queue.items.capacity() > 64 {
             // A burst grew the queue; give the memory back while idle.
@@ -187,6 +201,7 @@ impl Mailbox {
         let mut queue = self.lock();
         queue.closed = true;
         queue.items = VecDeque::new();
+        queue.latest_only = 0;
         std::mem::take(&mut queue.bytes)
     }
 

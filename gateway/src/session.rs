@@ -184,7 +184,7 @@ impl Session {
         }
         let recovered = since.as_ref().map(|_| history.missed.is_some());
         if let Some(recovered) = recovered {
-            metrics::counter!("switchyard_recoveries_total", "recovered" => if recovered { "true" } else { "false" }).increment(1);
+            count_recovery(recovered);
         }
         let welcome = ServerMessage::Welcome {
             conn: &self.conn_id,
@@ -544,8 +544,8 @@ impl Session {
             entry.1 = history.position.offset;
         }
         let recovered = since.as_ref().map(|_| history.missed.is_some());
-        if since.is_some() {
-            metrics::counter!("switchyard_recoveries_total", "recovered" => if history.missed.is_some() { "true" } else { "false" }).increment(1);
+        if let Some(recovered) = recovered {
+            count_recovery(recovered);
         }
         let (snapshot, missed) = match history.missed {
             Some(missed) => (None, missed),
@@ -697,6 +697,12 @@ fn spread_delay(conn: u64, spread: Duration) -> Duration {
     let floor = spread_ms / 20;
     let mixed = conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
     Duration::from_millis(floor + mixed % (spread_ms - floor).max(1))
+}
+
+/// Counts a subscribe (or handshake) with `since`: complete or resync.
+fn count_recovery(recovered: bool) {
+    let label = if recovered { "true" } else { "false" };
+    metrics::counter!("switchyard_recoveries_total", "recovered" => label).increment(1);
 }
 
 /// The earlier of the token's expiry and the drain moment.

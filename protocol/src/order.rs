@@ -45,6 +45,11 @@ impl OrderStatus {
         }
     }
 
+    /// Delivered or cancelled: no edge leaves it.
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Delivered | OrderStatus::Cancelled)
+    }
+
     /// Whether the machine has an edge `self → next`.
     pub fn can_become(self, next: OrderStatus) -> bool {
         use OrderStatus::*;

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_auth::{Issuer, VerifyKey, secret};
-use switchyard_protocol::Role;
+use switchyard_protocol::{OrderStatus, Role};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -280,11 +280,8 @@ impl World {
                 break;
             };
             for order in page["orders"].as_array().into_iter().flatten() {
-                let stage = match order["status"].as_str() {
-                    Some("placed") => Stage::Placed,
-                    Some("confirmed") => Stage::Confirmed,
-                    Some("packed") => Stage::Packed,
-                    Some("out_for_delivery") => Stage::OutForDelivery,
+                let stage = match serde_json::from_value::<OrderStatus>(order["status"].clone()) {
+                    Ok(status) if !status.is_final() => status,
                     _ => continue,
                 };
                 if let Some(id) = order["id"].as_str() {
@@ -477,7 +474,7 @@ impl World {
                             Some("order.created") => {
                                 if let Some(id) = data["id"].as_str() {
                                     orders.entry(id.to_owned()).or_insert(Tracked {
-                                        stage: Stage::Placed,
+                                        stage: OrderStatus::Placed,
                                         since: now,
                                         paid: false,
                                         partner: None,
@@ -501,7 +498,7 @@ impl World {
                         now += 1;
                         let due: Vec<String> = orders
                             .iter()
-                            .filter(|(_, o)| now >= o.since + o.stage.ticks(&self.pace))
+                            .filter(|(_, o)| now >= o.since + ticks(o.stage, &self.pace))
                             .map(|(id, _)| id.clone())
                             .collect();
                         for id in due {
@@ -510,7 +507,7 @@ impl World {
                                 o.stage = next;
                                 o.since = now;
                             }
-                            if matches!(o.stage, Stage::Delivered | Stage::Cancelled) {
+                            if o.stage.is_final() {
                                 if let Some(p) = o.partner.take() {
                                     busy.entry(p).and_modify(|n| *n = n.saturating_sub(1));
                                 }
@@ -534,13 +531,13 @@ impl World {
         id: &str,
         order: &mut Tracked,
         busy: &mut HashMap<String, usize>,
-    ) -> Option<Stage> {
+    ) -> Option<OrderStatus> {
         let next = match order.stage {
-            Stage::Placed if order.paid => Stage::Confirmed,
+            OrderStatus::Placed if order.paid => OrderStatus::Confirmed,
             // Unpaid for three steps: payment timed out.
-            Stage::Placed => Stage::Cancelled,
-            Stage::Confirmed => Stage::Packed,
-            Stage::Packed => {
+            OrderStatus::Placed => OrderStatus::Cancelled,
+            OrderStatus::Confirmed => OrderStatus::Packed,
+            OrderStatus::Packed => {
                 // Hand it to the least busy partner who is free.
                 let (partner, _) = busy
                     .iter()
@@ -556,24 +553,24 @@ impl World {
                 }
                 *busy.entry(partner.clone()).or_default() += 1;
                 order.partner = Some(partner);
-                Stage::OutForDelivery
+                OrderStatus::OutForDelivery
             }
-            Stage::OutForDelivery => Stage::Delivered,
-            Stage::Delivered | Stage::Cancelled => return None,
+            OrderStatus::OutForDelivery => OrderStatus::Delivered,
+            OrderStatus::Delivered | OrderStatus::Cancelled => return None,
         };
         let path = format!("/api/orders/{id}/status");
         let (status, _) = self
-            .call(token, &path, json!({ "status": next.name() }), None)
+            .call(token, &path, json!({ "status": next.as_str() }), None)
             .await?;
         match status {
             200 => {
-                if matches!(next, Stage::Delivered | Stage::Cancelled) {
-                    tracing::info!(order = id, status = next.name(), "demo: order finished");
+                if next.is_final() {
+                    tracing::info!(order = id, status = next.as_str(), "demo: order finished");
                 }
                 Some(next)
             }
             // Someone else moved it (e.g. the order is already finished): stop tracking.
-            409 => Some(Stage::Cancelled),
+            409 => Some(OrderStatus::Cancelled),
             _ => None,
         }
     }
@@ -662,52 +659,29 @@ impl World {
 /// An unfinished order, as listed by the API.
 struct OpenOrder {
     id: String,
-    stage: Stage,
+    stage: OrderStatus,
     paid: bool,
     partner: Option<String>,
 }
 
 /// An order the admin is moving along.
 struct Tracked {
-    stage: Stage,
+    stage: OrderStatus,
     /// The admin tick at which it reached `stage`.
     since: u64,
     paid: bool,
     partner: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Placed,
-    Confirmed,
-    Packed,
-    OutForDelivery,
-    Delivered,
-    Cancelled,
-}
-
-impl Stage {
-    fn name(self) -> &'static str {
-        match self {
-            Stage::Placed => "placed",
-            Stage::Confirmed => "confirmed",
-            Stage::Packed => "packed",
-            Stage::OutForDelivery => "out_for_delivery",
-            Stage::Delivered => "delivered",
-            Stage::Cancelled => "cancelled",
-        }
-    }
-
-    /// Ticks spent in this stage before the admin moves the order on.
-    fn ticks(self, pace: &Pace) -> u64 {
-        match self {
-            // A payment has `step` ticks; unpaid after three steps, it is cancelled.
-            Stage::Placed => pace.step,
-            Stage::Confirmed | Stage::Packed => pace.step,
-            // The drive, and one tick for the partner's last position to arrive.
-            Stage::OutForDelivery => pace.travel + 1,
-            Stage::Delivered | Stage::Cancelled => 0,
-        }
+/// Ticks an order spends in `status` before the admin moves it on.
+fn ticks(status: OrderStatus, pace: &Pace) -> u64 {
+    match status {
+        // A payment has `step` ticks; unpaid after three steps, it is cancelled.
+        OrderStatus::Placed => pace.step,
+        OrderStatus::Confirmed | OrderStatus::Packed => pace.step,
+        // The drive, and one tick for the partner's last position to arrive.
+        OrderStatus::OutForDelivery => pace.travel + 1,
+        OrderStatus::Delivered | OrderStatus::Cancelled => 0,
     }
 }
 

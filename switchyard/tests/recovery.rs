@@ -133,34 +133,30 @@ async fn beyond_history_or_another_epoch_means_resync() {
     server.stop().await;
 }
 
+/// Publishes `promo.tick {i}` into `user:c1` through the server publish API.
+async fn tick(server: &TestServer, i: u64) {
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/publish",
+            &token("notifier", Role::Service),
+            Some(json!({"room":"user:c1","event":"promo.tick","data":{"i":i}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_welcome_carries_the_user_rooms_position() {
     let server = TestServer::start().await;
-    let service = token("notifier", Role::Service);
     for i in 0..3 {
-        let (status, body) = server
-            .call(
-                "POST",
-                "/api/publish",
-                &service,
-                Some(json!({"room":"user:c1","event":"promo.tick","data":{"i":i}})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        tick(&server, i).await;
     }
     let mut c1 = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
     let position = c1.welcome["positions"]["user:c1"].clone();
     assert_eq!(position["offset"], 3, "{}", c1.welcome);
     assert!(position["epoch"].as_str().is_some_and(|e| !e.is_empty()));
-    let (status, body) = server
-        .call(
-            "POST",
-            "/api/publish",
-            &service,
-            Some(json!({"room":"user:c1","event":"promo.tick","data":{"i":3}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    tick(&server, 3).await;
     // The next event is the one right after the welcome's position: nothing before it.
     let e = c1.event("user:c1", "promo.tick").await;
     assert_eq!(
@@ -180,23 +176,11 @@ async fn the_welcome_carries_the_user_rooms_position() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_room_recovers_in_the_welcome_without_duplicates() {
     let server = TestServer::start().await;
-    let service = token("notifier", Role::Service);
-    let publish = async |i: u64| {
-        let (status, body) = server
-            .call(
-                "POST",
-                "/api/publish",
-                &service,
-                Some(json!({"room":"user:c1","event":"promo.tick","data":{"i":i}})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    };
     let first = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
     let seen = first.welcome["positions"]["user:c1"].clone();
     drop(first);
     for i in 1..=3 {
-        publish(i).await;
+        tick(&server, i).await;
     }
     let since = format!("{}:{}", seen["epoch"].as_str().unwrap(), seen["offset"]);
     let url = format!("{}?since={}", server.ws_url(), since.replace(':', "%3A"));
@@ -206,7 +190,7 @@ async fn the_user_room_recovers_in_the_welcome_without_duplicates() {
         let e = back.event("user:c1", "promo.tick").await;
         assert_eq!(e["data"]["i"], i, "{e}");
     }
-    publish(4).await;
+    tick(&server, 4).await;
     // The next frame is the live event: nothing recovered twice.
     let e = back.recv().await;
     assert_eq!(
