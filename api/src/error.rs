@@ -9,7 +9,7 @@
 //! | 403 | `forbidden` | the role or the caller's relation to the order does not allow it |
 //! | 404 | `not_found` | unknown route, or an order that does not exist *or that the caller may not see* |
 //! | 405 | `method_not_allowed` | known route, wrong method |
-//! | 409 | `conflict` | invalid status transition, second payment, finished order |
+//! | 409 | `conflict` | invalid status transition, second payment, finished order, a payment the revenue total cannot take |
 //! | 413 | `payload_too_large` | body over the configured limit |
 //! | 415 | `unsupported_media_type` | body without `Content-Type: application/json` |
 //! | 422 | `invalid` | well-formed JSON with invalid values |

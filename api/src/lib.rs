@@ -32,6 +32,7 @@ use error::ApiError;
 use std::sync::Arc;
 use switchyard_auth::Verifier;
 use switchyard_broker::Broker;
+use switchyard_protocol::order::OrderLimits;
 use switchyard_store::Store;
 
 /// Limits of the REST API.
@@ -43,6 +44,8 @@ pub struct ApiConfig {
     pub max_publish_data_bytes: usize,
     /// Largest `POST /api/publish/batch` body, bytes. Larger → 413.
     pub max_batch_body_bytes: usize,
+    /// Caps on a new order's quantities, unit prices and total. Beyond → 422.
+    pub order_limits: OrderLimits,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +54,7 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             max_publish_data_bytes: 16 * 1024,
             max_batch_body_bytes: 4 * 1024 * 1024,
+            order_limits: OrderLimits::default(),
         }
     }
 }
@@ -97,13 +101,17 @@ pub fn router(state: ApiState) -> Router {
 
 /// Changes are refused with 503 while the bus is down rather than piling up events nobody
 /// can deliver: a client retries, a committed change is never silently undelivered.
-/// (Committed events wait in the outbox and go out when the bus is back.)
+/// (Committed events wait in the outbox and go out when the bus is back.) Only callers with a
+/// valid token learn that the bus is down: the others get their 401 from the handler.
 async fn writes_need_the_bus(
     State(state): State<ApiState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if request.method() != Method::GET && !state.broker.is_ready() {
+    if request.method() != Method::GET
+        && !state.broker.is_ready()
+        && extract::Caller::from_headers(request.headers(), &state).is_ok()
+    {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -2,7 +2,7 @@
 
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::extract::{Caller, JsonBody};
+use crate::extract::{Caller, Payload};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,8 +12,8 @@ use switchyard_broker::Control;
 use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::room::is_valid_id;
 use switchyard_protocol::{Order, OrderStatus, Role};
-use switchyard_store::Scope;
 use switchyard_store::orders::{can_see, parse_order_id};
+use switchyard_store::{Change, Scope};
 
 /// Largest page a listing returns.
 pub const MAX_PAGE: i64 = 200;
@@ -23,14 +23,18 @@ fn order_id(id: &str) -> Result<i64, ApiError> {
     parse_order_id(id).ok_or_else(|| ApiError::not_found("order not found"))
 }
 
-/// `POST /api/orders` (customer) → 201 with the order.
+/// `POST /api/orders` (customer) → 201 with the order. Quantities, unit prices and the
+/// total are capped (`OrderLimits`; beyond: 422).
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
-    JsonBody(new): JsonBody<NewOrder>,
+    body: Payload,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     caller.require(&[Role::Customer])?;
-    let total = new.validate().map_err(ApiError::invalid)?;
+    let new: NewOrder = body.parse()?;
+    let total = new
+        .validate(&state.config.order_limits)
+        .map_err(ApiError::invalid)?;
     let order = state.store.create_order(&caller.0.sub, &new, total).await?;
     Ok((StatusCode::CREATED, Json(order)))
 }
@@ -94,14 +98,21 @@ pub struct StatusChange {
     status: OrderStatus,
 }
 
-/// `POST /api/orders/{id}/status` `{"status": ...}`: 409 for an invalid transition,
-/// 403 for one this caller may not make.
+/// `POST /api/orders/{id}/status` `{"status": ...}`: 404 for an order the caller may not
+/// see, 403 for a change this caller may never make, 409 for one the order's state does not
+/// allow, then 422 for an unknown status.
 pub async fn set_status(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    JsonBody(change): JsonBody<StatusChange>,
+    body: Payload,
 ) -> Result<Json<Order>, ApiError> {
+    // Whether the caller may make the change depends on the status asked for, so it is read
+    // leniently before the payload is judged.
+    let asked = body.peek_str("status").and_then(|s| s.parse().ok());
+    let change: StatusChange = body
+        .checked(&state, &caller, &id, Change::Status(asked), |_| Ok(()))
+        .await?;
     let id = order_id(&id)?;
     let order = state
         .store
@@ -121,16 +132,24 @@ pub async fn assign(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    JsonBody(assignment): JsonBody<Assignment>,
+    body: Payload,
 ) -> Result<Json<Order>, ApiError> {
-    caller.require(&[Role::Admin])?;
+    let assignment: Assignment = body
+        .checked(&state, &caller, &id, Change::Assign, |a: &Assignment| {
+            if is_valid_id(&a.partner) {
+                Ok(())
+            } else {
+                Err(ApiError::invalid(
+                    "partner must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+                ))
+            }
+        })
+        .await?;
     let id = order_id(&id)?;
-    if !is_valid_id(&assignment.partner) {
-        return Err(ApiError::invalid(
-            "partner must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
-        ));
-    }
-    let (order, previous) = state.store.assign(id, &assignment.partner).await?;
+    let (order, previous) = state
+        .store
+        .assign(id, caller.actor(), &assignment.partner)
+        .await?;
     if let Some(previous) = previous.filter(|p| *p != assignment.partner) {
         // The former partner loses the order room on every gateway, now.
         let revoke = Control::Revoke {

@@ -2,13 +2,14 @@
 
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::extract::{Caller, JsonBody};
+use crate::extract::{Caller, Payload};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use switchyard_protocol::{Revenue, Role};
+use switchyard_store::Change;
 use switchyard_store::orders::parse_order_id;
 
 /// Longest accepted `Idempotency-Key`.
@@ -20,35 +21,26 @@ pub struct Payment {
     amount_paise: i64,
 }
 
-/// Pays an order once per `Idempotency-Key` (scoped to the caller). The first success
-/// answers 201 and adds the amount to revenue; a repeat with the same key and body gets the
-/// same answer (with `Idempotent-Replayed: true`) and counts nothing; the same key with a
-/// different body is 422; a second payment of a paid order is 409.
+/// Pays an order once per `Idempotency-Key` (scoped to the caller's `sub`, role and this
+/// route). The first success answers 201 `{payment_id, order_id, amount_paise, paid_at,
+/// status}` and adds the amount to revenue; a repeat with the same key and body gets the same
+/// answer (with `Idempotent-Replayed: true`) and counts nothing; the same key with a
+/// different body is 422; a second payment of a paid order is 409. Checks in order: 404, 403,
+/// the key, 409, then the payload (400 without a valid key, 422 for a wrong amount).
 pub async fn pay(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(payment): JsonBody<Payment>,
+    body: Payload,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::Customer, Role::Admin])?;
-    let id = parse_order_id(&id).ok_or_else(|| ApiError::not_found("order not found"))?;
-    let key = headers
-        .get("idempotency-key")
-        .ok_or_else(|| ApiError::bad_request("missing Idempotency-Key header"))?
-        .to_str()
-        .ok()
-        .filter(|k| {
-            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+    let payment: Payment = body
+        .checked(&state, &caller, &id, Change::Pay, |_| {
+            idempotency_key(&headers).map(|_| ())
         })
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters"
-            ))
-        })?;
-    if payment.amount_paise <= 0 {
-        return Err(ApiError::invalid("amount_paise must be positive"));
-    }
+        .await?;
+    let key = idempotency_key(&headers)?;
+    let id = parse_order_id(&id).ok_or_else(|| ApiError::not_found("order not found"))?;
     let outcome = state
         .store
         .pay(id, caller.actor(), key, payment.amount_paise)
@@ -63,6 +55,23 @@ pub async fn pay(
         metrics::counter!("switchyard_payments_total").increment(1);
     }
     Ok(response)
+}
+
+/// The `Idempotency-Key` header: 1 to [`MAX_KEY_LEN`] printable ASCII characters (else 400).
+fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get("idempotency-key")
+        .ok_or_else(|| ApiError::bad_request("missing Idempotency-Key header"))?
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters"
+            ))
+        })
 }
 
 /// `GET /api/revenue` (admin).

@@ -7,7 +7,7 @@
 
 use crate::ApiState;
 use crate::error::ApiError;
-use crate::extract::{Caller, JsonBody};
+use crate::extract::{Caller, Payload};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -98,11 +98,12 @@ async fn publish_one(state: &ApiState, room: &Room, item: PublishItem) -> Result
 pub async fn publish(
     State(state): State<ApiState>,
     caller: Caller,
-    JsonBody(item): JsonBody<PublishItem>,
+    body: Payload,
 ) -> Result<Json<Value>, ApiError> {
     caller
         .require(&[Role::Service, Role::Admin])
         .map_err(|e| reject("role", e))?;
+    let item: PublishItem = body.parse()?;
     let room = validate(&item, state.config.max_publish_data_bytes)?;
     let offset = publish_one(&state, &room, item).await?;
     Ok(Json(json!({ "room": room, "offset": offset })))
@@ -114,11 +115,12 @@ pub async fn publish(
 pub async fn publish_batch(
     State(state): State<ApiState>,
     caller: Caller,
-    JsonBody(batch): JsonBody<Batch>,
+    body: Payload,
 ) -> Result<Json<Value>, ApiError> {
     caller
         .require(&[Role::Service, Role::Admin])
         .map_err(|e| reject("role", e))?;
+    let batch: Batch = body.parse()?;
     if batch.items.is_empty() || batch.items.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
             "items must hold 1 to {MAX_BATCH} entries"

@@ -9,6 +9,8 @@ pub const ORDER_STATUS: &str = "order.status";
 pub const ORDER_ASSIGNED: &str = "order.assigned";
 /// An order was paid → `order:{id}`, `user:{customer}`.
 pub const ORDER_PAID: &str = "order.paid";
+/// A paid order was cancelled and its payment refunded → `order:{id}`, `user:{customer}`.
+pub const ORDER_REFUNDED: &str = "order.refunded";
 /// Revenue totals moved → `admin:revenue`.
 pub const REVENUE_UPDATED: &str = "revenue.updated";
 /// A partner's position → `order:{id}`.

@@ -93,41 +93,59 @@ pub struct Party {
 /// Why a status change was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionError {
+    /// This caller may never make this change, whatever the order's state (HTTP 403).
+    NotAllowed(&'static str),
     /// No such edge in the machine (HTTP 409).
     Invalid { from: OrderStatus, to: OrderStatus },
-    /// The edge exists but this caller may not take it (HTTP 403).
-    NotAllowed(&'static str),
+    /// The caller may make this change, but not in the order's current state (HTTP 409).
+    NotNow(&'static str),
 }
 
-/// Checks a status change: first the machine, then who may take the edge.
+/// Whether this caller may ever move an order to `to` (`None`: a target the request did not
+/// name validly, so only a caller who may take no edge at all is refused). The first half of
+/// [`check_transition`]: authorization, independent of the order's state.
+pub fn may_request(to: Option<OrderStatus>, who: Party) -> Result<(), TransitionError> {
+    use OrderStatus::*;
+    let allowed = match (who.role, to) {
+        (Role::Admin, _) => true,
+        (Role::Partner, None) => who.is_partner,
+        (Role::Partner, Some(to)) => who.is_partner && matches!(to, OutForDelivery | Delivered),
+        (Role::Customer, None) => who.is_customer,
+        (Role::Customer, Some(to)) => who.is_customer && to == Cancelled,
+        (Role::Service, _) => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(TransitionError::NotAllowed(match who.role {
+        Role::Partner => "the assigned partner may only set out_for_delivery and delivered",
+        Role::Customer => "a customer may only cancel their order",
+        _ => "this role may not change order status",
+    }))
+}
+
+/// Checks a status change in the API's order of checks: first who may make it at all
+/// ([`may_request`], 403), then whether the order's current state allows it (409).
 ///
 /// - admin: any valid transition;
 /// - the assigned partner: `packed → out_for_delivery` and `out_for_delivery → delivered`;
-/// - the customer who placed it: `cancelled` while `placed` or `confirmed`.
+/// - the customer who placed it: `cancelled`, while the order is `placed` or `confirmed`.
 pub fn check_transition(
     from: OrderStatus,
     to: OrderStatus,
     who: Party,
 ) -> Result<(), TransitionError> {
     use OrderStatus::*;
+    may_request(Some(to), who)?;
     if !from.can_become(to) {
         return Err(TransitionError::Invalid { from, to });
     }
-    let allowed = match who.role {
-        Role::Admin => true,
-        Role::Partner => who.is_partner && matches!(to, OutForDelivery | Delivered),
-        Role::Customer => who.is_customer && to == Cancelled && matches!(from, Placed | Confirmed),
-        Role::Service => false,
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(TransitionError::NotAllowed(match who.role {
-            Role::Partner => "the assigned partner may only set out_for_delivery and delivered",
-            Role::Customer => "a customer may only cancel an order while it is placed or confirmed",
-            _ => "this role may not change order status",
-        }))
+    if who.role == Role::Customer && !matches!(from, Placed | Confirmed) {
+        return Err(TransitionError::NotNow(
+            "a customer may only cancel an order while it is placed or confirmed",
+        ));
     }
+    Ok(())
 }
 
 /// One line of an order.
@@ -147,16 +165,58 @@ pub struct NewOrder {
     pub address: String,
 }
 
-/// Limits on a new order, so a body cannot make the server store or sum absurd values.
+/// Most lines in one order.
 pub const MAX_ITEMS: usize = 100;
-pub const MAX_QTY: i64 = 10_000;
-pub const MAX_UNIT_PRICE_PAISE: i64 = 10_000_000_000; // ₹10 crore
 pub const MAX_ADDRESS_LEN: usize = 500;
 pub const MAX_SKU_LEN: usize = 64;
+/// The highest order-total cap an operator may configure: ₹10 crore. The revenue total is
+/// an `i64` of paise (≈ 9.2 × 10¹⁸), so at this cap it takes more than 900 million maximal
+/// orders to reach it — and reaching it is still only a refused payment, never a wrong total.
+pub const ORDER_TOTAL_CEILING_PAISE: i64 = 1_000_000_000;
+
+/// Caps on a new order's money, so no body can make the server store or sum absurd values
+/// (beyond any of them: 422). Configurable (`SWITCHYARD_MAX_ITEM_QTY`,
+/// `SWITCHYARD_MAX_UNIT_PRICE_PAISE`, `SWITCHYARD_MAX_ORDER_TOTAL_PAISE`); the defaults fit a
+/// quick-commerce basket: a phone is ₹1.5 lakh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderLimits {
+    /// Largest `qty` of one line.
+    pub max_qty: i64,
+    /// Largest `unit_price_paise` of one line.
+    pub max_unit_price_paise: i64,
+    /// Largest order total (Σ qty × unit price), at most [`ORDER_TOTAL_CEILING_PAISE`].
+    pub max_total_paise: i64,
+}
+
+impl Default for OrderLimits {
+    fn default() -> Self {
+        OrderLimits {
+            max_qty: 1_000,
+            max_unit_price_paise: 50_000_000, // ₹5 lakh
+            max_total_paise: 100_000_000,     // ₹10 lakh
+        }
+    }
+}
+
+impl OrderLimits {
+    /// Refuses limits that are not positive or whose total passes the ceiling.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_qty < 1 || self.max_unit_price_paise < 1 || self.max_total_paise < 1 {
+            return Err("order limits must be at least 1".into());
+        }
+        if self.max_total_paise > ORDER_TOTAL_CEILING_PAISE {
+            return Err(format!(
+                "SWITCHYARD_MAX_ORDER_TOTAL_PAISE may be at most {ORDER_TOTAL_CEILING_PAISE}"
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl NewOrder {
-    /// Validates the order and returns its total in paise.
-    pub fn validate(&self) -> Result<i64, String> {
+    /// Validates the order against `limits` and returns its total in paise. The total is
+    /// summed with checked arithmetic, so no input overflows it before the cap refuses it.
+    pub fn validate(&self, limits: &OrderLimits) -> Result<i64, String> {
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
             return Err(format!("items must hold 1 to {MAX_ITEMS} entries"));
         }
@@ -167,6 +227,11 @@ impl NewOrder {
         if self.address.chars().any(|c| c.is_control() && c != '\n') {
             return Err("address may not contain control characters".into());
         }
+        let OrderLimits {
+            max_qty,
+            max_unit_price_paise,
+            max_total_paise,
+        } = *limits;
         let mut total: i64 = 0;
         for (i, item) in self.items.iter().enumerate() {
             if item.sku.is_empty()
@@ -177,19 +242,20 @@ impl NewOrder {
                     "items[{i}].sku must be 1 to {MAX_SKU_LEN} printable bytes"
                 ));
             }
-            if !(1..=MAX_QTY).contains(&item.qty) {
-                return Err(format!("items[{i}].qty must be 1 to {MAX_QTY}"));
+            if !(1..=max_qty).contains(&item.qty) {
+                return Err(format!("items[{i}].qty must be 1 to {max_qty}"));
             }
-            if !(0..=MAX_UNIT_PRICE_PAISE).contains(&item.unit_price_paise) {
+            if !(0..=max_unit_price_paise).contains(&item.unit_price_paise) {
                 return Err(format!(
-                    "items[{i}].unit_price_paise must be 0 to {MAX_UNIT_PRICE_PAISE}"
+                    "items[{i}].unit_price_paise must be 0 to {max_unit_price_paise}"
                 ));
             }
             total = item
                 .qty
                 .checked_mul(item.unit_price_paise)
                 .and_then(|line| total.checked_add(line))
-                .ok_or("order total overflows")?;
+                .filter(|t| *t <= max_total_paise)
+                .ok_or_else(|| format!("the order total may be at most {max_total_paise} paise"))?;
         }
         if total == 0 {
             return Err("the order total must be above zero".into());
@@ -226,6 +292,9 @@ pub struct Order {
     pub address: String,
     pub total_paise: i64,
     pub paid: bool,
+    /// Cancelled after it was paid: its payment was refunded (revenue went down by it).
+    #[serde(default)]
+    pub refunded: bool,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub updated_at: i64,
@@ -236,7 +305,9 @@ pub struct Order {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revenue {
     pub currency: String,
+    /// Payments minus refunds.
     pub total_paise: i64,
+    /// Orders paid and not refunded.
     pub paid_orders: i64,
 }
 
@@ -328,10 +399,18 @@ mod tests {
     fn customer_only_cancels_early() {
         assert!(check_transition(Placed, Cancelled, customer()).is_ok());
         assert!(check_transition(Confirmed, Cancelled, customer()).is_ok());
+        // May cancel, but not any more: the state refuses it (409), not the role (403).
         assert!(matches!(
             check_transition(Packed, Cancelled, customer()),
-            Err(TransitionError::NotAllowed(_))
+            Err(TransitionError::NotNow(_))
         ));
+        // May never deliver, whatever the state: the role refuses it first.
+        for from in [Placed, Packed, Delivered] {
+            assert!(matches!(
+                check_transition(from, Delivered, customer()),
+                Err(TransitionError::NotAllowed(_))
+            ));
+        }
         assert!(matches!(
             check_transition(Placed, Confirmed, customer()),
             Err(TransitionError::NotAllowed(_))
@@ -348,18 +427,59 @@ mod tests {
             }],
             address: "12 MG Road".into(),
         };
-        assert_eq!(ok.validate(), Ok(13_000));
+        let limits = OrderLimits::default();
+        assert_eq!(ok.validate(&limits), Ok(13_000));
         let mut bad = ok.clone();
         bad.items[0].qty = 0;
-        assert!(bad.validate().is_err());
+        assert!(bad.validate(&limits).is_err());
         let mut bad = ok.clone();
         bad.items.clear();
-        assert!(bad.validate().is_err());
+        assert!(bad.validate(&limits).is_err());
         let mut bad = ok.clone();
         bad.items[0].unit_price_paise = -1;
-        assert!(bad.validate().is_err());
+        assert!(bad.validate(&limits).is_err());
         let mut bad = ok;
         bad.address = " ".into();
-        assert!(bad.validate().is_err());
+        assert!(bad.validate(&limits).is_err());
+    }
+
+    #[test]
+    fn money_caps_hold_without_overflow() {
+        let limits = OrderLimits::default();
+        let line = |qty, unit_price_paise| Item {
+            sku: "x".into(),
+            qty,
+            unit_price_paise,
+        };
+        let order = |items| NewOrder {
+            items,
+            address: "here".into(),
+        };
+        // Exactly at the total cap: accepted.
+        let at_cap = order(vec![line(2, limits.max_total_paise / 2)]);
+        assert_eq!(at_cap.validate(&limits), Ok(limits.max_total_paise));
+        // One paisa beyond it, over two lines: refused.
+        let over = order(vec![line(2, limits.max_total_paise / 2), line(1, 1)]);
+        assert!(over.validate(&limits).is_err());
+        // The old attack (100 lines of a huge quantity at a huge price) is refused by the
+        // line caps, and lines that would overflow an i64 never wrap.
+        assert!(
+            order(vec![line(10_000, 10_000_000_000)])
+                .validate(&limits)
+                .is_err()
+        );
+        let huge = OrderLimits {
+            max_qty: i64::MAX,
+            max_unit_price_paise: i64::MAX,
+            max_total_paise: i64::MAX,
+        };
+        assert!(order(vec![line(i64::MAX, 2)]).validate(&huge).is_err());
+        assert!(
+            order(vec![line(1, i64::MAX), line(1, 1)])
+                .validate(&huge)
+                .is_err()
+        );
+        assert!(huge.check().is_err());
+        assert!(limits.check().is_ok());
     }
 }

@@ -10,10 +10,12 @@
 //! portable (`$n` placeholders, `RETURNING`, no SQLite-only functions) for PostgreSQL.
 //!
 //! # Layout
+//! - [`checks`]: the order of checks every write makes (404 → 403 → 409 → payload).
 //! - [`orders`]: create, read, list, status changes, assignment, partner locations.
-//! - [`payments`]: idempotent payments and revenue totals.
+//! - [`payments`]: idempotent payments, refunds and revenue totals (checked money).
 //! - [`outbox`]: the relay's side of the outbox.
 
+pub mod checks;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
@@ -26,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchyard_protocol::Role;
 use tokio::sync::Notify;
 
+pub use checks::Change;
 pub use orders::Scope;
 pub use outbox::OutboxEvent;
 pub use payments::PaymentOutcome;

@@ -1,10 +1,12 @@
 //! Orders: create, read, list, status changes, partner assignment and last known location.
 
+use crate::checks::{Change, admissible, authorize};
 use crate::outbox::enqueue;
+use crate::payments::refund;
 use crate::{Actor, Store, StoreError, now_ms};
 use serde_json::json;
 use sqlx::{Sqlite, Transaction};
-use switchyard_protocol::order::{NewOrder, Party, TransitionError, check_transition};
+use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::{Location, Order, OrderStatus, Role, Room, events};
 
 /// Which orders a listing covers.
@@ -25,13 +27,14 @@ struct OrderRow {
     address: String,
     total_paise: i64,
     paid: i64,
+    refunded: i64,
     last_location: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
 
 const COLUMNS: &str = "id, customer, partner, status, items, address, total_paise, paid, \
-                       last_location, created_at, updated_at";
+                       refunded, last_location, created_at, updated_at";
 
 impl OrderRow {
     fn into_order(self) -> Result<Order, StoreError> {
@@ -50,6 +53,7 @@ impl OrderRow {
             address: self.address,
             total_paise: self.total_paise,
             paid: self.paid != 0,
+            refunded: self.refunded != 0,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -69,12 +73,12 @@ pub fn parse_order_id(id: &str) -> Option<i64> {
     id.parse().ok()
 }
 
-fn order_room(id: i64) -> Room {
+pub(crate) fn order_room(id: i64) -> Room {
     // Decimal digits always satisfy the room grammar.
     Room::order(&id.to_string()).unwrap_or_else(|_| Room::admin_revenue())
 }
 
-fn user_room(sub: &str) -> Option<Room> {
+pub(crate) fn user_room(sub: &str) -> Option<Room> {
     Room::user(sub).ok()
 }
 
@@ -88,6 +92,9 @@ pub fn can_see(order: &Order, actor: Actor<'_>) -> bool {
     }
 }
 
+/// The order row a write is about to change. The write's transaction holds the database
+/// lock (`BEGIN IMMEDIATE`), so no other write reads it until commit; on a database with
+/// row locks this is the place for `SELECT … FOR UPDATE`.
 pub(crate) async fn load_for_update(
     tx: &mut Transaction<'static, Sqlite>,
     id: i64,
@@ -133,6 +140,7 @@ impl Store {
             address: new.address.trim().to_owned(),
             total_paise,
             paid: false,
+            refunded: false,
             created_at: now,
             updated_at: now,
             last_location: None,
@@ -191,30 +199,19 @@ impl Store {
             .collect()
     }
 
-    /// Moves an order to `to` if the machine and the caller's role allow it.
-    /// Emits `order.status` to the order room and the customer's room.
+    /// Moves an order to `to` if the caller may (403) and the machine allows it now (409).
+    /// Emits `order.status` to the order room and the customer's room. Cancelling a paid
+    /// order refunds its payment in the same transaction (see [`refund`]).
     pub async fn change_status(
         &self,
         id: i64,
         actor: Actor<'_>,
         to: OrderStatus,
     ) -> Result<Order, StoreError> {
+        let change = Change::Status(Some(to));
         let mut tx = self.write_tx().await?;
-        let mut order = load_for_update(&mut tx, id)
-            .await?
-            .filter(|o| can_see(o, actor))
-            .ok_or(StoreError::NotFound)?;
-        let party = Party {
-            role: actor.role,
-            is_customer: order.customer == actor.sub,
-            is_partner: order.partner.as_deref() == Some(actor.sub),
-        };
-        check_transition(order.status, to, party).map_err(|e| match e {
-            TransitionError::Invalid { from, to } => {
-                StoreError::Conflict(format!("cannot move an order from {from} to {to}"))
-            }
-            TransitionError::NotAllowed(why) => StoreError::Forbidden(why.to_owned()),
-        })?;
+        let mut order = authorize(load_for_update(&mut tx, id).await?, actor, change)?;
+        admissible(&order, actor, change)?;
         let from = order.status;
         order.status = to;
         order.updated_at = now_ms();
@@ -235,32 +232,26 @@ impl Store {
         if let Some(room) = user_room(&order.customer) {
             enqueue(&mut tx, &room, events::ORDER_STATUS, &data).await?;
         }
+        if to == OrderStatus::Cancelled && order.paid && !order.refunded {
+            refund(&mut tx, &mut order).await?;
+        }
         tx.commit().await?;
         self.outbox_written.notify_one();
         Ok(order)
     }
 
-    /// Assigns `partner` to an order that is not finished. Emits `order.assigned` to the
-    /// order room, the customer, the new partner and (when reassigning) the former partner.
-    /// Returns the order and the partner it had before.
+    /// Assigns `partner` to an order that is not finished (admins). Emits `order.assigned`
+    /// to the order room, the customer, the new partner and (when reassigning) the former
+    /// partner. Returns the order and the partner it had before.
     pub async fn assign(
         &self,
         id: i64,
+        actor: Actor<'_>,
         partner: &str,
     ) -> Result<(Order, Option<String>), StoreError> {
         let mut tx = self.write_tx().await?;
-        let mut order = load_for_update(&mut tx, id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        if matches!(
-            order.status,
-            OrderStatus::Delivered | OrderStatus::Cancelled
-        ) {
-            return Err(StoreError::Conflict(format!(
-                "cannot assign a partner to a {} order",
-                order.status
-            )));
-        }
+        let mut order = authorize(load_for_update(&mut tx, id).await?, actor, Change::Assign)?;
+        admissible(&order, actor, Change::Assign)?;
         let previous = order.partner.replace(partner.to_owned());
         order.updated_at = now_ms();
         sqlx::query("UPDATE orders SET partner = $1, updated_at = $2 WHERE id = $3")

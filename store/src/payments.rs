@@ -1,15 +1,26 @@
-//! Idempotent payments and the revenue totals they move.
+//! Idempotent payments, refunds, and the revenue totals they move.
 //!
-//! One `BEGIN IMMEDIATE` transaction per payment request: look up the idempotency key,
-//! check the order, insert the payment, add to the totals, write the events and the key's
-//! answer, commit. Writers are serialized by the database lock, so two payments never read
-//! the same totals, and a repeated key finds the first request's answer.
+//! One `BEGIN IMMEDIATE` transaction per payment request: check the order and the caller
+//! (404, 403), look up the idempotency key, check the state (409) and the amount (422), insert
+//! the payment, add to the totals, write the events and the key's answer, commit. Writers are
+//! serialized by the database lock, so two payments never read the same totals, a repeated
+//! key finds the first request's answer, and a payment and a cancellation of the same order
+//! happen one after the other: either "paid, then cancelled and refunded" or "cancelled,
+//! then the payment refused" — never a cancelled order that keeps its money.
+//!
+//! # Money
+//! Amounts are integer paise. Order totals are capped when the order is placed
+//! ([`switchyard_protocol::order::OrderLimits`]); the revenue total is an `i64` moved only
+//! by a guarded `UPDATE` that refuses to pass `i64::MAX` or to go below zero, so an overflow is
+//! a refused payment that changes nothing (409), never a wrapped or poisoned total.
 
-use crate::orders::{can_see, load_for_update};
+use crate::checks::{Change, admissible, authorize};
+use crate::orders::{load_for_update, order_room, user_room};
 use crate::outbox::enqueue;
 use crate::{Actor, Store, StoreError, now_ms};
 use serde_json::{Value, json};
-use switchyard_protocol::{OrderStatus, Revenue, Room, events};
+use sqlx::{Sqlite, Transaction};
+use switchyard_protocol::{Order, Revenue, Room, events};
 
 /// The answer to a payment request, as first computed; replays return it unchanged.
 #[derive(Debug, Clone)]
@@ -23,8 +34,120 @@ pub struct PaymentOutcome {
 
 pub const CURRENCY: &str = "INR";
 
+/// The route an idempotency key of a payment belongs to (keys are scoped by caller `sub`,
+/// caller role and route).
+pub const PAYMENT_ROUTE: &str = "POST /api/orders/{id}/payment";
+
+/// Adds `amount` (> 0) to the revenue total and one paid order, unless the total would
+/// pass `i64::MAX`: then `Conflict`, and the caller's transaction is dropped unchanged.
+async fn add_revenue(
+    tx: &mut Transaction<'static, Sqlite>,
+    amount: i64,
+) -> Result<Revenue, StoreError> {
+    let headroom = i64::MAX - amount;
+    let moved: Option<(i64, i64)> = sqlx::query_as(
+        "UPDATE revenue SET total_paise = total_paise + $1, paid_orders = paid_orders + 1 \
+         WHERE id = 1 AND total_paise <= $2 AND paid_orders < $3 \
+         RETURNING total_paise, paid_orders",
+    )
+    .bind(amount)
+    .bind(headroom)
+    .bind(i64::MAX)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (total_paise, paid_orders) = moved.ok_or_else(|| {
+        StoreError::Conflict(
+            "the revenue total cannot take this payment (it would overflow)".into(),
+        )
+    })?;
+    Ok(Revenue {
+        currency: CURRENCY.into(),
+        total_paise,
+        paid_orders,
+    })
+}
+
+/// Refunds the payment of `order` (paid, just cancelled) inside the cancelling transaction:
+/// one refund row per payment (a second attempt inserts nothing), revenue down by the amount
+/// and one paid order fewer, `order.refunded` to the order and customer rooms and
+/// `revenue.updated` to `admin:revenue`, all committed with the cancellation.
+pub(crate) async fn refund(
+    tx: &mut Transaction<'static, Sqlite>,
+    order: &mut Order,
+) -> Result<(), StoreError> {
+    let id: i64 = order.id.parse().map_err(|_| StoreError::NotFound)?;
+    let Some((payment_id, amount)): Option<(i64, i64)> =
+        sqlx::query_as("SELECT id, amount_paise FROM payments WHERE order_id = $1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+    else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let inserted: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO refunds (payment_id, order_id, amount_paise, created_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING RETURNING id",
+    )
+    .bind(payment_id)
+    .bind(id)
+    .bind(amount)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((refund_id,)) = inserted else {
+        // Already refunded: nothing moves twice.
+        return Ok(());
+    };
+    let moved: Option<(i64, i64)> = sqlx::query_as(
+        "UPDATE revenue SET total_paise = total_paise - $1, paid_orders = paid_orders - 1 \
+         WHERE id = 1 AND total_paise >= $1 AND paid_orders >= 1 \
+         RETURNING total_paise, paid_orders",
+    )
+    .bind(amount)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (total_paise, paid_orders) = moved.ok_or_else(|| {
+        StoreError::Conflict("the revenue total is below this refund; nothing was changed".into())
+    })?;
+    sqlx::query("UPDATE orders SET refunded = 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    order.refunded = true;
+    let refunded = json!({
+        "refund_id": refund_id.to_string(),
+        "payment_id": payment_id.to_string(),
+        "order_id": order.id,
+        "amount_paise": amount,
+        "refunded_at": now,
+    });
+    let revenue = Revenue {
+        currency: CURRENCY.into(),
+        total_paise,
+        paid_orders,
+    };
+    let mut revenue_event = serde_json::to_value(&revenue).unwrap_or_default();
+    revenue_event["refund"] = refunded.clone();
+    enqueue(tx, &order_room(id), events::ORDER_REFUNDED, &refunded).await?;
+    if let Some(room) = user_room(&order.customer) {
+        enqueue(tx, &room, events::ORDER_REFUNDED, &refunded).await?;
+    }
+    enqueue(
+        tx,
+        &Room::admin_revenue(),
+        events::REVENUE_UPDATED,
+        &revenue_event,
+    )
+    .await?;
+    Ok(())
+}
+
 impl Store {
-    /// Pays order `order_id` with `amount_paise`, once per (caller, `key`).
+    /// Pays order `order_id` with `amount_paise`, once per (caller `sub`, caller role,
+    /// route, `key`). Checks, in order: visibility (404), the caller's role (403), the key
+    /// (a replay answers the stored result; the same key for another payment is 422), the
+    /// order's state (409), the amount (422).
     pub async fn pay(
         &self,
         order_id: i64,
@@ -34,10 +157,18 @@ impl Store {
     ) -> Result<PaymentOutcome, StoreError> {
         let fingerprint = format!("{order_id}:{amount_paise}");
         let mut tx = self.write_tx().await?;
+        let mut order = authorize(
+            load_for_update(&mut tx, order_id).await?,
+            actor,
+            Change::Pay,
+        )?;
         let earlier: Option<(String, i64, String)> = sqlx::query_as(
-            "SELECT fingerprint, status, body FROM idempotency_keys WHERE actor = $1 AND key = $2",
+            "SELECT fingerprint, status, body FROM idempotency_keys \
+             WHERE sub = $1 AND role = $2 AND route = $3 AND key = $4",
         )
         .bind(actor.sub)
+        .bind(actor.role.as_str())
+        .bind(PAYMENT_ROUTE)
         .bind(key)
         .fetch_optional(&mut *tx)
         .await?;
@@ -47,28 +178,21 @@ impl Store {
                     "Idempotency-Key was already used for a different payment".into(),
                 ));
             }
-            let body =
+            let mut body: Value =
                 serde_json::from_str(&body).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            // Answers stored before payment responses stopped carrying the revenue totals.
+            if let Some(body) = body.as_object_mut() {
+                body.remove("revenue");
+            }
             return Ok(PaymentOutcome {
                 status: status as u16,
                 body,
                 replayed: true,
             });
         }
-        let mut order = load_for_update(&mut tx, order_id)
-            .await?
-            .filter(|o| can_see(o, actor))
-            .ok_or(StoreError::NotFound)?;
-        if actor.role == switchyard_protocol::Role::Partner {
-            return Err(StoreError::Forbidden(
-                "only the customer who placed the order or an admin may pay".into(),
-            ));
-        }
-        if order.paid {
-            return Err(StoreError::Conflict("order is already paid".into()));
-        }
-        if order.status == OrderStatus::Cancelled {
-            return Err(StoreError::Conflict("order is cancelled".into()));
+        admissible(&order, actor, Change::Pay)?;
+        if amount_paise <= 0 {
+            return Err(StoreError::Invalid("amount_paise must be positive".into()));
         }
         if amount_paise != order.total_paise {
             return Err(StoreError::Invalid(format!(
@@ -76,6 +200,7 @@ impl Store {
                 order.total_paise
             )));
         }
+        let revenue = add_revenue(&mut tx, amount_paise).await?;
         let now = now_ms();
         let (payment_id,): (i64,) = sqlx::query_as(
             "INSERT INTO payments (order_id, amount_paise, payer, idempotency_key, created_at) \
@@ -93,20 +218,8 @@ impl Store {
             .bind(order_id)
             .execute(&mut *tx)
             .await?;
-        let (total_paise, paid_orders): (i64, i64) = sqlx::query_as(
-            "UPDATE revenue SET total_paise = total_paise + $1, paid_orders = paid_orders + 1 \
-             WHERE id = 1 RETURNING total_paise, paid_orders",
-        )
-        .bind(amount_paise)
-        .fetch_one(&mut *tx)
-        .await?;
         order.paid = true;
         order.updated_at = now;
-        let revenue = Revenue {
-            currency: CURRENCY.into(),
-            total_paise,
-            paid_orders,
-        };
         let payment = json!({
             "payment_id": payment_id.to_string(),
             "order_id": order.id,
@@ -122,20 +235,21 @@ impl Store {
             &revenue_event,
         )
         .await?;
-        if let Ok(room) = Room::order(&order.id) {
+        enqueue(&mut tx, &order_room(order_id), events::ORDER_PAID, &payment).await?;
+        if let Some(room) = user_room(&order.customer) {
             enqueue(&mut tx, &room, events::ORDER_PAID, &payment).await?;
         }
-        if let Ok(room) = Room::user(&order.customer) {
-            enqueue(&mut tx, &room, events::ORDER_PAID, &payment).await?;
-        }
+        // The answer carries no revenue totals: those are admins' (`GET /api/revenue`,
+        // `admin:revenue`), and the payer may be any customer.
         let mut body = payment;
         body["status"] = json!("paid");
-        body["revenue"] = serde_json::to_value(&revenue).unwrap_or_default();
         sqlx::query(
-            "INSERT INTO idempotency_keys (actor, key, fingerprint, status, body, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO idempotency_keys (sub, role, route, key, fingerprint, status, body, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(actor.sub)
+        .bind(actor.role.as_str())
+        .bind(PAYMENT_ROUTE)
         .bind(key)
         .bind(&fingerprint)
         .bind(201_i64)
@@ -169,33 +283,42 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_protocol::Role;
     use switchyard_protocol::order::{Item, NewOrder};
+    use switchyard_protocol::{OrderStatus, Role};
 
     async fn store() -> Store {
         Store::open("sqlite::memory:").await.unwrap()
     }
 
-    #[tokio::test]
-    async fn a_key_pays_once() {
-        let store = store().await;
+    async fn order(store: &Store, customer: &str, total: i64) -> i64 {
         let new = NewOrder {
             items: vec![Item {
                 sku: "milk".into(),
-                qty: 2,
-                unit_price_paise: 6500,
+                qty: 1,
+                unit_price_paise: total,
             }],
             address: "here".into(),
         };
-        let order = store.create_order("u1", &new, 13_000).await.unwrap();
-        let id: i64 = order.id.parse().unwrap();
-        let me = Actor {
-            sub: "u1",
+        let order = store.create_order(customer, &new, total).await.unwrap();
+        order.id.parse().unwrap()
+    }
+
+    fn customer(sub: &str) -> Actor<'_> {
+        Actor {
+            sub,
             role: Role::Customer,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_pays_once() {
+        let store = store().await;
+        let id = order(&store, "u1", 13_000).await;
+        let me = customer("u1");
         let first = store.pay(id, me, "k1", 13_000).await.unwrap();
         assert_eq!(first.status, 201);
         assert!(!first.replayed);
+        assert!(first.body.get("revenue").is_none(), "{}", first.body);
         let again = store.pay(id, me, "k1", 13_000).await.unwrap();
         assert!(again.replayed);
         assert_eq!(again.body, first.body);
@@ -211,5 +334,102 @@ mod tests {
         assert_eq!((revenue.total_paise, revenue.paid_orders), (13_000, 1));
         // created + revenue.updated + 2 × order.paid
         assert_eq!(store.outbox_batch(100).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn keys_are_scoped_by_role_too() {
+        let store = store().await;
+        let id = order(&store, "c1", 500).await;
+        store.pay(id, customer("c1"), "k", 500).await.unwrap();
+        // An admin whose sub is "c1" sends c1's key: not a replay of c1's answer.
+        let admin = Actor {
+            sub: "c1",
+            role: Role::Admin,
+        };
+        assert!(matches!(
+            store.pay(id, admin, "k", 500).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn revenue_refuses_to_overflow_and_changes_nothing() {
+        let store = store().await;
+        let near = i64::MAX - 1_000;
+        sqlx::query("UPDATE revenue SET total_paise = $1 WHERE id = 1")
+            .bind(near)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let big = order(&store, "c1", 5_000).await;
+        let outbox_before = store.outbox_batch(100).await.unwrap().len();
+        assert!(matches!(
+            store.pay(big, customer("c1"), "k", 5_000).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let revenue = store.revenue().await.unwrap();
+        assert_eq!((revenue.total_paise, revenue.paid_orders), (near, 0));
+        assert!(!store.order(big).await.unwrap().unwrap().paid);
+        assert_eq!(store.outbox_batch(100).await.unwrap().len(), outbox_before);
+        // A payment that fits still goes through, up to the very last paisa.
+        let small = order(&store, "c2", 1_000).await;
+        store.pay(small, customer("c2"), "k", 1_000).await.unwrap();
+        assert_eq!(store.revenue().await.unwrap().total_paise, i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_paid_order_refunds_it_once() {
+        let store = store().await;
+        let id = order(&store, "c1", 700).await;
+        let other = order(&store, "c2", 300).await;
+        store.pay(id, customer("c1"), "k", 700).await.unwrap();
+        store.pay(other, customer("c2"), "k", 300).await.unwrap();
+        let seen = store.outbox_batch(1_000).await.unwrap().len();
+        let cancelled = store
+            .change_status(id, customer("c1"), OrderStatus::Cancelled)
+            .await
+            .unwrap();
+        assert!(cancelled.paid && cancelled.refunded);
+        let revenue = store.revenue().await.unwrap();
+        assert_eq!((revenue.total_paise, revenue.paid_orders), (300, 1));
+        let events: Vec<_> = store.outbox_batch(1_000).await.unwrap()[seen..]
+            .iter()
+            .map(|e| (e.room.clone(), e.event.clone()))
+            .collect();
+        let room = format!("order:{id}");
+        for want in [
+            (room.as_str(), "order.status"),
+            ("user:c1", "order.status"),
+            (room.as_str(), "order.refunded"),
+            ("user:c1", "order.refunded"),
+            ("admin:revenue", "revenue.updated"),
+        ] {
+            assert!(
+                events.iter().any(|(r, e)| (r.as_str(), e.as_str()) == want),
+                "{want:?} in {events:?}"
+            );
+        }
+        // Cancelled is final: no second cancellation, no second refund.
+        assert!(matches!(
+            store
+                .change_status(id, customer("c1"), OrderStatus::Cancelled)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let mut again = store.order(id).await.unwrap().unwrap();
+        let mut tx = store.write_tx().await.unwrap();
+        refund(&mut tx, &mut again).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.revenue().await.unwrap().total_paise, 300);
+        // And a cancelled order cannot be paid.
+        let unpaid = order(&store, "c1", 100).await;
+        store
+            .change_status(unpaid, customer("c1"), OrderStatus::Cancelled)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.pay(unpaid, customer("c1"), "k2", 100).await,
+            Err(StoreError::Conflict(_))
+        ));
     }
 }

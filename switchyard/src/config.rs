@@ -14,6 +14,7 @@ use switchyard_broker::memory::HistoryConfig;
 use switchyard_broker::redis::RedisConfig;
 use switchyard_gateway::GatewayConfig;
 use switchyard_protocol::Role;
+use switchyard_protocol::order::OrderLimits;
 
 /// Switchyard: a real-time WebSocket gateway with JWT handshakes, rooms and a REST API.
 ///
@@ -311,6 +312,16 @@ pub struct LimitArgs {
     /// Largest `/api/publish/batch` body, bytes (larger → 413).
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_batch_body_bytes: usize,
+    /// Largest `qty` of one order line (beyond → 422).
+    #[arg(long, env = "SWITCHYARD_MAX_ITEM_QTY", default_value_t = OrderLimits::default().max_qty)]
+    pub max_item_qty: i64,
+    /// Largest `unit_price_paise` of one order line (beyond → 422). Default ₹5 lakh.
+    #[arg(long, env = "SWITCHYARD_MAX_UNIT_PRICE_PAISE", default_value_t = OrderLimits::default().max_unit_price_paise)]
+    pub max_unit_price_paise: i64,
+    /// Largest order total, paise (beyond → 422). Default ₹10 lakh; at most ₹10 crore
+    /// (1,000,000,000), so the revenue total (an i64 of paise) stays out of reach.
+    #[arg(long, env = "SWITCHYARD_MAX_ORDER_TOTAL_PAISE", default_value_t = OrderLimits::default().max_total_paise)]
+    pub max_order_total_paise: i64,
 }
 
 /// `switchyard publish`. `Debug` masks the token.
@@ -469,12 +480,19 @@ impl LimitArgs {
         }
     }
 
-    pub fn api(&self) -> ApiConfig {
-        ApiConfig {
+    pub fn api(&self) -> Result<ApiConfig, String> {
+        let order_limits = OrderLimits {
+            max_qty: self.max_item_qty,
+            max_unit_price_paise: self.max_unit_price_paise,
+            max_total_paise: self.max_order_total_paise,
+        };
+        order_limits.check()?;
+        Ok(ApiConfig {
             max_body_bytes: self.max_body_bytes,
             max_publish_data_bytes: self.max_publish_data_bytes,
             max_batch_body_bytes: self.max_batch_body_bytes,
-        }
+            order_limits,
+        })
     }
 }
 

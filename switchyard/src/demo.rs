@@ -424,7 +424,7 @@ impl World {
                 tracing::info!(
                     order,
                     amount_paise = total,
-                    revenue_paise = answer["revenue"]["total_paise"].as_i64(),
+                    payment = answer["payment_id"].as_str(),
                     "demo: order paid"
                 );
             }

@@ -99,7 +99,7 @@ pub async fn run(
             store: store.clone(),
             verifier: verifier.clone(),
             broker: broker.clone(),
-            config: args.limits.api(),
+            config: args.limits.api().map_err(anyhow::Error::msg)?,
         };
         app = app.merge(switchyard_api::router(state));
     }

@@ -84,8 +84,8 @@ async fn status_rules_over_rest() {
     assert_eq!(server.set_status(&order, &admin(), "packed").await.0, 200);
     assert_eq!(
         server.set_status(&order, &c1, "cancelled").await.0,
-        403,
-        "too late to cancel"
+        409,
+        "a customer may cancel, but not a packed order: the state refuses it"
     );
     assert_eq!(
         server.set_status(&order, &p1, "out_for_delivery").await.0,
@@ -264,26 +264,6 @@ async fn rest_errors_are_json_with_the_right_status() {
     server.stop().await;
 }
 
-async fn pay(
-    server: &TestServer,
-    order: &str,
-    token: &str,
-    key: &str,
-    amount: i64,
-) -> (u16, Value) {
-    let resp = server
-        .http
-        .post(server.url(&format!("/api/orders/{order}/payment")))
-        .bearer_auth(token)
-        .header("idempotency-key", key)
-        .json(&json!({ "amount_paise": amount }))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_moves_revenue_once() {
     let server = TestServer::start().await;
@@ -294,7 +274,7 @@ async fn a_payment_moves_revenue_once() {
 
     let (status, first) = pay(&server, &order, &c1, "key-1", 13_000).await;
     assert_eq!(status, 201, "{first}");
-    assert_eq!(first["revenue"]["total_paise"], 13_000);
+    assert_eq!(first["status"], "paid");
     let e = adm.event("admin:revenue", "revenue.updated").await;
     assert_eq!(e["data"]["total_paise"], 13_000);
     assert_eq!(e["data"]["paid_orders"], 1);
@@ -413,5 +393,294 @@ async fn concurrent_payments_of_different_orders_all_count_and_totals_only_grow(
     }
     assert_eq!(last_total, expected);
     let server = std::sync::Arc::into_inner(server).unwrap();
+    server.stop().await;
+}
+
+/// A request with an arbitrary body and content type, as a client that gets everything
+/// else wrong too would send it.
+async fn raw(
+    server: &TestServer,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut req = server
+        .http
+        .post(server.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Every write answers the first failing check of 401 → 404 → 403 → 409 → payload: each
+/// step below sends a request that would also fail every later check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_check_authentication_visibility_permission_state_then_payload() {
+    let server = TestServer::start().await;
+    let (c1, c2) = (token("c1", Role::Customer), token("c2", Role::Customer));
+    let (p1, p2) = (token("p1", Role::Partner), token("p2", Role::Partner));
+    let packed = server.create_order("c1", 1, 100).await;
+    server.assign(&packed, "p1").await;
+    for status in ["confirmed", "packed"] {
+        assert_eq!(server.set_status(&packed, &admin(), status).await.0, 200);
+    }
+    let placed = server.create_order("c1", 1, 100).await;
+    let cancelled = server.create_order("c1", 1, 100).await;
+    assert_eq!(server.set_status(&cancelled, &c1, "cancelled").await.0, 200);
+    let step = |status: u16, code: &'static str| (status, code);
+    let check = |(status, body): (u16, Value), (want, code): (u16, &str), what: &str| {
+        assert_eq!(status, want, "{what}: {body}");
+        assert_eq!(body["error"], code, "{what}: {body}");
+    };
+
+    // POST /api/orders/{id}/status
+    let status_of = |order: &str| format!("/api/orders/{order}/status");
+    let junk = r#"{"status":"delivered","junk":1}"#;
+    check(
+        raw(&server, &status_of(&packed), None, "{", &[]).await,
+        step(401, "unauthorized"),
+        "status: no token",
+    );
+    for body in [junk, "{", r#"{"status":"teleported"}"#] {
+        check(
+            raw(&server, &status_of(&packed), Some(&c2), body, &[]).await,
+            step(404, "not_found"),
+            "status: someone else's order",
+        );
+        check(
+            raw(&server, &status_of(&packed), Some(&p2), body, &[]).await,
+            step(404, "not_found"),
+            "status: a partner not assigned",
+        );
+    }
+    // The issue's case: a customer may never deliver, whatever the state — 403, not 409.
+    check(
+        server.set_status(&packed, &c1, "delivered").await,
+        step(403, "forbidden"),
+        "status: customer delivers a packed order",
+    );
+    check(
+        raw(&server, &status_of(&packed), Some(&c1), junk, &[]).await,
+        step(403, "forbidden"),
+        "status: customer delivers, bad payload",
+    );
+    check(
+        raw(
+            &server,
+            &status_of(&packed),
+            Some(&p1),
+            r#"{"status":"confirmed","x":1}"#,
+            &[],
+        )
+        .await,
+        step(403, "forbidden"),
+        "status: partner confirms",
+    );
+    let late_cancel = r#"{"status":"cancelled","junk":1}"#;
+    check(
+        raw(&server, &status_of(&packed), Some(&c1), late_cancel, &[]).await,
+        step(409, "conflict"),
+        "status: customer cancels a packed order",
+    );
+    check(
+        raw(
+            &server,
+            &status_of(&placed),
+            Some(&admin()),
+            r#"{"status":"delivered","x":1}"#,
+            &[],
+        )
+        .await,
+        step(409, "conflict"),
+        "status: admin skips the machine",
+    );
+    check(
+        raw(&server, &status_of(&placed), Some(&c1), late_cancel, &[]).await,
+        step(422, "invalid"),
+        "status: unknown field",
+    );
+    check(
+        raw(
+            &server,
+            &status_of(&placed),
+            Some(&c1),
+            r#"{"status":"teleported"}"#,
+            &[],
+        )
+        .await,
+        step(422, "invalid"),
+        "status: unknown status",
+    );
+    check(
+        raw(&server, &status_of(&placed), Some(&c1), "{", &[]).await,
+        step(400, "bad_request"),
+        "status: malformed JSON",
+    );
+
+    // POST /api/orders/{id}/assign
+    let assign_of = |order: &str| format!("/api/orders/{order}/assign");
+    let bad_partner = r#"{"partner":"not a valid id!"}"#;
+    check(
+        raw(&server, &assign_of(&packed), None, bad_partner, &[]).await,
+        step(401, "unauthorized"),
+        "assign: no token",
+    );
+    check(
+        raw(&server, &assign_of(&packed), Some(&c2), bad_partner, &[]).await,
+        step(404, "not_found"),
+        "assign: someone else's order",
+    );
+    check(
+        raw(&server, &assign_of(&cancelled), Some(&c1), bad_partner, &[]).await,
+        step(403, "forbidden"),
+        "assign: a customer",
+    );
+    check(
+        raw(
+            &server,
+            &assign_of(&cancelled),
+            Some(&admin()),
+            bad_partner,
+            &[],
+        )
+        .await,
+        step(409, "conflict"),
+        "assign: a cancelled order",
+    );
+    check(
+        raw(
+            &server,
+            &assign_of(&placed),
+            Some(&admin()),
+            bad_partner,
+            &[],
+        )
+        .await,
+        step(422, "invalid"),
+        "assign: a bad partner id",
+    );
+
+    // POST /api/orders/{id}/payment (no Idempotency-Key, a malformed body: both payload)
+    let pay_of = |order: &str| format!("/api/orders/{order}/payment");
+    check(
+        raw(&server, &pay_of(&placed), None, "{", &[]).await,
+        step(401, "unauthorized"),
+        "payment: no token",
+    );
+    check(
+        raw(&server, &pay_of(&placed), Some(&c2), "{", &[]).await,
+        step(404, "not_found"),
+        "payment: someone else's order",
+    );
+    check(
+        raw(&server, &pay_of(&packed), Some(&p1), "{", &[]).await,
+        step(403, "forbidden"),
+        "payment: the assigned partner",
+    );
+    check(
+        raw(&server, &pay_of(&cancelled), Some(&c1), "{", &[]).await,
+        step(409, "conflict"),
+        "payment: a cancelled order",
+    );
+    check(
+        raw(
+            &server,
+            &pay_of(&placed),
+            Some(&c1),
+            r#"{"amount_paise":100}"#,
+            &[],
+        )
+        .await,
+        step(400, "bad_request"),
+        "payment: no Idempotency-Key",
+    );
+    let key = [("idempotency-key", "k1")];
+    check(
+        raw(
+            &server,
+            &pay_of(&placed),
+            Some(&c1),
+            r#"{"amount_paise":99}"#,
+            &key,
+        )
+        .await,
+        step(422, "invalid"),
+        "payment: wrong amount",
+    );
+    check(
+        raw(
+            &server,
+            &pay_of(&placed),
+            Some(&c1),
+            r#"{"amount_paise":-5}"#,
+            &key,
+        )
+        .await,
+        step(422, "invalid"),
+        "payment: negative amount",
+    );
+
+    // POST /api/orders, /api/publish, /api/users/{sub}/revoke: no order, so 401 → 403 →
+    // payload.
+    for path in [
+        "/api/orders",
+        "/api/publish",
+        "/api/publish/batch",
+        "/api/users/c1/revoke",
+    ] {
+        check(
+            raw(&server, path, None, "{", &[]).await,
+            step(401, "unauthorized"),
+            path,
+        );
+    }
+    check(
+        raw(&server, "/api/orders", Some(&admin()), "{", &[]).await,
+        step(403, "forbidden"),
+        "create: an admin",
+    );
+    check(
+        raw(&server, "/api/orders", Some(&c1), "{", &[]).await,
+        step(400, "bad_request"),
+        "create: malformed",
+    );
+    for path in ["/api/publish", "/api/publish/batch"] {
+        check(
+            raw(&server, path, Some(&c1), "{", &[]).await,
+            step(403, "forbidden"),
+            path,
+        );
+        check(
+            raw(&server, path, Some(&admin()), "{", &[]).await,
+            step(400, "bad_request"),
+            path,
+        );
+    }
+    check(
+        raw(&server, "/api/users/not%20valid/revoke", Some(&c1), "", &[]).await,
+        step(403, "forbidden"),
+        "revoke: a customer",
+    );
+    check(
+        raw(
+            &server,
+            "/api/users/not%20valid/revoke",
+            Some(&admin()),
+            "",
+            &[],
+        )
+        .await,
+        step(422, "invalid"),
+        "revoke: a bad user id",
+    );
     server.stop().await;
 }

@@ -2,8 +2,8 @@
 // map. Initial state over REST, then live events through clients/js:
 //
 // - `admin:revenue` carries `revenue.updated` (totals, and the payment that moved them);
-// - each `order:{id}` room carries `order.status`, `order.assigned`, `order.paid` and
-//   `partner.location` for that order.
+// - each `order:{id}` room carries `order.status`, `order.assigned`, `order.paid`,
+//   `order.refunded` and `partner.location` for that order.
 //
 // New orders: `order.created` goes only to the customer's `user:{customer}` room
 // (protocol/README.md, "Events"), and an admin cannot know every customer in advance, so the
@@ -24,6 +24,7 @@ import {
   itemsText,
   liveClient,
   MapCanvas,
+  money,
   rupees,
   showHelp,
   statusLabel,
@@ -95,6 +96,7 @@ function onEvent({ event, data }) {
     case "revenue.updated":
       setRevenue(data);
       if (data.payment) patch(data.payment.order_id, { paid: true });
+      if (data.refund) patch(data.refund.order_id, { refunded: true });
       break;
     case "order.status":
       patch(data.order_id, { status: data.status, updated_at: data.updated_at });
@@ -105,6 +107,9 @@ function onEvent({ event, data }) {
       break;
     case "order.paid":
       patch(data.order_id, { paid: true });
+      break;
+    case "order.refunded":
+      patch(data.order_id, { refunded: true });
       break;
     case "partner.location":
       movePartner(data);
@@ -194,7 +199,8 @@ function patch(id, fields) {
   render(next, changed(order, next));
 }
 
-const changed = (a, b) => a.status !== b.status || a.partner !== b.partner || a.paid !== b.paid;
+const changed = (a, b) =>
+  a.status !== b.status || a.partner !== b.partner || a.paid !== b.paid || a.refunded !== b.refunded;
 
 function render(order, flash) {
   let tr = rows.get(order.id);
@@ -221,8 +227,8 @@ function render(order, flash) {
   status.dataset.status = order.status;
   status.textContent = statusLabel(order.status);
   c[5].textContent = order.partner ?? "—";
-  c[6].textContent = order.paid ? "paid" : "unpaid";
-  c[6].className = `paid-cell ${order.paid ? "paid" : "unpaid"}`;
+  c[6].textContent = money(order);
+  c[6].className = `paid-cell ${money(order)}`;
   c[7].textContent = clock(order.updated_at);
   if (flash) {
     tr.classList.remove("flash");

@@ -107,6 +107,8 @@ export const clock = (ms) => new Date(ms).toLocaleTimeString("en-GB", { hour12: 
 export const STATUSES = ["placed", "confirmed", "packed", "out_for_delivery", "delivered"];
 export const statusLabel = (s) => String(s).replaceAll("_", " ");
 export const isFinished = (status) => status === "delivered" || status === "cancelled";
+/** An order's money: "paid", "unpaid" or "refunded" (paid, then cancelled). */
+export const money = (order) => (order.refunded ? "refunded" : order.paid ? "paid" : "unpaid");
 export const itemsText = (items) => (items ?? []).map((i) => `${i.qty}× ${i.sku}`).join(", ");
 
 // ---- canvases -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // The customer's tracking view (/track#order=42&token=…): one order's status timeline, its
 // partner's position on a map, and the order's events as they come. The order over REST first,
 // then its `order:{id}` room through clients/js (order.status, order.assigned, order.paid,
-// partner.location, and any event a backend service publishes there, e.g. an ETA).
+// order.refunded, partner.location, and any event a backend service publishes there, e.g. an ETA).
 import {
   $,
   api,
@@ -12,6 +12,7 @@ import {
   liveClient,
   MapCanvas,
   metres,
+  money,
   rupees,
   showHelp,
   STATUSES,
@@ -76,6 +77,10 @@ function onEvent({ event, data }) {
       apply({ ...order, paid: true });
       log(`paid ${rupees(data.amount_paise)}`, data.paid_at);
       break;
+    case "order.refunded":
+      apply({ ...order, refunded: true });
+      log(`refunded ${rupees(data.amount_paise)}`, data.refunded_at);
+      break;
     case "partner.location":
       if (!fix) log(`${data.partner} is on the map`, data.received_at);
       locate(data);
@@ -92,8 +97,9 @@ function apply(next) {
   if (order.last_location) locate(order.last_location);
   $("order-id").textContent = `#${order.id}`;
   const paid = $("order-paid");
-  paid.textContent = order.paid ? "paid" : "not paid";
-  paid.className = `badge ${order.paid ? "paid" : "unpaid"}`;
+  const state = money(order);
+  paid.textContent = state === "unpaid" ? "not paid" : state;
+  paid.className = `badge ${state}`;
   $("order-summary").textContent = `${itemsText(order.items)} · ${rupees(order.total_paise)} · to ${order.address}`;
   $("partner-name").textContent = order.partner ?? "not assigned yet";
   renderTimeline();

@@ -158,6 +158,27 @@ impl TestServer {
     }
 }
 
+/// Pays `order` with an `Idempotency-Key`; returns the status and the JSON body.
+pub async fn pay(
+    server: &TestServer,
+    order: &str,
+    token: &str,
+    key: &str,
+    amount: i64,
+) -> (u16, Value) {
+    let resp = server
+        .http
+        .post(server.url(&format!("/api/orders/{order}/payment")))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&json!({ "amount_paise": amount }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
 /// One REST call with a bearer token; returns the status and the JSON body (`null` when the
 /// body is not JSON).
 pub async fn http_call(
