@@ -109,6 +109,7 @@ start_redis redis-switchyard; sy_redis_port=$REPLY_PORT
 export REDIS_URL="redis://127.0.0.1:$sy_redis_port" DATABASE_URL="sqlite://$work/switchyard.db"
 export SWITCHYARD_MAX_CONNECTIONS=19500 RUST_LOG=warn SWITCHYARD_DRAIN_TIMEOUT_MS=1000 SWITCHYARD_DRAIN_SPREAD_MS=200
 start_switchyard api api1; api_addr=$REPLY_ADDR; api_pid=$REPLY_PID
+export SWITCHYARD_API_URL="http://$api_addr"   # gateways have no database: they ask the API
 start_switchyard gateway gateway1; gw1=$REPLY_ADDR; gw1_pid=$REPLY_PID
 start_switchyard gateway gateway2; gw2=$REPLY_ADDR; gw2_pid=$REPLY_PID
 sy_redis_pid=$(cat "$work/redis-switchyard.pid")

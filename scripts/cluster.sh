@@ -48,10 +48,13 @@ start_redis() {
   wait_for redis "$port"
 }
 
-# A switchyard process; its chosen port is read from its "listening on" line.
-start_switchyard() { # role name
+# A switchyard process in its own working directory DIR/NAME; its chosen port is read from its
+# "listening on" line. Extra arguments are VAR=value settings for that process only.
+start_switchyard() { # role name [VAR=value ...]
   local role=$1 name=$2 log="$dir/$2.log"
-  "$bin" "$role" --listen 127.0.0.1:0 < /dev/null > "$log.out" 2> "$log" &
+  shift 2
+  mkdir -p "$dir/$name"
+  (cd "$dir/$name" && exec env "$@" "$bin" "$role" --listen 127.0.0.1:0) < /dev/null > "$log.out" 2> "$log" &
   echo $! > "$dir/$name.pid"
   for _ in $(seq 1 300); do
     addr=$(sed -n 's/^listening on //p' "$log.out" | head -n1)
@@ -88,11 +91,19 @@ case "$cmd" in
     fi
     redis_port=$(free_port)
     start_redis "$redis_port"
-    export JWT_SECRET REDIS_URL="redis://127.0.0.1:$redis_port" DATABASE_URL="sqlite://$dir/switchyard.db"
-    # The API first: it creates the database schema the gateways then open.
+    export JWT_SECRET REDIS_URL="redis://127.0.0.1:$redis_port"
+    # Only the API processes have a database. Gateways have none: they read room snapshots
+    # from Redis and ask the APIs (SWITCHYARD_API_URL) when Redis cannot answer.
+    unset DATABASE_URL
+    database_url="sqlite://$dir/switchyard.db"
     api_addrs=(); gw_addrs=()
-    for i in $(seq 1 "$apis"); do api_addrs+=("$(start_switchyard api "api$i")"); done
-    for i in $(seq 1 "$gateways"); do gw_addrs+=("$(start_switchyard gateway "gateway$i")"); done
+    for i in $(seq 1 "$apis"); do
+      api_addrs+=("$(start_switchyard api "api$i" DATABASE_URL="$database_url")")
+    done
+    api_urls=""; for a in "${api_addrs[@]}"; do api_urls+="${api_urls:+,}http://$a"; done
+    for i in $(seq 1 "$gateways"); do
+      gw_addrs+=("$(start_switchyard gateway "gateway$i" SWITCHYARD_API_URL="$api_urls")")
+    done
     nginx_port=$(free_port)
     gw_servers=""; for a in "${gw_addrs[@]}"; do gw_servers+="server $a; "; done
     api_servers=""; for a in "${api_addrs[@]}"; do api_servers+="server $a; "; done
@@ -112,7 +123,8 @@ PY
       echo "NGINX=127.0.0.1:$nginx_port"
       echo "REDIS_PORT=$redis_port"
       echo "REDIS_URL=$REDIS_URL"
-      echo "DATABASE_URL=$DATABASE_URL"
+      echo "DATABASE_URL=$database_url"
+      echo "API_URLS=$api_urls"
       echo "JWT_SECRET=$JWT_SECRET"
       echo "GATEWAYS=\"${gw_addrs[*]}\""
       echo "APIS=\"${api_addrs[*]}\""

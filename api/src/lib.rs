@@ -8,15 +8,20 @@
 //! - [`extract`]: the bearer-token caller and JSON bodies with JSON rejections.
 //! - [`orders`], [`payments`]: the handlers.
 //! - [`publish`]: the server publish API for other backend services.
-//! - [`relay`]: outbox → bus.
+//! - [`internal`]: what gateways ask when the shared state cannot answer (`/internal`,
+//!   service tokens only).
+//! - [`relay`]: outbox → shared state, revocations and the bus.
+//! - [`positions`]: partners' newest positions, gathered by gateways, into the database.
 //! - [`metrics`]: per-route request counts and latencies.
 //! - [`web`]: the live dashboard (`/`, `/track`), embedded in the binary.
 
 pub mod error;
 pub mod extract;
+pub mod internal;
 pub mod metrics;
 pub mod orders;
 pub mod payments;
+pub mod positions;
 pub mod publish;
 pub mod relay;
 pub mod sessions;
@@ -69,7 +74,7 @@ pub struct ApiState {
     pub config: ApiConfig,
 }
 
-/// The `/api` routes.
+/// The `/api` and `/internal` routes and the dashboard.
 pub fn router(state: ApiState) -> Router {
     let config = state.config.clone();
     // The batch endpoint carries up to 1,000 events: its own, larger body limit.
@@ -95,8 +100,15 @@ pub fn router(state: ApiState) -> Router {
         ))
         // Outermost, so the 503s above and the 413s of the body limits are counted too.
         .layer(middleware::from_fn(metrics::record))
+        .with_state(state.clone());
+    let internal = internal::routes()
+        .fallback(not_found)
+        .layer(middleware::from_fn(metrics::record))
         .with_state(state);
-    Router::new().nest("/api", api).merge(web::router())
+    Router::new()
+        .nest("/api", api)
+        .nest("/internal", internal)
+        .merge(web::router())
 }
 
 /// Changes are refused with 503 while the bus is down rather than piling up events nobody

@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use switchyard_broker::Control;
 use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::room::is_valid_id;
 use switchyard_protocol::{Order, OrderStatus, Role};
@@ -146,20 +145,11 @@ pub async fn assign(
         })
         .await?;
     let id = order_id(&id)?;
-    let (order, previous) = state
+    // A former partner loses the order room on every gateway: the relay sends the revoke
+    // with the commit's events (it is in the outbox).
+    let order = state
         .store
         .assign(id, caller.actor(), &assignment.partner)
         .await?;
-    if let Some(previous) = previous.filter(|p| *p != assignment.partner) {
-        // The former partner loses the order room on every gateway, now.
-        let revoke = Control::Revoke {
-            room: format!("order:{}", order.id),
-            sub: previous,
-            reason: "the order was reassigned to another partner".into(),
-        };
-        if let Err(err) = state.broker.broadcast(revoke).await {
-            tracing::warn!(%err, "could not revoke the former partner's subscriptions");
-        }
-    }
     Ok(Json(order))
 }

@@ -1,4 +1,5 @@
-//! The outbox relay: publishes committed events in the order they were written.
+//! The outbox relay: hands committed outbox rows on in the order they were written — room
+//! snapshots to the shared state, revocations to every gateway, events to the bus.
 //!
 //! Several API processes may share one database; only the holder of the relay lease
 //! publishes, so events leave in commit order (one sequence of ids, one publisher). The
@@ -9,6 +10,13 @@
 //! never skipped or reordered. A crash between publish and delete publishes that row again on
 //! restart (at-least-once from database to bus).
 //!
+//! Snapshot rows come first in their transaction, so a room's snapshot in the shared state is
+//! replaced before the events it covers go out; a subscriber that reads a position after
+//! joining therefore never gets a snapshot older than that position. Without a shared state
+//! (the embedded mode: its gateway reads the database) snapshot rows are simply consumed.
+//! The holder of the lease also writes the partner positions gateways queued
+//! ([`crate::positions`]).
+//!
 //! Metrics, updated every cycle (at most every [`GAUGE_INTERVAL`]): `switchyard_outbox_backlog`
 //! (rows waiting) and `switchyard_outbox_oldest_age_seconds` (how long the oldest has waited)
 //! — from every API process, leader or not, since the outbox is shared: a backlog that grows
@@ -18,8 +26,10 @@
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_broker::state::SharedState;
 use switchyard_broker::{Broker, Control, Deliver, Publication};
 use switchyard_protocol::Room;
+use switchyard_store::OutboxKind;
 use switchyard_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +56,13 @@ impl Deliver for Wake {
 }
 
 /// Runs until `shutdown` is cancelled, then publishes what is left (one last pass) and
-/// releases the lease.
-pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationToken) {
+/// releases the lease. `state` is the shared state of the distributed mode (None: embedded).
+pub async fn run(
+    store: Store,
+    broker: Arc<dyn Broker>,
+    state: Option<Arc<dyn SharedState>>,
+    shutdown: CancellationToken,
+) {
     if std::env::var("SWITCHYARD_FAILPOINT").as_deref() == Ok("relay-off") {
         // Test-only fail point: behave like a process that dies right after each commit,
         // before publishing. The outbox keeps every event for the next start.
@@ -65,6 +80,7 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
     let mut lease_until: Option<Instant> = None;
     let mut backoff = Duration::from_millis(50);
     let mut gauges_at: Option<Instant> = None;
+    let mut positions_at = Instant::now();
     metrics::gauge!("switchyard_relay_leader").set(0.0);
     loop {
         let stopping = shutdown.is_cancelled();
@@ -86,10 +102,17 @@ pub async fn run(store: Store, broker: Arc<dyn Broker>, shutdown: CancellationTo
         let leader = lease_until.is_some();
         metrics::gauge!("switchyard_relay_leader").set(if leader { 1.0 } else { 0.0 });
         let result = if leader {
-            relay_batch(&store, broker.as_ref()).await
+            relay_batch(&store, broker.as_ref(), state.as_deref()).await
         } else {
             Ok(0)
         };
+        if let Some(state) = state.as_deref()
+            && leader
+            && (stopping || positions_at.elapsed() >= crate::positions::PERSIST_EVERY)
+        {
+            crate::positions::persist(&store, state).await;
+            positions_at = Instant::now();
+        }
         // While draining a backlog, at most every GAUGE_INTERVAL; always once caught up, so
         // the gauges read 0 as soon as the outbox is empty.
         if matches!(result, Ok(0)) || gauges_at.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
@@ -156,38 +179,76 @@ fn with_event_id(id: i64, data: &str) -> String {
     }
 }
 
-/// Publishes one batch; returns how many rows it consumed.
-async fn relay_batch(store: &Store, broker: &dyn Broker) -> Result<usize, String> {
-    let batch = store.outbox_batch(BATCH).await.map_err(|e| e.to_string())?;
-    let mut done = None;
-    let mut result = Ok(batch.len());
-    for event in batch {
-        let parsed = Room::parse(&event.room)
-            .map_err(|e| e.to_string())
-            .and_then(|room| {
-                Ok((
-                    room,
-                    RawValue::from_string(with_event_id(event.id, &event.data))
-                        .map_err(|e| e.to_string())?,
-                ))
-            });
-        match parsed {
-            Ok((room, data)) => {
-                if let Err(err) = broker.publish(&room, &event.event, data).await {
-                    result = Err(err.to_string());
-                    break;
-                }
-                metrics::counter!("switchyard_events_published_total", "source" => "api")
-                    .increment(1);
+/// Hands one row on: `Ok(false)` when the row can never be handled (skipped, logged).
+async fn relay_row(
+    event: &switchyard_store::OutboxEvent,
+    broker: &dyn Broker,
+    state: Option<&dyn SharedState>,
+) -> Result<bool, String> {
+    let Ok(room) = Room::parse(&event.room) else {
+        return Ok(false);
+    };
+    match event.kind {
+        OutboxKind::Snapshot => {
+            if let Some(state) = state {
+                state
+                    .put_snapshot(&room, &event.data)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
-            // A row that can never be published must not block the ones behind it.
-            Err(err) => tracing::error!(id = event.id, %err, "dropping unpublishable outbox row"),
         }
-        done = Some(event.id);
+        OutboxKind::Revoke => {
+            #[derive(serde::Deserialize)]
+            struct Revoke {
+                sub: String,
+                reason: String,
+            }
+            let Ok(Revoke { sub, reason }) = serde_json::from_str(&event.data) else {
+                return Ok(false);
+            };
+            let control = Control::Revoke {
+                room: room.as_str().to_owned(),
+                sub,
+                reason,
+            };
+            broker.broadcast(control).await.map_err(|e| e.to_string())?;
+        }
+        OutboxKind::Event => {
+            let Ok(data) = RawValue::from_string(with_event_id(event.id, &event.data)) else {
+                return Ok(false);
+            };
+            broker
+                .publish(&room, &event.event, data)
+                .await
+                .map_err(|e| e.to_string())?;
+            metrics::counter!("switchyard_events_published_total", "source" => "api").increment(1);
+        }
     }
-    if let Some(id) = done {
-        store.outbox_done(id).await.map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// Hands on one batch; returns how many rows it consumed.
+async fn relay_batch(
+    store: &Store,
+    broker: &dyn Broker,
+    state: Option<&dyn SharedState>,
+) -> Result<usize, String> {
+    let batch = store.outbox_batch(BATCH).await.map_err(|e| e.to_string())?;
+    let mut done = Vec::with_capacity(batch.len());
+    let mut result = Ok(batch.len());
+    for event in &batch {
+        match relay_row(event, broker, state).await {
+            Ok(true) => {}
+            // A row that can never be handled must not block the ones behind it.
+            Ok(false) => tracing::error!(id = event.id, "dropping an unreadable outbox row"),
+            Err(err) => {
+                result = Err(err);
+                break;
+            }
+        }
+        done.push(event.id);
     }
+    store.outbox_done(&done).await.map_err(|e| e.to_string())?;
     result
 }
 

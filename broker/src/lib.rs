@@ -17,9 +17,12 @@
 //! # Layout
 //! - [`memory`]: the in-process broker (embedded mode).
 //! - [`redis`]: Redis pub/sub with offsets assigned in Redis (distributed mode).
+//! - [`state`]: room snapshots and partner positions every process reads (distributed mode:
+//!   in the same Redis), so gateways need no database.
 
 pub mod memory;
 pub mod redis;
+pub mod state;
 
 use async_trait::async_trait;
 use bytes::Bytes;

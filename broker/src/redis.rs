@@ -17,8 +17,11 @@
 //!
 //! # Names
 //! Every key and channel starts with the configured prefix (default `sy:`):
-//! `{prefix}room:{room}` (channel), `{prefix}off:{room}` (offset counter), `{prefix}ctl`
-//! (control channel). Room names are validated by [`Room`] before they get here, so no glob
+//! `{prefix}room:{room}` (channel), `{prefix}off:{room}` (offset counter), `{prefix}hist:{room}`
+//! (history stream), `{prefix}ctl` (control channel), `{prefix}conns:{sub}` (a user's
+//! connection leases), and the [`SharedState`]: `{prefix}snap:{room}` (room snapshot),
+//! `{prefix}pos:{order}` (newest position), `{prefix}posq` (positions the database has not
+//! seen yet). Room names are validated by [`Room`] before they get here, so no glob
 //! or control character can reach Redis.
 //!
 //! # Outages
@@ -28,11 +31,15 @@
 //! command timeout, and `switchyard_bus_connected` is 0; reconnects are counted. Events published
 //! to Redis while a gateway's subscriber was disconnected are not seen by that gateway.
 
+use crate::state::{Cached, SharedState};
 use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, SortedSetsInterface};
+use fred::interfaces::{
+    ClientLike, EventInterface, KeysInterface, PubsubInterface, SortedSetsInterface,
+};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::Expiration;
 use fred::types::scripts::Script;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet};
@@ -40,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_protocol::Room;
 use switchyard_protocol::client::StreamPosition;
+use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::event_frame_parts;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -125,13 +133,42 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// Redis [`Broker`].
+/// Records partner positions: each one's key (KEYS[2..], expiring after ARGV[1] ms) and the
+/// queue hash (KEYS[1]) the API writes to the database from; ARGV[2..] = order id, JSON pairs.
+const PUT_POSITIONS_LUA: &str = r#"
+for i = 2, #KEYS do
+  local id, json = ARGV[2 * i - 2], ARGV[2 * i - 1]
+  redis.call('SET', KEYS[i], json, 'PX', ARGV[1])
+  redis.call('HSET', KEYS[1], id, json)
+end
+return #KEYS - 1
+"#;
+
+/// Takes the whole position queue (KEYS[1]) atomically: `[id, json, id, json, …]`.
+const TAKE_POSITIONS_LUA: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return all
+"#;
+
+/// Puts positions back on the queue (KEYS[1]) where no newer one arrived: ARGV = id, JSON pairs.
+const REQUEUE_POSITIONS_LUA: &str = r#"
+for i = 1, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"#;
+
+/// Redis [`Broker`] and [`SharedState`].
 pub struct RedisBroker {
     client: Client,
     subscriber: SubscriberClient,
     script: Script,
     position_script: Script,
     claim_script: Script,
+    put_positions_script: Script,
+    take_positions_script: Script,
+    requeue_positions_script: Script,
     prefix: String,
     offset_ttl_ms: i64,
     history: crate::memory::HistoryConfig,
@@ -171,6 +208,21 @@ impl RedisBroker {
         position_script.load(&client).await.map_err(unavailable)?;
         let claim_script = Script::from_lua(CLAIM_LUA);
         claim_script.load(&client).await.map_err(unavailable)?;
+        let put_positions_script = Script::from_lua(PUT_POSITIONS_LUA);
+        put_positions_script
+            .load(&client)
+            .await
+            .map_err(unavailable)?;
+        let take_positions_script = Script::from_lua(TAKE_POSITIONS_LUA);
+        take_positions_script
+            .load(&client)
+            .await
+            .map_err(unavailable)?;
+        let requeue_positions_script = Script::from_lua(REQUEUE_POSITIONS_LUA);
+        requeue_positions_script
+            .load(&client)
+            .await
+            .map_err(unavailable)?;
 
         let prefix = config.prefix.clone();
         let sinks = Sinks::default();
@@ -214,6 +266,9 @@ impl RedisBroker {
             script,
             position_script,
             claim_script,
+            put_positions_script,
+            take_positions_script,
+            requeue_positions_script,
             prefix,
             offset_ttl_ms: config.offset_ttl.as_millis() as i64,
             history: config.history,
@@ -243,6 +298,21 @@ impl RedisBroker {
     /// `{prefix}conns:{sub}`: the user's connection leases across the cluster.
     fn connections_key(&self, sub: &str) -> String {
         format!("{}conns:{sub}", self.prefix)
+    }
+
+    /// `{prefix}snap:{room}`: the room's snapshot.
+    fn snapshot_key(&self, room: &str) -> String {
+        format!("{}snap:{room}", self.prefix)
+    }
+
+    /// `{prefix}pos:{order}`: the order's newest partner position.
+    fn position_key(&self, order: impl std::fmt::Display) -> String {
+        format!("{}pos:{order}", self.prefix)
+    }
+
+    /// `{prefix}posq`: positions not yet written to the database (order id → JSON).
+    fn position_queue_key(&self) -> String {
+        format!("{}posq", self.prefix)
     }
 }
 
@@ -431,6 +501,105 @@ impl Broker for RedisBroker {
         let up = self.client.is_connected() && self.subscriber.is_connected();
         metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
         up
+    }
+}
+
+fn unavailable(err: fred::error::Error) -> BrokerError {
+    BrokerError::Unavailable(err.to_string())
+}
+
+/// `[id, json, id, json, …]` as pairs; entries whose id is not a number are dropped.
+fn pairs(flat: Vec<String>) -> Vec<(i64, String)> {
+    let mut fields = flat.into_iter();
+    let mut out = Vec::new();
+    while let (Some(id), Some(json)) = (fields.next(), fields.next()) {
+        if let Ok(id) = id.parse() {
+            out.push((id, json));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl SharedState for RedisBroker {
+    async fn put_snapshot(&self, room: &Room, json: &str) -> Result<(), BrokerError> {
+        let _: () = self
+            .client
+            .set(
+                self.snapshot_key(room.as_str()),
+                json,
+                Some(Expiration::PX(self.offset_ttl_ms)),
+                None,
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn cached(&self, room: &Room) -> Result<Cached, BrokerError> {
+        let snapshot = self.snapshot_key(room.as_str());
+        if room.kind() != RoomKind::Order {
+            let snapshot: Option<String> = self.client.get(snapshot).await.map_err(unavailable)?;
+            return Ok(Cached {
+                snapshot,
+                position: None,
+            });
+        }
+        let mut values: Vec<Option<String>> = self
+            .client
+            .mget(vec![snapshot, self.position_key(room.id())])
+            .await
+            .map_err(unavailable)?;
+        let position = values.pop().flatten();
+        Ok(Cached {
+            snapshot: values.pop().flatten(),
+            position,
+        })
+    }
+
+    async fn put_positions(&self, batch: &[(i64, String)]) -> Result<(), BrokerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut keys = vec![self.position_queue_key()];
+        let mut args = vec![self.offset_ttl_ms.to_string()];
+        for (id, json) in batch {
+            keys.push(self.position_key(id));
+            args.push(id.to_string());
+            args.push(json.clone());
+        }
+        let _: i64 = self
+            .put_positions_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn take_positions(&self) -> Result<Vec<(i64, String)>, BrokerError> {
+        let flat: Vec<String> = self
+            .take_positions_script
+            .evalsha_with_reload(&self.client, vec![self.position_queue_key()], ())
+            .await
+            .map_err(unavailable)?;
+        Ok(pairs(flat))
+    }
+
+    async fn requeue_positions(&self, batch: &[(i64, String)]) -> Result<(), BrokerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<String> = batch
+            .iter()
+            .flat_map(|(id, json)| [id.to_string(), json.clone()])
+            .collect();
+        let _: i64 = self
+            .requeue_positions_script
+            .evalsha_with_reload(&self.client, vec![self.position_queue_key()], args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
 

@@ -6,15 +6,20 @@
 //!   An unknown order is refused exactly like someone else's (no existence leak);
 //! - `admin:revenue`: admins only.
 //!
-//! Order access is read from the database at subscribe time, so a subscribe right after the
-//! REST call that created or assigned the order sees the committed state.
+//! Orders come from the [`Backend`]. A cached answer decides when it can be trusted: it
+//! always names the right customer, and a partner it names was assigned at some point (if
+//! replaced since, the revoke that follows the replacement removes them again). A partner it
+//! does *not* name may have been assigned a moment ago, so that refusal is checked against the
+//! source before it is given — a subscribe right after the REST call that assigned the order
+//! is admitted.
 
-use crate::locations::Locations;
+use crate::backend::{Backend, BackendError, Read};
+use crate::locations::{Locations, newest};
 use serde_json::value::RawValue;
 use switchyard_auth::Principal;
+use switchyard_protocol::order::parse_order_id;
 use switchyard_protocol::room::RoomKind;
-use switchyard_protocol::{ErrorCode, Role, Room};
-use switchyard_store::{Store, orders::parse_order_id};
+use switchyard_protocol::{ErrorCode, Order, Role, Room};
 
 /// A refused or failed op: the error code and message for the reply.
 #[derive(Debug, Clone)]
@@ -32,30 +37,32 @@ impl Refusal {
     }
 
     fn internal(err: impl std::fmt::Display) -> Refusal {
-        tracing::error!(%err, "store error");
+        tracing::error!(%err, "backend error");
         Refusal::new(ErrorCode::Internal, "temporary server error, retry")
+    }
+}
+
+impl From<BackendError> for Refusal {
+    fn from(err: BackendError) -> Refusal {
+        Refusal::internal(err)
     }
 }
 
 const NOT_YOURS: &str = "not allowed to join this room";
 
 /// Checks that `who` may join `room`.
-pub async fn may_join(store: &Store, who: &Principal, room: &Room) -> Result<(), Refusal> {
+pub async fn may_join(backend: &dyn Backend, who: &Principal, room: &Room) -> Result<(), Refusal> {
     let allowed = match room.kind() {
         RoomKind::AdminRevenue => who.role == Role::Admin,
         RoomKind::User => who.role == Role::Admin || room.id() == who.sub,
-        RoomKind::Order => {
-            who.role == Role::Admin || {
-                match order_parties(store, room.id()).await? {
-                    Some((customer, partner)) => match who.role {
-                        Role::Customer => customer == who.sub,
-                        Role::Partner => partner.as_deref() == Some(who.sub.as_str()),
-                        _ => false,
-                    },
-                    None => false,
-                }
-            }
-        }
+        RoomKind::Order => match who.role {
+            Role::Admin => true,
+            Role::Customer => order(backend, room.id(), Read::Cached)
+                .await?
+                .is_some_and(|o| o.customer == who.sub),
+            Role::Partner => carries(backend, who, room.id()).await?,
+            Role::Service => false,
+        },
     };
     if allowed {
         Ok(())
@@ -64,23 +71,40 @@ pub async fn may_join(store: &Store, who: &Principal, room: &Room) -> Result<(),
     }
 }
 
-/// The customer and assigned partner of an order, `None` for an unknown order.
-pub async fn order_parties(
-    store: &Store,
+/// Whether `who` is the partner currently assigned to order `order_id` (the location op's
+/// check, and a partner's order-room check).
+pub async fn carries(
+    backend: &dyn Backend,
+    who: &Principal,
     order_id: &str,
-) -> Result<Option<(String, Option<String>)>, Refusal> {
-    let Some(id) = parse_order_id(order_id) else {
-        return Ok(None);
+) -> Result<bool, Refusal> {
+    let names_them = |o: &Option<Order>| {
+        o.as_ref()
+            .is_some_and(|o| o.partner.as_deref() == Some(who.sub.as_str()))
     };
-    store.parties(id).await.map_err(Refusal::internal)
+    if names_them(&order(backend, order_id, Read::Cached).await?) {
+        return Ok(true);
+    }
+    Ok(names_them(&order(backend, order_id, Read::Fresh).await?))
 }
 
-/// The room's current state: the order (with last location) for `order:`, revenue totals
-/// for `admin:revenue`, `null` for `user:` rooms.
-/// A room's current state. Order snapshots overlay the position this gateway has not written
-/// yet (see [`crate::locations`]).
+/// The order behind an `order:` room id; `None` for an unknown order or a non-canonical id.
+async fn order(
+    backend: &dyn Backend,
+    order_id: &str,
+    read: Read,
+) -> Result<Option<Order>, Refusal> {
+    match parse_order_id(order_id) {
+        Some(id) => Ok(backend.order(id, read).await?),
+        None => Ok(None),
+    }
+}
+
+/// A room's current state: the order (with its newest position) for `order:`, the revenue
+/// totals for `admin:revenue`, `null` for `user:` rooms. Order snapshots overlay the position
+/// this gateway has not handed on yet (see [`crate::locations`]).
 pub async fn snapshot(
-    store: &Store,
+    backend: &dyn Backend,
     locations: &Locations,
     room: &Room,
 ) -> Result<Box<RawValue>, Refusal> {
@@ -88,9 +112,9 @@ pub async fn snapshot(
         RoomKind::User => None,
         RoomKind::Order => match parse_order_id(room.id()) {
             Some(id) => {
-                let mut order = store.order(id).await.map_err(Refusal::internal)?;
-                if let (Some(order), Some(newest)) = (order.as_mut(), locations.pending(id)) {
-                    order.last_location = Some(newest);
+                let mut order = backend.order(id, Read::Cached).await?;
+                if let Some(order) = order.as_mut() {
+                    order.last_location = newest(order.last_location, locations.pending(id));
                 }
                 order
                     .map(|o| serde_json::to_string(&o))
@@ -100,7 +124,7 @@ pub async fn snapshot(
             None => None,
         },
         RoomKind::AdminRevenue => {
-            let revenue = store.revenue().await.map_err(Refusal::internal)?;
+            let revenue = backend.revenue().await?;
             Some(serde_json::to_string(&revenue).map_err(Refusal::internal)?)
         }
     };

@@ -7,6 +7,10 @@
 //! - [`hub`]: local rooms → members; fans one encoded frame out to every member.
 //! - [`outbound`]: a connection's bounded outbound queue and its slow-consumer kick.
 //! - `access`: who may join which room; subscribe snapshots.
+//! - [`backend`]: the one seam to the application — orders, revenue, positions — which the
+//!   binary fills in (in-process in the embedded mode, Redis and the API's `/internal` routes in
+//!   the distributed mode), so the gateway itself holds no database.
+//! - [`locations`]: partners' newest positions, handed to the backend in batches.
 //! - `conformance`: test-only `GET /conformance/echo` for RFC 6455 conformance runs.
 //! - [`rate`]: the token bucket behind the op and location rate limits.
 //!
@@ -17,6 +21,7 @@
 //! does not see upgraded connections, which is why the gateway tracks them itself.
 
 pub mod access;
+pub mod backend;
 pub mod config;
 mod conformance;
 mod handshake;
@@ -26,6 +31,7 @@ pub mod outbound;
 pub mod rate;
 mod session;
 
+pub use backend::Backend;
 pub use config::GatewayConfig;
 
 use axum::Router;
@@ -37,7 +43,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_auth::Verifier;
 use switchyard_broker::Broker;
-use switchyard_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -46,7 +51,7 @@ pub(crate) struct Shared {
     config: GatewayConfig,
     verifier: Arc<Verifier>,
     broker: Arc<dyn Broker>,
-    store: Store,
+    backend: Arc<dyn Backend>,
     hub: Arc<hub::Hub>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -55,7 +60,7 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     connections: AtomicUsize,
     per_user: DashMap<Arc<str>, usize>,
-    /// Partners' newest positions, written behind.
+    /// Partners' newest positions, handed to the backend behind.
     locations: Arc<locations::Locations>,
 }
 
@@ -161,7 +166,7 @@ impl Gateway {
         config: GatewayConfig,
         verifier: Arc<Verifier>,
         broker: Arc<dyn Broker>,
-        store: Store,
+        backend: Arc<dyn Backend>,
         shutdown: CancellationToken,
     ) -> Gateway {
         let hub = Arc::new(hub::Hub::new());
@@ -181,15 +186,16 @@ impl Gateway {
         let node: u32 = rand_node();
         let locations = Arc::new(locations::Locations::default());
         {
-            let (locations, store, shutdown) = (locations.clone(), store.clone(), shutdown.clone());
-            tokio::spawn(async move { locations.run(store, shutdown).await });
+            let (locations, backend, shutdown) =
+                (locations.clone(), backend.clone(), shutdown.clone());
+            tokio::spawn(async move { locations.run(backend.as_ref(), shutdown).await });
         }
         Gateway {
             shared: Arc::new(Shared {
                 config,
                 verifier,
                 broker,
-                store,
+                backend,
                 hub,
                 shutdown,
                 tracker: TaskTracker::new(),
@@ -224,7 +230,8 @@ impl Gateway {
             .await
             .is_ok();
         // Positions the last sessions recorded after the periodic writer stopped.
-        self.shared.locations.flush(&self.shared.store).await;
+        let backend = self.shared.backend.as_ref();
+        self.shared.locations.flush(backend).await;
         drained
     }
 }

@@ -1,21 +1,21 @@
-//! Partners' latest positions, written behind.
+//! Partners' latest positions, handed on behind.
 //!
 //! A partner streams fixes at up to `SWITCHYARD_LOCATION_RATE` per second per connection;
-//! every one is published at once, but only the latest per order matters to the database
-//! (`orders.last_location`, read by snapshots and REST). So fixes are kept here, newest per
-//! order, and written every [`FLUSH_EVERY`] in one transaction: one fsync per flush instead of
-//! one per fix, and the location op never waits on the database. Snapshots served by this
-//! gateway overlay what is pending here; elsewhere the stored position lags the newest
-//! `partner.location` event by at most one flush interval.
+//! every one is published at once, but only the latest per order matters to snapshots and
+//! REST reads. So fixes are kept here, newest per order, and handed to the [`Backend`] every
+//! [`FLUSH_EVERY`] in one batch: the location op never waits for storage, and storage sees one
+//! write per order per interval. Snapshots served by this gateway overlay what is pending
+//! here; elsewhere the position lags the newest `partner.location` event by at most one flush
+//! interval.
 
+use crate::backend::Backend;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use switchyard_protocol::Location;
-use switchyard_store::Store;
 use tokio_util::sync::CancellationToken;
 
-/// How often pending positions are written.
+/// How often pending positions are handed on.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Default)]
@@ -29,20 +29,20 @@ impl Locations {
         self.lock().insert(id, location);
     }
 
-    /// The newest position of order `id` not yet written, if any.
+    /// The newest position of order `id` not yet handed on, if any.
     pub fn pending(&self, id: i64) -> Option<Location> {
         self.lock().get(&id).cloned()
     }
 
-    /// Writes everything pending in one transaction; on failure the positions are kept for
-    /// the next flush unless a newer one arrived meanwhile.
-    pub async fn flush(&self, store: &Store) {
+    /// Hands everything pending on in one batch; on failure the positions are kept for the
+    /// next flush unless a newer one arrived meanwhile.
+    pub async fn flush(&self, backend: &dyn Backend) {
         let batch: Vec<(i64, Location)> = std::mem::take(&mut *self.lock()).into_iter().collect();
         if batch.is_empty() {
             return;
         }
-        if let Err(err) = store.record_locations(&batch).await {
-            tracing::warn!(%err, positions = batch.len(), "could not write positions; retrying");
+        if let Err(err) = backend.write_positions(&batch).await {
+            tracing::warn!(%err, positions = batch.len(), "could not hand positions on; retrying");
             let mut pending = self.lock();
             for (id, location) in batch {
                 pending.entry(id).or_insert(location);
@@ -51,18 +51,26 @@ impl Locations {
     }
 
     /// Flushes every [`FLUSH_EVERY`] until `stop`, then once more.
-    pub async fn run(&self, store: Store, stop: CancellationToken) {
+    pub async fn run(&self, backend: &dyn Backend, stop: CancellationToken) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.flush(&store).await,
+                _ = tick.tick() => self.flush(backend).await,
                 _ = stop.cancelled() => break,
             }
         }
-        self.flush(&store).await;
+        self.flush(backend).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Location>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The newer of two positions by when a gateway accepted them.
+pub fn newest(a: Option<Location>, b: Option<Location>) -> Option<Location> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.received_at > a.received_at { b } else { a }),
+        (a, b) => a.or(b),
     }
 }

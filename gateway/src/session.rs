@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use switchyard_auth::Principal;
 use switchyard_broker::Publication;
 use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
+use switchyard_protocol::order::parse_order_id;
 use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::ServerMessage;
 use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
-use switchyard_store::orders::parse_order_id;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// How long a partner's verified assignment is trusted by its location ops.
@@ -78,7 +78,7 @@ pub(crate) struct Session {
     /// Set by an op that ends the connection (a `refresh` for another user).
     closing: Option<u16>,
     /// The order this partner was last found to carry, and when: location ops for it skip
-    /// the database for [`CARRYING_TTL`] (a reassignment is noticed within that).
+    /// the backend for [`CARRYING_TTL`] (a reassignment is noticed within that).
     carrying: Option<(Box<str>, Instant)>,
     /// The handshake's `since` for the user room: recovered in the welcome.
     user_since: Option<StreamPosition>,
@@ -391,7 +391,7 @@ impl Session {
         self.leave(&room).await;
         if matches!(&self.carrying, Some((id, _)) if room.kind() == RoomKind::Order && &**id == room.id())
         {
-            // Reassigned away: location ops for it go back to the database check.
+            // Reassigned away: location ops for it go back to the backend's check.
             self.carrying = None;
         }
         let frame = ServerMessage::Revoked {
@@ -505,7 +505,7 @@ impl Session {
         since: Option<StreamPosition>,
     ) -> Result<Reply, Refusal> {
         let shared = self.shared.clone();
-        let store = &shared.store;
+        let backend = shared.backend.as_ref();
         if !self.rooms.iter().any(|(r, _)| *r == room) {
             if self.rooms.len() >= shared.config.max_subscriptions {
                 return Err(Refusal::new(
@@ -516,12 +516,12 @@ impl Session {
                     ),
                 ));
             }
-            access::may_join(store, &self.who, &room).await?;
+            access::may_join(backend, &self.who, &room).await?;
             self.join(room.clone()).await?;
             if self.who.role == Role::Partner && room.kind() == RoomKind::Order {
                 // A reassignment committed between the check and the join sent its revoke
                 // before we were a member: look again now that we are.
-                if let Err(refusal) = access::may_join(store, &self.who, &room).await {
+                if let Err(refusal) = access::may_join(backend, &self.who, &room).await {
                     if let Some(i) = self.rooms.iter().position(|(r, _)| *r == room) {
                         let (room, _) = self.rooms.swap_remove(i);
                         self.leave(&room).await;
@@ -550,7 +550,7 @@ impl Session {
         let (snapshot, missed) = match history.missed {
             Some(missed) => (None, missed),
             None => (
-                Some(access::snapshot(store, &shared.locations, &room).await?),
+                Some(access::snapshot(backend, &shared.locations, &room).await?),
                 Vec::new(),
             ),
         };
@@ -635,11 +635,9 @@ impl Session {
             ));
         }
         if !self.carries(order_id) {
-            // Not known to be ours in the last few seconds: ask the database.
-            let carries = matches!(
-                access::order_parties(&self.shared.store, order_id).await?,
-                Some((_, Some(partner))) if partner == self.who.sub
-            );
+            // Not known to be ours in the last few seconds: ask the backend.
+            let carries =
+                access::carries(self.shared.backend.as_ref(), &self.who, order_id).await?;
             if !carries {
                 return Err(Refusal::new(
                     ErrorCode::Forbidden,
@@ -660,7 +658,7 @@ impl Session {
             heading: fix.heading,
             speed: fix.speed,
             ts: fix.ts,
-            received_at: switchyard_store::now_ms(),
+            received_at: now_ms(),
         };
         self.shared.locations.record(id, location);
         let mut data = serde_json::to_value(location).unwrap_or_default();
@@ -681,6 +679,14 @@ impl Session {
         metrics::counter!("switchyard_events_published_total", "source" => "partner").increment(1);
         Ok(Reply::Plain)
     }
+}
+
+/// Milliseconds since the Unix epoch (when a fix was accepted).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Time left until `exp` (seconds since the Unix epoch).

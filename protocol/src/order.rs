@@ -148,6 +148,19 @@ pub fn check_transition(
     Ok(())
 }
 
+/// Order ids are integers in the database, written canonically (`42`, never `042`): any
+/// other room id names no order, so one order has exactly one room name.
+pub fn parse_order_id(id: &str) -> Option<i64> {
+    if id.is_empty()
+        || id.len() > 18
+        || !id.bytes().all(|b| b.is_ascii_digit())
+        || (id.len() > 1 && id.starts_with('0'))
+    {
+        return None;
+    }
+    id.parse().ok()
+}
+
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -336,6 +349,14 @@ mod tests {
             is_customer: false,
             is_partner: true,
         }
+    }
+
+    #[test]
+    fn order_ids_are_canonical() {
+        assert_eq!(parse_order_id("42"), Some(42));
+        assert_eq!(parse_order_id("0042"), None);
+        assert_eq!(parse_order_id("4a"), None);
+        assert_eq!(parse_order_id("9999999999999999999"), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 pub use checks::Change;
 pub use orders::Scope;
-pub use outbox::OutboxEvent;
+pub use outbox::{OutboxEvent, OutboxKind};
 pub use payments::PaymentOutcome;
 
 /// Why a store operation failed; the API maps each variant to one HTTP status.

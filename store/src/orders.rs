@@ -1,8 +1,8 @@
 //! Orders: create, read, list, status changes, partner assignment and last known location.
 
 use crate::checks::{Change, admissible, authorize};
-use crate::outbox::enqueue;
-use crate::payments::refund;
+use crate::outbox::{enqueue, enqueue_revoke, enqueue_snapshot};
+use crate::payments::{refund_events, refund_rows};
 use crate::{Actor, Store, StoreError, now_ms};
 use serde_json::json;
 use sqlx::{Sqlite, Transaction};
@@ -60,18 +60,10 @@ impl OrderRow {
     }
 }
 
-/// Order ids are integers in the database, written canonically (`42`, never `042`): any
-/// other room id names no order, so one order has exactly one room name.
-pub fn parse_order_id(id: &str) -> Option<i64> {
-    if id.is_empty()
-        || id.len() > 18
-        || !id.bytes().all(|b| b.is_ascii_digit())
-        || (id.len() > 1 && id.starts_with('0'))
-    {
-        return None;
-    }
-    id.parse().ok()
-}
+pub use switchyard_protocol::order::parse_order_id;
+
+/// Why a reassigned order's former partner loses its room.
+pub const REASSIGNED: &str = "the order was reassigned to another partner";
 
 pub(crate) fn order_room(id: i64) -> Room {
     // Decimal digits always satisfy the room grammar.
@@ -145,6 +137,7 @@ impl Store {
             updated_at: now,
             last_location: None,
         };
+        enqueue_snapshot(&mut tx, &order_room(id), &order).await?;
         if let Some(room) = user_room(customer) {
             enqueue(&mut tx, &room, events::ORDER_CREATED, &order).await?;
         }
@@ -201,7 +194,7 @@ impl Store {
 
     /// Moves an order to `to` if the caller may (403) and the machine allows it now (409).
     /// Emits `order.status` to the order room and the customer's room. Cancelling a paid
-    /// order refunds its payment in the same transaction (see [`refund`]).
+    /// order refunds its payment in the same transaction (see [`refund_rows`]).
     pub async fn change_status(
         &self,
         id: i64,
@@ -221,6 +214,16 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let refunded = if to == OrderStatus::Cancelled && order.paid && !order.refunded {
+            refund_rows(&mut tx, &mut order).await?
+        } else {
+            None
+        };
+        // The snapshots first, so they are in place before the events they cover go out.
+        enqueue_snapshot(&mut tx, &order_room(id), &order).await?;
+        if let Some(done) = &refunded {
+            enqueue_snapshot(&mut tx, &Room::admin_revenue(), &done.revenue).await?;
+        }
         let data = json!({
             "order_id": order.id,
             "status": to,
@@ -232,8 +235,8 @@ impl Store {
         if let Some(room) = user_room(&order.customer) {
             enqueue(&mut tx, &room, events::ORDER_STATUS, &data).await?;
         }
-        if to == OrderStatus::Cancelled && order.paid && !order.refunded {
-            refund(&mut tx, &mut order).await?;
+        if let Some(done) = refunded {
+            refund_events(&mut tx, &order, done).await?;
         }
         tx.commit().await?;
         self.outbox_written.notify_one();
@@ -242,13 +245,13 @@ impl Store {
 
     /// Assigns `partner` to an order that is not finished (admins). Emits `order.assigned`
     /// to the order room, the customer, the new partner and (when reassigning) the former
-    /// partner. Returns the order and the partner it had before.
+    /// partner, whose membership of the order room is revoked on every gateway.
     pub async fn assign(
         &self,
         id: i64,
         actor: Actor<'_>,
         partner: &str,
-    ) -> Result<(Order, Option<String>), StoreError> {
+    ) -> Result<Order, StoreError> {
         let mut tx = self.write_tx().await?;
         let mut order = authorize(load_for_update(&mut tx, id).await?, actor, Change::Assign)?;
         admissible(&order, actor, Change::Assign)?;
@@ -260,17 +263,23 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let room = order_room(id);
+        enqueue_snapshot(&mut tx, &room, &order).await?;
+        let former = previous.as_deref().filter(|p| *p != partner);
+        if let Some(former) = former {
+            // The former partner loses the order room on every gateway, right after the
+            // snapshot that no longer names them is in place.
+            enqueue_revoke(&mut tx, &room, former, REASSIGNED).await?;
+        }
         let data = json!({
             "order_id": order.id,
             "partner": partner,
             "previous_partner": previous,
             "updated_at": order.updated_at,
         });
-        enqueue(&mut tx, &order_room(id), events::ORDER_ASSIGNED, &data).await?;
+        enqueue(&mut tx, &room, events::ORDER_ASSIGNED, &data).await?;
         let mut users = vec![order.customer.as_str(), partner];
-        if let Some(prev) = previous.as_deref().filter(|p| *p != partner) {
-            users.push(prev);
-        }
+        users.extend(former);
         for user in users {
             if let Some(room) = user_room(user) {
                 enqueue(&mut tx, &room, events::ORDER_ASSIGNED, &data).await?;
@@ -278,7 +287,7 @@ impl Store {
         }
         tx.commit().await?;
         self.outbox_written.notify_one();
-        Ok((order, previous))
+        Ok(order)
     }
 
     /// Remembers a partner's latest position on the order (shown in snapshots).
@@ -296,16 +305,5 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn order_ids_are_canonical() {
-        assert_eq!(super::parse_order_id("42"), Some(42));
-        assert_eq!(super::parse_order_id("0042"), None);
-        assert_eq!(super::parse_order_id("4a"), None);
-        assert_eq!(super::parse_order_id("9999999999999999999"), None);
     }
 }

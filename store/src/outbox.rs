@@ -1,17 +1,95 @@
-//! The outbox: events written in the same transaction as the change that caused them.
+//! The outbox: what a change must tell the world, written in the same transaction as the
+//! change.
+//!
+//! Rows are handled by the relay in id order, one kind at a time:
+//! - `snapshot`: the room's new state (the order, the revenue totals), for the shared state
+//!   gateways answer subscribes from; written first in a transaction, so a snapshot is in place
+//!   before the events it covers are published;
+//! - `revoke`: a user loses the room on every gateway (the former partner of a reassigned
+//!   order), after the snapshot that no longer names them;
+//! - `event`: an event published into its room.
 
 use crate::{Store, StoreError, now_ms};
 use serde::Serialize;
+use serde_json::json;
 use sqlx::{Sqlite, Transaction};
 use switchyard_protocol::Room;
 
-/// An event waiting to be published.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// What the relay does with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    Event,
+    Snapshot,
+    Revoke,
+}
+
+impl OutboxKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Event => "event",
+            OutboxKind::Snapshot => "snapshot",
+            OutboxKind::Revoke => "revoke",
+        }
+    }
+}
+
+/// A row waiting for the relay.
+#[derive(Debug, Clone)]
 pub struct OutboxEvent {
     pub id: i64,
+    pub kind: OutboxKind,
     pub room: String,
+    /// The event name (`event` rows).
     pub event: String,
+    /// JSON: the event's data, the snapshot, or `{"sub", "reason"}` of a revoke.
     pub data: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    kind: String,
+    room: String,
+    event: String,
+    data: String,
+}
+
+impl OutboxRow {
+    fn into_event(self) -> OutboxEvent {
+        let kind = match self.kind.as_str() {
+            "snapshot" => OutboxKind::Snapshot,
+            "revoke" => OutboxKind::Revoke,
+            _ => OutboxKind::Event,
+        };
+        OutboxEvent {
+            id: self.id,
+            kind,
+            room: self.room,
+            event: self.event,
+            data: self.data,
+        }
+    }
+}
+
+async fn insert(
+    tx: &mut Transaction<'static, Sqlite>,
+    kind: OutboxKind,
+    room: &Room,
+    event: &str,
+    data: &impl Serialize,
+) -> Result<(), StoreError> {
+    let data = serde_json::to_string(data).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO outbox (kind, room, event, data, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(kind.as_str())
+    .bind(room.as_str())
+    .bind(event)
+    .bind(data)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Adds an event to the outbox inside `tx`.
@@ -21,34 +99,55 @@ pub(crate) async fn enqueue(
     event: &str,
     data: &impl Serialize,
 ) -> Result<(), StoreError> {
-    let data = serde_json::to_string(data).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    sqlx::query("INSERT INTO outbox (room, event, data, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(room.as_str())
-        .bind(event)
-        .bind(data)
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    insert(tx, OutboxKind::Event, room, event, data).await
+}
+
+/// Records `room`'s new state inside `tx` (before the transaction's events).
+pub(crate) async fn enqueue_snapshot(
+    tx: &mut Transaction<'static, Sqlite>,
+    room: &Room,
+    state: &impl Serialize,
+) -> Result<(), StoreError> {
+    insert(tx, OutboxKind::Snapshot, room, "", state).await
+}
+
+/// Ends `sub`'s membership of `room` on every gateway once `tx` commits.
+pub(crate) async fn enqueue_revoke(
+    tx: &mut Transaction<'static, Sqlite>,
+    room: &Room,
+    sub: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let data = json!({ "sub": sub, "reason": reason });
+    insert(tx, OutboxKind::Revoke, room, "", &data).await
 }
 
 impl Store {
-    /// The oldest unpublished events, in the order they were written.
+    /// The oldest rows the relay has not handled, in the order they were written.
     pub async fn outbox_batch(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
-        Ok(sqlx::query_as::<_, OutboxEvent>(
-            "SELECT id, room, event, data FROM outbox ORDER BY id LIMIT $1",
+        let rows = sqlx::query_as::<_, OutboxRow>(
+            "SELECT id, kind, room, event, data FROM outbox ORDER BY id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(OutboxRow::into_event).collect())
     }
 
-    /// Removes published events up to and including `id`.
-    pub async fn outbox_done(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE id <= $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    /// Removes handled rows, by id. Exactly these: a range (`id <= last`) could take a row
+    /// whose transaction committed after the batch was read, with a lower id than its last
+    /// (ids are allocated at insert, not at commit), before it was ever published.
+    pub async fn outbox_done(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut delete = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE id IN (");
+        let mut list = delete.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        delete.push(")");
+        delete.build().execute(&self.pool).await?;
         Ok(())
     }
 

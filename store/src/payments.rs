@@ -16,7 +16,7 @@
 
 use crate::checks::{Change, admissible, authorize};
 use crate::orders::{load_for_update, order_room, user_room};
-use crate::outbox::enqueue;
+use crate::outbox::{enqueue, enqueue_snapshot};
 use crate::{Actor, Store, StoreError, now_ms};
 use serde_json::{Value, json};
 use sqlx::{Sqlite, Transaction};
@@ -67,14 +67,38 @@ async fn add_revenue(
     })
 }
 
+/// A refund written by [`refund_rows`], whose events are still to be enqueued.
+pub(crate) struct Refunded {
+    /// The `order.refunded` data.
+    refunded: Value,
+    /// The totals after the refund.
+    pub(crate) revenue: Revenue,
+}
+
 /// Refunds the payment of `order` (paid, just cancelled) inside the cancelling transaction:
 /// one refund row per payment (a second attempt inserts nothing), revenue down by the amount
-/// and one paid order fewer, `order.refunded` to the order and customer rooms and
-/// `revenue.updated` to `admin:revenue`, all committed with the cancellation.
+/// and one paid order fewer, then the revenue snapshot and `order.refunded` to the order and
+/// customer rooms and `revenue.updated` to `admin:revenue`, all committed with the
+/// cancellation.
+#[cfg(test)]
 pub(crate) async fn refund(
     tx: &mut Transaction<'static, Sqlite>,
     order: &mut Order,
 ) -> Result<(), StoreError> {
+    if let Some(done) = refund_rows(tx, order).await? {
+        enqueue_snapshot(tx, &Room::admin_revenue(), &done.revenue).await?;
+        refund_events(tx, order, done).await?;
+    }
+    Ok(())
+}
+
+/// The database side of a refund (see [`refund`]): `None` when there is nothing to refund
+/// (no payment, or already refunded). The caller writes the snapshots, then its own events,
+/// then [`refund_events`].
+pub(crate) async fn refund_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    order: &mut Order,
+) -> Result<Option<Refunded>, StoreError> {
     let id: i64 = order.id.parse().map_err(|_| StoreError::NotFound)?;
     let Some((payment_id, amount)): Option<(i64, i64)> =
         sqlx::query_as("SELECT id, amount_paise FROM payments WHERE order_id = $1")
@@ -82,7 +106,7 @@ pub(crate) async fn refund(
             .fetch_optional(&mut **tx)
             .await?
     else {
-        return Ok(());
+        return Ok(None);
     };
     let now = now_ms();
     let inserted: Option<(i64,)> = sqlx::query_as(
@@ -97,7 +121,7 @@ pub(crate) async fn refund(
     .await?;
     let Some((refund_id,)) = inserted else {
         // Already refunded: nothing moves twice.
-        return Ok(());
+        return Ok(None);
     };
     let moved: Option<(i64, i64)> = sqlx::query_as(
         "UPDATE revenue SET total_paise = total_paise - $1, paid_orders = paid_orders - 1 \
@@ -127,8 +151,20 @@ pub(crate) async fn refund(
         total_paise,
         paid_orders,
     };
+    Ok(Some(Refunded { refunded, revenue }))
+}
+
+/// A refund's events: `order.refunded` to the order and customer rooms, `revenue.updated`
+/// to `admin:revenue`.
+pub(crate) async fn refund_events(
+    tx: &mut Transaction<'static, Sqlite>,
+    order: &Order,
+    done: Refunded,
+) -> Result<(), StoreError> {
+    let Refunded { refunded, revenue } = done;
     let mut revenue_event = serde_json::to_value(&revenue).unwrap_or_default();
     revenue_event["refund"] = refunded.clone();
+    let id: i64 = order.id.parse().map_err(|_| StoreError::NotFound)?;
     enqueue(tx, &order_room(id), events::ORDER_REFUNDED, &refunded).await?;
     if let Some(room) = user_room(&order.customer) {
         enqueue(tx, &room, events::ORDER_REFUNDED, &refunded).await?;
@@ -226,6 +262,8 @@ impl Store {
             "amount_paise": amount_paise,
             "paid_at": now,
         });
+        enqueue_snapshot(&mut tx, &order_room(order_id), &order).await?;
+        enqueue_snapshot(&mut tx, &Room::admin_revenue(), &revenue).await?;
         let mut revenue_event = serde_json::to_value(&revenue).unwrap_or_default();
         revenue_event["payment"] = payment.clone();
         enqueue(
@@ -332,8 +370,12 @@ mod tests {
         ));
         let revenue = store.revenue().await.unwrap();
         assert_eq!((revenue.total_paise, revenue.paid_orders), (13_000, 1));
-        // created + revenue.updated + 2 × order.paid
-        assert_eq!(store.outbox_batch(100).await.unwrap().len(), 4);
+        // created + revenue.updated + 2 × order.paid, and the snapshots of both rooms
+        // (created; paid) and of the revenue
+        let rows = store.outbox_batch(100).await.unwrap();
+        let count = |kind| rows.iter().filter(|r| r.kind == kind).count();
+        assert_eq!(count(crate::outbox::OutboxKind::Event), 4);
+        assert_eq!(count(crate::outbox::OutboxKind::Snapshot), 3);
     }
 
     #[tokio::test]

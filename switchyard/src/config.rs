@@ -26,17 +26,20 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: AppArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Gateway + REST API in one process (the embedded default).
-    All(ServeArgs),
-    /// Only the WebSocket gateway (`/ws`). Requires a configured JWT key.
-    Gateway(ServeArgs),
-    /// Only the REST API (`/api`) and its outbox relay. Requires a configured JWT key.
-    Api(ServeArgs),
+    All(AppArgs),
+    /// Only the WebSocket gateway (`/ws`): no database — it reads room snapshots from Redis and
+    /// asks the API (`SWITCHYARD_API_URL`) when they are missing. Requires a configured JWT key
+    /// and REDIS_URL.
+    Gateway(GatewayArgs),
+    /// Only the REST API (`/api`, `/internal`) and its outbox relay. Requires a configured JWT
+    /// key.
+    Api(AppArgs),
     /// Print a signed HS256 token for local use.
     Token(TokenArgs),
     /// Publish one event into a room through the API's server publish endpoint.
@@ -46,6 +49,40 @@ pub enum Command {
     /// interfaces, so everything moves within seconds. Prints the dashboard URL; runs until
     /// Ctrl-C/SIGTERM, then drains like `all`.
     Demo(DemoArgs),
+}
+
+/// A server process: what it runs, with the settings only that role has.
+#[derive(Debug, Clone)]
+pub enum Server {
+    All(AppArgs),
+    Api(AppArgs),
+    Gateway(GatewayArgs),
+}
+
+impl Server {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Server::All(_) => Mode::All,
+            Server::Api(_) => Mode::Api,
+            Server::Gateway(_) => Mode::Gateway,
+        }
+    }
+
+    /// The settings every server process has.
+    pub fn serve(&self) -> &ServeArgs {
+        match self {
+            Server::All(args) | Server::Api(args) => &args.serve,
+            Server::Gateway(args) => &args.serve,
+        }
+    }
+
+    /// The database settings (None for a gateway: it has no database).
+    pub fn database(&self) -> Option<&DatabaseArgs> {
+        match self {
+            Server::All(args) | Server::Api(args) => Some(&args.database),
+            Server::Gateway(_) => None,
+        }
+    }
 }
 
 /// What a server process runs.
@@ -92,7 +129,7 @@ pub struct DemoArgs {
     #[arg(long, env = "SWITCHYARD_DEMO_PARTNERS", default_value_t = 3)]
     pub partners: usize,
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: AppArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +144,61 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings of a server process.
+/// Settings of a process that runs the API (`all`, `api`, `demo`): the common ones and the
+/// database.
+#[derive(Debug, Clone, Args)]
+pub struct AppArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Settings of `switchyard gateway`: the common ones and where the API is. No database.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
+}
+
+/// The database of the processes that run the API.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL. SQLite: `sqlite://path/to/file.db` (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
+    pub database_url: String,
+}
+
+/// How a gateway reaches the API when the shared state in Redis cannot answer (a snapshot
+/// missing or possibly stale). `Debug` masks the token.
+#[derive(Clone, Args)]
+pub struct UpstreamArgs {
+    /// Base URLs of the API processes (comma-separated, e.g. `http://api:8080`); the gateway asks
+    /// their `/internal` routes, trying the next URL when one does not answer.
+    #[arg(long = "api-url", env = "SWITCHYARD_API_URL", value_delimiter = ',')]
+    pub api_urls: Vec<String>,
+    /// A `service` JWT the gateway presents to `/internal`. Default: one the gateway signs itself
+    /// with JWT_SECRET; required when only a public key (JWT_PUBLIC_KEY_FILE) is configured.
+    #[arg(long, env = "SWITCHYARD_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+    /// How long one request to the API may take before the op is refused with `internal` (ms).
+    #[arg(long, env = "SWITCHYARD_API_TIMEOUT_MS", default_value_t = 2_000)]
+    pub api_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for UpstreamArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamArgs")
+            .field("api_urls", &self.api_urls)
+            .field("service_token", &masked(&self.service_token))
+            .field("api_timeout_ms", &self.api_timeout_ms)
+            .finish()
+    }
+}
+
+/// Settings of every server process.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on (HTTP, `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`).
@@ -120,10 +211,6 @@ pub struct ServeArgs {
     /// (`SWITCHYARD_OUTBOUND_QUEUE_BYTES`) bounds the rest.
     #[arg(long, env = "SWITCHYARD_SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
     pub socket_send_buffer_bytes: u32,
-
-    /// Database URL. SQLite: `sqlite://path/to/file.db` (created if missing).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
-    pub database_url: String,
 
     #[command(flatten)]
     pub jwt: JwtArgs,

@@ -23,7 +23,7 @@
 //! Everything is bounded (fixed numbers of actors and open orders) and stops on the same
 //! shutdown as the server (Ctrl-C/SIGTERM), which then drains as `all` does.
 
-use crate::config::{DemoArgs, DemoSpeed, KeySource, Mode, secret_path};
+use crate::config::{DemoArgs, DemoSpeed, KeySource, Server, secret_path};
 use crate::server;
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
@@ -113,8 +113,7 @@ pub async fn run(
     let customers = args.customers.clamp(1, 50);
     let partners = args.partners.clamp(1, 50);
     let server = tokio::spawn(server::run(
-        Mode::All,
-        args.serve,
+        Server::All(args.serve.clone()),
         listener,
         shutdown.clone(),
     ));
@@ -166,7 +165,7 @@ pub async fn run(
 /// Signs the simulator's tokens with the server's key: `JWT_SECRET`, or the embedded secret
 /// beside the database (created here if it is the first start; the server then loads it).
 fn demo_issuer(args: &DemoArgs) -> anyhow::Result<Issuer> {
-    let jwt = &args.serve.jwt;
+    let jwt = &args.serve.serve.jwt;
     let secret = match jwt.key_source().map_err(anyhow::Error::msg)? {
         KeySource::Configured(config) => match config.key {
             VerifyKey::Secret(bytes) => bytes,
@@ -176,7 +175,7 @@ fn demo_issuer(args: &DemoArgs) -> anyhow::Result<Issuer> {
             ),
         },
         KeySource::Unset => {
-            let path = secret_path(&args.serve.database_url);
+            let path = secret_path(&args.serve.database.database_url);
             secret::load_or_create(&path)
                 .with_context(|| format!("embedded JWT secret at {}", path.display()))?
                 .into_bytes()

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// What readiness looks at.
 #[derive(Clone)]
 pub struct Health {
-    pub store: Store,
+    /// None in a gateway, which has no database.
+    pub store: Option<Store>,
     pub broker: Arc<dyn Broker>,
     pub shutdown: CancellationToken,
     pub metrics: PrometheusHandle,
@@ -109,6 +110,11 @@ pub fn register_families(mode: Mode) {
             counter!("switchyard_recoveries_total", "recovered" => recovered).increment(0);
         }
         counter!("switchyard_events_published_total", "source" => "partner").increment(0);
+        if mode == Mode::Gateway {
+            for source in ["shared_state", "api"] {
+                counter!("switchyard_backend_reads_total", "source" => source).increment(0);
+            }
+        }
         for name in [
             "switchyard_connections",
             "switchyard_subscriptions",
@@ -142,8 +148,11 @@ pub fn router(health: Health) -> Router {
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     let draining = h.shutdown.is_cancelled();
     let bus = h.broker.is_ready();
-    let database = h.store.ping().await;
-    let ready = !draining && bus && database;
+    let database = match &h.store {
+        Some(store) => Some(store.ping().await),
+        None => None,
+    };
+    let ready = !draining && bus && database != Some(false);
     let status = if ready {
         StatusCode::OK
     } else {

@@ -5,12 +5,15 @@
 //! - [`server`]: a server process's whole lifecycle — start, serve, drain, stop — in one place.
 //! - [`listener`]: the HTTP/1.1 accept loop: handshake deadline, graceful shutdown.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`backend`]: what the gateway asks about orders — the store in-process (embedded), or
+//!   Redis and the API (a distributed gateway, which has no database).
 //! - [`token`]: the `switchyard token` command.
 //! - [`publish`]: the `switchyard publish` command.
 //! - [`demo`]: the `switchyard demo` command — `all` plus a simulator speaking the public API.
 //!
 //! Tests drive [`server::run`] directly with a listener on port 0, or the binary itself.
 
+pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod health;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use switchyard::config::{Cli, Command, DemoArgs, LogFormat, Mode, ServeArgs};
+use switchyard::config::{Cli, Command, DemoArgs, LogFormat, ServeArgs, Server};
 use switchyard::{demo, server, token};
 use tokio_util::sync::CancellationToken;
 
@@ -36,10 +36,22 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Demo(args) => (Process::Demo(Box::new(args.clone())), args.serve),
-        Command::All(args) => (Process::Server(Mode::All), args),
-        Command::Gateway(args) => (Process::Server(Mode::Gateway), args),
-        Command::Api(args) => (Process::Server(Mode::Api), args),
+        Command::Demo(args) => {
+            let serve = args.serve.serve.clone();
+            (Process::Demo(Box::new(args)), serve)
+        }
+        Command::All(args) => (
+            Process::Server(Box::new(Server::All(args.clone()))),
+            args.serve,
+        ),
+        Command::Gateway(args) => (
+            Process::Server(Box::new(Server::Gateway(args.clone()))),
+            args.serve,
+        ),
+        Command::Api(args) => (
+            Process::Server(Box::new(Server::Api(args.clone()))),
+            args.serve,
+        ),
     };
     init_logging(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -60,7 +72,7 @@ fn main() -> ExitCode {
 
 /// What a serving process runs.
 enum Process {
-    Server(Mode),
+    Server(Box<Server>),
     /// `all` plus the simulator (its settings include the server's).
     Demo(Box<DemoArgs>),
 }
@@ -71,7 +83,7 @@ async fn serve(process: Process, args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match process {
-        Process::Server(mode) => server::run(mode, args, listener, shutdown).await,
+        Process::Server(server) => server::run(*server, listener, shutdown).await,
         Process::Demo(demo) => demo::run(*demo, listener, shutdown).await,
     }
 }

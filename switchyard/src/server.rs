@@ -1,7 +1,8 @@
 //! A server process's lifecycle, in one place:
 //!
-//! 1. **start** — resolve the JWT key, open the database, start the bus (Redis when
-//!    `REDIS_URL` is set, in-process otherwise), build the gateway
+//! 1. **start** — resolve the JWT key, open the database (not in a gateway: it has none),
+//!    start the bus (Redis when `REDIS_URL` is set, in-process otherwise), build the gateway
+//!    with its backend (the store in-process for `all`; Redis and the API for `gateway`)
 //!    and/or the API and its outbox relay;
 //! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`
 //!    ([`crate::listener`]: every connection has a handshake deadline);
@@ -10,7 +11,9 @@
 //!    the relay publishes what is left;
 //! 4. **stop** — wait for all of it (bounded by the drain timeout), close the database.
 
-use crate::config::{KeySource, Mode, ServeArgs, secret_path};
+use crate::backend::embedded::Embedded;
+use crate::backend::remote::{ApiClient, Remote, ServiceToken};
+use crate::config::{GatewayArgs, KeySource, Mode, Server, secret_path};
 use crate::health::{self, Health};
 use crate::listener::HttpServer;
 use anyhow::Context;
@@ -21,7 +24,8 @@ use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey, secret};
 use switchyard_broker::Broker;
 use switchyard_broker::memory::MemoryBroker;
 use switchyard_broker::redis::RedisBroker;
-use switchyard_gateway::Gateway;
+use switchyard_broker::state::SharedState;
+use switchyard_gateway::{Backend, Gateway};
 use switchyard_protocol::Role;
 use switchyard_store::Store;
 use tokio::net::TcpListener;
@@ -32,16 +36,17 @@ const PRINTED_TOKEN_TTL: u64 = 24 * 3600;
 
 /// Runs a server on `listener` until `shutdown` is cancelled, then drains and returns.
 pub async fn run(
-    mode: Mode,
-    args: ServeArgs,
+    server: Server,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // ── start ──────────────────────────────────────────────────────────────────────────
+    let mode = server.mode();
+    let args = server.serve();
     // The metrics recorder before anything records: what is recorded earlier is lost.
     let metrics = health::metrics_handle();
     health::register_families(mode);
-    let (jwt, embedded_secret) = resolve_jwt(mode, &args)?;
+    let (jwt, embedded_secret) = resolve_jwt(&server)?;
     let verifier = Arc::new(Verifier::new(&jwt).map_err(anyhow::Error::msg)?);
     if args.drain_spread_ms >= args.drain_timeout_ms {
         anyhow::bail!("SWITCHYARD_DRAIN_SPREAD_MS must be below SWITCHYARD_DRAIN_TIMEOUT_MS");
@@ -51,17 +56,33 @@ pub async fn run(
         .gateway(Duration::from_millis(args.drain_spread_ms))
         .map_err(anyhow::Error::msg)?;
     gateway_config.conformance_echo = args.conformance_echo;
-    let store = Store::open(&args.database_url)
-        .await
-        .with_context(|| format!("opening database {}", args.database_url))?;
-    let broker: Arc<dyn Broker> = match args
+    let store = match server.database() {
+        Some(database) => Some(
+            Store::open(&database.database_url)
+                .await
+                .with_context(|| format!("opening database {}", database.database_url))?,
+        ),
+        None => None,
+    };
+    let redis = match args
         .redis
         .config(args.limits.history())
         .map_err(anyhow::Error::msg)?
     {
-        Some(config) => RedisBroker::connect(config)
-            .await
-            .context("connecting to Redis (REDIS_URL)")?,
+        Some(config) => Some(
+            RedisBroker::connect(config)
+                .await
+                .context("connecting to Redis (REDIS_URL)")?,
+        ),
+        None if mode == Mode::Gateway => anyhow::bail!(
+            "`switchyard gateway` needs REDIS_URL: the bus to the API processes, and the room snapshots it answers subscribes from"
+        ),
+        None => None,
+    };
+    // The room snapshots and positions every process reads: the Redis beside the bus.
+    let shared_state = redis.clone().map(|r| r as Arc<dyn SharedState>);
+    let broker: Arc<dyn Broker> = match redis {
+        Some(redis) => redis,
         None => {
             if mode != Mode::All {
                 tracing::warn!(
@@ -72,18 +93,33 @@ pub async fn run(
             MemoryBroker::start(args.limits.history())
         }
     };
-    let gateway = mode.runs_gateway().then(|| {
+    let backend: Option<Arc<dyn Backend>> = match (&server, &store) {
+        (Server::Gateway(gateway), _) => {
+            let state = shared_state.clone().context("shared state")?;
+            Some(Arc::new(remote_backend(gateway, &jwt, state)?))
+        }
+        (Server::All(_), Some(store)) => Some(Arc::new(Embedded {
+            store: store.clone(),
+        })),
+        _ => None,
+    };
+    let gateway = backend.map(|backend| {
         Gateway::new(
             gateway_config,
             verifier.clone(),
             broker.clone(),
-            store.clone(),
+            backend,
             shutdown.clone(),
         )
     });
-    let relay = mode
-        .runs_api()
-        .then(|| tokio::spawn(relay::run(store.clone(), broker.clone(), shutdown.clone())));
+    let relay = store.as_ref().filter(|_| mode.runs_api()).map(|store| {
+        tokio::spawn(relay::run(
+            store.clone(),
+            broker.clone(),
+            shared_state.clone(),
+            shutdown.clone(),
+        ))
+    });
 
     let mut app = health::router(Health {
         store: store.clone(),
@@ -94,7 +130,7 @@ pub async fn run(
     if let Some(gateway) = &gateway {
         app = app.merge(gateway.router());
     }
-    if mode.runs_api() {
+    if let Some(store) = store.as_ref().filter(|_| mode.runs_api()) {
         let state = ApiState {
             store: store.clone(),
             verifier: verifier.clone(),
@@ -141,7 +177,9 @@ pub async fn run(
     }
 
     // ── stop ───────────────────────────────────────────────────────────────────────────
-    store.close().await;
+    if let Some(store) = &store {
+        store.close().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -149,23 +187,50 @@ pub async fn run(
 /// The configured key, or — for `all` only — the per-installation secret beside the
 /// database, created on first start. Returns the secret too when it is the embedded one,
 /// so ready-to-use tokens can be printed.
-fn resolve_jwt(mode: Mode, args: &ServeArgs) -> anyhow::Result<(JwtConfig, Option<String>)> {
-    match args.jwt.key_source().map_err(anyhow::Error::msg)? {
-        KeySource::Configured(config) => Ok((config, None)),
-        KeySource::Unset if mode == Mode::All => {
-            let path = secret_path(&args.database_url);
+fn resolve_jwt(server: &Server) -> anyhow::Result<(JwtConfig, Option<String>)> {
+    let jwt = &server.serve().jwt;
+    match (jwt.key_source().map_err(anyhow::Error::msg)?, server) {
+        (KeySource::Configured(config), _) => Ok((config, None)),
+        (KeySource::Unset, Server::All(args)) => {
+            let path = secret_path(&args.database.database_url);
             let secret = secret::load_or_create(&path)
                 .with_context(|| format!("embedded JWT secret at {}", path.display()))?;
-            let config = args
-                .jwt
-                .with_key(VerifyKey::Secret(secret.as_bytes().to_vec()));
+            let config = jwt.with_key(VerifyKey::Secret(secret.as_bytes().to_vec()));
             Ok((config, Some(secret)))
         }
-        KeySource::Unset => anyhow::bail!(
+        (KeySource::Unset, _) => anyhow::bail!(
             "`switchyard {}` needs a JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE (RS256/ES256)",
-            mode.name()
+            server.mode().name()
         ),
     }
+}
+
+/// A distributed gateway's backend: the shared state, then the API's `/internal` routes with a
+/// service token (given, or signed with the HS256 secret).
+fn remote_backend(
+    args: &GatewayArgs,
+    jwt: &JwtConfig,
+    state: Arc<dyn SharedState>,
+) -> anyhow::Result<Remote> {
+    let upstream = &args.upstream;
+    let token = match (&upstream.service_token, &jwt.key) {
+        (Some(token), _) => ServiceToken::Fixed(token.clone()),
+        (None, VerifyKey::Secret(secret)) => ServiceToken::minted(Issuer::new(
+            secret,
+            jwt.issuer.clone(),
+            jwt.audience.clone(),
+        )),
+        (None, VerifyKey::PublicPem { .. }) => anyhow::bail!(
+            "with JWT_PUBLIC_KEY_FILE, `switchyard gateway` needs SWITCHYARD_SERVICE_TOKEN (a token with role service) to ask the API"
+        ),
+    };
+    let api = ApiClient::new(
+        upstream.api_urls.clone(),
+        token,
+        Duration::from_millis(upstream.api_timeout_ms.max(10)),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Remote { state, api })
 }
 
 fn print_tokens(secret: &str, jwt: &JwtConfig, addr: std::net::SocketAddr) {

@@ -136,8 +136,9 @@ async fn outbox_gauges_follow_the_backlog_and_the_lease() {
         assert_eq!(status, 201);
     }
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Each order: its snapshot row and its order.created event.
     let metrics = eventually_scrape(&server.url(""), |m| {
-        sample(m, "switchyard_outbox_backlog") == Some(3.0)
+        sample(m, "switchyard_outbox_backlog") == Some(6.0)
             && sample(m, "switchyard_outbox_oldest_age_seconds").is_some_and(|age| age >= 1.0)
     })
     .await;

@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
-use switchyard::config::{Cli, Command, Mode};
+use switchyard::config::{Cli, Command, Server};
 use switchyard_auth::Issuer;
 use switchyard_protocol::Role;
 use tokio::net::TcpStream;
@@ -65,8 +65,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(switchyard::server::run(
-            Mode::All,
-            args,
+            Server::All(args),
             listener,
             shutdown.clone(),
         ));

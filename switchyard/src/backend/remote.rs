@@ -1,0 +1,237 @@
+//! The distributed gateway's backend: the shared state in Redis first, the API second, never a
+//! database.
+//!
+//! ```text
+//! subscribe / location op
+//!   └─ order(id) ─┬─ Redis: snap:order:{id} + pos:{id} (one MGET) ── hit → answer
+//!                 └─ miss (never written, expired, Redis flushed or down), or a fresh read
+//!                      └─ GET {api}/internal/orders/{id} with a service token → the database
+//! ```
+//!
+//! The API's outbox relay writes every order's and the revenue's snapshot to Redis before it
+//! publishes the events of the same commit (see `switchyard_api::relay`), so a snapshot from
+//! Redis is never older than the room position a subscriber reads after joining. Partner
+//! positions go to Redis in batches (`pos:{id}`, read with the snapshot, and the queue the API
+//! writes to the database from).
+//!
+//! Reads that go to the API are counted in `switchyard_backend_reads_total{source="api"}`
+//! (those answered by Redis: `source="shared_state"`): a high API share means Redis lost its
+//! data or the relay is behind.
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use switchyard_auth::{Issuer, now_secs};
+use switchyard_broker::state::{Cached, SharedState};
+use switchyard_gateway::backend::{Backend, BackendError, Read};
+use switchyard_gateway::locations::newest;
+use switchyard_protocol::{Location, Order, Revenue, Role, Room};
+
+/// Lifetime of a service token the gateway signs itself; renewed when a quarter is left.
+const MINTED_TOKEN_TTL: u64 = 3600;
+
+/// How the gateway authenticates to `/internal`.
+pub enum ServiceToken {
+    /// Given by the operator (`SWITCHYARD_SERVICE_TOKEN`).
+    Fixed(String),
+    /// Signed here with the HS256 secret, renewed before it expires.
+    Minted {
+        issuer: Issuer,
+        /// The current token and its `exp`.
+        current: Mutex<(String, u64)>,
+    },
+}
+
+impl ServiceToken {
+    pub fn minted(issuer: Issuer) -> ServiceToken {
+        ServiceToken::Minted {
+            issuer,
+            current: Mutex::new((String::new(), 0)),
+        }
+    }
+
+    fn get(&self) -> String {
+        match self {
+            ServiceToken::Fixed(token) => token.clone(),
+            ServiceToken::Minted { issuer, current } => {
+                let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+                let now = now_secs();
+                if current.1 < now + MINTED_TOKEN_TTL / 4 {
+                    *current = (
+                        issuer.issue("switchyard-gateway", Role::Service, MINTED_TOKEN_TTL),
+                        now + MINTED_TOKEN_TTL,
+                    );
+                }
+                current.0.clone()
+            }
+        }
+    }
+}
+
+/// The API's `/internal` routes, over one or more base URLs.
+pub struct ApiClient {
+    http: reqwest::Client,
+    bases: Vec<String>,
+    /// Where the next request starts, so requests spread over the API processes.
+    next: AtomicUsize,
+    token: ServiceToken,
+}
+
+impl ApiClient {
+    pub fn new(
+        bases: Vec<String>,
+        token: ServiceToken,
+        timeout: Duration,
+    ) -> Result<ApiClient, String> {
+        if bases.is_empty() {
+            return Err("`switchyard gateway` needs SWITCHYARD_API_URL: the API processes it asks when Redis has no snapshot".into());
+        }
+        let bases = bases
+            .into_iter()
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .collect::<Vec<_>>();
+        if let Some(bad) = bases
+            .iter()
+            .find(|b| !(b.starts_with("http://") || b.starts_with("https://")))
+        {
+            return Err(format!(
+                "SWITCHYARD_API_URL: {bad:?} is not an http:// or https:// URL"
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(ApiClient {
+            http,
+            bases,
+            next: AtomicUsize::new(0),
+            token,
+        })
+    }
+
+    /// `GET {base}{path}`: `Some` on 200, `None` on 404. A base that does not answer, or
+    /// answers 5xx (draining, database down), is skipped for the next one.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, BackendError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = self.token.get();
+        let mut last = String::new();
+        for i in 0..self.bases.len() {
+            let base = &self.bases[(start + i) % self.bases.len()];
+            let response = match self
+                .http
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+            {
+                Ok(response) => response,
+                Err(err) => {
+                    last = format!("{base}: {err}");
+                    continue;
+                }
+            };
+            let status = response.status();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if status.is_server_error() {
+                last = format!("{base}: {status}");
+                continue;
+            }
+            if !status.is_success() {
+                return Err(BackendError(format!("{base}{path}: {status}")));
+            }
+            metrics::counter!("switchyard_backend_reads_total", "source" => "api").increment(1);
+            return response
+                .json()
+                .await
+                .map(Some)
+                .map_err(|e| BackendError(format!("{base}{path}: {e}")));
+        }
+        Err(BackendError(format!("no API process answered: {last}")))
+    }
+}
+
+/// Shared state first, API second.
+pub struct Remote {
+    pub state: Arc<dyn SharedState>,
+    pub api: ApiClient,
+}
+
+impl Remote {
+    /// What Redis holds for `room`; nothing when Redis cannot answer (the API will).
+    async fn cached(&self, room: &Room) -> Cached {
+        match self.state.cached(room).await {
+            Ok(cached) => cached,
+            Err(err) => {
+                tracing::debug!(%err, %room, "shared state unavailable; asking the API");
+                Cached::default()
+            }
+        }
+    }
+}
+
+/// A cached JSON value; an unreadable one counts as missing (and is logged).
+fn parse<T: DeserializeOwned>(json: Option<&str>, what: &str) -> Option<T> {
+    match serde_json::from_str(json?) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            tracing::warn!(%err, what, "ignoring an unreadable cached value");
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Remote {
+    async fn order(&self, id: i64, read: Read) -> Result<Option<Order>, BackendError> {
+        let room = Room::order(&id.to_string()).map_err(|e| BackendError(e.to_string()))?;
+        let cached = self.cached(&room).await;
+        let position: Option<Location> = parse(cached.position.as_deref(), "position");
+        let hit = match read {
+            Read::Cached => parse::<Order>(cached.snapshot.as_deref(), "order snapshot"),
+            Read::Fresh => None,
+        };
+        let mut order = match hit {
+            Some(order) => {
+                metrics::counter!("switchyard_backend_reads_total", "source" => "shared_state")
+                    .increment(1);
+                Some(order)
+            }
+            None => self.api.get(&format!("/internal/orders/{id}")).await?,
+        };
+        if let Some(order) = order.as_mut() {
+            order.last_location = newest(order.last_location, position);
+        }
+        Ok(order)
+    }
+
+    async fn revenue(&self) -> Result<Revenue, BackendError> {
+        let cached = self.cached(&Room::admin_revenue()).await;
+        if let Some(revenue) = parse(cached.snapshot.as_deref(), "revenue snapshot") {
+            metrics::counter!("switchyard_backend_reads_total", "source" => "shared_state")
+                .increment(1);
+            return Ok(revenue);
+        }
+        self.api
+            .get("/internal/revenue")
+            .await?
+            .ok_or_else(|| BackendError("/internal/revenue: 404".into()))
+    }
+
+    async fn write_positions(&self, batch: &[(i64, Location)]) -> Result<(), BackendError> {
+        let batch: Vec<(i64, String)> = batch
+            .iter()
+            .filter_map(|(id, location)| Some((*id, serde_json::to_string(location).ok()?)))
+            .collect();
+        self.state
+            .put_positions(&batch)
+            .await
+            .map_err(|e| BackendError(e.to_string()))
+    }
+}
