@@ -8,18 +8,7 @@ use common::cluster::Cluster;
 use common::process::BIN;
 use common::*;
 use serde_json::{Value, json};
-use std::time::Duration;
 use switchyard_protocol::Role;
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 fn fix(order: &str, lat: f64) -> Value {
     json!({"op":"location","order_id":order,"lat":lat,"lng":77.5,"ts":1_732_000_000_000_i64})
@@ -31,19 +20,6 @@ impl Cluster {
         self.redis_cli(&["GET", &format!("sy:snap:{room}")])
             .trim()
             .to_owned()
-    }
-
-    async fn assign(&self, order: &str, partner: &str) {
-        let (status, body) = self
-            .call(
-                &self.apis[0],
-                "POST",
-                &format!("/api/orders/{order}/assign"),
-                &admin(),
-                Some(json!({ "partner": partner })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
     }
 
     /// A gateway's `switchyard_backend_reads_total{source}`.
@@ -122,7 +98,7 @@ async fn customers_and_partners_are_admitted_after_redis_lost_its_data() {
     let api = cluster.apis[0].clone();
     let order = cluster.create_order(&api, "c1").await;
     let room = format!("order:{order}");
-    cluster.assign(&order, "p1").await;
+    cluster.assign(&cluster.apis[0], &order, "p1").await;
     assert_eq!(cluster.set_status(&api, &order, "confirmed").await.0, 200);
     eventually("the relay wrote the snapshot", async || {
         cluster.cached_snapshot(&room).contains("confirmed")
@@ -186,7 +162,7 @@ async fn snapshots_positions_and_revenue_are_the_same_on_every_gateway() {
     );
     let order = cluster.create_order(&api, "c1").await;
     let room = format!("order:{order}");
-    cluster.assign(&order, "p1").await;
+    cluster.assign(&cluster.apis[0], &order, "p1").await;
     assert_eq!(cluster.set_status(&api, &order, "confirmed").await.0, 200);
     let (status, paid) = cluster
         .http
@@ -240,13 +216,13 @@ async fn a_stale_snapshot_never_keeps_out_the_assigned_partner() {
     let cluster = Cluster::up(1, 1);
     let order = cluster.create_order(&cluster.apis[0], "c1").await;
     let room = format!("order:{order}");
-    cluster.assign(&order, "p1").await;
+    cluster.assign(&cluster.apis[0], &order, "p1").await;
     eventually("a snapshot naming p1", async || {
         cluster.cached_snapshot(&room).contains("\"p1\"")
     })
     .await;
     let naming_p1 = cluster.cached_snapshot(&room);
-    cluster.assign(&order, "p2").await;
+    cluster.assign(&cluster.apis[0], &order, "p2").await;
     eventually("a snapshot naming p2", async || {
         cluster.cached_snapshot(&room).contains("\"p2\"")
     })
@@ -268,7 +244,7 @@ async fn reassignment_revokes_the_former_partner_on_every_gateway() {
     let cluster = Cluster::up(2, 1);
     let order = cluster.create_order(&cluster.apis[0], "c1").await;
     let room = format!("order:{order}");
-    cluster.assign(&order, "p1").await;
+    cluster.assign(&cluster.apis[0], &order, "p1").await;
     let mut p1s = Vec::new();
     for gw in &cluster.gateways {
         let mut p1 = connect(&cluster.ws(gw), &token("p1", Role::Partner)).await;
@@ -276,7 +252,7 @@ async fn reassignment_revokes_the_former_partner_on_every_gateway() {
         assert_eq!(p1.request(fix(&order, 2.0)).await["type"], "ok");
         p1s.push(p1);
     }
-    cluster.assign(&order, "p2").await;
+    cluster.assign(&cluster.apis[0], &order, "p2").await;
     for p1 in &mut p1s {
         let revoked = p1.recv_until(|v| v["type"] == "revoked").await;
         assert_eq!(revoked["room"], room.as_str());

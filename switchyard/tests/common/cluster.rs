@@ -185,6 +185,20 @@ impl Cluster {
         .await
     }
 
+    /// `POST /api/orders/{order}/assign` as admin through `base`.
+    pub async fn assign(&self, base: &str, order: &str, partner: &str) {
+        let (status, body) = self
+            .call(
+                base,
+                "POST",
+                &format!("/api/orders/{order}/assign"),
+                &super::admin(),
+                Some(serde_json::json!({ "partner": partner })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub async fn create_order(&self, base: &str, customer: &str) -> String {
         let (status, body) = self
             .call(

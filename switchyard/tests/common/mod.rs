@@ -178,6 +178,17 @@ pub async fn pay(
     (status, resp.json().await.unwrap())
 }
 
+/// Polls `check` every 50 ms until it holds; fails after 10 s.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 /// One REST call with a bearer token; returns the status and the JSON body (`null` when the
 /// body is not JSON).
 pub async fn http_call(
