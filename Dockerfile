@@ -14,6 +14,7 @@ USER switchyard
 WORKDIR /data
 ENV SWITCHYARD_LISTEN=0.0.0.0:8080 DATABASE_URL=sqlite:///data/switchyard.db
 EXPOSE 8080
-HEALTHCHECK --interval=5s --timeout=2s --retries=3 CMD curl -fsS http://127.0.0.1:8080/readyz || exit 1
+# /readyz is on the admin listener when SWITCHYARD_ADMIN_LISTEN is set, else on the public one.
+HEALTHCHECK --interval=5s --timeout=2s --retries=3 CMD curl -fsS "http://${SWITCHYARD_ADMIN_LISTEN:-127.0.0.1:8080}/readyz" || exit 1
 ENTRYPOINT ["switchyard"]
 CMD ["all"]

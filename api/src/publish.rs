@@ -21,6 +21,40 @@ use switchyard_protocol::{Role, Room};
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 1_000;
 
+/// Deepest nesting of arrays and objects in an event's `data` (the object itself is level 1).
+/// serde_json accepts any depth into a raw value, and the event goes to every member's parser
+/// unchanged: browsers' and mobile JSON parsers give up (or overflow their stack) near 1,000
+/// levels, and none of Switchyard's own events nests deeper than 3.
+pub const MAX_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in a valid JSON text, in one pass without
+/// recursion (so no input can exhaust the stack measuring it).
+pub fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishItem {
@@ -59,6 +93,14 @@ fn validate(item: &PublishItem, max_data: usize) -> Result<Room, ApiError> {
         return Err(reject(
             "data",
             ApiError::invalid("data must be a JSON object"),
+        ));
+    }
+    if nesting_depth(item.data.get()) > MAX_DEPTH {
+        return Err(reject(
+            "depth",
+            ApiError::invalid(format!(
+                "data nests arrays and objects deeper than {MAX_DEPTH} levels"
+            )),
         ));
     }
     if item.data.get().len() > max_data {
@@ -155,4 +197,18 @@ pub async fn publish_batch(
         }
     }
     Ok(Json(json!({ "results": results })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_depth;
+
+    #[test]
+    fn depth_counts_arrays_and_objects_but_not_strings() {
+        assert_eq!(nesting_depth("{}"), 1);
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":[]}],"c":{}}"#), 4);
+        assert_eq!(nesting_depth(r#"{"s":"[[[{{{\"]]]"}"#), 1);
+        let deep = format!("{}{}", "[".repeat(8_000), "]".repeat(8_000));
+        assert_eq!(nesting_depth(&deep), 8_000);
+    }
 }

@@ -53,6 +53,21 @@ fn token<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
     uri.query().and_then(bearer::from_query)
 }
 
+/// Whether the request's `Origin` is on the allow-list. No `Origin` at all is allowed (not a
+/// browser, which always sends one on a WebSocket handshake); a value that is not UTF-8, or
+/// more than one `Origin` header, is refused: either could otherwise be read as absent or
+/// as the allowed one by us, and as something else by whatever reads the request next.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    match (origins.next(), origins.next()) {
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+        (Some(origin), None) => origin
+            .to_str()
+            .is_ok_and(|origin| allowed.iter().any(|o| o == origin)),
+    }
+}
+
 /// What a route gets from [`admit`]: who connected, the upgrade, and their held slot.
 pub(crate) struct Admitted {
     pub principal: Principal,
@@ -82,19 +97,14 @@ pub(crate) async fn admit(
         ));
     }
     let config = &shared.config;
-    if !config.allowed_origins.is_empty() {
-        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-        if let Some(origin) = origin
-            && !config.allowed_origins.iter().any(|o| o == origin)
-        {
-            metrics::counter!("switchyard_handshake_rejections_total", "reason" => "origin")
-                .increment(1);
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "origin not allowed",
-            ));
-        }
+    if !config.allowed_origins.is_empty() && !origin_allowed(headers, &config.allowed_origins) {
+        metrics::counter!("switchyard_handshake_rejections_total", "reason" => "origin")
+            .increment(1);
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "origin not allowed",
+        ));
     }
     let principal = match token(headers, uri) {
         None => return Err(unauthorized(&AuthError::Missing.to_string())),

@@ -201,10 +201,17 @@ impl std::fmt::Debug for UpstreamArgs {
 /// Settings of every server process.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (HTTP, `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`).
+    /// Address to listen on (HTTP, `/ws`, `/api`, and `/healthz`, `/readyz`, `/metrics` unless
+    /// SWITCHYARD_ADMIN_LISTEN moves them).
     /// Port 0 picks a free port; the chosen address is printed as `listening on ADDR`.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Optional separate address for `/metrics`, `/readyz` and `/healthz` (e.g.
+    /// `127.0.0.1:9091`, reachable by operators and probes only). When set, the public
+    /// listener stops serving them. Port 0 picks a free port, printed as
+    /// `admin listening on ADDR`.
+    #[arg(long, env = "SWITCHYARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Kernel send buffer of every accepted socket, bytes (`SO_SNDBUF`); 0 keeps Linux's
     /// autotuning, which on loopback grows to megabytes per connection. A fixed size bounds
     /// what a client that stops reading can pin in the kernel; the outbound queue
@@ -328,6 +335,28 @@ pub struct LimitArgs {
     /// long an idle keep-alive HTTP connection is kept (ms).
     #[arg(long, env = "SWITCHYARD_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
+    /// A REST request's whole body must arrive within this long of its head, or the request
+    /// is answered 408 and the connection closed (a slowly trickled or stalled body) (ms).
+    #[arg(long, env = "SWITCHYARD_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// A REST request must be answered within this long of its head, or it is answered 503
+    /// and the connection closed (ms). Must be at least the body timeout.
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// HTTP connections served at once per listener, before any WebSocket upgrade (upgraded
+    /// connections count against SWITCHYARD_MAX_CONNECTIONS instead). Beyond: answered 503 at
+    /// once and closed. Keep it and SWITCHYARD_MAX_CONNECTIONS below the process's open-file
+    /// limit (a warning at start says when they are not).
+    #[arg(long, env = "SWITCHYARD_MAX_HTTP_CONNECTIONS", default_value_t = 512)]
+    pub max_http_connections: usize,
+    /// HTTP connections served at once from one client IP address; 0: no per-address bound
+    /// (the default: behind nginx every client has nginx's address). Beyond: 429 and closed.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_http_connections_per_ip: usize,
     /// Largest WebSocket frame/message accepted, bytes (larger → close 1009).
     #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
@@ -561,10 +590,20 @@ impl LimitArgs {
         }
     }
 
-    pub fn http(&self) -> HttpConfig {
-        HttpConfig {
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms.max(10)),
+    pub fn http(&self) -> Result<HttpConfig, String> {
+        let ms = Duration::from_millis;
+        if self.request_timeout_ms < self.body_timeout_ms {
+            return Err(
+                "SWITCHYARD_REQUEST_TIMEOUT_MS must be at least SWITCHYARD_BODY_TIMEOUT_MS".into(),
+            );
         }
+        Ok(HttpConfig {
+            handshake_timeout: ms(self.handshake_timeout_ms.max(10)),
+            body_timeout: ms(self.body_timeout_ms.max(10)),
+            request_timeout: ms(self.request_timeout_ms.max(10)),
+            max_connections: self.max_http_connections.max(1),
+            max_connections_per_ip: self.max_http_connections_per_ip,
+        })
     }
 
     pub fn api(&self) -> Result<ApiConfig, String> {

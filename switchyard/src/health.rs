@@ -130,6 +130,10 @@ pub fn register_families(mode: Mode) {
         }
     }
     counter!("switchyard_handshake_timeouts_total").increment(0);
+    counter!("switchyard_accept_errors_total").increment(0);
+    for reason in ["connections", "per_ip", "body_timeout", "request_timeout"] {
+        counter!("switchyard_http_rejections_total", "reason" => reason).increment(0);
+    }
     // Counted by the Redis bus; 0 is also the truth of the in-process bus.
     counter!("switchyard_bus_reconnects_total").increment(0);
 }

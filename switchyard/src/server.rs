@@ -5,7 +5,9 @@
 //!    with its backend (the store in-process for `all`; Redis and the API for `gateway`)
 //!    and/or the API and its outbox relay;
 //! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`
-//!    ([`crate::listener`]: every connection has a handshake deadline);
+//!    ([`crate::listener`]: every connection has a handshake deadline, every request a body
+//!    and a request deadline); with `SWITCHYARD_ADMIN_LISTEN`, the last three move to a
+//!    second listener of their own (operators' network only);
 //! 3. **drain** — when `shutdown` is cancelled: `/readyz` turns 503, every WebSocket is
 //!    closed with 4000, then the listener stops accepting and open HTTP connections finish;
 //!    the relay publishes what is left;
@@ -15,7 +17,7 @@ use crate::backend::embedded::Embedded;
 use crate::backend::remote::{ApiClient, Remote, ServiceToken};
 use crate::config::{GatewayArgs, KeySource, Mode, Server, secret_path};
 use crate::health::{self, Health};
-use crate::listener::HttpServer;
+use crate::listener::{HttpConfig, HttpServer};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,9 @@ use switchyard_protocol::Role;
 use switchyard_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// HTTP connections the admin listener serves at once: probes and scrapes, a handful.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Token lifetime of the tokens the embedded mode prints at start.
 const PRINTED_TOKEN_TTL: u64 = 24 * 3600;
@@ -121,12 +126,23 @@ pub async fn run(
         ))
     });
 
-    let mut app = health::router(Health {
+    let health = health::router(Health {
         store: store.clone(),
         broker: broker.clone(),
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
     });
+    let http = args.limits.http().map_err(anyhow::Error::msg)?;
+    // With an admin listener, the operational endpoints are served there and only there.
+    let (mut app, admin) = match args.admin_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding SWITCHYARD_ADMIN_LISTEN {addr}"))?;
+            (axum::Router::new(), Some((listener, health)))
+        }
+        None => (health, None),
+    };
     if let Some(gateway) = &gateway {
         app = app.merge(gateway.router());
     }
@@ -142,6 +158,31 @@ pub async fn run(
 
     // ── serve ──────────────────────────────────────────────────────────────────────────
     let addr = listener.local_addr()?;
+    let websockets = if mode.runs_gateway() {
+        args.limits.max_connections
+    } else {
+        0
+    };
+    let probes = if admin.is_some() {
+        ADMIN_MAX_CONNECTIONS
+    } else {
+        0
+    };
+    let open_files = websockets + http.max_connections + probes;
+    crate::listener::warn_if_over_open_files(open_files);
+    let admin = match admin {
+        Some((listener, health)) => {
+            // Printed before `listening on`, which tests and scripts wait for.
+            println!("admin listening on {}", listener.local_addr()?);
+            let probes = HttpConfig {
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                max_connections_per_ip: 0,
+                ..http.clone()
+            };
+            Some(HttpServer::spawn(listener, health, probes))
+        }
+        None => None,
+    };
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
     if let Some(secret) = embedded_secret {
@@ -150,7 +191,7 @@ pub async fn run(
     tracing::info!(%addr, mode = mode.name(), "serving");
     // The listener keeps accepting while the WebSockets drain, so `/readyz` answers 503 (and
     // new handshakes are refused with 503) until the sockets are closed; only then it stops.
-    let server = HttpServer::spawn(listener, app, args.limits.http());
+    let server = HttpServer::spawn(listener, app, http);
     shutdown.cancelled().await;
 
     // ── drain ──────────────────────────────────────────────────────────────────────────
@@ -166,7 +207,10 @@ pub async fn run(
     }
     // Stop accepting; in-flight requests finish, idle keep-alive connections close now, and
     // whatever is still open at the deadline is dropped rather than holding the process.
-    let left = server.shutdown(deadline).await;
+    let mut left = server.shutdown(deadline).await;
+    if let Some(admin) = admin {
+        left += admin.shutdown(deadline).await;
+    }
     if left > 0 {
         tracing::warn!(left, "HTTP connections closed at the drain deadline");
     }

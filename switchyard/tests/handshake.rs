@@ -270,31 +270,44 @@ async fn connection_limits_and_origins_are_enforced_at_the_handshake() {
     req.headers_mut()
         .insert("origin", HeaderValue::from_static("https://app.example"));
     assert!(connect_request(req).await.is_ok());
+
+    // An Origin that is not UTF-8, or a second Origin after the allowed one, is refused
+    // too: neither may pass as "no Origin" or as the allowed one.
+    for origins in [
+        &b"Origin: https://app.example\xff\r\n"[..],
+        b"Origin: https://\xc3\x28.example\r\n",
+        b"Origin: https://app.example\r\nOrigin: https://evil.example\r\n",
+        b"Origin: https://evil.example\r\nOrigin: https://app.example\r\n",
+    ] {
+        let answer = raw_upgrade_with(server.addr, &token("u4", Role::Customer), origins).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 403"), "{origins:?}: {text}");
+        assert!(text.contains("origin not allowed"), "{text}");
+    }
     server.stop().await;
 }
 
-/// Reads until the server ends the connection (EOF or reset); returns how long that took
-/// and what was received. Panics if the server keeps it open for `limit`.
-async fn server_closes_within(
-    tcp: &mut tokio::net::TcpStream,
-    limit: std::time::Duration,
-) -> (std::time::Duration, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
-    let started = std::time::Instant::now();
-    let mut received = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout_at(
-            tokio::time::Instant::from_std(started + limit),
-            tcp.read(&mut buf),
-        )
+/// Sends a WebSocket upgrade with `extra` header lines (raw bytes: no client library sends
+/// a non-UTF-8 header) and returns the server's answer, up to the end of its head.
+async fn raw_upgrade_with(addr: std::net::SocketAddr, token: &str, extra: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(extra);
+    request.extend_from_slice(b"\r\n");
+    tcp.write_all(&request).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut answer))
         .await
-        {
-            Err(_) => panic!("the server kept the connection open for {limit:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), received),
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
-        }
-    }
+        .expect("no answer")
+        .unwrap();
+    answer.truncate(n);
+    answer
 }
 
 /// Slowloris: connections that never complete a request are closed at the handshake timeout,

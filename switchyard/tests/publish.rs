@@ -124,6 +124,58 @@ async fn a_batch_of_500_arrives_in_order_with_consecutive_offsets() {
     server.stop().await;
 }
 
+/// `data` nested `levels` deep (the object itself is level 1), as raw JSON.
+fn nested(levels: usize) -> String {
+    format!(
+        r#"{{"a":{}{}}}"#,
+        "[".repeat(levels - 1),
+        "]".repeat(levels - 1)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_nested_deeper_than_64_levels_is_refused() {
+    let server = TestServer::start().await;
+    let mut watcher = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
+    let send = |path: &'static str, body: String| {
+        let request = server
+            .http
+            .post(server.url(path))
+            .bearer_auth(service())
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let resp = request.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let item = |levels| {
+        format!(
+            r#"{{"room":"user:c1","event":"eta.deep","data":{}}}"#,
+            nested(levels)
+        )
+    };
+    // 8,000 levels fit the 16 KiB data limit; clients' parsers break near 1,000.
+    for levels in [65, 1_000, 8_000] {
+        let (status, body) = send("/api/publish", item(levels)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (422, Some("invalid")),
+            "{levels}: {body}"
+        );
+    }
+    let (status, body) = send("/api/publish", item(64)).await;
+    assert_eq!(status, 200, "{body}");
+    let e = watcher.event("user:c1", "eta.deep").await;
+    assert_eq!(e["offset"], body["offset"]);
+    let batch = format!(r#"{{"items":[{},{}]}}"#, item(8_000), item(2));
+    let (status, body) = send("/api/publish/batch", batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["error"], "invalid", "{body}");
+    assert!(body["results"][1]["offset"].is_u64(), "{body}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_have_their_codes() {
     let server = TestServer::start().await;

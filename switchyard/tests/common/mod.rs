@@ -419,3 +419,24 @@ pub fn close_frame_at(bytes: &[u8], code: u16) -> Option<usize> {
         .windows(4)
         .position(|w| w[0] == 0x88 && w[2] == hi && w[3] == lo)
 }
+
+/// Reads until the server ends the connection (EOF or reset); returns how long that took
+/// and what was received. Panics if the server keeps it open for `limit`.
+pub async fn server_closes_within(tcp: &mut TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + limit),
+            tcp.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => panic!("the server kept the connection open for {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), received),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}

@@ -34,6 +34,23 @@ impl ServerProcess {
         ServerProcess::start_with_stderr(dir, args, env, Stdio::from(file))
     }
 
+    /// Starts with the open-file limit (`ulimit -n`) lowered to `limit`, logging to `log`.
+    pub fn start_with_open_files(
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+        limit: u32,
+    ) -> ServerProcess {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "ulimit -n \"$0\" && exec \"$@\""])
+            .arg(limit.to_string())
+            .arg(BIN)
+            .args(args);
+        let file = std::fs::File::create(log).unwrap();
+        ServerProcess::spawn(cmd, dir, env, Stdio::from(file))
+    }
+
     fn start_with_stderr(
         dir: &Path,
         args: &[&str],
@@ -41,8 +58,12 @@ impl ServerProcess {
         stderr: Stdio,
     ) -> ServerProcess {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .current_dir(dir)
+        cmd.args(args);
+        ServerProcess::spawn(cmd, dir, env, stderr)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> ServerProcess {
+        cmd.current_dir(dir)
             .env_remove("JWT_SECRET")
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
