@@ -18,7 +18,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use switchyard_auth::{Principal, bearer};
-use switchyard_protocol::Role;
+use switchyard_protocol::{ErrorCode, Role};
 use switchyard_store::{Actor, Change};
 
 /// The authenticated caller, from `Authorization: Bearer <jwt>`.
@@ -92,7 +92,7 @@ impl<S: Send + Sync> FromRequest<S> for Payload {
             match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     rejection.body_text(),
                 ),
                 _ => ApiError::bad_request(rejection.body_text()),
@@ -109,7 +109,7 @@ impl Payload {
         if !self.json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "expected a request with `Content-Type: application/json`",
             ));
         }

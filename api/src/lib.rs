@@ -4,7 +4,8 @@
 //! [`relay`] publishes them to the bus in order.
 //!
 //! # Layout
-//! - [`error`]: the error policy — every status code and JSON body in one table.
+//! - [`error`]: the error policy — every status code and JSON body in one table; internal
+//!   errors logged once, by a middleware.
 //! - [`extract`]: the bearer-token caller and JSON bodies with JSON rejections.
 //! - [`orders`], [`payments`]: the handlers.
 //! - [`publish`]: the server publish API for other backend services.
@@ -37,6 +38,7 @@ use error::ApiError;
 use std::sync::Arc;
 use switchyard_auth::Verifier;
 use switchyard_broker::Broker;
+use switchyard_protocol::ErrorCode;
 use switchyard_protocol::order::OrderLimits;
 use switchyard_store::Store;
 
@@ -100,10 +102,12 @@ pub fn router(state: ApiState) -> Router {
         ))
         // Outermost, so the 503s above and the 413s of the body limits are counted too.
         .layer(middleware::from_fn(metrics::record))
+        .layer(middleware::from_fn(error::log_failures))
         .with_state(state.clone());
     let internal = internal::routes()
         .fallback(not_found)
         .layer(middleware::from_fn(metrics::record))
+        .layer(middleware::from_fn(error::log_failures))
         .with_state(state);
     Router::new()
         .nest("/api", api)
@@ -124,9 +128,7 @@ async fn writes_need_the_bus(
         && !state.broker.is_ready()
         && extract::Caller::from_headers(request.headers(), &state).is_ok()
     {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+        return Err(ApiError::unavailable(
             "the event bus is unavailable; retry shortly",
         ));
     }
@@ -140,7 +142,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     )
 }

@@ -6,11 +6,10 @@ use crate::extract::{Caller, Payload};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use switchyard_protocol::order::NewOrder;
+use switchyard_protocol::rest::{Assignment, OrderPage, PageQuery, StatusChange};
 use switchyard_protocol::room::is_valid_id;
-use switchyard_protocol::{Order, OrderStatus, Role};
+use switchyard_protocol::{Order, Role};
 use switchyard_store::orders::{can_see, parse_order_id};
 use switchyard_store::{Change, Scope};
 
@@ -52,20 +51,13 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("order not found"))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Page {
-    /// Orders with an id greater than this (the previous page's `next_after`).
-    after: Option<String>,
-    limit: Option<i64>,
-}
-
 /// `GET /api/orders?after=&limit=`: admin sees all, a customer their own, a partner the
 /// orders assigned to them. Oldest first; `next_after` is set when more may follow.
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+    page: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<OrderPage>, ApiError> {
     let Query(page) = page.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -88,13 +80,7 @@ pub async fn list(
     let next_after = (orders.len() as i64 == limit)
         .then(|| orders.last().map(|o| o.id.clone()))
         .flatten();
-    Ok(Json(json!({ "orders": orders, "next_after": next_after })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusChange {
-    status: OrderStatus,
+    Ok(Json(OrderPage { orders, next_after }))
 }
 
 /// `POST /api/orders/{id}/status` `{"status": ...}`: 404 for an order the caller may not
@@ -118,12 +104,6 @@ pub async fn set_status(
         .change_status(id, caller.actor(), change.status)
         .await?;
     Ok(Json(order))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Assignment {
-    partner: String,
 }
 
 /// `POST /api/orders/{id}/assign` `{"partner": "p7"}` (admin).

@@ -7,19 +7,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use switchyard_protocol::rest::PaymentRequest;
 use switchyard_protocol::{Revenue, Role};
 use switchyard_store::Change;
 use switchyard_store::orders::parse_order_id;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_KEY_LEN: usize = 255;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Payment {
-    amount_paise: i64,
-}
 
 /// Pays an order once per `Idempotency-Key` (scoped to the caller's `sub`, role and this
 /// route). The first success answers 201 `{payment_id, order_id, amount_paise, paid_at,
@@ -34,7 +28,7 @@ pub async fn pay(
     headers: HeaderMap,
     body: Payload,
 ) -> Result<Response, ApiError> {
-    let payment: Payment = body
+    let payment: PaymentRequest = body
         .checked(&state, &caller, &id, Change::Pay, |_| {
             idempotency_key(&headers).map(|_| ())
         })

@@ -11,12 +11,12 @@ use crate::extract::{Caller, Payload};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use switchyard_protocol::events::{EventNameError, check_publishable};
-use switchyard_protocol::{Role, Room};
+use switchyard_protocol::rest::{
+    BatchRequest, BatchResult, BatchResults, PublishRequest, Published,
+};
+use switchyard_protocol::{ErrorCode, Role, Room};
 
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 1_000;
@@ -55,27 +55,13 @@ pub fn nesting_depth(json: &str) -> usize {
     deepest
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishItem {
-    room: String,
-    event: String,
-    data: Box<RawValue>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Batch {
-    items: Vec<Box<RawValue>>,
-}
-
 fn reject(reason: &'static str, err: ApiError) -> ApiError {
     metrics::counter!("switchyard_publish_rejections_total", "reason" => reason).increment(1);
     err
 }
 
 /// Validates one item: room grammar, event name, data an object within the size limit.
-fn validate(item: &PublishItem, max_data: usize) -> Result<Room, ApiError> {
+fn validate(item: &PublishRequest, max_data: usize) -> Result<Room, ApiError> {
     let room = Room::parse(&item.room)
         .map_err(|e| reject("room", ApiError::invalid(format!("bad room: {e}"))))?;
     check_publishable(&item.event).map_err(|e| {
@@ -108,7 +94,7 @@ fn validate(item: &PublishItem, max_data: usize) -> Result<Room, ApiError> {
             "too_large",
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("data is larger than {max_data} bytes"),
             ),
         ));
@@ -116,7 +102,11 @@ fn validate(item: &PublishItem, max_data: usize) -> Result<Room, ApiError> {
     Ok(room)
 }
 
-async fn publish_one(state: &ApiState, room: &Room, item: PublishItem) -> Result<u64, ApiError> {
+async fn publish_one(
+    state: &ApiState,
+    room: &Room,
+    item: PublishRequest,
+) -> Result<Published, ApiError> {
     let offset = state
         .broker
         .publish(room, &item.event, item.data)
@@ -125,15 +115,14 @@ async fn publish_one(state: &ApiState, room: &Room, item: PublishItem) -> Result
             tracing::warn!(%err, "service publish failed");
             reject(
                 "bus",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the event bus is unavailable; retry",
-                ),
+                ApiError::unavailable("the event bus is unavailable; retry"),
             )
         })?;
     metrics::counter!("switchyard_events_published_total", "source" => "service").increment(1);
-    Ok(offset)
+    Ok(Published {
+        room: room.as_str().to_owned(),
+        offset,
+    })
 }
 
 /// `POST /api/publish` `{"room","event","data"}` → 200 `{"room","offset"}`.
@@ -141,14 +130,13 @@ pub async fn publish(
     State(state): State<ApiState>,
     caller: Caller,
     body: Payload,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Published>, ApiError> {
     caller
         .require(&[Role::Service, Role::Admin])
         .map_err(|e| reject("role", e))?;
-    let item: PublishItem = body.parse()?;
+    let item: PublishRequest = body.parse()?;
     let room = validate(&item, state.config.max_publish_data_bytes)?;
-    let offset = publish_one(&state, &room, item).await?;
-    Ok(Json(json!({ "room": room, "offset": offset })))
+    Ok(Json(publish_one(&state, &room, item).await?))
 }
 
 /// `POST /api/publish/batch` `{"items":[…]}` (1 to 1,000) → 200 `{"results":[…]}`, one result per
@@ -158,25 +146,25 @@ pub async fn publish_batch(
     State(state): State<ApiState>,
     caller: Caller,
     body: Payload,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchResults>, ApiError> {
     caller
         .require(&[Role::Service, Role::Admin])
         .map_err(|e| reject("role", e))?;
-    let batch: Batch = body.parse()?;
+    let batch: BatchRequest = body.parse()?;
     if batch.items.is_empty() || batch.items.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(
             "items must hold 1 to {MAX_BATCH} entries"
         )));
     }
-    let mut results: Vec<Value> = vec![Value::Null; batch.items.len()];
-    let mut by_room: HashMap<Room, Vec<(usize, PublishItem)>> = HashMap::new();
+    let mut results: Vec<Option<BatchResult>> = vec![None; batch.items.len()];
+    let mut by_room: HashMap<Room, Vec<(usize, PublishRequest)>> = HashMap::new();
     for (i, raw) in batch.items.into_iter().enumerate() {
-        let checked = serde_json::from_str::<PublishItem>(raw.get())
+        let checked = serde_json::from_str::<PublishRequest>(raw.get())
             .map_err(|e| ApiError::invalid(format!("items[{i}]: {e}")))
             .and_then(|item| Ok((validate(&item, state.config.max_publish_data_bytes)?, item)));
         match checked {
             Ok((room, item)) => by_room.entry(room).or_default().push((i, item)),
-            Err(err) => results[i] = json!({ "error": err.code, "message": err.message }),
+            Err(err) => results[i] = Some(BatchResult::Failed(err.body())),
         }
     }
     let state = &state;
@@ -184,8 +172,8 @@ pub async fn publish_batch(
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items {
             let result = match publish_one(state, &room, item).await {
-                Ok(offset) => json!({ "room": room, "offset": offset }),
-                Err(err) => json!({ "error": err.code, "message": err.message }),
+                Ok(published) => BatchResult::Published(published),
+                Err(err) => BatchResult::Failed(err.body()),
             };
             out.push((i, result));
         }
@@ -193,10 +181,12 @@ pub async fn publish_batch(
     });
     for group in futures_util::future::join_all(groups).await {
         for (i, result) in group {
-            results[i] = result;
+            results[i] = Some(result);
         }
     }
-    Ok(Json(json!({ "results": results })))
+    // Every index got a result: a validation error above, or a publish outcome here.
+    let results = results.into_iter().flatten().collect();
+    Ok(Json(BatchResults { results }))
 }
 
 #[cfg(test)]

@@ -8,17 +8,16 @@ use crate::error::ApiError;
 use crate::extract::Caller;
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use serde_json::{Value, json};
 use switchyard_broker::Control;
 use switchyard_protocol::Role;
+use switchyard_protocol::rest::Revocation;
 use switchyard_protocol::room::is_valid_id;
 
 pub async fn revoke(
     State(state): State<ApiState>,
     caller: Caller,
     Path(sub): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revocation>, ApiError> {
     caller.require(&[Role::Admin, Role::Service])?;
     if !is_valid_id(&sub) {
         return Err(ApiError::invalid("user ids match [A-Za-z0-9_-]{1,64}"));
@@ -29,12 +28,8 @@ pub async fn revoke(
         .await
         .map_err(|err| {
             tracing::warn!(%err, "revoke broadcast failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the event bus is unavailable; retry",
-            )
+            ApiError::unavailable("the event bus is unavailable; retry")
         })?;
     tracing::info!(%sub, by = %caller.0.sub, "user's connections revoked");
-    Ok(Json(json!({ "sub": sub, "revoked": true })))
+    Ok(Json(Revocation { sub, revoked: true }))
 }

@@ -510,14 +510,16 @@ export class SwitchyardClient {
   }
 
   _onReply(msg) {
+    // The error code is `error` (the one error shape); older servers sent it as `code` only.
+    const code = msg.error ?? msg.code;
     const pending = this._pending.get(msg.id);
     if (!pending) {
-      if (msg.type === "error") this._emit("error", { code: msg.code, message: msg.message });
+      if (msg.type === "error") this._emit("error", { code, message: msg.message });
       return;
     }
     this._pending.delete(msg.id);
     if (msg.type === "ok") pending.resolve(msg);
-    else pending.reject(new SwitchyardError(msg.code, msg.message));
+    else pending.reject(new SwitchyardError(code, msg.message));
   }
 
   _scheduleRefresh() {

@@ -18,20 +18,21 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde_json::json;
 use std::sync::Arc;
 use switchyard_auth::{AuthError, Principal, bearer};
 use switchyard_protocol::client::StreamPosition;
-use switchyard_protocol::{Role, SUBPROTOCOL};
+use switchyard_protocol::error::HandshakeRefusal;
+use switchyard_protocol::{ErrorCode, Role, SUBPROTOCOL};
 
-fn refuse(status: StatusCode, error: &str, reason: &str) -> Response {
-    (status, Json(json!({ "error": error, "reason": reason }))).into_response()
+/// A refused handshake: the status and the one error shape (with the old `reason` alias).
+fn refuse(status: StatusCode, error: ErrorCode, message: &str) -> Response {
+    (status, Json(HandshakeRefusal::new(error, message))).into_response()
 }
 
 fn unauthorized(reason: &str) -> Response {
     metrics::counter!("switchyard_handshake_rejections_total", "reason" => reason.to_owned())
         .increment(1);
-    refuse(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+    refuse(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, reason)
 }
 
 /// The token from the first source that has one.
@@ -92,7 +93,7 @@ pub(crate) async fn admit(
     if shared.shutdown.is_cancelled() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "server is draining",
         ));
     }
@@ -102,7 +103,7 @@ pub(crate) async fn admit(
             .increment(1);
         return Err(refuse(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "origin not allowed",
         ));
     }
@@ -121,7 +122,7 @@ pub(crate) async fn admit(
         Err(rejection) => {
             return Err(refuse(
                 rejection.status(),
-                "bad_request",
+                ErrorCode::BadRequest,
                 &rejection.body_text(),
             ));
         }
@@ -133,7 +134,7 @@ pub(crate) async fn admit(
     let limited = |(status, reason)| {
         metrics::counter!("switchyard_handshake_rejections_total", "reason" => "limit")
             .increment(1);
-        refuse(status, "limit_exceeded", reason)
+        refuse(status, ErrorCode::LimitExceeded, reason)
     };
     let mut slot = SlotGuard::acquire(shared, principal.sub.as_str().into()).map_err(limited)?;
     slot.claim(&conn_id).await.map_err(limited)?;
@@ -187,7 +188,7 @@ pub(crate) async fn upgrade(
         Err(()) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 "since must be <epoch>:<offset>",
             );
         }

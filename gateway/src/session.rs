@@ -18,17 +18,18 @@ use crate::{Shared, SlotGuard};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_auth::Principal;
 use switchyard_broker::Publication;
 use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
+use switchyard_protocol::events::PartnerLocation;
 use switchyard_protocol::order::parse_order_id;
 use switchyard_protocol::room::RoomKind;
-use switchyard_protocol::server::ServerMessage;
-use switchyard_protocol::{ErrorCode, Location, Role, Room, close, events};
+use switchyard_protocol::server::{ErrorReply, Gap, OkReply, Revoked, ServerMessage, Welcome};
+use switchyard_protocol::{BuiltinEvent, ErrorCode, Location, Role, Room, close};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// How long a partner's verified assignment is trusted by its location ops.
@@ -186,14 +187,14 @@ impl Session {
         if let Some(recovered) = recovered {
             count_recovery(recovered);
         }
-        let welcome = ServerMessage::Welcome {
-            conn: &self.conn_id,
-            sub: &self.who.sub,
+        let welcome = ServerMessage::Welcome(Welcome {
+            conn: Cow::Borrowed(&self.conn_id),
+            sub: Cow::Borrowed(&self.who.sub),
             role: self.who.role,
-            rooms: &[own_room.as_str()],
-            positions: &[(own_room.as_str(), &history.position)],
+            rooms: vec![Cow::Borrowed(own_room.as_str())],
+            positions: vec![(Cow::Borrowed(own_room.as_str()), history.position)],
             recovered,
-        }
+        })
         .encode();
         let missed = history.missed.unwrap_or_default();
         self.send_with_missed(sink, welcome, missed).await
@@ -325,7 +326,15 @@ impl Session {
                         .rooms
                         .iter()
                         .any(|(r, _)| r.as_str() == &*room)
-                        .then(|| Message::Text(ServerMessage::Gap { room: &room }.encode().into())),
+                        .then(|| {
+                            Message::Text(
+                                ServerMessage::Gap(Gap {
+                                    room: Cow::Borrowed(&room),
+                                })
+                                .encode()
+                                .into(),
+                            )
+                        }),
                     Outgoing::Close { code, .. } => {
                         close_with = Some(code);
                         break;
@@ -394,10 +403,10 @@ impl Session {
             // Reassigned away: location ops for it go back to the backend's check.
             self.carrying = None;
         }
-        let frame = ServerMessage::Revoked {
-            room: room.as_str(),
-            reason,
-        }
+        let frame = ServerMessage::Revoked(Revoked {
+            room: Cow::Borrowed(room.as_str()),
+            reason: Cow::Borrowed(reason),
+        })
         .encode();
         Some(Message::Text(frame.into()))
     }
@@ -448,14 +457,14 @@ impl Session {
         }
         let op = message.op.name();
         let plain = |room: Option<&str>| {
-            ServerMessage::Ok {
+            ServerMessage::Ok(OkReply {
                 id,
                 op,
-                room,
+                room: room.map(Cow::Borrowed),
                 position: None,
                 recovered: None,
                 snapshot: None,
-            }
+            })
             .encode()
         };
         match self.execute(message.op).await {
@@ -468,14 +477,14 @@ impl Session {
                 snapshot,
                 missed,
             }) => {
-                let reply = ServerMessage::Ok {
+                let reply = ServerMessage::Ok(OkReply {
                     id,
                     op,
-                    room: Some(room.as_str()),
-                    position: Some(&position),
+                    room: Some(Cow::Borrowed(room.as_str())),
+                    position: Some(position),
                     recovered,
-                    snapshot: snapshot.as_deref(),
-                }
+                    snapshot: snapshot.as_deref().map(Cow::Borrowed),
+                })
                 .encode();
                 Ok((reply, missed))
             }
@@ -661,16 +670,18 @@ impl Session {
             received_at: now_ms(),
         };
         self.shared.locations.record(id, location);
-        let mut data = serde_json::to_value(location).unwrap_or_default();
-        data["order_id"] = json!(order_id);
-        data["partner"] = json!(self.who.sub);
+        let event = PartnerLocation {
+            order_id: order_id.to_owned(),
+            partner: self.who.sub.clone(),
+            location,
+        };
         let room = Room::order(order_id)
             .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-        let data = RawValue::from_string(data.to_string())
+        let data = serde_json::value::to_raw_value(&event)
             .map_err(|_| Refusal::new(ErrorCode::Internal, "encoding failed"))?;
         self.shared
             .broker
-            .publish(&room, events::PARTNER_LOCATION, data)
+            .publish(&room, PartnerLocation::NAME, data)
             .await
             .map_err(|err| {
                 tracing::warn!(%err, "location publish failed");
@@ -717,8 +728,13 @@ fn earliest(exp: u64, close_at: Option<tokio::time::Instant>) -> tokio::time::In
     close_at.map_or(expires, |at| at.min(expires))
 }
 
-fn error_frame(id: Option<i64>, code: ErrorCode, message: &str) -> String {
-    ServerMessage::Error { id, code, message }.encode()
+fn error_frame(id: Option<i64>, error: ErrorCode, message: &str) -> String {
+    ServerMessage::Error(ErrorReply {
+        id,
+        error,
+        message: Cow::Borrowed(message),
+    })
+    .encode()
 }
 
 /// Maps a read error to how the session ends.

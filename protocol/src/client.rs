@@ -1,27 +1,32 @@
-//! Frames a client sends, decoded in one pass.
+//! Frames a client sends: decoded by the server in one pass, encoded by Rust clients
+//! ([`ClientMessage::encode`]) from the same types.
 //!
 //! Decoding first reads a flat envelope (every field optional), then checks the
 //! fields the `op` needs. That way a frame with a bad field still yields its `id`,
 //! so the `bad_request` reply can be matched to the request that caused it.
 
 use crate::room::{Room, RoomError, is_valid_id};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-/// A decoded, validated client frame.
-#[derive(Debug, Clone)]
+/// A decoded, validated client frame; encoded as `{"op": …, …fields, "id": …}`.
+#[derive(Debug, Clone, Serialize)]
 pub struct ClientMessage {
-    /// Echoed in the reply so the client can match it to the request.
-    pub id: Option<i64>,
+    #[serde(flatten)]
     pub op: ClientOp,
+    /// Echoed in the reply so the client can match it to the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
 }
 
 /// What the client asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
 pub enum ClientOp {
     /// Join a room. `since` is the position the client last saw (recovery; see protocol/README.md).
     Subscribe {
         room: Room,
+        #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<StreamPosition>,
     },
     Unsubscribe {
@@ -30,6 +35,7 @@ pub enum ClientOp {
     /// A partner's GPS fix for an order it carries.
     Location {
         order_id: String,
+        #[serde(flatten)]
         fix: LocationFix,
     },
     Ping,
@@ -39,9 +45,34 @@ pub enum ClientOp {
     },
 }
 
+/// The ops' wire names, echoed in `ok` replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OpName {
+    Subscribe,
+    Unsubscribe,
+    Location,
+    Ping,
+    Refresh,
+}
+
+impl OpName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpName::Subscribe => "subscribe",
+            OpName::Unsubscribe => "unsubscribe",
+            OpName::Location => "location",
+            OpName::Ping => "ping",
+            OpName::Refresh => "refresh",
+        }
+    }
+}
+
 /// A position in a room's stream: the offset of the last event seen, within an epoch
 /// that changes whenever the room's history is lost.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StreamPosition {
     pub epoch: String,
@@ -64,25 +95,36 @@ impl StreamPosition {
 }
 
 /// A GPS fix as sent by a partner. `lat`/`lng` are validated; the rest is optional.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LocationFix {
     pub lat: f64,
     pub lng: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heading: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub speed: Option<f64>,
     /// Client timestamp, milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ts: Option<i64>,
 }
 
 impl ClientOp {
     /// The op's wire name, echoed in `ok` replies.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> OpName {
         match self {
-            ClientOp::Subscribe { .. } => "subscribe",
-            ClientOp::Unsubscribe { .. } => "unsubscribe",
-            ClientOp::Location { .. } => "location",
-            ClientOp::Ping => "ping",
-            ClientOp::Refresh { .. } => "refresh",
+            ClientOp::Subscribe { .. } => OpName::Subscribe,
+            ClientOp::Unsubscribe { .. } => OpName::Unsubscribe,
+            ClientOp::Location { .. } => OpName::Location,
+            ClientOp::Ping => OpName::Ping,
+            ClientOp::Refresh { .. } => OpName::Refresh,
+        }
+    }
+
+    /// This op as a frame with `id`, ready to send.
+    pub fn with_id(self, id: i64) -> ClientMessage {
+        ClientMessage {
+            op: self,
+            id: Some(id),
         }
     }
 }
@@ -129,6 +171,12 @@ struct IdOnly {
 }
 
 impl ClientMessage {
+    /// Encodes the frame (what a client sends). The types hold only strings, numbers and
+    /// validated rooms, so this cannot fail.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// Decodes one text frame.
     pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
         // Only objects: serde would also map a JSON array onto the envelope by field order.
@@ -260,6 +308,61 @@ mod tests {
         assert!(matches!(m.op, ClientOp::Refresh { ref token } if token == "a.b.c"));
         let e = ClientMessage::decode(r#"{"op":"refresh","token":"","id":6}"#).unwrap_err();
         assert_eq!(e.id, Some(6));
+    }
+
+    /// What a Rust client encodes is what the server decodes, field for field.
+    #[test]
+    fn encoded_ops_decode_to_themselves() {
+        let ops = [
+            ClientOp::Subscribe {
+                room: Room::parse("order:42").unwrap(),
+                since: Some(StreamPosition {
+                    epoch: "e1".into(),
+                    offset: 7,
+                }),
+            },
+            ClientOp::Unsubscribe {
+                room: Room::admin_revenue(),
+            },
+            ClientOp::Location {
+                order_id: "42".into(),
+                fix: LocationFix {
+                    lat: 12.9716,
+                    lng: 77.5946,
+                    heading: Some(90.0),
+                    speed: None,
+                    ts: Some(1_732_000_000_000),
+                },
+            },
+            ClientOp::Ping,
+            ClientOp::Refresh {
+                token: "a.b.c".into(),
+            },
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            let text = op.clone().with_id(i as i64).encode();
+            let back = ClientMessage::decode(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert_eq!(back.id, Some(i as i64));
+            assert_eq!(back.encode(), text);
+            assert_eq!(format!("{:?}", back.op), format!("{op:?}"));
+        }
+        assert_eq!(
+            ClientOp::Subscribe {
+                room: Room::parse("order:42").unwrap(),
+                since: None
+            }
+            .with_id(1)
+            .encode(),
+            r#"{"op":"subscribe","room":"order:42","id":1}"#
+        );
+        assert_eq!(
+            ClientMessage {
+                op: ClientOp::Ping,
+                id: None
+            }
+            .encode(),
+            r#"{"op":"ping"}"#
+        );
     }
 
     #[test]

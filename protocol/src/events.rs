@@ -1,23 +1,180 @@
-//! Built-in event names. The families `order.*`, `revenue.*` and `partner.*` are
-//! reserved for Switchyard itself.
+//! The built-in events, typed: each one's name, its `data` and whether only its latest value
+//! matters. The families `order.*`, `revenue.*` and `partner.*` are reserved for Switchyard
+//! itself; other backend services publish their own names (`POST /api/publish`).
+//!
+//! | type | event | rooms |
+//! |------|-------|-------|
+//! | [`OrderCreated`] | `order.created` | `user:{customer}` |
+//! | [`OrderStatusChanged`] | `order.status` | `order:{id}`, `user:{customer}` |
+//! | [`OrderAssigned`] | `order.assigned` | `order:{id}`, `user:{customer}`, `user:{partner}`, `user:{previous partner}` |
+//! | [`OrderPaid`] | `order.paid` | `order:{id}`, `user:{customer}` |
+//! | [`OrderRefunded`] | `order.refunded` | `order:{id}`, `user:{customer}` |
+//! | [`RevenueUpdated`] | `revenue.updated` (latest value) | `admin:revenue` |
+//! | [`PartnerLocation`] | `partner.location` (latest value) | `order:{id}` |
+//!
+//! Events the API causes carry `event_id` (the outbox row's id, added when the relay publishes
+//! them): the same id however often a crash makes the relay publish one again.
+
+use crate::order::{Location, Order, OrderStatus, Payment, Refund};
+use crate::role::Role;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A built-in event: its name, and its `data` as this type.
+pub trait BuiltinEvent: Serialize + DeserializeOwned {
+    /// The event name on the wire.
+    const NAME: &'static str;
+    /// Only the newest value matters: a backed-up connection keeps one per room (conflation)
+    /// instead of queueing every one, and a client may see offsets jump over replaced ones.
+    const LATEST_VALUE: bool = false;
+}
+
+/// `order.created`: a customer placed an order; `data` is the order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct OrderCreated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    #[serde(flatten)]
+    pub order: Order,
+}
+
+impl BuiltinEvent for OrderCreated {
+    const NAME: &'static str = "order.created";
+}
+
+/// `order.status`: an order's status changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct OrderStatusChanged {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub previous: OrderStatus,
+    /// The role of whoever made the change.
+    pub by: Role,
+    /// Milliseconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
+impl BuiltinEvent for OrderStatusChanged {
+    const NAME: &'static str = "order.status";
+}
+
+/// `order.assigned`: a partner was assigned (or the order reassigned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct OrderAssigned {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    pub order_id: String,
+    pub partner: String,
+    /// The partner it had before, if any (it gets this event in its user room too).
+    pub previous_partner: Option<String>,
+    pub updated_at: i64,
+}
+
+impl BuiltinEvent for OrderAssigned {
+    const NAME: &'static str = "order.assigned";
+}
+
+/// `order.paid`: an order was paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct OrderPaid {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    #[serde(flatten)]
+    pub payment: Payment,
+}
+
+impl BuiltinEvent for OrderPaid {
+    const NAME: &'static str = "order.paid";
+}
+
+/// `order.refunded`: a paid order was cancelled and its payment refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct OrderRefunded {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    #[serde(flatten)]
+    pub refund: Refund,
+}
+
+impl BuiltinEvent for OrderRefunded {
+    const NAME: &'static str = "order.refunded";
+}
+
+/// `revenue.updated`: the revenue totals after a payment or a refund, and that payment or
+/// refund (exactly one of the two). Events leave in commit order, so the totals a client
+/// sees follow the database's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct RevenueUpdated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    pub currency: String,
+    /// Payments minus refunds, paise.
+    pub total_paise: i64,
+    /// Orders paid and not refunded.
+    pub paid_orders: i64,
+    /// The payment that moved the totals up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<Payment>,
+    /// The refund that moved them down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund: Option<Refund>,
+}
+
+impl BuiltinEvent for RevenueUpdated {
+    const NAME: &'static str = "revenue.updated";
+    const LATEST_VALUE: bool = true;
+}
+
+/// `partner.location`: the assigned partner's newest position on an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct PartnerLocation {
+    pub order_id: String,
+    pub partner: String,
+    #[serde(flatten)]
+    pub location: Location,
+}
+
+impl BuiltinEvent for PartnerLocation {
+    const NAME: &'static str = "partner.location";
+    const LATEST_VALUE: bool = true;
+}
 
 /// A customer placed an order → `user:{customer}`.
-pub const ORDER_CREATED: &str = "order.created";
+pub const ORDER_CREATED: &str = OrderCreated::NAME;
 /// An order's status changed → `order:{id}`, `user:{customer}`.
-pub const ORDER_STATUS: &str = "order.status";
+pub const ORDER_STATUS: &str = OrderStatusChanged::NAME;
 /// A partner was assigned → `order:{id}`, `user:{customer}`, `user:{partner}`.
-pub const ORDER_ASSIGNED: &str = "order.assigned";
+pub const ORDER_ASSIGNED: &str = OrderAssigned::NAME;
 /// An order was paid → `order:{id}`, `user:{customer}`.
-pub const ORDER_PAID: &str = "order.paid";
+pub const ORDER_PAID: &str = OrderPaid::NAME;
 /// A paid order was cancelled and its payment refunded → `order:{id}`, `user:{customer}`.
-pub const ORDER_REFUNDED: &str = "order.refunded";
+pub const ORDER_REFUNDED: &str = OrderRefunded::NAME;
 /// Revenue totals moved → `admin:revenue`.
-pub const REVENUE_UPDATED: &str = "revenue.updated";
+pub const REVENUE_UPDATED: &str = RevenueUpdated::NAME;
 /// A partner's position → `order:{id}`.
-pub const PARTNER_LOCATION: &str = "partner.location";
+pub const PARTNER_LOCATION: &str = PartnerLocation::NAME;
 
-/// Events that only matter as their latest value: a backed-up connection keeps only the
-/// newest one per room (conflation) instead of queueing every one.
+/// Every built-in event name.
+pub const BUILT_IN: [&str; 7] = [
+    ORDER_CREATED,
+    ORDER_STATUS,
+    ORDER_ASSIGNED,
+    ORDER_PAID,
+    ORDER_REFUNDED,
+    REVENUE_UPDATED,
+    PARTNER_LOCATION,
+];
+
+/// The latest-value events (see [`BuiltinEvent::LATEST_VALUE`]).
 pub const LATEST_VALUE: [&str; 2] = [PARTNER_LOCATION, REVENUE_UPDATED];
 
 /// Whether `name` is a latest-value event (see [`LATEST_VALUE`]).
@@ -59,6 +216,52 @@ pub fn check_publishable(name: &str) -> Result<(), EventNameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latest_value_list_matches_the_types() {
+        fn latest<E: BuiltinEvent>() -> bool {
+            E::LATEST_VALUE
+        }
+        let typed = [
+            (OrderCreated::NAME, latest::<OrderCreated>()),
+            (OrderStatusChanged::NAME, latest::<OrderStatusChanged>()),
+            (OrderAssigned::NAME, latest::<OrderAssigned>()),
+            (OrderPaid::NAME, latest::<OrderPaid>()),
+            (OrderRefunded::NAME, latest::<OrderRefunded>()),
+            (RevenueUpdated::NAME, latest::<RevenueUpdated>()),
+            (PartnerLocation::NAME, latest::<PartnerLocation>()),
+        ];
+        assert_eq!(typed.map(|(name, _)| name), BUILT_IN);
+        for (name, latest) in typed {
+            assert_eq!(is_latest_value(name), latest, "{name}");
+            assert_eq!(check_publishable(name), Err(EventNameError::Reserved));
+        }
+    }
+
+    #[test]
+    fn location_data_is_flat() {
+        let event = PartnerLocation {
+            order_id: "4".into(),
+            partner: "p1".into(),
+            location: Location {
+                lat: 1.5,
+                lng: 2.0,
+                heading: None,
+                speed: Some(3.0),
+                ts: None,
+                received_at: 9,
+            },
+        };
+        let text = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            text,
+            r#"{"order_id":"4","partner":"p1","lat":1.5,"lng":2.0,"speed":3.0,"received_at":9}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<PartnerLocation>(&text).unwrap(),
+            event
+        );
+    }
 
     #[test]
     fn publishable_names() {

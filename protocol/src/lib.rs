@@ -2,31 +2,41 @@
 //!
 //! This crate is deliberately small and dependency-light (serde only) so that
 //! clients, the load generator and the servers share one definition of the
-//! protocol. `protocol/README.md` is the prose version of the same contract.
+//! protocol, typed in both directions: what the server decodes a Rust client encodes with
+//! the same type, and the other way round. `protocol/README.md` is the prose version of the
+//! same contract. The `schema` feature derives the JSON schemas the OpenAPI and AsyncAPI
+//! documents are generated from (utoipa).
 //!
 //! # Layout
 //! - [`room`]: room names (`user:{id}`, `order:{id}`, `admin:revenue`) and their grammar.
 //! - [`role`]: who a token says the caller is.
-//! - [`client`]: frames a client sends (`subscribe`, `unsubscribe`, `location`, `ping`),
-//!   decoded in one pass with errors that still carry the request id.
-//! - [`server`]: frames the server sends (`welcome`, `ok`, `error`, `event`), encoded once.
+//! - [`client`]: frames a client sends (`subscribe`, `unsubscribe`, `location`, `ping`,
+//!   `refresh`), decoded in one pass with errors that still carry the request id.
+//! - [`server`]: frames the server sends (`welcome`, `ok`, `error`, `revoked`, `gap`,
+//!   `event`), encoded once, decoded by clients.
+//! - [`events`]: the built-in events, typed, with their latest-value property.
+//! - [`error`]: the one error shape (`{"error","message"}`) of REST, handshake and socket.
 //! - [`order`]: orders, their status machine, payments and revenue as they appear on the wire.
+//! - [`rest`]: the other REST bodies (pages, receipts, the publish API).
 //! - [`close`]: WebSocket close codes and what a client should do on each.
-//! - [`events`]: the built-in event names.
 
 pub mod client;
 pub mod close;
+pub mod error;
 pub mod events;
 pub mod order;
+pub mod rest;
 pub mod role;
 pub mod room;
 pub mod server;
 
-pub use client::{ClientMessage, DecodeError};
-pub use order::{Item, Location, Order, OrderStatus, Revenue};
+pub use client::{ClientMessage, ClientOp, DecodeError};
+pub use error::{ErrorBody, ErrorCode};
+pub use events::BuiltinEvent;
+pub use order::{Item, Location, Order, OrderStatus, Payment, Revenue};
 pub use role::Role;
 pub use room::{Room, RoomError};
-pub use server::ErrorCode;
+pub use server::ServerMessage;
 
 /// The WebSocket subprotocol a browser offers (next to `bearer.<jwt>`).
 pub const SUBPROTOCOL: &str = "switchyard.v1";

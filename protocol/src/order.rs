@@ -14,6 +14,7 @@ use std::str::FromStr;
 ///    └─────────┴──────────┴──→ cancelled
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Placed,
@@ -163,18 +164,29 @@ pub fn parse_order_id(id: &str) -> Option<i64> {
 
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Item {
+    /// 1 to 64 printable bytes.
+    #[cfg_attr(feature = "schema", schema(min_length = 1, max_length = 64))]
     pub sku: String,
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 10_000))]
     pub qty: i64,
+    /// Paise (1/100 rupee), at most ₹10 crore.
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 10_000_000_000_i64))]
     pub unit_price_paise: i64,
 }
 
 /// Body of `POST /api/orders`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
+    /// 1 to 100 lines; the total must be above zero.
+    #[cfg_attr(feature = "schema", schema(min_items = 1, max_items = 100))]
     pub items: Vec<Item>,
+    /// 1 to 500 bytes, not blank, no control characters but newlines.
+    #[cfg_attr(feature = "schema", schema(min_length = 1, max_length = 500))]
     pub address: String,
 }
 
@@ -279,6 +291,7 @@ impl NewOrder {
 
 /// A partner's last known position, as stored and shown in snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Location {
     pub lat: f64,
     pub lng: f64,
@@ -295,6 +308,7 @@ pub struct Location {
 
 /// An order as the REST API returns it and as order-room snapshots carry it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Order {
     /// Opaque string id; also the id in `order:{id}`.
     pub id: String,
@@ -316,12 +330,37 @@ pub struct Order {
 
 /// Revenue totals (`GET /api/revenue`, `admin:revenue` snapshots and `revenue.updated`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Revenue {
+    /// Always `INR`.
     pub currency: String,
-    /// Payments minus refunds.
+    /// Payments minus refunds, paise.
     pub total_paise: i64,
     /// Orders paid and not refunded.
     pub paid_orders: i64,
+}
+
+/// A refund of a cancelled order's payment, as `order.refunded` and `revenue.updated` carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct Refund {
+    pub refund_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub amount_paise: i64,
+    /// Milliseconds since the Unix epoch.
+    pub refunded_at: i64,
+}
+
+/// A successful payment, as `order.paid` and `revenue.updated` carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct Payment {
+    pub payment_id: String,
+    pub order_id: String,
+    pub amount_paise: i64,
+    /// Milliseconds since the Unix epoch.
+    pub paid_at: i64,
 }
 
 #[cfg(test)]

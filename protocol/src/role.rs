@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 /// Who the caller is. `service` is for server-to-server calls and may not open a WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Customer,

@@ -151,6 +151,25 @@ impl<'de> Deserialize<'de> for Room {
     }
 }
 
+/// The grammar as a regular expression, for schemas (OpenAPI, AsyncAPI).
+pub const PATTERN: &str = "^(user:[A-Za-z0-9_-]{1,64}|order:[A-Za-z0-9_-]{1,64}|admin:revenue)$";
+
+#[cfg(feature = "schema")]
+impl utoipa::PartialSchema for Room {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(PATTERN))
+            .description(Some(
+                "A room: `user:{id}`, `order:{id}` (id: 1 to 64 of A-Z a-z 0-9 _ -) or `admin:revenue`",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "schema")]
+impl utoipa::ToSchema for Room {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,110 +1,327 @@
-//! Frames the server sends. Each is serialized once into a `String`; an event's
-//! bytes are then shared by every recipient (see `switchyard-gateway`'s hub).
+//! Frames the server sends: encoded once by the server (an event's bytes are then shared by
+//! every recipient, see `switchyard-gateway`'s hub) and decoded by clients
+//! ([`ServerMessage::decode`]), so both sides share one definition.
+//!
+//! Fields are `Cow`s: the server borrows what it already holds, so encoding allocates only
+//! the output string; a client decodes without copying (`data` stays raw JSON until
+//! [`EventFrame::data_as`] types it) and keeps a frame with [`ServerMessage::into_owned`].
 
-use crate::client::StreamPosition;
+use crate::client::{OpName, StreamPosition};
+use crate::error::ErrorCode;
+use crate::events::BuiltinEvent;
 use crate::role::Role;
-use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
-/// Error codes carried by `{"type":"error"}` replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The frame was not valid JSON, named an unknown op, or had a bad field. The connection stays usable.
-    BadRequest,
-    /// The caller may not do this (another user's room, someone else's order, an unknown order).
-    Forbidden,
-    /// Too many ops per second; retry later. The connection stays open.
-    RateLimited,
-    /// A configured limit was hit (e.g. subscriptions per connection).
-    LimitExceeded,
-    /// The server failed; retrying may help.
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::LimitExceeded => "limit_exceeded",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
-
-/// Everything the server sends, borrowed so that encoding allocates only the output string.
-#[derive(Debug, Serialize)]
+/// Everything the server sends; `type` names the variant on the wire.
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerMessage<'a> {
     /// First frame on every connection.
-    Welcome {
-        conn: &'a str,
-        sub: &'a str,
-        role: Role,
-        rooms: &'a [&'a str],
-        /// Each joined room's current stream position, keyed by room.
-        #[serde(serialize_with = "as_map")]
-        positions: &'a [(&'a str, &'a StreamPosition)],
-        /// Present when the handshake asked to recover the user room (`since`): as in a
-        /// subscribe reply; the recovered events follow the welcome.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        recovered: Option<bool>,
-    },
+    Welcome(Welcome<'a>),
     /// Success reply to an op.
-    Ok {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<i64>,
-        op: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        room: Option<&'a str>,
-        /// Present on subscribe replies: the room's stream position when it was joined.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        position: Option<&'a StreamPosition>,
-        /// Present on subscribe replies that asked for recovery (`since`).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        recovered: Option<bool>,
-        /// On subscribe replies without a complete recovery: the room's current state
-        /// (`null` for user rooms).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        snapshot: Option<&'a RawValue>,
-    },
+    Ok(OkReply<'a>),
     /// Failure reply to an op (or to an undecodable frame, then without id).
-    Error {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<i64>,
-        code: ErrorCode,
-        message: &'a str,
-    },
+    Error(ErrorReply<'a>),
     /// The server ended this connection's subscription to `room` (e.g. the order was
     /// reassigned to another partner). No more events of the room follow.
-    Revoked { room: &'a str, reason: &'a str },
+    Revoked(Revoked<'a>),
     /// Events of `room` may have been lost on the way to this connection (the gateway's bus
     /// connection dropped). The subscription stays; resubscribe with `since` to recover.
-    Gap { room: &'a str },
+    Gap(Gap<'a>),
     /// A publication in a room the connection is subscribed to.
-    Event {
-        room: &'a str,
-        event: &'a str,
-        offset: u64,
-        data: &'a RawValue,
-    },
+    Event(EventFrame<'a>),
 }
 
-fn as_map<S: serde::Serializer>(
-    pairs: &[(&str, &StreamPosition)],
+/// `{"type":"welcome"}`: who the connection is and where its user room's stream stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Welcome<'a> {
+    /// The connection's id (`{node}-{number}`), for support and logs.
+    pub conn: Cow<'a, str>,
+    pub sub: Cow<'a, str>,
+    pub role: Role,
+    /// The rooms the connection is already in: its own `user:{sub}`.
+    pub rooms: Vec<Cow<'a, str>>,
+    /// Each joined room's current stream position, keyed by room.
+    #[serde(serialize_with = "as_map")]
+    pub positions: Vec<(Cow<'a, str>, StreamPosition)>,
+    /// Present when the handshake asked to recover the user room (`since`): as in a
+    /// subscribe reply; the recovered events follow the welcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// `{"type":"ok"}`: an op succeeded.
+#[derive(Debug, Clone, Serialize)]
+pub struct OkReply<'a> {
+    /// The op's `id`, echoed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    pub op: OpName,
+    /// The room of a subscribe or unsubscribe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<Cow<'a, str>>,
+    /// Present on subscribe replies: the room's stream position when it was joined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<StreamPosition>,
+    /// Present on subscribe replies that asked for recovery (`since`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// On subscribe replies without a complete recovery: the room's current state
+    /// (`null` for user rooms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Cow<'a, RawValue>>,
+}
+
+/// `{"type":"error"}`: an op failed. The error fields are the one error shape
+/// ([`crate::error`]); `code` repeats `error` for one release (its old name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply<'a> {
+    pub id: Option<i64>,
+    pub error: ErrorCode,
+    pub message: Cow<'a, str>,
+}
+
+impl Serialize for ErrorReply<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("ErrorReply", 4)?;
+        if let Some(id) = self.id {
+            s.serialize_field("id", &id)?;
+        } else {
+            s.skip_field("id")?;
+        }
+        s.serialize_field("error", &self.error)?;
+        s.serialize_field("message", &self.message)?;
+        s.serialize_field("code", &self.error)?;
+        s.end()
+    }
+}
+
+/// `{"type":"revoked"}`: the server ended this connection's subscription to `room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Revoked<'a> {
+    pub room: Cow<'a, str>,
+    pub reason: Cow<'a, str>,
+}
+
+/// `{"type":"gap"}`: events of `room` may have been lost; resubscribe with `since`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap<'a> {
+    pub room: Cow<'a, str>,
+}
+
+/// `{"type":"event"}`: a publication in a room.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventFrame<'a> {
+    pub room: Cow<'a, str>,
+    pub event: Cow<'a, str>,
+    /// +1 per event published to the room (see protocol/README.md, "Positions and recovery").
+    pub offset: u64,
+    pub data: Cow<'a, RawValue>,
+}
+
+impl EventFrame<'_> {
+    /// The data as the built-in event `E`: `None` when the frame is another event, `Some(Err)`
+    /// when it is `E` but its data does not match `E`'s type.
+    pub fn data_as<E: BuiltinEvent>(&self) -> Option<Result<E, serde_json::Error>> {
+        (self.event == E::NAME).then(|| serde_json::from_str(self.data.get()))
+    }
+}
+
+fn as_map<S: Serializer>(
+    pairs: &[(Cow<'_, str>, StreamPosition)],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(pairs.iter().copied())
+    serializer.collect_map(pairs.iter().map(|(room, position)| (room, position)))
 }
 
-impl ServerMessage<'_> {
+/// A frame that is not a server message of this protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a server frame: {0}")]
+pub struct FrameError(pub String);
+
+impl<'a> ServerMessage<'a> {
     /// Serializes the frame. Serialization of these types cannot fail (no maps with
     /// non-string keys, raw values are already valid JSON).
     pub fn encode(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"type":"error","code":"internal","message":"encoding failed"}"#.to_owned()
+            r#"{"type":"error","error":"internal","message":"encoding failed","code":"internal"}"#
+                .to_owned()
+        })
+    }
+
+    /// Decodes one text frame, borrowing from it where it can. Unknown fields are ignored
+    /// (a newer server may add some); an unknown `type` is an error.
+    pub fn decode(text: &'a str) -> Result<ServerMessage<'a>, FrameError> {
+        serde_json::from_str(text).map_err(|e| FrameError(e.to_string()))
+    }
+
+    /// The same frame, owning its data (to keep it beyond the text it was decoded from).
+    pub fn into_owned(self) -> ServerMessage<'static> {
+        match self {
+            ServerMessage::Welcome(w) => ServerMessage::Welcome(w.into_owned()),
+            ServerMessage::Ok(ok) => ServerMessage::Ok(ok.into_owned()),
+            ServerMessage::Error(e) => ServerMessage::Error(e.into_owned()),
+            ServerMessage::Revoked(r) => ServerMessage::Revoked(Revoked {
+                room: own(r.room),
+                reason: own(r.reason),
+            }),
+            ServerMessage::Gap(g) => ServerMessage::Gap(Gap { room: own(g.room) }),
+            ServerMessage::Event(e) => ServerMessage::Event(e.into_owned()),
+        }
+    }
+}
+
+fn own(s: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(s.into_owned())
+}
+
+impl Welcome<'_> {
+    pub fn into_owned(self) -> Welcome<'static> {
+        Welcome {
+            conn: own(self.conn),
+            sub: own(self.sub),
+            role: self.role,
+            rooms: self.rooms.into_iter().map(own).collect(),
+            positions: self
+                .positions
+                .into_iter()
+                .map(|(r, p)| (own(r), p))
+                .collect(),
+            recovered: self.recovered,
+        }
+    }
+}
+
+impl OkReply<'_> {
+    pub fn into_owned(self) -> OkReply<'static> {
+        OkReply {
+            id: self.id,
+            op: self.op,
+            room: self.room.map(own),
+            position: self.position,
+            recovered: self.recovered,
+            snapshot: self.snapshot.map(|r| Cow::Owned(r.into_owned())),
+        }
+    }
+}
+
+impl ErrorReply<'_> {
+    pub fn into_owned(self) -> ErrorReply<'static> {
+        ErrorReply {
+            id: self.id,
+            error: self.error,
+            message: own(self.message),
+        }
+    }
+}
+
+impl EventFrame<'_> {
+    pub fn into_owned(self) -> EventFrame<'static> {
+        EventFrame {
+            room: own(self.room),
+            event: own(self.event),
+            offset: self.offset,
+            data: Cow::Owned(self.data.into_owned()),
+        }
+    }
+}
+
+/// Every field any server frame has, read in one pass. (serde's tagged enums buffer their
+/// content, which raw JSON values cannot go through; a flat envelope can, and borrows.)
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    conn: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sub: Option<Cow<'a, str>>,
+    role: Option<Role>,
+    #[serde(borrow)]
+    rooms: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    positions: Option<BTreeMap<Cow<'a, str>, StreamPosition>>,
+    recovered: Option<bool>,
+    id: Option<i64>,
+    op: Option<OpName>,
+    #[serde(borrow)]
+    room: Option<Cow<'a, str>>,
+    position: Option<StreamPosition>,
+    /// `null` is a value here (a user room's snapshot), not an absent field.
+    #[serde(borrow, default, deserialize_with = "present")]
+    snapshot: Option<&'a RawValue>,
+    error: Option<ErrorCode>,
+    /// The old name of `error` (older servers send only this).
+    code: Option<ErrorCode>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    offset: Option<u64>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let env = Envelope::deserialize(d)?;
+        let need = |field: &'static str| D::Error::missing_field(field);
+        Ok(match &*env.kind {
+            "welcome" => ServerMessage::Welcome(Welcome {
+                conn: env.conn.ok_or_else(|| need("conn"))?,
+                sub: env.sub.ok_or_else(|| need("sub"))?,
+                role: env.role.ok_or_else(|| need("role"))?,
+                rooms: env.rooms.ok_or_else(|| need("rooms"))?,
+                positions: env
+                    .positions
+                    .ok_or_else(|| need("positions"))?
+                    .into_iter()
+                    .collect(),
+                recovered: env.recovered,
+            }),
+            "ok" => ServerMessage::Ok(OkReply {
+                id: env.id,
+                op: env.op.ok_or_else(|| need("op"))?,
+                room: env.room,
+                position: env.position,
+                recovered: env.recovered,
+                snapshot: env.snapshot.map(Cow::Borrowed),
+            }),
+            "error" => ServerMessage::Error(ErrorReply {
+                id: env.id,
+                error: env.error.or(env.code).ok_or_else(|| need("error"))?,
+                message: env.message.ok_or_else(|| need("message"))?,
+            }),
+            "revoked" => ServerMessage::Revoked(Revoked {
+                room: env.room.ok_or_else(|| need("room"))?,
+                reason: env.reason.ok_or_else(|| need("reason"))?,
+            }),
+            "gap" => ServerMessage::Gap(Gap {
+                room: env.room.ok_or_else(|| need("room"))?,
+            }),
+            "event" => ServerMessage::Event(EventFrame {
+                room: env.room.ok_or_else(|| need("room"))?,
+                event: env.event.ok_or_else(|| need("event"))?,
+                offset: env.offset.ok_or_else(|| need("offset"))?,
+                data: Cow::Borrowed(env.data.ok_or_else(|| need("data"))?),
+            }),
+            other => {
+                return Err(D::Error::unknown_variant(
+                    other,
+                    &["welcome", "ok", "error", "revoked", "gap", "event"],
+                ));
+            }
         })
     }
 }
@@ -178,45 +395,111 @@ mod tests {
 
     #[test]
     fn replies_shape() {
-        let err = ServerMessage::Error {
+        let err = ServerMessage::Error(ErrorReply {
             id: Some(1),
-            code: ErrorCode::Forbidden,
-            message: "no",
-        };
+            error: ErrorCode::Forbidden,
+            message: "no".into(),
+        });
         assert_eq!(
             err.encode(),
-            r#"{"type":"error","id":1,"code":"forbidden","message":"no"}"#
+            r#"{"type":"error","id":1,"error":"forbidden","message":"no","code":"forbidden"}"#
         );
-        let null = RawValue::NULL;
-        let ok = ServerMessage::Ok {
+        let ok = ServerMessage::Ok(OkReply {
             id: None,
-            op: "subscribe",
-            room: Some("user:u1"),
+            op: OpName::Subscribe,
+            room: Some("user:u1".into()),
             position: None,
             recovered: None,
-            snapshot: Some(null),
-        };
+            snapshot: Some(Cow::Borrowed(RawValue::NULL)),
+        });
         assert_eq!(
             ok.encode(),
             r#"{"type":"ok","op":"subscribe","room":"user:u1","snapshot":null}"#
         );
-        let welcome = ServerMessage::Welcome {
-            conn: "c1",
-            sub: "u1",
+        let welcome = ServerMessage::Welcome(Welcome {
+            conn: "c1".into(),
+            sub: "u1".into(),
             role: Role::Customer,
-            rooms: &["user:u1"],
-            positions: &[(
-                "user:u1",
-                &StreamPosition {
+            rooms: vec!["user:u1".into()],
+            positions: vec![(
+                "user:u1".into(),
+                StreamPosition {
                     epoch: "e1".into(),
                     offset: 3,
                 },
             )],
             recovered: None,
-        };
+        });
         assert_eq!(
             welcome.encode(),
             r#"{"type":"welcome","conn":"c1","sub":"u1","role":"customer","rooms":["user:u1"],"positions":{"user:u1":{"epoch":"e1","offset":3}}}"#
+        );
+    }
+
+    /// Every frame the server encodes decodes back to itself (a client and the server share
+    /// the types).
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            r#"{"type":"welcome","conn":"n-1","sub":"u1","role":"customer","rooms":["user:u1"],"positions":{"user:u1":{"epoch":"e1","offset":3}},"recovered":true}"#,
+            r#"{"type":"ok","id":2,"op":"subscribe","room":"order:4","position":{"epoch":"e","offset":0},"snapshot":null}"#,
+            r#"{"type":"ok","id":2,"op":"subscribe","room":"order:4","position":{"epoch":"e","offset":9},"recovered":true}"#,
+            r#"{"type":"ok","op":"ping"}"#,
+            r#"{"type":"error","error":"bad_request","message":"unknown op \"fly\"","code":"bad_request"}"#,
+            r#"{"type":"revoked","room":"order:4","reason":"reassigned"}"#,
+            r#"{"type":"gap","room":"order:4"}"#,
+            r#"{"type":"event","room":"order:4","event":"x.y","offset":7,"data":{"a":[1,"\u00e9"]}}"#,
+        ];
+        for text in frames {
+            let decoded = ServerMessage::decode(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(decoded.encode(), text);
+            assert_eq!(decoded.into_owned().encode(), text);
+        }
+        // A null snapshot is not an absent one.
+        let ServerMessage::Ok(ok) = ServerMessage::decode(frames[1]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ok.snapshot.unwrap().get(), "null");
+        // Older servers sent only `code`.
+        let old =
+            ServerMessage::decode(r#"{"type":"error","id":1,"code":"forbidden","message":"no"}"#);
+        assert!(matches!(
+            old,
+            Ok(ServerMessage::Error(ErrorReply {
+                error: ErrorCode::Forbidden,
+                ..
+            }))
+        ));
+        for bad in [
+            r#"{"type":"hello"}"#,
+            r#"{"type":"event","room":"r"}"#,
+            "[]",
+            "{",
+        ] {
+            assert!(ServerMessage::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn built_in_event_data_is_typed() {
+        use crate::events::{OrderAssigned, OrderStatusChanged};
+        let frame = encode_event(
+            "order:4",
+            OrderAssigned::NAME,
+            1,
+            &RawValue::from_string(
+                r#"{"event_id":3,"order_id":"4","partner":"p1","previous_partner":null,"updated_at":5}"#.into(),
+            )
+            .unwrap(),
+        );
+        let ServerMessage::Event(event) = ServerMessage::decode(&frame).unwrap() else {
+            panic!()
+        };
+        assert!(event.data_as::<OrderStatusChanged>().is_none());
+        let assigned = event.data_as::<OrderAssigned>().unwrap().unwrap();
+        assert_eq!(
+            (assigned.partner.as_str(), assigned.event_id),
+            ("p1", Some(3))
         );
     }
 }

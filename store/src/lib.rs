@@ -34,6 +34,10 @@ pub use outbox::{OutboxEvent, OutboxKind};
 pub use payments::PaymentOutcome;
 
 /// Why a store operation failed; the API maps each variant to one HTTP status.
+///
+/// The caller's fault (`NotFound`, `Forbidden`, `Conflict`, `Invalid`: 4xx, the message is
+/// shown to the caller) is kept apart from the server's (`Corrupt`, `Database`, `Migrate`:
+/// 500, the message is logged and never shown).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Unknown, or not visible to the caller (no existence leak).
@@ -43,8 +47,13 @@ pub enum StoreError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller's input is invalid (422).
     #[error("{0}")]
     Invalid(String),
+    /// Data in the database does not decode (or ours does not encode): a bug or a damaged
+    /// database, never the caller's fault (500).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

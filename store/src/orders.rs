@@ -4,10 +4,10 @@ use crate::checks::{Change, admissible, authorize};
 use crate::outbox::{enqueue, enqueue_revoke, enqueue_snapshot};
 use crate::payments::{refund_events, refund_rows};
 use crate::{Actor, Store, StoreError, now_ms};
-use serde_json::json;
 use sqlx::{Sqlite, Transaction};
+use switchyard_protocol::events::{OrderAssigned, OrderCreated, OrderStatusChanged};
 use switchyard_protocol::order::NewOrder;
-use switchyard_protocol::{Location, Order, OrderStatus, Role, Room, events};
+use switchyard_protocol::{Location, Order, OrderStatus, Role, Room};
 
 /// Which orders a listing covers.
 #[derive(Debug, Clone, Copy)]
@@ -38,8 +38,7 @@ const COLUMNS: &str = "id, customer, partner, status, items, address, total_pais
 
 impl OrderRow {
     fn into_order(self) -> Result<Order, StoreError> {
-        let corrupt =
-            |what: &str| StoreError::Invalid(format!("order {}: corrupt {what}", self.id));
+        let corrupt = |what: &str| StoreError::Corrupt(format!("order {}: {what}", self.id));
         Ok(Order {
             id: self.id.to_string(),
             status: self.status.parse().map_err(|_| corrupt("status"))?,
@@ -109,7 +108,7 @@ impl Store {
     ) -> Result<Order, StoreError> {
         let now = now_ms();
         let items =
-            serde_json::to_string(&new.items).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            serde_json::to_string(&new.items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.write_tx().await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO orders (customer, status, items, address, total_paise, created_at, updated_at) \
@@ -139,7 +138,11 @@ impl Store {
         };
         enqueue_snapshot(&mut tx, &order_room(id), &order).await?;
         if let Some(room) = user_room(customer) {
-            enqueue(&mut tx, &room, events::ORDER_CREATED, &order).await?;
+            let event = OrderCreated {
+                event_id: None,
+                order: order.clone(),
+            };
+            enqueue(&mut tx, &room, &event).await?;
         }
         tx.commit().await?;
         self.outbox_written.notify_one();
@@ -224,16 +227,17 @@ impl Store {
         if let Some(done) = &refunded {
             enqueue_snapshot(&mut tx, &Room::admin_revenue(), &done.revenue).await?;
         }
-        let data = json!({
-            "order_id": order.id,
-            "status": to,
-            "previous": from,
-            "by": actor.role,
-            "updated_at": order.updated_at,
-        });
-        enqueue(&mut tx, &order_room(id), events::ORDER_STATUS, &data).await?;
+        let event = OrderStatusChanged {
+            event_id: None,
+            order_id: order.id.clone(),
+            status: to,
+            previous: from,
+            by: actor.role,
+            updated_at: order.updated_at,
+        };
+        enqueue(&mut tx, &order_room(id), &event).await?;
         if let Some(room) = user_room(&order.customer) {
-            enqueue(&mut tx, &room, events::ORDER_STATUS, &data).await?;
+            enqueue(&mut tx, &room, &event).await?;
         }
         if let Some(done) = refunded {
             refund_events(&mut tx, &order, done).await?;
@@ -271,18 +275,19 @@ impl Store {
             // snapshot that no longer names them is in place.
             enqueue_revoke(&mut tx, &room, former, REASSIGNED).await?;
         }
-        let data = json!({
-            "order_id": order.id,
-            "partner": partner,
-            "previous_partner": previous,
-            "updated_at": order.updated_at,
-        });
-        enqueue(&mut tx, &room, events::ORDER_ASSIGNED, &data).await?;
+        let event = OrderAssigned {
+            event_id: None,
+            order_id: order.id.clone(),
+            partner: partner.to_owned(),
+            previous_partner: previous.clone(),
+            updated_at: order.updated_at,
+        };
+        enqueue(&mut tx, &room, &event).await?;
         let mut users = vec![order.customer.as_str(), partner];
         users.extend(former);
         for user in users {
             if let Some(room) = user_room(user) {
-                enqueue(&mut tx, &room, events::ORDER_ASSIGNED, &data).await?;
+                enqueue(&mut tx, &room, &event).await?;
             }
         }
         tx.commit().await?;
@@ -296,7 +301,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         for (id, location) in batch {
             let json =
-                serde_json::to_string(location).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                serde_json::to_string(location).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query("UPDATE orders SET last_location = $1 WHERE id = $2")
                 .bind(json)
                 .bind(id)
@@ -305,5 +310,42 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_protocol::order::Item;
+
+    /// Unreadable rows are the server's fault (500), not the caller's (422): a regression of
+    /// corrupt rows mapped to `Invalid`.
+    #[tokio::test]
+    async fn a_corrupt_row_is_corrupt_not_invalid() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let new = NewOrder {
+            items: vec![Item {
+                sku: "milk".into(),
+                qty: 1,
+                unit_price_paise: 100,
+            }],
+            address: "here".into(),
+        };
+        let order = store.create_order("u1", &new, 100).await.unwrap();
+        let id: i64 = order.id.parse().unwrap();
+        sqlx::query("UPDATE orders SET items = 'not json' WHERE id = $1")
+            .bind(id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert!(matches!(store.order(id).await, Err(StoreError::Corrupt(_))));
+        let admin = Actor {
+            sub: "a",
+            role: Role::Admin,
+        };
+        assert!(matches!(
+            store.change_status(id, admin, OrderStatus::Confirmed).await,
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

@@ -13,7 +13,7 @@ use crate::{Store, StoreError, now_ms};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::{Sqlite, Transaction};
-use switchyard_protocol::Room;
+use switchyard_protocol::{BuiltinEvent, Room};
 
 /// What the relay does with a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ async fn insert(
     event: &str,
     data: &impl Serialize,
 ) -> Result<(), StoreError> {
-    let data = serde_json::to_string(data).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let data = serde_json::to_string(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO outbox (kind, room, event, data, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -92,14 +92,13 @@ async fn insert(
     Ok(())
 }
 
-/// Adds an event to the outbox inside `tx`.
-pub(crate) async fn enqueue(
+/// Adds a built-in event to the outbox inside `tx`.
+pub(crate) async fn enqueue<E: BuiltinEvent>(
     tx: &mut Transaction<'static, Sqlite>,
     room: &Room,
-    event: &str,
-    data: &impl Serialize,
+    data: &E,
 ) -> Result<(), StoreError> {
-    insert(tx, OutboxKind::Event, room, event, data).await
+    insert(tx, OutboxKind::Event, room, E::NAME, data).await
 }
 
 /// Records `room`'s new state inside `tx` (before the transaction's events).

@@ -18,16 +18,18 @@ use crate::checks::{Change, admissible, authorize};
 use crate::orders::{load_for_update, order_room, user_room};
 use crate::outbox::{enqueue, enqueue_snapshot};
 use crate::{Actor, Store, StoreError, now_ms};
-use serde_json::{Value, json};
 use sqlx::{Sqlite, Transaction};
-use switchyard_protocol::{Order, Revenue, Room, events};
+use switchyard_protocol::events::{OrderPaid, OrderRefunded, RevenueUpdated};
+use switchyard_protocol::order::Refund;
+use switchyard_protocol::rest::{PaymentReceipt, PaymentStatus};
+use switchyard_protocol::{Order, Payment, Revenue, Room};
 
 /// The answer to a payment request, as first computed; replays return it unchanged.
 #[derive(Debug, Clone)]
 pub struct PaymentOutcome {
     /// HTTP status of the answer (201 for the first success).
     pub status: u16,
-    pub body: Value,
+    pub body: PaymentReceipt,
     /// True when this is a repeat of an earlier request with the same key.
     pub replayed: bool,
 }
@@ -70,7 +72,7 @@ async fn add_revenue(
 /// A refund written by [`refund_rows`], whose events are still to be enqueued.
 pub(crate) struct Refunded {
     /// The `order.refunded` data.
-    refunded: Value,
+    refunded: Refund,
     /// The totals after the refund.
     pub(crate) revenue: Revenue,
 }
@@ -139,13 +141,13 @@ pub(crate) async fn refund_rows(
         .execute(&mut **tx)
         .await?;
     order.refunded = true;
-    let refunded = json!({
-        "refund_id": refund_id.to_string(),
-        "payment_id": payment_id.to_string(),
-        "order_id": order.id,
-        "amount_paise": amount,
-        "refunded_at": now,
-    });
+    let refunded = Refund {
+        refund_id: refund_id.to_string(),
+        payment_id: payment_id.to_string(),
+        order_id: order.id.clone(),
+        amount_paise: amount,
+        refunded_at: now,
+    };
     let revenue = Revenue {
         currency: CURRENCY.into(),
         total_paise,
@@ -162,20 +164,24 @@ pub(crate) async fn refund_events(
     done: Refunded,
 ) -> Result<(), StoreError> {
     let Refunded { refunded, revenue } = done;
-    let mut revenue_event = serde_json::to_value(&revenue).unwrap_or_default();
-    revenue_event["refund"] = refunded.clone();
+    let revenue_event = RevenueUpdated {
+        event_id: None,
+        currency: revenue.currency,
+        total_paise: revenue.total_paise,
+        paid_orders: revenue.paid_orders,
+        payment: None,
+        refund: Some(refunded.clone()),
+    };
+    let event = OrderRefunded {
+        event_id: None,
+        refund: refunded,
+    };
     let id: i64 = order.id.parse().map_err(|_| StoreError::NotFound)?;
-    enqueue(tx, &order_room(id), events::ORDER_REFUNDED, &refunded).await?;
+    enqueue(tx, &order_room(id), &event).await?;
     if let Some(room) = user_room(&order.customer) {
-        enqueue(tx, &room, events::ORDER_REFUNDED, &refunded).await?;
+        enqueue(tx, &room, &event).await?;
     }
-    enqueue(
-        tx,
-        &Room::admin_revenue(),
-        events::REVENUE_UPDATED,
-        &revenue_event,
-    )
-    .await?;
+    enqueue(tx, &Room::admin_revenue(), &revenue_event).await?;
     Ok(())
 }
 
@@ -214,12 +220,11 @@ impl Store {
                     "Idempotency-Key was already used for a different payment".into(),
                 ));
             }
-            let mut body: Value =
-                serde_json::from_str(&body).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            // Answers stored before payment responses stopped carrying the revenue totals.
-            if let Some(body) = body.as_object_mut() {
-                body.remove("revenue");
-            }
+            // Answers stored before payment responses stopped carrying the revenue totals
+            // have a `revenue` field: the receipt type ignores it.
+            let body: PaymentReceipt = serde_json::from_str(&body).map_err(|e| {
+                StoreError::Corrupt(format!("stored answer of an idempotency key: {e}"))
+            })?;
             return Ok(PaymentOutcome {
                 status: status as u16,
                 body,
@@ -256,31 +261,39 @@ impl Store {
             .await?;
         order.paid = true;
         order.updated_at = now;
-        let payment = json!({
-            "payment_id": payment_id.to_string(),
-            "order_id": order.id,
-            "amount_paise": amount_paise,
-            "paid_at": now,
-        });
+        let payment = Payment {
+            payment_id: payment_id.to_string(),
+            order_id: order.id.clone(),
+            amount_paise,
+            paid_at: now,
+        };
         enqueue_snapshot(&mut tx, &order_room(order_id), &order).await?;
         enqueue_snapshot(&mut tx, &Room::admin_revenue(), &revenue).await?;
-        let mut revenue_event = serde_json::to_value(&revenue).unwrap_or_default();
-        revenue_event["payment"] = payment.clone();
-        enqueue(
-            &mut tx,
-            &Room::admin_revenue(),
-            events::REVENUE_UPDATED,
-            &revenue_event,
-        )
-        .await?;
-        enqueue(&mut tx, &order_room(order_id), events::ORDER_PAID, &payment).await?;
+        let revenue_event = RevenueUpdated {
+            event_id: None,
+            currency: revenue.currency,
+            total_paise: revenue.total_paise,
+            paid_orders: revenue.paid_orders,
+            payment: Some(payment.clone()),
+            refund: None,
+        };
+        enqueue(&mut tx, &Room::admin_revenue(), &revenue_event).await?;
+        let paid = OrderPaid {
+            event_id: None,
+            payment: payment.clone(),
+        };
+        enqueue(&mut tx, &order_room(order_id), &paid).await?;
         if let Some(room) = user_room(&order.customer) {
-            enqueue(&mut tx, &room, events::ORDER_PAID, &payment).await?;
+            enqueue(&mut tx, &room, &paid).await?;
         }
         // The answer carries no revenue totals: those are admins' (`GET /api/revenue`,
         // `admin:revenue`), and the payer may be any customer.
-        let mut body = payment;
-        body["status"] = json!("paid");
+        let body = PaymentReceipt {
+            payment,
+            status: PaymentStatus::Paid,
+        };
+        let stored =
+            serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO idempotency_keys (sub, role, route, key, fingerprint, status, body, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -291,7 +304,7 @@ impl Store {
         .bind(key)
         .bind(&fingerprint)
         .bind(201_i64)
-        .bind(body.to_string())
+        .bind(stored)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -356,7 +369,8 @@ mod tests {
         let first = store.pay(id, me, "k1", 13_000).await.unwrap();
         assert_eq!(first.status, 201);
         assert!(!first.replayed);
-        assert!(first.body.get("revenue").is_none(), "{}", first.body);
+        let body = serde_json::to_value(&first.body).unwrap();
+        assert!(body.get("revenue").is_none(), "{body}");
         let again = store.pay(id, me, "k1", 13_000).await.unwrap();
         assert!(again.replayed);
         assert_eq!(again.body, first.body);

@@ -9,7 +9,7 @@
 //!   Redis and the API (a distributed gateway, which has no database).
 //! - [`token`]: the `switchyard token` command.
 //! - [`publish`]: the `switchyard publish` command.
-//! - [`demo`]: the `switchyard demo` command — `all` plus a simulator speaking the public API.
+//! - [`demo`]: the `switchyard demo` command — `all` plus the simulator of `switchyard-demo`.
 //!
 //! Tests drive [`server::run`] directly with a listener on port 0, or the binary itself.
 

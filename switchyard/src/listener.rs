@@ -62,6 +62,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use switchyard_api::error::ApiError;
+use switchyard_protocol::{ErrorBody, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -270,19 +271,19 @@ fn refuse(mut tcp: TcpStream, refusal: Refusal, conns: &Arc<Conns>) {
     let (status, code, reason, message) = match refusal {
         Refusal::Full => (
             "503 Service Unavailable",
-            "unavailable",
+            ErrorCode::Unavailable,
             "connections",
             "too many HTTP connections; retry shortly",
         ),
         Refusal::PerIp => (
             "429 Too Many Requests",
-            "limit_exceeded",
+            ErrorCode::LimitExceeded,
             "per_ip",
             "too many HTTP connections from this address",
         ),
     };
     metrics::counter!("switchyard_http_rejections_total", "reason" => reason).increment(1);
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let body = serde_json::to_string(&ErrorBody::new(code, message)).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{body}",
@@ -325,7 +326,7 @@ async fn serve_connection(tcp: TcpStream, conns: Arc<Conns>, _slot: Slot) {
                 Ok::<_, std::convert::Infallible>(match answer {
                     _ if late.load(Ordering::Relaxed) => timed_out(
                         StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
+                        ErrorCode::RequestTimeout,
                         "body_timeout",
                         "the request body did not arrive in time",
                     ),
@@ -333,7 +334,7 @@ async fn serve_connection(tcp: TcpStream, conns: Arc<Conns>, _slot: Slot) {
                     Ok(Err(never)) => match never {},
                     Err(_) => timed_out(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
+                        ErrorCode::Unavailable,
                         "request_timeout",
                         "the request took too long; retry (with the same Idempotency-Key)",
                     ),
@@ -382,12 +383,7 @@ async fn serve_connection(tcp: TcpStream, conns: Arc<Conns>, _slot: Slot) {
 
 /// The answer to a request that ran out of time; the connection closes after it (its body
 /// may be half read).
-fn timed_out(
-    status: StatusCode,
-    code: &'static str,
-    reason: &'static str,
-    message: &str,
-) -> Response {
+fn timed_out(status: StatusCode, code: ErrorCode, reason: &'static str, message: &str) -> Response {
     metrics::counter!("switchyard_http_rejections_total", "reason" => reason).increment(1);
     let mut response = ApiError::new(status, code, message).into_response();
     response

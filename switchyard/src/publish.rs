@@ -1,38 +1,29 @@
 //! `switchyard publish --room R --event E --data JSON [--url URL] [--token T]`: one event
-//! through the API's `POST /api/publish`, as any other backend service would send it.
+//! through the API's `POST /api/publish`, as any other backend service would send it (with
+//! `switchyard-client`).
 
 use crate::config::PublishArgs;
+use serde_json::value::RawValue;
+use switchyard_client::Rest;
 use switchyard_protocol::Role;
+use switchyard_protocol::rest::PublishRequest;
 
 /// Sends the event; returns the offset it was given.
 pub async fn run(args: &PublishArgs) -> Result<u64, String> {
-    let data: serde_json::Value =
-        serde_json::from_str(&args.data).map_err(|e| format!("--data is not JSON: {e}"))?;
+    let data =
+        RawValue::from_string(args.data.clone()).map_err(|e| format!("--data is not JSON: {e}"))?;
     let token = match &args.token {
         Some(t) => t.clone(),
         None => crate::token::sign(&args.signer, "switchyard-cli", Role::Service, 300)?,
     };
-    let url = format!("{}/api/publish", args.url.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(token)
-        .json(&serde_json::json!({ "room": args.room, "event": args.event, "data": data }))
-        .send()
+    let event = PublishRequest {
+        room: args.room.clone(),
+        event: args.event.clone(),
+        data,
+    };
+    let published = Rest::new(&args.url, token)
+        .publish(&event)
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| format!("{url}: unreadable answer ({status}): {e}"))?;
-    if !status.is_success() {
-        return Err(format!(
-            "{status}: {} — {}",
-            body["error"].as_str().unwrap_or("error"),
-            body["message"].as_str().unwrap_or("")
-        ));
-    }
-    body["offset"]
-        .as_u64()
-        .ok_or_else(|| format!("answer without an offset: {body}"))
+        .map_err(|e| format!("{}/api/publish: {e}", args.url.trim_end_matches('/')))?;
+    Ok(published.offset)
 }

@@ -22,7 +22,7 @@ fn embedded(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
 async fn drain_to_close(client: &mut Client) -> (Vec<Value>, Option<u16>) {
     let mut events = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), client.ws.next()).await {
+        match tokio::time::timeout(Duration::from_secs(30), client.socket.ws_mut().next()).await {
             Err(_) => panic!("the server never closed the slow client"),
             Ok(Some(Ok(Message::Text(t)))) => events.push(serde_json::from_str(&t).unwrap()),
             Ok(Some(Ok(Message::Close(frame)))) => {
@@ -108,7 +108,7 @@ async fn a_client_that_stops_reading_is_closed_with_4003_while_memory_stays_boun
     );
 
     // The server still serves everyone else.
-    assert_eq!(fast.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(fast.ping().await["type"], "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +186,7 @@ async fn a_slow_customer_gets_the_freshest_position_instead_of_a_backlog() {
     let offsets: Vec<u64> = seen.iter().map(|e| e["offset"].as_u64().unwrap()).collect();
     assert!(offsets.windows(2).all(|w| w[1] > w[0]), "offsets went back");
     // Not closed: the connection still answers.
-    assert_eq!(customer.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(customer.ping().await["type"], "ok");
     let metrics = scrape(&server.url("")).await;
     assert!(
         sample_value(&metrics, "switchyard_events_conflated_total").is_some_and(|n| n > 0.0),

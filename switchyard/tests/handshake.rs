@@ -126,12 +126,14 @@ async fn every_bad_token_is_refused_before_the_upgrade() {
         let (status, body) = refused(with_bearer(&url, &token)).await;
         assert_eq!(status, 401, "{name}: {body}");
         assert_eq!(body["error"], "unauthorized", "{name}");
+        assert_eq!(body["message"], reason, "{name}");
+        // The field's old name, kept for one release.
         assert_eq!(body["reason"], reason, "{name}");
     }
     // No token at all.
     let (status, body) = refused(url.as_str().into_client_request().unwrap()).await;
     assert_eq!(
-        (status, body["reason"].as_str()),
+        (status, body["message"].as_str()),
         (401, Some("missing token"))
     );
     // The same bad token through the other two sources.
@@ -171,7 +173,7 @@ async fn the_three_token_sources_work() {
     );
     let sub = connect_request(req).await.unwrap();
     assert_eq!(
-        sub.response
+        sub.response()
             .headers()
             .get("sec-websocket-protocol")
             .unwrap(),
@@ -218,14 +220,14 @@ async fn issuer_audience_and_es256_keys() {
         json!({"sub":"u1","role":"customer","exp":exp,"iss":"https://evil.example","aud":"switchyard"}),
     );
     assert_eq!(
-        refused(with_bearer(&url, &bad_iss)).await.1["reason"],
+        refused(with_bearer(&url, &bad_iss)).await.1["message"],
         "invalid issuer"
     );
     let bad_aud = es(
         json!({"sub":"u1","role":"customer","exp":exp,"iss":"https://auth.example","aud":"other"}),
     );
     assert_eq!(
-        refused(with_bearer(&url, &bad_aud)).await.1["reason"],
+        refused(with_bearer(&url, &bad_aud)).await.1["message"],
         "invalid audience"
     );
     // An HS256 token signed with the public key's bytes (the classic confusion attack).
@@ -235,7 +237,7 @@ async fn issuer_audience_and_es256_keys() {
         include_bytes!("fixtures/es256-public.pem"),
     );
     assert_eq!(
-        refused(with_bearer(&url, &confused)).await.1["reason"],
+        refused(with_bearer(&url, &confused)).await.1["message"],
         "algorithm not accepted"
     );
     server.stop().await;
@@ -356,7 +358,7 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
     let (status, _) = server.call("GET", "/healthz", &admin(), None).await;
     assert_eq!(status, 200);
     let mut ws = connect(&server.ws_url(), &token("u1", Role::Customer)).await;
-    assert_eq!(ws.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(ws.ping().await["type"], "ok");
 
     for tcp in &mut silent {
         let (_, received) = server_closes_within(tcp, limit).await;
@@ -374,7 +376,7 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
 
     // An upgraded WebSocket is past its handshake: it outlives the timeout many times over.
     tokio::time::sleep(Duration::from_millis(TIMEOUT_MS * 3)).await;
-    assert_eq!(ws.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(ws.ping().await["type"], "ok");
     // And a complete handshake sent right away is served as before.
     let mut tcp = raw_upgrade(server.addr, &token("u2", Role::Customer)).await;
     let mut head = [0u8; 12];

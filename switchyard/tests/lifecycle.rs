@@ -158,7 +158,7 @@ async fn silent_clients_are_closed_for_idleness() {
     // A client that answers pings stays.
     let mut alive = connect(&server.ws_url(), &token("u2", Role::Customer)).await;
     for _ in 0..8 {
-        let r = alive.request(json!({"op":"ping"})).await;
+        let r = alive.ping().await;
         assert_eq!(r["type"], "ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -186,7 +186,7 @@ async fn refresh_extends_a_connection_past_its_first_token() {
         .request(json!({"op":"refresh","token":"not.a.token"}))
         .await;
     assert_eq!(
-        (r["type"].as_str(), r["code"].as_str()),
+        (r["type"].as_str(), r["error"].as_str()),
         (Some("error"), Some("forbidden")),
         "{r}"
     );
@@ -196,13 +196,13 @@ async fn refresh_extends_a_connection_past_its_first_token() {
     assert_eq!(r["type"], "ok", "{r}");
     // Past the first token's exp, still open.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    assert_eq!(c.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(c.ping().await["type"], "ok");
 
     // A refresh naming someone else ends the connection: do not reconnect (4500).
     let r = c
         .request(json!({"op":"refresh","token": issuer.issue("u2", Role::Customer, 3600)}))
         .await;
-    assert_eq!(r["code"], "forbidden", "{r}");
+    assert_eq!(r["error"], "forbidden", "{r}");
     let frame = c.closed().await.expect("close frame");
     assert_eq!(u16::from(frame.code), close::POLICY_VIOLATION);
     server.stop().await;
@@ -233,7 +233,7 @@ async fn revoking_a_user_closes_each_of_its_connections_with_4501() {
         assert_eq!(u16::from(frame.code), close::REVOKED);
         assert!(!close::should_reconnect(close::REVOKED));
     }
-    assert_eq!(other.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(other.ping().await["type"], "ok");
     let (status, _) = server
         .call("POST", "/api/users/c*1/revoke", &admin(), None)
         .await;
@@ -488,7 +488,7 @@ async fn tokens_are_never_logged_even_at_trace_level() {
             .unwrap();
         clients.push(connect_request(req).await.unwrap());
         for c in &mut clients {
-            assert_eq!(c.request(json!({"op":"ping"})).await["type"], "ok");
+            assert_eq!(c.ping().await["type"], "ok");
             assert_eq!(c.subscribe("admin:revenue").await["type"], "error");
         }
         for bad in [&wrongly_signed, &expired] {
@@ -535,7 +535,7 @@ async fn tokens_are_never_logged_even_at_trace_level() {
             .unwrap();
         assert_eq!(resp.status(), 401);
         for mut c in clients {
-            let _ = c.ws.close(None).await;
+            let _ = c.socket.close().await;
         }
         proc.signal("-TERM");
         assert!(proc.wait(WAIT).success());

@@ -3,11 +3,20 @@
 mod common;
 
 use common::*;
-use serde_json::json;
 use switchyard_protocol::Role;
+use switchyard_protocol::client::{ClientOp, LocationFix};
 
-fn fix(order: &str, lat: f64, lng: f64) -> serde_json::Value {
-    json!({"op":"location","order_id":order,"lat":lat,"lng":lng,"heading":90,"speed":8.5,"ts":1_732_000_000_000_i64})
+fn fix(order: &str, lat: f64, lng: f64) -> ClientOp {
+    ClientOp::Location {
+        order_id: order.to_owned(),
+        fix: LocationFix {
+            lat,
+            lng,
+            heading: Some(90.0),
+            speed: Some(8.5),
+            ts: Some(1_732_000_000_000),
+        },
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,19 +84,25 @@ async fn only_the_assigned_partner_may_send_and_coordinates_are_validated() {
     let mut p2 = connect(&url, &token("p2", Role::Partner)).await;
     let mut c1 = connect(&url, &token("c1", Role::Customer)).await;
     let mut adm = connect(&url, &admin()).await;
-    assert_eq!(p2.request(fix(&order, 1.0, 1.0)).await["code"], "forbidden");
-    assert_eq!(c1.request(fix(&order, 1.0, 1.0)).await["code"], "forbidden");
     assert_eq!(
-        adm.request(fix(&order, 1.0, 1.0)).await["code"],
+        p2.request(fix(&order, 1.0, 1.0)).await["error"],
         "forbidden"
     );
     assert_eq!(
-        p1.request(fix("999999", 1.0, 1.0)).await["code"],
+        c1.request(fix(&order, 1.0, 1.0)).await["error"],
+        "forbidden"
+    );
+    assert_eq!(
+        adm.request(fix(&order, 1.0, 1.0)).await["error"],
+        "forbidden"
+    );
+    assert_eq!(
+        p1.request(fix("999999", 1.0, 1.0)).await["error"],
         "forbidden"
     );
     for (lat, lng) in [(90.5, 0.0), (-91.0, 0.0), (0.0, 180.5), (0.0, -181.0)] {
         assert_eq!(
-            p1.request(fix(&order, lat, lng)).await["code"],
+            p1.request(fix(&order, lat, lng)).await["error"],
             "bad_request",
             "{lat},{lng}"
         );
@@ -97,13 +112,16 @@ async fn only_the_assigned_partner_may_send_and_coordinates_are_validated() {
     ))
     .await;
     assert_eq!(
-        p1.recv().await["code"],
+        p1.recv().await["error"],
         "bad_request",
         "out-of-range number"
     );
     // A reassigned order no longer accepts the former partner's fixes.
     server.assign(&order, "p2").await;
-    assert_eq!(p1.request(fix(&order, 1.0, 1.0)).await["code"], "forbidden");
+    assert_eq!(
+        p1.request(fix(&order, 1.0, 1.0)).await["error"],
+        "forbidden"
+    );
     assert_eq!(p2.request(fix(&order, 1.0, 1.0)).await["type"], "ok");
     server.stop().await;
 }
@@ -119,7 +137,7 @@ async fn location_floods_are_rate_limited_without_disconnecting() {
     let mut accepted = 0;
     for _ in 0..10 {
         let r = p1.request(fix(&order, 1.0, 1.0)).await;
-        match r["code"].as_str() {
+        match r["error"].as_str() {
             Some("rate_limited") => limited += 1,
             None => accepted += 1,
             other => panic!("unexpected {other:?}"),
@@ -129,6 +147,6 @@ async fn location_floods_are_rate_limited_without_disconnecting() {
         accepted >= 3 && limited >= 5,
         "accepted {accepted}, limited {limited}"
     );
-    assert_eq!(p1.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(p1.ping().await["type"], "ok");
     server.stop().await;
 }

@@ -322,7 +322,7 @@ async fn every_family_the_dashboard_queries_is_exported() {
     customer.event(&room, "partner.location").await;
     let (status, _) = server.call("GET", "/api/revenue", &c1, None).await;
     assert_eq!(status, 403);
-    partner.ws.close(None).await.unwrap();
+    partner.socket.close().await.unwrap();
 
     let exported = eventually_scrape(&server.url(""), |m| {
         m.contains("switchyard_connections_closed_total{")

@@ -240,7 +240,7 @@ async fn refusals_have_their_codes() {
     );
     let (status, body) = refused(req).await;
     assert_eq!(
-        (status, body["reason"].as_str()),
+        (status, body["message"].as_str()),
         (401, Some("service tokens cannot open a WebSocket"))
     );
     // …and does no order CRUD.

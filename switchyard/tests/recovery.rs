@@ -129,7 +129,7 @@ async fn beyond_history_or_another_epoch_means_resync() {
     let bad = back
         .request(json!({"op":"subscribe","room":room,"since":{"epoch":1}}))
         .await;
-    assert_eq!(bad["code"], "bad_request");
+    assert_eq!(bad["error"], "bad_request");
     server.stop().await;
 }
 

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 fn forbidden(reply: &serde_json::Value) -> bool {
-    reply["type"] == "error" && reply["code"] == "forbidden"
+    reply["type"] == "error" && reply["error"] == "forbidden"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +82,10 @@ async fn room_rules() {
         &format!("user:{}", "a".repeat(10 * 1024)),
     ] {
         let r = c1.subscribe(bad).await;
-        assert_eq!(r["code"], "bad_request", "{bad:?}: {r}");
+        assert_eq!(r["error"], "bad_request", "{bad:?}: {r}");
+        assert!(r["message"].is_string(), "{r}");
+        // The field's old name, kept for one release.
+        assert_eq!(r["code"], "bad_request", "{r}");
     }
 
     // Unsubscribe is acknowledged with the room.
@@ -138,7 +141,7 @@ async fn bad_frames_get_bad_request_and_the_connection_survives() {
         c.send_raw(Message::Text(frame.into())).await;
         let r = c.recv().await;
         assert_eq!(
-            (r["type"].as_str(), r["code"].as_str()),
+            (r["type"].as_str(), r["error"].as_str()),
             (Some("error"), Some("bad_request")),
             "{frame}"
         );
@@ -148,9 +151,9 @@ async fn bad_frames_get_bad_request_and_the_connection_survives() {
         .await;
     assert_eq!(c.recv().await["id"], 7);
     c.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
-    assert_eq!(c.recv().await["code"], "bad_request");
+    assert_eq!(c.recv().await["error"], "bad_request");
     // Still usable.
-    let pong = c.request(json!({"op":"ping"})).await;
+    let pong = c.ping().await;
     assert_eq!(
         (pong["type"].as_str(), pong["op"].as_str()),
         (Some("ok"), Some("ping"))
@@ -168,7 +171,7 @@ async fn subscription_and_frame_limits() {
     assert_eq!(adm.subscribe("user:a").await["type"], "ok");
     assert_eq!(adm.subscribe("user:b").await["type"], "ok");
     let r = adm.subscribe("user:c").await;
-    assert_eq!(r["code"], "limit_exceeded", "{r}");
+    assert_eq!(r["error"], "limit_exceeded", "{r}");
     // Re-subscribing to a room already joined is not a new subscription.
     assert_eq!(adm.subscribe("user:a").await["type"], "ok");
 
@@ -178,7 +181,7 @@ async fn subscription_and_frame_limits() {
     let frame = c.closed().await.expect("close frame");
     assert_eq!(frame.code, CloseCode::Size);
     // Others are unaffected.
-    assert_eq!(adm.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(adm.ping().await["type"], "ok");
     server.stop().await;
 }
 
@@ -192,13 +195,13 @@ async fn op_floods_are_rate_limited_not_disconnected() {
     let mut limited = 0;
     for _ in 0..20 {
         let r = c.recv().await;
-        if r["code"] == "rate_limited" {
+        if r["error"] == "rate_limited" {
             limited += 1;
         }
     }
     assert!(limited >= 10, "only {limited} of 20 were limited");
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_eq!(c.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(c.ping().await["type"], "ok");
     server.stop().await;
 }
 
@@ -210,15 +213,16 @@ async fn a_ping_flood_costs_only_the_flooder() {
     // 20,000 pings without reading a single pong: tungstenite keeps at most one pong pending.
     for i in 0..20_000u32 {
         flooder
-            .ws
+            .socket
+            .ws_mut()
             .feed(Message::Ping(i.to_be_bytes().to_vec().into()))
             .await
             .unwrap();
     }
-    flooder.ws.flush().await.unwrap();
-    assert_eq!(other.request(json!({"op":"ping"})).await["type"], "ok");
+    flooder.socket.ws_mut().flush().await.unwrap();
+    assert_eq!(other.ping().await["type"], "ok");
     // The flooder itself is still served once it reads again.
-    assert_eq!(flooder.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(flooder.ping().await["type"], "ok");
     server.stop().await;
 }
 
@@ -238,6 +242,6 @@ async fn invalid_utf8_closes_with_1007_and_others_keep_going() {
         "{}",
         String::from_utf8_lossy(&received)
     );
-    assert_eq!(other.request(json!({"op":"ping"})).await["type"], "ok");
+    assert_eq!(other.ping().await["type"], "ok");
     server.stop().await;
 }

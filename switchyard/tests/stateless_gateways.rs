@@ -130,7 +130,7 @@ async fn customers_and_partners_are_admitted_after_redis_lost_its_data() {
     // …and everyone else is still refused.
     for (sub, role) in [("c2", Role::Customer), ("p2", Role::Partner)] {
         let mut other = connect(&cluster.ws(&cluster.gateways[0]), &token(sub, role)).await;
-        assert_eq!(other.subscribe(&room).await["code"], "forbidden", "{sub}");
+        assert_eq!(other.subscribe(&room).await["error"], "forbidden", "{sub}");
     }
     // The next change writes the snapshot again, and later reads come from Redis.
     assert_eq!(cluster.set_status(&api, &order, "packed").await.0, 200);
@@ -256,8 +256,8 @@ async fn reassignment_revokes_the_former_partner_on_every_gateway() {
     for p1 in &mut p1s {
         let revoked = p1.recv_until(|v| v["type"] == "revoked").await;
         assert_eq!(revoked["room"], room.as_str());
-        assert_eq!(p1.request(fix(&order, 3.0)).await["code"], "forbidden");
-        assert_eq!(p1.subscribe(&room).await["code"], "forbidden");
+        assert_eq!(p1.request(fix(&order, 3.0)).await["error"], "forbidden");
+        assert_eq!(p1.subscribe(&room).await["error"], "forbidden");
     }
 }
 

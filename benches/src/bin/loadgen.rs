@@ -31,6 +31,7 @@ use switchyard_auth::Issuer;
 use switchyard_benches::proto::{Incoming, Protocol};
 use switchyard_benches::{hist, net, procstat, proto};
 use switchyard_protocol::Role;
+use switchyard_protocol::client::{ClientOp, LocationFix};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -1208,8 +1209,9 @@ async fn locations(args: LocationArgs) -> anyhow::Result<()> {
                             if (k as u64) < active.load(Ordering::Relaxed) {
                                 n += 1;
                                 let ts_ms = now_us() / 1000;
-                                let op = json!({"op":"location","order_id":id,"lat":12.97,"lng":77.59,"ts":ts_ms,"id":n});
-                                if ws.send(Message::Text(op.to_string().into())).await.is_err() { break; }
+                                let fix = LocationFix { lat: 12.97, lng: 77.59, heading: None, speed: None, ts: Some(ts_ms as i64) };
+                                let op = ClientOp::Location { order_id: id.clone(), fix }.with_id(n as i64);
+                                if ws.send(Message::Text(op.encode().into())).await.is_err() { break; }
                                 sent.fetch_add(1, Ordering::Relaxed);
                             }
                         }

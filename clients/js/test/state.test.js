@@ -140,7 +140,7 @@ test("a background resubscribe refused with internal/rate_limited is retried; fo
   assert.deepEqual(sock().last().room, "order:1");
   assert.equal(c.position("order:1").offset, 0);
   sock().recv({ type: "gap", room: "order:2" });
-  sock().recv({ type: "error", id: sock().last().id, code: "forbidden", message: "not allowed to join this room" });
+  sock().recv({ type: "error", id: sock().last().id, error: "forbidden", message: "not allowed to join this room" });
   assert.equal(c.position("order:2"), null);
   assert.deepEqual(log.find(([n]) => n === "error")[1], { room: "order:2", code: "forbidden", message: "not allowed to join this room" });
   c.close();

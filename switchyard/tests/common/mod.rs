@@ -5,19 +5,17 @@ pub mod cluster;
 pub mod process;
 
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
 use switchyard::config::{Cli, Command, Server};
 use switchyard_auth::Issuer;
-use switchyard_protocol::Role;
+use switchyard_client::socket::bearer_request;
+use switchyard_client::{ConnectError, Socket};
+use switchyard_protocol::{ClientOp, Role, Room, ServerMessage};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
@@ -236,66 +234,73 @@ pub fn admin() -> String {
     token("admin", Role::Admin)
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A WebSocket client speaking the Switchyard protocol.
+/// A WebSocket client speaking the Switchyard protocol: `switchyard-client`'s [`Socket`]
+/// (connect, welcome, typed ops with ids), read as JSON values so that tests assert on
+/// exactly what the server put on the wire, every read bounded by [`WAIT`].
 pub struct Client {
-    pub ws: Ws,
+    pub socket: Socket,
+    /// The `welcome`, as JSON.
     pub welcome: Value,
-    pub response: Response<Option<Vec<u8>>>,
-    next_id: i64,
+}
+
+/// What a test sends as an op: a typed [`ClientOp`], or raw JSON for frames no client
+/// library would build (bad fields, unknown ops).
+pub trait Op {
+    fn frame(self, id: i64) -> String;
+}
+
+impl Op for ClientOp {
+    fn frame(self, id: i64) -> String {
+        self.with_id(id).encode()
+    }
+}
+
+impl Op for Value {
+    fn frame(mut self, id: i64) -> String {
+        self["id"] = json!(id);
+        self.to_string()
+    }
 }
 
 /// Connects with `Authorization: Bearer`; panics unless the upgrade succeeds.
 pub async fn connect(url: &str, token: &str) -> Client {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
+    let req = bearer_request(url, token).unwrap();
     connect_request(req).await.expect("upgrade refused")
 }
 
-/// Connects with a prepared request; the error is the HTTP response of a refused upgrade.
+/// Connects with a prepared request.
 pub async fn connect_request(
     req: tungstenite::handshake::client::Request,
-) -> Result<Client, tungstenite::Error> {
-    let (ws, response) = tokio_tungstenite::connect_async(req).await?;
-    Ok(Client::welcomed(ws, response).await)
+) -> Result<Client, ConnectError> {
+    Ok(Client::welcomed(Socket::connect_with(req).await?))
 }
 
 impl Client {
-    /// Wraps an upgraded socket and reads its `welcome`.
-    async fn welcomed(ws: Ws, response: Response<Option<Vec<u8>>>) -> Client {
-        let mut client = Client {
-            ws,
-            welcome: Value::Null,
-            response,
-            next_id: 1,
-        };
-        client.welcome = client.recv().await;
-        assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
-        client
+    fn welcomed(socket: Socket) -> Client {
+        let welcome = ServerMessage::Welcome(socket.welcome().clone()).encode();
+        Client {
+            welcome: serde_json::from_str(&welcome).unwrap(),
+            socket,
+        }
+    }
+
+    /// The server's answer to the upgrade.
+    pub fn response(&self) -> &tungstenite::handshake::client::Response {
+        self.socket.response()
     }
 }
 
 /// Connects over a socket whose receive buffer is only `recv_buffer` bytes, so that a
 /// client that stops reading backs the server up after a few KiB instead of megabytes.
 pub async fn connect_small_window(url: &str, token: &str, recv_buffer: u32) -> Client {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
+    let req = bearer_request(url, token).unwrap();
     let host = req.uri().authority().unwrap().as_str().to_owned();
     let addr: SocketAddr = host.parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(recv_buffer).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
-    let (ws, response) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
-        .await
-        .expect("upgrade refused");
-    Client::welcomed(ws, response).await
+    let socket = Socket::connect_on(tcp, req).await.expect("upgrade refused");
+    Client::welcomed(socket)
 }
 
 /// Tries to upgrade and expects an HTTP refusal; returns its status and JSON body.
@@ -318,18 +323,11 @@ pub async fn refused(req: tungstenite::handshake::client::Request) -> (u16, Valu
 impl Client {
     /// The next text frame as JSON.
     pub async fn recv(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for a frame")
-                .expect("connection ended")
-                .expect("read error");
-            match msg {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
+        let text = tokio::time::timeout(WAIT, self.socket.next_text())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection ended");
+        serde_json::from_str(&text).unwrap()
     }
 
     /// Frames until one matches `pred` (earlier ones are dropped).
@@ -348,42 +346,49 @@ impl Client {
             .await
     }
 
+    /// Sends raw JSON as it is (no id added).
     pub async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .unwrap();
+        self.socket.send_text(v.to_string()).await.unwrap();
     }
 
     pub async fn send_raw(&mut self, msg: Message) {
-        self.ws.send(msg).await.unwrap();
+        self.socket.send_message(msg).await.unwrap();
     }
 
-    /// Sends an op with a fresh id and returns the reply carrying that id.
-    pub async fn request(&mut self, mut op: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        op["id"] = json!(id);
-        self.send(op).await;
+    /// Sends an op with a fresh id and returns the reply carrying that id (frames before it
+    /// are dropped).
+    pub async fn request(&mut self, op: impl Op) -> Value {
+        let id = self.socket.take_id();
+        self.socket.send_text(op.frame(id)).await.unwrap();
         self.recv_until(|v| v["id"] == id && (v["type"] == "ok" || v["type"] == "error"))
             .await
     }
 
     pub async fn subscribe(&mut self, room: &str) -> Value {
-        self.request(json!({"op":"subscribe","room":room})).await
+        match Room::parse(room) {
+            Ok(room) => {
+                self.request(ClientOp::Subscribe { room, since: None })
+                    .await
+            }
+            // Tests of the room grammar subscribe to names no typed op can hold.
+            Err(_) => self.request(json!({"op":"subscribe","room":room})).await,
+        }
+    }
+
+    pub async fn ping(&mut self) -> Value {
+        self.request(ClientOp::Ping).await
     }
 
     /// Reads until the server closes; returns the close frame (None if the TCP stream just ended).
     pub async fn closed(&mut self) -> Option<CloseFrame> {
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await {
-                Err(_) => panic!("timed out waiting for close"),
-                Ok(None) => return None,
-                Ok(Some(Err(_))) => return None,
-                Ok(Some(Ok(Message::Close(frame)))) => return frame,
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
+        tokio::time::timeout(WAIT, self.socket.closed())
+            .await
+            .expect("timed out waiting for close")
+    }
+
+    /// Starts a normal close.
+    pub async fn close(&mut self) {
+        let _ = self.socket.close().await;
     }
 }
 
