@@ -1,14 +1,19 @@
-//! `POST /api/users/{sub}/revoke` (admin, service): withdraw a user's access now — every
-//! open WebSocket of that user, on every gateway, is closed with 4501 (do not reconnect with
-//! the same token). Refusing tokens the user still holds is the identity provider's job
-//! (short `exp`; the in-band `refresh` then fails there).
+//! `POST /api/users/{sub}/revoke` (admin, service): withdraw a user's access now.
+//!
+//! Every token of that user issued up to this moment (its `iat`, or without one, its `exp`
+//! less the longest token lifetime) is refused from now on — at the handshake, on `refresh`
+//! and on REST, by every process — and every open WebSocket of the user, on every gateway, is
+//! closed with 4501. The user gets back in with a token issued after the revocation (a second
+//! later at the earliest: `iat` counts whole seconds). The record is kept by the bus (in
+//! process, or in Redis for every process, also those that start later) until the longest
+//! token lifetime has passed: every token it refuses has expired by then.
 
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::extract::Caller;
 use axum::Json;
 use axum::extract::{Path, State};
-use switchyard_broker::Control;
+use switchyard_auth::now_secs;
 use switchyard_protocol::Role;
 use switchyard_protocol::rest::Revocation;
 use switchyard_protocol::room::is_valid_id;
@@ -22,14 +27,20 @@ pub async fn revoke(
     if !is_valid_id(&sub) {
         return Err(ApiError::invalid("user ids match [A-Za-z0-9_-]{1,64}"));
     }
+    let at = now_secs();
+    let until = at.saturating_add(state.verifier.max_lifetime().as_secs());
     state
         .broker
-        .broadcast(Control::RevokeUser { sub: sub.clone() })
+        .revoke_user(&sub, at, until)
         .await
         .map_err(|err| {
-            tracing::warn!(%err, "revoke broadcast failed");
+            tracing::warn!(%err, "revocation failed");
             ApiError::unavailable("the event bus is unavailable; retry")
         })?;
-    tracing::info!(%sub, by = %caller.0.sub, "user's connections revoked");
-    Ok(Json(Revocation { sub, revoked: true }))
+    tracing::info!(%sub, by = %caller.0.sub, at, "user's tokens and connections revoked");
+    Ok(Json(Revocation {
+        sub,
+        revoked: true,
+        revoked_at: at,
+    }))
 }

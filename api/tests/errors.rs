@@ -71,6 +71,7 @@ async fn corrupt_data_is_a_500_logged_once_by_the_edge() {
         issuer: None,
         audience: None,
         leeway_secs: 5,
+        max_lifetime_secs: switchyard_auth::DEFAULT_MAX_LIFETIME_SECS,
     })
     .unwrap();
     let app = switchyard_api::router(ApiState {

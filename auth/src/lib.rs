@@ -28,6 +28,9 @@ pub struct Claims {
     pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before: refused until then (with the leeway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// A string or an array of strings (RFC 7519); jsonwebtoken checks it against JWT_AUDIENCE.
@@ -42,6 +45,17 @@ pub struct Principal {
     pub role: Role,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// When the token was issued (`iat`), seconds since the Unix epoch, if it says.
+    pub iat: Option<u64>,
+}
+
+impl Principal {
+    /// The earliest the token can have been issued: its `iat`, or without one, its `exp` less
+    /// the longest lifetime a token may have (`max_lifetime`, seconds).
+    pub fn issued_no_earlier_than(&self, max_lifetime: u64) -> u64 {
+        self.iat
+            .unwrap_or_else(|| self.exp.saturating_sub(max_lifetime))
+    }
 }
 
 /// Why a token was refused; the `Display` text is the `reason` in 401 bodies.
@@ -65,6 +79,14 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("invalid claim: {0}")]
     BadClaim(String),
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("token lifetime too long")]
+    LifetimeTooLong,
+    #[error("token revoked")]
+    Revoked,
 }
 
 /// The key that verifies tokens.
@@ -93,9 +115,16 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// When set, `aud` must equal it.
     pub audience: Option<String>,
-    /// Clock skew tolerated on `exp`, seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
     pub leeway_secs: u64,
+    /// The longest a token may still have to live (`exp - now`), seconds; beyond, it is
+    /// refused. Also how long a revocation record must be kept: every token it refuses has
+    /// expired by then.
+    pub max_lifetime_secs: u64,
 }
+
+/// Default of [`JwtConfig::max_lifetime_secs`]: 7 days.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 
 /// Asymmetric algorithms accepted with a PEM public key.
 pub fn parse_public_algorithm(name: &str) -> Result<Algorithm, String> {
@@ -112,6 +141,7 @@ pub fn parse_public_algorithm(name: &str) -> Result<Algorithm, String> {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    max_lifetime_secs: u64,
 }
 
 impl fmt::Debug for Verifier {
@@ -145,6 +175,8 @@ impl Verifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = config.leeway_secs;
+        // Off by default in jsonwebtoken: a token is not valid before its `nbf`.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &config.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
@@ -154,10 +186,41 @@ impl Verifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Verifier { key, validation })
+        Ok(Verifier {
+            key,
+            validation,
+            max_lifetime_secs: config.max_lifetime_secs,
+        })
     }
 
-    /// Checks signature, algorithm, expiry, issuer and audience, then the Switchyard claims.
+    /// The longest a token may still have to live, plus the leeway: how long a revocation
+    /// record must be kept to outlive every token it refuses.
+    pub fn max_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.max_lifetime_secs
+                .saturating_add(self.validation.leeway),
+        )
+    }
+
+    /// [`Verifier::verify`], then refuses a token issued no later than the user's last
+    /// revocation (`revoked_at`: the revocation record of a `sub`, seconds, if any). A token
+    /// issued in the revocation's own second is refused too: `iat` has no finer grain.
+    pub fn verify_unrevoked(
+        &self,
+        token: &str,
+        revoked_at: impl FnOnce(&str) -> Option<u64>,
+    ) -> Result<Principal, AuthError> {
+        let principal = self.verify(token)?;
+        if let Some(at) = revoked_at(&principal.sub)
+            && principal.issued_no_earlier_than(self.max_lifetime_secs) <= at
+        {
+            return Err(AuthError::Revoked);
+        }
+        Ok(principal)
+    }
+
+    /// Checks signature, algorithm, expiry (and `nbf`, and an `iat` not in the future, with
+    /// the leeway), the lifetime cap, issuer and audience, then the Switchyard claims.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let token = token.trim();
         if token.is_empty() {
@@ -166,6 +229,7 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::InvalidAlgorithm
                 | ErrorKind::InvalidAlgorithmName
@@ -185,6 +249,18 @@ impl Verifier {
         let exp = claims
             .exp
             .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        // Saturating: any u64 may arrive, and none may overflow the arithmetic.
+        let now = now_secs();
+        let leeway = self.validation.leeway;
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now.saturating_add(leeway))
+        {
+            return Err(AuthError::IssuedInFuture);
+        }
+        if exp.saturating_sub(now) > self.max_lifetime_secs.saturating_add(leeway) {
+            return Err(AuthError::LifetimeTooLong);
+        }
         let role = claims
             .role
             .as_deref()
@@ -193,7 +269,12 @@ impl Verifier {
         if !is_valid_id(&sub) {
             return Err(AuthError::BadClaim("sub".into()));
         }
-        Ok(Principal { sub, role, exp })
+        Ok(Principal {
+            sub,
+            role,
+            exp,
+            iat: claims.iat,
+        })
     }
 }
 
@@ -239,8 +320,9 @@ impl Issuer {
         let claims = Claims {
             sub: Some(sub.to_owned()),
             role: Some(role.as_str().to_owned()),
-            exp: Some(now + ttl_secs),
+            exp: Some(now.saturating_add(ttl_secs)),
             iat: Some(now),
+            nbf: None,
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(serde_json::Value::String),
         };
@@ -269,6 +351,7 @@ mod tests {
             issuer: None,
             audience: None,
             leeway_secs: 0,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
         })
         .unwrap()
     }
@@ -299,6 +382,7 @@ mod tests {
                 role: Some("admin".into()),
                 exp: Some(now_secs() - 120),
                 iat: None,
+                nbf: None,
                 iss: None,
                 aud: None,
             },
@@ -313,6 +397,7 @@ mod tests {
                 role: None,
                 exp: Some(now_secs() + 60),
                 iat: None,
+                nbf: None,
                 iss: None,
                 aud: None,
             },
@@ -330,6 +415,7 @@ mod tests {
                 role: Some("admin".into()),
                 exp: Some(now_secs() + 60),
                 iat: None,
+                nbf: None,
                 iss: None,
                 aud: None,
             },
@@ -346,6 +432,7 @@ mod tests {
             issuer: Some("switchyard".into()),
             audience: Some("app".into()),
             leeway_secs: 0,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
         })
         .unwrap();
         let good = Issuer::new(SECRET, Some("switchyard".into()), Some("app".into()));
@@ -359,6 +446,82 @@ mod tests {
         assert_eq!(
             v.verify(&bad_aud.issue("u1", Role::Admin, 60)),
             Err(AuthError::BadAudience)
+        );
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn time_claims_are_checked_without_overflow() {
+        let v = Verifier::new(&JwtConfig {
+            key: VerifyKey::Secret(SECRET.to_vec()),
+            issuer: None,
+            audience: None,
+            leeway_secs: 5,
+            max_lifetime_secs: 3600,
+        })
+        .unwrap();
+        let now = now_secs();
+        let token = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({"sub":"u1","role":"admin","exp":now + 60});
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            signed(claims)
+        };
+        let ok = |t: &str| v.verify(t).map(|_| ());
+        assert_eq!(ok(&token(serde_json::json!({"nbf": now + 3}))), Ok(()));
+        assert_eq!(
+            ok(&token(serde_json::json!({"nbf": now + 3600}))),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(ok(&token(serde_json::json!({"iat": now + 3}))), Ok(()));
+        assert_eq!(
+            ok(&token(serde_json::json!({"iat": now + 3600}))),
+            Err(AuthError::IssuedInFuture)
+        );
+        assert_eq!(
+            ok(&token(serde_json::json!({"iat": u64::MAX}))),
+            Err(AuthError::IssuedInFuture)
+        );
+        assert_eq!(ok(&token(serde_json::json!({"exp": now + 3600}))), Ok(()));
+        for exp in [now + 3600 + 60, u64::MAX] {
+            assert_eq!(
+                ok(&token(serde_json::json!({ "exp": exp }))),
+                Err(AuthError::LifetimeTooLong)
+            );
+        }
+    }
+
+    #[test]
+    fn revocation_refuses_tokens_issued_up_to_it() {
+        let v = verifier();
+        let now = now_secs();
+        let issued = |iat: u64| {
+            signed(serde_json::json!({"sub":"u1","role":"admin","exp":now + 60,"iat":iat}))
+        };
+        let revoked = |_: &str| Some(now - 5);
+        for refused in [now - 10, now - 5] {
+            assert_eq!(
+                v.verify_unrevoked(&issued(refused), revoked),
+                Err(AuthError::Revoked)
+            );
+        }
+        assert!(v.verify_unrevoked(&issued(now - 4), revoked).is_ok());
+        assert!(v.verify_unrevoked(&issued(now - 10), |_| None).is_ok());
+        // Without iat, the token may be as old as its exp less the longest lifetime.
+        let no_iat = signed(serde_json::json!({"sub":"u1","role":"admin","exp":now + 60}));
+        assert_eq!(
+            v.verify_unrevoked(&no_iat, revoked),
+            Err(AuthError::Revoked)
         );
     }
 }

@@ -44,6 +44,7 @@ fn jwt(c: &mut Criterion) {
         issuer: None,
         audience: None,
         leeway_secs: 0,
+        max_lifetime_secs: switchyard_auth::DEFAULT_MAX_LIFETIME_SECS,
     })
     .unwrap();
     let token = Issuer::new(secret, None, None).issue("u123", Role::Customer, 3600);

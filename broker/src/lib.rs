@@ -17,11 +17,13 @@
 //! # Layout
 //! - [`memory`]: the in-process broker (embedded mode).
 //! - [`redis`]: Redis pub/sub with offsets assigned in Redis (distributed mode).
+//! - [`revocations`]: per-user revocation records every process checks tokens against.
 //! - [`state`]: room snapshots and partner positions every process reads (distributed mode:
 //!   in the same Redis), so gateways need no database.
 
 pub mod memory;
 pub mod redis;
+pub mod revocations;
 pub mod state;
 
 use async_trait::async_trait;
@@ -64,8 +66,16 @@ pub enum Control {
         sub: String,
         reason: String,
     },
-    /// Close every connection of `sub`, on every gateway, with 4501 (access withdrawn).
-    RevokeUser { sub: String },
+    /// Close every connection of `sub`, on every gateway, with 4501 (access withdrawn), and
+    /// refuse the user's tokens issued up to `at` until `until` (seconds since the Unix
+    /// epoch; see [`revocations`]).
+    RevokeUser {
+        sub: String,
+        #[serde(default)]
+        at: u64,
+        #[serde(default)]
+        until: u64,
+    },
     /// Outbox rows were committed by some process: the relay holding the lease should look.
     OutboxWritten,
 }
@@ -167,6 +177,16 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Sends a control message to every process's sinks (this one's included).
     async fn broadcast(&self, control: Control) -> Result<(), BrokerError>;
+
+    /// Withdraws `sub`'s tokens issued up to `at` until `until` (seconds since the Unix
+    /// epoch: when every such token has expired): records it in this process, stores it where
+    /// processes that start later read it (Redis), and broadcasts [`Control::RevokeUser`]
+    /// (every process records it and closes the user's connections with 4501).
+    async fn revoke_user(&self, sub: &str, at: u64, until: u64) -> Result<(), BrokerError>;
+
+    /// When `sub`'s tokens were last withdrawn, as this process knows it: a map lookup, for
+    /// every handshake, `refresh` and REST call.
+    fn revoked_at(&self, sub: &str) -> Option<u64>;
 
     /// Adds a sink that receives every publication this node subscribed to, and every
     /// control message.

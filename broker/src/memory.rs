@@ -12,6 +12,7 @@
 //! [`HistoryConfig::ttl`] (a ring of shared frames, no copies). A recovery request goes through
 //! the same channel as publishes, so it sees exactly the publications delivered before it.
 
+use crate::revocations::Revocations;
 use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -69,6 +70,8 @@ enum Request {
 pub struct MemoryBroker {
     requests: mpsc::Sender<Request>,
     sinks: Sinks,
+    /// The only process there is: its records are all the records.
+    revocations: Revocations,
 }
 
 impl MemoryBroker {
@@ -81,6 +84,7 @@ impl MemoryBroker {
         Arc::new(MemoryBroker {
             requests: tx,
             sinks,
+            revocations: Revocations::default(),
         })
     }
 }
@@ -243,6 +247,20 @@ impl Broker for MemoryBroker {
             .send(Request::Control(control))
             .await
             .map_err(|_| BrokerError::Closed)
+    }
+
+    async fn revoke_user(&self, sub: &str, at: u64, until: u64) -> Result<(), BrokerError> {
+        self.revocations.record(sub, at, until);
+        self.broadcast(Control::RevokeUser {
+            sub: sub.to_owned(),
+            at,
+            until,
+        })
+        .await
+    }
+
+    fn revoked_at(&self, sub: &str) -> Option<u64> {
+        self.revocations.revoked_at(sub)
     }
 
     fn attach(&self, sink: Arc<dyn Deliver>) {

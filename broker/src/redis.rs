@@ -19,7 +19,7 @@
 //! Every key and channel starts with the configured prefix (default `sy:`):
 //! `{prefix}room:{room}` (channel), `{prefix}off:{room}` (offset counter), `{prefix}hist:{room}`
 //! (history stream), `{prefix}ctl` (control channel), `{prefix}conns:{sub}` (a user's
-//! connection leases), and the [`SharedState`]: `{prefix}snap:{room}` (room snapshot),
+//! connection leases), `{prefix}revoked` (revocation records, see [`crate::revocations`]), and the [`SharedState`]: `{prefix}snap:{room}` (room snapshot),
 //! `{prefix}pos:{order}` (newest position), `{prefix}posq` (positions the database has not
 //! seen yet). Room names are validated by [`Room`] before they get here, so no glob
 //! or control character can reach Redis.
@@ -31,6 +31,7 @@
 //! command timeout, and `switchyard_bus_connected` is 0; reconnects are counted. Events published
 //! to Redis while a gateway's subscriber was disconnected are not seen by that gateway.
 
+use crate::revocations::Revocations;
 use crate::state::{Cached, SharedState};
 use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
 use async_trait::async_trait;
@@ -159,6 +160,67 @@ end
 return 1
 "#;
 
+/// Stores a revocation record and announces it, atomically: whoever reads the records after
+/// the announcement finds this one. Records are members `"<sub> <at>"` scored by the moment
+/// they end; ended ones are dropped first, and the set expires with its last record.
+/// KEYS = the records; ARGV = member, end (s), control channel, control message.
+const REVOKE_LUA: &str = r#"
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local ttl = tonumber(ARGV[2]) - now
+if ttl > 0 and redis.call('TTL', KEYS[1]) < ttl then
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"#;
+
+/// The revocation records that have not ended: `member, end, member, end, …`.
+/// KEYS = the records.
+const REVOCATIONS_LUA: &str = r#"
+local now = redis.call('TIME')[1]
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+"#;
+
+/// Reads the revocation records stored in Redis into this process's.
+#[derive(Clone)]
+struct RevocationLoader {
+    client: Client,
+    script: Arc<Script>,
+    key: String,
+    records: Arc<Revocations>,
+}
+
+impl RevocationLoader {
+    /// Loads every record; returns the ones this process did not know, as the control
+    /// messages it missed.
+    async fn load(&self) -> Result<Vec<Control>, fred::error::Error> {
+        let flat: Vec<String> = self
+            .script
+            .evalsha_with_reload(&self.client, vec![self.key.clone()], Vec::<String>::new())
+            .await?;
+        let mut news = Vec::new();
+        for pair in flat.chunks_exact(2) {
+            let Some((sub, at)) = pair[0].split_once(' ') else {
+                continue;
+            };
+            let (Ok(at), Ok(until)) = (at.parse::<u64>(), pair[1].parse::<f64>()) else {
+                continue;
+            };
+            let until = until as u64;
+            if self.records.record(sub, at, until) {
+                news.push(Control::RevokeUser {
+                    sub: sub.to_owned(),
+                    at,
+                    until,
+                });
+            }
+        }
+        Ok(news)
+    }
+}
+
 /// Redis [`Broker`] and [`SharedState`].
 pub struct RedisBroker {
     client: Client,
@@ -174,6 +236,8 @@ pub struct RedisBroker {
     history: crate::memory::HistoryConfig,
     interest: mpsc::Sender<Interest>,
     sinks: Sinks,
+    revoke_script: Script,
+    revocations: RevocationLoader,
 }
 
 impl RedisBroker {
@@ -224,7 +288,23 @@ impl RedisBroker {
             .await
             .map_err(unavailable)?;
 
+        let revoke_script = Script::from_lua(REVOKE_LUA);
+        revoke_script.load(&client).await.map_err(unavailable)?;
+        let revocations_script = Script::from_lua(REVOCATIONS_LUA);
+        revocations_script
+            .load(&client)
+            .await
+            .map_err(unavailable)?;
+
         let prefix = config.prefix.clone();
+        // The records other processes stored before this one started.
+        let revocations = RevocationLoader {
+            client: client.clone(),
+            script: Arc::new(revocations_script),
+            key: format!("{prefix}revoked"),
+            records: Arc::new(Revocations::default()),
+        };
+        revocations.load().await.map_err(unavailable)?;
         let sinks = Sinks::default();
         let messages = subscriber.message_rx();
         // Re-subscribe every tracked channel after a reconnect. These listener tasks live as
@@ -235,12 +315,17 @@ impl RedisBroker {
             .await
             .map_err(unavailable)?;
         // The subscriber's reconnection is a gap: whatever was published while it was away
-        // never reached this node's clients.
-        let gap_sinks = sinks.clone();
+        // never reached this node's clients. Revocations announced meanwhile are read back
+        // from Redis, and their users' connections closed as the announcement would have.
+        let (gap_sinks, reload) = (sinks.clone(), revocations.clone());
         drop(subscriber.on_reconnect(move |_| {
-            let sinks = gap_sinks.clone();
+            let (sinks, reload) = (gap_sinks.clone(), reload.clone());
             async move {
                 sinks.gap();
+                match reload.load().await {
+                    Ok(missed) => missed.iter().for_each(|control| sinks.control(control)),
+                    Err(err) => tracing::warn!(%err, "could not read revocations back"),
+                }
                 Ok(())
             }
         }));
@@ -255,7 +340,12 @@ impl RedisBroker {
                 Ok(())
             }));
         }
-        tokio::spawn(dispatch(messages, prefix.clone(), sinks.clone()));
+        tokio::spawn(dispatch(
+            messages,
+            prefix.clone(),
+            sinks.clone(),
+            revocations.records.clone(),
+        ));
 
         let (interest, requests) = mpsc::channel(4096);
         tokio::spawn(manage(subscriber.clone(), requests, prefix.clone()));
@@ -274,6 +364,8 @@ impl RedisBroker {
             history: config.history,
             interest,
             sinks,
+            revoke_script,
+            revocations,
         });
         // `switchyard_bus_connected` follows both connections, scraped or not, for as long
         // as the broker lives.
@@ -493,6 +585,37 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn revoke_user(&self, sub: &str, at: u64, until: u64) -> Result<(), BrokerError> {
+        let control = Control::RevokeUser {
+            sub: sub.to_owned(),
+            at,
+            until,
+        };
+        let payload =
+            serde_json::to_string(&control).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let _: i64 = self
+            .revoke_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.revocations.key.clone()],
+                vec![
+                    format!("{sub} {at}"),
+                    until.to_string(),
+                    control_channel(&self.prefix),
+                    payload,
+                ],
+            )
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        // Here at once, not only when the announcement comes back through the subscriber.
+        self.revocations.records.observe(&control);
+        Ok(())
+    }
+
+    fn revoked_at(&self, sub: &str) -> Option<u64> {
+        self.revocations.records.revoked_at(sub)
+    }
+
     fn attach(&self, sink: Arc<dyn Deliver>) {
         self.sinks.attach(sink);
     }
@@ -698,6 +821,7 @@ async fn dispatch(
     mut messages: broadcast::Receiver<fred::types::Message>,
     prefix: String,
     sinks: Sinks,
+    revocations: Arc<Revocations>,
 ) {
     let room_prefix = format!("{prefix}room:");
     let control = control_channel(&prefix);
@@ -730,7 +854,10 @@ async fn dispatch(
             });
         } else if *message.channel == *control {
             match serde_json::from_str::<Control>(&payload) {
-                Ok(control) => sinks.control(&control),
+                Ok(control) => {
+                    revocations.observe(&control);
+                    sinks.control(&control);
+                }
                 Err(err) => tracing::warn!(%err, "ignoring a malformed control message"),
             }
         }

@@ -109,7 +109,10 @@ pub(crate) async fn admit(
     }
     let principal = match token(headers, uri) {
         None => return Err(unauthorized(&AuthError::Missing.to_string())),
-        Some(token) => match shared.verifier.verify(token) {
+        Some(token) => match shared
+            .verifier
+            .verify_unrevoked(token, |sub| shared.broker.revoked_at(sub))
+        {
             Ok(principal) => principal,
             Err(err) => return Err(unauthorized(&err.to_string())),
         },

@@ -238,7 +238,7 @@ impl Deliver for Hub {
                     tracing::info!(%room, %sub, revoked, "subscriptions revoked");
                 }
             }
-            Control::RevokeUser { sub } => {
+            Control::RevokeUser { sub, .. } => {
                 let closed = self.close_user(sub, switchyard_protocol::close::REVOKED);
                 if closed > 0 {
                     tracing::info!(%sub, closed, "user's connections revoked");

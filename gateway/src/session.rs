@@ -611,10 +611,11 @@ impl Session {
     /// Accepts a fresh token for the same user and role: the connection now ends at its
     /// `exp` instead. A token for anyone else ends the connection (4500).
     fn refresh(&mut self, token: &str) -> Result<Reply, Refusal> {
-        let fresh =
-            self.shared.verifier.verify(token).map_err(|err| {
-                Refusal::new(ErrorCode::Forbidden, format!("token rejected: {err}"))
-            })?;
+        let fresh = self
+            .shared
+            .verifier
+            .verify_unrevoked(token, |sub| self.shared.broker.revoked_at(sub))
+            .map_err(|err| Refusal::new(ErrorCode::Forbidden, format!("token rejected: {err}")))?;
         if fresh.sub != self.who.sub || fresh.role != self.who.role {
             self.closing = Some(close::POLICY_VIOLATION);
             return Err(Refusal::new(
@@ -723,8 +724,14 @@ fn count_recovery(recovered: bool) {
 }
 
 /// The earlier of the token's expiry and the drain moment.
+/// Saturating: an `exp` whose instant the clock cannot represent ends the connection at the
+/// end of time, never with an overflow panic (tokens are capped, but not here).
 fn earliest(exp: u64, close_at: Option<tokio::time::Instant>) -> tokio::time::Instant {
-    let expires = tokio::time::Instant::now() + until_exp(exp);
+    const END_OF_TIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = tokio::time::Instant::now();
+    let expires = now
+        .checked_add(until_exp(exp))
+        .unwrap_or_else(|| now + END_OF_TIME);
     close_at.map_or(expires, |at| at.min(expires))
 }
 

@@ -86,6 +86,9 @@ pub struct Revocation {
     pub sub: String,
     /// Always `true`: every open WebSocket of the user is being closed with 4501.
     pub revoked: bool,
+    /// The revocation's second (since the Unix epoch): every token of the user issued up to
+    /// it is refused from now on; a token issued later works.
+    pub revoked_at: u64,
 }
 
 /// Body of `POST /api/publish`, and one item of a batch.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_api::ApiConfig;
-use switchyard_auth::{JwtConfig, VerifyKey, parse_public_algorithm};
+use switchyard_auth::{DEFAULT_MAX_LIFETIME_SECS, JwtConfig, VerifyKey, parse_public_algorithm};
 use switchyard_broker::memory::HistoryConfig;
 use switchyard_broker::redis::RedisConfig;
 use switchyard_gateway::GatewayConfig;
@@ -322,9 +322,15 @@ pub struct JwtArgs {
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Clock skew tolerated on `exp`, seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, seconds.
     #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 5)]
     pub jwt_leeway_secs: u64,
+
+    /// The longest a token may still have to live (`exp - now`), seconds: a token with a
+    /// later `exp` is refused at the handshake, on `refresh` and on REST. Revocation records
+    /// are kept this long (plus the leeway).
+    #[arg(long, env = "JWT_MAX_LIFETIME_SECS", default_value_t = DEFAULT_MAX_LIFETIME_SECS)]
+    pub jwt_max_lifetime_secs: u64,
 }
 
 /// Limits and timings. Each hit limit answers with a documented error (see protocol/README.md).
@@ -507,6 +513,7 @@ impl std::fmt::Debug for JwtArgs {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_leeway_secs", &self.jwt_leeway_secs)
+            .field("jwt_max_lifetime_secs", &self.jwt_max_lifetime_secs)
             .finish()
     }
 }
@@ -670,6 +677,7 @@ impl JwtArgs {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             leeway_secs: self.jwt_leeway_secs,
+            max_lifetime_secs: self.jwt_max_lifetime_secs,
         }
     }
 }
