@@ -5,8 +5,8 @@
 # Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3, docker-compose,
 # node/npm (the JavaScript client's tests) and chromium (the dashboard's browser test) are
 # installed here from Debian packages when missing (as root), or the script stops with a
-# message that says what to install. kosoku (PyPI) is
-# installed into target/ when missing.
+# message that says what to install. The PyPI tools (kosoku, Schemathesis,
+# openapi-python-client), pinned below, are installed into venvs under target/ when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,14 +30,25 @@ elif [ ! -x "$CHROMIUM" ]; then
   echo "error: CHROMIUM=$CHROMIUM is not an executable; unset it to use Debian's chromium" >&2
   exit 1
 fi
-# The RFC 6455 conformance test runs the Autobahn cases with kosoku (PyPI), pinned here and
-# in switchyard/tests/autobahn/expected.json; it goes into a venv under target/ (Debian's own
-# python3 refuses pip installs outside one), which needs python3-venv there.
+# PyPI tools, pinned, each in its own venv under target/ (Debian's own python3 refuses pip
+# installs outside one, and venvs need python3-venv there):
+# - kosoku runs the Autobahn cases of the RFC 6455 conformance test (also pinned in
+#   switchyard/tests/autobahn/expected.json);
+# - Schemathesis fuzzes the OpenAPI document against the binary (switchyard/tests/schemathesis.rs);
+# - openapi-python-client generates the client of switchyard/tests/generated_client.rs.
 KOSOKU_VERSION=0.1.0
+SCHEMATHESIS_VERSION=4.32.5
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
 kosoku_venv="$PWD/target/kosoku-$KOSOKU_VERSION"
-if ! command -v kosoku >/dev/null 2>&1 && [ ! -x "$kosoku_venv/bin/kosoku" ]; then
-  python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
-fi
+schemathesis_venv="$PWD/target/schemathesis-$SCHEMATHESIS_VERSION"
+generator_venv="$PWD/target/openapi-python-client-$OPENAPI_PYTHON_CLIENT_VERSION"
+for tool in "$kosoku_venv/bin/kosoku" "$schemathesis_venv/bin/schemathesis" \
+            "$generator_venv/bin/openapi-python-client"; do
+  if [ ! -x "$tool" ]; then
+    python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+    break
+  fi
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} (Debian packages) for the tests"
@@ -50,14 +61,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if ! command -v kosoku >/dev/null 2>&1; then
-  if [ ! -x "$kosoku_venv/bin/kosoku" ]; then
-    echo "installing kosoku==$KOSOKU_VERSION (PyPI) into $kosoku_venv for the conformance test"
-    python3 -m venv "$kosoku_venv"
-    "$kosoku_venv/bin/python" -m pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
+# Installs PyPI package $2==$3 into venv $1 unless its program $4 is already there.
+pypi_tool() {
+  local venv=$1 package=$2 version=$3 program=$4
+  if [ ! -x "$venv/bin/$program" ]; then
+    echo "installing $package==$version (PyPI) into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$package==$version"
   fi
+}
+if ! command -v kosoku >/dev/null 2>&1; then
+  pypi_tool "$kosoku_venv" kosoku "$KOSOKU_VERSION" kosoku
   export PATH="$kosoku_venv/bin:$PATH"
 fi
+pypi_tool "$schemathesis_venv" schemathesis "$SCHEMATHESIS_VERSION" schemathesis
+pypi_tool "$generator_venv" openapi-python-client "$OPENAPI_PYTHON_CLIENT_VERSION" openapi-python-client
+export SCHEMATHESIS="$schemathesis_venv/bin/schemathesis"
+export OPENAPI_PYTHON_CLIENT="$generator_venv/bin/openapi-python-client"
 
 JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config -q
 echo "docker-compose.yml: valid"

@@ -13,6 +13,8 @@
 //!   service tokens only).
 //! - [`relay`]: outbox → shared state, revocations and the bus.
 //! - [`positions`]: partners' newest positions, gathered by gateways, into the database.
+//! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers, served at
+//!   `/api/openapi.json`, and its reference page `/api/docs`.
 //! - [`metrics`]: per-route request counts and latencies.
 //! - [`web`]: the live dashboard (`/`, `/track`), embedded in the binary.
 
@@ -20,6 +22,7 @@ pub mod error;
 pub mod extract;
 pub mod internal;
 pub mod metrics;
+pub mod openapi;
 pub mod orders;
 pub mod payments;
 pub mod positions;
@@ -28,12 +31,11 @@ pub mod relay;
 pub mod sessions;
 pub mod web;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use error::ApiError;
 use std::sync::Arc;
 use switchyard_auth::Verifier;
@@ -41,6 +43,8 @@ use switchyard_broker::Broker;
 use switchyard_protocol::ErrorCode;
 use switchyard_protocol::order::OrderLimits;
 use switchyard_store::Store;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Limits of the REST API.
 #[derive(Debug, Clone)]
@@ -76,26 +80,41 @@ pub struct ApiState {
     pub config: ApiConfig,
 }
 
-/// The `/api` and `/internal` routes and the dashboard.
-pub fn router(state: ApiState) -> Router {
-    let config = state.config.clone();
+/// The `/api` routes, each registered with its description (`routes!` reads the handler's
+/// `#[utoipa::path]`): a route cannot be added here without being in the document.
+pub fn routes(config: &ApiConfig) -> OpenApiRouter<ApiState> {
     // The batch endpoint carries up to 1,000 events: its own, larger body limit.
-    let batch = Router::new()
-        .route("/publish/batch", post(publish::publish_batch))
+    let batch = OpenApiRouter::new()
+        .routes(routes!(publish::publish_batch))
         .layer(DefaultBodyLimit::max(config.max_batch_body_bytes));
-    let api = Router::new()
-        .route("/publish", post(publish::publish))
-        .route("/orders", post(orders::create).get(orders::list))
-        .route("/orders/{id}", get(orders::get))
-        .route("/orders/{id}/status", post(orders::set_status))
-        .route("/orders/{id}/assign", post(orders::assign))
-        .route("/orders/{id}/payment", post(payments::pay))
-        .route("/revenue", get(payments::revenue))
-        .route("/users/{sub}/revoke", post(sessions::revoke))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    OpenApiRouter::new()
+        .routes(routes!(publish::publish))
+        .routes(routes!(orders::create, orders::list))
+        .routes(routes!(orders::get))
+        .routes(routes!(orders::set_status))
+        .routes(routes!(orders::assign))
+        .routes(routes!(payments::pay))
+        .routes(routes!(payments::revenue))
+        .routes(routes!(sessions::revoke))
+        .routes(routes!(openapi::json))
+        .routes(routes!(openapi::docs))
+        .routes(routes!(openapi::redoc))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .merge(batch)
+}
+
+/// The `/api` and `/internal` routes and the dashboard. `operations` documents the process's
+/// routes served beside these (health, readiness, metrics), for the served OpenAPI document.
+pub fn router(state: ApiState, operations: utoipa::openapi::OpenApi) -> Router {
+    let (api, paths) = routes(&state.config).split_for_parts();
+    let document = openapi::Served::new(
+        &openapi::document(paths, operations),
+        &state.config.order_limits,
+    );
+    let api = api
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(document))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             writes_need_the_bus,

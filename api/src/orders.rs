@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::rest::{Assignment, OrderPage, PageQuery, StatusChange};
 use switchyard_protocol::room::is_valid_id;
-use switchyard_protocol::{Order, Role};
+use switchyard_protocol::{ErrorBody, Order, Role};
 use switchyard_store::orders::{can_see, parse_order_id};
 use switchyard_store::{Change, Scope};
 
@@ -21,8 +21,24 @@ fn order_id(id: &str) -> Result<i64, ApiError> {
     parse_order_id(id).ok_or_else(|| ApiError::not_found("order not found"))
 }
 
-/// `POST /api/orders` (customer) → 201 with the order. Quantities, unit prices and the
-/// total are capped (`OrderLimits`; beyond: 422).
+/// Place an order
+///
+/// Customers only. Status starts `placed`; `order.created` goes to the customer's room.
+/// Quantities, unit prices and the total are capped (`SWITCHYARD_MAX_ITEM_QTY`,
+/// `SWITCHYARD_MAX_UNIT_PRICE_PAISE`, `SWITCHYARD_MAX_ORDER_TOTAL_PAISE`; beyond: 422).
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    operation_id = "createOrder",
+    security(("bearer" = ["customer"])),
+    request_body = NewOrder,
+    responses(
+        (status = 201, description = "The order, `placed`", body = Order),
+        (status = 403, description = "`forbidden`: only customers place orders", body = ErrorBody),
+        (status = 422, description = "`invalid`: no items, a bad line, over a cap, a blank address", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
@@ -37,7 +53,22 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(order)))
 }
 
-/// `GET /api/orders/{id}` (the customer, the assigned partner, an admin).
+/// Read an order
+///
+/// Its customer, its assigned partner, or an admin; anyone else gets the same 404 as for an
+/// order that does not exist.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    operation_id = "getOrder",
+    security(("bearer" = ["customer", "partner", "admin"])),
+    params(("id" = String, Path, description = "The order id (canonical decimal: `42`, never `042`)", pattern = "^[0-9]{1,18}$", example = "1")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 404, description = "`not_found`: no such order, or not yours", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<ApiState>,
     caller: Caller,
@@ -51,8 +82,23 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("order not found"))
 }
 
-/// `GET /api/orders?after=&limit=`: admin sees all, a customer their own, a partner the
-/// orders assigned to them. Oldest first; `next_after` is set when more may follow.
+/// List orders, oldest first
+///
+/// Admins see every order, customers their own, partners the ones assigned to them.
+/// Keyset pages: pass the page's `next_after` as `after` for the next one.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "orders",
+    operation_id = "listOrders",
+    security(("bearer" = ["customer", "partner", "admin"])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 403, description = "`forbidden`: service tokens list no orders", body = ErrorBody),
+        (status = 422, description = "`invalid`: `limit` out of range, `after` not an order id", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -83,9 +129,27 @@ pub async fn list(
     Ok(Json(OrderPage { orders, next_after }))
 }
 
-/// `POST /api/orders/{id}/status` `{"status": ...}`: 404 for an order the caller may not
-/// see, 403 for a change this caller may never make, 409 for one the order's state does not
-/// allow, then 422 for an unknown status.
+/// Change an order's status
+///
+/// Admins: any edge of the status machine. The assigned partner: `out_for_delivery`,
+/// `delivered`. The customer: `cancelled` while `placed` or `confirmed` (a paid order is then
+/// refunded). `order.status` goes to the order's and the customer's rooms.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/status",
+    tag = "orders",
+    operation_id = "setOrderStatus",
+    security(("bearer" = ["customer", "partner", "admin"])),
+    params(("id" = String, Path, description = "The order id (canonical decimal: `42`, never `042`)", pattern = "^[0-9]{1,18}$", example = "1")),
+    request_body = StatusChange,
+    responses(
+        (status = 200, description = "The order, with its new status", body = Order),
+        (status = 403, description = "`forbidden`: your role may never make this change", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order, or not yours", body = ErrorBody),
+        (status = 409, description = "`conflict`: not an edge from the order's current status, or too late to cancel", body = ErrorBody),
+        (status = 422, description = "`invalid`: not a status", body = ErrorBody),
+    ),
+)]
 pub async fn set_status(
     State(state): State<ApiState>,
     caller: Caller,
@@ -106,7 +170,26 @@ pub async fn set_status(
     Ok(Json(order))
 }
 
-/// `POST /api/orders/{id}/assign` `{"partner": "p7"}` (admin).
+/// Assign a delivery partner
+///
+/// Admins only, while the order is not finished. `order.assigned` goes to the order's room,
+/// the customer, the new partner and a former one, who loses the order room at once.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/assign",
+    tag = "orders",
+    operation_id = "assignOrder",
+    security(("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "The order id (canonical decimal: `42`, never `042`)", pattern = "^[0-9]{1,18}$", example = "1")),
+    request_body = Assignment,
+    responses(
+        (status = 200, description = "The order, with its partner", body = Order),
+        (status = 403, description = "`forbidden`: admins only", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 409, description = "`conflict`: the order is delivered or cancelled", body = ErrorBody),
+        (status = 422, description = "`invalid`: not a user id", body = ErrorBody),
+    ),
+)]
 pub async fn assign(
     State(state): State<ApiState>,
     caller: Caller,

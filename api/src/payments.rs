@@ -7,20 +7,42 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use switchyard_protocol::rest::PaymentRequest;
-use switchyard_protocol::{Revenue, Role};
+use switchyard_protocol::rest::{PaymentReceipt, PaymentRequest};
+use switchyard_protocol::{ErrorBody, Revenue, Role};
 use switchyard_store::Change;
 use switchyard_store::orders::parse_order_id;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_KEY_LEN: usize = 255;
 
-/// Pays an order once per `Idempotency-Key` (scoped to the caller's `sub`, role and this
-/// route). The first success answers 201 `{payment_id, order_id, amount_paise, paid_at,
-/// status}` and adds the amount to revenue; a repeat with the same key and body gets the same
-/// answer (with `Idempotent-Replayed: true`) and counts nothing; the same key with a
-/// different body is 422; a second payment of a paid order is 409. Checks in order: 404, 403,
-/// the key, 409, then the payload (400 without a valid key, 422 for a wrong amount).
+/// Pay an order, once per `Idempotency-Key`
+///
+/// The order's customer or an admin; the amount must equal the order total. The first success
+/// answers 201 and adds the amount to revenue (`order.paid`, `revenue.updated`). The same key
+/// with the same body answers the stored result with `Idempotent-Replayed: true` and counts
+/// nothing; with another body it is 422. Keys are scoped by caller `sub`, role and route.
+/// Checks in order: 404, 403, the key, 409, then the payload (400 without a valid key, 422 for
+/// a wrong amount).
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/payment",
+    tag = "payments",
+    operation_id = "payOrder",
+    security(("bearer" = ["customer", "admin"])),
+    params(
+        ("id" = String, Path, description = "The order id (canonical decimal: `42`, never `042`)", pattern = "^[0-9]{1,18}$", example = "1"),
+        ("Idempotency-Key" = String, Header, description = "1 to 255 printable ASCII characters, unique per payment attempt", pattern = "^[!-~]{1,255}$"),
+    ),
+    request_body = PaymentRequest,
+    responses(
+        (status = 201, description = "Paid (or the stored answer of an earlier request with this key)", body = PaymentReceipt,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the stored answer of an earlier request"))),
+        (status = 403, description = "`forbidden`: partners never pay; service tokens may not", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order, or not yours", body = ErrorBody),
+        (status = 409, description = "`conflict`: already paid, cancelled, or a payment the revenue total cannot take", body = ErrorBody),
+        (status = 422, description = "`invalid`: the amount is not the order total, or the key was used for another payment", body = ErrorBody),
+    ),
+)]
 pub async fn pay(
     State(state): State<ApiState>,
     caller: Caller,
@@ -68,7 +90,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
         })
 }
 
-/// `GET /api/revenue` (admin).
+/// Read the revenue totals
+///
+/// Admins only (payments minus refunds, and the number of paid orders).
+#[utoipa::path(
+    get,
+    path = "/revenue",
+    tag = "payments",
+    operation_id = "getRevenue",
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "The totals", body = Revenue),
+        (status = 403, description = "`forbidden`: admins only", body = ErrorBody),
+    ),
+)]
 pub async fn revenue(
     State(state): State<ApiState>,
     caller: Caller,

@@ -16,7 +16,7 @@ use switchyard_protocol::events::{EventNameError, check_publishable};
 use switchyard_protocol::rest::{
     BatchRequest, BatchResult, BatchResults, PublishRequest, Published,
 };
-use switchyard_protocol::{ErrorCode, Role, Room};
+use switchyard_protocol::{ErrorBody, ErrorCode, Role, Room};
 
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 1_000;
@@ -125,7 +125,24 @@ async fn publish_one(
     })
 }
 
-/// `POST /api/publish` `{"room","event","data"}` → 200 `{"room","offset"}`.
+/// Publish an event into a room
+///
+/// Services and admins. The event takes the built-in path: the room's next offset, the same
+/// fan-out. The families `order.*`, `revenue.*` and `partner.*` are reserved.
+#[utoipa::path(
+    post,
+    path = "/publish",
+    tag = "publish",
+    operation_id = "publish",
+    security(("bearer" = ["service", "admin"])),
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Published, with the offset it got", body = Published),
+        (status = 403, description = "`forbidden`: services and admins only", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: `data` over `SWITCHYARD_MAX_PUBLISH_DATA_BYTES`, or the body over its limit", body = ErrorBody),
+        (status = 422, description = "`invalid`: a bad room, a bad or reserved event name, `data` not an object", body = ErrorBody),
+    ),
+)]
 pub async fn publish(
     State(state): State<ApiState>,
     caller: Caller,
@@ -139,9 +156,24 @@ pub async fn publish(
     Ok(Json(publish_one(&state, &room, item).await?))
 }
 
-/// `POST /api/publish/batch` `{"items":[…]}` (1 to 1,000) → 200 `{"results":[…]}`, one result per
-/// item in the same order: `{"room","offset"}` or `{"error","message"}`. Items for the same
-/// room are published in the order given; different rooms go out concurrently.
+/// Publish up to 1,000 events
+///
+/// Services and admins. One result per item, in order: the room and offset, or that item's
+/// error. Items of one room are published in the order given; rooms go out concurrently. The
+/// body may be up to `SWITCHYARD_MAX_BATCH_BODY_BYTES`.
+#[utoipa::path(
+    post,
+    path = "/publish/batch",
+    tag = "publish",
+    operation_id = "publishBatch",
+    security(("bearer" = ["service", "admin"])),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per item", body = BatchResults),
+        (status = 403, description = "`forbidden`: services and admins only", body = ErrorBody),
+        (status = 422, description = "`invalid`: no items, or more than 1,000", body = ErrorBody),
+    ),
+)]
 pub async fn publish_batch(
     State(state): State<ApiState>,
     caller: Caller,

@@ -14,10 +14,27 @@ use crate::extract::Caller;
 use axum::Json;
 use axum::extract::{Path, State};
 use switchyard_auth::now_secs;
-use switchyard_protocol::Role;
 use switchyard_protocol::rest::Revocation;
 use switchyard_protocol::room::is_valid_id;
+use switchyard_protocol::{ErrorBody, Role};
 
+/// Withdraw a user's access now
+///
+/// Admins and services. Every token of the user issued up to now is refused from now on, by
+/// every process, and every open WebSocket of the user, on every gateway, is closed with 4501.
+#[utoipa::path(
+    post,
+    path = "/users/{sub}/revoke",
+    tag = "users",
+    operation_id = "revokeUser",
+    security(("bearer" = ["admin", "service"])),
+    params(("sub" = String, Path, description = "The user id (`sub`)", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "Revoked", body = Revocation),
+        (status = 403, description = "`forbidden`: admins and services only", body = ErrorBody),
+        (status = 422, description = "`invalid`: not a user id", body = ErrorBody),
+    ),
+)]
 pub async fn revoke(
     State(state): State<ApiState>,
     caller: Caller,

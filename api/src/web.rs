@@ -24,24 +24,42 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// One embedded file.
-struct Asset {
+pub(crate) struct Asset {
     body: &'static [u8],
     content_type: &'static str,
     etag: u64,
+    /// The `Content-Security-Policy` of an HTML page.
+    csp: &'static str,
 }
 
 impl Asset {
-    const fn new(body: &'static [u8], content_type: &'static str) -> Asset {
+    pub(crate) const fn new(body: &'static [u8], content_type: &'static str) -> Asset {
+        Asset::pinned(body, content_type, fnv1a(body))
+    }
+
+    /// A file whose `ETag` is given (a pinned vendored file: its version), so that no hash
+    /// of a large file is computed at compile time.
+    pub(crate) const fn pinned(
+        body: &'static [u8],
+        content_type: &'static str,
+        etag: u64,
+    ) -> Asset {
         Asset {
             body,
             content_type,
-            etag: fnv1a(body),
+            etag,
+            csp: CSP,
         }
+    }
+
+    /// The same page under another `Content-Security-Policy`.
+    pub(crate) const fn with_csp(self, csp: &'static str) -> Asset {
+        Asset { csp, ..self }
     }
 }
 
-const HTML: &str = "text/html; charset=utf-8";
-const JS: &str = "text/javascript; charset=utf-8";
+pub(crate) const HTML: &str = "text/html; charset=utf-8";
+pub(crate) const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
 const ADMIN_PAGE: Asset = Asset::new(include_bytes!("../../web/index.html"), HTML);
@@ -93,7 +111,7 @@ async fn assets(Path(name): Path<String>, headers: HeaderMap) -> Response {
     }
 }
 
-fn serve(file: &'static Asset, request: &HeaderMap) -> Response {
+pub(crate) fn serve(file: &'static Asset, request: &HeaderMap) -> Response {
     let etag = format!("\"{:016x}\"", file.etag);
     let fresh = request
         .get(header::IF_NONE_MATCH)
@@ -123,7 +141,7 @@ fn serve(file: &'static Asset, request: &HeaderMap) -> Response {
     if file.content_type == HTML {
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
+            HeaderValue::from_static(file.csp),
         );
         headers.insert(
             header::REFERRER_POLICY,

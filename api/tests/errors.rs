@@ -74,12 +74,15 @@ async fn corrupt_data_is_a_500_logged_once_by_the_edge() {
         max_lifetime_secs: switchyard_auth::DEFAULT_MAX_LIFETIME_SECS,
     })
     .unwrap();
-    let app = switchyard_api::router(ApiState {
-        store,
-        verifier: Arc::new(verifier),
-        broker: MemoryBroker::start(HistoryConfig::default()),
-        config: ApiConfig::default(),
-    });
+    let app = switchyard_api::router(
+        ApiState {
+            store,
+            verifier: Arc::new(verifier),
+            broker: MemoryBroker::start(HistoryConfig::default()),
+            config: ApiConfig::default(),
+        },
+        Default::default(),
+    );
 
     let (status, order) = call(
         &app,

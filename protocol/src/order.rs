@@ -170,10 +170,11 @@ pub struct Item {
     /// 1 to 64 printable bytes.
     #[cfg_attr(feature = "schema", schema(min_length = 1, max_length = 64))]
     pub sku: String,
-    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 10_000))]
+    /// 1 to `SWITCHYARD_MAX_ITEM_QTY` (the served document states the configured maximum).
+    #[cfg_attr(feature = "schema", schema(minimum = 1))]
     pub qty: i64,
-    /// Paise (1/100 rupee), at most ₹10 crore.
-    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 10_000_000_000_i64))]
+    /// Paise (1/100 rupee), 0 to `SWITCHYARD_MAX_UNIT_PRICE_PAISE`.
+    #[cfg_attr(feature = "schema", schema(minimum = 0))]
     pub unit_price_paise: i64,
 }
 

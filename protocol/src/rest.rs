@@ -115,11 +115,13 @@ pub struct PublishRequest {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// 1 to 1,000 events; items of one room are published in the order given. Each item is
-    /// checked on its own: a bad one gets an error result, the others are published.
+    /// 1 to 1,000 events, each shaped like a `PublishRequest`; items of one room are
+    /// published in the order given. Each item is checked on its own: one that is not a valid
+    /// `PublishRequest` (any JSON value is accepted here) gets an error result in its place,
+    /// the others are published.
     #[cfg_attr(
         feature = "schema",
-        schema(value_type = Vec<PublishRequest>, min_items = 1, max_items = 1000)
+        schema(value_type = Vec<serde_json::Value>, min_items = 1, max_items = 1000)
     )]
     pub items: Vec<Box<RawValue>>,
 }

@@ -1,19 +1,19 @@
-//! `/healthz` (the process is alive), `/readyz` (it should get traffic) and `/metrics`.
+//! `/healthz` (the process is alive), `/readyz` (it should get traffic) and `/metrics`,
+//! registered with their OpenAPI descriptions (the API process serves them in its document).
 
 use crate::config::Mode;
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use serde_json::json;
+use serde::Serialize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use switchyard_broker::Broker;
 use switchyard_store::Store;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What readiness looks at.
 #[derive(Clone)]
@@ -138,18 +138,61 @@ pub fn register_families(mode: Mode) {
     counter!("switchyard_bus_reconnects_total").increment(0);
 }
 
-pub fn router(health: Health) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health)
+/// The routes and their descriptions (`split_for_parts` gives both).
+pub fn routes() -> OpenApiRouter<Health> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
-async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+/// `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// Whether the process should get traffic: not draining, bus up, database answering.
+    pub ready: bool,
+    /// SIGTERM received: closing connections before it exits.
+    pub draining: bool,
+    /// The event bus (in-process or Redis) is connected.
+    pub bus: bool,
+    /// The database answered a ping; `null` in a gateway, which has none.
+    pub database: Option<bool>,
+}
+
+/// The process is alive
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = Liveness)),
+)]
+async fn healthz() -> Json<Liveness> {
+    Json(Liveness { status: "ok" })
+}
+
+/// The process should get traffic
+///
+/// 503 while draining (SIGTERM), while the event bus is down, or while the database does not
+/// answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (see the fields)", body = Readiness),
+    ),
+)]
+async fn readyz(State(h): State<Health>) -> (StatusCode, Json<Readiness>) {
     let draining = h.shutdown.is_cancelled();
     let bus = h.broker.is_ready();
     let database = match &h.store {
@@ -162,12 +205,23 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "ready": ready, "draining": draining, "bus": bus, "database": database })),
-    )
+    let readiness = Readiness {
+        ready,
+        draining,
+        bus,
+        database,
+    };
+    (status, Json(readiness))
 }
 
+/// Prometheus metrics (text format); README's "Metrics" lists the families.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)),
+)]
 async fn metrics(State(h): State<Health>) -> String {
     h.metrics.render()
 }

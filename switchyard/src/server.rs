@@ -126,7 +126,8 @@ pub async fn run(
         ))
     });
 
-    let health = health::router(Health {
+    let (health_routes, operations) = health::routes().split_for_parts();
+    let health = health_routes.with_state(Health {
         store: store.clone(),
         broker: broker.clone(),
         shutdown: shutdown.clone(),
@@ -134,27 +135,25 @@ pub async fn run(
     });
     let http = args.limits.http().map_err(anyhow::Error::msg)?;
     // With an admin listener, the operational endpoints are served there and only there.
-    let (mut app, admin) = match args.admin_listen {
+    let (main_health, admin) = match args.admin_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding SWITCHYARD_ADMIN_LISTEN {addr}"))?;
-            (axum::Router::new(), Some((listener, health)))
+            (None, Some((listener, health)))
         }
-        None => (health, None),
+        None => (Some((health, operations)), None),
     };
-    if let Some(gateway) = &gateway {
-        app = app.merge(gateway.router());
-    }
-    if let Some(store) = store.as_ref().filter(|_| mode.runs_api()) {
-        let state = ApiState {
+    let api = match store.as_ref().filter(|_| mode.runs_api()) {
+        Some(store) => Some(ApiState {
             store: store.clone(),
             verifier: verifier.clone(),
             broker: broker.clone(),
             config: args.limits.api().map_err(anyhow::Error::msg)?,
-        };
-        app = app.merge(switchyard_api::router(state));
-    }
+        }),
+        None => None,
+    };
+    let app = app(main_health, gateway.as_ref(), api);
 
     // ── serve ──────────────────────────────────────────────────────────────────────────
     let addr = listener.local_addr()?;
@@ -226,6 +225,25 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Everything the main listener serves: the health routes with their OpenAPI description
+/// (unless an admin listener has them), the gateway's routes, the API's (whose document then
+/// describes the health routes too). One function, so the OpenAPI drift check
+/// (`tests/openapi.rs`) sees exactly what a process serves.
+pub fn app(
+    health: Option<(axum::Router, utoipa::openapi::OpenApi)>,
+    gateway: Option<&Gateway>,
+    api: Option<ApiState>,
+) -> axum::Router {
+    let (mut app, operations) = health.unwrap_or_default();
+    if let Some(gateway) = gateway {
+        app = app.merge(gateway.router());
+    }
+    if let Some(state) = api {
+        app = app.merge(switchyard_api::router(state, operations));
+    }
+    app
 }
 
 /// The configured key, or — for `all` only — the per-installation secret beside the

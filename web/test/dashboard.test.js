@@ -2,7 +2,8 @@
 // Debian's /usr/bin/chromium by default) driven by playwright-core, the REST API as the source
 // of changes. It checks that the admin view (/) follows revenue and order statuses live without
 // a reload, that it comes back after the server restarts, that the tracking view (/track)
-// follows its order, and saves screenshots of both: to target/screenshots/, or with
+// follows its order, that the API reference page (/api/docs) renders from the embedded Redoc,
+// and saves screenshots of both views: to target/screenshots/, or with
 // SCREENSHOTS_UPDATE=1 to docs/screenshots/ (the committed ones the README shows), so a test
 // run does not leave the working tree changed.
 //
@@ -256,6 +257,25 @@ test("the pages explain how to get a token when the fragment has none", async ()
   assert.equal((await missing.json()).error, "not_found");
   const client = await fetch(server.url("/client/switchyard.js"));
   assert.match(client.headers.get("content-type"), /^text\/javascript/);
+  await page.close();
+});
+
+test("the API reference (/api/docs) renders the OpenAPI document from the embedded bundle", async () => {
+  const page = await context.newPage();
+  const fetched = [];
+  page.on("response", (res) => fetched.push(res.url()));
+  await page.goto(server.url("/api/docs"));
+  // Redoc has read /api/openapi.json and drawn its operations and schemas.
+  for (const operation of ["Place an order", "Pay an order, once per", "Read the revenue totals"]) {
+    await page.locator("h2", { hasText: operation }).first().waitFor(WAIT);
+  }
+  assert.match(await page.locator("h1").first().textContent(), /Switchyard REST API/);
+  const spec = fetched.find((url) => url.endsWith("/api/openapi.json"));
+  assert.ok(spec, `the page never fetched the document: ${fetched.join(", ")}`);
+  // No CDN: everything the page loaded came from the server itself.
+  const origin = new URL(server.url("/")).origin;
+  const elsewhere = fetched.filter((url) => !url.startsWith(origin) && !url.startsWith("data:") && !url.startsWith("blob:"));
+  assert.deepEqual(elsewhere, []);
   await page.close();
 });
 

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod process;
+pub mod pypi;
 
 use clap::Parser;
 use serde_json::{Value, json};
