@@ -87,7 +87,12 @@ echo "docker-compose.yml: valid"
 python3 -m json.tool deploy/grafana/dashboards/switchyard.json >/dev/null
 echo "deploy/grafana/dashboards/switchyard.json: valid JSON"
 
+# The test client logs every frame it exchanges here; the AsyncAPI check then validates them
+# all against protocol/asyncapi.yaml (switchyard/tests/asyncapi.rs).
+export SWITCHYARD_FRAME_LOG="$PWD/target/frames"
+rm -rf "$SWITCHYARD_FRAME_LOG"
 cargo test --workspace --all-targets --locked "$@"
+cargo test --locked -p switchyard --test asyncapi -- --ignored captured_frames_match_the_document
 
 # The JavaScript client (clients/js) against the binary cargo test just built: `ws` is its
 # only (dev) dependency, pinned by package-lock.json.

@@ -72,6 +72,8 @@ pub type Reply = Result<OkReply<'static>, ErrorReply<'static>>;
 pub struct Socket {
     ws: Ws,
     welcome: Welcome<'static>,
+    /// The welcome as the server sent it.
+    welcome_text: String,
     response: Response,
     next_id: i64,
     /// Text frames read while waiting for a reply, not handed out yet.
@@ -123,25 +125,36 @@ impl Socket {
                 positions: Vec::new(),
                 recovered: None,
             },
+            welcome_text: String::new(),
             response,
             next_id: 1,
             early: VecDeque::new(),
         };
-        match socket.next().await {
+        let text = socket
+            .next_text()
+            .await
+            .map_err(|e| ConnectError::NoWelcome(Box::new(e)))?;
+        match ServerMessage::decode(&text).map(ServerMessage::into_owned) {
             Ok(ServerMessage::Welcome(welcome)) => {
                 socket.welcome = welcome;
+                socket.welcome_text = text;
                 Ok(socket)
             }
             Ok(other) => Err(ConnectError::NoWelcome(Box::new(ReadError::Frame(
                 FrameError(format!("expected welcome, got {}", other.encode())),
             )))),
-            Err(err) => Err(ConnectError::NoWelcome(Box::new(err))),
+            Err(err) => Err(ConnectError::NoWelcome(Box::new(ReadError::Frame(err)))),
         }
     }
 
     /// The connection's `welcome`: who it is, its user room and that room's position.
     pub fn welcome(&self) -> &Welcome<'static> {
         &self.welcome
+    }
+
+    /// The `welcome` frame as the server sent it.
+    pub fn welcome_text(&self) -> &str {
+        &self.welcome_text
     }
 
     /// The server's answer to the upgrade (its headers: the selected subprotocol, …).

@@ -19,7 +19,11 @@
 //! - [`order`]: orders, their status machine, payments and revenue as they appear on the wire.
 //! - [`rest`]: the other REST bodies (pages, receipts, the publish API).
 //! - [`close`]: WebSocket close codes and what a client should do on each.
+//! - `asyncapi` (feature `schema`): the protocol as an AsyncAPI 3.0 document
+//!   (`protocol/asyncapi.yaml`).
 
+#[cfg(feature = "schema")]
+pub mod asyncapi;
 pub mod client;
 pub mod close;
 pub mod error;

@@ -13,7 +13,7 @@ use switchyard::config::{Cli, Command, Server};
 use switchyard_auth::Issuer;
 use switchyard_client::socket::bearer_request;
 use switchyard_client::{ConnectError, Socket};
-use switchyard_protocol::{ClientOp, Role, Room, ServerMessage};
+use switchyard_protocol::{ClientOp, Role, Room};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -242,17 +242,62 @@ pub struct Client {
     pub socket: Socket,
     /// The `welcome`, as JSON.
     pub welcome: Value,
+    capture: Option<Capture>,
+}
+
+/// The frames a client exchanged, written to a file of `$SWITCHYARD_FRAME_LOG` when set, one
+/// per line (`in\t<frame>` from the server, `out\t<frame>` for typed ops): the AsyncAPI check
+/// (`tests/asyncapi.rs`) validates every one after the suite. At most `MAX` per connection.
+struct Capture {
+    out: std::io::BufWriter<std::fs::File>,
+    left: usize,
+}
+
+impl Capture {
+    const MAX: usize = 2_000;
+
+    fn open() -> Option<Capture> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::path::PathBuf::from(std::env::var_os("SWITCHYARD_FRAME_LOG")?);
+        std::fs::create_dir_all(&dir).ok()?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let file = std::fs::File::create(dir.join(format!("{}-{n}.log", std::process::id())));
+        Some(Capture {
+            out: std::io::BufWriter::new(file.ok()?),
+            left: Capture::MAX,
+        })
+    }
+
+    fn record(&mut self, direction: &str, frame: &str) {
+        use std::io::Write;
+        if self.left > 0 {
+            self.left -= 1;
+            let _ = writeln!(self.out, "{direction}\t{frame}");
+        }
+    }
 }
 
 /// What a test sends as an op: a typed [`ClientOp`], or raw JSON for frames no client
 /// library would build (bad fields, unknown ops).
 pub trait Op {
     fn frame(self, id: i64) -> String;
+    /// A frame of the protocol, built from its types (raw JSON may break it on purpose).
+    fn typed(&self) -> bool {
+        false
+    }
 }
 
 impl Op for ClientOp {
     fn frame(self, id: i64) -> String {
         self.with_id(id).encode()
+    }
+    /// (Not a location a test builds out of range on purpose.)
+    fn typed(&self) -> bool {
+        match self {
+            ClientOp::Location { fix, .. } => fix.validate().is_ok(),
+            _ => true,
+        }
     }
 }
 
@@ -278,10 +323,14 @@ pub async fn connect_request(
 
 impl Client {
     fn welcomed(socket: Socket) -> Client {
-        let welcome = ServerMessage::Welcome(socket.welcome().clone()).encode();
+        let mut capture = Capture::open();
+        if let Some(capture) = &mut capture {
+            capture.record("in", socket.welcome_text());
+        }
         Client {
-            welcome: serde_json::from_str(&welcome).unwrap(),
+            welcome: serde_json::from_str(socket.welcome_text()).unwrap(),
             socket,
+            capture,
         }
     }
 
@@ -328,6 +377,9 @@ impl Client {
             .await
             .expect("timed out waiting for a frame")
             .expect("connection ended");
+        if let Some(capture) = &mut self.capture {
+            capture.record("in", &text);
+        }
         serde_json::from_str(&text).unwrap()
     }
 
@@ -360,7 +412,12 @@ impl Client {
     /// are dropped).
     pub async fn request(&mut self, op: impl Op) -> Value {
         let id = self.socket.take_id();
-        self.socket.send_text(op.frame(id)).await.unwrap();
+        let typed = op.typed();
+        let frame = op.frame(id);
+        if let (true, Some(capture)) = (typed, &mut self.capture) {
+            capture.record("out", &frame);
+        }
+        self.socket.send_text(frame).await.unwrap();
         self.recv_until(|v| v["id"] == id && (v["type"] == "ok" || v["type"] == "error"))
             .await
     }
