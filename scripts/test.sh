@@ -90,9 +90,11 @@ echo "deploy/grafana/dashboards/switchyard.json: valid JSON"
 # The test client logs every frame it exchanges here; the AsyncAPI check then validates them
 # all against protocol/asyncapi.yaml (switchyard/tests/asyncapi.rs).
 export SWITCHYARD_FRAME_LOG="$PWD/target/frames"
-rm -rf "$SWITCHYARD_FRAME_LOG"
+rm -rf "$SWITCHYARD_FRAME_LOG" target/tmp/schemathesis/summary.txt
 cargo test --workspace --all-targets --locked "$@"
-cargo test --locked -p switchyard --test asyncapi -- --ignored captured_frames_match_the_document
+# The fuzzing run's seed and case counts (switchyard/tests/schemathesis.rs).
+cat target/tmp/schemathesis/summary.txt 2>/dev/null || true
+cargo test --locked -p switchyard --test asyncapi -- --ignored --nocapture captured_frames_match_the_document
 
 # The JavaScript client (clients/js) against the binary cargo test just built: `ws` is its
 # only (dev) dependency, pinned by package-lock.json.

@@ -55,7 +55,7 @@ fn check_decoded(text: &str, message: &ClientMessage) {
     if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) {
         assert_eq!(
             obj.get("op").and_then(Value::as_str),
-            Some(message.op.name())
+            Some(message.op.name().as_str())
         );
         assert_eq!(
             obj.get("id").and_then(Value::as_i64),

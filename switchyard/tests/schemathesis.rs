@@ -19,8 +19,9 @@
 //! refusal — but the API's documented order of checks answers a 409 of the order's state
 //! before it judges the payload, `protocol/README.md`, "Order of checks").
 //!
-//! The seed is random unless `SCHEMATHESIS_SEED` is set, and printed with the case count;
-//! rerun a failure with the same seed. Bounded: at most `MAX_EXAMPLES` cases per operation
+//! The seed is random unless `SCHEMATHESIS_SEED` is set, and printed with the case count
+//! (also to `target/tmp/schemathesis/summary.txt`, which `scripts/test.sh` shows after the
+//! suite); rerun a failure with the same seed. Bounded: at most `MAX_EXAMPLES` cases per operation
 //! and phase, and `PER_ROLE` per role. Reports land in `target/tmp/schemathesis/`.
 
 mod common;
@@ -123,6 +124,7 @@ async fn the_api_survives_schemathesis_for_every_role() {
     ];
     let mut total = 0;
     let mut failed = Vec::new();
+    let mut summary = Vec::new();
     for (sub, role) in roles {
         let mut cmd = Command::new(&schemathesis);
         cmd.arg("run")
@@ -148,7 +150,10 @@ async fn the_api_survives_schemathesis_for_every_role() {
         std::fs::write(reports.join(format!("{role}.log")), &output).unwrap();
         let n = cases(&output).unwrap_or_else(|| panic!("no case count for {role}:\n{output}"));
         total += n;
-        eprintln!("schemathesis: role {role}: {n} test cases, seed {seed} ({status})");
+        summary.push(format!(
+            "schemathesis: role {role}: {n} test cases, seed {seed} ({status})"
+        ));
+        eprintln!("{}", summary.last().unwrap());
         if !status.success() {
             let failures = output
                 .split_once("FAILURES")
@@ -156,10 +161,13 @@ async fn the_api_survives_schemathesis_for_every_role() {
             failed.push(format!("role {role}:\n{failures}"));
         }
     }
-    eprintln!(
+    summary.push(format!(
         "schemathesis: {total} test cases in all, seed {seed}; reports in {}",
         reports.display()
-    );
+    ));
+    eprintln!("{}", summary.last().unwrap());
+    // scripts/test.sh prints it after the suite (libtest keeps a passing test's output).
+    std::fs::write(reports.join("summary.txt"), summary.join("\n") + "\n").unwrap();
     assert!(
         failed.is_empty(),
         "Schemathesis found failures (rerun with SCHEMATHESIS_SEED={seed}):\n{}",

@@ -30,8 +30,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchyard_auth::Issuer;
 use switchyard_benches::proto::{Incoming, Protocol};
 use switchyard_benches::{hist, net, procstat, proto};
+use switchyard_client::Rest;
 use switchyard_protocol::Role;
 use switchyard_protocol::client::{ClientOp, LocationFix};
+use switchyard_protocol::order::{Item, NewOrder};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -1091,26 +1093,20 @@ async fn create_orders(api: &str, issuer: &Issuer, n: usize) -> anyhow::Result<V
         let permit = permits.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let order: Value = http
-                .post(format!("{api}/api/orders"))
-                .bearer_auth(customer)
-                .json(&json!({"items":[{"sku":"milk-1l","qty":1,"unit_price_paise":6500}],"address":"1 Bench Road"}))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            let id = match &order["id"] {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+            let rest = Rest::with_http(http, api, customer);
+            let new = NewOrder {
+                items: vec![Item {
+                    sku: "milk-1l".into(),
+                    qty: 1,
+                    unit_price_paise: 6500,
+                }],
+                address: "1 Bench Road".into(),
             };
-            http.post(format!("{api}/api/orders/{id}/assign"))
-                .bearer_auth(admin)
-                .json(&json!({"partner": format!("lp{k}")}))
-                .send()
-                .await?
-                .error_for_status()?;
-            anyhow::Ok(id)
+            let order = rest.create_order(&new).await?;
+            rest.as_caller(admin)
+                .assign(&order.id, &format!("lp{k}"))
+                .await?;
+            anyhow::Ok(order.id)
         }));
     }
     let mut ids = Vec::with_capacity(n);
