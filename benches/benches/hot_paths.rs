@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use std::hint::black_box;
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey};
 use switchyard_gateway::hub::Hub;
-use switchyard_gateway::outbound::Outbound;
+use switchyard_gateway::outbound::{Event, Outbound};
 use switchyard_protocol::server::encode_event;
 use switchyard_protocol::{ClientMessage, Role, Room};
 
@@ -68,6 +68,7 @@ fn fan_out(c: &mut Criterion) {
     }
     let data = RawValue::from_string(STATUS.to_owned()).unwrap();
     let frame = Utf8Bytes::from(encode_event("order:1", "order.status", 1, &data));
+    let epoch: std::sync::Arc<str> = "e1".into();
     let mut g = c.benchmark_group("hub");
     g.throughput(Throughput::Elements(MEMBERS as u64));
     g.bench_function("fan_out_10k_members", |b| {
@@ -81,7 +82,7 @@ fn fan_out(c: &mut Criterion) {
                 }
                 frame.clone()
             },
-            |frame| hub.fan_out("order:1", 1, frame, false),
+            |frame| hub.fan_out(Event::new("order:1", epoch.clone(), 1, frame, false)),
             BatchSize::PerIteration,
         )
     });

@@ -8,7 +8,11 @@
 //! - a Redis implementation (distributed mode) with the same contract.
 //!
 //! # Contract
-//! - Offsets in one room start at 1 and increase by one per published event.
+//! - Offsets in one room start at 1 and increase by one per published event, within the
+//!   room's *epoch*. A new epoch (offsets starting again) begins whenever the room's offsets
+//!   and history were lost: a new process for the memory broker, a flushed or restarted
+//!   Redis. Every [`Publication`] carries its epoch, so a subscriber never compares offsets
+//!   of two epochs, whether one epoch serves every room (today) or each room has its own.
 //! - Publications of one room are delivered to each sink in offset order.
 //! - `subscribe`/`unsubscribe` tell the broker which rooms this node serves; a broker may
 //!   skip delivering rooms nobody subscribed to (the memory broker delivers everything and
@@ -39,6 +43,8 @@ use switchyard_protocol::client::StreamPosition;
 #[derive(Debug, Clone)]
 pub struct Publication {
     pub room: String,
+    /// The epoch `offset` counts in. Shared: one allocation per epoch, not per publication.
+    pub epoch: Arc<str>,
     pub offset: u64,
     /// The complete `{"type":"event",...}` text frame (UTF-8), shared, never copied per
     /// recipient.

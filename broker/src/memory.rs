@@ -104,6 +104,8 @@ async fn dispatch(
     config: HistoryConfig,
     epoch: String,
 ) {
+    // Every publication of this process shares the one epoch.
+    let shared_epoch: Arc<str> = epoch.as_str().into();
     // One entry per room ever published to: its offset (a few bytes) and a bounded ring
     // (emptied by age). The embedded mode (one machine, one database) can afford that.
     let mut rooms: HashMap<String, RoomStream> = HashMap::new();
@@ -173,6 +175,7 @@ async fn dispatch(
         let frame = Bytes::from(encode_event(&room, &event, offset, &data));
         let publication = Publication {
             room,
+            epoch: shared_epoch.clone(),
             offset,
             frame,
         };
@@ -306,8 +309,11 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+        // One epoch for the process, shared by every publication and reported by history.
+        let epoch = broker.history(&a, None).await.unwrap().position.epoch;
         let got = sink.0.lock().unwrap();
         assert_eq!(got.len(), 100);
+        assert!(got.iter().all(|p| *p.epoch == *epoch));
         for room in ["order:1", "order:2"] {
             let offsets: Vec<u64> = got
                 .iter()

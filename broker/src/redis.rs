@@ -3,7 +3,7 @@
 //! # Publishing: one script call per event
 //! The publisher encodes the event frame once, split around its offset
 //! ([`event_frame_parts`]). One Lua script then, atomically inside Redis, increments the
-//! room's offset counter, refreshes its expiry, and publishes `"<offset> <frame>"` on the
+//! room's offset counter, refreshes its expiry, and publishes `"<offset> <epoch> <frame>"` on the
 //! room's channel. Offsets are therefore strictly increasing per room whichever process
 //! publishes, and concurrent publishes from one process are pipelined by fred on one
 //! connection (one round trip per event, never several).
@@ -55,12 +55,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 /// Publishes one event atomically: makes sure the Redis-wide epoch exists, increments the
 /// room's offset, appends the frame to the room's history stream (entry id `<offset>-1`, at
 /// most ARGV[6] entries, the stream expiring ARGV[7] ms after the room's last event) and
-/// publishes `"<offset> <frame>"` on the room's channel.
+/// publishes `"<offset> <epoch> <frame>"` on the room's channel (the epoch travels with
+/// every message: a gateway learns a new epoch from the first event counted in it).
 /// KEYS = offset key, history key, epoch key;
 /// ARGV = channel, frame head, frame tail, offset TTL (ms), fresh epoch, history size, history TTL (ms).
 const PUBLISH_LUA: &str = r#"
-if not redis.call('GET', KEYS[3]) then
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
   redis.call('SET', KEYS[3], ARGV[5])
+  epoch = ARGV[5]
 end
 local offset = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -71,7 +74,7 @@ if tonumber(ARGV[6]) > 0 then
   redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-1', 'f', frame)
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
-redis.call('PUBLISH', ARGV[1], offset .. ' ' .. frame)
+redis.call('PUBLISH', ARGV[1], offset .. ' ' .. epoch .. ' ' .. frame)
 return offset
 "#;
 
@@ -544,12 +547,14 @@ impl Broker for RedisBroker {
         let mut fields = reply.into_iter();
         let epoch = fields.next().unwrap_or_default();
         let offset: u64 = fields.next().and_then(|o| o.parse().ok()).unwrap_or(0);
+        let shared_epoch: Arc<str> = epoch.as_str().into();
         let mut entries = Vec::new();
         while let (Some(id), Some(frame)) = (fields.next(), fields.next()) {
             let entry_offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
             if let Some(entry_offset) = entry_offset {
                 entries.push(Publication {
                     room: room.as_str().to_owned(),
+                    epoch: shared_epoch.clone(),
                     offset: entry_offset,
                     frame: frame.into(),
                 });
@@ -825,6 +830,9 @@ async fn dispatch(
 ) {
     let room_prefix = format!("{prefix}room:");
     let control = control_channel(&prefix);
+    // The epoch of the last message, reused while it does not change (one allocation per
+    // epoch, not per message).
+    let mut epoch: Arc<str> = Arc::from("");
     loop {
         let message = match messages.recv().await {
             Ok(m) => m,
@@ -841,14 +849,20 @@ async fn dispatch(
             continue;
         };
         if let Some(room) = message.channel.strip_prefix(room_prefix.as_str()) {
-            let Some((offset, frame)) = payload.split_once(' ') else {
+            let Some((offset, rest)) = payload.split_once(' ') else {
                 continue;
             };
-            let Ok(offset) = offset.parse::<u64>() else {
+            let (Ok(offset), Some((message_epoch, frame))) =
+                (offset.parse::<u64>(), rest.split_once(' '))
+            else {
                 continue;
             };
+            if *epoch != *message_epoch {
+                epoch = message_epoch.into();
+            }
             sinks.deliver(Publication {
                 room: room.to_owned(),
+                epoch: epoch.clone(),
                 offset,
                 frame: frame.to_owned().into(),
             });

@@ -7,7 +7,8 @@
 // Layout:
 // - `backoffDelay`, `backoffCap`, `shouldReconnect`, `decodeJwtExp`: pure helpers (exported for tests).
 // - `SwitchyardClient`: the connection state machine.
-//     connect → welcome → (re)subscribe every room with `since` → events, deduped by offset
+//     connect (user room `since`) → welcome → (re)subscribe every room with `since` → events,
+//     deduped by offset within an epoch
 //     close   → final code? emit 'close' {final:true} : backoff → token() → connect again
 
 /** Subprotocol the gateway selects; the token rides in a second entry, `bearer.<jwt>`. */
@@ -85,7 +86,7 @@ export class SwitchyardError extends Error {
 
 /**
  * @typedef {{epoch: string, offset: number}} Position
- * @typedef {{type: "event", room: string, event: string, offset: number, data: any}} EventFrame
+ * @typedef {{type: "event", room: string, event: string, offset: number, epoch?: string, data: any}} EventFrame
  * @typedef {{room: string, position: Position, recovered: boolean, snapshot?: any}} Subscribed
  *
  * @typedef {object} ClientOptions
@@ -307,7 +308,7 @@ export class SwitchyardClient {
 
     let socket;
     try {
-      socket = new this.WebSocket(this.url, [SUBPROTOCOL, `bearer.${token}`]);
+      socket = new this.WebSocket(this._connectUrl(), [SUBPROTOCOL, `bearer.${token}`]);
     } catch (err) {
       this._emit("error", { code: "connect", message: String(err?.message ?? err) });
       this._scheduleReconnect(1006, "connect failed");
@@ -335,6 +336,20 @@ export class SwitchyardClient {
     socket.addEventListener("close", (ev) => onClose(ev.code ?? 1006, ev.reason ?? ""));
     // An error is always followed by a close; listening keeps Node's `ws` from throwing.
     socket.addEventListener("error", () => {});
+  }
+
+  /**
+   * The URL of the next connection: with `since` for the user room once its position is known,
+   * so the server recovers it in the welcome (protocol/README.md, "Positions and recovery").
+   */
+  _connectUrl() {
+    for (const entry of this._rooms.values()) {
+      if (entry.userRoom && entry.position) {
+        const since = encodeURIComponent(`${entry.position.epoch}:${entry.position.offset}`);
+        return `${this.url}${this.url.includes("?") ? "&" : "?"}since=${since}`;
+      }
+    }
+    return this.url;
   }
 
   _onMessage(data) {
@@ -379,7 +394,15 @@ export class SwitchyardClient {
       }
       entry.userRoom = true;
       const last = entry.position;
-      if (now && (!last || (last.epoch === now.epoch && last.offset === now.offset))) {
+      if (now && last && msg.recovered === true) {
+        // Recovered in the welcome: the missed events follow it and advance the position.
+        entry.waiters.splice(0).forEach((w) => w.resolve({ room, position: { ...now }, recovered: true }));
+        this._emit("recovered", { room, position: { ...now } });
+      } else if (now && last && msg.recovered === false) {
+        entry.position = { ...now };
+        entry.waiters.splice(0).forEach((w) => w.resolve({ room, position: { ...now }, recovered: false, snapshot: null }));
+        this._emit("resync", { room, snapshot: null, position: { ...now } });
+      } else if (now && (!last || (last.epoch === now.epoch && last.offset === now.offset))) {
         // First connection, or nothing was published while we were away.
         entry.position = { ...now };
         entry.waiters.splice(0).forEach((w) => w.resolve({ room, position: { ...now }, recovered: false, snapshot: null }));
@@ -397,10 +420,17 @@ export class SwitchyardClient {
 
   _onEvent(msg) {
     const entry = this._rooms.get(msg.room);
-    // Not ours, or a subscribe in flight: the reply's snapshot or recovery covers it.
-    if (!entry || entry.inflight || !entry.position) return;
-    if (msg.offset <= entry.position.offset) return; // already applied
-    entry.position = { epoch: entry.position.epoch, offset: msg.offset };
+    // Not ours, or not joined yet (the subscribe reply's snapshot or recovery covers it). Events
+    // that arrive while a *re*subscribe is in flight were written before the server read it:
+    // the server never sends them again, so they are applied.
+    if (!entry || !entry.position) return;
+    if (msg.epoch !== undefined && msg.epoch !== entry.position.epoch) {
+      // The room's offsets started again in a new epoch (its history was lost on the server).
+      entry.position = { epoch: msg.epoch, offset: msg.offset };
+    } else {
+      if (msg.offset <= entry.position.offset) return; // already applied (defence in depth)
+      entry.position = { epoch: entry.position.epoch, offset: msg.offset };
+    }
     const event = { room: msg.room, event: msg.event, offset: msg.offset, data: msg.data };
     if (entry.held) entry.held.push(event);
     else this._deliver(entry, event);
@@ -441,8 +471,9 @@ export class SwitchyardClient {
         const position = reply.position;
         let result;
         if (since && reply.recovered === true) {
-          // The missed events follow the reply; they advance the position from `since`.
-          entry.position = { epoch: position.epoch, offset: since.offset };
+          // The missed events follow the reply; they advance the position from `since` (or from
+          // where events that came before the reply left it).
+          if (entry.position?.epoch !== position.epoch) entry.position = { epoch: position.epoch, offset: since.offset };
           this._emit("recovered", { room, position: { ...position } });
           result = { room, position, recovered: true };
         } else {

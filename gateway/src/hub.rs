@@ -106,19 +106,13 @@ impl Hub {
         self.rooms.get(room).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Queues `frame` (the event at `offset` in `room`) for every member of `room`; returns
-    /// how many accepted it. The event is wrapped once and shared by every member.
-    pub fn fan_out(&self, room: &str, offset: u64, frame: Utf8Bytes, latest_only: bool) -> usize {
-        let Some(members) = self.rooms.get(room).map(|m| Arc::clone(&m)) else {
+    /// Queues `event` for every member of its room; returns how many accepted it. The event
+    /// is wrapped once and shared by every member.
+    pub fn fan_out(&self, event: Event) -> usize {
+        let Some(members) = self.rooms.get(&*event.room).map(|m| Arc::clone(&m)) else {
             return 0;
         };
-        let event = Arc::new(Event {
-            room: room.into(),
-            offset,
-            frame,
-            latest_only,
-            received: std::time::Instant::now(),
-        });
+        let event = Arc::new(event);
         let (mut accepted, mut conflated, mut bytes) = (0u64, 0u64, 0isize);
         for member in members.iter() {
             match member.push(Outgoing::Event(event.clone())) {
@@ -206,7 +200,13 @@ impl Deliver for Hub {
         match Utf8Bytes::try_from(publication.frame) {
             Ok(frame) => {
                 let latest_only = frame_event_name(&frame).is_some_and(events::is_latest_value);
-                self.fan_out(&publication.room, publication.offset, frame, latest_only);
+                self.fan_out(Event::new(
+                    &publication.room,
+                    publication.epoch,
+                    publication.offset,
+                    frame,
+                    latest_only,
+                ));
             }
             Err(_) => {
                 tracing::error!(room = %publication.room, "dropping a publication that is not UTF-8")
@@ -253,6 +253,16 @@ impl Deliver for Hub {
 mod tests {
     use super::*;
 
+    fn event(room: &str, offset: u64) -> Event {
+        Event::new(
+            room,
+            "e1".into(),
+            offset,
+            Utf8Bytes::from_static("x"),
+            false,
+        )
+    }
+
     fn next_event(mailbox: &crate::outbound::Mailbox) -> Option<Outgoing> {
         let mut batch = Vec::new();
         mailbox.take(&mut batch, 1);
@@ -267,10 +277,7 @@ mod tests {
         assert!(hub.join("order:1", &a));
         assert!(!hub.join("order:1", &a));
         assert!(hub.join("order:1", &b));
-        assert_eq!(
-            hub.fan_out("order:1", 1, Utf8Bytes::from_static("x"), false),
-            2
-        );
+        assert_eq!(hub.fan_out(event("order:1", 1)), 2);
         for mailbox in [&ma, &mb] {
             assert!(
                 matches!(next_event(mailbox), Some(Outgoing::Event(e)) if e.frame.as_str() == "x" && e.offset == 1)
@@ -285,10 +292,7 @@ mod tests {
         assert_eq!(hub.member_count("order:1"), 1);
         assert!(hub.leave("order:1", 2));
         assert_eq!(hub.room_count(), 0);
-        assert_eq!(
-            hub.fan_out("order:1", 1, Utf8Bytes::from_static("x"), false),
-            0
-        );
+        assert_eq!(hub.fan_out(event("order:1", 1)), 0);
     }
 
     #[tokio::test]
@@ -300,7 +304,13 @@ mod tests {
         hub.join("r", &slow);
         hub.join("r", &fast);
         for offset in 1..=3 {
-            hub.fan_out("r", offset, Utf8Bytes::from_static("e"), false);
+            hub.fan_out(Event::new(
+                "r",
+                "e1".into(),
+                offset,
+                Utf8Bytes::from_static("e"),
+                false,
+            ));
         }
         ms.ready().await;
         assert_eq!(ms.kicked(), Some(switchyard_protocol::close::SLOW_CONSUMER));

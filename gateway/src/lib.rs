@@ -4,6 +4,8 @@
 //! - [`config`]: every limit and timing the gateway enforces.
 //! - `handshake`: `GET /ws` — token, limits, upgrade.
 //! - `session`: one connection's loop (ops, outbound queue, heartbeat, expiry, shutdown).
+//! - `cursor`: what a connection's client has of each room's stream (offsets, epochs), so
+//!   nothing goes out twice or out of order.
 //! - [`hub`]: local rooms → members; fans one encoded frame out to every member.
 //! - [`outbound`]: a connection's bounded outbound queue and its slow-consumer kick.
 //! - `access`: who may join which room; subscribe snapshots.
@@ -24,6 +26,7 @@ pub mod access;
 pub mod backend;
 pub mod config;
 mod conformance;
+mod cursor;
 mod handshake;
 pub mod hub;
 pub mod locations;

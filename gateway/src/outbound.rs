@@ -34,6 +34,8 @@ pub const ITEM_OVERHEAD: usize = 64;
 #[derive(Debug)]
 pub struct Event {
     pub room: Box<str>,
+    /// The epoch `offset` counts in (see [`crate::cursor`]).
+    pub epoch: Arc<str>,
     pub offset: u64,
     /// The encoded `{"type":"event",...}` frame.
     pub frame: Utf8Bytes,
@@ -41,6 +43,26 @@ pub struct Event {
     pub latest_only: bool,
     /// When this gateway got it from the bus (fan-out latency is measured from here).
     pub received: std::time::Instant,
+}
+
+impl Event {
+    /// An event received from the bus now.
+    pub fn new(
+        room: &str,
+        epoch: Arc<str>,
+        offset: u64,
+        frame: Utf8Bytes,
+        latest_only: bool,
+    ) -> Event {
+        Event {
+            room: room.into(),
+            epoch,
+            offset,
+            frame,
+            latest_only,
+            received: std::time::Instant::now(),
+        }
+    }
 }
 
 /// What waits in a connection's mailbox.
@@ -276,13 +298,13 @@ mod tests {
 
     fn event(room: &str, offset: u64, latest_only: bool, size: usize) -> Outgoing {
         let frame: String = "x".repeat(size);
-        Outgoing::Event(Arc::new(Event {
-            room: room.into(),
+        Outgoing::Event(Arc::new(Event::new(
+            room,
+            "e1".into(),
             offset,
-            frame: frame.into(),
+            frame.into(),
             latest_only,
-            received: std::time::Instant::now(),
-        }))
+        )))
     }
 
     fn offsets(batch: &[Outgoing]) -> Vec<(String, u64)> {

@@ -12,7 +12,8 @@
 //! ```
 
 use crate::access::{self, Refusal};
-use crate::outbound::{Mailbox, Outbound, Outgoing};
+use crate::cursor::{Admit, Cursor, Recovery};
+use crate::outbound::{Event, Mailbox, Outbound, Outgoing};
 use crate::rate::TokenBucket;
 use crate::{Shared, SlotGuard};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -23,17 +24,22 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_auth::Principal;
-use switchyard_broker::Publication;
+use switchyard_broker::{History, Publication};
 use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
 use switchyard_protocol::events::PartnerLocation;
 use switchyard_protocol::order::parse_order_id;
 use switchyard_protocol::room::RoomKind;
-use switchyard_protocol::server::{ErrorReply, Gap, OkReply, Revoked, ServerMessage, Welcome};
+use switchyard_protocol::server::{
+    self, ErrorReply, Gap, OkReply, Revoked, ServerMessage, Welcome,
+};
 use switchyard_protocol::{BuiltinEvent, ErrorCode, Location, Role, Room, close};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// How long a partner's verified assignment is trusted by its location ops.
 const CARRYING_TTL: Duration = Duration::from_secs(2);
+
+/// How long a closed connection waits for the peer's close reply (see [`linger`]).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Frames written before one flush when the queue holds many.
 const MAX_BATCH: usize = 256;
@@ -65,16 +71,24 @@ enum Reply {
     },
 }
 
+/// A room this connection is in.
+struct Joined {
+    room: Room,
+    cursor: Cursor,
+}
+
 pub(crate) struct Session {
     pub conn_id: Arc<str>,
     pub who: Principal,
     pub out: Outbound,
     pub shared: Arc<Shared>,
-    /// Rooms this connection is in, each with the offset up to which its events were already
-    /// covered (by the subscribe snapshot or a recovery) and are dropped from the queue.
+    /// Rooms this connection is in, each with what its client has of the room's stream.
     /// Bounded by `max_subscriptions`.
-    rooms: Vec<(Room, u64)>,
+    rooms: Vec<Joined>,
     ops: TokenBucket,
+    /// Pings and pongs the client sends: answered by the WebSocket layer, so counted here, and
+    /// a flood beyond the burst closes the connection (4500).
+    pings: TokenBucket,
     locations: TokenBucket,
     /// Set by an op that ends the connection (a `refresh` for another user).
     closing: Option<u16>,
@@ -103,6 +117,7 @@ impl Session {
         Session {
             ops: TokenBucket::new(c.op_rate, c.op_burst),
             locations: TokenBucket::new(c.location_rate, c.location_burst),
+            pings: TokenBucket::new(c.ping_rate, c.ping_burst),
             conn_id,
             who,
             out,
@@ -143,8 +158,8 @@ impl Session {
             }
             Exit::Gone(reason) => (0, reason),
         };
-        for (room, _) in std::mem::take(&mut self.rooms) {
-            self.leave(&room).await;
+        for joined in std::mem::take(&mut self.rooms) {
+            self.leave(&joined.room).await;
         }
         metrics::counter!("switchyard_connections_closed_total", "code" => code.to_string())
             .increment(1);
@@ -157,6 +172,9 @@ impl Session {
             reason,
             "connection closed"
         );
+        if code != 0 {
+            linger(&mut stream, self.shared.config.write_timeout).await;
+        }
     }
 
     /// Joins the user room, reads its position (recovering from the handshake's `since`),
@@ -180,23 +198,17 @@ impl Session {
                 return Some(Exit::Close(close::INTERNAL, "bus unavailable"));
             }
         };
-        if let Some(entry) = self.rooms.iter_mut().find(|(r, _)| *r == own_room) {
-            entry.1 = history.position.offset;
-        }
-        let recovered = since.as_ref().map(|_| history.missed.is_some());
-        if let Some(recovered) = recovered {
-            count_recovery(recovered);
-        }
+        let position = history.position.clone();
+        let (recovered, missed) = self.recover(own_room.as_str(), history, since.as_ref());
         let welcome = ServerMessage::Welcome(Welcome {
             conn: Cow::Borrowed(&self.conn_id),
             sub: Cow::Borrowed(&self.who.sub),
             role: self.who.role,
             rooms: vec![Cow::Borrowed(own_room.as_str())],
-            positions: vec![(Cow::Borrowed(own_room.as_str()), history.position)],
+            positions: vec![(Cow::Borrowed(own_room.as_str()), position)],
             recovered,
         })
         .encode();
-        let missed = history.missed.unwrap_or_default();
         self.send_with_missed(sink, welcome, missed).await
     }
 
@@ -269,7 +281,12 @@ impl Session {
                             }
                         }
                         Message::Binary(_) => error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
-                        Message::Ping(_) | Message::Pong(_) => continue,
+                        Message::Ping(_) | Message::Pong(_) => {
+                            if !self.pings.try_take() {
+                                return Exit::Close(close::POLICY_VIOLATION, "too many pings");
+                            }
+                            continue;
+                        }
                         Message::Close(_) => {
                             // tungstenite queued the close reply; send it.
                             let _ = tokio::time::timeout(config.write_timeout, sink.flush()).await;
@@ -318,23 +335,16 @@ impl Session {
                 let frame = match item {
                     Outgoing::Event(event) => {
                         oldest.get_or_insert(event.received);
-                        self.wanted(&event.room, event.offset)
-                            .then(|| Message::Text(event.frame.clone()))
+                        self.admit(&event)
                     }
                     Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
-                    Outgoing::Gap { room } => self
-                        .rooms
-                        .iter()
-                        .any(|(r, _)| r.as_str() == &*room)
-                        .then(|| {
-                            Message::Text(
-                                ServerMessage::Gap(Gap {
-                                    room: Cow::Borrowed(&room),
-                                })
-                                .encode()
-                                .into(),
-                            )
-                        }),
+                    Outgoing::Gap { room } => self.joined_mut(&room).map(|joined| {
+                        joined.cursor.gap();
+                        let gap = ServerMessage::Gap(Gap {
+                            room: Cow::Borrowed(&room),
+                        });
+                        Message::Text(gap.encode().into())
+                    }),
                     Outgoing::Close { code, .. } => {
                         close_with = Some(code);
                         break;
@@ -361,12 +371,64 @@ impl Session {
         }
     }
 
-    /// Whether a queued event still goes out: the room is still joined and the event is newer
-    /// than what the snapshot or recovery already covered.
-    fn wanted(&self, room: &str, offset: u64) -> bool {
-        self.rooms
-            .iter()
-            .any(|(r, covered)| r.as_str() == room && offset > *covered)
+    /// The frame a queued event goes out as, if it still does: the room is still joined and
+    /// the event is above what the client already has ([`Cursor::admit`]). The shared frame,
+    /// or — first event of a new epoch — a copy that names the epoch.
+    fn admit(&mut self, event: &Event) -> Option<Message> {
+        let joined = self.joined_mut(&event.room)?;
+        match joined.cursor.admit(&event.epoch, event.offset) {
+            Admit::Send => Some(Message::Text(event.frame.clone())),
+            Admit::SendWithEpoch => {
+                let frame = server::event_with_epoch(&event.frame, &event.epoch)?;
+                Some(Message::Text(frame.into()))
+            }
+            Admit::Drop => None,
+        }
+    }
+
+    fn joined_mut(&mut self, room: &str) -> Option<&mut Joined> {
+        self.rooms.iter_mut().find(|j| j.room.as_str() == room)
+    }
+
+    /// Stops tracking `room`; returns it if the connection was in it.
+    fn forget(&mut self, room: &str) -> Option<Room> {
+        let i = self.rooms.iter().position(|j| j.room.as_str() == room)?;
+        Some(self.rooms.swap_remove(i).room)
+    }
+
+    /// The client is given the position `history` read for joined `room`: decides, with what
+    /// this connection already wrote, whether the request's `since` is recovered (and which
+    /// of the missed events still go out) or the client resyncs from a snapshot. Returns
+    /// `recovered` for the reply (`None` without `since`) and the events to write after it.
+    fn recover(
+        &mut self,
+        room: &str,
+        history: History,
+        since: Option<&StreamPosition>,
+    ) -> (Option<bool>, Vec<Publication>) {
+        let Some(joined) = self.joined_mut(room) else {
+            return (since.map(|_| false), Vec::new());
+        };
+        let available = history.missed.is_some();
+        let recovery = joined
+            .cursor
+            .reposition(&history.position, since, available);
+        let (recovered, missed) = match recovery {
+            None => (None, Vec::new()),
+            Some(Recovery::Resync) => (Some(false), Vec::new()),
+            Some(Recovery::From(above)) => {
+                let mut missed = history.missed.unwrap_or_default();
+                missed.retain(|p| p.offset > above);
+                if let Some(last) = missed.last() {
+                    joined.cursor.wrote(last.offset);
+                }
+                (Some(true), missed)
+            }
+        };
+        if let Some(recovered) = recovered {
+            count_recovery(recovered);
+        }
+        (recovered, missed)
     }
 
     /// The reply, then the recovered events, then one flush.
@@ -395,8 +457,7 @@ impl Session {
 
     /// Leaves a room the server revoked; returns the frame telling the client, if it was in it.
     async fn revoked(&mut self, room: &str, reason: &str) -> Option<Message> {
-        let i = self.rooms.iter().position(|(r, _)| r.as_str() == room)?;
-        let (room, _) = self.rooms.swap_remove(i);
+        let room = self.forget(room)?;
         self.leave(&room).await;
         if matches!(&self.carrying, Some((id, _)) if room.kind() == RoomKind::Order && &**id == room.id())
         {
@@ -498,8 +559,7 @@ impl Session {
             ClientOp::Refresh { token } => self.refresh(&token),
             ClientOp::Subscribe { room, since } => self.subscribe(room, since).await,
             ClientOp::Unsubscribe { room } => {
-                if let Some(i) = self.rooms.iter().position(|(r, _)| *r == room) {
-                    let (room, _) = self.rooms.swap_remove(i);
+                if let Some(room) = self.forget(room.as_str()) {
                     self.leave(&room).await;
                 }
                 Ok(Reply::Room(room))
@@ -515,7 +575,7 @@ impl Session {
     ) -> Result<Reply, Refusal> {
         let shared = self.shared.clone();
         let backend = shared.backend.as_ref();
-        if !self.rooms.iter().any(|(r, _)| *r == room) {
+        if !self.rooms.iter().any(|j| j.room == room) {
             if self.rooms.len() >= shared.config.max_subscriptions {
                 return Err(Refusal::new(
                     ErrorCode::LimitExceeded,
@@ -531,8 +591,7 @@ impl Session {
                 // A reassignment committed between the check and the join sent its revoke
                 // before we were a member: look again now that we are.
                 if let Err(refusal) = access::may_join(backend, &self.who, &room).await {
-                    if let Some(i) = self.rooms.iter().position(|(r, _)| *r == room) {
-                        let (room, _) = self.rooms.swap_remove(i);
+                    if let Some(room) = self.forget(room.as_str()) {
                         self.leave(&room).await;
                     }
                     return Err(refusal);
@@ -549,23 +608,15 @@ impl Session {
                 tracing::warn!(%err, "history read failed");
                 Refusal::new(ErrorCode::Internal, "bus unavailable, retry")
             })?;
-        if let Some(entry) = self.rooms.iter_mut().find(|(r, _)| *r == room) {
-            entry.1 = history.position.offset;
-        }
-        let recovered = since.as_ref().map(|_| history.missed.is_some());
-        if let Some(recovered) = recovered {
-            count_recovery(recovered);
-        }
-        let (snapshot, missed) = match history.missed {
-            Some(missed) => (None, missed),
-            None => (
-                Some(access::snapshot(backend, &shared.locations, &room).await?),
-                Vec::new(),
-            ),
+        let position = history.position.clone();
+        let (recovered, missed) = self.recover(room.as_str(), history, since.as_ref());
+        let snapshot = match recovered {
+            Some(true) => None,
+            _ => Some(access::snapshot(backend, &shared.locations, &room).await?),
         };
         Ok(Reply::Subscribed {
             room,
-            position: history.position,
+            position,
             recovered,
             snapshot,
             missed,
@@ -579,7 +630,10 @@ impl Session {
         }
         self.shared.hub.join(room.as_str(), &self.out);
         metrics::gauge!("switchyard_subscriptions").increment(1.0);
-        self.rooms.push((room, 0));
+        self.rooms.push(Joined {
+            room,
+            cursor: Cursor::default(),
+        });
         Ok(())
     }
 
@@ -699,6 +753,21 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// After our close frame, reads (and drops) what the peer still sends until its close reply,
+/// for at most [`CLOSE_LINGER`] (or the write timeout if shorter). A socket closed with unread
+/// input is reset, and a reset can destroy the close frame before the peer reads it — a client
+/// flooding the connection would never learn why it was closed.
+async fn linger(stream: &mut Stream, write_timeout: Duration) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER.min(write_timeout), drain).await;
 }
 
 /// Time left until `exp` (seconds since the Unix epoch).

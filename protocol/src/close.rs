@@ -16,7 +16,7 @@
 //! | 4001 | token expired (and no `refresh` arrived in time) | get a fresh token, reconnect, recover |
 //! | 4002 | idle: no traffic, not even pongs, within the idle window | reconnect and recover |
 //! | 4003 | slow consumer: an ordered event did not fit the outbound queue | reconnect and recover |
-//! | 4500 | policy violation (e.g. a token whose `sub` cannot name a room, a `refresh` for another user) | do not reconnect; fix the client or token |
+//! | 4500 | policy violation (a `refresh` for another user, a ping flood) | do not reconnect; fix the client or token |
 //! | 4501 | revoked: the user's access was withdrawn | do not reconnect with the same token |
 
 pub const NORMAL: u16 = 1000;

@@ -116,9 +116,15 @@ pub struct Gap<'a> {
 /// `{"type":"event"}`: a publication in a room.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventFrame<'a> {
+    /// Present on the first event of a room in an epoch the connection had not heard of for
+    /// it (its offsets started again); otherwise the room's epoch is the last one the
+    /// connection was told (protocol/README.md, "A new epoch on a live connection").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Cow<'a, str>>,
     pub room: Cow<'a, str>,
     pub event: Cow<'a, str>,
-    /// +1 per event published to the room (see protocol/README.md, "Positions and recovery").
+    /// +1 per event published to the room, within its epoch (see protocol/README.md,
+    /// "Positions and recovery").
     pub offset: u64,
     pub data: Cow<'a, RawValue>,
 }
@@ -222,6 +228,7 @@ impl ErrorReply<'_> {
 impl EventFrame<'_> {
     pub fn into_owned(self) -> EventFrame<'static> {
         EventFrame {
+            epoch: self.epoch.map(own),
             room: own(self.room),
             event: own(self.event),
             offset: self.offset,
@@ -263,6 +270,8 @@ struct Envelope<'a> {
     reason: Option<Cow<'a, str>>,
     #[serde(borrow)]
     event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    epoch: Option<Cow<'a, str>>,
     offset: Option<u64>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
@@ -311,6 +320,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
                 room: env.room.ok_or_else(|| need("room"))?,
             }),
             "event" => ServerMessage::Event(EventFrame {
+                epoch: env.epoch,
                 room: env.room.ok_or_else(|| need("room"))?,
                 event: env.event.ok_or_else(|| need("event"))?,
                 offset: env.offset.ok_or_else(|| need("offset"))?,
@@ -351,6 +361,19 @@ pub fn event_frame_parts(room: &str, event: &str, data: &RawValue) -> (String, S
     )
 }
 
+/// The head every event frame starts with ([`encode_event`], [`event_frame_parts`]).
+const EVENT_HEAD: &str = r#"{"type":"event","#;
+
+/// An event frame (made by [`encode_event`] / [`event_frame_parts`]) with an `"epoch"` field
+/// added: the epoch its offset counts in. A connection gets it on the first event of a room
+/// whose epoch is not the one it last heard of for that room (protocol/README.md, "Positions
+/// and recovery"); every other event frame is shared unchanged. `None` for any other frame.
+pub fn event_with_epoch(frame: &str, epoch: &str) -> Option<String> {
+    let rest = frame.strip_prefix(EVENT_HEAD)?;
+    let epoch = serde_json::to_string(epoch).ok()?;
+    Some(format!(r#"{EVENT_HEAD}"epoch":{epoch},{rest}"#))
+}
+
 /// The event name in a frame made by [`encode_event`] / [`event_frame_parts`], read from
 /// its fixed head without parsing the JSON (room names and event names never need
 /// escaping). `None` for anything else.
@@ -372,6 +395,26 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn an_epoch_is_added_to_the_shared_frame() {
+        let data = RawValue::from_string(r#"{"status":"confirmed"}"#.into()).unwrap();
+        let frame = encode_event("order:42", "order.status", 1, &data);
+        assert_eq!(
+            event_with_epoch(&frame, "e2").as_deref(),
+            Some(
+                r#"{"type":"event","epoch":"e2","room":"order:42","event":"order.status","offset":1,"data":{"status":"confirmed"}}"#
+            )
+        );
+        assert_eq!(event_with_epoch(r#"{"type":"gap"}"#, "e2"), None);
+        let with_epoch = event_with_epoch(&frame, "e2").unwrap();
+        match serde_json::from_str::<ServerMessage>(&with_epoch).unwrap() {
+            ServerMessage::Event(e) => {
+                assert_eq!((e.epoch.as_deref(), e.offset), (Some("e2"), 1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn event_shape() {

@@ -408,6 +408,13 @@ pub struct LimitArgs {
     pub location_rate: f64,
     #[arg(long, env = "SWITCHYARD_LOCATION_BURST", default_value_t = 10.0)]
     pub location_burst: f64,
+    /// WebSocket pings (and pongs) a client may send per second, and the burst allowed. Each
+    /// ping is answered by the server, so a flood beyond the burst closes the connection with
+    /// 4500 (policy violation); a client pinging every few seconds never comes near it.
+    #[arg(long, env = "SWITCHYARD_PING_RATE", default_value_t = 10.0)]
+    pub ping_rate: f64,
+    #[arg(long, env = "SWITCHYARD_PING_BURST", default_value_t = 50.0)]
+    pub ping_burst: f64,
     /// WebSocket read buffer per connection, bytes (allocated up front for every connection,
     /// so it dominates idle memory; client frames are small, and a bigger frame grows it).
     #[arg(long, env = "SWITCHYARD_READ_BUFFER_BYTES", default_value_t = 512)]
@@ -576,6 +583,8 @@ impl LimitArgs {
             op_burst: self.op_burst,
             location_rate: self.location_rate,
             location_burst: self.location_burst,
+            ping_rate: self.ping_rate,
+            ping_burst: self.ping_burst,
             read_buffer_bytes: self.read_buffer_bytes.max(256),
             write_buffer_bytes: self.write_buffer_bytes,
             drain_spread,

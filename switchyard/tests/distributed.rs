@@ -367,6 +367,105 @@ async fn recovery_on_another_gateway_and_a_new_epoch_after_redis_restarts() {
     assert_ne!(reply["position"]["epoch"], position["epoch"]);
 }
 
+/// Issue #11 §1: Redis restarts without persistence, so every room's offsets start again at 1
+/// in a new epoch. A subscriber that stays connected and does nothing but read gets `gap`, then
+/// every later event of each room, in order; the first one names the new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_a_reading_subscriber_gets_every_event_of_the_new_epoch() {
+    let cluster = Cluster::up(2, 1);
+    let (gw, api) = (cluster.gateways[0].clone(), cluster.apis[0].clone());
+    let order = cluster.create_order(&api, "c1").await;
+    let room = format!("order:{order}");
+    let service = token("svc", Role::Service);
+    let tick = async |room: &str, seq: u64| {
+        let body = json!({"room":room,"event":"test.tick","data":{"seq":seq}});
+        let (status, reply) = cluster
+            .call(&api, "POST", "/api/publish", &service, Some(body))
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        reply["offset"].as_u64().unwrap()
+    };
+    // Both rooms well above offset 1 before the restart.
+    for seq in 0..5 {
+        tick(&room, seq).await;
+        tick("user:c1", seq).await;
+    }
+    let mut reader = connect(&cluster.ws(&gw), &token("c1", Role::Customer)).await;
+    let mut old = std::collections::HashMap::new();
+    for r in [room.as_str(), "user:c1"] {
+        let reply = reader.subscribe(r).await;
+        assert!(reply["position"]["offset"].as_u64() >= Some(5), "{reply}");
+        old.insert(r.to_owned(), reply["position"].clone());
+    }
+
+    cluster.stop_redis();
+    cluster.start_redis();
+    for p in cluster.gateways.iter().chain(&cluster.apis) {
+        eventually("ready after the restart", async || {
+            cluster.readyz(p).await == 200
+        })
+        .await;
+    }
+    eventually("the gateway subscribed again", async || {
+        cluster.numsub(&room) == 1 && cluster.numsub("user:c1") == 1
+    })
+    .await;
+    // In the new epoch: three ticks, then a status change through the API (its outbox event
+    // reaches both rooms).
+    for seq in 0..3 {
+        assert_eq!(tick(&room, seq).await, seq + 1);
+    }
+    assert_eq!(cluster.set_status(&api, &order, "confirmed").await.0, 200);
+
+    let mut gaps = std::collections::HashSet::new();
+    let mut events: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    while events.get(&room).map_or(0, Vec::len) < 4 || !events.contains_key("user:c1") {
+        let frame = reader.recv().await;
+        let r = frame["room"].as_str().unwrap().to_owned();
+        match frame["type"].as_str() {
+            Some("gap") => {
+                gaps.insert(r);
+            }
+            Some("event") => events.entry(r).or_default().push(frame),
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert!(gaps.contains(&room) && gaps.contains("user:c1"), "{gaps:?}");
+    let order_events = &events[&room];
+    let offsets: Vec<u64> = order_events
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [1, 2, 3, 4], "{order_events:?}");
+    assert_eq!(order_events[3]["data"]["status"], "confirmed");
+    let epoch = order_events[0]["epoch"].clone();
+    assert!(
+        epoch.is_string(),
+        "the first event names its epoch: {}",
+        order_events[0]
+    );
+    assert_ne!(epoch, old[&room]["epoch"]);
+    assert!(order_events[1..].iter().all(|e| e.get("epoch").is_none()));
+    let status = &events["user:c1"][0];
+    assert_eq!(
+        (status["event"].as_str(), status["offset"].as_u64()),
+        (Some("order.status"), Some(1)),
+        "{status}"
+    );
+    assert_eq!(
+        status["epoch"], epoch,
+        "one Redis, one epoch for every room"
+    );
+
+    // The new epoch is a position like any other: recovery from it works.
+    let since = json!({"epoch": epoch, "offset": 2});
+    let reply = reader
+        .request(json!({"op":"subscribe","room":room,"since":since}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["position"], json!({"epoch": epoch, "offset": 4}));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_user_are_limited_across_the_cluster() {
     let cluster = Cluster::up_with(2, 1, &[("SWITCHYARD_MAX_CONNECTIONS_PER_USER", "2")]);
@@ -508,59 +607,70 @@ async fn a_client_recovers_every_event_on_another_gateway_after_a_sigkill() {
     })
     .await;
 
-    // Back on B with, for each room, the last position it saw. The user room first: the
-    // connection is in it from the welcome on, so its live events may arrive before the
-    // reply to the recovering subscribe. Every such event is among the recovered ones
-    // (published before the position was read); a client drops them, as this one does.
-    let mut on_b = connect(&cluster.ws(&gw_b), &token("c1", Role::Customer)).await;
+    // Back on B with, for each room, the last position it saw: the user room in the handshake
+    // (the documented way: the connection is in it from the welcome on), the order room with a
+    // subscribe. The missed events follow the welcome / the reply, before any live one.
+    let user_last = seen[&user_room].last().unwrap().0;
+    let since = format!(
+        "{}:{user_last}",
+        positions[&user_room]["epoch"].as_str().unwrap()
+    );
+    let mut on_b = connect(
+        &format!("{}?since={since}", cluster.ws(&gw_b)),
+        &token("c1", Role::Customer),
+    )
+    .await;
+    assert_eq!(on_b.welcome["recovered"], true, "{}", on_b.welcome);
+    let user_head = on_b.welcome["positions"][&user_room]["offset"]
+        .as_u64()
+        .unwrap();
     let mut recovered = 0;
-    let mut dropped_early = 0;
-    for (i, room) in rooms.iter().enumerate() {
-        let last = seen[room].last().unwrap().0;
-        let id = 1000 + i;
-        let since = json!({"epoch": positions[room]["epoch"], "offset": last});
-        on_b.send(json!({"op":"subscribe","room":room,"since":since,"id":id}))
-            .await;
-        let mut before_reply = Vec::new();
-        let reply = loop {
-            let frame = on_b.recv().await;
-            if frame["id"] == id {
-                break frame;
-            }
-            if frame["type"] == "event" && frame["room"] == room.as_str() {
-                before_reply.push(frame["offset"].as_u64().unwrap());
-            } else {
-                record(&mut seen, &frame);
-            }
-        };
-        assert_eq!(reply["type"], "ok", "{reply}");
-        assert_eq!(reply["recovered"], true, "{reply}");
-        let head = reply["position"]["offset"].as_u64().unwrap();
-        assert!(
-            before_reply.iter().all(|o| *o > last && *o <= head),
-            "{room}: live events before the reply ({before_reply:?}) are all recovered (after {last}, up to {head})"
+    let mut heads = vec![(user_room.clone(), user_last, user_head)];
+    let order_last = seen[&order_room].last().unwrap().0;
+    let since = json!({"epoch": positions[&order_room]["epoch"], "offset": order_last});
+    // Recovered user-room events first; the order room's reply comes after them.
+    for offset in user_last + 1..=user_head {
+        let frame = on_b.recv().await;
+        assert_eq!(
+            frame["room"],
+            user_room.as_str(),
+            "recovered events first: {frame}"
         );
-        dropped_early += before_reply.len();
-        // The missed events follow the reply at once, before any live one.
-        for offset in last + 1..=head {
-            let frame = on_b.recv().await;
-            assert_eq!(
-                frame["room"],
-                room.as_str(),
-                "recovered events first: {frame}"
-            );
-            assert_eq!(frame["offset"].as_u64(), Some(offset), "{frame}");
-            record(&mut seen, &frame);
-            recovered += 1;
+        assert_eq!(frame["offset"].as_u64(), Some(offset), "{frame}");
+        record(&mut seen, &frame);
+        recovered += 1;
+    }
+    on_b.send(json!({"op":"subscribe","room":order_room,"since":since,"id":1000}))
+        .await;
+    let reply = loop {
+        let frame = on_b.recv().await;
+        if frame["id"] == 1000 {
+            break frame;
         }
+        // Live user-room events, after the recovered ones: never a repeat.
+        record(&mut seen, &frame);
+    };
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let order_head = reply["position"]["offset"].as_u64().unwrap();
+    heads.push((order_room.clone(), order_last, order_head));
+    for offset in order_last + 1..=order_head {
+        let frame = on_b.recv().await;
+        assert_eq!(
+            frame["room"],
+            order_room.as_str(),
+            "recovered events first: {frame}"
+        );
+        assert_eq!(frame["offset"].as_u64(), Some(offset), "{frame}");
+        record(&mut seen, &frame);
+        recovered += 1;
     }
     assert!(
         recovered > 0,
         "nothing was missed: the test did not exercise recovery"
     );
     eprintln!(
-        "killed after {killed_at} of {EVENTS} published; recovered {recovered} on B; \
-         {dropped_early} live user-room events came before the recovery reply"
+        "killed after {killed_at} of {EVENTS} published; recovered {recovered} on B: {heads:?}"
     );
 
     // Live events keep coming on B until the publisher is done.

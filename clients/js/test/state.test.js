@@ -113,13 +113,51 @@ test("a gap frame resubscribes with since; a recovered reply is followed by the 
   sock().recv({ type: "gap", room: "order:1" });
   const req = sock().last();
   assert.deepEqual(req.since, { epoch: "e1", offset: 3 });
-  sock().event("order:1", 5); // while recovering: dropped, it comes again in the recovery
+  sock().event("order:1", 4); // written before the server read the resubscribe: applied, never sent again
   sock().recv({ type: "ok", id: req.id, op: "subscribe", room: "order:1", position: { epoch: "e1", offset: 5 }, recovered: true });
-  sock().event("order:1", 4);
-  sock().event("order:1", 5);
+  sock().event("order:1", 5); // recovered
+  sock().event("order:1", 5); // a duplicate (defence in depth)
   sock().event("order:1", 6);
   assert.deepEqual(got, [3, 4, 5, 6]);
   assert.deepEqual(log.filter(([n]) => ["gap", "recovered", "resync"].includes(n)).map(([n]) => n), ["gap", "recovered"]);
+  c.close();
+});
+
+test("an event naming a new epoch is applied though its offset is lower; the position follows it", async () => {
+  const { c, sock } = setup();
+  const connected = c.connect();
+  await until(() => FakeSocket.all.length === 1, "a socket");
+  sock().welcome(100);
+  await connected;
+  const got = [];
+  c.on("event", (e) => got.push(e.offset));
+  sock().recv({ type: "gap", room: "user:u1" });
+  sock().recv({ type: "event", epoch: "e2", room: "user:u1", event: "t.x", offset: 1, data: {} });
+  sock().event("user:u1", 2);
+  sock().event("user:u1", 2);
+  assert.deepEqual(got, [1, 2]);
+  assert.deepEqual(c.position("user:u1"), { epoch: "e2", offset: 2 });
+  c.close();
+});
+
+test("a reconnect asks for the user room's recovery in the URL; the welcome answers", async () => {
+  const { c, log, sock } = setup();
+  const connected = c.connect();
+  await until(() => FakeSocket.all.length === 1, "a socket");
+  assert.equal(sock().url, "ws://fake/ws");
+  sock().welcome(3);
+  await connected;
+  sock().drop(1006);
+  await until(() => FakeSocket.all.length === 2, "a reconnect");
+  assert.equal(sock().url, "ws://fake/ws?since=e1%3A3");
+  sock().readyState = 1;
+  sock().emit("open", {});
+  sock().recv({ type: "welcome", conn: "x", sub: "u1", role: "customer", rooms: ["user:u1"], positions: { "user:u1": { epoch: "e1", offset: 5 } }, recovered: true });
+  sock().event("user:u1", 4);
+  sock().event("user:u1", 5);
+  assert.deepEqual(sock().sent, [], "no resubscribe of the user room");
+  assert.deepEqual(log.filter(([n]) => n === "recovered").map(([, p]) => p), [{ room: "user:u1", position: { epoch: "e1", offset: 5 } }]);
+  assert.deepEqual(c.position("user:u1"), { epoch: "e1", offset: 5 });
   c.close();
 });
 
