@@ -269,12 +269,7 @@ async fn clients_survive_a_redis_restart() {
         "{body}"
     );
     cluster.start_redis();
-    for gw in cluster.gateways.iter().chain(&cluster.apis) {
-        eventually("process ready again", async || {
-            cluster.readyz(gw).await == 200
-        })
-        .await;
-    }
+    cluster.wait_ready().await;
     eventually("both gateways re-subscribed", async || {
         cluster.numsub(&room) == 2
     })
@@ -352,12 +347,7 @@ async fn recovery_on_another_gateway_and_a_new_epoch_after_redis_restarts() {
     // and a client coming back is told to resync rather than given wrong offsets.
     cluster.stop_redis();
     cluster.start_redis();
-    for p in cluster.gateways.iter().chain(&cluster.apis) {
-        eventually("ready after the restart", async || {
-            cluster.readyz(p).await == 200
-        })
-        .await;
-    }
+    cluster.wait_ready().await;
     let mut again = connect(&cluster.ws(&gw_a), &token("c1", Role::Customer)).await;
     let reply = again
         .request(json!({"op":"subscribe","room":room,"since":last}))
@@ -400,12 +390,7 @@ async fn after_a_redis_restart_a_reading_subscriber_gets_every_event_of_the_new_
 
     cluster.stop_redis();
     cluster.start_redis();
-    for p in cluster.gateways.iter().chain(&cluster.apis) {
-        eventually("ready after the restart", async || {
-            cluster.readyz(p).await == 200
-        })
-        .await;
-    }
+    cluster.wait_ready().await;
     eventually("the gateway subscribed again", async || {
         cluster.numsub(&room) == 1 && cluster.numsub("user:c1") == 1
     })
@@ -509,6 +494,24 @@ fn record(seen: &mut std::collections::HashMap<String, Seen>, frame: &Value) {
         frame["event"].as_str().unwrap().to_owned(),
         frame["data"]["seq"].as_u64(),
     ));
+}
+
+/// Reads the recovered events of `room` after `last` up to `head`, which come first; returns
+/// how many.
+async fn expect_recovered(
+    client: &mut Client,
+    seen: &mut std::collections::HashMap<String, Seen>,
+    room: &str,
+    last: u64,
+    head: u64,
+) -> u64 {
+    for offset in last + 1..=head {
+        let frame = client.recv().await;
+        assert_eq!(frame["room"], room, "recovered events first: {frame}");
+        assert_eq!(frame["offset"].as_u64(), Some(offset), "{frame}");
+        record(seen, &frame);
+    }
+    head - last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,17 +632,7 @@ async fn a_client_recovers_every_event_on_another_gateway_after_a_sigkill() {
     let order_last = seen[&order_room].last().unwrap().0;
     let since = json!({"epoch": positions[&order_room]["epoch"], "offset": order_last});
     // Recovered user-room events first; the order room's reply comes after them.
-    for offset in user_last + 1..=user_head {
-        let frame = on_b.recv().await;
-        assert_eq!(
-            frame["room"],
-            user_room.as_str(),
-            "recovered events first: {frame}"
-        );
-        assert_eq!(frame["offset"].as_u64(), Some(offset), "{frame}");
-        record(&mut seen, &frame);
-        recovered += 1;
-    }
+    recovered += expect_recovered(&mut on_b, &mut seen, &user_room, user_last, user_head).await;
     on_b.send(json!({"op":"subscribe","room":order_room,"since":since,"id":1000}))
         .await;
     let reply = loop {
@@ -654,17 +647,7 @@ async fn a_client_recovers_every_event_on_another_gateway_after_a_sigkill() {
     assert_eq!(reply["recovered"], true, "{reply}");
     let order_head = reply["position"]["offset"].as_u64().unwrap();
     heads.push((order_room.clone(), order_last, order_head));
-    for offset in order_last + 1..=order_head {
-        let frame = on_b.recv().await;
-        assert_eq!(
-            frame["room"],
-            order_room.as_str(),
-            "recovered events first: {frame}"
-        );
-        assert_eq!(frame["offset"].as_u64(), Some(offset), "{frame}");
-        record(&mut seen, &frame);
-        recovered += 1;
-    }
+    recovered += expect_recovered(&mut on_b, &mut seen, &order_room, order_last, order_head).await;
     assert!(
         recovered > 0,
         "nothing was missed: the test did not exercise recovery"

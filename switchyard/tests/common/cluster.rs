@@ -168,6 +168,16 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Waits until every gateway and API process answers `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        for process in self.gateways.iter().chain(&self.apis) {
+            super::eventually("every process ready", async || {
+                self.readyz(process).await == 200
+            })
+            .await;
+        }
+    }
+
     /// `POST /api/orders/{order}/status` as admin through `base`.
     pub async fn set_status(
         &self,
