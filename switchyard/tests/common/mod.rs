@@ -227,17 +227,6 @@ pub fn sample_value(metrics: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Polls `check` every 50 ms until it holds; panics after 10 s naming `what`.
-pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 pub fn token(sub: &str, role: Role) -> String {
     Issuer::new(SECRET.as_bytes(), None, None).issue(sub, role, 3600)
 }
