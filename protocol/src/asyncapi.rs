@@ -74,6 +74,17 @@ fn room_of(kinds: &[&str]) -> Value {
     json!({ "type": "string", "pattern": format!("^({})$", alternatives.join("|")) })
 }
 
+/// The `epoch` an event carries when it is the first the connection gets of its room in an
+/// epoch it had not heard of (protocol/README.md, "A new epoch on a live connection").
+fn event_epoch() -> Value {
+    json!({
+        "type": "string",
+        "description": "Present only on the first event of the room in a new epoch (its offsets \
+            started again): the room's position is then `{epoch, offset}`; events without it \
+            count in the epoch the connection last heard of for the room.",
+    })
+}
+
 /// A built-in event's frame, in `rooms`.
 fn event_frame<E: BuiltinEvent + ToSchema>(rooms: &[&str]) -> Value {
     let latest = if E::LATEST_VALUE {
@@ -90,7 +101,8 @@ fn event_frame<E: BuiltinEvent + ToSchema>(rooms: &[&str]) -> Value {
         json!({
             "room": room_of(rooms),
             "event": { "const": E::NAME },
-            "offset": { "type": "integer", "minimum": 1, "description": "+1 per event published to the room." },
+            "offset": { "type": "integer", "minimum": 1, "description": "+1 per event published to the room, within its epoch." },
+            "epoch": event_epoch(),
             "data": schema_ref(&E::name()),
         }),
     )
@@ -316,6 +328,7 @@ pub fn document() -> Value {
                 "room": schema_ref("Room"),
                 "event": { "type": "string", "pattern": "^(?!order\\.|revenue\\.|partner\\.)[a-z][a-z0-9_.-]{0,63}$" },
                 "offset": { "type": "integer", "minimum": 1 },
+                "epoch": event_epoch(),
                 "data": { "type": "object" },
             })),
     });
