@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use std::hint::black_box;
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey};
 use switchyard_gateway::hub::Hub;
-use switchyard_gateway::outbound::{Event, Outbound};
+use switchyard_gateway::outbound::Event;
 use switchyard_protocol::server::encode_event;
 use switchyard_protocol::{ClientMessage, Role, Room};
 
@@ -62,7 +62,7 @@ fn fan_out(c: &mut Criterion) {
     let hub = Hub::new();
     let mut mailboxes = Vec::with_capacity(MEMBERS);
     for conn in 0..MEMBERS as u64 {
-        let (out, mailbox) = Outbound::new(conn, "u".into(), 1 << 20);
+        let (out, mailbox) = hub.outbound(conn, "u".into(), 1 << 20);
         hub.join("order:1", &out);
         mailboxes.push(mailbox);
     }

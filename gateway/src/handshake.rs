@@ -8,7 +8,6 @@
 //! [`admit`] (the checks) and [`limits`] (tungstenite's limits) are shared with the
 //! test-only `/conformance/echo` route, so conformance runs see the real handshake.
 
-use crate::outbound::Outbound;
 use crate::session::Session;
 use crate::{GatewayConfig, Shared, SlotGuard};
 use axum::Json;
@@ -197,7 +196,9 @@ pub(crate) async fn upgrade(
         }
     };
     let config = &shared.config;
-    let (out, mailbox) = Outbound::new(conn, slot.sub.clone(), config.outbound_queue_bytes);
+    let (out, mailbox) = shared
+        .hub
+        .outbound(conn, slot.sub.clone(), config.outbound_queue_bytes);
     let session = Box::new(Session::new(
         conn_id,
         principal,

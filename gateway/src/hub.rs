@@ -61,6 +61,17 @@ impl Hub {
         Hub::default()
     }
 
+    /// A new connection's handle and mailbox, bounded to `limit_bytes`, its bytes counted in
+    /// `switchyard_outbound_queue_bytes` by the mailbox itself.
+    pub fn outbound(
+        &self,
+        conn: u64,
+        sub: Arc<str>,
+        limit_bytes: usize,
+    ) -> (Outbound, Arc<crate::outbound::Mailbox>) {
+        Outbound::new(conn, sub, limit_bytes, self.metrics.queue_bytes.clone())
+    }
+
     /// Adds a member; returns false if it was already there.
     pub fn join(&self, room: &str, member: &Outbound) -> bool {
         let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(|| {
@@ -113,17 +124,13 @@ impl Hub {
             return 0;
         };
         let event = Arc::new(event);
-        let (mut accepted, mut conflated, mut bytes) = (0u64, 0u64, 0isize);
+        let (mut accepted, mut conflated) = (0u64, 0u64);
         for member in members.iter() {
             match member.push(Outgoing::Event(event.clone())) {
-                Pushed::Queued { delta } => {
-                    accepted += 1;
-                    bytes += delta;
-                }
-                Pushed::Conflated { delta } => {
+                Pushed::Queued => accepted += 1,
+                Pushed::Conflated => {
                     accepted += 1;
                     conflated += 1;
-                    bytes += delta;
                 }
                 Pushed::Overflow => {
                     self.metrics.slow_consumer_closes.increment(1);
@@ -132,7 +139,6 @@ impl Hub {
             }
         }
         self.metrics.delivered.increment(accepted);
-        self.metrics.queue_bytes.increment(bytes as f64);
         if conflated > 0 {
             self.metrics.conflated.increment(conflated);
         }
@@ -272,8 +278,8 @@ mod tests {
     #[test]
     fn join_fan_out_leave() {
         let hub = Hub::new();
-        let (a, ma) = Outbound::new(1, "a".into(), 1024);
-        let (b, mb) = Outbound::new(2, "b".into(), 1024);
+        let (a, ma) = hub.outbound(1, "a".into(), 1024);
+        let (b, mb) = hub.outbound(2, "b".into(), 1024);
         assert!(hub.join("order:1", &a));
         assert!(!hub.join("order:1", &a));
         assert!(hub.join("order:1", &b));
@@ -299,8 +305,8 @@ mod tests {
     async fn a_full_mailbox_kicks_only_that_member() {
         let hub = Hub::new();
         let cost = crate::outbound::ITEM_OVERHEAD + 1;
-        let (slow, ms) = Outbound::new(1, "s".into(), 2 * cost);
-        let (fast, mf) = Outbound::new(2, "f".into(), 64 * cost);
+        let (slow, ms) = hub.outbound(1, "s".into(), 2 * cost);
+        let (fast, mf) = hub.outbound(2, "f".into(), 64 * cost);
         hub.join("r", &slow);
         hub.join("r", &fast);
         for offset in 1..=3 {

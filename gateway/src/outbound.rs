@@ -95,11 +95,9 @@ impl Outgoing {
 /// What became of a pushed item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// Queued; the queue's byte count changed by `delta` (negative when a conflated event
-    /// replaced a bigger one).
-    Queued { delta: isize },
-    /// Replaced an older event of the same room (latest-value); counted in `delta` too.
-    Conflated { delta: isize },
+    Queued,
+    /// Replaced an older event of the same room (latest-value).
+    Conflated,
     /// Did not fit: the connection was kicked as a slow consumer.
     Overflow,
     /// The connection is closing; nothing more is queued.
@@ -108,18 +106,45 @@ pub enum Pushed {
 
 impl Pushed {
     pub fn accepted(self) -> bool {
-        matches!(self, Pushed::Queued { .. } | Pushed::Conflated { .. })
+        matches!(self, Pushed::Queued | Pushed::Conflated)
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queue {
     items: VecDeque<Outgoing>,
-    bytes: usize,
+    bytes: Charge,
     /// Latest-value events among `items`: a push only looks for one to replace when some
     /// are queued, so a backlog of ordered events is never scanned.
     latest_only: usize,
     closed: bool,
+}
+
+/// The bytes one mailbox is charged, and the process-wide gauge of every mailbox's bytes
+/// (`switchyard_outbound_queue_bytes`): each change to one is made to the other, here and
+/// nowhere else — whatever is queued (events, gaps, revokes, closes) and however it leaves
+/// (written, conflated away, dropped with an overflowing or closing mailbox).
+#[derive(Debug)]
+struct Charge {
+    bytes: usize,
+    gauge: metrics::Gauge,
+}
+
+impl Charge {
+    fn add(&mut self, n: usize) {
+        self.bytes += n;
+        self.gauge.increment(n as f64);
+    }
+
+    fn sub(&mut self, n: usize) {
+        self.bytes -= n;
+        self.gauge.decrement(n as f64);
+    }
+
+    fn clear(&mut self) {
+        let n = std::mem::take(&mut self.bytes);
+        self.gauge.decrement(n as f64);
+    }
 }
 
 fn is_latest_only(item: &Outgoing) -> bool {
@@ -158,12 +183,12 @@ impl Mailbox {
             && let Some(old) = queue.items.remove(i)
         {
             freed = old.cost();
-            queue.bytes -= freed;
+            queue.bytes.sub(freed);
             queue.latest_only -= 1;
         }
-        if queue.bytes + cost > self.limit {
+        if queue.bytes.bytes + cost > self.limit {
             queue.items = VecDeque::new();
-            queue.bytes = 0;
+            queue.bytes.clear();
             queue.latest_only = 0;
             queue.closed = true;
             drop(queue);
@@ -173,22 +198,21 @@ impl Mailbox {
         let was_empty = queue.items.is_empty();
         queue.latest_only += usize::from(is_latest_only(&item));
         queue.items.push_back(item);
-        queue.bytes += cost;
+        queue.bytes.add(cost);
         drop(queue);
         if was_empty {
             self.ready.notify_one();
         }
-        let delta = cost as isize - freed as isize;
         if freed > 0 {
-            Pushed::Conflated { delta }
+            Pushed::Conflated
         } else {
-            Pushed::Queued { delta }
+            Pushed::Queued
         }
     }
 
-    /// Moves up to `max` queued items into `batch`; returns the bytes they were charged.
-    /// When more remain, the session is woken again so it comes back for them.
-    pub fn take(&self, batch: &mut Vec<Outgoing>, max: usize) -> usize {
+    /// Moves up to `max` queued items into `batch`. When more remain, the session is woken
+    /// again so it comes back for them.
+    pub fn take(&self, batch: &mut Vec<Outgoing>, max: usize) {
         let mut queue = self.lock();
         let n = queue.items.len().min(max);
         let mut bytes = 0;
@@ -198,7 +222,7 @@ impl Mailbox {
             latest_only += usize::from(is_latest_only(&item));
             batch.push(item);
         }
-        queue.bytes -= bytes;
+        queue.bytes.sub(bytes);
         queue.latest_only -= latest_only;
         let more = !queue.items.is_empty();
         if queue.items.is_empty() && queue.items.capacity() > 64 {
@@ -209,7 +233,6 @@ impl Mailbox {
         if more {
             self.ready.notify_one();
         }
-        bytes
     }
 
     /// Completes when something may have been queued since the last [`Mailbox::take`], or the
@@ -219,12 +242,12 @@ impl Mailbox {
     }
 
     /// The session is ending: refuse further items and free what is queued.
-    pub fn close(&self) -> usize {
+    pub fn close(&self) {
         let mut queue = self.lock();
         queue.closed = true;
         queue.items = VecDeque::new();
         queue.latest_only = 0;
-        std::mem::take(&mut queue.bytes)
+        queue.bytes.clear();
     }
 
     /// Tells the session to close with `code`; the first reason wins.
@@ -248,7 +271,7 @@ impl Mailbox {
 
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        self.lock().bytes.bytes
     }
 }
 
@@ -263,9 +286,23 @@ pub struct Outbound {
 
 impl Outbound {
     /// A connection's handle and its mailbox, bounded to `limit_bytes` queued bytes.
-    pub fn new(conn: u64, sub: Arc<str>, limit_bytes: usize) -> (Outbound, Arc<Mailbox>) {
+    /// `queue_bytes` is the gauge every mailbox's bytes are added to.
+    pub fn new(
+        conn: u64,
+        sub: Arc<str>,
+        limit_bytes: usize,
+        queue_bytes: metrics::Gauge,
+    ) -> (Outbound, Arc<Mailbox>) {
         let mailbox = Arc::new(Mailbox {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: Charge {
+                    bytes: 0,
+                    gauge: queue_bytes,
+                },
+                latest_only: 0,
+                closed: false,
+            }),
             ready: Notify::new(),
             kicked: AtomicU16::new(0),
             limit: limit_bytes.max(ITEM_OVERHEAD),
@@ -307,6 +344,57 @@ mod tests {
         )))
     }
 
+    fn outbound(limit: usize) -> (Outbound, Arc<Mailbox>) {
+        Outbound::new(1, "u".into(), limit, metrics::Gauge::noop())
+    }
+
+    /// A gauge that keeps its value, to read back what a mailbox added and removed.
+    #[derive(Default)]
+    struct Sum(Mutex<f64>);
+
+    impl metrics::GaugeFn for Sum {
+        fn increment(&self, value: f64) {
+            *self.0.lock().unwrap() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.0.lock().unwrap() -= value;
+        }
+        fn set(&self, value: f64) {
+            *self.0.lock().unwrap() = value;
+        }
+    }
+
+    #[test]
+    fn the_gauge_follows_every_item_in_and_out_however_it_leaves() {
+        let sum = Arc::new(Sum::default());
+        let gauge = || metrics::Gauge::from_arc(sum.clone());
+        let value = || *sum.0.lock().unwrap();
+        let (out, mailbox) = Outbound::new(1, "u".into(), 1 << 20, gauge());
+        out.push(event("order:1", 1, false, 100));
+        out.push(event("order:1", 2, true, 100));
+        out.push(event("order:1", 3, true, 10)); // conflates the one before
+        out.push(Outgoing::Gap {
+            room: "order:1".into(),
+        });
+        out.push(Outgoing::Revoke {
+            room: "order:1".into(),
+            reason: "r".into(),
+        });
+        out.push(Outgoing::Close { code: 4501 });
+        assert_eq!(value(), mailbox.queued_bytes() as f64);
+        let mut batch = Vec::new();
+        mailbox.take(&mut batch, 2);
+        assert_eq!(value(), mailbox.queued_bytes() as f64);
+        mailbox.close();
+        assert_eq!(value(), 0.0, "closed: nothing left anywhere");
+        // An overflow frees its queue too.
+        let (out, _mailbox) = Outbound::new(2, "u".into(), 2 * (ITEM_OVERHEAD + 100), gauge());
+        for offset in 1..=3 {
+            out.push(event("order:1", offset, false, 100));
+        }
+        assert_eq!(value(), 0.0, "overflowed: nothing left anywhere");
+    }
+
     fn offsets(batch: &[Outgoing]) -> Vec<(String, u64)> {
         batch
             .iter()
@@ -319,16 +407,16 @@ mod tests {
 
     #[test]
     fn latest_value_events_replace_their_older_self_and_keep_offsets_increasing() {
-        let (out, mailbox) = Outbound::new(1, "u".into(), 1 << 20);
+        let (out, mailbox) = outbound(1 << 20);
         assert!(matches!(
             out.push(event("order:1", 1, true, 10)),
-            Pushed::Queued { .. }
+            Pushed::Queued
         ));
         out.push(event("order:1", 2, false, 10));
         out.push(event("order:2", 3, true, 10));
         assert!(matches!(
             out.push(event("order:1", 4, true, 10)),
-            Pushed::Conflated { delta: 0 }
+            Pushed::Conflated
         ));
         let mut batch = Vec::new();
         mailbox.take(&mut batch, 100);
@@ -342,7 +430,7 @@ mod tests {
     #[test]
     fn an_ordered_event_that_does_not_fit_kicks_and_frees_the_queue() {
         let limit = 4 * (ITEM_OVERHEAD + 100);
-        let (out, mailbox) = Outbound::new(1, "u".into(), limit);
+        let (out, mailbox) = outbound(limit);
         for offset in 1..=4 {
             assert!(out.push(event("order:1", offset, false, 100)).accepted());
         }
@@ -358,7 +446,7 @@ mod tests {
 
     #[test]
     fn latest_value_events_alone_never_overflow_a_room() {
-        let (out, mailbox) = Outbound::new(1, "u".into(), 2 * (ITEM_OVERHEAD + 100));
+        let (out, mailbox) = outbound(2 * (ITEM_OVERHEAD + 100));
         for offset in 1..=10_000 {
             assert!(out.push(event("order:1", offset, true, 100)).accepted());
         }
@@ -369,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn take_wakes_again_while_items_remain() {
-        let (out, mailbox) = Outbound::new(1, "u".into(), 1 << 20);
+        let (out, mailbox) = outbound(1 << 20);
         for offset in 1..=5 {
             out.push(event("r", offset, false, 1));
         }

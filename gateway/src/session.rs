@@ -141,8 +141,7 @@ impl Session {
     ) {
         let started = Instant::now();
         let exit = self.serve(&mut sink, &mut stream, &mailbox).await;
-        let unsent = mailbox.close();
-        self.shared.hub.metrics.queue_bytes.decrement(unsent as f64);
+        mailbox.close();
         let (code, reason) = match exit {
             Exit::Close(code, reason) => {
                 let frame = CloseFrame {
@@ -320,11 +319,10 @@ impl Session {
     /// Writes what is queued, up to [`MAX_BATCH`] frames, then flushes once.
     async fn write_batch(&mut self, sink: &mut Sink, mailbox: &Mailbox) -> Option<Exit> {
         let mut batch = Vec::new();
-        let bytes = mailbox.take(&mut batch, MAX_BATCH);
+        mailbox.take(&mut batch, MAX_BATCH);
         if batch.is_empty() {
             return None;
         }
-        self.shared.hub.metrics.queue_bytes.decrement(bytes as f64);
         let mut close_with = None;
         // Fan-out latency is sampled once per batch: its oldest event's wait, from the bus to
         // the flush.

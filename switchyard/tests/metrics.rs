@@ -161,6 +161,43 @@ async fn outbox_gauges_follow_the_backlog_and_the_lease() {
     store.close().await;
 }
 
+/// Issue #19 §10: whatever is queued for a connection — events, and the close a revocation
+/// sends — is added to `switchyard_outbound_queue_bytes` when queued and taken off when it
+/// leaves, so after 100 revoked connections the gauge reads 0 again (each revoke used to take
+/// 64 bytes off for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_queue_gauge_is_back_at_zero_after_100_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--listen", "127.0.0.1:0"],
+        &[("JWT_SECRET", SECRET)],
+    );
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        clients.push(connect(&server.ws_url(), &token(&format!("u{i}"), Role::Customer)).await);
+    }
+    for i in 0..100 {
+        let (status, body) = server
+            .call("POST", &format!("/api/users/u{i}/revoke"), &admin(), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for client in &mut clients {
+        let frame = client.closed().await.expect("a close frame");
+        assert_eq!(u16::from(frame.code), switchyard_protocol::close::REVOKED);
+    }
+    let metrics = eventually_scrape(&server.url(""), |m| {
+        sample(m, "switchyard_connections") == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        sample(&metrics, "switchyard_outbound_queue_bytes"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
 /// Scrapes until `pred` holds (or fails after WAIT).
 async fn eventually_scrape(base: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
