@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
-use switchyard_protocol::{Role, room::is_valid_id};
+use switchyard_protocol::{Role, UserId};
 
 /// The claims Switchyard reads. `sub`, `role` and `exp` are required.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,7 +41,8 @@ pub struct Claims {
 /// Who a verified token says the caller is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub sub: String,
+    /// Validated: it always names the user's room.
+    pub sub: UserId,
     pub role: Role,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
@@ -266,9 +267,7 @@ impl Verifier {
             .as_deref()
             .ok_or_else(|| AuthError::MissingClaim("role".into()))?;
         let role = Role::from_str(role).map_err(|_| AuthError::BadClaim("role".into()))?;
-        if !is_valid_id(&sub) {
-            return Err(AuthError::BadClaim("sub".into()));
-        }
+        let sub = UserId::parse(&sub).map_err(|_| AuthError::BadClaim("sub".into()))?;
         Ok(Principal {
             sub,
             role,

@@ -7,10 +7,10 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::value::RawValue;
 use std::hint::black_box;
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey};
-use switchyard_gateway::hub::Hub;
+use switchyard_gateway::hub::{Hub, Limits};
 use switchyard_gateway::outbound::Event;
 use switchyard_protocol::server::encode_event;
-use switchyard_protocol::{ClientMessage, Role, Room};
+use switchyard_protocol::{ClientMessage, Role, Room, UserId};
 
 const STATUS: &str = r#"{"order_id":"42","status":"out_for_delivery","previous":"packed","by":"admin","updated_at":1795334318585}"#;
 
@@ -59,12 +59,17 @@ fn fan_out(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let hub = Hub::new();
-    let mut mailboxes = Vec::with_capacity(MEMBERS);
+    let hub = std::sync::Arc::new(Hub::new());
+    let limits = Limits {
+        per_gateway: MEMBERS,
+        per_user: 1,
+    };
+    let mut connections = Vec::with_capacity(MEMBERS);
     for conn in 0..MEMBERS as u64 {
-        let (out, mailbox) = hub.outbound(conn, "u".into(), 1 << 20);
-        hub.join("order:1", &out);
-        mailboxes.push(mailbox);
+        let user = UserId::parse(&format!("u{conn}")).unwrap();
+        let connected = hub.connect(conn, &user, 1 << 20, limits).unwrap();
+        hub.join("order:1", &connected.out);
+        connections.push(connected);
     }
     let data = RawValue::from_string(STATUS.to_owned()).unwrap();
     let frame = Utf8Bytes::from(encode_event("order:1", "order.status", 1, &data));
@@ -76,8 +81,8 @@ fn fan_out(c: &mut Criterion) {
             || {
                 // Empty every mailbox so each iteration measures delivery, not overflow.
                 let mut batch = Vec::new();
-                for mailbox in &mailboxes {
-                    mailbox.take(&mut batch, usize::MAX);
+                for connected in &connections {
+                    connected.mailbox.take(&mut batch, usize::MAX);
                     batch.clear();
                 }
                 frame.clone()

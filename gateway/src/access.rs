@@ -17,9 +17,8 @@ use crate::backend::{Backend, BackendError, Read};
 use crate::locations::{Locations, newest};
 use serde_json::value::RawValue;
 use switchyard_auth::Principal;
-use switchyard_protocol::order::parse_order_id;
 use switchyard_protocol::room::RoomKind;
-use switchyard_protocol::{ErrorCode, Order, Role, Room};
+use switchyard_protocol::{ErrorCode, Order, OrderId, Role, Room};
 
 /// A refused or failed op: the error code and message for the reply.
 #[derive(Debug, Clone)]
@@ -54,14 +53,17 @@ const NOT_YOURS: &str = "not allowed to join this room";
 pub async fn may_join(backend: &dyn Backend, who: &Principal, room: &Room) -> Result<(), Refusal> {
     let allowed = match room.kind() {
         RoomKind::AdminRevenue => who.role == Role::Admin,
-        RoomKind::User => who.role == Role::Admin || room.id() == who.sub,
-        RoomKind::Order => match who.role {
-            Role::Admin => true,
-            Role::Customer => order(backend, room.id(), Read::Cached)
+        RoomKind::User => who.role == Role::Admin || who.sub == room.id(),
+        // A non-canonical id names no order: refused like someone else's.
+        RoomKind::Order => match (who.role, OrderId::parse(room.id())) {
+            (Role::Admin, _) => true,
+            (_, None) => false,
+            (Role::Customer, Some(id)) => backend
+                .order(id.get(), Read::Cached)
                 .await?
                 .is_some_and(|o| o.customer == who.sub),
-            Role::Partner => carries(backend, who, room.id()).await?,
-            Role::Service => false,
+            (Role::Partner, Some(id)) => carries(backend, who, id).await?,
+            (Role::Service, _) => false,
         },
     };
     if allowed {
@@ -73,31 +75,15 @@ pub async fn may_join(backend: &dyn Backend, who: &Principal, room: &Room) -> Re
 
 /// Whether `who` is the partner currently assigned to order `order_id` (the location op's
 /// check, and a partner's order-room check).
-pub async fn carries(
-    backend: &dyn Backend,
-    who: &Principal,
-    order_id: &str,
-) -> Result<bool, Refusal> {
+pub async fn carries(backend: &dyn Backend, who: &Principal, id: OrderId) -> Result<bool, Refusal> {
     let names_them = |o: &Option<Order>| {
         o.as_ref()
             .is_some_and(|o| o.partner.as_deref() == Some(who.sub.as_str()))
     };
-    if names_them(&order(backend, order_id, Read::Cached).await?) {
+    if names_them(&backend.order(id.get(), Read::Cached).await?) {
         return Ok(true);
     }
-    Ok(names_them(&order(backend, order_id, Read::Fresh).await?))
-}
-
-/// The order behind an `order:` room id; `None` for an unknown order or a non-canonical id.
-async fn order(
-    backend: &dyn Backend,
-    order_id: &str,
-    read: Read,
-) -> Result<Option<Order>, Refusal> {
-    match parse_order_id(order_id) {
-        Some(id) => Ok(backend.order(id, read).await?),
-        None => Ok(None),
-    }
+    Ok(names_them(&backend.order(id.get(), Read::Fresh).await?))
 }
 
 /// A room's current state: the order (with its newest position) for `order:`, the revenue
@@ -110,7 +96,7 @@ pub async fn snapshot(
 ) -> Result<Box<RawValue>, Refusal> {
     let json = match room.kind() {
         RoomKind::User => None,
-        RoomKind::Order => match parse_order_id(room.id()) {
+        RoomKind::Order => match OrderId::parse(room.id()).map(OrderId::get) {
             Some(id) => {
                 let mut order = backend.order(id, Read::Cached).await?;
                 if let Some(order) = order.as_mut() {

@@ -11,13 +11,13 @@ use crate::handshake::{self, Admitted};
 use crate::{Shared, session};
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use futures_util::SinkExt;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_protocol::close;
+use switchyard_protocol::close::Disconnect;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn echo(
@@ -44,15 +44,15 @@ pub(crate) async fn echo(
 
 /// Echoes until the peer closes, a read fails, or the server shuts down.
 async fn run(mut socket: WebSocket, shutdown: CancellationToken, write_timeout: Duration) {
-    let (code, reason) = loop {
+    let why = loop {
         let inbound = tokio::select! {
             inbound = socket.recv() => inbound,
-            _ = shutdown.cancelled() => break (close::SHUTDOWN, close::reason(close::SHUTDOWN)),
+            _ = shutdown.cancelled() => break Disconnect::SHUTDOWN,
         };
         let reply = match inbound {
             None => return,
             Some(Err(err)) => match session::close_for(err) {
-                Some(close) => break close,
+                Some(why) => break why,
                 None => return,
             },
             Some(Ok(Message::Close(_))) => {
@@ -68,9 +68,5 @@ async fn run(mut socket: WebSocket, shutdown: CancellationToken, write_timeout: 
             _ => return,
         }
     };
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    let _ = tokio::time::timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(write_timeout, socket.send(session::close_message(why))).await;
 }

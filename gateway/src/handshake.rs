@@ -8,6 +8,7 @@
 //! [`admit`] (the checks) and [`limits`] (tungstenite's limits) are shared with the
 //! test-only `/conformance/echo` route, so conformance runs see the real handshake.
 
+use crate::outbound::{Mailbox, Outbound};
 use crate::session::Session;
 use crate::{GatewayConfig, Shared, SlotGuard};
 use axum::Json;
@@ -68,13 +69,15 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     }
 }
 
-/// What a route gets from [`admit`]: who connected, the upgrade, and their held slot.
+/// What a route gets from [`admit`]: who connected, the upgrade, their held slot, and the
+/// connection's handle and mailbox in the hub.
 pub(crate) struct Admitted {
     pub principal: Principal,
     pub ws: WebSocketUpgrade,
     pub slot: SlotGuard,
-    /// The connection's number in this process, and its id (`{node}-{number}`).
-    pub conn: u64,
+    pub out: Outbound,
+    pub mailbox: Arc<Mailbox>,
+    /// The connection's id (`{node}-{number in this process}`).
     pub conn_id: Arc<str>,
 }
 
@@ -138,13 +141,15 @@ pub(crate) async fn admit(
             .increment(1);
         refuse(status, ErrorCode::LimitExceeded, reason)
     };
-    let mut slot = SlotGuard::acquire(shared, principal.sub.as_str().into()).map_err(limited)?;
+    let (mut slot, out, mailbox) =
+        SlotGuard::acquire(shared, conn, &principal.sub).map_err(limited)?;
     slot.claim(&conn_id).await.map_err(limited)?;
     Ok(Admitted {
         principal,
         ws,
         slot,
-        conn,
+        out,
+        mailbox,
         conn_id,
     })
 }
@@ -179,7 +184,8 @@ pub(crate) async fn upgrade(
         principal,
         ws,
         slot,
-        conn,
+        out,
+        mailbox,
         conn_id,
     } = match admit(&shared, &headers, &uri, ws).await {
         Ok(admitted) => admitted,
@@ -196,9 +202,6 @@ pub(crate) async fn upgrade(
         }
     };
     let config = &shared.config;
-    let (out, mailbox) = shared
-        .hub
-        .outbound(conn, slot.sub.clone(), config.outbound_queue_bytes);
     let session = Box::new(Session::new(
         conn_id,
         principal,

@@ -1,4 +1,10 @@
-//! The local registry of rooms and their members on one gateway.
+//! The local registry of one gateway: its connections by user, and its rooms and their
+//! members.
+//!
+//! Connections are indexed by user (Centrifuge's hub keeps connection shards by user beside
+//! its subscription shards): the per-user and per-gateway connection limits are counted there,
+//! and a revocation or the drain reaches each connection exactly once, whichever rooms it
+//! joined — an admin in other users' `user:` rooms included.
 //!
 //! Each room maps to an immutable, shared member list (`Arc<[Outbound]>`). Joining or
 //! leaving builds a new list under the map's shard lock; delivering clones the `Arc`
@@ -8,16 +14,22 @@
 //! A publication's frame is turned into one `Utf8Bytes` and every member gets a clone
 //! of the same bytes: encoded once, never per recipient.
 
-use crate::outbound::{Event, Outbound, Outgoing, Pushed};
+use crate::outbound::{Event, Mailbox, Outbound, Outgoing, Pushed};
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard_broker::{Control, Deliver, Publication};
-use switchyard_protocol::events;
+use switchyard_protocol::close::Disconnect;
 use switchyard_protocol::server::frame_event_name;
+use switchyard_protocol::{UserId, events};
 
 pub struct Hub {
     rooms: DashMap<String, Arc<[Outbound]>>,
+    /// Every local connection, by user (a user has at most `max_connections_per_user`).
+    users: DashMap<Arc<str>, Vec<Outbound>>,
+    /// Local connections, all users.
+    connections: AtomicUsize,
     /// Handles on the delivery-path metrics, registered once: no registry lookup per event.
     pub(crate) metrics: DeliveryMetrics,
 }
@@ -36,6 +48,8 @@ impl Default for Hub {
     fn default() -> Hub {
         Hub {
             rooms: DashMap::new(),
+            users: DashMap::new(),
+            connections: AtomicUsize::new(0),
             metrics: DeliveryMetrics {
                 delivered: metrics::counter!("switchyard_events_delivered_total"),
                 conflated: metrics::counter!("switchyard_events_conflated_total"),
@@ -52,6 +66,7 @@ impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("rooms", &self.rooms.len())
+            .field("users", &self.users.len())
             .finish()
     }
 }
@@ -61,15 +76,66 @@ impl Hub {
         Hub::default()
     }
 
-    /// A new connection's handle and mailbox, bounded to `limit_bytes`, its bytes counted in
-    /// `switchyard_outbound_queue_bytes` by the mailbox itself.
-    pub fn outbound(
-        &self,
+    /// Registers connection `conn` of user `sub` — unless this gateway already has
+    /// `limits.per_gateway` connections, or the user `limits.per_user` here — and returns its
+    /// handle, its mailbox (bounded to `limit_bytes`, its bytes counted in
+    /// `switchyard_outbound_queue_bytes` by the mailbox itself) and its registration, which
+    /// unregisters it when dropped.
+    pub fn connect(
+        self: &Arc<Self>,
         conn: u64,
-        sub: Arc<str>,
+        sub: &UserId,
         limit_bytes: usize,
-    ) -> (Outbound, Arc<crate::outbound::Mailbox>) {
-        Outbound::new(conn, sub, limit_bytes, self.metrics.queue_bytes.clone())
+        limits: Limits,
+    ) -> Result<Connected, Full> {
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= limits.per_gateway {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::Gateway);
+        }
+        let (out, mailbox) = Outbound::new(
+            conn,
+            sub.as_arc().clone(),
+            limit_bytes,
+            self.metrics.queue_bytes.clone(),
+        );
+        let mut user = self.users.entry(sub.as_arc().clone()).or_default();
+        if user.len() >= limits.per_user {
+            let empty = user.is_empty();
+            drop(user);
+            if empty {
+                self.users.remove_if(sub.as_str(), |_, c| c.is_empty());
+            }
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(Full::User);
+        }
+        user.push(out.clone());
+        drop(user);
+        metrics::gauge!("switchyard_connections").increment(1.0);
+        metrics::counter!("switchyard_connections_opened_total").increment(1);
+        Ok(Connected {
+            registration: Registration {
+                hub: self.clone(),
+                sub: sub.as_arc().clone(),
+                conn,
+            },
+            out,
+            mailbox,
+        })
+    }
+
+    /// Connections on this gateway.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    fn disconnect(&self, sub: &str, conn: u64) {
+        let removed = self.users.remove_if_mut(sub, |_, connections| {
+            connections.retain(|c| c.conn != conn);
+            connections.is_empty()
+        });
+        drop(removed);
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("switchyard_connections").decrement(1.0);
     }
 
     /// Adds a member; returns false if it was already there.
@@ -169,35 +235,66 @@ impl Hub {
     }
 }
 
+/// The connection limits [`Hub::connect`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_gateway: usize,
+    pub per_user: usize,
+}
+
+/// Why [`Hub::connect`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    Gateway,
+    User,
+}
+
+/// A registered connection: its handle (for rooms), its mailbox (for its session), and the
+/// registration that keeps it in the hub's index.
+pub struct Connected {
+    pub registration: Registration,
+    pub out: Outbound,
+    pub mailbox: Arc<Mailbox>,
+}
+
+/// A connection's place in the hub's index by user; dropping it frees the place (and the
+/// connection's share of the limits).
+pub struct Registration {
+    hub: Arc<Hub>,
+    sub: Arc<str>,
+    conn: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.disconnect(&self.sub, self.conn);
+    }
+}
+
 impl Hub {
-    /// Kicks every local connection with `code` (the drain: each closes at its moment).
-    /// Every connection is in its own `user:` room, so walking those reaches each one.
-    pub fn kick_all(&self, code: u16) -> usize {
+    /// Kicks every local connection, once each, with `why` (the drain: each closes at its
+    /// moment). Returns how many.
+    pub fn kick_all(&self, why: Disconnect) -> usize {
         let mut kicked = 0;
-        for entry in self.rooms.iter().filter(|e| e.key().starts_with("user:")) {
-            for member in entry.value().iter() {
-                member.kick(code);
+        for user in self.users.iter() {
+            for connection in user.value() {
+                connection.kick(why);
                 kicked += 1;
             }
         }
         kicked
     }
 
-    /// Closes every local connection of user `sub` with `code`. Every connection is in its
-    /// own `user:{sub}` room, so that room's members are exactly the user's connections.
-    pub fn close_user(&self, sub: &str, code: u16) -> usize {
-        let Some(members) = self
-            .rooms
-            .get(&format!("user:{sub}"))
-            .map(|m| Arc::clone(&m))
-        else {
+    /// Closes every local connection of user `sub` with `why`, ahead of anything queued for
+    /// them (a kick, not a queued item, so a full queue cannot turn it into something else).
+    pub fn close_user(&self, sub: &str, why: Disconnect) -> usize {
+        let Some(connections) = self.users.get(sub).map(|c| c.clone()) else {
             return 0;
         };
-        members
-            .iter()
-            .filter(|m| &*m.sub == sub)
-            .filter(|m| m.push(Outgoing::Close { code }).accepted())
-            .count()
+        for connection in &connections {
+            connection.kick(why);
+        }
+        connections.len()
     }
 }
 
@@ -245,7 +342,7 @@ impl Deliver for Hub {
                 }
             }
             Control::RevokeUser { sub, .. } => {
-                let closed = self.close_user(sub, switchyard_protocol::close::REVOKED);
+                let closed = self.close_user(sub, Disconnect::REVOKED);
                 if closed > 0 {
                     tracing::info!(%sub, closed, "user's connections revoked");
                 }
@@ -259,6 +356,11 @@ impl Deliver for Hub {
 mod tests {
     use super::*;
 
+    const ROOMY: Limits = Limits {
+        per_gateway: 100,
+        per_user: 16,
+    };
+
     fn event(room: &str, offset: u64) -> Event {
         Event::new(
             room,
@@ -269,6 +371,11 @@ mod tests {
         )
     }
 
+    fn connect(hub: &Arc<Hub>, conn: u64, sub: &str, limit_bytes: usize) -> Connected {
+        hub.connect(conn, &UserId::parse(sub).unwrap(), limit_bytes, ROOMY)
+            .unwrap()
+    }
+
     fn next_event(mailbox: &crate::outbound::Mailbox) -> Option<Outgoing> {
         let mut batch = Vec::new();
         mailbox.take(&mut batch, 1);
@@ -277,21 +384,20 @@ mod tests {
 
     #[test]
     fn join_fan_out_leave() {
-        let hub = Hub::new();
-        let (a, ma) = hub.outbound(1, "a".into(), 1024);
-        let (b, mb) = hub.outbound(2, "b".into(), 1024);
-        assert!(hub.join("order:1", &a));
-        assert!(!hub.join("order:1", &a));
-        assert!(hub.join("order:1", &b));
+        let hub = Arc::new(Hub::new());
+        let (a, b) = (connect(&hub, 1, "a", 1024), connect(&hub, 2, "b", 1024));
+        assert!(hub.join("order:1", &a.out));
+        assert!(!hub.join("order:1", &a.out));
+        assert!(hub.join("order:1", &b.out));
         assert_eq!(hub.fan_out(event("order:1", 1)), 2);
-        for mailbox in [&ma, &mb] {
+        for mailbox in [&a.mailbox, &b.mailbox] {
             assert!(
                 matches!(next_event(mailbox), Some(Outgoing::Event(e)) if e.frame.as_str() == "x" && e.offset == 1)
             );
         }
         assert_eq!(hub.revoke("order:1", "b", "reassigned"), 1);
         assert!(
-            matches!(next_event(&mb), Some(Outgoing::Revoke { room, .. }) if &*room == "order:1")
+            matches!(next_event(&b.mailbox), Some(Outgoing::Revoke { room, .. }) if &*room == "order:1")
         );
         assert!(hub.leave("order:1", 1));
         assert!(!hub.leave("order:1", 1));
@@ -303,12 +409,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_mailbox_kicks_only_that_member() {
-        let hub = Hub::new();
+        let hub = Arc::new(Hub::new());
         let cost = crate::outbound::ITEM_OVERHEAD + 1;
-        let (slow, ms) = hub.outbound(1, "s".into(), 2 * cost);
-        let (fast, mf) = hub.outbound(2, "f".into(), 64 * cost);
-        hub.join("r", &slow);
-        hub.join("r", &fast);
+        let slow = connect(&hub, 1, "s", 2 * cost);
+        let fast = connect(&hub, 2, "f", 64 * cost);
+        hub.join("r", &slow.out);
+        hub.join("r", &fast.out);
         for offset in 1..=3 {
             hub.fan_out(Event::new(
                 "r",
@@ -318,10 +424,76 @@ mod tests {
                 false,
             ));
         }
-        ms.ready().await;
-        assert_eq!(ms.kicked(), Some(switchyard_protocol::close::SLOW_CONSUMER));
+        slow.mailbox.ready().await;
+        assert_eq!(slow.mailbox.kicked(), Some(Disconnect::SLOW));
         let mut batch = Vec::new();
-        mf.take(&mut batch, 10);
+        fast.mailbox.take(&mut batch, 10);
         assert_eq!(batch.len(), 3);
+    }
+
+    /// Issue #20 §1: the drain counted an admin once per customer `user:` room it had joined.
+    #[test]
+    fn kick_all_reaches_each_connection_once() {
+        let hub = Arc::new(Hub::new());
+        let admin = connect(&hub, 1, "admin", 1024);
+        let customers: Vec<Connected> = (0..3)
+            .map(|i| connect(&hub, 2 + i, &format!("c{i}"), 1024))
+            .collect();
+        for (i, c) in customers.iter().enumerate() {
+            let room = format!("user:c{i}");
+            hub.join(&room, &c.out);
+            hub.join(&room, &admin.out);
+        }
+        hub.join("user:admin", &admin.out);
+        assert_eq!(hub.kick_all(Disconnect::SHUTDOWN), 4);
+        assert_eq!(admin.mailbox.kicked(), Some(Disconnect::SHUTDOWN));
+    }
+
+    /// Issue #20 §1: a revoke travelled as a queued item, so a user whose queue was full was
+    /// closed as a slow consumer (4003, reconnect) instead of revoked (4501, do not).
+    #[test]
+    fn a_revoke_wins_over_a_full_queue() {
+        let hub = Arc::new(Hub::new());
+        let cost = crate::outbound::ITEM_OVERHEAD + 1;
+        let c1 = connect(&hub, 1, "c1", 2 * cost);
+        let other = connect(&hub, 2, "c2", 2 * cost);
+        hub.join("user:c1", &c1.out);
+        for offset in 1..=2 {
+            hub.fan_out(event("user:c1", offset));
+        }
+        assert_eq!(c1.mailbox.queued_bytes(), 2 * cost, "full");
+        assert_eq!(hub.close_user("c1", Disconnect::REVOKED), 1);
+        assert_eq!(c1.mailbox.kicked(), Some(Disconnect::REVOKED));
+        // Already overflowed (kicked as slow): the revoke still wins.
+        hub.fan_out(event("user:c1", 3));
+        let c1b = connect(&hub, 3, "c1", 2 * cost);
+        hub.join("user:c1", &c1b.out);
+        for offset in 4..=6 {
+            hub.fan_out(event("user:c1", offset));
+        }
+        assert_eq!(c1b.mailbox.kicked(), Some(Disconnect::SLOW));
+        assert_eq!(hub.close_user("c1", Disconnect::REVOKED), 2);
+        assert_eq!(c1b.mailbox.kicked(), Some(Disconnect::REVOKED));
+        assert_eq!(other.mailbox.kicked(), None);
+    }
+
+    #[test]
+    fn limits_are_counted_per_user_and_per_gateway_and_freed_on_drop() {
+        let hub = Arc::new(Hub::new());
+        let limits = Limits {
+            per_gateway: 3,
+            per_user: 2,
+        };
+        let u = UserId::parse("u").unwrap();
+        let v = UserId::parse("v").unwrap();
+        let a = hub.connect(1, &u, 1024, limits).unwrap();
+        let _b = hub.connect(2, &u, 1024, limits).unwrap();
+        assert_eq!(hub.connect(3, &u, 1024, limits).err(), Some(Full::User));
+        let _c = hub.connect(4, &v, 1024, limits).unwrap();
+        assert_eq!(hub.connect(5, &v, 1024, limits).err(), Some(Full::Gateway));
+        assert_eq!(hub.connections(), 3);
+        drop(a);
+        assert_eq!(hub.connections(), 2);
+        assert!(hub.connect(6, &u, 1024, limits).is_ok());
     }
 }

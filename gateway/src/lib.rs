@@ -6,8 +6,10 @@
 //! - `session`: one connection's loop (ops, outbound queue, heartbeat, expiry, shutdown).
 //! - `cursor`: what a connection's client has of each room's stream (offsets, epochs), so
 //!   nothing goes out twice or out of order.
-//! - [`hub`]: local rooms → members; fans one encoded frame out to every member.
-//! - [`outbound`]: a connection's bounded outbound queue and its slow-consumer kick.
+//! - [`hub`]: local connections by user (the connection limits, revocation, the drain) and
+//!   rooms → members; fans one encoded frame out to every member.
+//! - [`outbound`]: a connection's bounded outbound queue, and its kick: the one way a
+//!   connection is told to close (a [`Disconnect`](switchyard_protocol::close::Disconnect)).
 //! - `access`: who may join which room; subscribe snapshots.
 //! - [`backend`]: the one seam to the application — orders, revenue, positions — which the
 //!   binary fills in (in-process in the embedded mode, Redis and the API's `/internal` routes in
@@ -40,12 +42,14 @@ pub use config::GatewayConfig;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use dashmap::DashMap;
+use outbound::{Mailbox, Outbound};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use switchyard_auth::Verifier;
 use switchyard_broker::Broker;
+use switchyard_protocol::UserId;
+use switchyard_protocol::close::Disconnect;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -61,52 +65,60 @@ pub(crate) struct Shared {
     /// Prefix of connection ids, unique per process.
     node: String,
     next_conn: AtomicU64,
-    connections: AtomicUsize,
-    per_user: DashMap<Arc<str>, usize>,
     /// Partners' newest positions, handed to the backend behind.
     locations: Arc<locations::Locations>,
 }
 
-/// A held connection slot: counted against the gateway and the user until dropped.
+/// A held connection slot: the connection's registration in the hub (counted against the
+/// gateway's and the user's limits there) and its claim in the cluster-wide per-user count,
+/// both given back when dropped.
 pub(crate) struct SlotGuard {
     shared: Arc<Shared>,
-    /// The user, shared with the session's other handles on it (one allocation).
-    pub(crate) sub: Arc<str>,
+    _registration: hub::Registration,
+    sub: UserId,
     /// Set once the cluster-wide claim was taken (released on drop).
     claimed: Option<Arc<str>>,
 }
 
 impl SlotGuard {
+    /// Registers connection `conn` of `sub` in the hub; its handle and mailbox come with it.
     fn acquire(
         shared: &Arc<Shared>,
-        sub: Arc<str>,
-    ) -> Result<SlotGuard, (StatusCode, &'static str)> {
-        let total = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
-        if total > shared.config.max_connections {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err((
+        conn: u64,
+        sub: &UserId,
+    ) -> Result<(SlotGuard, Outbound, Arc<Mailbox>), (StatusCode, &'static str)> {
+        let config = &shared.config;
+        let limits = hub::Limits {
+            per_gateway: config.max_connections,
+            per_user: config.max_connections_per_user,
+        };
+        match shared
+            .hub
+            .connect(conn, sub, config.outbound_queue_bytes, limits)
+        {
+            Ok(hub::Connected {
+                registration,
+                out,
+                mailbox,
+            }) => Ok((
+                SlotGuard {
+                    shared: shared.clone(),
+                    _registration: registration,
+                    sub: sub.clone(),
+                    claimed: None,
+                },
+                out,
+                mailbox,
+            )),
+            Err(hub::Full::Gateway) => Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 "gateway is at its connection limit",
-            ));
-        }
-        let mut count = shared.per_user.entry(sub.clone()).or_insert(0);
-        if *count >= shared.config.max_connections_per_user {
-            drop(count);
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err((
+            )),
+            Err(hub::Full::User) => Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections for this user",
-            ));
+            )),
         }
-        *count += 1;
-        drop(count);
-        metrics::gauge!("switchyard_connections").increment(1.0);
-        metrics::counter!("switchyard_connections_opened_total").increment(1);
-        Ok(SlotGuard {
-            shared: shared.clone(),
-            sub,
-            claimed: None,
-        })
     }
 
     /// Counts connection `conn` against the user's limit across every gateway on the bus.
@@ -143,12 +155,6 @@ impl SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-        self.shared.per_user.remove_if_mut(&self.sub, |_, count| {
-            *count -= 1;
-            *count == 0
-        });
-        metrics::gauge!("switchyard_connections").decrement(1.0);
         if let Some(conn) = self.claimed.take() {
             let broker = self.shared.broker.clone();
             let sub = self.sub.clone();
@@ -180,7 +186,7 @@ impl Gateway {
         tokio::spawn(async move {
             let (hub, shutdown) = sweep;
             shutdown.cancelled().await;
-            let kicked = hub.kick_all(switchyard_protocol::close::SHUTDOWN);
+            let kicked = hub.kick_all(Disconnect::SHUTDOWN);
             tracing::info!(
                 kicked,
                 "draining: every connection closes within the spread"
@@ -204,8 +210,6 @@ impl Gateway {
                 tracker: TaskTracker::new(),
                 node: format!("{node:08x}"),
                 next_conn: AtomicU64::new(1),
-                connections: AtomicUsize::new(0),
-                per_user: DashMap::new(),
                 locations,
             }),
         }
@@ -222,7 +226,7 @@ impl Gateway {
 
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::Acquire)
+        self.shared.hub.connections()
     }
 
     /// Waits until every session has closed (after the shutdown token was cancelled),

@@ -23,8 +23,8 @@
 
 use axum::extract::ws::Utf8Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use switchyard_protocol::close::Disconnect;
 use tokio::sync::Notify;
 
 /// What one queued item is charged beyond its frame's bytes (queue slot, bookkeeping).
@@ -75,8 +75,6 @@ pub enum Outgoing {
     Gap { room: Arc<str> },
     /// Leave `room` and tell the client why (partner reassigned).
     Revoke { room: Arc<str>, reason: Arc<str> },
-    /// Close the connection with this code (e.g. the user's access was withdrawn).
-    Close { code: u16 },
 }
 
 impl Outgoing {
@@ -87,7 +85,6 @@ impl Outgoing {
                 Outgoing::Event(event) => event.frame.len(),
                 Outgoing::Gap { room } => room.len(),
                 Outgoing::Revoke { room, reason } => room.len() + reason.len(),
-                Outgoing::Close { .. } => 0,
             }
     }
 }
@@ -118,6 +115,8 @@ struct Queue {
     /// are queued, so a backlog of ordered events is never scanned.
     latest_only: usize,
     closed: bool,
+    /// Why the session must close, once told ([`Mailbox::kick`]).
+    kicked: Option<Disconnect>,
 }
 
 /// The bytes one mailbox is charged, and the process-wide gauge of every mailbox's bytes
@@ -157,8 +156,6 @@ fn is_latest_only(item: &Outgoing) -> bool {
 pub struct Mailbox {
     queue: Mutex<Queue>,
     ready: Notify,
-    /// Close code the session must close with (slow consumer); 0 while not kicked.
-    kicked: AtomicU16,
     limit: usize,
 }
 
@@ -192,7 +189,7 @@ impl Mailbox {
             queue.latest_only = 0;
             queue.closed = true;
             drop(queue);
-            self.kick(switchyard_protocol::close::SLOW_CONSUMER);
+            self.kick(Disconnect::SLOW);
             return Pushed::Overflow;
         }
         let was_empty = queue.items.is_empty();
@@ -250,23 +247,21 @@ impl Mailbox {
         queue.bytes.clear();
     }
 
-    /// Tells the session to close with `code`; the first reason wins.
-    pub fn kick(&self, code: u16) {
-        if self
-            .kicked
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+    /// Tells the session to close with `why`: the first reason stands unless a later one
+    /// outranks it ([`Disconnect::outranks`]: a revocation beats a slow consumer, anything beats
+    /// the drain's scheduled close). Never queued, so it cannot be lost to a full queue.
+    pub fn kick(&self, why: Disconnect) {
+        let mut queue = self.lock();
+        if queue.kicked.is_none_or(|current| why.outranks(current)) {
+            queue.kicked = Some(why);
+            drop(queue);
             self.ready.notify_one();
         }
     }
 
-    /// The close code the session was kicked with, if it was.
-    pub fn kicked(&self) -> Option<u16> {
-        match self.kicked.load(Ordering::Acquire) {
-            0 => None,
-            code => Some(code),
-        }
+    /// Why the session was told to close, if it was.
+    pub fn kicked(&self) -> Option<Disconnect> {
+        self.lock().kicked
     }
 
     /// Bytes queued now.
@@ -302,9 +297,9 @@ impl Outbound {
                 },
                 latest_only: 0,
                 closed: false,
+                kicked: None,
             }),
             ready: Notify::new(),
-            kicked: AtomicU16::new(0),
             limit: limit_bytes.max(ITEM_OVERHEAD),
         });
         (
@@ -317,9 +312,9 @@ impl Outbound {
         )
     }
 
-    /// Tells the session to close with `code` (the first reason wins).
-    pub fn kick(&self, code: u16) {
-        self.mailbox.kick(code);
+    /// Tells the session to close with `why` (see [`Mailbox::kick`]).
+    pub fn kick(&self, why: Disconnect) {
+        self.mailbox.kick(why);
     }
 
     /// Queues `item` without waiting; see the module docs for what happens when it does not
@@ -380,7 +375,6 @@ mod tests {
             room: "order:1".into(),
             reason: "r".into(),
         });
-        out.push(Outgoing::Close { code: 4501 });
         assert_eq!(value(), mailbox.queued_bytes() as f64);
         let mut batch = Vec::new();
         mailbox.take(&mut batch, 2);
@@ -438,10 +432,11 @@ mod tests {
         assert_eq!(out.push(event("order:1", 5, false, 100)), Pushed::Overflow);
         assert_eq!(mailbox.queued_bytes(), 0);
         assert_eq!(out.push(event("order:1", 6, false, 1)), Pushed::Closed);
-        assert_eq!(
-            mailbox.kicked(),
-            Some(switchyard_protocol::close::SLOW_CONSUMER)
-        );
+        assert_eq!(mailbox.kicked(), Some(Disconnect::SLOW));
+        mailbox.kick(Disconnect::SHUTDOWN);
+        assert_eq!(mailbox.kicked(), Some(Disconnect::SLOW), "outranked");
+        mailbox.kick(Disconnect::REVOKED);
+        assert_eq!(mailbox.kicked(), Some(Disconnect::REVOKED), "a revoke wins");
     }
 
     #[test]

@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use switchyard_auth::Principal;
 use switchyard_broker::{History, Publication};
 use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
+use switchyard_protocol::close::Disconnect;
 use switchyard_protocol::events::PartnerLocation;
-use switchyard_protocol::order::parse_order_id;
 use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::{
     self, ErrorReply, Gap, OkReply, Revoked, ServerMessage, Welcome,
 };
-use switchyard_protocol::{BuiltinEvent, ErrorCode, Location, Role, Room, close};
+use switchyard_protocol::{BuiltinEvent, ErrorCode, Location, OrderId, Role, Room};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// How long a partner's verified assignment is trusted by its location ops.
@@ -49,8 +49,8 @@ pub(crate) type Stream = SplitStream<WebSocket>;
 
 /// How a session ended.
 enum Exit {
-    /// Close the socket with this code and reason.
-    Close(u16, &'static str),
+    /// Close the socket, saying why.
+    Close(Disconnect),
     /// The peer is gone (closed, reset, or unwritable); nothing more to send.
     Gone(&'static str),
 }
@@ -90,11 +90,9 @@ pub(crate) struct Session {
     /// a flood beyond the burst closes the connection (4500).
     pings: TokenBucket,
     locations: TokenBucket,
-    /// Set by an op that ends the connection (a `refresh` for another user).
-    closing: Option<u16>,
     /// The order this partner was last found to carry, and when: location ops for it skip
     /// the backend for [`CARRYING_TTL`] (a reassignment is noticed within that).
-    carrying: Option<(Box<str>, Instant)>,
+    carrying: Option<(OrderId, Instant)>,
     /// The handshake's `since` for the user room: recovered in the welcome.
     user_since: Option<StreamPosition>,
     /// Held for the connection's life: its slot in the connection limits, and its place in
@@ -122,7 +120,6 @@ impl Session {
             who,
             out,
             rooms: Vec::new(),
-            closing: None,
             user_since,
             carrying: None,
             _slot: slot,
@@ -140,20 +137,23 @@ impl Session {
         mailbox: Arc<Mailbox>,
     ) {
         let started = Instant::now();
-        let exit = self.serve(&mut sink, &mut stream, &mailbox).await;
+        let exit = match (
+            self.serve(&mut sink, &mut stream, &mailbox).await,
+            mailbox.kicked(),
+        ) {
+            // A kick that outranks how the loop ended (a revoke over a slow write) wins.
+            (Exit::Close(why), Some(kick)) if kick.outranks(why) => Exit::Close(kick),
+            (exit, _) => exit,
+        };
         mailbox.close();
         let (code, reason) = match exit {
-            Exit::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
+            Exit::Close(why) => {
                 let _ = tokio::time::timeout(
                     self.shared.config.write_timeout,
-                    sink.send(Message::Close(Some(frame))),
+                    sink.send(close_message(why)),
                 )
                 .await;
-                (code, reason)
+                (why.code, why.reason)
             }
             Exit::Gone(reason) => (0, reason),
         };
@@ -179,13 +179,10 @@ impl Session {
     /// Joins the user room, reads its position (recovering from the handshake's `since`),
     /// and sends the welcome and any recovered events.
     async fn welcome(&mut self, sink: &mut Sink) -> Option<Exit> {
-        let own_room = match Room::user(&self.who.sub) {
-            Ok(room) => room,
-            Err(_) => return Some(Exit::Close(close::POLICY_VIOLATION, "invalid sub")),
-        };
+        let own_room = Room::of_user(&self.who.sub);
         if let Err(refusal) = self.join(own_room.clone()).await {
             tracing::warn!(conn = %self.conn_id, message = %refusal.message, "could not join own room");
-            return Some(Exit::Close(close::INTERNAL, "could not join user room"));
+            return Some(Exit::Close(Disconnect::BUS_UNAVAILABLE));
         }
         // Joined first, then the position (and with `since` the missed events): events after
         // it are queued, earlier ones covered — so a recovery in the welcome has no duplicate.
@@ -194,7 +191,7 @@ impl Session {
             Ok(history) => history,
             Err(err) => {
                 tracing::warn!(conn = %self.conn_id, %err, "could not read the user room's position");
-                return Some(Exit::Close(close::INTERNAL, "bus unavailable"));
+                return Some(Exit::Close(Disconnect::BUS_UNAVAILABLE));
             }
         };
         let position = history.position.clone();
@@ -242,19 +239,20 @@ impl Session {
                 _ = &mut deadline => {
                     return match close_at {
                         Some(at) if tokio::time::Instant::now() >= at => {
-                            Exit::Close(close::SHUTDOWN, close::reason(close::SHUTDOWN))
+                            Exit::Close(Disconnect::SHUTDOWN)
                         }
-                        _ => Exit::Close(close::TOKEN_EXPIRED, close::reason(close::TOKEN_EXPIRED)),
+                        _ => Exit::Close(Disconnect::TOKEN_EXPIRED),
                     };
                 }
                 _ = mailbox.ready() => {
                     match mailbox.kicked() {
-                        Some(close::SHUTDOWN) if close_at.is_none() => {
+                        // The drain: close at this connection's moment of the spread.
+                        Some(Disconnect::SHUTDOWN) if close_at.is_none() => {
                             close_at = Some(self.drain_moment());
                             deadline.as_mut().reset(earliest(exp, close_at));
                         }
-                        Some(close::SHUTDOWN) | None => {}
-                        Some(code) => return Exit::Close(code, close::reason(code)),
+                        Some(Disconnect::SHUTDOWN) | None => {}
+                        Some(why) => return Exit::Close(why),
                     }
                     if let Some(exit) = Box::pin(self.write_batch(sink, mailbox)).await {
                         return exit;
@@ -282,7 +280,7 @@ impl Session {
                         Message::Binary(_) => error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
                         Message::Ping(_) | Message::Pong(_) => {
                             if !self.pings.try_take() {
-                                return Exit::Close(close::POLICY_VIOLATION, "too many pings");
+                                return Exit::Close(Disconnect::PING_FLOOD);
                             }
                             continue;
                         }
@@ -295,9 +293,6 @@ impl Session {
                     if let Some(exit) = Box::pin(self.send(sink, reply)).await {
                         return exit;
                     }
-                    if let Some(code) = self.closing {
-                        return Exit::Close(code, close::reason(code));
-                    }
                     if self.who.exp != exp {
                         exp = self.who.exp;
                         deadline.as_mut().reset(earliest(exp, close_at));
@@ -305,7 +300,7 @@ impl Session {
                 }
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > config.idle_timeout {
-                        return Exit::Close(close::IDLE_TIMEOUT, "idle timeout");
+                        return Exit::Close(Disconnect::IDLE);
                     }
                     self.renew_claim();
                     if let Some(exit) = Box::pin(self.write(sink, Message::Ping(Default::default()))).await {
@@ -323,7 +318,6 @@ impl Session {
         if batch.is_empty() {
             return None;
         }
-        let mut close_with = None;
         // Fan-out latency is sampled once per batch: its oldest event's wait, from the bus to
         // the flush.
         let mut oldest = None;
@@ -343,10 +337,6 @@ impl Session {
                         });
                         Message::Text(gap.encode().into())
                     }),
-                    Outgoing::Close { code, .. } => {
-                        close_with = Some(code);
-                        break;
-                    }
                 };
                 if let Some(frame) = frame {
                     sink.feed(frame).await?;
@@ -363,9 +353,9 @@ impl Session {
                 .record(oldest.elapsed().as_secs_f64());
         }
         match result {
-            Ok(Ok(())) => close_with.map(|code| Exit::Close(code, close::reason(code))),
+            Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
-            Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+            Err(_) => Some(Exit::Close(Disconnect::SLOW)),
         }
     }
 
@@ -449,7 +439,7 @@ impl Session {
         match tokio::time::timeout(self.shared.config.write_timeout, write).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
-            Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+            Err(_) => Some(Exit::Close(Disconnect::SLOW)),
         }
     }
 
@@ -457,7 +447,7 @@ impl Session {
     async fn revoked(&mut self, room: &str, reason: &str) -> Option<Message> {
         let room = self.forget(room)?;
         self.leave(&room).await;
-        if matches!(&self.carrying, Some((id, _)) if room.kind() == RoomKind::Order && &**id == room.id())
+        if matches!(self.carrying, Some((id, _)) if room.kind() == RoomKind::Order && OrderId::parse(room.id()) == Some(id))
         {
             // Reassigned away: location ops for it go back to the backend's check.
             self.carrying = None;
@@ -478,7 +468,7 @@ impl Session {
         match tokio::time::timeout(self.shared.config.write_timeout, sink.send(message)).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
-            Err(_) => Some(Exit::Close(close::SLOW_CONSUMER, "slow consumer")),
+            Err(_) => Some(Exit::Close(Disconnect::SLOW)),
         }
     }
 
@@ -643,8 +633,8 @@ impl Session {
     }
 
     /// Whether this partner was found to carry `order_id` within [`CARRYING_TTL`].
-    fn carries(&self, order_id: &str) -> bool {
-        matches!(&self.carrying, Some((id, at)) if &**id == order_id && at.elapsed() < CARRYING_TTL)
+    fn carries(&self, order: OrderId) -> bool {
+        matches!(self.carrying, Some((id, at)) if id == order && at.elapsed() < CARRYING_TTL)
     }
 
     /// This connection's moment to close, once the gateway drains: spread over the window.
@@ -661,7 +651,8 @@ impl Session {
     }
 
     /// Accepts a fresh token for the same user and role: the connection now ends at its
-    /// `exp` instead. A token for anyone else ends the connection (4500).
+    /// `exp` instead. A token for anyone else ends the connection (4500): the refusal is
+    /// answered, then the connection's own mailbox is kicked.
     fn refresh(&mut self, token: &str) -> Result<Reply, Refusal> {
         let fresh = self
             .shared
@@ -669,7 +660,7 @@ impl Session {
             .verify_unrevoked(token, |sub| self.shared.broker.revoked_at(sub))
             .map_err(|err| Refusal::new(ErrorCode::Forbidden, format!("token rejected: {err}")))?;
         if fresh.sub != self.who.sub || fresh.role != self.who.role {
-            self.closing = Some(close::POLICY_VIOLATION);
+            self.out.kick(Disconnect::REFRESH_MISMATCH);
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "a refresh token must name the same user and role",
@@ -696,24 +687,16 @@ impl Session {
                 ),
             ));
         }
-        if !self.carries(order_id) {
+        let not_yours = || Refusal::new(ErrorCode::Forbidden, "this order is not assigned to you");
+        // Parsed once: a non-canonical id names no order.
+        let id = OrderId::parse(order_id).ok_or_else(not_yours)?;
+        if !self.carries(id) {
             // Not known to be ours in the last few seconds: ask the backend.
-            let carries =
-                access::carries(self.shared.backend.as_ref(), &self.who, order_id).await?;
-            if !carries {
-                return Err(Refusal::new(
-                    ErrorCode::Forbidden,
-                    "this order is not assigned to you",
-                ));
+            if !access::carries(self.shared.backend.as_ref(), &self.who, id).await? {
+                return Err(not_yours());
             }
-            self.carrying = Some((order_id.into(), Instant::now()));
+            self.carrying = Some((id, Instant::now()));
         }
-        let Some(id) = parse_order_id(order_id) else {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "this order is not assigned to you",
-            ));
-        };
         let location = Location {
             lat: fix.lat,
             lng: fix.lng,
@@ -722,14 +705,13 @@ impl Session {
             ts: fix.ts,
             received_at: now_ms(),
         };
-        self.shared.locations.record(id, location);
+        self.shared.locations.record(id.get(), location);
         let event = PartnerLocation {
-            order_id: order_id.to_owned(),
-            partner: self.who.sub.clone(),
+            order_id: id.to_string(),
+            partner: self.who.sub.to_string(),
             location,
         };
-        let room = Room::order(order_id)
-            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let room = Room::of_order(id);
         let data = serde_json::value::to_raw_value(&event)
             .map_err(|_| Refusal::new(ErrorCode::Internal, "encoding failed"))?;
         self.shared
@@ -814,23 +796,31 @@ fn error_frame(id: Option<i64>, error: ErrorCode, message: &str) -> String {
 /// Maps a read error to how the session ends.
 fn classify(err: axum::Error) -> Exit {
     match close_for(err) {
-        Some((code, reason)) => Exit::Close(code, reason),
+        Some(why) => Exit::Close(why),
         None => Exit::Gone("read failed"),
     }
 }
 
+/// The close frame that says `why`.
+pub(crate) fn close_message(why: Disconnect) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: why.code,
+        reason: Utf8Bytes::from_static(why.reason),
+    }))
+}
+
 /// The close a read error calls for (shared with the conformance echo); `None` when the
 /// peer is simply gone.
-pub(crate) fn close_for(err: axum::Error) -> Option<(u16, &'static str)> {
+pub(crate) fn close_for(err: axum::Error) -> Option<Disconnect> {
     use tungstenite::error::{CapacityError, Error as WsError};
     let inner = err.into_inner();
     match inner.downcast_ref::<WsError>()? {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            Some((close::TOO_BIG, "message too big"))
+            Some(Disconnect::MESSAGE_TOO_BIG)
         }
-        WsError::Capacity(_) => Some((close::TOO_BIG, "frame too big")),
-        WsError::Utf8(_) => Some((close::INVALID_PAYLOAD, "invalid UTF-8")),
-        WsError::Protocol(_) => Some((close::PROTOCOL, "protocol error")),
+        WsError::Capacity(_) => Some(Disconnect::FRAME_TOO_BIG),
+        WsError::Utf8(_) => Some(Disconnect::INVALID_UTF8),
+        WsError::Protocol(_) => Some(Disconnect::PROTOCOL_ERROR),
         _ => None,
     }
 }

@@ -1,4 +1,5 @@
-//! WebSocket close codes the gateway uses, and what a client should do on each.
+//! Why the gateway closes a connection — one [`Disconnect`] (code and reason) per cause,
+//! modelled on centrifuge's `disconnect.go` — and the codes' meaning for a client.
 //!
 //! Switchyard's own codes follow one rule a client can apply without a table:
 //! **4000–4499: reconnect (with backoff) and recover** with `since`; **4500–4999: do not
@@ -19,6 +20,7 @@
 //! | 4500 | policy violation (a `refresh` for another user, a ping flood) | do not reconnect; fix the client or token |
 //! | 4501 | revoked: the user's access was withdrawn | do not reconnect with the same token |
 
+// The codes, as a client sees them (several disconnects may share one).
 pub const NORMAL: u16 = 1000;
 pub const PROTOCOL: u16 = 1002;
 pub const INVALID_PAYLOAD: u16 = 1007;
@@ -36,27 +38,89 @@ pub fn should_reconnect(code: u16) -> bool {
     matches!(code, 1001 | 1006 | 1011 | 1012 | 1013 | 4000..=4499)
 }
 
-/// The close frame's reason text for a Switchyard code.
-pub fn reason(code: u16) -> &'static str {
-    match code {
-        NORMAL => "bye",
-        PROTOCOL => "protocol error",
-        INVALID_PAYLOAD => "invalid UTF-8",
-        TOO_BIG => "message too big",
-        INTERNAL => "internal error",
-        SHUTDOWN => "server shutting down",
-        TOKEN_EXPIRED => "token expired",
-        IDLE_TIMEOUT => "idle timeout",
-        SLOW_CONSUMER => "slow consumer",
-        POLICY_VIOLATION => "policy violation",
-        REVOKED => "access revoked",
-        _ => "closed",
+/// Why the server closes a connection: the code a client acts on (see [`should_reconnect`])
+/// and a short reason for humans (logs, debugging; at most 123 bytes, a close frame's limit).
+/// Every close the gateway makes is one of the constants below — the one vocabulary shared by
+/// the session, its mailbox (a kick) and the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Disconnect {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Disconnect {
+    /// A WebSocket protocol error from the client (bad framing, an unmasked frame).
+    pub const PROTOCOL_ERROR: Disconnect = Disconnect::new(PROTOCOL, "protocol error");
+    /// A text frame that is not UTF-8.
+    pub const INVALID_UTF8: Disconnect = Disconnect::new(INVALID_PAYLOAD, "invalid UTF-8");
+    /// A message over the configured limit.
+    pub const MESSAGE_TOO_BIG: Disconnect = Disconnect::new(TOO_BIG, "message too big");
+    /// A frame over the configured limit.
+    pub const FRAME_TOO_BIG: Disconnect = Disconnect::new(TOO_BIG, "frame too big");
+    /// The bus could not place the connection in its own room or read its position.
+    pub const BUS_UNAVAILABLE: Disconnect = Disconnect::new(INTERNAL, "bus unavailable");
+    /// The server is draining: each connection closes at its own moment of the spread.
+    pub const SHUTDOWN: Disconnect = Disconnect::new(SHUTDOWN, "server shutting down");
+    /// The token's `exp` passed without a `refresh`.
+    pub const TOKEN_EXPIRED: Disconnect = Disconnect::new(TOKEN_EXPIRED, "token expired");
+    /// Nothing received (not even a pong) within the idle window.
+    pub const IDLE: Disconnect = Disconnect::new(IDLE_TIMEOUT, "idle timeout");
+    /// An ordered event did not fit the outbound queue, or a write blocked too long.
+    pub const SLOW: Disconnect = Disconnect::new(SLOW_CONSUMER, "slow consumer");
+    /// A `refresh` with a token for another user or role.
+    pub const REFRESH_MISMATCH: Disconnect =
+        Disconnect::new(POLICY_VIOLATION, "refresh for another user or role");
+    /// Pings (or pongs) beyond their budget.
+    pub const PING_FLOOD: Disconnect = Disconnect::new(POLICY_VIOLATION, "too many pings");
+    /// The user's access was withdrawn (`POST /api/users/{sub}/revoke`).
+    pub const REVOKED: Disconnect = Disconnect::new(REVOKED, "access revoked");
+
+    pub const fn new(code: u16, reason: &'static str) -> Disconnect {
+        Disconnect { code, reason }
+    }
+
+    /// Whether the client should reconnect (and recover) after this.
+    pub fn reconnect(self) -> bool {
+        should_reconnect(self.code)
+    }
+
+    /// Which of two pending disconnects a connection closes with: a final one (do not
+    /// reconnect) over one that reconnects, and one that closes now over the drain's, which
+    /// only schedules the close. So a revocation always wins — over a full queue, a slow
+    /// write or a drain in progress.
+    pub fn outranks(self, other: Disconnect) -> bool {
+        let rank = |d: Disconnect| match d {
+            d if !d.reconnect() => 2,
+            Disconnect::SHUTDOWN => 0,
+            _ => 1,
+        };
+        rank(self) > rank(other)
+    }
+}
+
+impl std::fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.code, self.reason)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_final_disconnect_outranks_the_others_and_the_drain_is_outranked_by_all() {
+        use Disconnect as D;
+        assert!(D::REVOKED.outranks(D::SLOW));
+        assert!(D::REVOKED.outranks(D::SHUTDOWN));
+        assert!(D::SLOW.outranks(D::SHUTDOWN));
+        assert!(!D::SLOW.outranks(D::REVOKED));
+        assert!(!D::SHUTDOWN.outranks(D::SLOW));
+        assert!(!D::SLOW.outranks(D::IDLE), "equals keep the first");
+        for d in [D::PROTOCOL_ERROR, D::REFRESH_MISMATCH, D::PING_FLOOD] {
+            assert!(d.reason.len() <= 123 && !d.reconnect(), "{d}");
+        }
+    }
 
     #[test]
     fn ranges_say_whether_to_reconnect() {

@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`room`]: room names (`user:{id}`, `order:{id}`, `admin:revenue`) and their grammar.
+//! - [`id`]: `UserId` and `OrderId`, validated once, each naming its room infallibly.
 //! - [`role`]: who a token says the caller is.
 //! - [`client`]: frames a client sends (`subscribe`, `unsubscribe`, `location`, `ping`,
 //!   `refresh`), decoded in one pass with errors that still carry the request id.
@@ -18,7 +19,8 @@
 //! - [`error`]: the one error shape (`{"error","message"}`) of REST, handshake and socket.
 //! - [`order`]: orders, their status machine, payments and revenue as they appear on the wire.
 //! - [`rest`]: the other REST bodies (pages, receipts, the publish API).
-//! - [`close`]: WebSocket close codes and what a client should do on each.
+//! - [`close`]: why a connection is closed ([`close::Disconnect`]: a code and a reason) and
+//!   what a client should do on each code.
 //! - `asyncapi` (feature `schema`): the protocol as an AsyncAPI 3.0 document
 //!   (`protocol/asyncapi.yaml`).
 
@@ -28,6 +30,7 @@ pub mod client;
 pub mod close;
 pub mod error;
 pub mod events;
+pub mod id;
 pub mod order;
 pub mod rest;
 pub mod role;
@@ -37,6 +40,7 @@ pub mod server;
 pub use client::{ClientMessage, ClientOp, DecodeError};
 pub use error::{ErrorBody, ErrorCode};
 pub use events::BuiltinEvent;
+pub use id::{OrderId, UserId};
 pub use order::{Item, Location, Order, OrderStatus, Payment, Revenue};
 pub use role::Role;
 pub use room::{Room, RoomError};

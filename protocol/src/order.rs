@@ -151,15 +151,9 @@ pub fn check_transition(
 
 /// Order ids are integers in the database, written canonically (`42`, never `042`): any
 /// other room id names no order, so one order has exactly one room name.
+/// ([`crate::OrderId::parse`], as the integer.)
 pub fn parse_order_id(id: &str) -> Option<i64> {
-    if id.is_empty()
-        || id.len() > 18
-        || !id.bytes().all(|b| b.is_ascii_digit())
-        || (id.len() > 1 && id.starts_with('0'))
-    {
-        return None;
-    }
-    id.parse().ok()
+    crate::OrderId::parse(id).map(crate::OrderId::get)
 }
 
 /// One line of an order.

@@ -46,7 +46,7 @@ pub fn is_valid_id(id: &str) -> bool {
     validate_id(id).is_ok()
 }
 
-fn validate_id(id: &str) -> Result<(), RoomError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), RoomError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(RoomError::BadLength);
     }
@@ -98,6 +98,11 @@ impl Room {
             name: format!("order:{id}"),
             kind: RoomKind::Order,
         })
+    }
+
+    /// A room from a name already known to be in the grammar (see [`crate::id`]).
+    pub(crate) fn from_parts(name: String, kind: RoomKind) -> Room {
+        Room { name, kind }
     }
 
     pub fn admin_revenue() -> Room {

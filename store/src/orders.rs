@@ -7,7 +7,7 @@ use crate::{Actor, Store, StoreError, now_ms};
 use sqlx::{Sqlite, Transaction};
 use switchyard_protocol::events::{OrderAssigned, OrderCreated, OrderStatusChanged};
 use switchyard_protocol::order::NewOrder;
-use switchyard_protocol::{Location, Order, OrderStatus, Role, Room};
+use switchyard_protocol::{Location, Order, OrderId, OrderStatus, Role, Room, UserId};
 
 /// Which orders a listing covers.
 #[derive(Debug, Clone, Copy)]
@@ -65,12 +65,16 @@ pub use switchyard_protocol::order::parse_order_id;
 pub const REASSIGNED: &str = "the order was reassigned to another partner";
 
 pub(crate) fn order_room(id: i64) -> Room {
-    // Decimal digits always satisfy the room grammar.
-    Room::order(&id.to_string()).unwrap_or_else(|_| Room::admin_revenue())
+    Room::of_order(OrderId::from(id))
 }
 
-pub(crate) fn user_room(sub: &str) -> Option<Room> {
-    Room::user(sub).ok()
+/// The room of a user id read back from the database. Ids were validated on the way in (a
+/// token's `sub`, an assignment's partner), so one that breaks the grammar is corrupt data —
+/// the change fails loudly (500) rather than its event silently going nowhere.
+pub(crate) fn user_room(sub: &str) -> Result<Room, StoreError> {
+    let id =
+        UserId::parse(sub).map_err(|e| StoreError::Corrupt(format!("user id {sub:?}: {e}")))?;
+    Ok(Room::of_user(&id))
 }
 
 /// May `actor` see this order?
@@ -137,13 +141,12 @@ impl Store {
             last_location: None,
         };
         enqueue_snapshot(&mut tx, &order_room(id), &order).await?;
-        if let Some(room) = user_room(customer) {
-            let event = OrderCreated {
-                event_id: None,
-                order: order.clone(),
-            };
-            enqueue(&mut tx, &room, &event).await?;
-        }
+        let room = user_room(customer)?;
+        let event = OrderCreated {
+            event_id: None,
+            order: order.clone(),
+        };
+        enqueue(&mut tx, &room, &event).await?;
         tx.commit().await?;
         self.outbox_written.notify_one();
         Ok(order)
@@ -236,9 +239,8 @@ impl Store {
             updated_at: order.updated_at,
         };
         enqueue(&mut tx, &order_room(id), &event).await?;
-        if let Some(room) = user_room(&order.customer) {
-            enqueue(&mut tx, &room, &event).await?;
-        }
+        let room = user_room(&order.customer)?;
+        enqueue(&mut tx, &room, &event).await?;
         if let Some(done) = refunded {
             refund_events(&mut tx, &order, done).await?;
         }
@@ -286,9 +288,8 @@ impl Store {
         let mut users = vec![order.customer.as_str(), partner];
         users.extend(former);
         for user in users {
-            if let Some(room) = user_room(user) {
-                enqueue(&mut tx, &room, &event).await?;
-            }
+            let room = user_room(user)?;
+            enqueue(&mut tx, &room, &event).await?;
         }
         tx.commit().await?;
         self.outbox_written.notify_one();

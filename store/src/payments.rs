@@ -178,9 +178,8 @@ pub(crate) async fn refund_events(
     };
     let id: i64 = order.id.parse().map_err(|_| StoreError::NotFound)?;
     enqueue(tx, &order_room(id), &event).await?;
-    if let Some(room) = user_room(&order.customer) {
-        enqueue(tx, &room, &event).await?;
-    }
+    let room = user_room(&order.customer)?;
+    enqueue(tx, &room, &event).await?;
     enqueue(tx, &Room::admin_revenue(), &revenue_event).await?;
     Ok(())
 }
@@ -283,9 +282,8 @@ impl Store {
             payment: payment.clone(),
         };
         enqueue(&mut tx, &order_room(order_id), &paid).await?;
-        if let Some(room) = user_room(&order.customer) {
-            enqueue(&mut tx, &room, &paid).await?;
-        }
+        let room = user_room(&order.customer)?;
+        enqueue(&mut tx, &room, &paid).await?;
         // The answer carries no revenue totals: those are admins' (`GET /api/revenue`,
         // `admin:revenue`), and the payer may be any customer.
         let body = PaymentReceipt {

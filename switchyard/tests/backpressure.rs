@@ -193,3 +193,54 @@ async fn a_slow_customer_gets_the_freshest_position_instead_of_a_backlog() {
         "no conflation counted in /metrics"
     );
 }
+
+/// Issue #20 §1: a revocation is a kick, not a queued item, so it always wins. Here the
+/// user's queue has already overflowed (a slow-consumer close, 4003, is pending while the
+/// session waits on the stalled socket) when the user is revoked: the close says 4501, so the
+/// client does not reconnect with the withdrawn token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_wins_over_a_full_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = embedded(
+        dir.path(),
+        &[
+            "--outbound-queue-bytes",
+            "16384",
+            "--socket-send-buffer-bytes",
+            "16384",
+            "--write-timeout-ms",
+            "60000",
+        ],
+    );
+    let mut slow = connect_small_window(&server.ws_url(), &token("c1", Role::Customer), 4096).await;
+    let service = token("promo-engine", Role::Service);
+    let pad = "x".repeat(8 * 1024);
+    let mut overflowed = false;
+    for batch in 0..50 {
+        let items: Vec<Value> = (0..25)
+            .map(|i| json!({"room":"user:c1","event":"promo.tick","data":{"i": batch * 25 + i, "pad": pad}}))
+            .collect();
+        let (status, body) = server
+            .call(
+                "POST",
+                "/api/publish/batch",
+                &service,
+                Some(json!({ "items": items })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let metrics = scrape(&server.url("")).await;
+        if sample_value(&metrics, "switchyard_slow_consumer_closes_total").is_some_and(|n| n > 0.0)
+        {
+            overflowed = true;
+            break;
+        }
+    }
+    assert!(overflowed, "the queue never filled up");
+    let (status, body) = server
+        .call("POST", "/api/users/c1/revoke", &admin(), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, code) = drain_to_close(&mut slow).await;
+    assert_eq!(code, Some(close::REVOKED));
+}
