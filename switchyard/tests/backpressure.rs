@@ -34,6 +34,25 @@ async fn drain_to_close(client: &mut Client) -> (Vec<Value>, Option<u16>) {
     }
 }
 
+/// Publishes `n` ordered `promo.tick` events of 8 KiB each into `room` in one batch request,
+/// numbered from `first`.
+async fn publish_padded(server: &ServerProcess, room: &str, first: usize, n: usize) {
+    let pad = "x".repeat(8 * 1024);
+    let items: Vec<Value> = (first..first + n)
+        .map(|i| json!({"room": room, "event": "promo.tick", "data": {"i": i, "pad": pad}}))
+        .collect();
+    let service = token("promo-engine", Role::Service);
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/publish/batch",
+            &service,
+            Some(json!({ "items": items })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_with_4003_while_memory_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,22 +69,9 @@ async fn a_client_that_stops_reading_is_closed_with_4003_while_memory_stays_boun
     // than the slow client's queue and socket buffers hold.
     const EVENTS: usize = 5_000;
     const PER_REQUEST: usize = 25;
-    let pad = "x".repeat(8 * 1024);
-    let service = token("promo-engine", Role::Service);
     let publisher = async {
         for chunk in 0..EVENTS / PER_REQUEST {
-            let items: Vec<Value> = (0..PER_REQUEST)
-                .map(|i| json!({"room": room, "event": "promo.tick", "data": {"i": chunk * PER_REQUEST + i, "pad": pad}}))
-                .collect();
-            let (status, body) = server
-                .call(
-                    "POST",
-                    "/api/publish/batch",
-                    &service,
-                    Some(json!({ "items": items })),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
+            publish_padded(&server, room, chunk * PER_REQUEST, PER_REQUEST).await;
         }
     };
     // The fast client reads everything, in order, while the publisher runs.
@@ -213,22 +219,9 @@ async fn a_revocation_wins_over_a_full_queue() {
         ],
     );
     let mut slow = connect_small_window(&server.ws_url(), &token("c1", Role::Customer), 4096).await;
-    let service = token("promo-engine", Role::Service);
-    let pad = "x".repeat(8 * 1024);
     let mut overflowed = false;
     for batch in 0..50 {
-        let items: Vec<Value> = (0..25)
-            .map(|i| json!({"room":"user:c1","event":"promo.tick","data":{"i": batch * 25 + i, "pad": pad}}))
-            .collect();
-        let (status, body) = server
-            .call(
-                "POST",
-                "/api/publish/batch",
-                &service,
-                Some(json!({ "items": items })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        publish_padded(&server, "user:c1", batch * 25, 25).await;
         let metrics = scrape(&server.url("")).await;
         if sample_value(&metrics, "switchyard_slow_consumer_closes_total").is_some_and(|n| n > 0.0)
         {
