@@ -26,7 +26,7 @@ pub(crate) async fn echo(
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Admitted { ws, slot, .. } = match handshake::admit(&shared, &headers, &uri, ws).await {
+    let Admitted { ws, opened, .. } = match handshake::admit(&shared, &headers, &uri, ws).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
@@ -37,7 +37,7 @@ pub(crate) async fn echo(
         .on_failed_upgrade(|err| tracing::debug!(%err, "conformance upgrade failed"))
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
-            let _slot = slot;
+            let _slot = opened.slot;
             run(socket, shutdown, write_timeout).await;
         })
 }

@@ -8,9 +8,9 @@
 //! [`admit`] (the checks) and [`limits`] (tungstenite's limits) are shared with the
 //! test-only `/conformance/echo` route, so conformance runs see the real handshake.
 
-use crate::outbound::{Mailbox, Outbound};
 use crate::session::Session;
-use crate::{GatewayConfig, Shared, SlotGuard};
+use crate::slot::{self, Full, Opened};
+use crate::{GatewayConfig, Shared};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
@@ -69,16 +69,12 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     }
 }
 
-/// What a route gets from [`admit`]: who connected, the upgrade, their held slot, and the
-/// connection's handle and mailbox in the hub.
+/// What a route gets from [`admit`]: who connected, the upgrade, and the connection let in
+/// (its slot held).
 pub(crate) struct Admitted {
     pub principal: Principal,
     pub ws: WebSocketUpgrade,
-    pub slot: SlotGuard,
-    pub out: Outbound,
-    pub mailbox: Arc<Mailbox>,
-    /// The connection's id (`{node}-{number in this process}`).
-    pub conn_id: Arc<str>,
+    pub opened: Opened,
 }
 
 /// The checks every WebSocket route makes, in order: draining, `Origin`, token (no
@@ -132,25 +128,29 @@ pub(crate) async fn admit(
             ));
         }
     };
-    let conn = shared
-        .next_conn
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let conn_id: Arc<str> = format!("{}-{conn}", shared.node).into();
-    let limited = |(status, reason)| {
+    let opened = slot::open(shared, &principal.sub).await.map_err(|full| {
         metrics::counter!("switchyard_handshake_rejections_total", "reason" => "limit")
             .increment(1);
+        let (status, reason) = match full {
+            Full::Gateway => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway is at its connection limit",
+            ),
+            Full::User => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections for this user",
+            ),
+            Full::Cluster => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections for this user across the cluster",
+            ),
+        };
         refuse(status, ErrorCode::LimitExceeded, reason)
-    };
-    let (mut slot, out, mailbox) =
-        SlotGuard::acquire(shared, conn, &principal.sub).map_err(limited)?;
-    slot.claim(&conn_id).await.map_err(limited)?;
+    })?;
     Ok(Admitted {
         principal,
         ws,
-        slot,
-        out,
-        mailbox,
-        conn_id,
+        opened,
     })
 }
 
@@ -183,10 +183,7 @@ pub(crate) async fn upgrade(
     let Admitted {
         principal,
         ws,
-        slot,
-        out,
-        mailbox,
-        conn_id,
+        opened,
     } = match admit(&shared, &headers, &uri, ws).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
@@ -202,22 +199,13 @@ pub(crate) async fn upgrade(
         }
     };
     let config = &shared.config;
-    let session = Box::new(Session::new(
-        conn_id,
-        principal,
-        out,
-        shared.clone(),
-        user_since,
-        slot,
-        shared.tracker.token(),
-    ));
+    let session = Box::new(Session::new(shared.clone(), principal, user_since, opened));
     limits(ws, config)
         .on_failed_upgrade(|err| tracing::debug!(%err, "upgrade failed"))
         // Not an async block: the socket is split here and the task's future is the session
         // itself — a few hundred bytes per idle connection.
         .on_upgrade(move |socket| {
-            tracing::info!(conn = %session.conn_id, sub = %session.who.sub, role = %session.who.role, "connection opened");
             let (sink, stream) = socket.split();
-            session.run(sink, stream, mailbox)
+            session.run(sink, stream)
         })
 }

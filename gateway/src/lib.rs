@@ -3,7 +3,11 @@
 //! # Layout
 //! - [`config`]: every limit and timing the gateway enforces.
 //! - `handshake`: `GET /ws` — token, limits, upgrade.
-//! - `session`: one connection's loop (ops, outbound queue, heartbeat, expiry, shutdown).
+//! - `session`: one connection's loop (ops, outbound queue, heartbeat, expiry, shutdown),
+//!   generic over its transport (a WebSocket, or channels in the paused-time tests), and what
+//!   it gives back however it ends (rooms, slot, metrics, the close log line).
+//! - `slot`: a connection's place in the connection limits: its hub registration and its
+//!   lease in the cluster-wide per-user count (renewed by one task per gateway).
 //! - `cursor`: what a connection's client has of each room's stream (offsets, epochs), so
 //!   nothing goes out twice or out of order.
 //! - [`hub`]: local connections by user (the connection limits, revocation, the drain) and
@@ -35,20 +39,18 @@ pub mod locations;
 pub mod outbound;
 pub mod rate;
 mod session;
+mod slot;
 
 pub use backend::Backend;
 pub use config::GatewayConfig;
 
 use axum::Router;
-use axum::http::StatusCode;
 use axum::routing::get;
-use outbound::{Mailbox, Outbound};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use switchyard_auth::Verifier;
 use switchyard_broker::Broker;
-use switchyard_protocol::UserId;
 use switchyard_protocol::close::Disconnect;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -67,100 +69,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Partners' newest positions, handed to the backend behind.
     locations: Arc<locations::Locations>,
-}
-
-/// A held connection slot: the connection's registration in the hub (counted against the
-/// gateway's and the user's limits there) and its claim in the cluster-wide per-user count,
-/// both given back when dropped.
-pub(crate) struct SlotGuard {
-    shared: Arc<Shared>,
-    _registration: hub::Registration,
-    sub: UserId,
-    /// Set once the cluster-wide claim was taken (released on drop).
-    claimed: Option<Arc<str>>,
-}
-
-impl SlotGuard {
-    /// Registers connection `conn` of `sub` in the hub; its handle and mailbox come with it.
-    fn acquire(
-        shared: &Arc<Shared>,
-        conn: u64,
-        sub: &UserId,
-    ) -> Result<(SlotGuard, Outbound, Arc<Mailbox>), (StatusCode, &'static str)> {
-        let config = &shared.config;
-        let limits = hub::Limits {
-            per_gateway: config.max_connections,
-            per_user: config.max_connections_per_user,
-        };
-        match shared
-            .hub
-            .connect(conn, sub, config.outbound_queue_bytes, limits)
-        {
-            Ok(hub::Connected {
-                registration,
-                out,
-                mailbox,
-            }) => Ok((
-                SlotGuard {
-                    shared: shared.clone(),
-                    _registration: registration,
-                    sub: sub.clone(),
-                    claimed: None,
-                },
-                out,
-                mailbox,
-            )),
-            Err(hub::Full::Gateway) => Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "gateway is at its connection limit",
-            )),
-            Err(hub::Full::User) => Err((
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections for this user",
-            )),
-        }
-    }
-
-    /// Counts connection `conn` against the user's limit across every gateway on the bus.
-    /// A bus that cannot answer does not lock users out: the claim is skipped (logged), and
-    /// the local limit still holds.
-    async fn claim(&mut self, conn: &Arc<str>) -> Result<(), (StatusCode, &'static str)> {
-        let config = &self.shared.config;
-        match self
-            .shared
-            .broker
-            .claim_connection(
-                &self.sub,
-                conn,
-                config.max_connections_per_user,
-                config.connection_lease(),
-            )
-            .await
-        {
-            Ok(true) => {
-                self.claimed = Some(conn.clone());
-                Ok(())
-            }
-            Ok(false) => Err((
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections for this user across the cluster",
-            )),
-            Err(err) => {
-                tracing::warn!(%err, "cluster-wide connection count unavailable; local limit only");
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        if let Some(conn) = self.claimed.take() {
-            let broker = self.shared.broker.clone();
-            let sub = self.sub.clone();
-            tokio::spawn(async move { broker.release_connection(&sub, &conn).await });
-        }
-    }
+    /// The connections' leases in the cluster-wide per-user count, renewed together.
+    leases: Arc<slot::Leases>,
 }
 
 /// A gateway: cheap to clone, all clones share the same hub and sessions.
@@ -199,6 +109,16 @@ impl Gateway {
                 (locations.clone(), backend.clone(), shutdown.clone());
             tokio::spawn(async move { locations.run(backend.as_ref(), shutdown).await });
         }
+        let leases = Arc::new(slot::Leases::default());
+        {
+            let (leases, broker, shutdown) = (leases.clone(), broker.clone(), shutdown.clone());
+            let (every, lease) = (config.heartbeat_interval, config.connection_lease());
+            tokio::spawn(async move {
+                leases
+                    .renew_every(broker.as_ref(), every, lease, shutdown)
+                    .await
+            });
+        }
         Gateway {
             shared: Arc::new(Shared {
                 config,
@@ -211,6 +131,7 @@ impl Gateway {
                 node: format!("{node:08x}"),
                 next_conn: AtomicU64::new(1),
                 locations,
+                leases,
             }),
         }
     }

@@ -42,7 +42,7 @@ pub struct Event {
     /// Only the newest matters (conflated in a backed-up queue).
     pub latest_only: bool,
     /// When this gateway got it from the bus (fan-out latency is measured from here).
-    pub received: std::time::Instant,
+    pub received: tokio::time::Instant,
 }
 
 impl Event {
@@ -60,7 +60,7 @@ impl Event {
             offset,
             frame,
             latest_only,
-            received: std::time::Instant::now(),
+            received: tokio::time::Instant::now(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! A token bucket: `rate` tokens per second, at most `burst` saved up.
+//!
+//! On tokio's clock, like every timer of a session, so paused-time tests govern it too.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -45,6 +47,14 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn refills_on_tokios_clock() {
+        let mut b = TokenBucket::new(10.0, 5.0);
+        assert_eq!((0..20).filter(|_| b.try_take()).count(), 5);
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!((0..20).filter(|_| b.try_take()).count(), 3);
+    }
 
     #[test]
     fn burst_then_rate() {

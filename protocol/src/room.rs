@@ -16,7 +16,10 @@ use std::fmt;
 pub const MAX_ID_LEN: usize = 64;
 
 /// A validated room name. Cheap to clone only as far as its `String` is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Equal and hashed by its name alone (the kind follows from the name), so a map keyed by
+/// rooms is looked up with a `&str` (see the `Borrow<str>` impl).
+#[derive(Debug, Clone)]
 pub struct Room {
     name: String,
     kind: RoomKind,
@@ -127,6 +130,26 @@ impl Room {
 
     pub fn into_string(self) -> String {
         self.name
+    }
+}
+
+impl PartialEq for Room {
+    fn eq(&self, other: &Room) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Room {}
+
+impl std::hash::Hash for Room {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl std::borrow::Borrow<str> for Room {
+    fn borrow(&self) -> &str {
+        &self.name
     }
 }
 

@@ -219,9 +219,29 @@ async fn a_revocation_wins_over_a_full_queue() {
         ],
     );
     let mut slow = connect_small_window(&server.ws_url(), &token("c1", Role::Customer), 4096).await;
+    // One event at a time until the session is stuck writing to the stalled socket: then what
+    // is queued stays queued (a session that is not stuck takes it at once).
+    let queued = async || {
+        let metrics = scrape(&server.url("")).await;
+        sample_value(&metrics, "switchyard_outbound_queue_bytes").unwrap_or(0.0) > 0.0
+    };
+    let mut stuck = false;
+    for i in 0..100 {
+        publish_padded(&server, "user:c1", i, 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if queued().await {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if queued().await {
+                stuck = true;
+                break;
+            }
+        }
+    }
+    assert!(stuck, "the session never blocked on the socket");
+    // Now the queue overflows behind the blocked write: the 4003 close is pending.
     let mut overflowed = false;
     for batch in 0..50 {
-        publish_padded(&server, "user:c1", batch * 25, 25).await;
+        publish_padded(&server, "user:c1", 100 + batch * 25, 25).await;
         let metrics = scrape(&server.url("")).await;
         if sample_value(&metrics, "switchyard_slow_consumer_closes_total").is_some_and(|n| n > 0.0)
         {

@@ -6,37 +6,51 @@
 //!                                  ├─ outbound queue → write a batch, one flush
 //!                                  ├─ heartbeat tick → idle check, ping
 //!                                  ├─ token expiry → close 4001 (unless refreshed)
-//!                                  ├─ kicked (slow consumer) → close 4003
+//!                                  ├─ kicked (slow consumer, revoked) → close 4003, 4501
 //!                                  └─ shutdown → close 4000 at its moment in the spread
-//!      leave every room ─ release the connection slot
+//!      leave every room ─ count and log the close ─ release the connection slot
 //! ```
+//!
+//! The session is generic over its transport — any [`Sink`] of messages and [`Stream`] of
+//! read results (the axum testing-websockets example) — so the paused-time tests in `tests`
+//! drive a whole connection's life through channels, in milliseconds. Every timer is tokio's
+//! (`tokio::time::Instant`, never std's), so a paused clock governs all of them.
+//!
+//! What a connection holds in the gateway — its rooms, its slot (hub registration, lease), its
+//! place in the drain — is given back by [`Session`]'s `Drop` when the session did not finish
+//! normally (a panic, a dropped task), so no panic can leave a dead member in the hub or a
+//! gauge off by one.
+//!
+//! # Layout
+//! - this file: the loop, the writes, the rooms joined, the end;
+//! - `ops`: the ops a client sends;
+//! - `tests`: the paused-time tests.
 
-use crate::access::{self, Refusal};
+mod ops;
+#[cfg(test)]
+mod tests;
+
+use crate::Shared;
+use crate::access::Refusal;
 use crate::cursor::{Admit, Cursor, Recovery};
 use crate::outbound::{Event, Mailbox, Outbound, Outgoing};
 use crate::rate::TokenBucket;
-use crate::{Shared, SlotGuard};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use crate::slot::{Opened, Slot};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use switchyard_auth::Principal;
 use switchyard_broker::{History, Publication};
-use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
+use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::close::Disconnect;
-use switchyard_protocol::events::PartnerLocation;
 use switchyard_protocol::room::RoomKind;
-use switchyard_protocol::server::{
-    self, ErrorReply, Gap, OkReply, Revoked, ServerMessage, Welcome,
-};
-use switchyard_protocol::{BuiltinEvent, ErrorCode, Location, OrderId, Role, Room};
+use switchyard_protocol::server::{self, ErrorReply, Gap, Revoked, ServerMessage, Welcome};
+use switchyard_protocol::{ErrorCode, OrderId, Room};
+use tokio::time::{Duration, Instant};
 use tokio_util::task::task_tracker::TaskTrackerToken;
-
-/// How long a partner's verified assignment is trusted by its location ops.
-const CARRYING_TTL: Duration = Duration::from_secs(2);
 
 /// How long a closed connection waits for the peer's close reply (see [`linger`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -44,8 +58,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Frames written before one flush when the queue holds many.
 const MAX_BATCH: usize = 256;
 
-pub(crate) type Sink = SplitSink<WebSocket, Message>;
-pub(crate) type Stream = SplitStream<WebSocket>;
+/// Where a session writes: a WebSocket's sending half, or a channel in tests.
+pub(crate) trait Transmit: Sink<Message> + Unpin {}
+impl<T: Sink<Message> + Unpin> Transmit for T {}
+
+/// What a session reads: a WebSocket's receiving half, or a channel in tests.
+pub(crate) trait Receive: Stream<Item = Result<Message, axum::Error>> + Unpin {}
+impl<T: Stream<Item = Result<Message, axum::Error>> + Unpin> Receive for T {}
 
 /// How a session ended.
 enum Exit {
@@ -71,81 +90,75 @@ enum Reply {
     },
 }
 
-/// A room this connection is in.
-struct Joined {
-    room: Room,
-    cursor: Cursor,
-}
-
 pub(crate) struct Session {
-    pub conn_id: Arc<str>,
-    pub who: Principal,
-    pub out: Outbound,
-    pub shared: Arc<Shared>,
-    /// Rooms this connection is in, each with what its client has of the room's stream.
-    /// Bounded by `max_subscriptions`.
-    rooms: Vec<Joined>,
+    conn_id: Arc<str>,
+    who: Principal,
+    out: Outbound,
+    mailbox: Arc<Mailbox>,
+    shared: Arc<Shared>,
+    /// Rooms this connection is in, each with what its client has of the room's stream
+    /// (looked up for every event this connection is sent). Bounded by `max_subscriptions`.
+    rooms: HashMap<Room, Cursor>,
     ops: TokenBucket,
     /// Pings and pongs the client sends: answered by the WebSocket layer, so counted here, and
     /// a flood beyond the burst closes the connection (4500).
     pings: TokenBucket,
     locations: TokenBucket,
     /// The order this partner was last found to carry, and when: location ops for it skip
-    /// the backend for [`CARRYING_TTL`] (a reassignment is noticed within that).
+    /// the backend for `CARRYING_TTL` (a reassignment is noticed within that).
     carrying: Option<(OrderId, Instant)>,
     /// The handshake's `since` for the user room: recovered in the welcome.
     user_since: Option<StreamPosition>,
+    started: Instant,
+    /// Set when [`Session::run`] finished and gave back what the connection held; until then
+    /// `Drop` does it.
+    ended: bool,
     /// Held for the connection's life: its slot in the connection limits, and its place in
     /// the set of sessions a drain waits for.
-    _slot: SlotGuard,
+    _slot: Slot,
     _tracked: TaskTrackerToken,
 }
 
 impl Session {
     pub fn new(
-        conn_id: Arc<str>,
-        who: Principal,
-        out: Outbound,
         shared: Arc<Shared>,
+        who: Principal,
         user_since: Option<StreamPosition>,
-        slot: SlotGuard,
-        tracked: TaskTrackerToken,
+        opened: Opened,
     ) -> Session {
         let c = &shared.config;
         Session {
             ops: TokenBucket::new(c.op_rate, c.op_burst),
             locations: TokenBucket::new(c.location_rate, c.location_burst),
             pings: TokenBucket::new(c.ping_rate, c.ping_burst),
-            conn_id,
+            conn_id: opened.conn_id,
             who,
-            out,
-            rooms: Vec::new(),
+            out: opened.out,
+            mailbox: opened.mailbox,
+            rooms: HashMap::new(),
             user_since,
             carrying: None,
-            _slot: slot,
-            _tracked: tracked,
+            started: Instant::now(),
+            ended: false,
+            _slot: opened.slot,
+            _tracked: shared.tracker.token(),
             shared,
         }
     }
 
     /// The connection's whole life. Called with the socket already split and the session
     /// boxed, so the task's future stays small (its size is per-connection memory).
-    pub async fn run(
-        mut self: Box<Self>,
-        mut sink: Sink,
-        mut stream: Stream,
-        mailbox: Arc<Mailbox>,
-    ) {
-        let started = Instant::now();
+    pub async fn run(mut self: Box<Self>, mut sink: impl Transmit, mut stream: impl Receive) {
+        tracing::info!(conn = %self.conn_id, sub = %self.who.sub, role = %self.who.role, "connection opened");
         let exit = match (
-            self.serve(&mut sink, &mut stream, &mailbox).await,
-            mailbox.kicked(),
+            self.serve(&mut sink, &mut stream).await,
+            self.mailbox.kicked(),
         ) {
             // A kick that outranks how the loop ended (a revoke over a slow write) wins.
             (Exit::Close(why), Some(kick)) if kick.outranks(why) => Exit::Close(kick),
             (exit, _) => exit,
         };
-        mailbox.close();
+        self.mailbox.close();
         let (code, reason) = match exit {
             Exit::Close(why) => {
                 let _ = tokio::time::timeout(
@@ -157,16 +170,19 @@ impl Session {
             }
             Exit::Gone(reason) => (0, reason),
         };
-        for joined in std::mem::take(&mut self.rooms) {
-            self.leave(&joined.room).await;
+        let joined: Vec<Room> = self.rooms.keys().cloned().collect();
+        for room in joined {
+            self.leave(&room).await;
+            self.rooms.remove(&room);
         }
+        self.ended = true;
         metrics::counter!("switchyard_connections_closed_total", "code" => code.to_string())
             .increment(1);
         tracing::info!(
             conn = %self.conn_id,
             sub = %self.who.sub,
             role = %self.who.role,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = self.started.elapsed().as_millis() as u64,
             close_code = code,
             reason,
             "connection closed"
@@ -178,7 +194,7 @@ impl Session {
 
     /// Joins the user room, reads its position (recovering from the handshake's `since`),
     /// and sends the welcome and any recovered events.
-    async fn welcome(&mut self, sink: &mut Sink) -> Option<Exit> {
+    async fn welcome(&mut self, sink: &mut impl Transmit) -> Option<Exit> {
         let own_room = Room::of_user(&self.who.sub);
         if let Err(refusal) = self.join(own_room.clone()).await {
             tracing::warn!(conn = %self.conn_id, message = %refusal.message, "could not join own room");
@@ -208,14 +224,15 @@ impl Session {
         self.send_with_missed(sink, welcome, missed).await
     }
 
-    async fn serve(&mut self, sink: &mut Sink, stream: &mut Stream, mailbox: &Mailbox) -> Exit {
+    async fn serve(&mut self, sink: &mut impl Transmit, stream: &mut impl Receive) -> Exit {
         if let Some(exit) = Box::pin(self.welcome(sink)).await {
             return exit;
         }
         let shared = self.shared.clone();
+        let mailbox = self.mailbox.clone();
         let config = &shared.config;
         let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + config.heartbeat_interval,
+            Instant::now() + config.heartbeat_interval,
             config.heartbeat_interval,
         );
         // One timer for both ends a connection has a date for: its token's `exp`, and once
@@ -223,7 +240,7 @@ impl Session {
         // (The drain reaches sessions as a kick through the mailbox, so an idle connection
         // waits on no shutdown future of its own: every byte here is per connection.)
         let mut exp = self.who.exp;
-        let mut close_at: Option<tokio::time::Instant> = None;
+        let mut close_at: Option<Instant> = None;
         let deadline = tokio::time::sleep(until_exp(exp));
         tokio::pin!(deadline);
         let mut last_seen = Instant::now();
@@ -238,7 +255,7 @@ impl Session {
                 biased;
                 _ = &mut deadline => {
                     return match close_at {
-                        Some(at) if tokio::time::Instant::now() >= at => {
+                        Some(at) if Instant::now() >= at => {
                             Exit::Close(Disconnect::SHUTDOWN)
                         }
                         _ => Exit::Close(Disconnect::TOKEN_EXPIRED),
@@ -254,7 +271,7 @@ impl Session {
                         Some(Disconnect::SHUTDOWN) | None => {}
                         Some(why) => return Exit::Close(why),
                     }
-                    if let Some(exit) = Box::pin(self.write_batch(sink, mailbox)).await {
+                    if let Some(exit) = Box::pin(self.write_batch(sink, &mailbox)).await {
                         return exit;
                     }
                 }
@@ -302,7 +319,6 @@ impl Session {
                     if last_seen.elapsed() > config.idle_timeout {
                         return Exit::Close(Disconnect::IDLE);
                     }
-                    self.renew_claim();
                     if let Some(exit) = Box::pin(self.write(sink, Message::Ping(Default::default()))).await {
                         return exit;
                     }
@@ -312,7 +328,7 @@ impl Session {
     }
 
     /// Writes what is queued, up to [`MAX_BATCH`] frames, then flushes once.
-    async fn write_batch(&mut self, sink: &mut Sink, mailbox: &Mailbox) -> Option<Exit> {
+    async fn write_batch(&mut self, sink: &mut impl Transmit, mailbox: &Mailbox) -> Option<Exit> {
         let mut batch = Vec::new();
         mailbox.take(&mut batch, MAX_BATCH);
         if batch.is_empty() {
@@ -330,8 +346,8 @@ impl Session {
                         self.admit(&event)
                     }
                     Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
-                    Outgoing::Gap { room } => self.joined_mut(&room).map(|joined| {
-                        joined.cursor.gap();
+                    Outgoing::Gap { room } => self.rooms.get_mut(&*room).map(|cursor| {
+                        cursor.gap();
                         let gap = ServerMessage::Gap(Gap {
                             room: Cow::Borrowed(&room),
                         });
@@ -363,8 +379,8 @@ impl Session {
     /// the event is above what the client already has ([`Cursor::admit`]). The shared frame,
     /// or — first event of a new epoch — a copy that names the epoch.
     fn admit(&mut self, event: &Event) -> Option<Message> {
-        let joined = self.joined_mut(&event.room)?;
-        match joined.cursor.admit(&event.epoch, event.offset) {
+        let cursor = self.rooms.get_mut(&*event.room)?;
+        match cursor.admit(&event.epoch, event.offset) {
             Admit::Send => Some(Message::Text(event.frame.clone())),
             Admit::SendWithEpoch => {
                 let frame = server::event_with_epoch(&event.frame, &event.epoch)?;
@@ -374,14 +390,9 @@ impl Session {
         }
     }
 
-    fn joined_mut(&mut self, room: &str) -> Option<&mut Joined> {
-        self.rooms.iter_mut().find(|j| j.room.as_str() == room)
-    }
-
     /// Stops tracking `room`; returns it if the connection was in it.
     fn forget(&mut self, room: &str) -> Option<Room> {
-        let i = self.rooms.iter().position(|j| j.room.as_str() == room)?;
-        Some(self.rooms.swap_remove(i).room)
+        self.rooms.remove_entry(room).map(|(room, _)| room)
     }
 
     /// The client is given the position `history` read for joined `room`: decides, with what
@@ -394,13 +405,11 @@ impl Session {
         history: History,
         since: Option<&StreamPosition>,
     ) -> (Option<bool>, Vec<Publication>) {
-        let Some(joined) = self.joined_mut(room) else {
+        let Some(cursor) = self.rooms.get_mut(room) else {
             return (since.map(|_| false), Vec::new());
         };
         let available = history.missed.is_some();
-        let recovery = joined
-            .cursor
-            .reposition(&history.position, since, available);
+        let recovery = cursor.reposition(&history.position, since, available);
         let (recovered, missed) = match recovery {
             None => (None, Vec::new()),
             Some(Recovery::Resync) => (Some(false), Vec::new()),
@@ -408,7 +417,7 @@ impl Session {
                 let mut missed = history.missed.unwrap_or_default();
                 missed.retain(|p| p.offset > above);
                 if let Some(last) = missed.last() {
-                    joined.cursor.wrote(last.offset);
+                    cursor.wrote(last.offset);
                 }
                 (Some(true), missed)
             }
@@ -422,7 +431,7 @@ impl Session {
     /// The reply, then the recovered events, then one flush.
     async fn send_with_missed(
         &self,
-        sink: &mut Sink,
+        sink: &mut impl Transmit,
         reply: String,
         missed: Vec<Publication>,
     ) -> Option<Exit> {
@@ -460,11 +469,11 @@ impl Session {
         Some(Message::Text(frame.into()))
     }
 
-    async fn send(&self, sink: &mut Sink, text: String) -> Option<Exit> {
+    async fn send(&self, sink: &mut impl Transmit, text: String) -> Option<Exit> {
         self.write(sink, Message::Text(text.into())).await
     }
 
-    async fn write(&self, sink: &mut Sink, message: Message) -> Option<Exit> {
+    async fn write(&self, sink: &mut impl Transmit, message: Message) -> Option<Exit> {
         match tokio::time::timeout(self.shared.config.write_timeout, sink.send(message)).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
@@ -472,145 +481,7 @@ impl Session {
         }
     }
 
-    /// Decodes and executes one text frame; returns the reply frame and any recovered events.
-    async fn handle(&mut self, text: &str) -> (String, Vec<Publication>) {
-        match self.handle_op(text).await {
-            Ok((reply, missed)) => (reply, missed),
-            Err(reply) => (reply, Vec::new()),
-        }
-    }
-
-    async fn handle_op(&mut self, text: &str) -> Result<(String, Vec<Publication>), String> {
-        // Every frame costs a token, undecodable ones included, so junk cannot flood either.
-        let allowed = self.ops.try_take();
-        let message = match switchyard_protocol::ClientMessage::decode(text) {
-            Ok(message) => message,
-            Err(err) if allowed => {
-                return Err(error_frame(err.id, ErrorCode::BadRequest, &err.message));
-            }
-            Err(err) => {
-                return Err(error_frame(
-                    err.id,
-                    ErrorCode::RateLimited,
-                    "too many ops; slow down",
-                ));
-            }
-        };
-        let id = message.id;
-        if !allowed {
-            return Err(error_frame(
-                id,
-                ErrorCode::RateLimited,
-                "too many ops; slow down",
-            ));
-        }
-        let op = message.op.name();
-        let plain = |room: Option<&str>| {
-            ServerMessage::Ok(OkReply {
-                id,
-                op,
-                room: room.map(Cow::Borrowed),
-                position: None,
-                recovered: None,
-                snapshot: None,
-            })
-            .encode()
-        };
-        match self.execute(message.op).await {
-            Ok(Reply::Plain) => Ok((plain(None), Vec::new())),
-            Ok(Reply::Room(room)) => Ok((plain(Some(room.as_str())), Vec::new())),
-            Ok(Reply::Subscribed {
-                room,
-                position,
-                recovered,
-                snapshot,
-                missed,
-            }) => {
-                let reply = ServerMessage::Ok(OkReply {
-                    id,
-                    op,
-                    room: Some(Cow::Borrowed(room.as_str())),
-                    position: Some(position),
-                    recovered,
-                    snapshot: snapshot.as_deref().map(Cow::Borrowed),
-                })
-                .encode();
-                Ok((reply, missed))
-            }
-            Err(refusal) => Err(error_frame(id, refusal.code, &refusal.message)),
-        }
-    }
-
-    async fn execute(&mut self, op: ClientOp) -> Result<Reply, Refusal> {
-        match op {
-            ClientOp::Ping => Ok(Reply::Plain),
-            ClientOp::Refresh { token } => self.refresh(&token),
-            ClientOp::Subscribe { room, since } => self.subscribe(room, since).await,
-            ClientOp::Unsubscribe { room } => {
-                if let Some(room) = self.forget(room.as_str()) {
-                    self.leave(&room).await;
-                }
-                Ok(Reply::Room(room))
-            }
-            ClientOp::Location { order_id, fix } => self.location(&order_id, fix).await,
-        }
-    }
-
-    async fn subscribe(
-        &mut self,
-        room: Room,
-        since: Option<StreamPosition>,
-    ) -> Result<Reply, Refusal> {
-        let shared = self.shared.clone();
-        let backend = shared.backend.as_ref();
-        if !self.rooms.iter().any(|j| j.room == room) {
-            if self.rooms.len() >= shared.config.max_subscriptions {
-                return Err(Refusal::new(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "at most {} subscriptions per connection",
-                        shared.config.max_subscriptions
-                    ),
-                ));
-            }
-            access::may_join(backend, &self.who, &room).await?;
-            self.join(room.clone()).await?;
-            if self.who.role == Role::Partner && room.kind() == RoomKind::Order {
-                // A reassignment committed between the check and the join sent its revoke
-                // before we were a member: look again now that we are.
-                if let Err(refusal) = access::may_join(backend, &self.who, &room).await {
-                    if let Some(room) = self.forget(room.as_str()) {
-                        self.leave(&room).await;
-                    }
-                    return Err(refusal);
-                }
-            }
-        }
-        // Joined first, then the position, then the snapshot: nothing published in between is
-        // lost, and queued events the snapshot or the recovery already covers are dropped.
-        let history = shared
-            .broker
-            .history(&room, since.as_ref())
-            .await
-            .map_err(|err| {
-                tracing::warn!(%err, "history read failed");
-                Refusal::new(ErrorCode::Internal, "bus unavailable, retry")
-            })?;
-        let position = history.position.clone();
-        let (recovered, missed) = self.recover(room.as_str(), history, since.as_ref());
-        let snapshot = match recovered {
-            Some(true) => None,
-            _ => Some(access::snapshot(backend, &shared.locations, &room).await?),
-        };
-        Ok(Reply::Subscribed {
-            room,
-            position,
-            recovered,
-            snapshot,
-            missed,
-        })
-    }
-
+    /// Joins `room` on the bus and in the hub.
     async fn join(&mut self, room: Room) -> Result<(), Refusal> {
         if let Err(err) = self.shared.broker.subscribe(&room).await {
             tracing::warn!(%err, "broker subscribe failed");
@@ -618,128 +489,75 @@ impl Session {
         }
         self.shared.hub.join(room.as_str(), &self.out);
         metrics::gauge!("switchyard_subscriptions").increment(1.0);
-        self.rooms.push(Joined {
-            room,
-            cursor: Cursor::default(),
-        });
+        self.rooms.insert(room, Cursor::default());
         Ok(())
     }
 
+    /// Leaves `room` in the hub and on the bus (already forgotten, or about to be).
     async fn leave(&self, room: &Room) {
-        if self.shared.hub.leave(room.as_str(), self.out.conn) {
-            metrics::gauge!("switchyard_subscriptions").decrement(1.0);
-        }
+        self.leave_hub(room);
         self.shared.broker.unsubscribe(room).await;
     }
 
-    /// Whether this partner was found to carry `order_id` within [`CARRYING_TTL`].
-    fn carries(&self, order: OrderId) -> bool {
-        matches!(self.carrying, Some((id, at)) if id == order && at.elapsed() < CARRYING_TTL)
+    fn leave_hub(&self, room: &Room) {
+        if self.shared.hub.leave(room.as_str(), self.out.conn) {
+            metrics::gauge!("switchyard_subscriptions").decrement(1.0);
+        }
     }
 
     /// This connection's moment to close, once the gateway drains: spread over the window.
-    fn drain_moment(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + spread_delay(self.out.conn, self.shared.config.drain_spread)
-    }
-
-    /// Keeps this connection counted in the cluster-wide per-user limit (off the loop).
-    fn renew_claim(&self) {
-        let broker = self.shared.broker.clone();
-        let (sub, conn) = (self.who.sub.clone(), self.conn_id.clone());
-        let lease = self.shared.config.connection_lease();
-        tokio::spawn(async move { broker.renew_connection(&sub, &conn, lease).await });
-    }
-
-    /// Accepts a fresh token for the same user and role: the connection now ends at its
-    /// `exp` instead. A token for anyone else ends the connection (4500): the refusal is
-    /// answered, then the connection's own mailbox is kicked.
-    fn refresh(&mut self, token: &str) -> Result<Reply, Refusal> {
-        let fresh = self
-            .shared
-            .verifier
-            .verify_unrevoked(token, |sub| self.shared.broker.revoked_at(sub))
-            .map_err(|err| Refusal::new(ErrorCode::Forbidden, format!("token rejected: {err}")))?;
-        if fresh.sub != self.who.sub || fresh.role != self.who.role {
-            self.out.kick(Disconnect::REFRESH_MISMATCH);
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "a refresh token must name the same user and role",
-            ));
-        }
-        self.who.exp = fresh.exp;
-        metrics::counter!("switchyard_token_refreshes_total").increment(1);
-        Ok(Reply::Plain)
-    }
-
-    async fn location(&mut self, order_id: &str, fix: LocationFix) -> Result<Reply, Refusal> {
-        if self.who.role != Role::Partner {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "only partners send locations",
-            ));
-        }
-        if !self.locations.try_take() {
-            return Err(Refusal::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "at most {} locations per second",
-                    self.shared.config.location_rate
-                ),
-            ));
-        }
-        let not_yours = || Refusal::new(ErrorCode::Forbidden, "this order is not assigned to you");
-        // Parsed once: a non-canonical id names no order.
-        let id = OrderId::parse(order_id).ok_or_else(not_yours)?;
-        if !self.carries(id) {
-            // Not known to be ours in the last few seconds: ask the backend.
-            if !access::carries(self.shared.backend.as_ref(), &self.who, id).await? {
-                return Err(not_yours());
-            }
-            self.carrying = Some((id, Instant::now()));
-        }
-        let location = Location {
-            lat: fix.lat,
-            lng: fix.lng,
-            heading: fix.heading,
-            speed: fix.speed,
-            ts: fix.ts,
-            received_at: now_ms(),
-        };
-        self.shared.locations.record(id.get(), location);
-        let event = PartnerLocation {
-            order_id: id.to_string(),
-            partner: self.who.sub.to_string(),
-            location,
-        };
-        let room = Room::of_order(id);
-        let data = serde_json::value::to_raw_value(&event)
-            .map_err(|_| Refusal::new(ErrorCode::Internal, "encoding failed"))?;
-        self.shared
-            .broker
-            .publish(&room, PartnerLocation::NAME, data)
-            .await
-            .map_err(|err| {
-                tracing::warn!(%err, "location publish failed");
-                Refusal::new(ErrorCode::Internal, "bus unavailable, retry")
-            })?;
-        metrics::counter!("switchyard_events_published_total", "source" => "partner").increment(1);
-        Ok(Reply::Plain)
+    fn drain_moment(&self) -> Instant {
+        Instant::now() + spread_delay(self.out.conn, self.shared.config.drain_spread)
     }
 }
 
-/// Milliseconds since the Unix epoch (when a fix was accepted).
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// The safety net: a session that did not finish [`Session::run`] — it panicked, or its task
+/// was dropped — still leaves its rooms (no dead member stays in the hub, the gauges come
+/// back), is counted and logged as closed, and releases its slot and lease (its fields' own
+/// drops). The bus is told in a task of its own: a drop cannot wait.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.mailbox.close();
+        let joined: Vec<Room> = self.rooms.drain().map(|(room, _)| room).collect();
+        for room in &joined {
+            self.leave_hub(room);
+        }
+        if !joined.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let broker = self.shared.broker.clone();
+            runtime.spawn(async move {
+                for room in &joined {
+                    broker.unsubscribe(room).await;
+                }
+            });
+        }
+        let reason = if std::thread::panicking() {
+            "session panicked"
+        } else {
+            "session dropped"
+        };
+        metrics::counter!("switchyard_connections_closed_total", "code" => "0").increment(1);
+        tracing::error!(
+            conn = %self.conn_id,
+            sub = %self.who.sub,
+            role = %self.who.role,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            close_code = 0,
+            reason,
+            "connection closed"
+        );
+    }
 }
 
 /// After our close frame, reads (and drops) what the peer still sends until its close reply,
 /// for at most [`CLOSE_LINGER`] (or the write timeout if shorter). A socket closed with unread
 /// input is reset, and a reset can destroy the close frame before the peer reads it — a client
 /// flooding the connection would never learn why it was closed.
-async fn linger(stream: &mut Stream, write_timeout: Duration) {
+async fn linger(stream: &mut impl Receive, write_timeout: Duration) {
     let drain = async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, Message::Close(_)) {
@@ -775,9 +593,9 @@ fn count_recovery(recovered: bool) {
 /// The earlier of the token's expiry and the drain moment.
 /// Saturating: an `exp` whose instant the clock cannot represent ends the connection at the
 /// end of time, never with an overflow panic (tokens are capped, but not here).
-fn earliest(exp: u64, close_at: Option<tokio::time::Instant>) -> tokio::time::Instant {
+fn earliest(exp: u64, close_at: Option<Instant>) -> Instant {
     const END_OF_TIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    let now = tokio::time::Instant::now();
+    let now = Instant::now();
     let expires = now
         .checked_add(until_exp(exp))
         .unwrap_or_else(|| now + END_OF_TIME);
