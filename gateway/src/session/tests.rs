@@ -447,20 +447,15 @@ async fn the_drain_closes_each_connection_at_its_own_moment_within_the_spread() 
 
 #[tokio::test(start_paused = true)]
 async fn ops_locations_and_pings_are_rate_limited() {
-    let config = GatewayConfig {
-        op_rate: 50.0,
-        op_burst: 100.0,
-        location_rate: 5.0,
-        location_burst: 10.0,
-        ping_rate: 10.0,
-        ping_burst: 50.0,
-        ..GatewayConfig::default()
-    };
-    let h = Harness::new(config);
+    // The defaults: ops 50/s (burst 100), locations 5/s (burst 10), pings 10/s (burst 50).
+    let h = Harness::new(GatewayConfig::default());
+    let config = &h.shared().config;
+    let (op_burst, location_burst) = (config.op_burst as usize, config.location_burst as usize);
+    let (op_rate, ping_burst) = (config.op_rate as usize, config.ping_burst as usize);
     // Ops: the burst, then `rate_limited` without a disconnect; refilled at the rate.
     let mut c = h.connect("c1", Role::Customer, HOUR).await;
     let mut limited = 0;
-    for _ in 0..120 {
+    for _ in 0..op_burst + 20 {
         let reply = c.request(ClientOp::Ping).await;
         if error(&reply) == "rate_limited" {
             limited += 1;
@@ -468,7 +463,7 @@ async fn ops_locations_and_pings_are_rate_limited() {
     }
     assert_eq!(limited, 20);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for _ in 0..50 {
+    for _ in 0..op_rate {
         assert!(ok(&c.request(ClientOp::Ping).await));
     }
     assert_eq!(error(&c.request(ClientOp::Ping).await), "rate_limited");
@@ -487,16 +482,20 @@ async fn ops_locations_and_pings_are_rate_limited() {
         },
     };
     let mut replies = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..location_burst + 2 {
         replies.push(p.request(fix()).await);
     }
-    assert!(replies[..10].iter().all(ok), "{replies:?}");
-    assert!(replies[10..].iter().all(|r| error(r) == "rate_limited"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(ok(&p.request(fix()).await), "one more after 1/5 s");
+    assert!(replies[..location_burst].iter().all(ok), "{replies:?}");
+    assert!(
+        replies[location_burst..]
+            .iter()
+            .all(|r| error(r) == "rate_limited")
+    );
+    tokio::time::sleep(Duration::from_secs_f64(1.0 / config.location_rate)).await;
+    assert!(ok(&p.request(fix()).await), "one more a token's time later");
 
     // WebSocket pings: beyond the burst the connection is closed (4500).
-    for _ in 0..51 {
+    for _ in 0..=ping_burst {
         p.send(Message::Ping(Default::default())).await;
     }
     assert_eq!(p.closed(false).await, close::POLICY_VIOLATION);
