@@ -13,8 +13,6 @@
 //! frames — decodes into the protocol's types and encodes back to the same JSON (so a field
 //! the types do not know fails even where a schema allows more).
 
-mod common;
-
 use common::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

@@ -8,89 +8,34 @@
 //! FAILED 9.* cases are messages above the 64 KiB message limit, closed with 1009
 //! (see "RFC 6455 conformance" in protocol/README.md).
 
+use common::process::{self, ServerProcess};
+use common::pypi;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use switchyard_auth::Issuer;
 use switchyard_protocol::Role;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const SECRET: &str = "autobahn-secret-0123456789abcdef";
 /// Cases not run: permessage-deflate is not supported.
 const EXCLUDED: [&str; 2] = ["12.*", "13.*"];
 /// The whole run takes seconds; this only stops a hung one.
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn expected_path() -> PathBuf {
-    manifest_dir().join("tests/autobahn/expected.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/autobahn/expected.json")
 }
 
-/// `kosoku` from `KOSOKU`, `PATH`, or the venv scripts/test.sh makes under target/.
-fn find_kosoku(version: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("KOSOKU") {
-        return Some(PathBuf::from(path));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("kosoku"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let venv = manifest_dir().join(format!("../target/kosoku-{version}/bin/kosoku"));
-        venv.is_file().then_some(venv)
-    })
-}
-
-/// A `switchyard` process; killed on drop.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Proc {
-    fn start(dir: &Path, extra: &[&str]) -> Proc {
-        let db = format!("sqlite://{}/autobahn.db", dir.display());
-        let mut child = Command::new(BIN)
-            .args(["all", "--listen", "127.0.0.1:0", "--database-url", &db])
-            .args(["--jwt-secret", SECRET])
-            .args(extra)
-            .current_dir(dir)
-            .env_remove("JWT_SECRET")
-            .env_remove("DATABASE_URL")
-            .env_remove("SWITCHYARD_CONFORMANCE_ECHO")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn switchyard");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("switchyard exited before listening")
-                .unwrap();
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                break addr.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Proc { child, addr }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `switchyard all` on its own database, with extra flags.
+fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
+    let db = format!("sqlite://{}/autobahn.db", dir.display());
+    let mut args = vec!["all", "--listen", "127.0.0.1:0", "--database-url", &db];
+    args.extend(["--jwt-secret", SECRET]);
+    args.extend(extra);
+    ServerProcess::start(dir, &args, &[("RUST_LOG", "warn")])
 }
 
 /// Status of a WebSocket upgrade request to `path` (101 when it upgraded).
@@ -175,23 +120,17 @@ async fn autobahn_cases_match_expected() {
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(expected_path()).unwrap()).unwrap();
     let version = expected["kosoku"].as_str().expect("expected.json: kosoku");
-    let Some(kosoku) = find_kosoku(version) else {
-        panic!(
-            "kosoku (the Autobahn RFC 6455 test runner, from PyPI) is not installed.\n\
-             Install it with:  python3 -m pip install kosoku=={version}\n\
-             (or run ./scripts/test.sh, which installs it into target/kosoku-{version}), \
-             or point KOSOKU at the executable."
-        );
-    };
+    // scripts/test.sh installs `kosoku==<version>` into target/kosoku-<version>.
+    let kosoku = pypi::tool("KOSOKU", "kosoku");
 
     let dir = tempfile::tempdir().unwrap();
     // The echo route is test-only: absent unless asked for.
     {
         let plain_dir = tempfile::tempdir().unwrap();
-        let plain = Proc::start(plain_dir.path(), &[]);
+        let plain = start(plain_dir.path(), &[]);
         assert_eq!(upgrade_status(plain.addr, "/conformance/echo").await, 404);
     }
-    let server = Proc::start(dir.path(), &["--conformance-echo"]);
+    let server = start(dir.path(), &["--conformance-echo"]);
     // It sits behind the /ws handshake: no token, no upgrade.
     assert_eq!(upgrade_status(server.addr, "/conformance/echo").await, 401);
 
@@ -201,39 +140,19 @@ async fn autobahn_cases_match_expected() {
     let outdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("autobahn-report");
     let _ = std::fs::remove_dir_all(&outdir);
     std::fs::create_dir_all(&outdir).unwrap();
-    let log = outdir.join("kosoku.log");
     let mut cmd = Command::new(&kosoku);
     cmd.args(["-m", "fuzzingclient"]);
     for pattern in EXCLUDED {
         cmd.args(["-x", pattern]);
     }
-    cmd.arg("-o")
-        .arg(&outdir)
-        .arg(&url)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(outdir.join("kosoku.stderr.log")).unwrap());
+    cmd.arg("-o").arg(&outdir).arg(&url);
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {}: {e}", kosoku.display()));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kosoku ran over {RUN_LIMIT:?}; see {}", outdir.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (status, output) = process::run(cmd, RUN_LIMIT);
     drop(server);
     // 0: every case passed; 1: some did not (expected.json says which may not).
-    let stderr = std::fs::read_to_string(outdir.join("kosoku.stderr.log")).unwrap_or_default();
     assert!(
         matches!(status.code(), Some(0 | 1)) && outdir.join("index.json").is_file(),
-        "kosoku failed ({status}) without a report:\n{stderr}"
+        "kosoku failed ({status}) without a report:\n{output}"
     );
     let index: Value =
         serde_json::from_str(&std::fs::read_to_string(outdir.join("index.json")).unwrap()).unwrap();

@@ -2,8 +2,6 @@
 //! events overflow into a 4003 close, latest-value events are conflated, and nobody else
 //! waits.
 
-mod common;
-
 use common::process::ServerProcess;
 use common::*;
 use futures_util::StreamExt;
@@ -195,7 +193,7 @@ async fn a_slow_customer_gets_the_freshest_position_instead_of_a_backlog() {
     assert_eq!(customer.ping().await["type"], "ok");
     let metrics = scrape(&server.url("")).await;
     assert!(
-        sample_value(&metrics, "switchyard_events_conflated_total").is_some_and(|n| n > 0.0),
+        sample(&metrics, "switchyard_events_conflated_total").is_some_and(|n| n > 0.0),
         "no conflation counted in /metrics"
     );
 }
@@ -223,7 +221,7 @@ async fn a_revocation_wins_over_a_full_queue() {
     // is queued stays queued (a session that is not stuck takes it at once).
     let queued = async || {
         let metrics = scrape(&server.url("")).await;
-        sample_value(&metrics, "switchyard_outbound_queue_bytes").unwrap_or(0.0) > 0.0
+        sample(&metrics, "switchyard_outbound_queue_bytes").unwrap_or(0.0) > 0.0
     };
     let mut stuck = false;
     for i in 0..100 {
@@ -243,8 +241,7 @@ async fn a_revocation_wins_over_a_full_queue() {
     for batch in 0..50 {
         publish_padded(&server, "user:c1", 100 + batch * 25, 25).await;
         let metrics = scrape(&server.url("")).await;
-        if sample_value(&metrics, "switchyard_slow_consumer_closes_total").is_some_and(|n| n > 0.0)
-        {
+        if sample(&metrics, "switchyard_slow_consumer_closes_total").is_some_and(|n| n > 0.0) {
             overflowed = true;
             break;
         }

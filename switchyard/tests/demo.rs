@@ -3,8 +3,6 @@
 //! change, payments move the revenue and partners' positions stream — then SIGTERM drains
 //! and the process exits cleanly.
 
-mod common;
-
 use common::process::ServerProcess;
 use common::*;
 use std::time::Duration;

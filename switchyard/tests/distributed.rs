@@ -1,8 +1,6 @@
 //! Distributed mode: real redis-server, several gateway and API processes, real nginx —
 //! started by scripts/cluster.sh.
 
-mod common;
-
 use common::cluster::Cluster;
 use common::*;
 use serde_json::value::RawValue;
@@ -224,12 +222,10 @@ async fn concurrent_publishers_share_one_offset_counter_in_redis() {
     let mut returned = futures_util::future::join_all(publishers).await;
     returned.sort();
     assert_eq!(returned, (1..=N as u64).collect::<Vec<_>>());
-    for _ in 0..200 {
-        if sink.0.lock().unwrap().len() >= N {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("every publication delivered", async || {
+        sink.0.lock().unwrap().len() >= N
+    })
+    .await;
     assert_eq!(sink.0.lock().unwrap().len(), N, "every publication once");
     let got = sink.0.lock().unwrap();
     let offsets: Vec<u64> = got.iter().map(|p| p.offset).collect();
@@ -285,7 +281,7 @@ async fn clients_survive_a_redis_restart() {
     }
     let metrics = scrape(&format!("http://{gw}")).await;
     assert!(
-        sample_value(&metrics, "switchyard_bus_reconnects_total").is_some_and(|n| n > 0.0),
+        sample(&metrics, "switchyard_bus_reconnects_total").is_some_and(|n| n > 0.0),
         "outage counted"
     );
 }
@@ -308,17 +304,12 @@ async fn recovery_on_another_gateway_and_a_new_epoch_after_redis_restarts() {
         assert_eq!(cluster.set_status(&api, &order, status).await.0, 200);
     }
     let mut watcher = connect(&cluster.ws(&gw_b), &admin()).await;
-    let mut head = 0;
-    for _ in 0..250 {
-        head = watcher.subscribe(&room).await["position"]["offset"]
-            .as_u64()
-            .unwrap();
-        if head >= since + 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(head, since + 3);
+    let head = watcher.subscribe_until(&room, since + 3).await;
+    assert_eq!(
+        head["position"]["offset"].as_u64(),
+        Some(since + 3),
+        "{head}"
+    );
 
     // Back on the other gateway: exactly the three missed events, in order.
     let mut back = connect(&cluster.ws(&gw_b), &token("c1", Role::Customer)).await;
@@ -592,7 +583,7 @@ async fn a_client_recovers_every_event_on_another_gateway_after_a_sigkill() {
         let frame = on_a.recv().await;
         record(&mut seen, &frame);
     }
-    cluster.kill_gateway(0);
+    cluster.kill_gateway(0).await;
     let killed_at = published.load(Ordering::SeqCst);
     // Whatever A wrote before it died still counts; then the connection ends.
     loop {

@@ -5,9 +5,7 @@
 //! does not list — to place an order, pay it (and replay the payment), and read the revenue.
 //! This tests the document's quality; the client is not shipped.
 
-mod common;
-
-use common::process::ServerProcess;
+use common::process::{self, ServerProcess};
 use common::pypi;
 use common::{SECRET, token};
 use std::path::Path;
@@ -64,7 +62,7 @@ async fn a_client_generated_from_the_document_orders_pays_and_reads_revenue() {
         .current_dir(&work)
         // Its post-processing runs `ruff`, installed beside it.
         .env("PATH", &path);
-    let (status, output) = pypi::run(generate, LIMIT);
+    let (status, output) = process::run(generate, LIMIT);
     assert!(status.success(), "generation failed:\n{output}");
     // Warnings mean pieces of the document the generator could not turn into code.
     assert!(
@@ -79,7 +77,7 @@ async fn a_client_generated_from_the_document_orders_pays_and_reads_revenue() {
         .env("SWITCHYARD_URL", server.url(""))
         .env("CUSTOMER_TOKEN", token("c1", Role::Customer))
         .env("ADMIN_TOKEN", token("admin", Role::Admin));
-    let (status, output) = pypi::run(flow, LIMIT);
+    let (status, output) = process::run(flow, LIMIT);
     assert!(
         status.success(),
         "the generated client's flow failed:\n{output}"

@@ -1,7 +1,5 @@
 //! Authentication happens before the upgrade: every bad token is a 401 with a JSON reason.
 
-mod common;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::*;

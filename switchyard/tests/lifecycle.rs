@@ -1,21 +1,16 @@
 //! The real binary: one-command start, restarts, signals, heartbeats, expiry, slow clients.
 
-mod common;
-
-use common::process::{BIN, ServerProcess as Proc};
+use common::process::{self, ServerProcess as Proc};
 use common::*;
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use switchyard_protocol::{Role, close};
 
 fn token_cmd(dir: &Path, sub: &str, role: &str) -> String {
-    let out = Command::new(BIN)
+    let out = process::switchyard()
         .args(["token", "--sub", sub, "--role", role])
         .current_dir(dir)
-        .env_remove("JWT_SECRET")
-        .env_remove("DATABASE_URL")
         .output()
         .unwrap();
     assert!(
@@ -123,11 +118,9 @@ async fn sigterm_closes_every_socket_with_4000_and_exits() {
 async fn split_roles_refuse_to_start_without_a_key() {
     let dir = tempfile::tempdir().unwrap();
     for role in ["gateway", "api"] {
-        let out = Command::new(BIN)
+        let out = process::switchyard()
             .args([role, "--listen", "127.0.0.1:0"])
             .current_dir(dir.path())
-            .env_remove("JWT_SECRET")
-            .env_remove("JWT_PUBLIC_KEY_FILE")
             .output()
             .unwrap();
         assert!(!out.status.success());
@@ -278,14 +271,7 @@ async fn events_committed_before_a_crash_are_published_after_the_restart() {
     let mut c = connect(&format!("ws://{}/ws", restarted.addr), &customer).await;
     // The relay publishes the three committed order.created events on start; read them back
     // from the room's history from the beginning of this epoch.
-    let mut position = serde_json::Value::Null;
-    for _ in 0..250 {
-        position = c.subscribe("user:c1").await["position"].clone();
-        if position["offset"].as_u64() >= Some(3) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let position = c.subscribe_until("user:c1", 3).await["position"].clone();
     assert_eq!(position["offset"].as_u64(), Some(3), "{position}");
     // A new connection recovering its user room from offset 0 (this one may already have
     // carried those events, and a connection never carries an offset twice).

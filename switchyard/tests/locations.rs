@@ -1,7 +1,5 @@
 //! Partners stream GPS fixes into the rooms of the orders they carry.
 
-mod common;
-
 use common::*;
 use switchyard_protocol::Role;
 use switchyard_protocol::client::{ClientOp, LocationFix};
@@ -54,8 +52,7 @@ async fn a_partner_location_reaches_the_order_room_and_the_next_snapshot() {
             > 0
     );
     // …and so does the REST read, once the position is written (within one flush interval).
-    let mut stored = serde_json::Value::Null;
-    for _ in 0..100 {
+    let stored = eventually("the stored location", async || {
         let (_, o) = server
             .call(
                 "GET",
@@ -64,12 +61,9 @@ async fn a_partner_location_reaches_the_order_room_and_the_next_snapshot() {
                 None,
             )
             .await;
-        stored = o["last_location"].clone();
-        if !stored.is_null() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        Some(o["last_location"].clone()).filter(|l| !l.is_null())
+    })
+    .await;
     assert_eq!(stored["lng"], 77.5946);
     server.stop().await;
 }

@@ -1,21 +1,11 @@
 //! `/metrics`: the families the code exports, their labels, and the Grafana dashboard that
 //! reads them (deploy/grafana/dashboards/switchyard.json).
 
-mod common;
-
 use common::process::ServerProcess;
 use common::*;
 use serde_json::json;
 use switchyard_protocol::Role;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// The value of the sample `series` (name and labels exactly as rendered) in a scrape.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
-}
 
 /// API requests are counted per route *template*: the order id never becomes a label value,
 /// and paths that match no route share one label.
@@ -137,9 +127,15 @@ async fn outbox_gauges_follow_the_backlog_and_the_lease() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     // Each order: its snapshot row and its order.created event.
-    let metrics = eventually_scrape(&server.url(""), |m| {
-        sample(m, "switchyard_outbox_backlog") == Some(6.0)
-            && sample(m, "switchyard_outbox_oldest_age_seconds").is_some_and(|age| age >= 1.0)
+    let metrics = eventually("six outbox rows, the oldest a second old", async || {
+        let m = scrape(&server.url("")).await;
+        if sample(&m, "switchyard_outbox_backlog") == Some(6.0)
+            && sample(&m, "switchyard_outbox_oldest_age_seconds").is_some_and(|age| age >= 1.0)
+        {
+            Ok(m)
+        } else {
+            Err(m)
+        }
     })
     .await;
     assert_eq!(
@@ -149,9 +145,15 @@ async fn outbox_gauges_follow_the_backlog_and_the_lease() {
     );
 
     store.release_relay_lease("someone-else").await.unwrap();
-    let metrics = eventually_scrape(&server.url(""), |m| {
-        sample(m, "switchyard_relay_leader") == Some(1.0)
-            && sample(m, "switchyard_outbox_backlog") == Some(0.0)
+    let metrics = eventually("this relay leading, the outbox empty", async || {
+        let m = scrape(&server.url("")).await;
+        if sample(&m, "switchyard_relay_leader") == Some(1.0)
+            && sample(&m, "switchyard_outbox_backlog") == Some(0.0)
+        {
+            Ok(m)
+        } else {
+            Err(m)
+        }
     })
     .await;
     assert_eq!(
@@ -187,8 +189,13 @@ async fn the_outbound_queue_gauge_is_back_at_zero_after_100_revocations() {
         let frame = client.closed().await.expect("a close frame");
         assert_eq!(u16::from(frame.code), switchyard_protocol::close::REVOKED);
     }
-    let metrics = eventually_scrape(&server.url(""), |m| {
-        sample(m, "switchyard_connections") == Some(0.0)
+    let metrics = eventually("no connections left", async || {
+        let m = scrape(&server.url("")).await;
+        if sample(&m, "switchyard_connections") == Some(0.0) {
+            Ok(m)
+        } else {
+            Err(m)
+        }
     })
     .await;
     assert_eq!(
@@ -196,19 +203,6 @@ async fn the_outbound_queue_gauge_is_back_at_zero_after_100_revocations() {
         Some(0.0),
         "{metrics}"
     );
-}
-
-/// Scrapes until `pred` holds (or fails after WAIT).
-async fn eventually_scrape(base: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let metrics = scrape(base).await;
-        if pred(&metrics) {
-            return metrics;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never: {metrics}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 fn repo_root() -> std::path::PathBuf {
@@ -361,9 +355,15 @@ async fn every_family_the_dashboard_queries_is_exported() {
     assert_eq!(status, 403);
     partner.socket.close().await.unwrap();
 
-    let exported = eventually_scrape(&server.url(""), |m| {
-        m.contains("switchyard_connections_closed_total{")
-            && sample(m, "switchyard_relay_leader") == Some(1.0)
+    let exported = eventually("a close counted and this relay leading", async || {
+        let m = scrape(&server.url("")).await;
+        if m.contains("switchyard_connections_closed_total{")
+            && sample(&m, "switchyard_relay_leader") == Some(1.0)
+        {
+            Ok(m)
+        } else {
+            Err(m)
+        }
     })
     .await;
     let sources = recording_sources();

@@ -2,8 +2,6 @@
 //! answers without the platform's revenue, refunds when a paid order is cancelled (also when
 //! the payment and the cancellation race), and idempotency keys scoped to the caller.
 
-mod common;
-
 use common::*;
 use serde_json::{Value, json};
 use switchyard_protocol::Role;

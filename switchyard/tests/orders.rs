@@ -1,7 +1,5 @@
 //! The REST API and the events every change publishes.
 
-mod common;
-
 use common::*;
 use serde_json::{Value, json};
 use switchyard_protocol::Role;

@@ -1,7 +1,5 @@
 //! The server publish API (`/api/publish`, `/api/publish/batch`) and `switchyard publish`.
 
-mod common;
-
 use common::*;
 use serde_json::{Value, json};
 use switchyard_protocol::Role;
@@ -258,7 +256,7 @@ async fn refusals_have_their_codes() {
 async fn the_publish_command_prints_the_offset() {
     let server = TestServer::start().await;
     let mut c = connect(&server.ws_url(), &token("c7", Role::Customer)).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let out = tokio::process::Command::from(common::process::switchyard())
         .args([
             "publish",
             "--room",
@@ -270,7 +268,6 @@ async fn the_publish_command_prints_the_offset() {
         ])
         .args(["--url", &server.url("")])
         .env("JWT_SECRET", SECRET)
-        .env_remove("SWITCHYARD_TOKEN")
         .output()
         .await
         .unwrap();
@@ -288,7 +285,7 @@ async fn the_publish_command_prints_the_offset() {
     assert_eq!(e["offset"].as_u64(), Some(offset));
     assert_eq!(e["data"]["eta_s"], 60);
     // A refused publish says why and fails.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let out = tokio::process::Command::from(common::process::switchyard())
         .args([
             "publish",
             "--room",

@@ -1,8 +1,6 @@
 //! Positions and recovery (embedded bus): a client that comes back gets exactly what it
 //! missed, or is told plainly to resync from the snapshot.
 
-mod common;
-
 use common::*;
 use serde_json::{Value, json};
 use switchyard_protocol::Role;
@@ -14,19 +12,6 @@ async fn change(server: &TestServer, order: &str, statuses: &[&str]) {
         let (code, body) = server.set_status(order, &admin(), status).await;
         assert_eq!(code, 200, "{body}");
     }
-}
-
-/// Re-subscribes (idempotent) until the room's position reaches `offset`: the outbox relay
-/// publishes shortly after each REST call returns.
-async fn wait_for_offset(watcher: &mut Client, room: &str, offset: u64) -> Value {
-    for _ in 0..250 {
-        let r = watcher.subscribe(room).await;
-        if r["position"]["offset"].as_u64() >= Some(offset) {
-            return r;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("{room} never reached offset {offset}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +37,7 @@ async fn a_returning_client_gets_exactly_what_it_missed() {
     .await;
     let since = position["offset"].as_u64().unwrap();
     let mut watcher = connect(&server.ws_url(), &admin()).await;
-    let now = wait_for_offset(&mut watcher, &room, since + 3).await;
+    let now = watcher.subscribe_until(&room, since + 3).await;
     let last = now["position"]["offset"].as_u64().unwrap();
     assert_eq!(last, since + 3);
 
@@ -107,7 +92,7 @@ async fn beyond_history_or_another_epoch_means_resync() {
     .await;
     let mut watcher = connect(&server.ws_url(), &admin()).await;
     let since = position["offset"].as_u64().unwrap();
-    wait_for_offset(&mut watcher, &room, since + 3).await;
+    watcher.subscribe_until(&room, since + 3).await;
 
     let mut back = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
     let r = back
@@ -244,7 +229,7 @@ async fn a_resubscribe_never_sends_an_offset_that_is_already_on_the_wire() {
     let order_room = format!("order:{order}");
     let mut c1 = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
     // The relay's order.created has reached the user room: every later event is the test's.
-    let head = wait_for_offset(&mut c1, "user:c1", 1).await["position"].clone();
+    let head = c1.subscribe_until("user:c1", 1).await["position"].clone();
     let joined = c1.subscribe(&order_room).await;
     assert_eq!(joined["type"], "ok", "{joined}");
     for (room, position) in [
@@ -287,7 +272,7 @@ async fn resubscribing_while_events_flow_never_repeats_nor_reorders() {
     let order = server.create_order("c1", 1, 100).await;
     let rooms = ["user:c1".to_owned(), format!("order:{order}")];
     let mut c1 = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
-    wait_for_offset(&mut c1, "user:c1", 1).await;
+    c1.subscribe_until("user:c1", 1).await;
     let mut last: HashMap<String, (Value, u64)> = HashMap::new();
     for room in &rooms {
         let position = c1.subscribe(room).await["position"].clone();

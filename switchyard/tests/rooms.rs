@@ -1,7 +1,5 @@
 //! Who may join which room, snapshots, limits, and bad frames.
 
-mod common;
-
 use common::*;
 use serde_json::json;
 use switchyard_protocol::{Role, close};

@@ -24,9 +24,7 @@
 //! suite); rerun a failure with the same seed. Bounded: at most `MAX_EXAMPLES` cases per operation
 //! and phase, and `PER_ROLE` per role. Reports land in `target/tmp/schemathesis/`.
 
-mod common;
-
-use common::process::ServerProcess;
+use common::process::{self, ServerProcess};
 use common::pypi;
 use common::{SECRET, token};
 use std::path::Path;
@@ -146,7 +144,7 @@ async fn the_api_survives_schemathesis_for_every_role() {
             .env("NO_COLOR", "1")
             .current_dir(dir.path());
         // Its own limit leaves the run time for shrinking a failure; this only stops a hang.
-        let (status, output) = pypi::run(cmd, PER_ROLE * 4);
+        let (status, output) = process::run(cmd, PER_ROLE * 4);
         std::fs::write(reports.join(format!("{role}.log")), &output).unwrap();
         let n = cases(&output).unwrap_or_else(|| panic!("no case count for {role}:\n{output}"));
         total += n;

@@ -2,10 +2,8 @@
 //! API's relay keeps in Redis, and ask the API's `/internal` routes when Redis cannot answer.
 //! Real redis-server, gateway and API processes and nginx, started by scripts/cluster.sh.
 
-mod common;
-
 use common::cluster::Cluster;
-use common::process::BIN;
+use common::process;
 use common::*;
 use serde_json::{Value, json};
 use switchyard_protocol::Role;
@@ -14,23 +12,22 @@ fn fix(order: &str, lat: f64) -> Value {
     json!({"op":"location","order_id":order,"lat":lat,"lng":77.5,"ts":1_732_000_000_000_i64})
 }
 
-impl Cluster {
-    /// The room snapshot the relay wrote to Redis (empty when there is none).
-    fn cached_snapshot(&self, room: &str) -> String {
-        self.redis_cli(&["GET", &format!("sy:snap:{room}")])
-            .trim()
-            .to_owned()
-    }
+/// The room snapshot the relay wrote to Redis (empty when there is none).
+fn cached_snapshot(cluster: &Cluster, room: &str) -> String {
+    cluster
+        .redis_cli(&["GET", &format!("sy:snap:{room}")])
+        .trim()
+        .to_owned()
+}
 
-    /// A gateway's `switchyard_backend_reads_total{source}`.
-    async fn backend_reads(&self, gateway: &str, source: &str) -> f64 {
-        let metrics = scrape(&format!("http://{gateway}")).await;
-        let name = format!("switchyard_backend_reads_total{{source=\"{source}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&name)?.parse().ok())
-            .unwrap_or(0.0)
-    }
+/// A gateway's `switchyard_backend_reads_total{source}`.
+async fn backend_reads(gateway: &str, source: &str) -> f64 {
+    let metrics = scrape(&format!("http://{gateway}")).await;
+    sample(
+        &metrics,
+        &format!("switchyard_backend_reads_total{{source=\"{source}\"}}"),
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,14 +74,14 @@ async fn gateways_run_without_a_database() {
     assert_eq!(ready["ready"], true, "{ready}");
     assert_eq!(ready["database"], Value::Null, "{ready}");
     // `switchyard gateway` has no database setting at all.
-    let help = std::process::Command::new(BIN)
+    let help = process::switchyard()
         .args(["gateway", "--help"])
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("SWITCHYARD_API_URL"), "{help}");
     assert!(!help.contains("DATABASE_URL"), "{help}");
-    let refused = std::process::Command::new(BIN)
+    let refused = process::switchyard()
         .args(["gateway", "--database-url", "sqlite://x.db"])
         .output()
         .unwrap();
@@ -101,14 +98,14 @@ async fn customers_and_partners_are_admitted_after_redis_lost_its_data() {
     cluster.assign(&cluster.apis[0], &order, "p1").await;
     assert_eq!(cluster.set_status(&api, &order, "confirmed").await.0, 200);
     eventually("the relay wrote the snapshot", async || {
-        cluster.cached_snapshot(&room).contains("confirmed")
+        cached_snapshot(&cluster, &room).contains("confirmed")
     })
     .await;
 
     // Redis loses everything (a restart without persistence, an eviction, a FLUSHALL).
     assert_eq!(cluster.redis_cli(&["FLUSHALL"]).trim(), "OK");
-    assert_eq!(cluster.cached_snapshot(&room), "");
-    let before = cluster.backend_reads(&cluster.gateways[0], "api").await;
+    assert_eq!(cached_snapshot(&cluster, &room), "");
+    let before = backend_reads(&cluster.gateways[0], "api").await;
 
     let mut c1 = connect(
         &cluster.ws(&cluster.gateways[0]),
@@ -119,7 +116,7 @@ async fn customers_and_partners_are_admitted_after_redis_lost_its_data() {
     assert_eq!(reply["type"], "ok", "{reply}");
     assert_eq!(reply["snapshot"]["status"], "confirmed", "{reply}");
     assert_eq!(reply["snapshot"]["partner"], "p1", "{reply}");
-    assert!(cluster.backend_reads(&cluster.gateways[0], "api").await > before);
+    assert!(backend_reads(&cluster.gateways[0], "api").await > before);
     let mut p1 = connect(
         &cluster.ws(&cluster.gateways[1]),
         &token("p1", Role::Partner),
@@ -135,21 +132,14 @@ async fn customers_and_partners_are_admitted_after_redis_lost_its_data() {
     // The next change writes the snapshot again, and later reads come from Redis.
     assert_eq!(cluster.set_status(&api, &order, "packed").await.0, 200);
     c1.event(&room, "order.status").await;
-    assert!(cluster.cached_snapshot(&room).contains("packed"));
-    let from_redis = cluster
-        .backend_reads(&cluster.gateways[1], "shared_state")
-        .await;
+    assert!(cached_snapshot(&cluster, &room).contains("packed"));
+    let from_redis = backend_reads(&cluster.gateways[1], "shared_state").await;
     let mut admin_ws = connect(&cluster.ws(&cluster.gateways[1]), &admin()).await;
     assert_eq!(
         admin_ws.subscribe(&room).await["snapshot"]["status"],
         "packed"
     );
-    assert!(
-        cluster
-            .backend_reads(&cluster.gateways[1], "shared_state")
-            .await
-            > from_redis
-    );
+    assert!(backend_reads(&cluster.gateways[1], "shared_state").await > from_redis);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,13 +208,13 @@ async fn a_stale_snapshot_never_keeps_out_the_assigned_partner() {
     let room = format!("order:{order}");
     cluster.assign(&cluster.apis[0], &order, "p1").await;
     eventually("a snapshot naming p1", async || {
-        cluster.cached_snapshot(&room).contains("\"p1\"")
+        cached_snapshot(&cluster, &room).contains("\"p1\"")
     })
     .await;
-    let naming_p1 = cluster.cached_snapshot(&room);
+    let naming_p1 = cached_snapshot(&cluster, &room);
     cluster.assign(&cluster.apis[0], &order, "p2").await;
     eventually("a snapshot naming p2", async || {
-        cluster.cached_snapshot(&room).contains("\"p2\"")
+        cached_snapshot(&cluster, &room).contains("\"p2\"")
     })
     .await;
     // Put the old one back: Redis now says p1 carries the order, as it would for the moment

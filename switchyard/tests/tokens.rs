@@ -2,8 +2,6 @@
 //! of u64), an `nbf` or `iat` in the future, and a token that should have died with its
 //! user's revocation — at the handshake, on `refresh` and on REST, in both modes.
 
-mod common;
-
 use common::cluster::Cluster;
 use common::process::ServerProcess;
 use common::*;
@@ -78,8 +76,8 @@ async fn an_absurd_exp_is_refused_everywhere_and_nothing_leaks() {
     let gauges = async || {
         let metrics = scrape(&base).await;
         (
-            sample_value(&metrics, "switchyard_subscriptions"),
-            sample_value(&metrics, "switchyard_rooms"),
+            sample(&metrics, "switchyard_subscriptions"),
+            sample(&metrics, "switchyard_rooms"),
         )
     };
     let now = now_secs();

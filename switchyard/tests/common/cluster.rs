@@ -5,7 +5,6 @@ use super::SECRET;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -17,7 +16,7 @@ pub struct Cluster {
 }
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
+    super::workspace_root().join("scripts/cluster.sh")
 }
 
 impl Cluster {
@@ -37,7 +36,8 @@ impl Cluster {
                 "--apis",
                 &apis.to_string(),
             ])
-            .args(["--bin", env!("CARGO_BIN_EXE_switchyard")])
+            .arg("--bin")
+            .arg(super::process::bin())
             .env("JWT_SECRET", SECRET)
             .env("RUST_LOG", "info")
             .envs(settings.iter().copied())
@@ -95,7 +95,7 @@ impl Cluster {
     /// SIGKILLs gateway `index` (0-based, as in `gateways`) — that one process, by the pid
     /// `cluster.sh` recorded — and waits until its port refuses connections. Its pid file is
     /// removed so `down` never signals a pid the system may have reused.
-    pub fn kill_gateway(&self, index: usize) {
+    pub async fn kill_gateway(&self, index: usize) {
         let pid_file = self.dir.path().join(format!("gateway{}.pid", index + 1));
         let pid = std::fs::read_to_string(&pid_file).expect("gateway pid file");
         let status = Command::new("kill")
@@ -104,14 +104,12 @@ impl Cluster {
             .unwrap();
         assert!(status.success(), "kill -KILL {}", pid.trim());
         std::fs::remove_file(&pid_file).unwrap();
-        let addr: std::net::SocketAddr = self.gateways[index].parse().unwrap();
-        for _ in 0..500 {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("gateway {addr} still accepts connections after SIGKILL");
+        let addr = &self.gateways[index];
+        super::eventually(
+            "the killed gateway's port refuses connections",
+            async || tokio::net::TcpStream::connect(addr).await.is_err(),
+        )
+        .await;
     }
 
     /// `redis-cli` against the cluster's Redis; returns stdout.

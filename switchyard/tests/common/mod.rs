@@ -1,5 +1,12 @@
 //! Test harness: real servers on port 0, real WebSocket clients over TCP, a real HTTP client.
-#![allow(dead_code)]
+//!
+//! # Layout
+//! - this file: [`TestServer`] (a `switchyard all` inside the test process), REST calls,
+//!   tokens, the protocol [`Client`], raw sockets for bytes no client library would send,
+//!   and [`eventually`], the one way a test waits for something to become true.
+//! - [`process`]: the real binary as a child process, and running any program to completion.
+//! - [`cluster`]: the distributed topology (`scripts/cluster.sh`): Redis, gateways, APIs, nginx.
+//! - [`pypi`]: tools from PyPI the tests run (Schemathesis, openapi-python-client, kosoku).
 
 pub mod cluster;
 pub mod process;
@@ -18,6 +25,11 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
+
+/// The repository's root (scripts, target/).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..")
+}
 
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 /// How long a test waits for any one expected frame or response.
@@ -80,19 +92,14 @@ impl TestServer {
     }
 
     async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the server is ready", async || {
+            self.http
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -177,15 +184,50 @@ pub async fn pay(
     (status, resp.json().await.unwrap())
 }
 
-/// Polls `check` every 50 ms until it holds; fails after 10 s.
-pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Polls `check` every 20 ms until it is done, and returns what it found; fails after
+/// [`WAIT`], naming `what` and the last thing `check` saw. A check answers `bool`,
+/// `Option<T>`, or `Result<T, E>` (the error is what it saw instead).
+pub async fn eventually<C: Check>(what: &str, mut check: impl AsyncFnMut() -> C) -> C::Done {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = match check().await.done() {
+            Ok(done) => return done,
+            Err(seen) => seen,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}{}{seen}",
+            if seen.is_empty() { "" } else { "; last saw: " }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for: {what}");
+}
+
+/// The answer of one [`eventually`] check: done with a value, or not yet with what it saw.
+pub trait Check {
+    type Done;
+    fn done(self) -> Result<Self::Done, String>;
+}
+
+impl Check for bool {
+    type Done = ();
+    fn done(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err(String::new()) }
+    }
+}
+
+impl<T> Check for Option<T> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: std::fmt::Display> Check for Result<T, E> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.map_err(|seen| seen.to_string())
+    }
 }
 
 /// One REST call with a bearer token; returns the status and the JSON body (`null` when the
@@ -219,12 +261,13 @@ pub async fn scrape(base: &str) -> String {
         .unwrap()
 }
 
-/// The value of an unlabeled sample in a scrape (families are registered at 0 on start, so
-/// "present" says nothing; the value does).
-pub fn sample_value(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+/// The value of the sample `series` (name and labels exactly as rendered) in a scrape
+/// (families are registered at 0 on start, so "present" says nothing; the value does).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 pub fn token(sub: &str, role: Role) -> String {
@@ -431,6 +474,20 @@ impl Client {
             // Tests of the room grammar subscribe to names no typed op can hold.
             Err(_) => self.request(json!({"op":"subscribe","room":room})).await,
         }
+    }
+
+    /// Re-subscribes (idempotent) until the room's position reaches `offset` (the outbox
+    /// relay publishes shortly after each REST call returns); returns that reply.
+    pub async fn subscribe_until(&mut self, room: &str, offset: u64) -> Value {
+        eventually(&format!("{room} at offset {offset}"), async || {
+            let reply = self.subscribe(room).await;
+            if reply["position"]["offset"].as_u64() >= Some(offset) {
+                Ok(reply)
+            } else {
+                Err(reply)
+            }
+        })
+        .await
     }
 
     pub async fn ping(&mut self) -> Value {

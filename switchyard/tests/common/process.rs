@@ -1,14 +1,92 @@
-//! The real `switchyard` binary as a child process: for tests that measure the process
-//! (RSS), signal it, read its output, or need it to be a separate program.
+//! Child processes: the real `switchyard` binary, for tests that measure the process (RSS),
+//! signal it, read its output, or need it to be a separate program; and any other program
+//! run to completion within a time limit.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+/// The `switchyard` binary cargo built for the running test: it sits in the directory above
+/// the test executable (`target/<profile>/deps/<test>-<hash>`). (`CARGO_BIN_EXE_switchyard`
+/// is only known when compiling an integration test, not this library.)
+pub fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable under target/<profile>/deps");
+    let bin = profile.join("switchyard");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it (cargo test -p switchyard builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A command running the `switchyard` binary, shielded from the environment the tests run in.
+pub fn switchyard() -> Command {
+    shielded(Command::new(bin()))
+}
+
+/// `cmd` without the settings of the caller's shell: a server's keys, database and Redis come
+/// from the test, never from whoever runs it.
+fn shielded(mut cmd: Command) -> Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("SWITCHYARD_")
+            || [
+                "JWT_SECRET",
+                "JWT_PUBLIC_KEY_FILE",
+                "DATABASE_URL",
+                "REDIS_URL",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
+}
+
+/// Waits for `child` to exit; kills it and answers `None` when it runs over `limit`.
+pub fn wait_at_most(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` to completion within `limit` (failing if it runs over), returning its status
+/// and its combined stdout and stderr.
+pub fn run(mut cmd: Command, limit: Duration) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.log");
+    let file = std::fs::File::create(&out).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let status = wait_at_most(&mut child, limit);
+    let output = std::fs::read_to_string(&out).unwrap_or_default();
+    match status {
+        Some(status) => (status, output),
+        None => panic!("{cmd:?} ran over {limit:?}:\n{output}"),
+    }
+}
 
 /// A `switchyard` process; SIGKILLed on drop if still running.
 pub struct ServerProcess {
@@ -42,10 +120,10 @@ impl ServerProcess {
         log: &Path,
         limit: u32,
     ) -> ServerProcess {
-        let mut cmd = Command::new("sh");
+        let mut cmd = shielded(Command::new("sh"));
         cmd.args(["-c", "ulimit -n \"$0\" && exec \"$@\""])
             .arg(limit.to_string())
-            .arg(BIN)
+            .arg(bin())
             .args(args);
         let file = std::fs::File::create(log).unwrap();
         ServerProcess::spawn(cmd, dir, env, Stdio::from(file))
@@ -57,16 +135,13 @@ impl ServerProcess {
         env: &[(&str, &str)],
         stderr: Stdio,
     ) -> ServerProcess {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = switchyard();
         cmd.args(args);
         ServerProcess::spawn(cmd, dir, env, stderr)
     }
 
     fn spawn(mut cmd: Command, dir: &Path, env: &[(&str, &str)], stderr: Stdio) -> ServerProcess {
         cmd.current_dir(dir)
-            .env_remove("JWT_SECRET")
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -109,18 +184,10 @@ impl ServerProcess {
         assert!(status.success());
     }
 
-    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Waits for the process to exit; fails when it runs over `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        wait_at_most(&mut self.child, limit)
+            .unwrap_or_else(|| panic!("process did not exit in {limit:?}"))
     }
 
     /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).

@@ -1,17 +1,17 @@
-//! Tools from PyPI that tests run against the real binary (Schemathesis, openapi-python-client).
+//! Tools from PyPI that tests run against the real binary (Schemathesis, openapi-python-client,
+//! kosoku); run them with [`crate::process::run`].
 //! `scripts/test.sh` installs each, pinned, into a venv under `target/` and names it in an
 //! environment variable; run alone, a test finds the venv there itself.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-/// The program `name` of the venv `target/<name>-<version>/`, or `$var` when set.
+/// The program `name`: `$var` when set, else the venv `target/<name>-<version>/`, else on
+/// `PATH`.
 pub fn tool(var: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(var) {
         return PathBuf::from(path);
     }
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let target = crate::workspace_root().join("target");
     let venv = std::fs::read_dir(&target)
         .into_iter()
         .flatten()
@@ -25,38 +25,15 @@ pub fn tool(var: &str, name: &str) -> PathBuf {
                     .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))
         })
         .max();
-    venv.unwrap_or_else(|| {
+    let on_path = || {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    };
+    venv.or_else(on_path).unwrap_or_else(|| {
         panic!(
             "{name} not found: run ./scripts/test.sh (it installs it into target/{name}-<version>), \
              or set {var} to its path"
         )
     })
-}
-
-/// Runs `cmd` to completion within `limit` (killed after it), returning its status and
-/// combined output.
-pub fn run(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.log");
-    let file = std::fs::File::create(&out).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let output = std::fs::read_to_string(&out).unwrap_or_default();
-            panic!("{cmd:?} ran over {limit:?}:\n{output}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (status, std::fs::read_to_string(&out).unwrap_or_default())
 }
