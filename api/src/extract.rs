@@ -61,7 +61,7 @@ impl Caller {
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <jwt>"))?;
         state
             .verifier
-            .verify_unrevoked(token, |sub| state.broker.revoked_at(sub))
+            .verify_unrevoked(token, |sub| state.backplane.controller.revoked_at(sub))
             .map(Caller)
             .map_err(|e| ApiError::unauthorized(e.to_string()))
     }

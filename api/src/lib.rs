@@ -39,7 +39,7 @@ use axum::{Extension, Router};
 use error::ApiError;
 use std::sync::Arc;
 use switchyard_auth::Verifier;
-use switchyard_broker::Broker;
+use switchyard_broker::Backplane;
 use switchyard_protocol::ErrorCode;
 use switchyard_protocol::order::OrderLimits;
 use switchyard_store::Store;
@@ -76,7 +76,7 @@ pub struct ApiState {
     pub store: Store,
     pub verifier: Arc<Verifier>,
     /// For control messages (revocations) and for refusing writes while the bus is down.
-    pub broker: Arc<dyn Broker>,
+    pub backplane: Backplane,
     pub config: ApiConfig,
 }
 
@@ -144,7 +144,7 @@ async fn writes_need_the_bus(
     next: Next,
 ) -> Result<Response, ApiError> {
     if request.method() != Method::GET
-        && !state.broker.is_ready()
+        && !state.backplane.is_ready()
         && extract::Caller::from_headers(request.headers(), &state).is_ok()
     {
         return Err(ApiError::unavailable(

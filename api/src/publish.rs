@@ -108,7 +108,8 @@ async fn publish_one(
     item: PublishRequest,
 ) -> Result<Published, ApiError> {
     let offset = state
-        .broker
+        .backplane
+        .bus
         .publish(room, &item.event, item.data)
         .await
         .map_err(|err| {

@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_broker::state::SharedState;
-use switchyard_broker::{Broker, Control, Deliver, Publication};
+use switchyard_broker::{Backplane, Bus, Control, Controller, Listen};
 use switchyard_protocol::Room;
 use switchyard_store::OutboxKind;
 use switchyard_store::Store;
@@ -45,9 +45,7 @@ pub const GAUGE_INTERVAL: Duration = Duration::from_millis(500);
 /// Wakes the relay when another process announces committed outbox rows.
 struct Wake(Arc<Notify>);
 
-impl Deliver for Wake {
-    fn deliver(&self, _publication: Publication) {}
-
+impl Listen for Wake {
     fn control(&self, control: &Control) {
         if *control == Control::OutboxWritten {
             self.0.notify_one();
@@ -59,7 +57,7 @@ impl Deliver for Wake {
 /// releases the lease. `state` is the shared state of the distributed mode (None: embedded).
 pub async fn run(
     store: Store,
-    broker: Arc<dyn Broker>,
+    backplane: Backplane,
     state: Option<Arc<dyn SharedState>>,
     shutdown: CancellationToken,
 ) {
@@ -71,7 +69,10 @@ pub async fn run(
     }
     let local = store.outbox_written();
     let remote = Arc::new(Notify::new());
-    broker.attach(Arc::new(Wake(remote.clone())));
+    let Backplane {
+        bus, controller, ..
+    } = backplane;
+    controller.listen(Arc::new(Wake(remote.clone())));
     let holder = format!(
         "relay-{}-{:x}",
         std::process::id(),
@@ -102,7 +103,7 @@ pub async fn run(
         let leader = lease_until.is_some();
         metrics::gauge!("switchyard_relay_leader").set(if leader { 1.0 } else { 0.0 });
         let result = if leader {
-            relay_batch(&store, broker.as_ref(), state.as_deref()).await
+            relay_batch(&store, bus.as_ref(), controller.as_ref(), state.as_deref()).await
         } else {
             Ok(0)
         };
@@ -129,7 +130,7 @@ pub async fn run(
                     _ = local.notified() => {
                         if !leader {
                             // Our commit, someone else's lease: wake the holder.
-                            let _ = broker.broadcast(Control::OutboxWritten).await;
+                            let _ = controller.broadcast(Control::OutboxWritten).await;
                         }
                     }
                     _ = remote.notified() => {}
@@ -182,7 +183,8 @@ fn with_event_id(id: i64, data: &str) -> String {
 /// Hands one row on: `Ok(false)` when the row can never be handled (skipped, logged).
 async fn relay_row(
     event: &switchyard_store::OutboxEvent,
-    broker: &dyn Broker,
+    bus: &dyn Bus,
+    controller: &dyn Controller,
     state: Option<&dyn SharedState>,
 ) -> Result<bool, String> {
     let Ok(room) = Room::parse(&event.room) else {
@@ -211,14 +213,16 @@ async fn relay_row(
                 sub,
                 reason,
             };
-            broker.broadcast(control).await.map_err(|e| e.to_string())?;
+            controller
+                .broadcast(control)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         OutboxKind::Event => {
             let Ok(data) = RawValue::from_string(with_event_id(event.id, &event.data)) else {
                 return Ok(false);
             };
-            broker
-                .publish(&room, &event.event, data)
+            bus.publish(&room, &event.event, data)
                 .await
                 .map_err(|e| e.to_string())?;
             metrics::counter!("switchyard_events_published_total", "source" => "api").increment(1);
@@ -230,14 +234,15 @@ async fn relay_row(
 /// Hands on one batch; returns how many rows it consumed.
 async fn relay_batch(
     store: &Store,
-    broker: &dyn Broker,
+    bus: &dyn Bus,
+    controller: &dyn Controller,
     state: Option<&dyn SharedState>,
 ) -> Result<usize, String> {
     let batch = store.outbox_batch(BATCH).await.map_err(|e| e.to_string())?;
     let mut done = Vec::with_capacity(batch.len());
     let mut result = Ok(batch.len());
     for event in &batch {
-        match relay_row(event, broker, state).await {
+        match relay_row(event, bus, controller, state).await {
             Ok(true) => {}
             // A row that can never be handled must not block the ones behind it.
             Ok(false) => tracing::error!(id = event.id, "dropping an unreadable outbox row"),

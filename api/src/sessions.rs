@@ -47,7 +47,8 @@ pub async fn revoke(
     let at = now_secs();
     let until = at.saturating_add(state.verifier.max_lifetime().as_secs());
     state
-        .broker
+        .backplane
+        .controller
         .revoke_user(&sub, at, until)
         .await
         .map_err(|err| {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use switchyard_api::{ApiConfig, ApiState};
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey};
-use switchyard_broker::memory::{HistoryConfig, MemoryBroker};
+use switchyard_broker::{Backplane, HistoryConfig};
 use switchyard_protocol::Role;
 use switchyard_store::Store;
 use tower::ServiceExt;
@@ -78,7 +78,7 @@ async fn corrupt_data_is_a_500_logged_once_by_the_edge() {
         ApiState {
             store,
             verifier: Arc::new(verifier),
-            broker: MemoryBroker::start(HistoryConfig::default()),
+            backplane: Backplane::memory(HistoryConfig::default()),
             config: ApiConfig::default(),
         },
         Default::default(),

@@ -1,26 +1,33 @@
-//! The bus between publishers (the API, partners' location ops) and gateways.
+//! The bus between publishers (the API, partners' location ops) and gateways, split by job:
 //!
-//! A [`Broker`] assigns each event its per-room offset, encodes the event frame once,
-//! and hands the [`Publication`] to every attached [`Deliver`] sink (a gateway's hub) that
-//! has members in the room. Two implementations fill the trait:
+//! - the [`Bus`] proper: assigns each event its per-room offset, encodes the event frame
+//!   once, and hands the [`Publication`] to every attached [`Deliver`] sink (a gateway's hub)
+//!   that has members in the room; keeps each room's history for recovery;
+//! - the [`Controller`]: control messages for every process rather than for a room's
+//!   members (revocations, wake-ups of the outbox relay), to [`Listen`]ers of their own — a
+//!   process that only needs control messages never receives publications;
+//! - [`ConnectionLeases`]: the per-user connection count across every gateway (claim, renew,
+//!   release).
 //!
-//! - [`memory::MemoryBroker`]: the embedded mode's in-process bus;
-//! - a Redis implementation (distributed mode) with the same contract.
+//! A [`Backplane`] holds the three. Two implementations fill the traits:
+//! [`memory`] (the embedded mode's in-process bus) and [`redis`] (distributed mode), with the
+//! same contract.
 //!
 //! # Contract
 //! - Offsets in one room start at 1 and increase by one per published event, within the
 //!   room's *epoch*. A new epoch (offsets starting again) begins whenever the room's offsets
-//!   and history were lost: a new process for the memory broker, a flushed or restarted
+//!   and history were lost: a new process for the memory bus, a flushed or restarted
 //!   Redis. Every [`Publication`] carries its epoch, so a subscriber never compares offsets
-//!   of two epochs, whether one epoch serves every room (today) or each room has its own.
+//!   of two epochs, whether one epoch serves every room or each room has its own.
 //! - Publications of one room are delivered to each sink in offset order.
-//! - `subscribe`/`unsubscribe` tell the broker which rooms this node serves; a broker may
-//!   skip delivering rooms nobody subscribed to (the memory broker delivers everything and
+//! - `subscribe`/`unsubscribe` tell the bus which rooms this node serves; a bus may
+//!   skip delivering rooms nobody subscribed to (the memory bus delivers everything and
 //!   lets the hub drop what has no members, which costs one map lookup).
 //!
 //! # Layout
-//! - [`memory`]: the in-process broker (embedded mode).
-//! - [`redis`]: Redis pub/sub with offsets assigned in Redis (distributed mode).
+//! - [`memory`]: the in-process bus, controller and leases (embedded mode).
+//! - [`redis`]: Redis pub/sub with offsets assigned in Redis, control channel, leases
+//!   (distributed mode).
 //! - [`revocations`]: per-user revocation records every process checks tokens against.
 //! - [`state`]: room snapshots and partner positions every process reads (distributed mode:
 //!   in the same Redis), so gateways need no database.
@@ -86,44 +93,85 @@ pub enum Control {
     OutboxWritten,
 }
 
-/// Receives publications (a gateway's hub) and control messages. Must not block: it runs on
-/// the broker's delivery task, and every room's delivery waits behind it.
+/// How much history each room keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    /// Publications kept per room.
+    pub size: usize,
+    /// How long a publication stays recoverable.
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A fresh epoch: time and process id, hex. Unique per call site and moment (a process start,
+/// a room's first publish in Redis).
+pub fn new_epoch() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// Receives publications (a gateway's hub). Must not block: it runs on the bus's delivery
+/// path, and the room's delivery waits behind it.
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, publication: Publication);
-
-    fn control(&self, _control: &Control) {}
 
     /// Publications may have been lost for every room this node serves (the bus connection
     /// dropped, or the node fell behind): members must be told to recover.
     fn gap(&self) {}
 }
 
-/// The sinks attached to a broker: an immutable list swapped on attach (at start), so a
-/// delivery takes one `Arc` clone under a momentary read lock and holds no lock while the
-/// sinks fan out.
-#[derive(Clone)]
-pub struct Sinks(Arc<std::sync::RwLock<SinkList>>);
+/// Receives control messages. Must not block.
+pub trait Listen: Send + Sync + 'static {
+    fn control(&self, control: &Control);
+}
 
-type SinkList = Arc<[Arc<dyn Deliver>]>;
+/// An immutable list swapped on attach (at start), so a delivery takes one `Arc` clone under
+/// a momentary read lock and holds no lock while the receivers run.
+pub struct Attached<T: ?Sized>(Arc<std::sync::RwLock<Arc<[Arc<T>]>>>);
 
-impl Default for Sinks {
-    fn default() -> Self {
-        Sinks(Arc::new(std::sync::RwLock::new(Arc::new([]))))
+impl<T: ?Sized> Clone for Attached<T> {
+    fn clone(&self) -> Self {
+        Attached(self.0.clone())
     }
 }
 
-impl Sinks {
-    pub fn attach(&self, sink: Arc<dyn Deliver>) {
+impl<T: ?Sized> Default for Attached<T> {
+    fn default() -> Self {
+        Attached(Arc::new(std::sync::RwLock::new(Arc::from(Vec::new()))))
+    }
+}
+
+impl<T: ?Sized> Attached<T> {
+    pub fn attach(&self, receiver: Arc<T>) {
         let mut list = self.0.write().unwrap_or_else(|e| e.into_inner());
-        let mut sinks: Vec<_> = list.iter().cloned().collect();
-        sinks.push(sink);
-        *list = sinks.into();
+        let mut all: Vec<_> = list.iter().cloned().collect();
+        all.push(receiver);
+        *list = all.into();
     }
 
-    fn snapshot(&self) -> SinkList {
+    pub fn snapshot(&self) -> Arc<[Arc<T>]> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
 
+/// The sinks attached to a bus.
+pub type Sinks = Attached<dyn Deliver>;
+
+/// The listeners attached to a controller.
+pub type Listeners = Attached<dyn Listen>;
+
+impl Attached<dyn Deliver> {
     pub fn deliver(&self, publication: Publication) {
         let sinks = self.snapshot();
         if let Some((last, rest)) = sinks.split_last() {
@@ -139,10 +187,12 @@ impl Sinks {
             sink.gap();
         }
     }
+}
 
+impl Attached<dyn Listen> {
     pub fn control(&self, control: &Control) {
-        for sink in self.snapshot().iter() {
-            sink.control(control);
+        for listener in self.snapshot().iter() {
+            listener.control(control);
         }
     }
 }
@@ -156,8 +206,9 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
+/// The bus proper: room events, their offsets and history.
 #[async_trait]
-pub trait Broker: Send + Sync + 'static {
+pub trait Bus: Send + Sync + 'static {
     /// Publishes `data` as `event` in `room`; returns the offset it was given.
     async fn publish(
         &self,
@@ -167,7 +218,7 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<u64, BrokerError>;
 
     /// This node has (at least one more) member in `room`. Counted: every call is
-    /// matched by one [`Broker::unsubscribe`].
+    /// matched by one [`Bus::unsubscribe`].
     async fn subscribe(&self, room: &Room) -> Result<(), BrokerError>;
 
     /// One member fewer in `room` on this node.
@@ -181,7 +232,17 @@ pub trait Broker: Send + Sync + 'static {
         since: Option<&StreamPosition>,
     ) -> Result<History, BrokerError>;
 
-    /// Sends a control message to every process's sinks (this one's included).
+    /// Adds a sink that receives every publication this node subscribed to.
+    fn attach(&self, sink: Arc<dyn Deliver>);
+
+    /// Whether the bus can currently publish and deliver (`/readyz`).
+    fn is_ready(&self) -> bool;
+}
+
+/// Control messages for every process, and the revocation records they carry.
+#[async_trait]
+pub trait Controller: Send + Sync + 'static {
+    /// Sends a control message to every process's listeners (this one's included).
     async fn broadcast(&self, control: Control) -> Result<(), BrokerError>;
 
     /// Withdraws `sub`'s tokens issued up to `at` until `until` (seconds since the Unix
@@ -194,31 +255,57 @@ pub trait Broker: Send + Sync + 'static {
     /// every handshake, `refresh` and REST call.
     fn revoked_at(&self, sub: &str) -> Option<u64>;
 
-    /// Adds a sink that receives every publication this node subscribed to, and every
-    /// control message.
-    fn attach(&self, sink: Arc<dyn Deliver>);
+    /// Adds a listener that receives every control message.
+    fn listen(&self, listener: Arc<dyn Listen>);
 
-    /// Whether the broker can currently publish and deliver (`/readyz`).
+    /// Whether control messages currently reach this process (`/readyz`).
     fn is_ready(&self) -> bool;
+}
 
+/// The per-user connection count across every gateway sharing the bus.
+#[async_trait]
+pub trait ConnectionLeases: Send + Sync + 'static {
     /// Counts connection `conn` of user `sub` against `limit` connections per user across
-    /// every gateway sharing this bus; false when the user already has `limit`. The claim is
-    /// a lease: it lapses after `lease` unless renewed, so a killed gateway's connections
-    /// stop counting. The in-process bus serves one process, whose own count is exact, so
-    /// it always says yes.
-    async fn claim_connection(
+    /// every gateway; false when the user already has `limit`. The claim is a lease: it
+    /// lapses after `lease` unless renewed, so a killed gateway's connections stop counting.
+    async fn claim(
         &self,
-        _sub: &str,
-        _conn: &str,
-        _limit: usize,
-        _lease: Duration,
-    ) -> Result<bool, BrokerError> {
-        Ok(true)
-    }
+        sub: &str,
+        conn: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<bool, BrokerError>;
 
-    /// Extends a claim (called on every heartbeat of the connection).
-    async fn renew_connection(&self, _sub: &str, _conn: &str, _lease: Duration) {}
+    /// Extends a claim (every heartbeat interval).
+    async fn renew(&self, sub: &str, conn: &str, lease: Duration);
 
     /// Ends a claim (the connection closed).
-    async fn release_connection(&self, _sub: &str, _conn: &str) {}
+    async fn release(&self, sub: &str, conn: &str);
+}
+
+/// The three jobs of the bus, as one process uses them. Cheap to clone.
+#[derive(Clone)]
+pub struct Backplane {
+    pub bus: Arc<dyn Bus>,
+    pub controller: Arc<dyn Controller>,
+    pub leases: Arc<dyn ConnectionLeases>,
+}
+
+impl Backplane {
+    /// The embedded mode's: everything in this process.
+    pub fn memory(history: HistoryConfig) -> Backplane {
+        let controller = memory::MemoryController::new();
+        Backplane {
+            bus: memory::MemoryBus::start(history),
+            controller,
+            leases: Arc::new(memory::OneProcess),
+        }
+    }
+
+    /// Whether events and control messages currently flow (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        let up = self.bus.is_ready() && self.controller.is_ready();
+        metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
+        up
+    }
 }

@@ -1,195 +1,101 @@
-//! The embedded mode's in-process bus.
+//! The embedded mode's in-process bus, controller and leases.
 //!
-//! Publishers send requests through a bounded channel to one dispatcher task, which owns
-//! the per-room offset counters (no lock needed: it is the only writer), encodes each event
-//! once and calls every sink in order. The bounded channel is the backpressure: when the
-//! dispatcher falls behind, `publish` waits rather than queueing without limit.
+//! Each room's stream (offset counter and recent publications) sits behind a lock of its
+//! own: a publish takes its room's lock, assigns the next offset, encodes the event once,
+//! keeps it in the room's history and hands it to every sink — so one room's publications
+//! reach the sinks in offset order, while rooms publish in parallel on as many cores as
+//! there are publishers. The sinks never block (a hub's mailboxes are bounded and shed
+//! load), so the lock is short.
 //!
 //! Offsets and history live in memory: a restart starts a new *epoch* (random per process),
 //! so clients can tell that offsets began again and that their old position is gone.
 //!
 //! History: each room keeps its last [`HistoryConfig::size`] publications for at most
-//! [`HistoryConfig::ttl`] (a ring of shared frames, no copies). A recovery request goes through
-//! the same channel as publishes, so it sees exactly the publications delivered before it.
+//! [`HistoryConfig::ttl`] (a ring of shared frames, no copies), emptied by age on every
+//! publish and recovery and by a sweep every quarter of the TTL. A recovery takes the room's
+//! lock, so it sees exactly the publications delivered before it.
 
 use crate::revocations::Revocations;
-use crate::{Broker, BrokerError, Control, Deliver, History, Publication, Sinks};
+use crate::{
+    BrokerError, Bus, ConnectionLeases, Control, Controller, Deliver, History, HistoryConfig,
+    Listen, Listeners, Publication, Sinks,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
+use dashmap::DashMap;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::{Room, server::encode_event};
-use tokio::sync::{mpsc, oneshot};
 
-/// How many publish requests may wait for the dispatcher.
-const QUEUE: usize = 4096;
-
-/// How much history each room keeps.
-#[derive(Debug, Clone, Copy)]
-pub struct HistoryConfig {
-    /// Publications kept per room.
-    pub size: usize,
-    /// How long a publication stays recoverable.
-    pub ttl: Duration,
-}
-
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        HistoryConfig {
-            size: 100,
-            ttl: Duration::from_secs(300),
-        }
-    }
-}
-
+#[derive(Default)]
 struct RoomStream {
     offset: u64,
     recent: VecDeque<(Instant, Publication)>,
 }
 
-enum Request {
-    History {
-        room: String,
-        since: Option<StreamPosition>,
-        reply: oneshot::Sender<History>,
-    },
-    Publish {
-        room: String,
-        event: String,
-        data: Box<RawValue>,
-        reply: oneshot::Sender<u64>,
-    },
-    Control(Control),
-}
+type Stream = Arc<Mutex<RoomStream>>;
 
-/// In-process [`Broker`].
-pub struct MemoryBroker {
-    requests: mpsc::Sender<Request>,
-    sinks: Sinks,
-    /// The only process there is: its records are all the records.
-    revocations: Revocations,
-}
-
-impl MemoryBroker {
-    /// Creates the broker and spawns its dispatcher on the current Tokio runtime.
-    /// The dispatcher stops when the broker is dropped.
-    pub fn start(history: HistoryConfig) -> Arc<MemoryBroker> {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let sinks = Sinks::default();
-        tokio::spawn(dispatch(rx, sinks.clone(), history, new_epoch()));
-        Arc::new(MemoryBroker {
-            requests: tx,
-            sinks,
-            revocations: Revocations::default(),
-        })
-    }
-}
-
-/// A fresh epoch: time and process id, hex. Unique per start of a process.
-pub(crate) fn new_epoch() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}{:x}", nanos, std::process::id())
-}
-
-async fn dispatch(
-    mut rx: mpsc::Receiver<Request>,
-    sinks: Sinks,
+/// In-process [`Bus`].
+pub struct MemoryBus {
+    /// One entry per room ever published to: its offset (a few bytes) and a bounded ring
+    /// (emptied by age). The embedded mode (one machine, one database) can afford that.
+    rooms: DashMap<Box<str>, Stream>,
+    /// Every publication of this process shares the one epoch.
+    epoch: Arc<str>,
     config: HistoryConfig,
-    epoch: String,
-) {
-    // Every publication of this process shares the one epoch.
-    let shared_epoch: Arc<str> = epoch.as_str().into();
-    // One entry per room ever published to: its offset (a few bytes) and a bounded ring
-    // (emptied by age). The embedded mode (one machine, one database) can afford that.
-    let mut rooms: HashMap<String, RoomStream> = HashMap::new();
-    let mut swept = Instant::now();
-    while let Some(req) = rx.recv().await {
-        if swept.elapsed() > config.ttl / 4 {
-            let now = Instant::now();
-            for stream in rooms.values_mut() {
-                expire(&mut stream.recent, now, config.ttl);
-            }
-            swept = now;
-        }
-        let (room, event, data, reply) = match req {
-            Request::Publish {
-                room,
-                event,
-                data,
-                reply,
-            } => (room, event, data, reply),
-            Request::Control(control) => {
-                sinks.control(&control);
-                continue;
-            }
-            Request::History { room, since, reply } => {
-                let stream = rooms.get_mut(&room);
-                let offset = stream.as_ref().map(|s| s.offset).unwrap_or(0);
-                let missed = match (since, stream) {
-                    (Some(since), _) if since.epoch != epoch || since.offset > offset => None,
-                    (Some(since), _) if since.offset == offset => Some(Vec::new()),
-                    (Some(since), Some(stream)) => {
-                        expire(&mut stream.recent, Instant::now(), config.ttl);
-                        // Complete only if the oldest kept publication is the one right after `since`.
-                        let first = stream
-                            .recent
-                            .iter()
-                            .position(|(_, p)| p.offset > since.offset);
-                        match first {
-                            Some(i) if stream.recent[i].1.offset == since.offset + 1 => Some(
-                                stream
-                                    .recent
-                                    .iter()
-                                    .skip(i)
-                                    .map(|(_, p)| p.clone())
-                                    .collect(),
-                            ),
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                };
-                let _ = reply.send(History {
-                    position: StreamPosition {
-                        epoch: epoch.clone(),
-                        offset,
-                    },
-                    missed,
-                });
-                continue;
-            }
-        };
-        let stream = rooms.entry(room.clone()).or_insert_with(|| RoomStream {
-            offset: 0,
-            recent: VecDeque::new(),
+    sinks: Sinks,
+}
+
+impl MemoryBus {
+    /// Creates the bus and spawns its history sweeper on the current Tokio runtime (it stops
+    /// when the bus is dropped).
+    pub fn start(config: HistoryConfig) -> Arc<MemoryBus> {
+        let bus = Arc::new(MemoryBus {
+            rooms: DashMap::new(),
+            epoch: crate::new_epoch().into(),
+            config,
+            sinks: Sinks::default(),
         });
-        stream.offset += 1;
-        let offset = stream.offset;
-        let frame = Bytes::from(encode_event(&room, &event, offset, &data));
-        let publication = Publication {
-            room,
-            epoch: shared_epoch.clone(),
-            offset,
-            frame,
-        };
-        if config.size > 0 {
-            if stream.recent.len() == config.size {
-                stream.recent.pop_front();
-            }
-            stream
-                .recent
-                .push_back((Instant::now(), publication.clone()));
-        }
-        sinks.deliver(publication);
-        let _ = reply.send(offset);
+        tokio::spawn(sweep(Arc::downgrade(&bus)));
+        bus
     }
+
+    /// The room's stream, created on first use. The map's shard lock is released before the
+    /// stream's own lock is taken.
+    fn stream(&self, room: &str) -> Stream {
+        if let Some(stream) = self.rooms.get(room) {
+            return stream.clone();
+        }
+        self.rooms.entry(room.into()).or_default().clone()
+    }
+
+    fn existing(&self, room: &str) -> Option<Stream> {
+        self.rooms.get(room).map(|s| s.clone())
+    }
+}
+
+/// Empties the rings of rooms nobody publishes to any more, every quarter of the TTL.
+async fn sweep(bus: Weak<MemoryBus>) {
+    let every = match bus.upgrade() {
+        Some(bus) => (bus.config.ttl / 4).max(Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(bus) = bus.upgrade() else { return };
+        let now = Instant::now();
+        let streams: Vec<Stream> = bus.rooms.iter().map(|e| e.value().clone()).collect();
+        for stream in streams {
+            expire(&mut lock(&stream).recent, now, bus.config.ttl);
+        }
+    }
+}
+
+fn lock(stream: &Mutex<RoomStream>) -> std::sync::MutexGuard<'_, RoomStream> {
+    stream.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn expire(recent: &mut VecDeque<(Instant, Publication)>, now: Instant, ttl: Duration) {
@@ -202,24 +108,35 @@ fn expire(recent: &mut VecDeque<(Instant, Publication)>, now: Instant, ttl: Dura
 }
 
 #[async_trait]
-impl Broker for MemoryBroker {
+impl Bus for MemoryBus {
     async fn publish(
         &self,
         room: &Room,
         event: &str,
         data: Box<RawValue>,
     ) -> Result<u64, BrokerError> {
-        let (reply, offset) = oneshot::channel();
-        self.requests
-            .send(Request::Publish {
-                room: room.as_str().to_owned(),
-                event: event.to_owned(),
-                data,
-                reply,
-            })
-            .await
-            .map_err(|_| BrokerError::Closed)?;
-        offset.await.map_err(|_| BrokerError::Closed)
+        let stream = self.stream(room.as_str());
+        let mut stream = lock(&stream);
+        stream.offset += 1;
+        let offset = stream.offset;
+        let publication = Publication {
+            room: room.as_str().to_owned(),
+            epoch: self.epoch.clone(),
+            offset,
+            frame: Bytes::from(encode_event(room.as_str(), event, offset, &data)),
+        };
+        if self.config.size > 0 {
+            let now = Instant::now();
+            expire(&mut stream.recent, now, self.config.ttl);
+            if stream.recent.len() == self.config.size {
+                stream.recent.pop_front();
+            }
+            stream.recent.push_back((now, publication.clone()));
+        }
+        // Under the room's lock: the next publication of this room waits until this one is
+        // in every sink.
+        self.sinks.deliver(publication);
+        Ok(offset)
     }
 
     async fn subscribe(&self, _room: &Room) -> Result<(), BrokerError> {
@@ -233,23 +150,70 @@ impl Broker for MemoryBroker {
         room: &Room,
         since: Option<&StreamPosition>,
     ) -> Result<History, BrokerError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::History {
-                room: room.as_str().to_owned(),
-                since: since.cloned(),
-                reply,
-            })
-            .await
-            .map_err(|_| BrokerError::Closed)?;
-        answer.await.map_err(|_| BrokerError::Closed)
+        let stream = self.existing(room.as_str());
+        let mut guard = stream.as_ref().map(|s| lock(s));
+        let offset = guard.as_ref().map(|s| s.offset).unwrap_or(0);
+        let missed = match (since, guard.as_mut()) {
+            (Some(since), _) if *since.epoch != *self.epoch || since.offset > offset => None,
+            (Some(since), _) if since.offset == offset => Some(Vec::new()),
+            (Some(since), Some(stream)) => {
+                expire(&mut stream.recent, Instant::now(), self.config.ttl);
+                // Complete only if the oldest kept publication is the one right after `since`.
+                let first = stream
+                    .recent
+                    .iter()
+                    .position(|(_, p)| p.offset > since.offset);
+                match first {
+                    Some(i) if stream.recent[i].1.offset == since.offset + 1 => Some(
+                        stream
+                            .recent
+                            .iter()
+                            .skip(i)
+                            .map(|(_, p)| p.clone())
+                            .collect(),
+                    ),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(History {
+            position: StreamPosition {
+                epoch: self.epoch.to_string(),
+                offset,
+            },
+            missed,
+        })
     }
 
+    fn attach(&self, sink: Arc<dyn Deliver>) {
+        self.sinks.attach(sink);
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// In-process [`Controller`]: a broadcast is a call to every listener.
+#[derive(Default)]
+pub struct MemoryController {
+    listeners: Listeners,
+    /// The only process there is: its records are all the records.
+    revocations: Revocations,
+}
+
+impl MemoryController {
+    pub fn new() -> Arc<MemoryController> {
+        Arc::new(MemoryController::default())
+    }
+}
+
+#[async_trait]
+impl Controller for MemoryController {
     async fn broadcast(&self, control: Control) -> Result<(), BrokerError> {
-        self.requests
-            .send(Request::Control(control))
-            .await
-            .map_err(|_| BrokerError::Closed)
+        self.listeners.control(&control);
+        Ok(())
     }
 
     async fn revoke_user(&self, sub: &str, at: u64, until: u64) -> Result<(), BrokerError> {
@@ -266,15 +230,34 @@ impl Broker for MemoryBroker {
         self.revocations.revoked_at(sub)
     }
 
-    fn attach(&self, sink: Arc<dyn Deliver>) {
-        self.sinks.attach(sink);
+    fn listen(&self, listener: Arc<dyn Listen>) {
+        self.listeners.attach(listener);
     }
 
     fn is_ready(&self) -> bool {
-        let up = !self.requests.is_closed();
-        metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
-        up
+        true
     }
+}
+
+/// The in-process [`ConnectionLeases`]: one process, whose own count (the hub's) is exact,
+/// so every claim is granted.
+pub struct OneProcess;
+
+#[async_trait]
+impl ConnectionLeases for OneProcess {
+    async fn claim(
+        &self,
+        _sub: &str,
+        _conn: &str,
+        _limit: usize,
+        _lease: Duration,
+    ) -> Result<bool, BrokerError> {
+        Ok(true)
+    }
+
+    async fn renew(&self, _sub: &str, _conn: &str, _lease: Duration) {}
+
+    async fn release(&self, _sub: &str, _conn: &str) {}
 }
 
 #[cfg(test)]
@@ -292,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_count_per_room_and_arrive_in_order() {
-        let broker = MemoryBroker::start(HistoryConfig::default());
+        let broker = MemoryBus::start(HistoryConfig::default());
         let sink = Arc::new(Collect::default());
         broker.attach(sink.clone());
         let a = Room::parse("order:1").unwrap();
@@ -331,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn history_recovers_exactly_what_was_missed_or_says_it_cannot() {
-        let broker = MemoryBroker::start(HistoryConfig {
+        let broker = MemoryBus::start(HistoryConfig {
             size: 5,
             ttl: Duration::from_secs(60),
         });

@@ -6,7 +6,7 @@
 //!   bus ([`Control::RevokeUser`], which also closes the user's connections);
 //! - on the Redis bus the record is also stored in Redis (a sorted set scored by the record's
 //!   end), so a process that starts later, or whose subscriber missed the message while its
-//!   connection was down, reads it back (see `RedisBroker`).
+//!   connection was down, reads it back (see `redis::control`).
 //!
 //! A record ends once every token it can refuse has expired (`until`: the revocation time
 //! plus the longest token lifetime), so the records are bounded by the revocations of that

@@ -109,7 +109,7 @@ pub(crate) async fn admit(
         None => return Err(unauthorized(&AuthError::Missing.to_string())),
         Some(token) => match shared
             .verifier
-            .verify_unrevoked(token, |sub| shared.broker.revoked_at(sub))
+            .verify_unrevoked(token, |sub| shared.backplane.controller.revoked_at(sub))
         {
             Ok(principal) => principal,
             Err(err) => return Err(unauthorized(&err.to_string())),

@@ -19,7 +19,7 @@ use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use switchyard_broker::{Control, Deliver, Publication};
+use switchyard_broker::{Control, Deliver, Listen, Publication};
 use switchyard_protocol::close::Disconnect;
 use switchyard_protocol::server::frame_event_name;
 use switchyard_protocol::{UserId, events};
@@ -332,7 +332,9 @@ impl Deliver for Hub {
         metrics::counter!("switchyard_bus_gaps_total").increment(1);
         tracing::warn!(told, "bus gap: subscribers told to recover");
     }
+}
 
+impl Listen for Hub {
     fn control(&self, control: &Control) {
         match control {
             Control::Revoke { room, sub, reason } => {

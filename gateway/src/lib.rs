@@ -23,7 +23,7 @@
 //! - [`rate`]: the token bucket behind the op and location rate limits.
 //!
 //! # Lifecycle
-//! [`Gateway::new`] attaches the hub to the broker; [`Gateway::router`] serves `/ws`.
+//! [`Gateway::new`] attaches the hub to the bus and the controller; [`Gateway::router`] serves `/ws`.
 //! Cancelling the shutdown token makes every session close with 4000 (shutdown);
 //! [`Gateway::drain`] then waits (bounded) for them to finish. axum's graceful shutdown
 //! does not see upgraded connections, which is why the gateway tracks them itself.
@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use switchyard_auth::Verifier;
-use switchyard_broker::Broker;
+use switchyard_broker::Backplane;
 use switchyard_protocol::close::Disconnect;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,7 +59,8 @@ use tokio_util::task::TaskTracker;
 pub(crate) struct Shared {
     config: GatewayConfig,
     verifier: Arc<Verifier>,
-    broker: Arc<dyn Broker>,
+    /// The bus (rooms), the controller (revocations) and the connection leases.
+    backplane: Backplane,
     backend: Arc<dyn Backend>,
     hub: Arc<hub::Hub>,
     shutdown: CancellationToken,
@@ -80,16 +81,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds a gateway and attaches its hub to `broker`.
+    /// Builds a gateway and attaches its hub to the bus and the controller.
     pub fn new(
         config: GatewayConfig,
         verifier: Arc<Verifier>,
-        broker: Arc<dyn Broker>,
+        backplane: Backplane,
         backend: Arc<dyn Backend>,
         shutdown: CancellationToken,
     ) -> Gateway {
         let hub = Arc::new(hub::Hub::new());
-        broker.attach(hub.clone());
+        backplane.bus.attach(hub.clone());
+        backplane.controller.listen(hub.clone());
         // The drain reaches every session as a kick through its mailbox; sessions that join
         // after this sweep see the cancelled token themselves.
         let sweep = (hub.clone(), shutdown.clone());
@@ -111,11 +113,12 @@ impl Gateway {
         }
         let leases = Arc::new(slot::Leases::default());
         {
-            let (leases, broker, shutdown) = (leases.clone(), broker.clone(), shutdown.clone());
+            let (leases, claims, shutdown) =
+                (leases.clone(), backplane.leases.clone(), shutdown.clone());
             let (every, lease) = (config.heartbeat_interval, config.connection_lease());
             tokio::spawn(async move {
                 leases
-                    .renew_every(broker.as_ref(), every, lease, shutdown)
+                    .renew_every(claims.as_ref(), every, lease, shutdown)
                     .await
             });
         }
@@ -123,7 +126,7 @@ impl Gateway {
             shared: Arc::new(Shared {
                 config,
                 verifier,
-                broker,
+                backplane,
                 backend,
                 hub,
                 shutdown,

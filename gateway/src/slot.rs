@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard_broker::Broker;
+use switchyard_broker::ConnectionLeases;
 use switchyard_protocol::UserId;
 use tokio_util::sync::CancellationToken;
 
@@ -63,15 +63,16 @@ pub(crate) async fn open(shared: &Arc<Shared>, sub: &UserId) -> Result<Opened, F
             hub::Full::User => Full::User,
         })?;
     let mut slot = Slot {
-        broker: shared.broker.clone(),
+        claims: shared.backplane.leases.clone(),
         leases: shared.leases.clone(),
         _registration: registration,
         sub: sub.clone(),
         claimed: None,
     };
     let claim = shared
-        .broker
-        .claim_connection(
+        .backplane
+        .leases
+        .claim(
             sub,
             &conn_id,
             config.max_connections_per_user,
@@ -99,7 +100,7 @@ pub(crate) async fn open(shared: &Arc<Shared>, sub: &UserId) -> Result<Opened, F
 /// A held connection slot: the hub registration and, once claimed, the lease; both given back
 /// when dropped.
 pub(crate) struct Slot {
-    broker: Arc<dyn Broker>,
+    claims: Arc<dyn ConnectionLeases>,
     leases: Arc<Leases>,
     _registration: Registration,
     sub: UserId,
@@ -116,8 +117,8 @@ impl Drop for Slot {
         // Released off the caller's path; without a runtime (the process is ending) the lease
         // lapses by itself.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (broker, sub) = (self.broker.clone(), self.sub.clone());
-            runtime.spawn(async move { broker.release_connection(&sub, &conn).await });
+            let (claims, sub) = (self.claims.clone(), self.sub.clone());
+            runtime.spawn(async move { claims.release(&sub, &conn).await });
         }
     }
 }
@@ -149,7 +150,7 @@ impl Leases {
     /// Renews every held lease for `lease`, once per `every`, until `stop`.
     pub async fn renew_every(
         &self,
-        broker: &dyn Broker,
+        claims: &dyn ConnectionLeases,
         every: Duration,
         lease: Duration,
         stop: CancellationToken,
@@ -158,14 +159,14 @@ impl Leases {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.renew(broker, lease).await,
+                _ = tick.tick() => self.renew(claims, lease).await,
                 _ = stop.cancelled() => return,
             }
         }
     }
 
     /// One sweep: the held leases are copied out (the lock is not held across the renewals).
-    async fn renew(&self, broker: &dyn Broker, lease: Duration) {
+    async fn renew(&self, claims: &dyn ConnectionLeases, lease: Duration) {
         let held: Vec<(Arc<str>, UserId)> = self
             .lock()
             .iter()
@@ -173,7 +174,7 @@ impl Leases {
             .collect();
         futures_util::stream::iter(held)
             .for_each_concurrent(RENEWALS_IN_FLIGHT, |(conn, sub)| async move {
-                broker.renew_connection(&sub, &conn, lease).await;
+                claims.renew(&sub, &conn, lease).await;
                 #[cfg(test)]
                 self.renewals.fetch_add(1, Ordering::Relaxed);
             })

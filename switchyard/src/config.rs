@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_api::ApiConfig;
 use switchyard_auth::{DEFAULT_MAX_LIFETIME_SECS, JwtConfig, VerifyKey, parse_public_algorithm};
-use switchyard_broker::memory::HistoryConfig;
+use switchyard_broker::HistoryConfig;
 use switchyard_broker::redis::RedisConfig;
 use switchyard_gateway::GatewayConfig;
 use switchyard_protocol::Role;
@@ -262,6 +262,10 @@ pub struct RedisArgs {
     /// Redis URL (`redis://host:port/db`): turns on the distributed mode's Redis bus.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Redis URL of the per-user connection leases (claimed at every handshake, renewed every
+    /// heartbeat interval: at a million connections the larger load). Default: REDIS_URL.
+    #[arg(long, env = "SWITCHYARD_LEASE_REDIS_URL", hide_env_values = true)]
+    pub lease_redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "sy:")]
     pub redis_prefix: String,
@@ -289,6 +293,7 @@ impl RedisArgs {
         }
         Ok(Some(RedisConfig {
             url: url.clone(),
+            lease_url: self.lease_redis_url.clone(),
             prefix: self.redis_prefix.clone(),
             offset_ttl: Duration::from_secs(self.redis_offset_ttl_secs.max(60)),
             command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
@@ -529,6 +534,7 @@ impl std::fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisArgs")
             .field("redis_url", &masked(&self.redis_url))
+            .field("lease_redis_url", &masked(&self.lease_redis_url))
             .field("redis_prefix", &self.redis_prefix)
             .field("redis_offset_ttl_secs", &self.redis_offset_ttl_secs)
             .field("redis_timeout_ms", &self.redis_timeout_ms)

@@ -7,9 +7,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
-use switchyard_broker::Broker;
+use switchyard_broker::Backplane;
 use switchyard_store::Store;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 pub struct Health {
     /// None in a gateway, which has no database.
     pub store: Option<Store>,
-    pub broker: Arc<dyn Broker>,
+    pub backplane: Backplane,
     pub shutdown: CancellationToken,
     pub metrics: PrometheusHandle,
 }
@@ -194,7 +194,7 @@ async fn healthz() -> Json<Liveness> {
 )]
 async fn readyz(State(h): State<Health>) -> (StatusCode, Json<Readiness>) {
     let draining = h.shutdown.is_cancelled();
-    let bus = h.broker.is_ready();
+    let bus = h.backplane.is_ready();
     let database = match &h.store {
         Some(store) => Some(store.ping().await),
         None => None,

@@ -23,9 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_api::{ApiState, relay};
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey, secret};
-use switchyard_broker::Broker;
-use switchyard_broker::memory::MemoryBroker;
-use switchyard_broker::redis::RedisBroker;
+use switchyard_broker::Backplane;
+use switchyard_broker::redis::Redis;
 use switchyard_broker::state::SharedState;
 use switchyard_gateway::{Backend, Gateway};
 use switchyard_protocol::Role;
@@ -75,7 +74,7 @@ pub async fn run(
         .map_err(anyhow::Error::msg)?
     {
         Some(config) => Some(
-            RedisBroker::connect(config)
+            Redis::connect(config)
                 .await
                 .context("connecting to Redis (REDIS_URL)")?,
         ),
@@ -85,9 +84,11 @@ pub async fn run(
         None => None,
     };
     // The room snapshots and positions every process reads: the Redis beside the bus.
-    let shared_state = redis.clone().map(|r| r as Arc<dyn SharedState>);
-    let broker: Arc<dyn Broker> = match redis {
-        Some(redis) => redis,
+    let shared_state = redis
+        .as_ref()
+        .map(|r| r.state.clone() as Arc<dyn SharedState>);
+    let backplane = match &redis {
+        Some(redis) => redis.backplane(),
         None => {
             if mode != Mode::All {
                 tracing::warn!(
@@ -95,7 +96,7 @@ pub async fn run(
                     mode.name()
                 );
             }
-            MemoryBroker::start(args.limits.history())
+            Backplane::memory(args.limits.history())
         }
     };
     let backend: Option<Arc<dyn Backend>> = match (&server, &store) {
@@ -112,7 +113,7 @@ pub async fn run(
         Gateway::new(
             gateway_config,
             verifier.clone(),
-            broker.clone(),
+            backplane.clone(),
             backend,
             shutdown.clone(),
         )
@@ -120,7 +121,7 @@ pub async fn run(
     let relay = store.as_ref().filter(|_| mode.runs_api()).map(|store| {
         tokio::spawn(relay::run(
             store.clone(),
-            broker.clone(),
+            backplane.clone(),
             shared_state.clone(),
             shutdown.clone(),
         ))
@@ -129,7 +130,7 @@ pub async fn run(
     let (health_routes, operations) = health::routes().split_for_parts();
     let health = health_routes.with_state(Health {
         store: store.clone(),
-        broker: broker.clone(),
+        backplane: backplane.clone(),
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
     });
@@ -148,7 +149,7 @@ pub async fn run(
         Some(store) => Some(ApiState {
             store: store.clone(),
             verifier: verifier.clone(),
-            broker: broker.clone(),
+            backplane: backplane.clone(),
             config: args.limits.api().map_err(anyhow::Error::msg)?,
         }),
         None => None,

@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_broker::redis::{RedisBroker, RedisConfig};
-use switchyard_broker::{Broker, Deliver, Publication};
+use switchyard_broker::redis::{Redis, RedisConfig};
+use switchyard_broker::{Bus, Deliver, Publication};
 use switchyard_protocol::{Role, Room};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -185,16 +185,10 @@ impl Deliver for Collect {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishers_share_one_offset_counter_in_redis() {
     let cluster = Cluster::up(1, 1);
-    let config = RedisConfig {
-        url: format!("redis://127.0.0.1:{}", cluster.redis_port),
-        prefix: "sy:".into(),
-        offset_ttl: Duration::from_secs(600),
-        command_timeout: Duration::from_secs(2),
-        history: switchyard_broker::memory::HistoryConfig::default(),
-    };
-    let a = RedisBroker::connect(config.clone()).await.unwrap();
-    let b = RedisBroker::connect(config.clone()).await.unwrap();
-    let listener = RedisBroker::connect(config).await.unwrap();
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{}", cluster.redis_port));
+    let a = Redis::connect(config.clone()).await.unwrap().bus;
+    let b = Redis::connect(config.clone()).await.unwrap().bus;
+    let listener = Redis::connect(config).await.unwrap().bus;
     let sink = Arc::new(Collect::default());
     listener.attach(sink.clone());
     let room = Room::parse("order:shared").unwrap();
@@ -206,7 +200,7 @@ async fn concurrent_publishers_share_one_offset_counter_in_redis() {
     .await;
     const N: usize = 200;
     let publishers = (0..N).map(|i| {
-        let broker: Arc<dyn Broker> = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let broker: Arc<dyn Bus> = if i % 2 == 0 { a.clone() } else { b.clone() };
         let room = room.clone();
         async move {
             broker

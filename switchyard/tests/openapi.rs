@@ -22,7 +22,7 @@ use switchyard::health::{self, Health};
 use switchyard::server;
 use switchyard_api::{ApiConfig, ApiState};
 use switchyard_auth::{JwtConfig, Verifier, VerifyKey};
-use switchyard_broker::memory::{HistoryConfig, MemoryBroker};
+use switchyard_broker::{Backplane, HistoryConfig};
 use switchyard_gateway::{Gateway, GatewayConfig};
 use switchyard_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -87,7 +87,7 @@ async fn app(dir: &std::path::Path) -> (Router, CancellationToken) {
     let store = Store::open(&format!("sqlite://{}/openapi.db", dir.display()))
         .await
         .unwrap();
-    let broker = MemoryBroker::start(HistoryConfig::default());
+    let backplane = Backplane::memory(HistoryConfig::default());
     let shutdown = CancellationToken::new();
     let gateway = Gateway::new(
         GatewayConfig {
@@ -95,7 +95,7 @@ async fn app(dir: &std::path::Path) -> (Router, CancellationToken) {
             ..GatewayConfig::default()
         },
         verifier.clone(),
-        broker.clone(),
+        backplane.clone(),
         Arc::new(Embedded {
             store: store.clone(),
         }),
@@ -104,14 +104,14 @@ async fn app(dir: &std::path::Path) -> (Router, CancellationToken) {
     let (health_routes, operations) = health::routes().split_for_parts();
     let health = health_routes.with_state(Health {
         store: Some(store.clone()),
-        broker: broker.clone(),
+        backplane: backplane.clone(),
         shutdown: shutdown.clone(),
         metrics: health::metrics_handle(),
     });
     let api = ApiState {
         store,
         verifier,
-        broker,
+        backplane,
         config: ApiConfig::default(),
     };
     let app = server::app(Some((health, operations)), Some(&gateway), Some(api));

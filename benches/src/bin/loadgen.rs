@@ -496,21 +496,15 @@ fn room_names(args: &RunArgs, n_rooms: usize) -> impl Fn(usize) -> String + '_ {
 }
 
 async fn publish_redis(args: &RunArgs, rate: f64, n_rooms: usize) -> anyhow::Result<StepOutcome> {
-    use switchyard_broker::Broker;
-    use switchyard_broker::memory::HistoryConfig;
-    use switchyard_broker::redis::{RedisBroker, RedisConfig};
-    let broker = RedisBroker::connect(RedisConfig {
-        url: args.redis.clone(),
+    use switchyard_broker::Bus;
+    use switchyard_broker::redis::{Redis, RedisConfig};
+    let broker = Redis::connect(RedisConfig {
         prefix: args.redis_prefix.clone(),
-        offset_ttl: Duration::from_secs(7 * 86_400),
-        command_timeout: Duration::from_secs(2),
-        history: HistoryConfig {
-            size: 100,
-            ttl: Duration::from_secs(300),
-        },
+        ..RedisConfig::new(args.redis.clone())
     })
     .await
-    .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("redis: {e}"))?
+    .bus;
     let rooms: Vec<switchyard_protocol::Room> = (0..n_rooms)
         .map(|k| room_names(args, n_rooms)(k).parse())
         .collect::<Result<_, _>>()

@@ -203,7 +203,13 @@ impl Session {
         // Joined first, then the position (and with `since` the missed events): events after
         // it are queued, earlier ones covered — so a recovery in the welcome has no duplicate.
         let since = self.user_since.take();
-        let history = match self.shared.broker.history(&own_room, since.as_ref()).await {
+        let history = match self
+            .shared
+            .backplane
+            .bus
+            .history(&own_room, since.as_ref())
+            .await
+        {
             Ok(history) => history,
             Err(err) => {
                 tracing::warn!(conn = %self.conn_id, %err, "could not read the user room's position");
@@ -483,8 +489,8 @@ impl Session {
 
     /// Joins `room` on the bus and in the hub.
     async fn join(&mut self, room: Room) -> Result<(), Refusal> {
-        if let Err(err) = self.shared.broker.subscribe(&room).await {
-            tracing::warn!(%err, "broker subscribe failed");
+        if let Err(err) = self.shared.backplane.bus.subscribe(&room).await {
+            tracing::warn!(%err, "bus subscribe failed");
             return Err(Refusal::new(ErrorCode::Internal, "bus unavailable, retry"));
         }
         self.shared.hub.join(room.as_str(), &self.out);
@@ -496,7 +502,7 @@ impl Session {
     /// Leaves `room` in the hub and on the bus (already forgotten, or about to be).
     async fn leave(&self, room: &Room) {
         self.leave_hub(room);
-        self.shared.broker.unsubscribe(room).await;
+        self.shared.backplane.bus.unsubscribe(room).await;
     }
 
     fn leave_hub(&self, room: &Room) {
@@ -528,10 +534,10 @@ impl Drop for Session {
         if !joined.is_empty()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let broker = self.shared.broker.clone();
+            let bus = self.shared.backplane.bus.clone();
             runtime.spawn(async move {
                 for room in &joined {
-                    broker.unsubscribe(room).await;
+                    bus.unsubscribe(room).await;
                 }
             });
         }

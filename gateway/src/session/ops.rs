@@ -133,7 +133,8 @@ impl Session {
         // Joined first, then the position, then the snapshot: nothing published in between is
         // lost, and queued events the snapshot or the recovery already covers are dropped.
         let history = shared
-            .broker
+            .backplane
+            .bus
             .history(&room, since.as_ref())
             .await
             .map_err(|err| {
@@ -167,7 +168,9 @@ impl Session {
         let fresh = self
             .shared
             .verifier
-            .verify_unrevoked(token, |sub| self.shared.broker.revoked_at(sub))
+            .verify_unrevoked(token, |sub| {
+                self.shared.backplane.controller.revoked_at(sub)
+            })
             .map_err(|err| Refusal::new(ErrorCode::Forbidden, format!("token rejected: {err}")))?;
         if fresh.sub != self.who.sub || fresh.role != self.who.role {
             self.out.kick(Disconnect::REFRESH_MISMATCH);
@@ -225,7 +228,8 @@ impl Session {
         let data = serde_json::value::to_raw_value(&event)
             .map_err(|_| Refusal::new(ErrorCode::Internal, "encoding failed"))?;
         self.shared
-            .broker
+            .backplane
+            .bus
             .publish(&room, PartnerLocation::NAME, data)
             .await
             .map_err(|err| {

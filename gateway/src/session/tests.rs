@@ -21,8 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_auth::{Issuer, JwtConfig, Principal, Verifier, VerifyKey, now_secs};
-use switchyard_broker::Broker;
-use switchyard_broker::memory::{HistoryConfig, MemoryBroker};
+use switchyard_broker::{Backplane, HistoryConfig};
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::close;
 use switchyard_protocol::events::PartnerLocation;
@@ -107,7 +106,7 @@ impl Backend for Orders {
 /// own.
 struct Harness {
     gateway: Gateway,
-    broker: Arc<MemoryBroker>,
+    backplane: Backplane,
     orders: Arc<Orders>,
     shutdown: CancellationToken,
     issuer: Issuer,
@@ -129,19 +128,19 @@ impl Harness {
             max_lifetime_secs: 7 * 24 * 3600,
         })
         .unwrap();
-        let broker = MemoryBroker::start(HistoryConfig::default());
+        let backplane = Backplane::memory(HistoryConfig::default());
         let orders = Arc::new(Orders::default());
         let shutdown = CancellationToken::new();
         let gateway = Gateway::new(
             config,
             Arc::new(verifier),
-            broker.clone(),
+            backplane.clone(),
             orders.clone(),
             shutdown.clone(),
         );
         Harness {
             gateway,
-            broker,
+            backplane,
             orders,
             shutdown,
             issuer: Issuer::new(SECRET, None, None),
@@ -203,7 +202,11 @@ impl Harness {
     async fn publish(&self, room: &str, event: &str, data: Value) -> u64 {
         let room = Room::parse(room).unwrap();
         let data = serde_json::value::to_raw_value(&data).unwrap();
-        self.broker.publish(&room, event, data).await.unwrap()
+        self.backplane
+            .bus
+            .publish(&room, event, data)
+            .await
+            .unwrap()
     }
 }
 
