@@ -154,6 +154,18 @@ pub struct AppArgs {
     pub database: DatabaseArgs,
 }
 
+impl AppArgs {
+    /// Every setting at its documented default, whatever the environment says: what tests
+    /// build a server from (`switchyard-testkit`'s `TestApp`) before changing a field.
+    pub fn defaults() -> AppArgs {
+        use clap::FromArgMatches;
+        let command = AppArgs::augment_args(clap::Command::new("all"))
+            .mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command.get_matches_from(["all"]);
+        AppArgs::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
 /// Settings of `switchyard gateway`: the common ones and where the API is. No database.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
@@ -594,7 +606,7 @@ impl LimitArgs {
             read_buffer_bytes: self.read_buffer_bytes.max(256),
             write_buffer_bytes: self.write_buffer_bytes,
             drain_spread,
-            // A ServeArgs flag, not a limit: `server::run` sets it.
+            // A ServeArgs flag, not a limit: `server::build` sets it.
             conformance_echo: false,
             allowed_origins: self
                 .allowed_origins

@@ -38,7 +38,7 @@ pub async fn run(
     let server = tokio::spawn(server::run(
         Server::All(args.serve.clone()),
         listener,
-        shutdown.clone(),
+        shutdown.clone().cancelled_owned(),
     ));
     let simulator = tokio::spawn(switchyard_demo::run(simulation, shutdown.clone()));
     let result = server.await.context("server task")?;

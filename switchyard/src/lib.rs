@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment variables, documented where they are parsed.
-//! - [`server`]: a server process's whole lifecycle — start, serve, drain, stop — in one place.
+//! - [`server`]: a server process's whole lifecycle — start ([`server::build`] → an
+//!   [`server::App`] with its router), serve, drain, stop ([`server::serve`]) — in one place.
 //! - [`listener`]: the HTTP/1.1 accept loop: handshake deadline, graceful shutdown.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`backend`]: what the gateway asks about orders — the store in-process (embedded), or
@@ -11,7 +12,8 @@
 //! - [`publish`]: the `switchyard publish` command.
 //! - [`demo`]: the `switchyard demo` command — `all` plus the simulator of `switchyard-demo`.
 //!
-//! Tests drive [`server::run`] directly with a listener on port 0, or the binary itself.
+//! Tests build an [`server::App`] from typed settings (`switchyard-testkit`'s `TestApp`) and
+//! drive its router with `oneshot` or serve it on a listener on port 0; or run the binary.
 
 pub mod backend;
 pub mod config;

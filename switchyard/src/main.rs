@@ -1,4 +1,5 @@
-//! `switchyard`: parse the command line, then hand over to [`switchyard::server::run`].
+//! `switchyard`: parse the command line, then hand over to [`switchyard::server::run`]
+//! (build the process, serve it until SIGTERM/SIGINT, drain).
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -83,7 +84,7 @@ async fn serve(process: Process, args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match process {
-        Process::Server(server) => server::run(*server, listener, shutdown).await,
+        Process::Server(server) => server::run(*server, listener, shutdown.cancelled_owned()).await,
         Process::Demo(demo) => demo::run(*demo, listener, shutdown).await,
     }
 }

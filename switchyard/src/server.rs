@@ -1,16 +1,18 @@
 //! A server process's lifecycle, in one place:
 //!
-//! 1. **start** — resolve the JWT key, open the database (not in a gateway: it has none),
-//!    start the bus (Redis when `REDIS_URL` is set, in-process otherwise), build the gateway
-//!    with its backend (the store in-process for `all`; Redis and the API for `gateway`)
-//!    and/or the API and its outbox relay;
-//! 2. **serve** — one listener for `/ws`, `/api`, `/healthz`, `/readyz`, `/metrics`
-//!    ([`crate::listener`]: every connection has a handshake deadline, every request a body
-//!    and a request deadline); with `SWITCHYARD_ADMIN_LISTEN`, the last three move to a
-//!    second listener of their own (operators' network only);
-//! 3. **drain** — when `shutdown` is cancelled: `/readyz` turns 503, every WebSocket is
-//!    closed with 4000, then the listener stops accepting and open HTTP connections finish;
-//!    the relay publishes what is left;
+//! 1. **start** ([`build`]) — resolve the JWT key, open the database (not in a gateway: it
+//!    has none), start the bus (Redis when `REDIS_URL` is set, in-process otherwise), build
+//!    the gateway with its backend (the store in-process for `all`; Redis and the API for
+//!    `gateway`) and/or the API, and compose the [`App`]: the router of everything the main
+//!    listener serves. Nothing listens yet, so tests drive the router with `oneshot`;
+//! 2. **serve** ([`serve`]) — start the outbox relay; one listener for `/ws`, `/api`,
+//!    `/healthz`, `/readyz`, `/metrics` ([`crate::listener`]: every connection has a
+//!    handshake deadline, every request a body and a request deadline); with
+//!    `SWITCHYARD_ADMIN_LISTEN`, the last three move to a second listener of their own
+//!    (operators' network only);
+//! 3. **drain** — when `shutdown` completes: `/readyz` turns 503, every WebSocket is closed
+//!    with 4000, then the listener stops accepting and open HTTP connections finish; the
+//!    relay publishes what is left;
 //! 4. **stop** — wait for all of it (bounded by the drain timeout), close the database.
 
 use crate::backend::embedded::Embedded;
@@ -19,6 +21,9 @@ use crate::config::{GatewayArgs, KeySource, Mode, Server, secret_path};
 use crate::health::{self, Health};
 use crate::listener::{HttpConfig, HttpServer};
 use anyhow::Context;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_api::{ApiState, relay};
@@ -38,13 +43,34 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Token lifetime of the tokens the embedded mode prints at start.
 const PRINTED_TOKEN_TTL: u64 = 24 * 3600;
 
-/// Runs a server on `listener` until `shutdown` is cancelled, then drains and returns.
-pub async fn run(
-    server: Server,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    // ── start ──────────────────────────────────────────────────────────────────────────
+/// A server process, built and not yet serving: what it serves and what it runs.
+pub struct App {
+    pub mode: Mode,
+    /// Everything the main listener serves.
+    pub router: Router,
+    /// The WebSocket gateway (`all`, `gateway`): its connections are drained first.
+    pub gateway: Option<Gateway>,
+    /// The API's database (`all`, `api`), closed last.
+    pub store: Option<Store>,
+    /// The bus, the control channel and the connection leases.
+    pub backplane: Backplane,
+    /// Cancelled when the drain starts: `/readyz`, the sessions and the relay watch it.
+    pub shutdown: CancellationToken,
+    /// The outbox relay's state (the processes that run the API), started by [`serve`].
+    relay: Option<(Store, Option<Arc<dyn SharedState>>)>,
+    /// `/healthz`, `/readyz` and `/metrics` when SWITCHYARD_ADMIN_LISTEN gives them their own
+    /// listener.
+    admin: Option<(SocketAddr, Router)>,
+    http: HttpConfig,
+    /// WebSockets the process may hold, for the open-file check.
+    max_websockets: usize,
+    drain_timeout: Duration,
+    /// The issuer of the ready-to-use tokens printed at start (embedded secret only).
+    printed_tokens: Option<Issuer>,
+}
+
+/// Builds a server process from its settings: the **start** phase (see the module doc).
+pub async fn build(server: Server) -> anyhow::Result<App> {
     let mode = server.mode();
     let args = server.serve();
     // The metrics recorder before anything records: what is recorded earlier is lost.
@@ -60,6 +86,8 @@ pub async fn run(
         .gateway(Duration::from_millis(args.drain_spread_ms))
         .map_err(anyhow::Error::msg)?;
     gateway_config.conformance_echo = args.conformance_echo;
+    let http = args.limits.http().map_err(anyhow::Error::msg)?;
+    let api_config = args.limits.api().map_err(anyhow::Error::msg)?;
     let store = match server.database() {
         Some(database) => Some(
             Store::open(&database.database_url)
@@ -99,6 +127,7 @@ pub async fn run(
             Backplane::memory(args.limits.history())
         }
     };
+    let shutdown = CancellationToken::new();
     let backend: Option<Arc<dyn Backend>> = match (&server, &store) {
         (Server::Gateway(gateway), _) => {
             let state = shared_state.clone().context("shared state")?;
@@ -118,13 +147,12 @@ pub async fn run(
             shutdown.clone(),
         )
     });
-    let relay = store.as_ref().filter(|_| mode.runs_api()).map(|store| {
-        tokio::spawn(relay::run(
-            store.clone(),
-            backplane.clone(),
-            shared_state.clone(),
-            shutdown.clone(),
-        ))
+    let api_store = store.clone().filter(|_| mode.runs_api());
+    let api = api_store.clone().map(|store| ApiState {
+        store,
+        verifier: verifier.clone(),
+        backplane: backplane.clone(),
+        config: api_config,
     });
 
     let (health_routes, operations) = health::routes().split_for_parts();
@@ -132,46 +160,72 @@ pub async fn run(
         store: store.clone(),
         backplane: backplane.clone(),
         shutdown: shutdown.clone(),
-        metrics: metrics.clone(),
+        metrics,
     });
-    let http = args.limits.http().map_err(anyhow::Error::msg)?;
     // With an admin listener, the operational endpoints are served there and only there.
     let (main_health, admin) = match args.admin_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding SWITCHYARD_ADMIN_LISTEN {addr}"))?;
-            (None, Some((listener, health)))
-        }
+        Some(addr) => (None, Some((addr, health))),
         None => (Some((health, operations)), None),
     };
-    let api = match store.as_ref().filter(|_| mode.runs_api()) {
-        Some(store) => Some(ApiState {
-            store: store.clone(),
-            verifier: verifier.clone(),
-            backplane: backplane.clone(),
-            config: args.limits.api().map_err(anyhow::Error::msg)?,
-        }),
-        None => None,
-    };
-    let app = app(main_health, gateway.as_ref(), api);
+    let router = app(main_health, gateway.as_ref(), api);
+    Ok(App {
+        mode,
+        router,
+        max_websockets: if gateway.is_some() {
+            args.limits.max_connections
+        } else {
+            0
+        },
+        gateway,
+        relay: api_store.map(|store| (store, shared_state)),
+        store,
+        backplane,
+        shutdown,
+        admin,
+        http,
+        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+        printed_tokens: embedded_secret
+            .map(|secret| Issuer::new(secret.as_bytes(), jwt.issuer.clone(), jwt.audience.clone())),
+    })
+}
 
+/// Serves `app` on `listener` until `shutdown` completes, then drains and stops: the
+/// **serve**, **drain** and **stop** phases (see the module doc).
+pub async fn serve(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     // ── serve ──────────────────────────────────────────────────────────────────────────
+    let App {
+        mode,
+        router,
+        gateway,
+        store,
+        backplane,
+        shutdown: draining,
+        relay,
+        admin,
+        http,
+        max_websockets,
+        drain_timeout,
+        printed_tokens,
+    } = app;
+    let relay = relay.map(|(store, shared_state)| {
+        tokio::spawn(relay::run(store, backplane, shared_state, draining.clone()))
+    });
     let addr = listener.local_addr()?;
-    let websockets = if mode.runs_gateway() {
-        args.limits.max_connections
-    } else {
-        0
-    };
     let probes = if admin.is_some() {
         ADMIN_MAX_CONNECTIONS
     } else {
         0
     };
-    let open_files = websockets + http.max_connections + probes;
-    crate::listener::warn_if_over_open_files(open_files);
+    crate::listener::warn_if_over_open_files(max_websockets + http.max_connections + probes);
     let admin = match admin {
-        Some((listener, health)) => {
+        Some((addr, health)) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding SWITCHYARD_ADMIN_LISTEN {addr}"))?;
             // Printed before `listening on`, which tests and scripts wait for.
             println!("admin listening on {}", listener.local_addr()?);
             let probes = HttpConfig {
@@ -185,37 +239,37 @@ pub async fn run(
     };
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("listening on {addr}");
-    if let Some(secret) = embedded_secret {
-        print_tokens(&secret, &jwt, addr);
+    if let Some(issuer) = printed_tokens {
+        print_tokens(&issuer, addr);
     }
     tracing::info!(%addr, mode = mode.name(), "serving");
     // The listener keeps accepting while the WebSockets drain, so `/readyz` answers 503 (and
     // new handshakes are refused with 503) until the sockets are closed; only then it stops.
-    let server = HttpServer::spawn(listener, app, http);
-    shutdown.cancelled().await;
+    let server = HttpServer::spawn(listener, router, http);
+    shutdown.await;
 
     // ── drain ──────────────────────────────────────────────────────────────────────────
-    // `shutdown` is cancelled: /readyz is 503 from this instant, and every session closes
-    // with 4000 at its own moment within the drain spread.
-    let deadline = Duration::from_millis(args.drain_timeout_ms);
-    tracing::info!(?deadline, "draining");
+    // /readyz is 503 from this instant, and every session closes with 4000 at its own moment
+    // within the drain spread.
+    draining.cancel();
+    tracing::info!(deadline = ?drain_timeout, "draining");
     if let Some(gateway) = &gateway {
         let open = gateway.connections();
-        if !gateway.drain(deadline).await {
+        if !gateway.drain(drain_timeout).await {
             tracing::warn!(open, "drain deadline passed with connections still open");
         }
     }
     // Stop accepting; in-flight requests finish, idle keep-alive connections close now, and
     // whatever is still open at the deadline is dropped rather than holding the process.
-    let mut left = server.shutdown(deadline).await;
+    let mut left = server.shutdown(drain_timeout).await;
     if let Some(admin) = admin {
-        left += admin.shutdown(deadline).await;
+        left += admin.shutdown(drain_timeout).await;
     }
     if left > 0 {
         tracing::warn!(left, "HTTP connections closed at the drain deadline");
     }
     if let Some(relay) = relay
-        && tokio::time::timeout(deadline, relay).await.is_err()
+        && tokio::time::timeout(drain_timeout, relay).await.is_err()
     {
         tracing::warn!("outbox relay did not finish; unsent events stay in the outbox");
     }
@@ -228,15 +282,24 @@ pub async fn run(
     Ok(())
 }
 
+/// [`build`] then [`serve`]: a whole server process on `listener`, until `shutdown`.
+pub async fn run(
+    server: Server,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve(build(server).await?, listener, shutdown).await
+}
+
 /// Everything the main listener serves: the health routes with their OpenAPI description
 /// (unless an admin listener has them), the gateway's routes, the API's (whose document then
-/// describes the health routes too). One function, so the OpenAPI drift check
-/// (`tests/openapi.rs`) sees exactly what a process serves.
-pub fn app(
-    health: Option<(axum::Router, utoipa::openapi::OpenApi)>,
+/// describes the health routes too). The OpenAPI drift check (`tests/openapi.rs`) reads
+/// [`App::router`], so it sees exactly what a process serves.
+fn app(
+    health: Option<(Router, utoipa::openapi::OpenApi)>,
     gateway: Option<&Gateway>,
     api: Option<ApiState>,
-) -> axum::Router {
+) -> Router {
     let (mut app, operations) = health.unwrap_or_default();
     if let Some(gateway) = gateway {
         app = app.merge(gateway.router());
@@ -296,8 +359,7 @@ fn remote_backend(
     Ok(Remote { state, api })
 }
 
-fn print_tokens(secret: &str, jwt: &JwtConfig, addr: std::net::SocketAddr) {
-    let issuer = Issuer::new(secret.as_bytes(), jwt.issuer.clone(), jwt.audience.clone());
+fn print_tokens(issuer: &Issuer, addr: SocketAddr) {
     let admin = issuer.issue("admin", Role::Admin, PRINTED_TOKEN_TTL);
     let customer = issuer.issue("c1", Role::Customer, PRINTED_TOKEN_TTL);
     let partner = issuer.issue("p1", Role::Partner, PRINTED_TOKEN_TTL);

@@ -191,17 +191,16 @@ async fn the_three_token_sources_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_audience_and_es256_keys() {
     let dir = env!("CARGO_MANIFEST_DIR");
-    let server = TestServer::start_with(&[
-        "--jwt-public-key-file",
-        &format!("{dir}/tests/fixtures/es256-public.pem"),
-        "--jwt-algorithm",
-        "ES256",
-        "--jwt-issuer",
-        "https://auth.example",
-        "--jwt-audience",
-        "switchyard",
-    ])
-    .await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            let jwt = &mut c.serve.jwt;
+            jwt.jwt_public_key_file = Some(format!("{dir}/tests/fixtures/es256-public.pem").into());
+            jwt.jwt_algorithm = "ES256".into();
+            jwt.jwt_issuer = Some("https://auth.example".into());
+            jwt.jwt_audience = Some("switchyard".into());
+        })
+        .start()
+        .await;
     let url = server.ws_url();
     let key = EncodingKey::from_ec_pem(include_bytes!("fixtures/es256-private.pk8.pem")).unwrap();
     let es = |claims: serde_json::Value| {
@@ -243,13 +242,13 @@ async fn issuer_audience_and_es256_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_and_origins_are_enforced_at_the_handshake() {
-    let server = TestServer::start_with(&[
-        "--max-connections-per-user",
-        "2",
-        "--allowed-origins",
-        "https://app.example",
-    ])
-    .await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.max_connections_per_user = 2;
+            c.serve.limits.allowed_origins = vec!["https://app.example".into()];
+        })
+        .start()
+        .await;
     let url = server.ws_url();
     let t = token("u1", Role::Customer);
     let _a = connect(&url, &t).await;
@@ -318,7 +317,10 @@ async fn connections_that_never_finish_the_handshake_are_closed() {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
     const TIMEOUT_MS: u64 = 300;
-    let server = TestServer::start_with(&["--handshake-timeout-ms", &TIMEOUT_MS.to_string()]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| c.serve.limits.handshake_timeout_ms = TIMEOUT_MS)
+        .start()
+        .await;
     // Generous: the point is "closed", not "closed on time to the millisecond".
     let limit = Duration::from_millis(TIMEOUT_MS * 10);
 
@@ -391,7 +393,10 @@ async fn idle_keep_alive_connections_are_closed_at_the_handshake_timeout() {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const TIMEOUT_MS: u64 = 300;
-    let server = TestServer::start_with(&["--handshake-timeout-ms", &TIMEOUT_MS.to_string()]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| c.serve.limits.handshake_timeout_ms = TIMEOUT_MS)
+        .start()
+        .await;
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
     for _ in 0..2 {

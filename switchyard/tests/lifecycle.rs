@@ -132,9 +132,13 @@ async fn split_roles_refuse_to_start_without_a_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_are_closed_for_idleness() {
-    let server =
-        TestServer::start_with(&["--heartbeat-interval-ms", "100", "--idle-timeout-ms", "300"])
-            .await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.heartbeat_interval_ms = 100;
+            c.serve.limits.idle_timeout_ms = 300;
+        })
+        .start()
+        .await;
     // A raw TCP client that completes the upgrade and then never sends another byte.
     let mut tcp = raw_upgrade(server.addr, &token("u1", Role::Customer)).await;
     let received = read_until_closed(&mut tcp).await;
@@ -160,7 +164,10 @@ async fn silent_clients_are_closed_for_idleness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_token_ends_the_connection_with_4001() {
-    let server = TestServer::start_with(&["--jwt-leeway-secs", "0"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| c.serve.jwt.jwt_leeway_secs = 0)
+        .start()
+        .await;
     let t =
         switchyard_auth::Issuer::new(SECRET.as_bytes(), None, None).issue("u1", Role::Customer, 2);
     let mut c = connect(&server.ws_url(), &t).await;
@@ -171,7 +178,10 @@ async fn an_expiring_token_ends_the_connection_with_4001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_extends_a_connection_past_its_first_token() {
-    let server = TestServer::start_with(&["--jwt-leeway-secs", "0"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| c.serve.jwt.jwt_leeway_secs = 0)
+        .start()
+        .await;
     let issuer = switchyard_auth::Issuer::new(SECRET.as_bytes(), None, None);
     let mut c = connect(&server.ws_url(), &issuer.issue("u1", Role::Customer, 2)).await;
     // A bad token is refused in-band; the connection stays.

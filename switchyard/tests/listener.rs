@@ -48,13 +48,13 @@ async fn get_from(from: [u8; 4], addr: SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_and_trickled_bodies_are_cut_while_everyone_else_is_served() {
     const BODY_TIMEOUT_MS: u64 = 500;
-    let server = TestServer::start_with(&[
-        "--body-timeout-ms",
-        &BODY_TIMEOUT_MS.to_string(),
-        "--request-timeout-ms",
-        "5000",
-    ])
-    .await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.body_timeout_ms = BODY_TIMEOUT_MS;
+            c.serve.limits.request_timeout_ms = 5_000;
+        })
+        .start()
+        .await;
     // Generous: the point is "cut", not "cut to the millisecond".
     let limit = Duration::from_millis(BODY_TIMEOUT_MS * 10);
     let mut stalled = Vec::new();

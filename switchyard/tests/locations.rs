@@ -122,7 +122,13 @@ async fn only_the_assigned_partner_may_send_and_coordinates_are_validated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn location_floods_are_rate_limited_without_disconnecting() {
-    let server = TestServer::start_with(&["--location-rate", "2", "--location-burst", "3"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.location_rate = 2.0;
+            c.serve.limits.location_burst = 3.0;
+        })
+        .start()
+        .await;
     let url = server.ws_url();
     let order = server.create_order("c1", 1, 100).await;
     server.assign(&order, "p1").await;

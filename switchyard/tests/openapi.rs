@@ -1,7 +1,7 @@
 //! The OpenAPI document against the router that serves it.
 //!
 //! **Drift check.** The routes are read from the router itself — the very `axum::Router` a
-//! process serves, composed by `server::app` — not from a list kept by hand: their paths from
+//! process serves, built by `server::build` — not from a list kept by hand: their paths from
 //! the router's `Debug` form (axum prints its path table), their methods by asking the router
 //! (a method it does not route answers 405). Every route must be in the document, and every
 //! operation of the document must be routed. Routes that are not REST API are listed in
@@ -14,18 +14,10 @@
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use common::{BuiltApp, TestApp};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use switchyard::backend::embedded::Embedded;
-use switchyard::health::{self, Health};
-use switchyard::server;
-use switchyard_api::{ApiConfig, ApiState};
-use switchyard_auth::{JwtConfig, Verifier, VerifyKey};
-use switchyard_broker::{Backplane, HistoryConfig};
-use switchyard_gateway::{Gateway, GatewayConfig};
-use switchyard_store::Store;
-use tokio_util::sync::CancellationToken;
+use switchyard_api::ApiConfig;
 use tower::ServiceExt;
 
 /// Routes served that are not part of the REST API, and why they are not in its document.
@@ -70,52 +62,14 @@ const METHODS: [Method; 5] = [
     Method::DELETE,
 ];
 
-/// The `all` process's app, built as `server::run` builds it (the test-only echo route on,
-/// so that it is seen too).
-async fn app(dir: &std::path::Path) -> (Router, CancellationToken) {
-    let secret = b"openapi-test-secret-0123456789".to_vec();
-    let verifier = Arc::new(
-        Verifier::new(&JwtConfig {
-            key: VerifyKey::Secret(secret),
-            issuer: None,
-            audience: None,
-            leeway_secs: 5,
-            max_lifetime_secs: switchyard_auth::DEFAULT_MAX_LIFETIME_SECS,
-        })
-        .unwrap(),
-    );
-    let store = Store::open(&format!("sqlite://{}/openapi.db", dir.display()))
-        .await
-        .unwrap();
-    let backplane = Backplane::memory(HistoryConfig::default());
-    let shutdown = CancellationToken::new();
-    let gateway = Gateway::new(
-        GatewayConfig {
-            conformance_echo: true,
-            ..GatewayConfig::default()
-        },
-        verifier.clone(),
-        backplane.clone(),
-        Arc::new(Embedded {
-            store: store.clone(),
-        }),
-        shutdown.clone(),
-    );
-    let (health_routes, operations) = health::routes().split_for_parts();
-    let health = health_routes.with_state(Health {
-        store: Some(store.clone()),
-        backplane: backplane.clone(),
-        shutdown: shutdown.clone(),
-        metrics: health::metrics_handle(),
-    });
-    let api = ApiState {
-        store,
-        verifier,
-        backplane,
-        config: ApiConfig::default(),
-    };
-    let app = server::app(Some((health, operations)), Some(&gateway), Some(api));
-    (app, shutdown)
+/// The `all` process's router, built as a process builds it (the test-only echo route on,
+/// so that it is seen too), and the app it belongs to.
+async fn app() -> (Router, BuiltApp) {
+    let built = TestApp::embedded()
+        .with_config(|c| c.serve.conformance_echo = true)
+        .build()
+        .await;
+    (built.app.router.clone(), built)
 }
 
 /// The router's path table, from its `Debug` form (`paths: {RouteId(3): "/api/orders", …}`).
@@ -232,8 +186,7 @@ fn drift(routed: &Ops, documented: &Ops) -> (Vec<Op>, Vec<Op>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_is_documented_and_every_operation_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, shutdown) = app(dir.path()).await;
+    let (app, built) = app().await;
     let doc = document(&app).await;
     let documented = documented(&doc);
     let routed = served(&app).await;
@@ -267,15 +220,14 @@ async fn every_route_is_documented_and_every_operation_is_served() {
         routed.len(),
         routed.iter().filter(|(p, _)| not_rest(p)).count()
     );
-    shutdown.cancel();
+    built.app.shutdown.cancel();
 }
 
 /// The check itself: a route added beside the documented ones, or a method added to a
 /// documented path, is found; so is a documented operation the router lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drift_check_finds_an_undocumented_route() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, shutdown) = app(dir.path()).await;
+    let (app, built) = app().await;
     let documented = documented(&document(&app).await);
     let handler = || async { "chat" };
     let grown = app
@@ -295,13 +247,12 @@ async fn the_drift_check_finds_an_undocumented_route() {
     more.insert(("/api/presence".to_owned(), "GET".to_owned()));
     let (_, unserved) = drift(&served(&app).await, &more);
     assert_eq!(unserved, [("/api/presence".to_owned(), "GET".to_owned())]);
-    shutdown.cancel();
+    built.app.shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_states_security_and_one_error_shape() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, shutdown) = app(dir.path()).await;
+    let (app, built) = app().await;
     let doc = document(&app).await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
@@ -369,13 +320,12 @@ async fn the_document_states_security_and_one_error_shape() {
         .collect();
     assert_eq!(codes.len(), all.len());
     assert!(all.iter().all(|c| codes.contains(c)), "{codes:?}");
-    shutdown.cancel();
+    built.app.shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_page_is_embedded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, shutdown) = app(dir.path()).await;
+    let (app, built) = app().await;
     let (status, page, headers) = call(&app, Method::GET, "/api/docs").await;
     assert_eq!(status, StatusCode::OK);
     let page = String::from_utf8(page).unwrap();
@@ -400,5 +350,5 @@ async fn the_reference_page_is_embedded() {
             .unwrap()
             .starts_with("text/javascript")
     );
-    shutdown.cancel();
+    built.app.shutdown.cancel();
 }

@@ -171,7 +171,10 @@ async fn reads_and_listings_follow_roles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_errors_are_json_with_the_right_status() {
-    let server = TestServer::start_with(&["--max-body-bytes", "1024"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| c.serve.limits.max_body_bytes = 1024)
+        .start()
+        .await;
     let c1 = token("c1", Role::Customer);
     let post = |body: String, token: Option<String>, content_type: bool| {
         let mut req = server.http.post(server.url("/api/orders")).body(body);

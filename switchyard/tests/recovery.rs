@@ -78,7 +78,10 @@ async fn a_returning_client_gets_exactly_what_it_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_history_or_another_epoch_means_resync() {
-    let server = TestServer::start_with(&["--history-size", "2"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| c.serve.limits.history_size = 2)
+        .start()
+        .await;
     let order = server.create_order("c1", 1, 100).await;
     let room = format!("order:{order}");
     let mut first = connect(&server.ws_url(), &token("c1", Role::Customer)).await;

@@ -160,8 +160,13 @@ async fn bad_frames_get_bad_request_and_the_connection_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_and_frame_limits() {
-    let server =
-        TestServer::start_with(&["--max-subscriptions", "3", "--max-frame-bytes", "2048"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.max_subscriptions = 3;
+            c.serve.limits.max_frame_bytes = 2048;
+        })
+        .start()
+        .await;
     let url = server.ws_url();
     let mut adm = connect(&url, &admin()).await;
     // user:admin counts as one.
@@ -184,7 +189,13 @@ async fn subscription_and_frame_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn op_floods_are_rate_limited_not_disconnected() {
-    let server = TestServer::start_with(&["--op-rate", "5", "--op-burst", "5"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.op_rate = 5.0;
+            c.serve.limits.op_burst = 5.0;
+        })
+        .start()
+        .await;
     let mut c = connect(&server.ws_url(), &token("c1", Role::Customer)).await;
     for i in 0..20 {
         c.send(json!({"op":"ping","id":i})).await;
@@ -225,7 +236,13 @@ fn p99(sorted: &[std::time::Duration]) -> std::time::Duration {
 async fn a_ping_flood_is_closed_with_4500_while_others_are_served() {
     use tokio::io::AsyncWriteExt;
     // Ops unlimited here: the other client's round trips measure service, not the op limit.
-    let server = TestServer::start_with(&["--op-rate", "100000", "--op-burst", "100000"]).await;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.op_rate = 100_000.0;
+            c.serve.limits.op_burst = 100_000.0;
+        })
+        .start()
+        .await;
     let mut other = connect(&server.ws_url(), &token("c2", Role::Customer)).await;
     let before = round_trips(&mut other, 200).await;
 

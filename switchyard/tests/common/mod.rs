@@ -1,7 +1,8 @@
 //! Test harness: real servers on port 0, real WebSocket clients over TCP, a real HTTP client.
 //!
 //! # Layout
-//! - this file: [`TestServer`] (a `switchyard all` inside the test process), REST calls,
+//! - this file: [`TestApp`] (a `switchyard all` built from typed settings) and the
+//!   [`TestServer`] it starts inside the test process, REST calls,
 //!   tokens, the protocol [`Client`], raw sockets for bytes no client library would send,
 //!   and [`eventually`], the one way a test waits for something to become true.
 //! - [`process`]: the real binary as a child process, and running any program to completion.
@@ -12,11 +13,11 @@ pub mod cluster;
 pub mod process;
 pub mod pypi;
 
-use clap::Parser;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
-use switchyard::config::{Cli, Command, Server};
+use switchyard::config::{AppArgs, Server};
+use switchyard::server::{self, App};
 use switchyard_auth::Issuer;
 use switchyard_client::socket::bearer_request;
 use switchyard_client::{ConnectError, Socket};
@@ -35,50 +36,53 @@ pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 /// How long a test waits for any one expected frame or response.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A `switchyard all` server running inside the test process.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    pub dir: tempfile::TempDir,
-    pub http: reqwest::Client,
+/// A `switchyard all` to be built from typed settings, after the registry backend's
+/// `TestApp`: `TestApp::embedded().with_config(|c| c.serve.limits.max_subscriptions = 3)`,
+/// then [`start`](TestApp::start) it on a port-0 listener, or [`build`](TestApp::build) it
+/// and drive its router with `tower::ServiceExt::oneshot`.
+pub struct TestApp {
+    dir: tempfile::TempDir,
+    config: AppArgs,
 }
 
-impl TestServer {
-    pub async fn start() -> TestServer {
-        TestServer::start_with(&[]).await
+impl TestApp {
+    /// The embedded process at its documented defaults, on a fresh SQLite database, with
+    /// [`SECRET`] as the key and a short drain.
+    pub fn embedded() -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AppArgs::defaults();
+        config.database.database_url = format!("sqlite://{}/test.db", dir.path().display());
+        config.serve.listen = "127.0.0.1:0".parse().unwrap();
+        config.serve.jwt.jwt_secret = Some(SECRET.to_owned());
+        config.serve.drain_timeout_ms = 3_000;
+        config.serve.drain_spread_ms = 100;
+        TestApp { dir, config }
     }
 
-    /// Starts with extra command-line flags (e.g. `["--max-subscriptions", "3"]`).
-    pub async fn start_with(extra: &[&str]) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}/test.db", dir.path().display());
-        let mut argv = vec![
-            "switchyard".to_owned(),
-            "all".to_owned(),
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--database-url".to_owned(),
-            db,
-            "--jwt-secret".to_owned(),
-            SECRET.to_owned(),
-            "--drain-timeout-ms".to_owned(),
-            "3000".to_owned(),
-            "--drain-spread-ms".to_owned(),
-            "100".to_owned(),
-        ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let cli = Cli::try_parse_from(argv).expect("test flags parse");
-        let Some(Command::All(args)) = cli.command else {
-            unreachable!()
-        };
+    /// Changes settings (flags and environment variables are fields of [`AppArgs`]).
+    pub fn with_config(mut self, change: impl FnOnce(&mut AppArgs)) -> TestApp {
+        change(&mut self.config);
+        self
+    }
+
+    /// Builds the process without serving it: its router answers in-process.
+    pub async fn build(self) -> BuiltApp {
+        let app = server::build(Server::All(self.config))
+            .await
+            .expect("the test app builds");
+        BuiltApp { app, dir: self.dir }
+    }
+
+    /// Builds and serves it on a loopback port; returns once `/readyz` answers 200.
+    pub async fn start(self) -> TestServer {
+        let BuiltApp { app, dir } = self.build().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(switchyard::server::run(
-            Server::All(args),
+        let task = tokio::spawn(server::serve(
+            app,
             listener,
-            shutdown.clone(),
+            shutdown.clone().cancelled_owned(),
         ));
         let server = TestServer {
             addr,
@@ -89,6 +93,28 @@ impl TestServer {
         };
         server.wait_ready().await;
         server
+    }
+}
+
+/// A built, unserved app and the directory of its database.
+pub struct BuiltApp {
+    pub app: App,
+    pub dir: tempfile::TempDir,
+}
+
+/// A `switchyard all` server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// `TestApp::embedded().start()`: the defaults.
+    pub async fn start() -> TestServer {
+        TestApp::embedded().start().await
     }
 
     async fn wait_ready(&self) {
