@@ -15,7 +15,7 @@
 //! | 413 | `payload_too_large` | body over the configured limit |
 //! | 415 | `unsupported_media_type` | body without `Content-Type: application/json` |
 //! | 422 | `invalid` | well-formed JSON with invalid values |
-//! | 429 | `limit_exceeded` | too many HTTP connections from one address (the listener) |
+//! | 429 | `limit_exceeded` | too many HTTP connections from one address (the listener), or requests in flight of one user ([`crate::in_flight`]) |
 //! | 500 | `internal` | the server failed (database, corrupt data); details are logged, never returned |
 //! | 503 | `unavailable` | a change while the event bus is down, the process over its connection limit, or a request over its deadline (retry) |
 //!

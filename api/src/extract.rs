@@ -71,6 +71,10 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        // Verified a moment ago by `in_flight::limit` (under `/api`).
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         Caller::from_headers(&parts.headers, state)
     }
 }

@@ -7,6 +7,7 @@
 //! - [`error`]: the error policy — every status code and JSON body in one table; internal
 //!   errors logged once, by a middleware.
 //! - [`extract`]: the bearer-token caller and JSON bodies with JSON rejections.
+//! - [`in_flight`]: the bound on one user's requests in flight (429 beyond).
 //! - [`orders`], [`payments`]: the handlers.
 //! - [`publish`]: the server publish API for other backend services.
 //! - [`internal`]: what gateways ask when the shared state cannot answer (`/internal`,
@@ -20,6 +21,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod in_flight;
 pub mod internal;
 pub mod metrics;
 pub mod openapi;
@@ -57,6 +59,8 @@ pub struct ApiConfig {
     pub max_batch_body_bytes: usize,
     /// Caps on a new order's quantities, unit prices and total. Beyond → 422.
     pub order_limits: OrderLimits,
+    /// Requests one user (`sub`) may have in flight at once; 0: no bound. Beyond → 429.
+    pub max_requests_per_user: usize,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +70,7 @@ impl Default for ApiConfig {
             max_publish_data_bytes: 16 * 1024,
             max_batch_body_bytes: 4 * 1024 * 1024,
             order_limits: OrderLimits::default(),
+            max_requests_per_user: 64,
         }
     }
 }
@@ -119,6 +124,13 @@ pub fn router(state: ApiState, operations: utoipa::openapi::OpenApi) -> Router {
             state.clone(),
             writes_need_the_bus,
         ))
+        .layer(middleware::from_fn_with_state(
+            (
+                state.clone(),
+                in_flight::InFlight::new(state.config.max_requests_per_user),
+            ),
+            in_flight::limit,
+        ))
         // Outermost, so the 503s above and the 413s of the body limits are counted too.
         .layer(middleware::from_fn(metrics::record))
         .layer(middleware::from_fn(error::log_failures))
@@ -143,10 +155,12 @@ async fn writes_need_the_bus(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if request.method() != Method::GET
-        && !state.backplane.is_ready()
-        && extract::Caller::from_headers(request.headers(), &state).is_ok()
-    {
+    let authenticated = |request: &Request| {
+        // `in_flight::limit`, the layer around this one, hands on the caller it verified.
+        request.extensions().get::<extract::Caller>().is_some()
+            || extract::Caller::from_headers(request.headers(), &state).is_ok()
+    };
+    if request.method() != Method::GET && !state.backplane.is_ready() && authenticated(&request) {
         return Err(ApiError::unavailable(
             "the event bus is unavailable; retry shortly",
         ));

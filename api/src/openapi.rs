@@ -12,7 +12,7 @@
 //!
 //! | when | added |
 //! |------|-------|
-//! | the operation needs a token | 401 |
+//! | the operation needs a token | 401, and 429 under `/api` (the user's requests in flight) |
 //! | it takes a body | 400, 413, 415 |
 //! | it has query parameters | 400 |
 //! | it changes something (not `GET`) under `/api` | 503 (the event bus is down) |
@@ -117,6 +117,11 @@ const SHARED: &[(&str, &str, &str)] = &[
         "`unauthorized`: no token, or a malformed, expired or wrongly signed one",
     ),
     (
+        "TooManyRequests",
+        "429",
+        "`limit_exceeded`: this user already has `SWITCHYARD_MAX_REQUESTS_PER_USER` requests in flight (`service` tokens excepted); retry when one is answered",
+    ),
+    (
         "PayloadTooLarge",
         "413",
         "`payload_too_large`: the body is over `SWITCHYARD_MAX_BODY_BYTES`",
@@ -174,6 +179,9 @@ pub fn shared_errors(doc: &mut OpenApi) {
             };
             if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                 add("Unauthorized");
+                if under_api {
+                    add("TooManyRequests");
+                }
             }
             if operation.request_body.is_some() {
                 add("BadRequest");

@@ -380,6 +380,15 @@ pub struct LimitArgs {
         default_value_t = 0
     )]
     pub max_http_connections_per_ip: usize,
+    /// REST requests one user (`sub`) may have in flight at once, counted from the request's
+    /// head to its answer (a slowly sent body included); 0: no bound. Beyond: 429
+    /// `limit_exceeded` at once, before the body is read. `service` tokens are not bound.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_REQUESTS_PER_USER",
+        default_value_t = ApiConfig::default().max_requests_per_user
+    )]
+    pub max_requests_per_user: usize,
     /// Largest WebSocket frame/message accepted, bytes (larger → close 1009).
     #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
@@ -652,6 +661,7 @@ impl LimitArgs {
             max_publish_data_bytes: self.max_publish_data_bytes,
             max_batch_body_bytes: self.max_batch_body_bytes,
             order_limits,
+            max_requests_per_user: self.max_requests_per_user,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP listener under a hostile client: request bodies that never arrive are cut at
-//! their deadline, connections are bounded per process and per address with a clear answer,
+//! their deadline, connections are bounded per process and per address, and requests per user,
+//! with a clear answer,
 //! running out of descriptors is survived, and the operational endpoints can move to an
 //! admin listener of their own.
 
@@ -8,6 +9,7 @@ use common::*;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
+use switchyard_auth::Issuer;
 use switchyard_protocol::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -116,6 +118,79 @@ async fn stalled_and_trickled_bodies_are_cut_while_everyone_else_is_served() {
     server.stop().await;
 }
 
+/// Issue #19 §2, per user: a user is known once its token is verified, so the bound on one
+/// user's requests is the API's (`SWITCHYARD_MAX_REQUESTS_PER_USER`), counted from the head
+/// to the answer: a user holding the bound with stalled bodies gets 429 at once for the next
+/// request, whatever its token, while other users are served; as its requests end, it is
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_stalled_bodies_are_bounded_while_other_users_are_served() {
+    const MAX: usize = 3;
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.max_requests_per_user = MAX;
+            // The stalled bodies stay in flight for the whole test.
+            c.serve.limits.body_timeout_ms = 60_000;
+            c.serve.limits.request_timeout_ms = 60_000;
+        })
+        .start()
+        .await;
+    // One request more than the bound, each sending its head and then nothing: the one
+    // that came last is answered 429 at once, before its body; the others wait for theirs.
+    let mut stalled = Vec::new();
+    for _ in 0..=MAX {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        stalled_post(&mut tcp, server.addr, b"{").await;
+        stalled.push(tcp);
+    }
+    let (refused, mut answer) = eventually("one of mallory's requests answered", async || {
+        stalled.iter().enumerate().find_map(|(i, tcp)| {
+            let mut head = [0u8; 64];
+            let n = tcp.try_read(&mut head).ok().filter(|n| *n > 0)?;
+            Some((i, head[..n].to_vec()))
+        })
+    })
+    .await;
+    let mut tcp = stalled.swap_remove(refused);
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains(r#""error":"limit_exceeded""#), "{answer}");
+    for tcp in &stalled {
+        let mut head = [0u8; 64];
+        let read = tcp.try_read(&mut head);
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "a request within the bound was answered: {read:?}"
+        );
+    }
+    // Any other request of the user — whatever its token — too, while the others wait.
+    let mallory = Issuer::new(SECRET.as_bytes(), None, None).issue("mallory", Role::Customer, 600);
+    let (status, refusal) = server.call("GET", "/api/orders", &mallory, None).await;
+    assert_eq!(status, 429, "{refusal}");
+    assert_eq!(refusal["error"], "limit_exceeded", "{refusal}");
+    assert!(refusal["message"].is_string(), "{refusal}");
+    // Everyone else is served.
+    let order = server.create_order("c2", 1, 500).await;
+    let (status, _) = server
+        .call(
+            "GET",
+            &format!("/api/orders/{order}"),
+            &token("c2", Role::Customer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Mallory's requests end: mallory is served again.
+    drop(stalled);
+    eventually("mallory served again", async || {
+        server.call("GET", "/api/orders", &mallory, None).await.0 == 200
+    })
+    .await;
+    server.stop().await;
+}
+
 /// A `switchyard all` process with `extra` flags, a fresh database and an admin listener.
 fn start(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
     let mut args = vec![
@@ -205,6 +280,9 @@ async fn running_out_of_descriptors_is_survived() {
             "sqlite://test.db",
             "--body-timeout-ms",
             "1000",
+            // Every stalled body is one user's: about descriptors here, not that bound.
+            "--max-requests-per-user",
+            "0",
         ],
         &[],
         &log,
