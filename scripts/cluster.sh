@@ -2,9 +2,14 @@
 # The distributed topology from plain processes on loopback — the same shape as
 # docker-compose.yml: redis-server, N gateways, M API processes, nginx in front.
 #
-#   scripts/cluster.sh up DIR [--gateways N] [--apis M] [--bin PATH]
+#   scripts/cluster.sh up DIR [--gateways N] [--apis M] [--bin PATH] [--redis-cluster]
+#                      [--redis-url URL [--redis-port PORT]]
 #       Starts everything with its state, logs and pid files under DIR, waits until every
 #       process is ready, and writes DIR/cluster.env (ports and URLs, shell syntax).
+#       --redis-cluster: a Redis Cluster (3 primaries, 3 replicas, scripts/redis-cluster.sh)
+#       instead of one redis-server. --redis-url: the processes use this Redis (a managed one,
+#       a cluster, a proxy), and no redis-server is started — unless --redis-port, where one
+#       is started (behind the URL's proxy, say).
 #   scripts/cluster.sh restart-redis DIR   Stops redis-server and starts it again, same port.
 #   scripts/cluster.sh stop-redis DIR / start-redis DIR   The same in two steps.
 #   scripts/cluster.sh down DIR            Stops every process it started (by pid file).
@@ -14,9 +19,9 @@
 set -euo pipefail
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,14p' "$0"; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,20p' "$0"; exit 2; }
 shift 2
-gateways=2; apis=1
+gateways=2; apis=1; redis_cluster=""; redis_url=""; redis_port=""
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/target/release/switchyard"
 while [ $# -gt 0 ]; do
@@ -24,6 +29,9 @@ while [ $# -gt 0 ]; do
     --gateways) gateways=$2; shift 2 ;;
     --apis) apis=$2; shift 2 ;;
     --bin) bin=$2; shift 2 ;;
+    --redis-cluster) redis_cluster=1; shift ;;
+    --redis-url) redis_url=$2; shift 2 ;;
+    --redis-port) redis_port=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -89,9 +97,14 @@ case "$cmd" in
       [ -f "$dir/jwt.secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/jwt.secret"
       JWT_SECRET=$(cat "$dir/jwt.secret")
     fi
-    redis_port=$(free_port)
-    start_redis "$redis_port"
-    export JWT_SECRET REDIS_URL="redis://127.0.0.1:$redis_port"
+    if [ -n "$redis_cluster" ]; then
+      redis_url=$(bash "$root/scripts/redis-cluster.sh" up "$dir/redis-cluster" | sed -n 's/^REDIS_URL=//p')
+    elif [ -z "$redis_url" ] || [ -n "$redis_port" ]; then
+      redis_port=${redis_port:-$(free_port)}
+      start_redis "$redis_port"
+      redis_url=${redis_url:-redis://127.0.0.1:$redis_port}
+    fi
+    export JWT_SECRET REDIS_URL="$redis_url"
     # Only the API processes have a database. Gateways have none: they read room snapshots
     # from Redis and ask the APIs (SWITCHYARD_API_URL) when Redis cannot answer.
     unset DATABASE_URL
@@ -143,6 +156,7 @@ PY
     stop_pidfile "$dir/nginx.pid"
     for f in "$dir"/gateway*.pid "$dir"/api*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
     stop_pidfile "$dir/redis.pid"
+    if [ -d "$dir/redis-cluster" ]; then bash "$root/scripts/redis-cluster.sh" down "$dir/redis-cluster"; fi
     ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

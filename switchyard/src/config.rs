@@ -271,7 +271,9 @@ pub struct ServeArgs {
 /// carry a password).
 #[derive(Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (`redis://host:port/db`): turns on the distributed mode's Redis bus.
+    /// Redis URL: turns on the distributed mode's Redis bus. One server: `redis://host:port/db`;
+    /// a Redis Cluster (7.0+, sharded pub/sub): `redis-cluster://host:port?node=host:port&…`
+    /// (any reachable nodes, the others are discovered).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Redis URL of the per-user connection leases (claimed at every handshake, renewed every

@@ -15,7 +15,7 @@ fn fix(order: &str, lat: f64) -> Value {
 /// The room snapshot the relay wrote to Redis (empty when there is none).
 fn cached_snapshot(cluster: &Cluster, room: &str) -> String {
     cluster
-        .redis_cli(&["GET", &format!("sy:snap:{room}")])
+        .redis_cli(&["GET", &format!("sy:snap:{{{room}}}")])
         .trim()
         .to_owned()
 }
@@ -219,7 +219,7 @@ async fn a_stale_snapshot_never_keeps_out_the_assigned_partner() {
     .await;
     // Put the old one back: Redis now says p1 carries the order, as it would for the moment
     // between a commit and its relay.
-    cluster.redis_cli(&["SET", &format!("sy:snap:{room}"), &naming_p1]);
+    cluster.redis_cli(&["SET", &format!("sy:snap:{{{room}}}"), &naming_p1]);
     let mut p2 = connect(
         &cluster.ws(&cluster.gateways[0]),
         &token("p2", Role::Partner),

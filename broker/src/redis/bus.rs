@@ -1,60 +1,75 @@
 //! [`RedisBus`]: publish (one script call per event), reference-counted subscriptions,
 //! history from the room's stream.
 
-use super::{room_channel, script, unavailable};
+use super::{room_channel, room_key, script, unavailable};
 use crate::{BrokerError, Bus, Deliver, History, HistoryConfig, Publication, Sinks};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::scripts::Script;
 use serde_json::value::RawValue;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use switchyard_protocol::Room;
 use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::server::event_frame_parts;
 use tokio::sync::{mpsc, oneshot};
 
-/// Publishes one event atomically: makes sure the Redis-wide epoch exists, increments the
-/// room's offset, appends the frame to the room's history stream (entry id `<offset>-1`, at
-/// most ARGV[6] entries, the stream expiring ARGV[7] ms after the room's last event) and
-/// publishes `"<offset> <epoch> <frame>"` on the room's channel (the epoch travels with
-/// every message: a gateway learns a new epoch from the first event counted in it).
-/// KEYS = offset key, history key, epoch key;
-/// ARGV = channel, frame head, frame tail, offset TTL (ms), fresh epoch, history size, history TTL (ms).
-const PUBLISH_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[3])
-if not epoch then
-  redis.call('SET', KEYS[3], ARGV[5])
-  epoch = ARGV[5]
+/// The room's epoch, at the start of both scripts below. An epoch is valid while the room's
+/// keys are the ones it was created with: it is stored with the replication id of the node
+/// that wrote it (`"<replid> <epoch>"`). When the key is missing (the room's first publish or
+/// subscribe; or its keys were flushed, evicted, expired, or lost in a restart) or was written
+/// under another replication history (a replica promoted after its primary failed, which may
+/// have lost the primary's newest writes — and so offsets it would hand out again), the room
+/// starts a new epoch: offsets and history are dropped and count from 1 again.
+/// KEYS = offset key, history key, epoch key (one hash slot: `{room}`);
+/// ARGV[1] = a fresh epoch, ARGV[2] = how long the keys live after the last event (ms).
+const EPOCH_LUA: &str = r#"
+local node = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local stored = redis.call('GET', KEYS[3])
+local epoch = nil
+if stored then
+  local sep = string.find(stored, ' ', 1, true)
+  if sep and string.sub(stored, 1, sep - 1) == node then
+    epoch = string.sub(stored, sep + 1)
+  end
 end
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('SET', KEYS[3], node .. ' ' .. epoch, 'PX', ARGV[2])
+end
+"#;
+
+/// Publishes one event atomically, after [`EPOCH_LUA`]: increments the room's offset,
+/// refreshes the room's keys' expiry, appends the frame to the room's history stream (entry
+/// id `<offset>-1`, at most ARGV[6] entries, the stream expiring ARGV[7] ms after the room's
+/// last event) and publishes `"<offset> <epoch> <frame>"` on the room's channel with ARGV[8]
+/// (`PUBLISH`, or `SPUBLISH` on a cluster: the channel is in the room's slot). The epoch
+/// travels with every message: a gateway learns a room's new epoch from its first event.
+/// ARGV[3..] = channel, frame head, frame tail, history size, history TTL (ms), command.
+const PUBLISH_LUA: &str = r#"
 local offset = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local frame = ARGV[2] .. offset .. ARGV[3]
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+local frame = ARGV[4] .. offset .. ARGV[5]
 if tonumber(ARGV[6]) > 0 then
   -- pcall: a history that cannot take the entry (ids out of order after an eviction) must
   -- not stop the publish; recovery then finds the gap and answers "resync".
   redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-1', 'f', frame)
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
-redis.call('PUBLISH', ARGV[1], offset .. ' ' .. epoch .. ' ' .. frame)
+redis.call(ARGV[8], ARGV[3], offset .. ' ' .. epoch .. ' ' .. frame)
 return offset
 "#;
 
-/// The room's position — the Redis-wide epoch (created when missing, so a flushed or
-/// restarted Redis gets a new one) and the room's last offset — and, when ARGV[2] is a
-/// number, the history entries after that offset, all read atomically.
-/// KEYS = epoch key, offset key, history key; ARGV = fresh epoch, since offset or "".
+/// The room's position — its epoch ([`EPOCH_LUA`]) and last offset — and, when ARGV[3] is
+/// a number, the history entries after that offset, all read atomically.
 const POSITION_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  redis.call('SET', KEYS[1], ARGV[1])
-  epoch = ARGV[1]
-end
-local offset = redis.call('GET', KEYS[2]) or '0'
+local offset = redis.call('GET', KEYS[1]) or '0'
 local result = {epoch, offset}
-if ARGV[2] ~= '' then
-  local entries = redis.call('XRANGE', KEYS[3], (tonumber(ARGV[2]) + 1) .. '-1', '+')
+if ARGV[3] ~= '' then
+  local entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[3]) + 1) .. '-1', '+')
   for _, entry in ipairs(entries) do
     table.insert(result, entry[1])
     table.insert(result, entry[2][2])
@@ -77,6 +92,8 @@ pub struct RedisBus {
     prefix: String,
     offset_ttl_ms: i64,
     history: HistoryConfig,
+    /// `PUBLISH`, or `SPUBLISH` on a cluster (sharded pub/sub).
+    publish_command: &'static str,
     interest: mpsc::Sender<Interest>,
     sinks: Sinks,
 }
@@ -89,18 +106,35 @@ impl RedisBus {
         sinks: Sinks,
     ) -> Result<Arc<RedisBus>, BrokerError> {
         let (interest, requests) = mpsc::channel(4096);
-        tokio::spawn(manage(subscriber.clone(), requests, config.prefix.clone()));
+        let sharded = config.is_cluster();
+        let channels = Channels {
+            subscriber: subscriber.clone(),
+            prefix: config.prefix.clone(),
+            sharded,
+        };
+        tokio::spawn(manage(channels, requests));
         Ok(Arc::new(RedisBus {
-            publish_script: script(&client, PUBLISH_LUA).await?,
-            position_script: script(&client, POSITION_LUA).await?,
+            publish_script: script(&client, &format!("{EPOCH_LUA}{PUBLISH_LUA}")).await?,
+            position_script: script(&client, &format!("{EPOCH_LUA}{POSITION_LUA}")).await?,
             client,
             subscriber,
             prefix: config.prefix.clone(),
             offset_ttl_ms: config.offset_ttl.as_millis() as i64,
             history: config.history,
+            publish_command: if sharded { "SPUBLISH" } else { "PUBLISH" },
             interest,
             sinks,
         }))
+    }
+}
+
+impl RedisBus {
+    /// The room's offset counter, history stream and epoch: one hash slot (`{room}`).
+    fn room_keys(&self, room: &Room) -> Vec<String> {
+        ["off", "hist", "epoch"]
+            .iter()
+            .map(|kind| room_key(&self.prefix, kind, room.as_str()))
+            .collect()
     }
 }
 
@@ -113,23 +147,19 @@ impl Bus for RedisBus {
         data: Box<RawValue>,
     ) -> Result<u64, BrokerError> {
         let (head, tail) = event_frame_parts(room.as_str(), event, &data);
-        let keys = vec![
-            format!("{}off:{}", self.prefix, room),
-            format!("{}hist:{}", self.prefix, room),
-            format!("{}epoch", self.prefix),
-        ];
         let args = vec![
+            crate::new_epoch(),
+            self.offset_ttl_ms.to_string(),
             room_channel(&self.prefix, room.as_str()),
             head,
             tail,
-            self.offset_ttl_ms.to_string(),
-            crate::new_epoch(),
             self.history.size.to_string(),
             self.history.ttl.as_millis().max(1).to_string(),
+            self.publish_command.into(),
         ];
         let offset: i64 = self
             .publish_script
-            .evalsha_with_reload(&self.client, keys, args)
+            .evalsha_with_reload(&self.client, self.room_keys(room), args)
             .await
             .map_err(unavailable)?;
         Ok(offset as u64)
@@ -153,7 +183,8 @@ impl Bus for RedisBus {
             .await;
     }
 
-    /// Position and history come from Redis in one atomic script call. A recovery is
+    /// Position and history come from Redis in one atomic script call (which starts a new
+    /// epoch when the room has none, as a publish would). A recovery is
     /// complete only when the epoch matches and the stream still holds the entry right after
     /// `since` (and every one after it, which the stream's consecutive ids guarantee).
     async fn history(
@@ -161,18 +192,14 @@ impl Bus for RedisBus {
         room: &Room,
         since: Option<&StreamPosition>,
     ) -> Result<History, BrokerError> {
-        let keys = vec![
-            format!("{}epoch", self.prefix),
-            format!("{}off:{}", self.prefix, room),
-            format!("{}hist:{}", self.prefix, room),
-        ];
         let args = vec![
             crate::new_epoch(),
+            self.offset_ttl_ms.to_string(),
             since.map(|s| s.offset.to_string()).unwrap_or_default(),
         ];
         let reply: Vec<String> = self
             .position_script
-            .evalsha_with_reload(&self.client, keys, args)
+            .evalsha_with_reload(&self.client, self.room_keys(room), args)
             .await
             .map_err(unavailable)?;
         let mut fields = reply.into_iter();
@@ -219,12 +246,60 @@ impl Bus for RedisBus {
     }
 }
 
-/// Counts local members per room and turns changes into batched SUBSCRIBE/UNSUBSCRIBE.
-async fn manage(
+/// Rooms' channels on the subscriber connection: classic pub/sub on one Redis, sharded pub/sub
+/// on a cluster — where a gateway's `SSUBSCRIBE` goes to the shard owning the room's slot, one
+/// command per slot (Redis refuses channels of several slots in one), and a message reaches
+/// only that shard's subscribers instead of being broadcast to every node.
+struct Channels {
     subscriber: SubscriberClient,
-    mut requests: mpsc::Receiver<Interest>,
     prefix: String,
-) {
+    sharded: bool,
+}
+
+impl Channels {
+    /// Subscribes to (or unsubscribes from) the rooms' channels; the outcome per group of
+    /// rooms sent together.
+    async fn change(
+        &self,
+        rooms: &[String],
+        subscribe: bool,
+    ) -> Vec<(Vec<String>, Result<(), fred::error::Error>)> {
+        if rooms.is_empty() {
+            return Vec::new();
+        }
+        let channel = |room: &String| room_channel(&self.prefix, room);
+        if !self.sharded {
+            let channels: Vec<String> = rooms.iter().map(channel).collect();
+            let result = if subscribe {
+                self.subscriber.subscribe(channels).await
+            } else {
+                self.subscriber.unsubscribe(channels).await
+            };
+            return vec![(rooms.to_vec(), result)];
+        }
+        let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        for room in rooms {
+            let slot = fred::util::redis_keyslot(channel(room).as_bytes());
+            by_slot.entry(slot).or_default().push(room.clone());
+        }
+        let mut outcomes = Vec::with_capacity(by_slot.len());
+        // One slot at a time: fred routes each command to the slot's owner, and follows a
+        // MOVED only for commands it did not pipeline.
+        for (_, rooms) in by_slot {
+            let channels: Vec<String> = rooms.iter().map(channel).collect();
+            let result = if subscribe {
+                self.subscriber.ssubscribe(channels).await
+            } else {
+                self.subscriber.sunsubscribe(channels).await
+            };
+            outcomes.push((rooms, result));
+        }
+        outcomes
+    }
+}
+
+/// Counts local members per room and turns changes into batched SUBSCRIBE/UNSUBSCRIBE.
+async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>) {
     let mut members: HashMap<String, usize> = HashMap::new();
     // What Redis has been told: rooms with a live subscription.
     let mut subscribed: HashSet<String> = HashSet::new();
@@ -269,27 +344,25 @@ async fn manage(
             .collect();
         let mut failed: HashSet<String> = HashSet::new();
         let mut failure = String::new();
-        if !join.is_empty() {
-            let channels: Vec<String> = join.iter().map(|r| room_channel(&prefix, r)).collect();
-            match subscriber.subscribe(channels).await {
-                Ok(()) => subscribed.extend(join.iter().cloned()),
+        for (rooms, result) in channels.change(&join, true).await {
+            match result {
+                Ok(()) => subscribed.extend(rooms),
                 Err(err) => {
-                    tracing::warn!(%err, rooms = join.len(), "redis SUBSCRIBE failed");
+                    tracing::warn!(%err, rooms = rooms.len(), "redis (S)SUBSCRIBE failed");
                     failure = err.to_string();
-                    failed.extend(join.iter().cloned());
+                    failed.extend(rooms);
                 }
             }
         }
-        if !leave.is_empty() {
-            let channels: Vec<String> = leave.iter().map(|r| room_channel(&prefix, r)).collect();
-            // Forgotten either way: a failed UNSUBSCRIBE only costs unwanted traffic until
-            // the next reconnect, which re-subscribes tracked channels only.
-            if let Err(err) = subscriber.unsubscribe(channels).await {
-                tracing::warn!(%err, rooms = leave.len(), "redis UNSUBSCRIBE failed");
+        // Forgotten either way: a failed UNSUBSCRIBE only costs unwanted traffic until the
+        // next reconnect, which re-subscribes tracked channels only.
+        for (rooms, result) in channels.change(&leave, false).await {
+            if let Err(err) = result {
+                tracing::warn!(%err, rooms = rooms.len(), "redis (S)UNSUBSCRIBE failed");
             }
-            for room in &leave {
-                subscribed.remove(room);
-            }
+        }
+        for room in &leave {
+            subscribed.remove(room);
         }
         for (room, reply) in waiters {
             if failed.contains(&room) {

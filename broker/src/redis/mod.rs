@@ -1,34 +1,48 @@
-//! The distributed mode's bus, controller and leases on Redis: pub/sub with per-room offsets
-//! assigned in Redis.
+//! The distributed mode's bus, controller and leases on Redis — one server, or a Redis Cluster
+//! (7.0+) — with per-room offsets assigned in Redis.
 //!
 //! # Publishing: one script call per event
 //! The publisher encodes the event frame once, split around its offset
-//! (`event_frame_parts`). One Lua script then, atomically inside Redis, increments the
-//! room's offset counter, refreshes its expiry, and publishes `"<offset> <epoch> <frame>"` on the
-//! room's channel. Offsets are therefore strictly increasing per room whichever process
-//! publishes, and concurrent publishes from one process are pipelined by fred on one
-//! connection (one round trip per event, never several).
+//! (`event_frame_parts`). One Lua script then, atomically inside Redis, checks the room's
+//! epoch, increments the room's offset counter, appends the frame to the room's history and
+//! publishes `"<offset> <epoch> <frame>"` on the room's channel. Offsets are therefore strictly
+//! increasing per room whichever process publishes, and concurrent publishes from one process
+//! are pipelined by fred on one connection (one round trip per event, never several). Every
+//! key the script touches is in the room's hash slot, so on a cluster it runs on the shard
+//! owning the room.
+//!
+//! # Sharded pub/sub on a cluster
+//! Classic `PUBLISH` on a cluster is broadcast over the cluster bus to every node, so each
+//! shard pays for every event of every room: adding shards would add no publish capacity. On
+//! a cluster the script publishes with `SPUBLISH` (the room's channel is in the room's slot)
+//! and gateways `SSUBSCRIBE` per room on the shard owning it: an event crosses one shard and
+//! reaches only the gateways serving its room. Control messages (rare, for every process) stay
+//! on classic pub/sub.
 //!
 //! # Subscribing: reference-counted and batched
 //! A gateway holds a Redis subscription to a room's channel only while it has at least one
 //! local member. Join/leave requests go to one manager task that counts members per room and
 //! sends one `SUBSCRIBE`/`UNSUBSCRIBE` for everything that changed since its last round
-//! trip, so 10,000 joins cost a handful of commands, not 10,000. A gateway receives no
-//! traffic for rooms it does not serve.
+//! trip (on a cluster, one `SSUBSCRIBE` per hash slot), so 10,000 joins cost a handful of
+//! commands, not 10,000. A gateway receives no traffic for rooms it does not serve.
 //!
 //! # Names
-//! Every key and channel starts with the configured prefix (default `sy:`):
-//! `{prefix}room:{room}` (channel), `{prefix}off:{room}` (offset counter), `{prefix}hist:{room}`
-//! (history stream), `{prefix}ctl` (control channel), `{prefix}conns:{sub}` (a user's
-//! connection leases), `{prefix}revoked` (revocation records, see [`crate::revocations`]), and
-//! the [`SharedState`](crate::state::SharedState): `{prefix}snap:{room}` (room snapshot),
-//! `{prefix}pos:{order}` (newest position), `{prefix}posq` (positions the database has not
-//! seen yet). Room names are validated by [`Room`](switchyard_protocol::Room) before they get
+//! Every key and channel starts with the configured prefix (default `sy:`). A room's keys
+//! carry the room name as their hash tag (`{room}`), so they share one hash slot — one shard
+//! of a cluster, which a script may touch atomically: `{prefix}room:{room}` (channel),
+//! `{prefix}off:{room}` (offset counter), `{prefix}hist:{room}` (history stream),
+//! `{prefix}epoch:{room}` (the room's epoch), and the
+//! [`SharedState`](crate::state::SharedState)'s `{prefix}snap:{room}` (room snapshot) and
+//! `{prefix}pos:{order:<id>}` (newest position, beside its room's snapshot). Not per room:
+//! `{prefix}ctl` (control channel), `{prefix}conns:{sub}` (a user's connection leases),
+//! `{prefix}revoked` (revocation records, see [`crate::revocations`]), `{prefix}posq`
+//! (positions the database has not seen yet). Room names are validated by [`Room`](switchyard_protocol::Room) before they get
 //! here, so no glob or control character can reach Redis.
 //!
-//! # Outages
+//! # Outages and failover
 //! fred reconnects with exponential backoff and re-subscribes every tracked channel
-//! (`manage_subscriptions`); WebSocket clients stay connected throughout. While Redis is
+//! (`manage_subscriptions`; on a cluster, each shard channel on its slot's current owner, also
+//! after a slot moved or a replica was promoted); WebSocket clients stay connected throughout. While Redis is
 //! unreachable, the bus and controller are not ready (`/readyz` 503), publishes fail after
 //! the command timeout, and `switchyard_bus_connected` is 0; reconnects are counted. Events
 //! published to Redis while a gateway's subscriber was disconnected are not seen by that
@@ -60,6 +74,7 @@ use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::scripts::Script;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -67,7 +82,8 @@ use tokio::sync::broadcast;
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or a cluster: `redis-cluster://host:port?node=host:port&…`
+    /// (any reachable nodes; the others are discovered).
     pub url: String,
     /// Where the connection leases live (`SWITCHYARD_LEASE_REDIS_URL`); `None`: in `url`.
     pub lease_url: Option<String>,
@@ -83,6 +99,11 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
+    /// Whether `url` names a Redis Cluster (fred's `redis-cluster://host:port?node=host:port&…`).
+    pub fn is_cluster(&self) -> bool {
+        Config::from_url(&self.url).is_ok_and(|c| c.server.is_clustered())
+    }
+
     /// Defaults for everything but the URL (tests, the load generator).
     pub fn new(url: impl Into<String>) -> RedisConfig {
         RedisConfig {
@@ -150,6 +171,23 @@ impl Redis {
                 Ok(())
             }
         }));
+        if config.is_cluster() {
+            // A slot moved or a node left: fred re-routes; the shard subscriptions follow (every
+            // tracked channel again, each to its slot's owner now), and what was published
+            // meanwhile is a gap.
+            let (sinks, resubscriber) = (sinks.clone(), subscriber.clone());
+            drop(subscriber.on_cluster_change(move |changes| {
+                let (sinks, resubscriber) = (sinks.clone(), resubscriber.clone());
+                async move {
+                    tracing::warn!(?changes, "redis cluster changed: subscribing again");
+                    sinks.gap();
+                    if let Err(err) = resubscriber.resubscribe_all().await {
+                        tracing::warn!(%err, "resubscribing after a cluster change failed");
+                    }
+                    Ok(())
+                }
+            }));
+        }
         tokio::spawn(dispatch(
             messages,
             prefix.clone(),
@@ -246,8 +284,24 @@ fn unavailable(err: fred::error::Error) -> BrokerError {
     BrokerError::Unavailable(err.to_string())
 }
 
+/// `{prefix}{kind}:{{room}}`: a key of the room's, in the room's hash slot (the hash tag is
+/// the room name; prefixes cannot contain braces).
+fn room_key(prefix: &str, kind: &str, room: &str) -> String {
+    format!("{prefix}{kind}:{{{room}}}")
+}
+
+/// `{prefix}room:{{room}}`: the room's channel, in the room's hash slot (sharded pub/sub
+/// routes it with the room's keys).
 fn room_channel(prefix: &str, room: &str) -> String {
-    format!("{prefix}room:{room}")
+    room_key(prefix, "room", room)
+}
+
+/// The room a room channel is for.
+fn channel_room<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
+    channel
+        .strip_prefix(prefix)?
+        .strip_prefix("room:{")?
+        .strip_suffix('}')
 }
 
 fn control_channel(prefix: &str) -> String {
@@ -273,11 +327,11 @@ async fn dispatch(
     listeners: Listeners,
     revocations: Arc<Revocations>,
 ) {
-    let room_prefix = format!("{prefix}room:");
     let control = control_channel(&prefix);
-    // The epoch of the last message, reused while it does not change (one allocation per
-    // epoch, not per message).
-    let mut epoch: Arc<str> = Arc::from("");
+    // Each room's epoch, shared by its publications (one allocation per epoch, not per
+    // message); bounded by starting over when it grows past EPOCHS.
+    const EPOCHS: usize = 65_536;
+    let mut epochs: HashMap<Box<str>, Arc<str>> = HashMap::new();
     loop {
         let message = match messages.recv().await {
             Ok(m) => m,
@@ -293,7 +347,7 @@ async fn dispatch(
         let Some(payload) = message.value.as_str() else {
             continue;
         };
-        if let Some(room) = message.channel.strip_prefix(room_prefix.as_str()) {
+        if let Some(room) = channel_room(&prefix, &message.channel) {
             let Some((offset, rest)) = payload.split_once(' ') else {
                 continue;
             };
@@ -302,12 +356,20 @@ async fn dispatch(
             else {
                 continue;
             };
-            if *epoch != *message_epoch {
-                epoch = message_epoch.into();
-            }
+            let epoch = match epochs.get(message_epoch) {
+                Some(epoch) => epoch.clone(),
+                None => {
+                    if epochs.len() >= EPOCHS {
+                        epochs.clear();
+                    }
+                    let epoch: Arc<str> = message_epoch.into();
+                    epochs.insert(message_epoch.into(), epoch.clone());
+                    epoch
+                }
+            };
             sinks.deliver(Publication {
                 room: room.to_owned(),
-                epoch: epoch.clone(),
+                epoch,
                 offset,
                 frame: frame.to_owned().into(),
             });

@@ -1,27 +1,16 @@
 //! [`RedisState`]: the [`SharedState`] in the bus's Redis.
 
-use super::{script, unavailable};
+use super::{room_key, script, unavailable};
 use crate::BrokerError;
 use crate::state::{Cached, SharedState};
 use async_trait::async_trait;
 use fred::clients::Client;
-use fred::interfaces::KeysInterface;
+use fred::interfaces::{HashesInterface, KeysInterface};
 use fred::types::Expiration;
 use fred::types::scripts::Script;
 use std::sync::Arc;
 use switchyard_protocol::Room;
 use switchyard_protocol::room::RoomKind;
-
-/// Records partner positions: each one's key (KEYS[2..], expiring after ARGV[1] ms) and the
-/// queue hash (KEYS[1]) the API writes to the database from; ARGV[2..] = order id, JSON pairs.
-const PUT_POSITIONS_LUA: &str = r#"
-for i = 2, #KEYS do
-  local id, json = ARGV[2 * i - 2], ARGV[2 * i - 1]
-  redis.call('SET', KEYS[i], json, 'PX', ARGV[1])
-  redis.call('HSET', KEYS[1], id, json)
-end
-return #KEYS - 1
-"#;
 
 /// Takes the whole position queue (KEYS[1]) atomically: `[id, json, id, json, …]`.
 const TAKE_POSITIONS_LUA: &str = r#"
@@ -41,7 +30,6 @@ return 1
 /// Redis [`SharedState`].
 pub struct RedisState {
     client: Client,
-    put_positions_script: Script,
     take_positions_script: Script,
     requeue_positions_script: Script,
     prefix: String,
@@ -54,7 +42,6 @@ impl RedisState {
         config: &super::RedisConfig,
     ) -> Result<Arc<RedisState>, BrokerError> {
         Ok(Arc::new(RedisState {
-            put_positions_script: script(&client, PUT_POSITIONS_LUA).await?,
             take_positions_script: script(&client, TAKE_POSITIONS_LUA).await?,
             requeue_positions_script: script(&client, REQUEUE_POSITIONS_LUA).await?,
             client,
@@ -63,14 +50,15 @@ impl RedisState {
         }))
     }
 
-    /// `{prefix}snap:{room}`: the room's snapshot.
+    /// `{prefix}snap:{room}`: the room's snapshot, in the room's hash slot.
     fn snapshot_key(&self, room: &str) -> String {
-        format!("{}snap:{room}", self.prefix)
+        room_key(&self.prefix, "snap", room)
     }
 
-    /// `{prefix}pos:{order}`: the order's newest partner position.
+    /// `{prefix}pos:{order:<id>}`: the order's newest partner position, in the order room's
+    /// hash slot (read with its snapshot in one `MGET`).
     fn position_key(&self, order: impl std::fmt::Display) -> String {
-        format!("{}pos:{order}", self.prefix)
+        room_key(&self.prefix, "pos", &format!("order:{order}"))
     }
 
     /// `{prefix}posq`: positions not yet written to the database (order id → JSON).
@@ -133,16 +121,30 @@ impl SharedState for RedisState {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut keys = vec![self.position_queue_key()];
-        let mut args = vec![self.offset_ttl_ms.to_string()];
-        for (id, json) in batch {
-            keys.push(self.position_key(id));
-            args.push(id.to_string());
-            args.push(json.clone());
-        }
+        // Each position beside its room's snapshot (its own hash slot), then the queue: one
+        // command per key, pipelined on the connection (a script could not span the slots of
+        // a cluster). A reader may see a position before it is queued, never the reverse
+        // order's harm: the queue only feeds the database.
+        let ttl = Some(Expiration::PX(self.offset_ttl_ms));
+        let sets = batch.iter().map(|(id, json)| {
+            self.client.set::<(), _, _>(
+                self.position_key(id),
+                json.as_str(),
+                ttl.clone(),
+                None,
+                false,
+            )
+        });
+        futures_util::future::try_join_all(sets)
+            .await
+            .map_err(unavailable)?;
+        let queued: Vec<(String, String)> = batch
+            .iter()
+            .map(|(id, json)| (id.to_string(), json.clone()))
+            .collect();
         let _: i64 = self
-            .put_positions_script
-            .evalsha_with_reload(&self.client, keys, args)
+            .client
+            .hset(self.position_queue_key(), queued)
             .await
             .map_err(unavailable)?;
         Ok(())

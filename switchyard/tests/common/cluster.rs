@@ -1,4 +1,5 @@
-//! The distributed topology for tests: `scripts/cluster.sh` starts a real redis-server,
+//! The distributed topology for tests: `scripts/cluster.sh` starts a real redis-server (or
+//! uses the Redis it is given: a Redis Cluster, a [`ChaosProxy`](super::chaos::ChaosProxy)),
 //! gateways, API processes and nginx on loopback; dropping the [`Cluster`] stops them.
 
 use super::SECRET;
@@ -11,6 +12,7 @@ pub struct Cluster {
     pub nginx: String,
     pub gateways: Vec<String>,
     pub apis: Vec<String>,
+    /// The redis-server `cluster.sh` started (0: none, the cluster uses a Redis it was given).
     pub redis_port: u16,
     pub http: reqwest::Client,
 }
@@ -26,6 +28,26 @@ impl Cluster {
 
     /// Like [`Cluster::up`], with `SWITCHYARD_*` settings for every process.
     pub fn up_with(gateways: usize, apis: usize, settings: &[(&str, &str)]) -> Cluster {
+        Cluster::start(gateways, apis, settings, &[])
+    }
+
+    /// Processes on the Redis at `url` (a Redis Cluster, a proxy); `cluster.sh` starts no
+    /// redis-server — unless `port`, where it starts one (behind the proxy at `url`).
+    pub fn on_redis(
+        url: &str,
+        port: Option<u16>,
+        gateways: usize,
+        apis: usize,
+        settings: &[(&str, &str)],
+    ) -> Cluster {
+        let mut redis = vec!["--redis-url".to_owned(), url.to_owned()];
+        if let Some(port) = port {
+            redis.extend(["--redis-port".to_owned(), port.to_string()]);
+        }
+        Cluster::start(gateways, apis, settings, &redis)
+    }
+
+    fn start(gateways: usize, apis: usize, settings: &[(&str, &str)], redis: &[String]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("bash")
             .arg(script())
@@ -38,6 +60,7 @@ impl Cluster {
             ])
             .arg("--bin")
             .arg(super::process::bin())
+            .args(redis)
             .env("JWT_SECRET", SECRET)
             .env("RUST_LOG", "info")
             .envs(settings.iter().copied())
@@ -69,7 +92,7 @@ impl Cluster {
             nginx: env["NGINX"].clone(),
             gateways: list("GATEWAYS"),
             apis: list("APIS"),
-            redis_port: env["REDIS_PORT"].parse().unwrap(),
+            redis_port: env["REDIS_PORT"].parse().unwrap_or(0),
             dir,
             http: reqwest::Client::new(),
         }
@@ -124,7 +147,7 @@ impl Cluster {
 
     /// Subscribers of a room's channel across all gateways (`PUBSUB NUMSUB`).
     pub fn numsub(&self, room: &str) -> u64 {
-        let out = self.redis_cli(&["pubsub", "numsub", &format!("sy:room:{room}")]);
+        let out = self.redis_cli(&["pubsub", "numsub", &format!("sy:room:{{{room}}}")]);
         out.lines()
             .nth(1)
             .and_then(|l| l.trim().parse().ok())
@@ -133,6 +156,23 @@ impl Cluster {
 
     pub fn ws(&self, addr: &str) -> String {
         format!("ws://{addr}/ws")
+    }
+
+    /// Asserts that every gateway refuses one more connection with `token` (429, the user's
+    /// connection limit across the gateways).
+    pub async fn refuses_another_connection(&self, token: &str) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        for gw in &self.gateways {
+            let mut req = self.ws(gw).into_client_request().unwrap();
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            let (status, body) = super::refused(req).await;
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(body["error"], "limit_exceeded", "{body}");
+        }
     }
 
     /// A REST call to `base` (an API process or nginx).

@@ -9,9 +9,11 @@
 //! - [`cluster`]: the distributed topology (`scripts/cluster.sh`): Redis, gateways, APIs, nginx.
 //! - [`pypi`]: tools from PyPI the tests run (Schemathesis, openapi-python-client, kosoku).
 
+pub mod chaos;
 pub mod cluster;
 pub mod process;
 pub mod pypi;
+pub mod redis_cluster;
 
 use serde_json::{Value, json};
 use std::net::SocketAddr;
