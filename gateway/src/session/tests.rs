@@ -167,6 +167,11 @@ impl Harness {
             exp: now_secs() + ttl,
             iat: None,
         };
+        self.open(who, window).await
+    }
+
+    /// Runs a session for `who` as it was admitted (whatever its `exp`).
+    async fn open(&self, who: Principal, window: usize) -> Client {
         let opened = slot::open(self.shared(), &who.sub).await.expect("a slot");
         let session = Box::new(Session::new(self.shared().clone(), who, None, opened));
         let (to_client, from_server) = mpsc::channel(window);
@@ -350,6 +355,30 @@ async fn a_connection_ends_at_its_tokens_exp() {
         (Duration::from_secs(89)..=Duration::from_secs(90)).contains(&lived),
         "{lived:?}"
     );
+}
+
+/// Issue #19 §5: the session's end is computed with saturating arithmetic, so an `exp` the
+/// clock cannot represent (2^64 − 1: the handshake refuses it, but the session does not rely
+/// on that) neither panics the session (which used to skip its cleanup) nor keeps it from
+/// closing with 4000 at the drain.
+#[tokio::test(start_paused = true)]
+async fn a_token_that_never_expires_neither_panics_the_session_nor_escapes_the_drain() {
+    let h = Harness::new(GatewayConfig::default());
+    let who = Principal {
+        sub: UserId::parse("u1").unwrap(),
+        role: Role::Customer,
+        exp: u64::MAX,
+        iat: None,
+    };
+    let mut c = h.open(who, 64).await;
+    h.orders.put(1, "u1", None);
+    assert!(ok(&c.subscribe("order:1").await));
+    assert!(ok(&c.request(ClientOp::Ping).await));
+    h.shutdown.cancel();
+    assert_eq!(c.closed(true).await, close::SHUTDOWN);
+    c.task.await.expect("the session ended without a panic");
+    assert!(h.gateway.drain(Duration::from_secs(1)).await);
+    assert_eq!(h.metric("switchyard_subscriptions"), 0.0);
 }
 
 #[tokio::test(start_paused = true)]
