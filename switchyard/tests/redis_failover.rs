@@ -1,5 +1,5 @@
-//! Failover on a real Redis Cluster (3 primaries, 3 replicas, a cluster of this binary's own:
-//! the test kills one of its nodes). The primary owning a busy room is SIGKILLed while events
+//! Failover and resharding on a real Redis Cluster (3 primaries, 3 replicas; each test with a
+//! cluster of its own: they kill a node, move a slot). The primary owning a busy room is SIGKILLed while events
 //! flow; its replica is promoted. Subscribers get `gap` and then every later event; a client
 //! recovering from before the failure gets exactly the missed events or `recovered:false`,
 //! never a silent hole; `/readyz` shows the outage and recovers by itself.
@@ -231,5 +231,67 @@ async fn a_primary_failing_over_loses_no_event_silently() {
         "failover: {} of {EVENTS} acknowledged before the gap; recovered {}; final epoch from {baseline}",
         acked_at_gap, reply["recovered"]
     );
+    redis.down();
+}
+
+/// A resharding moves a busy room's slot to another primary: the gateway's shard subscription
+/// follows it (Redis ends it on the old owner), members are told `gap`, and events published on
+/// the new owner reach them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_subscriptions_follow_a_moved_slot() {
+    let redis = RedisCluster::start();
+    let prefix = "mv:";
+    let cluster = Cluster::on_redis(
+        &redis.url,
+        None,
+        1,
+        1,
+        &[("SWITCHYARD_REDIS_PREFIX", prefix)],
+    );
+    let (gw, api) = (cluster.gateways[0].clone(), cluster.apis[0].clone());
+    let order = cluster.create_order(&api, "c1").await;
+    let room = format!("order:{order}");
+    let channel = format!("{prefix}room:{{{room}}}");
+    let mut client = connect(&cluster.ws(&gw), &token("c1", Role::Customer)).await;
+    let position = client.subscribe(&room).await["position"].clone();
+    assert_eq!(redis.shardnumsub(&channel), 1);
+    assert_eq!(cluster.set_status(&api, &order, "confirmed").await.0, 200);
+    client.event(&room, "order.status").await;
+
+    let from = redis.owner(&channel).unwrap();
+    let to = redis
+        .primaries()
+        .into_iter()
+        .map(|(port, _)| port)
+        .find(|port| *port != from)
+        .unwrap();
+    redis.move_slot(redis.keyslot(&channel), to);
+    assert_eq!(redis.owner(&channel), Some(to));
+    client
+        .recv_until(|v| v["type"] == "gap" && v["room"] == room.as_str())
+        .await;
+    eventually(
+        "the gateway subscribed on the slot's new owner",
+        async || redis.shardnumsub(&channel) == 1,
+    )
+    .await;
+    assert_eq!(cluster.set_status(&api, &order, "packed").await.0, 200);
+    let packed = client.event(&room, "order.status").await;
+    assert_eq!(packed["data"]["status"], "packed");
+    // The room's keys moved with the slot, but were written under another node's replication
+    // history, which this node cannot vouch for: the room starts a new epoch (named by its
+    // first event) rather than trust offsets it did not write, and a recovery from before
+    // resyncs.
+    assert!(
+        packed["epoch"].is_string() && packed["epoch"] != position["epoch"],
+        "{packed}"
+    );
+    assert_eq!(packed["offset"], 1, "{packed}");
+    let mut back = connect(&cluster.ws(&gw), &token("c1", Role::Customer)).await;
+    let reply = back
+        .request(json!({"op":"subscribe","room":room,"since":position}))
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["position"]["epoch"], packed["epoch"]);
     redis.down();
 }

@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 /// that wrote it (`"<replid> <epoch>"`). When the key is missing (the room's first publish or
 /// subscribe; or its keys were flushed, evicted, expired, or lost in a restart) or was written
 /// under another replication history (a replica promoted after its primary failed, which may
-/// have lost the primary's newest writes — and so offsets it would hand out again), the room
-/// starts a new epoch: offsets and history are dropped and count from 1 again.
+/// have lost the primary's newest writes — and so offsets it would hand out again; or a shard
+/// the room's slot moved to, which cannot vouch for them either), the room starts a new epoch:
+/// offsets and history are dropped and count from 1 again.
 /// KEYS = offset key, history key, epoch key (one hash slot: `{room}`);
 /// ARGV[1] = a fresh epoch, ARGV[2] = how long the keys live after the last event (ms).
 const EPOCH_LUA: &str = r#"

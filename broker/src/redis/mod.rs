@@ -195,7 +195,16 @@ impl Redis {
             listeners,
             records,
         ));
-        let bus = RedisBus::start(client.clone(), subscriber, &config, sinks).await?;
+        let bus =
+            RedisBus::start(client.clone(), subscriber.clone(), &config, sinks.clone()).await?;
+        if config.is_cluster() {
+            tokio::spawn(follow_slots(
+                client.clone(),
+                subscriber,
+                sinks,
+                Arc::downgrade(&bus),
+            ));
+        }
         let leases = match &config.lease_url {
             Some(url) if *url != config.url => {
                 let leases = builder_client(url, config.command_timeout).await?;
@@ -315,6 +324,63 @@ fn redact(url: &str) -> String {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+/// How often a cluster's slot map is compared with the last one seen.
+const SLOT_CHECK: Duration = Duration::from_secs(5);
+
+/// On a cluster: when a slot moves to another shard, Redis ends the shard subscriptions of its
+/// channels (a server-sent `SUNSUBSCRIBE`, which fred does not surface). So every SLOT_CHECK
+/// the primaries' slot ranges (`CLUSTER SLOTS`) are compared with the last ones seen; on a
+/// change every tracked shard channel is subscribed again, each on its slot's owner now (fred
+/// follows the `MOVED`), and the sinks are told `gap`. Runs while `alive` does.
+async fn follow_slots(
+    client: Client,
+    subscriber: fred::clients::SubscriberClient,
+    sinks: Sinks,
+    alive: std::sync::Weak<RedisBus>,
+) {
+    let mut known: Option<Vec<(i64, i64, String)>> = None;
+    let mut tick = tokio::time::interval(SLOT_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let slots: Result<fred::types::Value, _> = client
+            .custom(
+                fred::types::CustomCommand::new("CLUSTER", fred::types::ClusterHash::Random, false),
+                vec!["SLOTS"],
+            )
+            .await;
+        let Ok(fred::types::Value::Array(ranges)) = slots else {
+            continue;
+        };
+        // (first slot, last slot, primary's node id) per range.
+        let mut map: Vec<(i64, i64, String)> = ranges
+            .iter()
+            .filter_map(|range| {
+                let fred::types::Value::Array(fields) = range else {
+                    return None;
+                };
+                let primary = match fields.get(2)? {
+                    fred::types::Value::Array(node) => node.get(2)?.as_string()?,
+                    _ => return None,
+                };
+                Some((fields.first()?.as_i64()?, fields.get(1)?.as_i64()?, primary))
+            })
+            .collect();
+        map.sort();
+        if known.as_ref().is_some_and(|k| *k != map) {
+            tracing::warn!("redis cluster slots moved: subscribing again");
+            sinks.gap();
+            if let Err(err) = subscriber.resubscribe_all().await {
+                tracing::warn!(%err, "resubscribing after slots moved failed");
+            }
+        }
+        known = Some(map);
     }
 }
 

@@ -148,6 +148,42 @@ impl RedisCluster {
         std::fs::remove_file(&pid_file).unwrap();
     }
 
+    /// The node id of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        self.cli(port, &["cluster", "myid"]).trim().to_owned()
+    }
+
+    /// Moves hash slot `slot`, with its keys, to the primary on `to` (what a resharding does,
+    /// one slot): importing/migrating, `MIGRATE` of its keys, then every primary learns the
+    /// new owner.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self
+            .primaries()
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|(port, _)| port)
+            .expect("the slot has a primary");
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot = slot.to_string();
+        let ok = |out: String| assert_eq!(out.trim(), "OK", "{out}");
+        ok(self.cli(to, &["cluster", "setslot", &slot, "importing", &from_id]));
+        ok(self.cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]));
+        loop {
+            let keys = self.cli(from, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to = to.to_string();
+            let mut migrate = vec!["migrate", "127.0.0.1", &to, "", "0", "5000", "keys"];
+            migrate.extend(keys);
+            ok(self.cli(from, &migrate));
+        }
+        for (port, _) in self.primaries() {
+            ok(self.cli(port, &["cluster", "setslot", &slot, "node", &to_id]));
+        }
+    }
+
     pub fn down(&self) {
         let _ = Command::new("bash")
             .arg(script())
