@@ -436,7 +436,24 @@ async fn after_a_redis_restart_a_reading_subscriber_gets_every_event_of_the_new_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_user_are_limited_across_the_cluster() {
-    let cluster = Cluster::up_with(2, 1, &[("SWITCHYARD_MAX_CONNECTIONS_PER_USER", "2")]);
+    // The leases in a Redis of their own (SWITCHYARD_LEASE_REDIS_URL): here database 1 of the
+    // bus's server, the bus in database 0.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let leases = format!("redis://127.0.0.1:{port}/1");
+    let cluster = Cluster::on_redis(
+        &format!("redis://127.0.0.1:{port}/0"),
+        Some(port),
+        2,
+        1,
+        &[
+            ("SWITCHYARD_MAX_CONNECTIONS_PER_USER", "2"),
+            ("SWITCHYARD_LEASE_REDIS_URL", &leases),
+        ],
+    );
     let (gw_a, gw_b) = (&cluster.gateways[0], &cluster.gateways[1]);
     let c1 = token("c1", Role::Customer);
     let first = connect(&cluster.ws(gw_a), &c1).await;
@@ -448,9 +465,13 @@ async fn connections_per_user_are_limited_across_the_cluster() {
     // Closing one frees its slot for any gateway.
     drop(first);
     eventually("the closed connection's claim to be released", async || {
-        cluster.redis_cli(&["ZCARD", "sy:conns:c1"]).trim() == "1"
+        cluster
+            .redis_cli(&["-n", "1", "ZCARD", "sy:conns:c1"])
+            .trim()
+            == "1"
     })
     .await;
+    assert_eq!(cluster.redis_cli(&["EXISTS", "sy:conns:c1"]).trim(), "0");
     connect(&cluster.ws(gw_b), &c1).await;
 }
 
