@@ -2,7 +2,8 @@
 # The whole test suite: unit tests, integration tests against real servers on loopback,
 # and the criterion benches compiled and run once in test mode.
 #
-# Needs the Rust toolchain; redis-server, redis-cli, nginx, curl, python3, docker-compose,
+# Needs the Rust toolchain; PostgreSQL (scripts/postgres.sh), redis-server, redis-cli, nginx,
+# curl, python3, docker-compose,
 # node/npm (the JavaScript client's tests) and chromium (the dashboard's browser test) are
 # installed here from Debian packages when missing (as root), or the script stops with a
 # message that says what to install. The PyPI tools (kosoku, Schemathesis,
@@ -86,6 +87,18 @@ echo "docker-compose.yml: valid"
 # metric it queries is exported).
 python3 -m json.tool deploy/grafana/dashboards/switchyard.json >/dev/null
 echo "deploy/grafana/dashboards/switchyard.json: valid JSON"
+
+# One PostgreSQL server for the whole run, shared by every test through
+# SWITCHYARD_TEST_POSTGRES_URL; each test creates its own database on it (store/src/testing.rs).
+# scripts/postgres.sh installs Debian's postgresql when missing (as root) and runs a throwaway
+# cluster under target/ as an unprivileged user; it is stopped on exit (and, should this script
+# be killed, by its watcher once this shell is gone).
+pg_dir="$PWD/target/postgres-test-run"
+scripts/postgres.sh stop "$pg_dir"
+SWITCHYARD_TEST_POSTGRES_URL=$(scripts/postgres.sh start "$pg_dir" --while $$)
+export SWITCHYARD_TEST_POSTGRES_URL
+trap 'scripts/postgres.sh stop "$pg_dir"' EXIT
+echo "PostgreSQL for the tests: $SWITCHYARD_TEST_POSTGRES_URL"
 
 # The test client logs every frame it exchanges here; the AsyncAPI check then validates them
 # all against protocol/asyncapi.yaml (switchyard/tests/asyncapi.rs).

@@ -146,9 +146,10 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(m) => ApiError::forbidden(m),
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Invalid(m) => ApiError::invalid(m),
-            StoreError::Corrupt(_) | StoreError::Database(_) | StoreError::Migrate(_) => {
-                ApiError::internal(err)
-            }
+            StoreError::Corrupt(_)
+            | StoreError::Config(_)
+            | StoreError::Database(_)
+            | StoreError::Migrate(_) => ApiError::internal(err),
         }
     }
 }

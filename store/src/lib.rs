@@ -4,39 +4,63 @@
 //! table); a relay (in `switchyard-api`) publishes them in order. A crash between commit
 //! and publish therefore loses no event: the relay finds the rows on the next start.
 //!
-//! SQLite (via sqlx) is the embedded database. Writers open `BEGIN IMMEDIATE`
-//! transactions, so concurrent writers queue on the database lock (bounded by the
-//! busy timeout) instead of failing with `SQLITE_BUSY` on lock upgrade. The SQL is kept
-//! portable (`$n` placeholders, `RETURNING`, no SQLite-only functions) for PostgreSQL.
+//! # Two engines, one API
+//! The URL chooses the engine ([`Engine`]): `sqlite://path.db` is the embedded database of
+//! `switchyard all` (one process), `postgres://…` the shared database of several API
+//! processes. Queries go through sqlx's `Any` driver, so every statement is written once, in
+//! SQL both engines run (`$n` placeholders, `RETURNING`, `ON CONFLICT`, integer milliseconds,
+//! integer paise, JSON as TEXT); the few places where they differ ask [`Engine`]. Each engine
+//! has its own migrations (`migrations/sqlite`, `migrations/postgres`), applied at start-up
+//! and by `switchyard migrate`; a test (`database::tests`) fails when their schemas drift.
+//!
+//! How writers stay correct on each:
+//! - SQLite: writers open `BEGIN IMMEDIATE` transactions, so they queue on the database lock
+//!   (bounded by the busy timeout) instead of failing with `SQLITE_BUSY` on lock upgrade;
+//!   one writer at a time.
+//! - PostgreSQL: `READ COMMITTED` transactions; a write first locks the order row it changes
+//!   (`SELECT … FOR UPDATE`) and the revenue row is moved by a
+//!   guarded `UPDATE` (a row lock until commit), so writers to one order or to the totals
+//!   queue on the row while writers to different orders run side by side. A write that loses a
+//!   race on a unique key (two first uses of one `Idempotency-Key`) is retried once, and then
+//!   sees the winner's row.
 //!
 //! # Layout
+//! - [`database`]: the engine, connection settings, the pool and the migrations.
 //! - [`checks`]: the order of checks every write makes (404 → 403 → 409 → payload).
 //! - [`orders`]: create, read, list, status changes, assignment, partner locations.
 //! - [`payments`]: idempotent payments, refunds and revenue totals (checked money).
-//! - [`outbox`]: the relay's side of the outbox.
+//! - [`outbox`]: the relay's side of the outbox and its lease.
+//! - `testing` (feature `testing`): fresh test databases on both engines.
 
 pub mod checks;
+pub mod database;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
-use std::str::FromStr;
+use sqlx::{Any, AnyPool, Transaction};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use switchyard_protocol::Role;
 use tokio::sync::Notify;
 
 pub use checks::Change;
+pub use database::{DatabaseOptions, Engine};
 pub use orders::Scope;
 pub use outbox::{OutboxEvent, OutboxKind};
 pub use payments::PaymentOutcome;
 
+/// A transaction on either engine.
+pub(crate) type Tx = Transaction<'static, Any>;
+
 /// Why a store operation failed; the API maps each variant to one HTTP status.
 ///
 /// The caller's fault (`NotFound`, `Forbidden`, `Conflict`, `Invalid`: 4xx, the message is
-/// shown to the caller) is kept apart from the server's (`Corrupt`, `Database`, `Migrate`:
+/// shown to the caller) is kept apart from the server's (`Corrupt`, `Config`, `Database`, `Migrate`:
 /// 500, the message is logged and never shown).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +78,9 @@ pub enum StoreError {
     /// database, never the caller's fault (500).
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The database settings are unusable (an unknown URL scheme): a start-up error.
+    #[error("{0}")]
+    Config(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -70,40 +97,51 @@ pub struct Actor<'a> {
 /// The database handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    engine: Engine,
     /// Woken after every commit that wrote outbox rows, so the relay publishes at once.
     outbox_written: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `url` (`sqlite://path.db`,
-    /// `sqlite::memory:`) and applies migrations.
+    /// Opens the database at `url` with default settings (see [`DatabaseOptions`]) and
+    /// applies migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed payment survives power loss, not only a process crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let in_memory = url.contains(":memory:");
-        let pool = SqlitePoolOptions::new()
-            // An in-memory database exists per connection: keep exactly one.
-            .max_connections(if in_memory { 1 } else { 8 })
-            .min_connections(1)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        Store::open_with(&DatabaseOptions::new(url)).await
+    }
+
+    /// Opens the database `options` name (an SQLite file is created if missing) and applies
+    /// the engine's migrations.
+    pub async fn open_with(options: &DatabaseOptions) -> Result<Store, StoreError> {
+        let (pool, engine) = database::connect(options).await?;
+        database::migrate(&pool, engine).await?;
         Ok(Store {
             pool,
+            engine,
             outbox_written: Arc::new(Notify::new()),
         })
+    }
+
+    /// Which engine this store runs on.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The version of the last migration applied.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let (version,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(version.unwrap_or(0))
     }
 
     /// Whether the database answers (`/readyz`).
@@ -120,9 +158,20 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// A write transaction that takes the database lock up front.
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// The pool, for tests that need to reach under the API (damage a row, move a total to
+    /// its cap).
+    #[doc(hidden)]
+    pub fn pool_for_tests(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A write transaction: on SQLite it takes the database lock up front (`BEGIN
+    /// IMMEDIATE`); on PostgreSQL each write locks the rows it changes.
+    async fn write_tx(&self) -> Result<Tx, StoreError> {
+        Ok(match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
+        })
     }
 }
 

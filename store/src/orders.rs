@@ -3,8 +3,7 @@
 use crate::checks::{Change, admissible, authorize};
 use crate::outbox::{enqueue, enqueue_revoke, enqueue_snapshot};
 use crate::payments::{refund_events, refund_rows};
-use crate::{Actor, Store, StoreError, now_ms};
-use sqlx::{Sqlite, Transaction};
+use crate::{Actor, Store, StoreError, Tx, now_ms};
 use switchyard_protocol::events::{OrderAssigned, OrderCreated, OrderStatusChanged};
 use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::{Location, Order, OrderId, OrderStatus, Role, Room, UserId};
@@ -87,19 +86,26 @@ pub fn can_see(order: &Order, actor: Actor<'_>) -> bool {
     }
 }
 
-/// The order row a write is about to change. The write's transaction holds the database
-/// lock (`BEGIN IMMEDIATE`), so no other write reads it until commit; on a database with
-/// row locks this is the place for `SELECT … FOR UPDATE`.
-pub(crate) async fn load_for_update(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: i64,
-) -> Result<Option<Order>, StoreError> {
-    let row: Option<OrderRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+impl Store {
+    /// The order row a write is about to change, locked until the write's transaction ends:
+    /// on PostgreSQL by `SELECT … FOR UPDATE` (a concurrent write to the same order waits
+    /// here, then reads the row as committed — no lost update); on SQLite the transaction
+    /// already holds the database lock (`BEGIN IMMEDIATE`).
+    pub(crate) async fn load_for_update(
+        &self,
+        tx: &mut Tx,
+        id: i64,
+    ) -> Result<Option<Order>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM orders WHERE id = $1{}",
+            self.engine.for_update()
+        );
+        let row: Option<OrderRow> = sqlx::query_as(&sql)
             .bind(id)
             .fetch_optional(&mut **tx)
             .await?;
-    row.map(OrderRow::into_order).transpose()
+        row.map(OrderRow::into_order).transpose()
+    }
 }
 
 impl Store {
@@ -209,7 +215,7 @@ impl Store {
     ) -> Result<Order, StoreError> {
         let change = Change::Status(Some(to));
         let mut tx = self.write_tx().await?;
-        let mut order = authorize(load_for_update(&mut tx, id).await?, actor, change)?;
+        let mut order = authorize(self.load_for_update(&mut tx, id).await?, actor, change)?;
         admissible(&order, actor, change)?;
         let from = order.status;
         order.status = to;
@@ -259,7 +265,11 @@ impl Store {
         partner: &str,
     ) -> Result<Order, StoreError> {
         let mut tx = self.write_tx().await?;
-        let mut order = authorize(load_for_update(&mut tx, id).await?, actor, Change::Assign)?;
+        let mut order = authorize(
+            self.load_for_update(&mut tx, id).await?,
+            actor,
+            Change::Assign,
+        )?;
         admissible(&order, actor, Change::Assign)?;
         let previous = order.partner.replace(partner.to_owned());
         order.updated_at = now_ms();
@@ -298,7 +308,11 @@ impl Store {
 
     /// Remembers a partner's latest position on the order (shown in snapshots).
     /// Stores several orders' latest positions in one transaction (one fsync).
+    /// Rows are written in id order, so two batches never wait on each other's row locks in
+    /// a cycle.
     pub async fn record_locations(&self, batch: &[(i64, Location)]) -> Result<(), StoreError> {
+        let mut batch: Vec<&(i64, Location)> = batch.iter().collect();
+        batch.sort_by_key(|(id, _)| *id);
         let mut tx = self.write_tx().await?;
         for (id, location) in batch {
             let json =
@@ -323,30 +337,32 @@ mod tests {
     /// corrupt rows mapped to `Invalid`.
     #[tokio::test]
     async fn a_corrupt_row_is_corrupt_not_invalid() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
-        let new = NewOrder {
-            items: vec![Item {
-                sku: "milk".into(),
-                qty: 1,
-                unit_price_paise: 100,
-            }],
-            address: "here".into(),
-        };
-        let order = store.create_order("u1", &new, 100).await.unwrap();
-        let id: i64 = order.id.parse().unwrap();
-        sqlx::query("UPDATE orders SET items = 'not json' WHERE id = $1")
-            .bind(id)
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        assert!(matches!(store.order(id).await, Err(StoreError::Corrupt(_))));
-        let admin = Actor {
-            sub: "a",
-            role: Role::Admin,
-        };
-        assert!(matches!(
-            store.change_status(id, admin, OrderStatus::Confirmed).await,
-            Err(StoreError::Corrupt(_))
-        ));
+        for db in crate::testing::TestDatabase::each_engine().await {
+            let store = db.open().await;
+            let new = NewOrder {
+                items: vec![Item {
+                    sku: "milk".into(),
+                    qty: 1,
+                    unit_price_paise: 100,
+                }],
+                address: "here".into(),
+            };
+            let order = store.create_order("u1", &new, 100).await.unwrap();
+            let id: i64 = order.id.parse().unwrap();
+            sqlx::query("UPDATE orders SET items = 'not json' WHERE id = $1")
+                .bind(id)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            assert!(matches!(store.order(id).await, Err(StoreError::Corrupt(_))));
+            let admin = Actor {
+                sub: "a",
+                role: Role::Admin,
+            };
+            assert!(matches!(
+                store.change_status(id, admin, OrderStatus::Confirmed).await,
+                Err(StoreError::Corrupt(_))
+            ));
+        }
     }
 }

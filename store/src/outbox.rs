@@ -9,10 +9,9 @@
 //!   order), after the snapshot that no longer names them;
 //! - `event`: an event published into its room.
 
-use crate::{Store, StoreError, now_ms};
+use crate::{Store, StoreError, Tx, now_ms};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{Sqlite, Transaction};
 use switchyard_protocol::{BuiltinEvent, Room};
 
 /// What the relay does with a row.
@@ -72,7 +71,7 @@ impl OutboxRow {
 }
 
 async fn insert(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     kind: OutboxKind,
     room: &Room,
     event: &str,
@@ -94,7 +93,7 @@ async fn insert(
 
 /// Adds a built-in event to the outbox inside `tx`.
 pub(crate) async fn enqueue<E: BuiltinEvent>(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     room: &Room,
     data: &E,
 ) -> Result<(), StoreError> {
@@ -103,7 +102,7 @@ pub(crate) async fn enqueue<E: BuiltinEvent>(
 
 /// Records `room`'s new state inside `tx` (before the transaction's events).
 pub(crate) async fn enqueue_snapshot(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     room: &Room,
     state: &impl Serialize,
 ) -> Result<(), StoreError> {
@@ -112,7 +111,7 @@ pub(crate) async fn enqueue_snapshot(
 
 /// Ends `sub`'s membership of `room` on every gateway once `tx` commits.
 pub(crate) async fn enqueue_revoke(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     room: &Room,
     sub: &str,
     reason: &str,
@@ -140,42 +139,41 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut delete = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE id IN (");
-        let mut list = delete.separated(", ");
+        // `$1, $2, …` by hand: sqlx's QueryBuilder writes `?` for the `Any` driver, which
+        // PostgreSQL does not read.
+        let list: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("DELETE FROM outbox WHERE id IN ({})", list.join(", "));
+        let mut delete = sqlx::query(&sql);
         for id in ids {
-            list.push_bind(*id);
+            delete = delete.bind(*id);
         }
-        delete.push(")");
-        delete.build().execute(&self.pool).await?;
+        delete.execute(&self.pool).await?;
         Ok(())
     }
 
     /// Takes or renews the relay lease for `holder` for `ttl_ms`. True when `holder` holds it.
     /// Only the holder publishes, so events leave in commit order even with several API
-    /// processes; a holder that dies loses the lease when it expires.
+    /// processes; a holder that dies (SIGKILL, a lost machine) loses the lease when it
+    /// expires, and the next relay takes over its rows.
+    ///
+    /// One statement decides: an upsert that overwrites the row only when it is ours or
+    /// expired. PostgreSQL locks the conflicting row for that check, so two relays asking at
+    /// once cannot both win; times come from the database's clock, so API processes on
+    /// machines with different clocks agree on when a lease ends.
     pub async fn relay_lease(&self, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let mut tx = self.write_tx().await?;
-        let current: Option<(String, i64)> =
-            sqlx::query_as("SELECT holder, expires_at FROM relay_lease WHERE name = 'outbox'")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let mine = match current {
-            Some((h, expires)) if h != holder && expires > now => false,
-            _ => {
-                sqlx::query(
-                    "INSERT INTO relay_lease (name, holder, expires_at) VALUES ('outbox', $1, $2) \
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
-                )
-                .bind(holder)
-                .bind(now + ttl_ms)
-                .execute(&mut *tx)
-                .await?;
-                true
-            }
-        };
-        tx.commit().await?;
-        Ok(mine)
+        let now = self.engine.now_ms_sql();
+        let sql = format!(
+            "INSERT INTO relay_lease (name, holder, expires_at) VALUES ('outbox', $1, {now} + $2) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE relay_lease.holder = excluded.holder OR relay_lease.expires_at <= {now} \
+             RETURNING holder"
+        );
+        let won: Option<(String,)> = sqlx::query_as(&sql)
+            .bind(holder)
+            .bind(ttl_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(won.is_some())
     }
 
     /// Gives the lease up (clean shutdown), so another relay takes over at once.

@@ -15,10 +15,9 @@
 //! a refused payment that changes nothing (409), never a wrapped or poisoned total.
 
 use crate::checks::{Change, admissible, authorize};
-use crate::orders::{load_for_update, order_room, user_room};
+use crate::orders::{order_room, user_room};
 use crate::outbox::{enqueue, enqueue_snapshot};
-use crate::{Actor, Store, StoreError, now_ms};
-use sqlx::{Sqlite, Transaction};
+use crate::{Actor, Store, StoreError, Tx, now_ms};
 use switchyard_protocol::events::{OrderPaid, OrderRefunded, RevenueUpdated};
 use switchyard_protocol::order::Refund;
 use switchyard_protocol::rest::{PaymentReceipt, PaymentStatus};
@@ -42,10 +41,7 @@ pub const PAYMENT_ROUTE: &str = "POST /api/orders/{id}/payment";
 
 /// Adds `amount` (> 0) to the revenue total and one paid order, unless the total would
 /// pass `i64::MAX`: then `Conflict`, and the caller's transaction is dropped unchanged.
-async fn add_revenue(
-    tx: &mut Transaction<'static, Sqlite>,
-    amount: i64,
-) -> Result<Revenue, StoreError> {
+async fn add_revenue(tx: &mut Tx, amount: i64) -> Result<Revenue, StoreError> {
     let headroom = i64::MAX - amount;
     let moved: Option<(i64, i64)> = sqlx::query_as(
         "UPDATE revenue SET total_paise = total_paise + $1, paid_orders = paid_orders + 1 \
@@ -83,10 +79,7 @@ pub(crate) struct Refunded {
 /// customer rooms and `revenue.updated` to `admin:revenue`, all committed with the
 /// cancellation.
 #[cfg(test)]
-pub(crate) async fn refund(
-    tx: &mut Transaction<'static, Sqlite>,
-    order: &mut Order,
-) -> Result<(), StoreError> {
+pub(crate) async fn refund(tx: &mut Tx, order: &mut Order) -> Result<(), StoreError> {
     if let Some(done) = refund_rows(tx, order).await? {
         enqueue_snapshot(tx, &Room::admin_revenue(), &done.revenue).await?;
         refund_events(tx, order, done).await?;
@@ -98,7 +91,7 @@ pub(crate) async fn refund(
 /// (no payment, or already refunded). The caller writes the snapshots, then its own events,
 /// then [`refund_events`].
 pub(crate) async fn refund_rows(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     order: &mut Order,
 ) -> Result<Option<Refunded>, StoreError> {
     let id: i64 = order.id.parse().map_err(|_| StoreError::NotFound)?;
@@ -159,7 +152,7 @@ pub(crate) async fn refund_rows(
 /// A refund's events: `order.refunded` to the order and customer rooms, `revenue.updated`
 /// to `admin:revenue`.
 pub(crate) async fn refund_events(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Tx,
     order: &Order,
     done: Refunded,
 ) -> Result<(), StoreError> {
@@ -184,12 +177,35 @@ pub(crate) async fn refund_events(
     Ok(())
 }
 
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 impl Store {
     /// Pays order `order_id` with `amount_paise`, once per (caller `sub`, caller role,
     /// route, `key`). Checks, in order: visibility (404), the caller's role (403), the key
     /// (a replay answers the stored result; the same key for another payment is 422), the
     /// order's state (409), the amount (422).
+    ///
+    /// Two first uses of one key on different orders at once (PostgreSQL: their order locks
+    /// do not serialize them) race on the key's primary key: the loser waits for the winner's
+    /// commit, fails on the duplicate, and is run once more — now finding the winner's answer.
     pub async fn pay(
+        &self,
+        order_id: i64,
+        actor: Actor<'_>,
+        key: &str,
+        amount_paise: i64,
+    ) -> Result<PaymentOutcome, StoreError> {
+        match self.pay_once(order_id, actor, key, amount_paise).await {
+            Err(StoreError::Database(err)) if is_unique_violation(&err) => {
+                self.pay_once(order_id, actor, key, amount_paise).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn pay_once(
         &self,
         order_id: i64,
         actor: Actor<'_>,
@@ -199,7 +215,7 @@ impl Store {
         let fingerprint = format!("{order_id}:{amount_paise}");
         let mut tx = self.write_tx().await?;
         let mut order = authorize(
-            load_for_update(&mut tx, order_id).await?,
+            self.load_for_update(&mut tx, order_id).await?,
             actor,
             Change::Pay,
         )?;
@@ -332,25 +348,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_protocol::order::{Item, NewOrder};
+    use crate::tests::{order, stores};
     use switchyard_protocol::{OrderStatus, Role};
-
-    async fn store() -> Store {
-        Store::open("sqlite::memory:").await.unwrap()
-    }
-
-    async fn order(store: &Store, customer: &str, total: i64) -> i64 {
-        let new = NewOrder {
-            items: vec![Item {
-                sku: "milk".into(),
-                qty: 1,
-                unit_price_paise: total,
-            }],
-            address: "here".into(),
-        };
-        let order = store.create_order(customer, &new, total).await.unwrap();
-        order.id.parse().unwrap()
-    }
 
     fn customer(sub: &str) -> Actor<'_> {
         Actor {
@@ -361,129 +360,133 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_pays_once() {
-        let store = store().await;
-        let id = order(&store, "u1", 13_000).await;
-        let me = customer("u1");
-        let first = store.pay(id, me, "k1", 13_000).await.unwrap();
-        assert_eq!(first.status, 201);
-        assert!(!first.replayed);
-        let body = serde_json::to_value(&first.body).unwrap();
-        assert!(body.get("revenue").is_none(), "{body}");
-        let again = store.pay(id, me, "k1", 13_000).await.unwrap();
-        assert!(again.replayed);
-        assert_eq!(again.body, first.body);
-        assert!(matches!(
-            store.pay(id, me, "k2", 13_000).await,
-            Err(StoreError::Conflict(_))
-        ));
-        assert!(matches!(
-            store.pay(id, me, "k1", 12_000).await,
-            Err(StoreError::Invalid(_))
-        ));
-        let revenue = store.revenue().await.unwrap();
-        assert_eq!((revenue.total_paise, revenue.paid_orders), (13_000, 1));
-        // created + revenue.updated + 2 × order.paid, and the snapshots of both rooms
-        // (created; paid) and of the revenue
-        let rows = store.outbox_batch(100).await.unwrap();
-        let count = |kind| rows.iter().filter(|r| r.kind == kind).count();
-        assert_eq!(count(crate::outbox::OutboxKind::Event), 4);
-        assert_eq!(count(crate::outbox::OutboxKind::Snapshot), 3);
+        for (_db, store) in stores().await {
+            let id = order(&store, "u1", 13_000).await;
+            let me = customer("u1");
+            let first = store.pay(id, me, "k1", 13_000).await.unwrap();
+            assert_eq!(first.status, 201);
+            assert!(!first.replayed);
+            let body = serde_json::to_value(&first.body).unwrap();
+            assert!(body.get("revenue").is_none(), "{body}");
+            let again = store.pay(id, me, "k1", 13_000).await.unwrap();
+            assert!(again.replayed);
+            assert_eq!(again.body, first.body);
+            assert!(matches!(
+                store.pay(id, me, "k2", 13_000).await,
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                store.pay(id, me, "k1", 12_000).await,
+                Err(StoreError::Invalid(_))
+            ));
+            let revenue = store.revenue().await.unwrap();
+            assert_eq!((revenue.total_paise, revenue.paid_orders), (13_000, 1));
+            // created + revenue.updated + 2 × order.paid, and the snapshots of both rooms
+            // (created; paid) and of the revenue
+            let rows = store.outbox_batch(100).await.unwrap();
+            let count = |kind| rows.iter().filter(|r| r.kind == kind).count();
+            assert_eq!(count(crate::outbox::OutboxKind::Event), 4);
+            assert_eq!(count(crate::outbox::OutboxKind::Snapshot), 3);
+        }
     }
 
     #[tokio::test]
     async fn keys_are_scoped_by_role_too() {
-        let store = store().await;
-        let id = order(&store, "c1", 500).await;
-        store.pay(id, customer("c1"), "k", 500).await.unwrap();
-        // An admin whose sub is "c1" sends c1's key: not a replay of c1's answer.
-        let admin = Actor {
-            sub: "c1",
-            role: Role::Admin,
-        };
-        assert!(matches!(
-            store.pay(id, admin, "k", 500).await,
-            Err(StoreError::Conflict(_))
-        ));
+        for (_db, store) in stores().await {
+            let id = order(&store, "c1", 500).await;
+            store.pay(id, customer("c1"), "k", 500).await.unwrap();
+            // An admin whose sub is "c1" sends c1's key: not a replay of c1's answer.
+            let admin = Actor {
+                sub: "c1",
+                role: Role::Admin,
+            };
+            assert!(matches!(
+                store.pay(id, admin, "k", 500).await,
+                Err(StoreError::Conflict(_))
+            ));
+        }
     }
 
     #[tokio::test]
     async fn revenue_refuses_to_overflow_and_changes_nothing() {
-        let store = store().await;
-        let near = i64::MAX - 1_000;
-        sqlx::query("UPDATE revenue SET total_paise = $1 WHERE id = 1")
-            .bind(near)
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        let big = order(&store, "c1", 5_000).await;
-        let outbox_before = store.outbox_batch(100).await.unwrap().len();
-        assert!(matches!(
-            store.pay(big, customer("c1"), "k", 5_000).await,
-            Err(StoreError::Conflict(_))
-        ));
-        let revenue = store.revenue().await.unwrap();
-        assert_eq!((revenue.total_paise, revenue.paid_orders), (near, 0));
-        assert!(!store.order(big).await.unwrap().unwrap().paid);
-        assert_eq!(store.outbox_batch(100).await.unwrap().len(), outbox_before);
-        // A payment that fits still goes through, up to the very last paisa.
-        let small = order(&store, "c2", 1_000).await;
-        store.pay(small, customer("c2"), "k", 1_000).await.unwrap();
-        assert_eq!(store.revenue().await.unwrap().total_paise, i64::MAX);
+        for (_db, store) in stores().await {
+            let near = i64::MAX - 1_000;
+            sqlx::query("UPDATE revenue SET total_paise = $1 WHERE id = 1")
+                .bind(near)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            let big = order(&store, "c1", 5_000).await;
+            let outbox_before = store.outbox_batch(100).await.unwrap().len();
+            assert!(matches!(
+                store.pay(big, customer("c1"), "k", 5_000).await,
+                Err(StoreError::Conflict(_))
+            ));
+            let revenue = store.revenue().await.unwrap();
+            assert_eq!((revenue.total_paise, revenue.paid_orders), (near, 0));
+            assert!(!store.order(big).await.unwrap().unwrap().paid);
+            assert_eq!(store.outbox_batch(100).await.unwrap().len(), outbox_before);
+            // A payment that fits still goes through, up to the very last paisa.
+            let small = order(&store, "c2", 1_000).await;
+            store.pay(small, customer("c2"), "k", 1_000).await.unwrap();
+            assert_eq!(store.revenue().await.unwrap().total_paise, i64::MAX);
+        }
     }
 
     #[tokio::test]
     async fn cancelling_a_paid_order_refunds_it_once() {
-        let store = store().await;
-        let id = order(&store, "c1", 700).await;
-        let other = order(&store, "c2", 300).await;
-        store.pay(id, customer("c1"), "k", 700).await.unwrap();
-        store.pay(other, customer("c2"), "k", 300).await.unwrap();
-        let seen = store.outbox_batch(1_000).await.unwrap().len();
-        let cancelled = store
-            .change_status(id, customer("c1"), OrderStatus::Cancelled)
-            .await
-            .unwrap();
-        assert!(cancelled.paid && cancelled.refunded);
-        let revenue = store.revenue().await.unwrap();
-        assert_eq!((revenue.total_paise, revenue.paid_orders), (300, 1));
-        let events: Vec<_> = store.outbox_batch(1_000).await.unwrap()[seen..]
-            .iter()
-            .map(|e| (e.room.clone(), e.event.clone()))
-            .collect();
-        let room = format!("order:{id}");
-        for want in [
-            (room.as_str(), "order.status"),
-            ("user:c1", "order.status"),
-            (room.as_str(), "order.refunded"),
-            ("user:c1", "order.refunded"),
-            ("admin:revenue", "revenue.updated"),
-        ] {
-            assert!(
-                events.iter().any(|(r, e)| (r.as_str(), e.as_str()) == want),
-                "{want:?} in {events:?}"
-            );
-        }
-        // Cancelled is final: no second cancellation, no second refund.
-        assert!(matches!(
-            store
+        for (_db, store) in stores().await {
+            let id = order(&store, "c1", 700).await;
+            let other = order(&store, "c2", 300).await;
+            store.pay(id, customer("c1"), "k", 700).await.unwrap();
+            store.pay(other, customer("c2"), "k", 300).await.unwrap();
+            let seen = store.outbox_batch(1_000).await.unwrap().len();
+            let cancelled = store
                 .change_status(id, customer("c1"), OrderStatus::Cancelled)
-                .await,
-            Err(StoreError::Conflict(_))
-        ));
-        let mut again = store.order(id).await.unwrap().unwrap();
-        let mut tx = store.write_tx().await.unwrap();
-        refund(&mut tx, &mut again).await.unwrap();
-        tx.commit().await.unwrap();
-        assert_eq!(store.revenue().await.unwrap().total_paise, 300);
-        // And a cancelled order cannot be paid.
-        let unpaid = order(&store, "c1", 100).await;
-        store
-            .change_status(unpaid, customer("c1"), OrderStatus::Cancelled)
-            .await
-            .unwrap();
-        assert!(matches!(
-            store.pay(unpaid, customer("c1"), "k2", 100).await,
-            Err(StoreError::Conflict(_))
-        ));
+                .await
+                .unwrap();
+            assert!(cancelled.paid && cancelled.refunded);
+            let revenue = store.revenue().await.unwrap();
+            assert_eq!((revenue.total_paise, revenue.paid_orders), (300, 1));
+            let events: Vec<_> = store.outbox_batch(1_000).await.unwrap()[seen..]
+                .iter()
+                .map(|e| (e.room.clone(), e.event.clone()))
+                .collect();
+            let room = format!("order:{id}");
+            for want in [
+                (room.as_str(), "order.status"),
+                ("user:c1", "order.status"),
+                (room.as_str(), "order.refunded"),
+                ("user:c1", "order.refunded"),
+                ("admin:revenue", "revenue.updated"),
+            ] {
+                assert!(
+                    events.iter().any(|(r, e)| (r.as_str(), e.as_str()) == want),
+                    "{want:?} in {events:?}"
+                );
+            }
+            // Cancelled is final: no second cancellation, no second refund.
+            assert!(matches!(
+                store
+                    .change_status(id, customer("c1"), OrderStatus::Cancelled)
+                    .await,
+                Err(StoreError::Conflict(_))
+            ));
+            let mut again = store.order(id).await.unwrap().unwrap();
+            let mut tx = store.write_tx().await.unwrap();
+            refund(&mut tx, &mut again).await.unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(store.revenue().await.unwrap().total_paise, 300);
+            // And a cancelled order cannot be paid.
+            let unpaid = order(&store, "c1", 100).await;
+            store
+                .change_status(unpaid, customer("c1"), OrderStatus::Cancelled)
+                .await
+                .unwrap();
+            assert!(matches!(
+                store.pay(unpaid, customer("c1"), "k2", 100).await,
+                Err(StoreError::Conflict(_))
+            ));
+        }
     }
 }

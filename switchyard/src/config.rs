@@ -15,6 +15,7 @@ use switchyard_broker::redis::RedisConfig;
 use switchyard_gateway::GatewayConfig;
 use switchyard_protocol::Role;
 use switchyard_protocol::order::OrderLimits;
+use switchyard_store::DatabaseOptions;
 
 /// Switchyard: a real-time WebSocket gateway with JWT handshakes, rooms and a REST API.
 ///
@@ -44,6 +45,9 @@ pub enum Command {
     Token(TokenArgs),
     /// Publish one event into a room through the API's server publish endpoint.
     Publish(PublishArgs),
+    /// Apply the database migrations (SQLite or PostgreSQL, by DATABASE_URL) and exit. API
+    /// processes also migrate at start-up; run this first to migrate before a rollout.
+    Migrate(DatabaseArgs),
     /// `all` plus a simulated city: customers order and pay, an admin moves the orders
     /// along, partners drive to the customers — through the public REST and WebSocket
     /// interfaces, so everything moves within seconds. Prints the dashboard URL; runs until
@@ -175,12 +179,60 @@ pub struct GatewayArgs {
     pub upstream: UpstreamArgs,
 }
 
-/// The database of the processes that run the API.
-#[derive(Debug, Clone, Args)]
+/// The database of the processes that run the API. `Debug` masks the URL's password.
+///
+/// The URL's scheme selects the engine:
+/// - `sqlite://path/to/file.db` (relative to the working directory; `sqlite:///abs/file.db`):
+///   the embedded database, created if missing. One file on one machine with one writer at a
+///   time, so **SQLite means exactly one process with the API** (`all`, or one `api`): a second
+///   API process on another machine cannot reach the file, and two on one machine would
+///   share a lock file instead of a database server. Run several API processes on PostgreSQL.
+/// - `postgres://user:password@host:5432/database` (or `postgresql://`): a shared PostgreSQL
+///   server (the database must exist; the schema is migrated at start-up). libpq-style query
+///   parameters pass through: `sslmode` = `disable` | `prefer` (default) | `require` |
+///   `verify-ca` | `verify-full` (TLS is rustls with the Mozilla root certificates, or
+///   `sslrootcert=/path/ca.pem`), `sslcert` and `sslkey` (client certificate),
+///   `application_name`, `options` (e.g. `-c search_path=switchyard`).
+///
+/// Migrations (`store/migrations/{sqlite,postgres}`) are applied at start-up by every API
+/// process (one at a time: they take a lock) and by `switchyard migrate`.
+#[derive(Clone, Args)]
 pub struct DatabaseArgs {
-    /// Database URL. SQLite: `sqlite://path/to/file.db` (created if missing).
+    /// Database URL: `sqlite://path/file.db` or `postgres://user:password@host/db?sslmode=…`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
     pub database_url: String,
+    /// Connections in this process's pool. On PostgreSQL, size it so that
+    /// (API processes × this) stays below the server's `max_connections`.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+    /// PostgreSQL `statement_timeout` of every connection, in milliseconds (0: none): a
+    /// statement that runs longer — a lock wait included — fails, and the request answers 500
+    /// instead of hanging. (SQLite writers wait at most 10 s for the database lock.)
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub database_statement_timeout_ms: u64,
+    /// How long a request waits for a free pooled connection before it fails (ms).
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_acquire_timeout_ms: u64,
+}
+
+impl DatabaseArgs {
+    /// The store's settings.
+    pub fn options(&self) -> DatabaseOptions {
+        DatabaseOptions {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            statement_timeout: Duration::from_millis(self.database_statement_timeout_ms),
+            acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.options().fmt(f)
+    }
 }
 
 /// How a gateway reaches the API when the shared state in Redis cannot answer (a snapshot
@@ -670,10 +722,13 @@ impl LimitArgs {
 
 /// Where the embedded per-installation secret lives: beside the SQLite file.
 pub fn secret_path(database_url: &str) -> PathBuf {
-    let path = database_url
+    let Some(path) = database_url
         .strip_prefix("sqlite://")
         .or_else(|| database_url.strip_prefix("sqlite:"))
-        .unwrap_or(database_url);
+    else {
+        // A database server: the working directory.
+        return PathBuf::from("switchyard.secret");
+    };
     let path = path.split('?').next().unwrap_or(path);
     if path.is_empty() || path.contains(":memory:") {
         return PathBuf::from("switchyard.secret");
@@ -738,6 +793,10 @@ mod tests {
         assert_eq!(
             secret_path("sqlite:///var/lib/sy/sy.db"),
             PathBuf::from("/var/lib/sy/switchyard.secret")
+        );
+        assert_eq!(
+            secret_path("postgres://sy:pw@db/sy"),
+            PathBuf::from("switchyard.secret")
         );
         assert_eq!(
             secret_path("sqlite::memory:"),

@@ -8,6 +8,7 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`backend`]: what the gateway asks about orders — the store in-process (embedded), or
 //!   Redis and the API (a distributed gateway, which has no database).
+//! - [`database`]: the API's database at start-up, and the `switchyard migrate` command.
 //! - [`token`]: the `switchyard token` command.
 //! - [`publish`]: the `switchyard publish` command.
 //! - [`demo`]: the `switchyard demo` command — `all` plus the simulator of `switchyard-demo`.
@@ -17,6 +18,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod database;
 pub mod demo;
 pub mod health;
 pub mod listener;

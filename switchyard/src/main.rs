@@ -37,6 +37,21 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Migrate(args) => {
+            let result = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(switchyard::database::migrate(&args)));
+            return match result {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Demo(args) => {
             let serve = args.serve.serve.clone();
             (Process::Demo(Box::new(args)), serve)

@@ -33,7 +33,6 @@ use switchyard_broker::redis::Redis;
 use switchyard_broker::state::SharedState;
 use switchyard_gateway::{Backend, Gateway};
 use switchyard_protocol::Role;
-use switchyard_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -89,11 +88,7 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
     let http = args.limits.http().map_err(anyhow::Error::msg)?;
     let api_config = args.limits.api().map_err(anyhow::Error::msg)?;
     let store = match server.database() {
-        Some(database) => Some(
-            Store::open(&database.database_url)
-                .await
-                .with_context(|| format!("opening database {}", database.database_url))?,
-        ),
+        Some(database) => Some(crate::database::open(database, mode).await?),
         None => None,
     };
     let redis = match args
