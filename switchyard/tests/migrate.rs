@@ -1,15 +1,12 @@
 //! `switchyard migrate` on both engines: it brings a new database to the current schema,
 //! running it twice changes nothing, and a URL it cannot use is a clear error.
 
-use std::process::Command;
+use common::process::switchyard;
 use switchyard_store::testing::TestDatabase;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
 fn migrate(url: &str) -> (bool, String) {
-    let out = Command::new(BIN)
+    let out = switchyard()
         .args(["migrate", "--database-url", url])
-        .env_remove("DATABASE_URL")
         .output()
         .unwrap();
     let text = format!(
@@ -27,7 +24,10 @@ async fn migrate_brings_both_engines_to_the_schema() {
         for _ in 0..2 {
             let (ok, out) = migrate(&db.url);
             assert!(ok, "{out}");
-            assert!(out.contains(&format!("{engine} schema at version")), "{out}");
+            assert!(
+                out.contains(&format!("{engine} schema at version")),
+                "{out}"
+            );
         }
         // The store opens the migrated database as it is.
         let store = db.open().await;
