@@ -172,9 +172,10 @@ async fn snapshots_positions_and_revenue_are_the_same_on_every_gateway() {
     assert_eq!(p1.request(fix(&order, 12.97)).await["type"], "ok");
     let mut c1 = connect(&cluster.ws(&gw_b), &token("c1", Role::Customer)).await;
     let mut snapshot = Value::Null;
-    eventually("the position in gateway B's snapshot", async || {
+    // The payment's snapshot reaches Redis through the relay, after its 201: wait for both.
+    eventually("the position and the payment in gateway B's snapshot", async || {
         snapshot = c1.subscribe(&room).await["snapshot"].clone();
-        snapshot["last_location"]["lat"] == 12.97
+        snapshot["last_location"]["lat"] == 12.97 && snapshot["paid"] == true
     })
     .await;
     assert_eq!(snapshot["status"], "confirmed", "{snapshot}");
