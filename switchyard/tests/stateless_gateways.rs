@@ -173,10 +173,13 @@ async fn snapshots_positions_and_revenue_are_the_same_on_every_gateway() {
     let mut c1 = connect(&cluster.ws(&gw_b), &token("c1", Role::Customer)).await;
     let mut snapshot = Value::Null;
     // The payment's snapshot reaches Redis through the relay, after its 201: wait for both.
-    eventually("the position and the payment in gateway B's snapshot", async || {
-        snapshot = c1.subscribe(&room).await["snapshot"].clone();
-        snapshot["last_location"]["lat"] == 12.97 && snapshot["paid"] == true
-    })
+    eventually(
+        "the position and the payment in gateway B's snapshot",
+        async || {
+            snapshot = c1.subscribe(&room).await["snapshot"].clone();
+            snapshot["last_location"]["lat"] == 12.97 && snapshot["paid"] == true
+        },
+    )
     .await;
     assert_eq!(snapshot["status"], "confirmed", "{snapshot}");
     assert_eq!(snapshot["paid"], true, "{snapshot}");
