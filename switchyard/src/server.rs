@@ -33,6 +33,7 @@ use switchyard_broker::redis::Redis;
 use switchyard_broker::state::SharedState;
 use switchyard_gateway::{Backend, Gateway};
 use switchyard_protocol::Role;
+use switchyard_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
