@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The distributed topology from plain processes on loopback — the same shape as
-# docker-compose.yml: redis-server, N gateways, M API processes, nginx in front.
+# docker-compose.yml: PostgreSQL, redis-server, N gateways, M API processes, nginx in front.
 #
 #   scripts/cluster.sh up DIR [--gateways N] [--apis M] [--bin PATH] [--redis-cluster]
-#                      [--redis-url URL [--redis-port PORT]]
+#                      [--redis-url URL [--redis-port PORT]] [--database-url URL]
 #       Starts everything with its state, logs and pid files under DIR, waits until every
 #       process is ready, and writes DIR/cluster.env (ports and URLs, shell syntax).
+#       Defaults: 3 gateways, 2 API processes, and a PostgreSQL server of its own in
+#       DIR/postgres (scripts/postgres.sh). --database-url: the API processes use that database
+#       instead (sqlite:// only with --apis 1: an SQLite file means one API process). Only the
+#       API processes get a database; every process runs in its own directory DIR/<name>.
 #       --redis-cluster: a Redis Cluster (3 primaries, 3 replicas, scripts/redis-cluster.sh)
 #       instead of one redis-server. --redis-url: the processes use this Redis (a managed one,
 #       a cluster, a proxy), and no redis-server is started — unless --redis-port, where one
@@ -15,13 +19,14 @@
 #   scripts/cluster.sh down DIR            Stops every process it started (by pid file).
 #
 # Environment: JWT_SECRET (generated into DIR when unset), SWITCHYARD_* settings pass through.
-# Needs redis-server and nginx (Debian: apt-get install redis-server nginx-light).
+# Needs redis-server and nginx (Debian: apt-get install redis-server nginx-light), and
+# PostgreSQL unless --database-url is given (scripts/postgres.sh installs it when root).
 set -euo pipefail
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,20p' "$0"; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,26p' "$0"; exit 2; }
 shift 2
-gateways=2; apis=1; redis_cluster=""; redis_url=""; redis_port=""
+gateways=3; apis=2; redis_cluster=""; redis_url=""; redis_port=""; database_url=""
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/target/release/switchyard"
 while [ $# -gt 0 ]; do
@@ -32,6 +37,7 @@ while [ $# -gt 0 ]; do
     --redis-cluster) redis_cluster=1; shift ;;
     --redis-url) redis_url=$2; shift 2 ;;
     --redis-port) redis_port=$2; shift 2 ;;
+    --database-url) database_url=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -108,7 +114,12 @@ case "$cmd" in
     # Only the API processes have a database. Gateways have none: they read room snapshots
     # from Redis and ask the APIs (SWITCHYARD_API_URL) when Redis cannot answer.
     unset DATABASE_URL
-    database_url="sqlite://$dir/switchyard.db"
+    if [ -z "$database_url" ]; then
+      database_url=$("$root/scripts/postgres.sh" start "$dir/postgres")
+    elif [[ "$database_url" == sqlite:* ]] && [ "$apis" -gt 1 ]; then
+      echo "error: SQLite means one API process (a file on one machine); use --apis 1 or a postgres:// URL" >&2
+      exit 2
+    fi
     api_addrs=(); gw_addrs=()
     for i in $(seq 1 "$apis"); do
       api_addrs+=("$(start_switchyard api "api$i" DATABASE_URL="$database_url")")
@@ -157,6 +168,7 @@ PY
     for f in "$dir"/gateway*.pid "$dir"/api*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
     stop_pidfile "$dir/redis.pid"
     if [ -d "$dir/redis-cluster" ]; then bash "$root/scripts/redis-cluster.sh" down "$dir/redis-cluster"; fi
+    if [ -d "$dir/postgres" ]; then "$root/scripts/postgres.sh" stop "$dir/postgres"; fi
     ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

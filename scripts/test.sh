@@ -81,7 +81,10 @@ pypi_tool "$generator_venv" openapi-python-client "$OPENAPI_PYTHON_CLIENT_VERSIO
 export SCHEMATHESIS="$schemathesis_venv/bin/schemathesis"
 export OPENAPI_PYTHON_CLIENT="$generator_venv/bin/openapi-python-client"
 
-JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config -q
+# Valid, and the distributed topology it promises (scripts/check-compose.py): PostgreSQL with a
+# health check and a named volume, APIs on it, gateways without volume or database, nginx in
+# front, no file shared between services.
+JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config | python3 scripts/check-compose.py
 echo "docker-compose.yml: valid"
 # The Grafana dashboard must parse (switchyard/tests/metrics.rs also checks that every
 # metric it queries is exported).

@@ -62,6 +62,19 @@ impl TestDatabase {
         }
     }
 
+    /// [`TestDatabase::postgres`] for synchronous callers (inside a runtime or not).
+    pub fn postgres_blocking() -> TestDatabase {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(TestDatabase::postgres())
+        })
+        .join()
+        .expect("creating a test database")
+    }
+
     /// One new database per engine: SQLite first, then PostgreSQL.
     pub async fn each_engine() -> [TestDatabase; 2] {
         [TestDatabase::sqlite(), TestDatabase::postgres().await]

@@ -32,7 +32,8 @@ async fn backend_reads(gateway: &str, source: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_run_without_a_database() {
-    let cluster = Cluster::up(2, 1);
+    // The topology of scripts/cluster.sh: PostgreSQL, Redis, 2 API processes, 3 gateways, nginx.
+    let cluster = Cluster::up(3, 2);
     // A working order room through a gateway, so the gateways did real work.
     let order = cluster.create_order(&cluster.apis[0], "c1").await;
     let mut c1 = connect(
@@ -41,7 +42,7 @@ async fn gateways_run_without_a_database() {
     )
     .await;
     assert_eq!(c1.subscribe(&format!("order:{order}")).await["type"], "ok");
-    for i in 1..=2 {
+    for i in 1..=3 {
         // Each in its own working directory, which it leaves empty.
         let dir = cluster.dir.path().join(format!("gateway{i}"));
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();

@@ -1,17 +1,22 @@
 //! The distributed topology for tests: `scripts/cluster.sh` starts a real redis-server (or
 //! uses the Redis it is given: a Redis Cluster, a [`ChaosProxy`](super::chaos::ChaosProxy)),
-//! gateways, API processes and nginx on loopback; dropping the [`Cluster`] stops them.
+//! gateways, API processes and nginx on loopback; dropping the [`Cluster`] stops them. The API
+//! processes share a fresh database on the test run's PostgreSQL server (see
+//! `switchyard_store::testing`); gateways have none.
 
 use super::SECRET;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
+use switchyard_store::testing::TestDatabase;
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nginx: String,
     pub gateways: Vec<String>,
     pub apis: Vec<String>,
+    /// The API processes' PostgreSQL database.
+    pub database_url: String,
     /// The redis-server `cluster.sh` started (0: none, the cluster uses a Redis it was given).
     pub redis_port: u16,
     pub http: reqwest::Client,
@@ -49,6 +54,7 @@ impl Cluster {
 
     fn start(gateways: usize, apis: usize, settings: &[(&str, &str)], redis: &[String]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let database = TestDatabase::postgres_blocking();
         let out = Command::new("bash")
             .arg(script())
             .args(["up", dir.path().to_str().unwrap()])
@@ -58,6 +64,7 @@ impl Cluster {
                 "--apis",
                 &apis.to_string(),
             ])
+            .args(["--database-url", &database.url])
             .arg("--bin")
             .arg(super::process::bin())
             .args(redis)
@@ -92,6 +99,7 @@ impl Cluster {
             nginx: env["NGINX"].clone(),
             gateways: list("GATEWAYS"),
             apis: list("APIS"),
+            database_url: database.url,
             redis_port: env["REDIS_PORT"].parse().unwrap_or(0),
             dir,
             http: reqwest::Client::new(),
@@ -130,6 +138,30 @@ impl Cluster {
         let addr = &self.gateways[index];
         super::eventually(
             "the killed gateway's port refuses connections",
+            async || tokio::net::TcpStream::connect(addr).await.is_err(),
+        )
+        .await;
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to API process `index` (0-based, as in `apis`).
+    pub fn signal_api(&self, index: usize, signal: &str) {
+        let pid_file = self.dir.path().join(format!("api{}.pid", index + 1));
+        let pid = std::fs::read_to_string(&pid_file).expect("api pid file");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", pid.trim());
+    }
+
+    /// SIGKILLs API process `index` and waits until its port refuses connections; its pid
+    /// file is removed so `down` never signals a pid the system may have reused.
+    pub async fn kill_api(&self, index: usize) {
+        self.signal_api(index, "KILL");
+        std::fs::remove_file(self.dir.path().join(format!("api{}.pid", index + 1))).unwrap();
+        let addr = &self.apis[index];
+        super::eventually(
+            "the killed API process's port refuses connections",
             async || tokio::net::TcpStream::connect(addr).await.is_err(),
         )
         .await;
