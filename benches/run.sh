@@ -14,12 +14,15 @@
 # Scenarios: idle handshake broadcast orders slow api locations scale.
 # locations: Switchyard only (the peer has no relay handler); orders created/assigned via REST first.
 # scale: 100,000 idle connections over 6 fresh gateways (Switchyard only; the target is about gateways).
+# crud: the CRUD side (target/release/crudload): REST status change -> WebSocket event, and
+#   payments, on SQLite with 1 API process vs PostgreSQL (durable, scripts/postgres.sh) with 2;
+#   requests/s at p99 <= 50 ms and their ratio, in BENCHMARKS.md (benches/crud_report.py).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quick=0; repeat=1; build=1; criterion=1
-only="idle handshake broadcast orders slow api locations scale"
+only="idle handshake broadcast orders slow api locations scale crud"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -92,7 +95,7 @@ start_peer() { # name
 # ── build, peer deps, plotting venv ──────────────────────────────────────────────────────────
 if [ $build = 1 ]; then
   log "cargo build --release -p switchyard -p switchyard-benches"
-  cargo build --release -q -p switchyard -p switchyard-benches
+  cargo build --release -q -p switchyard -p switchyard-benches   # loadgen and crudload
 fi
 [ -d benches/peer/node_modules ] || (log "npm ci (benches/peer)"; cd benches/peer && npm ci --no-audit --no-fund > /dev/null)
 venv="$root/target/plot-venv"
@@ -133,10 +136,29 @@ else
   loc_orders=2500; scale_levels=8350,16700; idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
   bc_rates=1,2,5,10,25,50,100,200; step=4
   or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
-  slow_rates=5000,20000; api_rates=1000,5000,10000
+  slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800
 fi
 
 has() { [[ " $only " == *" $1 "* ]]; }
+
+# The CRUD side on one engine: its own Redis, N API processes on DATABASE_URL, one gateway;
+# both crudload scenarios; then those processes are stopped.
+crud_run() { # label database_url api_count
+  local label=$1 url=$2 count=$3 apis=() urls="" pids=() i gw scenario
+  start_redis "redis-$label"; local redis="redis://127.0.0.1:$REPLY_PORT"
+  pids+=("$(cat "$work/redis-$label.pid")")
+  for i in $(seq 1 "$count"); do
+    REDIS_URL=$redis DATABASE_URL=$url start_switchyard api "api-$label-$i"
+    apis+=(--api "http://$REPLY_ADDR"); urls+="${urls:+,}http://$REPLY_ADDR"; pids+=("$REPLY_PID")
+  done
+  REDIS_URL=$redis SWITCHYARD_API_URL=$urls start_switchyard gateway "gateway-$label"
+  gw=$REPLY_ADDR; pids+=("$REPLY_PID")
+  for scenario in status payments; do
+    "$root/target/release/crudload" "$scenario" "${apis[@]}" --gateway "$gw" --label "$label" \
+      --rates "$crud_rates" --step-secs "$step" --max-p99-ms 50 --json "$results/crud-$scenario-$label.json" > /dev/null
+  done
+  for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
+}
 suffix() { [ "$repeat" -gt 1 ] && echo ".r$1" || echo ""; }
 for s in $only; do rm -f "$results/$s"-*.json; done   # no stale repeats mixed into the medians
 
@@ -195,6 +217,14 @@ for r in $(seq 1 "$repeat"); do
       --ramp 333 --sources 16 --work-dir "$work" --json "$results/scale-switchyard.json"
     for pid in "${scale_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   fi
+  if has crud && [ "$r" = 1 ]; then
+    log "scenario 8 crud (REST status -> WebSocket event, payments): SQLite 1 API vs PostgreSQL 2 APIs, rates $crud_rates"
+    crud_run sqlite-1api "sqlite://$work/crud.db" 1
+    pg_dir="$root/target/bench-postgres"   # under target/: its owner (nobody, as root) can reach it
+    "$root/scripts/postgres.sh" stop "$pg_dir"
+    crud_run postgres-2api "$("$root/scripts/postgres.sh" start "$pg_dir" --durable --while $$)" 2
+    "$root/scripts/postgres.sh" stop "$pg_dir"
+  fi
 done
 
 # ── machine and versions ─────────────────────────────────────────────────────────────────────
@@ -227,6 +257,7 @@ fi
 if [ -n "${pip_pid:-}" ]; then wait "$pip_pid" || { log "pip install matplotlib failed: see target/"; }; fi
 if [ $quick = 0 ]; then
   "$venv/bin/python" benches/plot.py "$results" "$root/BENCHMARKS.md"
+  python3 benches/crud_report.py "$results" "$root/BENCHMARKS.md"
 else
   "$venv/bin/python" benches/plot.py "$results" "$results/BENCHMARKS.md"
 fi

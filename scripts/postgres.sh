@@ -2,10 +2,11 @@
 # A throwaway PostgreSQL server for the tests: a fresh cluster (initdb) in DIR, listening on a
 # free loopback port only, trust authentication (nothing but this machine can reach it).
 #
-#   scripts/postgres.sh start DIR [--while PID]
+#   scripts/postgres.sh start DIR [--while PID] [--durable]
 #       Creates and starts the cluster and prints its URL (postgres://postgres@127.0.0.1:PORT/postgres).
 #       With --while PID, a watcher stops it and deletes DIR once process PID has exited
-#       (a test binary that started its own server).
+#       (a test binary that started its own server). Tests run without fsync; --durable keeps
+#       PostgreSQL's defaults (fsync, synchronous commit) for benchmarks.
 #   scripts/postgres.sh stop DIR     Stops the server and deletes DIR.
 #
 # Needs Debian's postgresql package (installed here via apt-get when missing and run as root;
@@ -16,10 +17,11 @@ set -euo pipefail
 cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,14p' "$0"; exit 2; }
 shift 2
-watch_pid=""
+watch_pid=""; durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 while [ $# -gt 0 ]; do
   case "$1" in
     --while) watch_pid=$2; shift 2 ;;
+    --durable) durability=""; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -57,10 +59,10 @@ case "$cmd" in
         || { echo "error: initdb failed; see $dir/initdb.log" >&2; cat "$dir/initdb.log" >&2; exit 1; }
     fi
     port=$(free_port)
-    # Loopback TCP only (no Unix socket); fsync off: a throwaway cluster trades durability for
-    # speed. Enough connections for several API processes and parallel tests.
+    # Loopback TCP only (no Unix socket); unless --durable, fsync off: a throwaway cluster
+    # trades durability for speed. Enough connections for several API processes and parallel tests.
     as_owner "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories= -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+      -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories= $durability -c max_connections=400" \
       start >/dev/null \
       || { echo "error: PostgreSQL did not start; see $dir/postgres.log" >&2; cat "$dir/postgres.log" >&2; exit 1; }
     echo "$port" > "$dir/port"

@@ -5,6 +5,9 @@
 //!   WebSocket clients with real JWTs against Switchyard or the Socket.IO peer
 //!   (`benches/peer/`), publishes through Redis, end-to-end latency in HDR histograms, loss
 //!   detected by per-room offsets / sequence numbers.
+//! - `src/bin/crudload.rs`: the CRUD side (`target/release/crudload --help`): REST status
+//!   change → WebSocket event, and payments, at stepped rates through one or more API
+//!   processes (SQLite vs PostgreSQL in `run.sh`'s `crud` scenario, `crud_report.py`).
 //! - `run.sh`: the whole side-by-side suite (`loadgen run/handshake/idle/locations`); `plot.py`
 //!   renders BENCHMARKS.md and the plots; `analysis.md` is the hand-written part of it.
 //!

@@ -1,0 +1,355 @@
+//! `crudload`: the CRUD side under load — REST writes through one or more API processes, as
+//! `benches/run.sh` runs it on SQLite (one API process) and on PostgreSQL (two).
+//!
+//! - `status`: the API end to end. An admin moves orders along
+//!   (`POST /api/orders/{id}/status`, each order placed → confirmed → packed →
+//!   out_for_delivery → delivered); each order's customer is connected to a gateway and
+//!   subscribed to its `user:` room; the latency is REST request sent → `order.status` event
+//!   received over the WebSocket.
+//! - `payments`: `POST /api/orders/{id}/payment` with a fresh `Idempotency-Key` on a fresh
+//!   order; the latency is the request's (an idempotent, exactly-once write with its events).
+//!
+//! Both offer stepped rates (open loop: requests leave on schedule, whatever is in flight) and
+//! report per step the p50/p99 latency and errors; the answer is the highest rate whose p99
+//! stays within `--max-p99-ms` with no error and nothing lost. Orders are created first (not
+//! measured). Loopback only; bounded by `--rates` × `--step-secs` requests and `--max-in-flight`.
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchyard_auth::Issuer;
+use switchyard_benches::hist;
+use switchyard_client::{Rest, Socket};
+use switchyard_protocol::client::ClientOp;
+use switchyard_protocol::order::{Item, NewOrder};
+use switchyard_protocol::{OrderStatus, Role, Room};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Status,
+    Payments,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crudload",
+    about = "REST writes through the API processes, measured"
+)]
+struct Cli {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// API base URL (repeat the flag): requests are spread round-robin.
+    #[arg(long = "api", required = true)]
+    apis: Vec<String>,
+    /// Gateway address host:port (`status`: the customers connect there).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// HS256 secret the servers verify with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// Offered rates, requests per second, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400")]
+    rates: Vec<u32>,
+    #[arg(long, default_value_t = 4)]
+    step_secs: u64,
+    /// The latency bound of the answer (ms).
+    #[arg(long, default_value_t = 50)]
+    max_p99_ms: u64,
+    /// Customers (WebSocket connections for `status`).
+    #[arg(long, default_value_t = 200)]
+    customers: usize,
+    /// Requests in flight at most; beyond, a request is counted as an error (overload).
+    #[arg(long, default_value_t = 2_000)]
+    max_in_flight: usize,
+    /// A label for the results (e.g. `postgres-2api`).
+    #[arg(long)]
+    label: String,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One step's outcome.
+struct Step {
+    rate: u32,
+    sent: u64,
+    errors: u64,
+    lost: u64,
+    latency: Histogram<u64>,
+}
+
+impl Step {
+    fn passes(&self, max_p99_ms: u64) -> bool {
+        self.errors == 0
+            && self.lost == 0
+            && self.latency.value_at_quantile(0.99) <= max_p99_ms * 1000
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "rate": self.rate, "sent": self.sent, "errors": self.errors, "lost": self.lost,
+            "p50_ms": self.latency.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99_ms": self.latency.value_at_quantile(0.99) as f64 / 1000.0,
+            "max_ms": self.latency.max() as f64 / 1000.0,
+        })
+    }
+}
+
+fn new_order(price: i64) -> NewOrder {
+    NewOrder {
+        items: vec![Item {
+            sku: "tea".into(),
+            qty: 1,
+            unit_price_paise: price,
+        }],
+        address: "bench street 1".into(),
+    }
+}
+
+/// Creates `count` orders spread over the customers, 64 at a time; returns (id, customer).
+async fn create_orders(
+    cli: &Cli,
+    http: &reqwest::Client,
+    issuer: &Issuer,
+    count: usize,
+) -> anyhow::Result<Vec<(String, usize)>> {
+    let gate = Arc::new(Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..count {
+        let customer = n % cli.customers;
+        let rest = Rest::with_http(
+            http.clone(),
+            cli.apis[n % cli.apis.len()].clone(),
+            issuer.issue(&format!("bench{customer}"), Role::Customer, 7_200),
+        );
+        let gate = gate.clone();
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            rest.create_order(&new_order(250))
+                .await
+                .map(|o| (o.id, customer))
+        });
+    }
+    let mut orders = Vec::with_capacity(count);
+    while let Some(done) = tasks.join_next().await {
+        orders.push(done?.map_err(|e| anyhow::anyhow!("creating an order: {e}"))?);
+    }
+    Ok(orders)
+}
+
+/// When each (order, status) change was sent, until its event arrives.
+type Pending = Arc<Mutex<HashMap<(String, String), Instant>>>;
+
+/// Connects every customer to the gateway, subscribed to its `user:` room; each received
+/// `order.status` event records its latency into `latencies` (the current step's).
+async fn connect_customers(
+    cli: &Cli,
+    issuer: &Issuer,
+    pending: Pending,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+) -> anyhow::Result<()> {
+    let gateway = cli
+        .gateway
+        .as_deref()
+        .context("--gateway is required for `status`")?;
+    for customer in 0..cli.customers {
+        let sub = format!("bench{customer}");
+        let url = format!("ws://{gateway}/ws");
+        let mut socket = Socket::connect(&url, &issuer.issue(&sub, Role::Customer, 7_200))
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
+        let room = Room::parse(&format!("user:{sub}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        socket
+            .request(ClientOp::Subscribe { room, since: None })
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing: {e}"))?
+            .map_err(|e| anyhow::anyhow!("subscribe refused: {e:?}"))?;
+        let (pending, latencies) = (pending.clone(), latencies.clone());
+        tokio::spawn(async move {
+            while let Ok(text) = socket.next_text().await {
+                let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if frame["type"] != "event" || frame["event"] != "order.status" {
+                    continue;
+                }
+                let data = &frame["data"];
+                let key = (
+                    data["order_id"].as_str().unwrap_or_default().to_owned(),
+                    data["status"].as_str().unwrap_or_default().to_owned(),
+                );
+                let sent = pending.lock().unwrap().remove(&key);
+                if let Some(sent) = sent {
+                    let us = sent.elapsed().as_micros() as u64;
+                    let _ = latencies.lock().unwrap().record(us.clamp(1, hist::MAX_US));
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+const MOVES: [OrderStatus; 4] = [
+    OrderStatus::Confirmed,
+    OrderStatus::Packed,
+    OrderStatus::OutForDelivery,
+    OrderStatus::Delivered,
+];
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let issuer = Issuer::new(cli.jwt_secret.as_bytes(), None, None);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1_024)
+        .build()?;
+    let total: u64 = cli
+        .rates
+        .iter()
+        .map(|r| u64::from(*r) * cli.step_secs)
+        .sum();
+    let orders_needed = match cli.scenario {
+        // Four moves per order; a margin for orders still moving when a step ends.
+        Scenario::Status => {
+            (total / 4) as usize + 2 * cli.rates.iter().max().copied().unwrap_or(1) as usize
+        }
+        Scenario::Payments => total as usize,
+    };
+    eprintln!("[{}] creating {orders_needed} orders", cli.label);
+    let orders = create_orders(&cli, &http, &issuer, orders_needed).await?;
+    let pending: Pending = Arc::default();
+    let latencies = Arc::new(Mutex::new(hist::new_histogram()));
+    if cli.scenario == Scenario::Status {
+        connect_customers(&cli, &issuer, pending.clone(), latencies.clone()).await?;
+    }
+    // Orders ready for their next move (status) or their payment, in order.
+    let ready: Arc<Mutex<VecDeque<(String, usize, usize)>>> = Arc::new(Mutex::new(
+        orders.into_iter().map(|(id, c)| (id, c, 0)).collect(),
+    ));
+    let admin = issuer.issue("bench-admin", Role::Admin, 7_200);
+    let in_flight = Arc::new(Semaphore::new(cli.max_in_flight));
+    let next_api = AtomicU64::new(0);
+    let mut steps = Vec::new();
+    for &rate in &cli.rates {
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut sent = 0u64;
+        *latencies.lock().unwrap() = hist::new_histogram();
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let start = tokio::time::Instant::now();
+        let count = u64::from(rate) * cli.step_secs;
+        let mut requests = tokio::task::JoinSet::new();
+        for n in 0..count {
+            tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
+            sent += 1;
+            let Some((order, customer, moves)) = ready.lock().unwrap().pop_front() else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let api = cli.apis[next_api.fetch_add(1, Ordering::Relaxed) as usize % cli.apis.len()]
+                .clone();
+            let (http, errors, ready) = (http.clone(), errors.clone(), ready.clone());
+            let (pending, latencies) = (pending.clone(), latencies.clone());
+            let scenario = cli.scenario;
+            let token = match scenario {
+                Scenario::Status => admin.clone(),
+                Scenario::Payments => {
+                    issuer.issue(&format!("bench{customer}"), Role::Customer, 7_200)
+                }
+            };
+            requests.spawn(async move {
+                let _permit = permit;
+                let rest = Rest::with_http(http, api, token);
+                let began = Instant::now();
+                match scenario {
+                    Scenario::Status => {
+                        let to = MOVES[moves];
+                        pending
+                            .lock()
+                            .unwrap()
+                            .insert((order.clone(), to.as_str().to_owned()), began);
+                        if rest.set_status(&order, to).await.is_err() {
+                            pending
+                                .lock()
+                                .unwrap()
+                                .remove(&(order, to.as_str().to_owned()));
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        } else if moves + 1 < MOVES.len() {
+                            ready
+                                .lock()
+                                .unwrap()
+                                .push_back((order, customer, moves + 1));
+                        }
+                    }
+                    Scenario::Payments => {
+                        let key = format!("bench-{order}");
+                        match rest.pay(&order, 250, &key).await {
+                            Ok(_) => {
+                                let us = began.elapsed().as_micros() as u64;
+                                let _ = latencies.lock().unwrap().record(us.clamp(1, hist::MAX_US));
+                            }
+                            Err(_) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        while requests.join_next().await.is_some() {}
+        // Events still on their way: wait for them (bounded), then count the rest as lost.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pending.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lost = {
+            let mut pending = pending.lock().unwrap();
+            let lost = pending.len() as u64;
+            pending.clear();
+            lost
+        };
+        let step = Step {
+            rate,
+            sent,
+            errors: errors.load(Ordering::Relaxed),
+            lost,
+            latency: latencies.lock().unwrap().clone(),
+        };
+        eprintln!("[{}] {}", cli.label, step.to_json());
+        steps.push(step);
+    }
+    let best = steps
+        .iter()
+        .filter(|s| s.passes(cli.max_p99_ms))
+        .map(|s| s.rate)
+        .max()
+        .unwrap_or(0);
+    let result = json!({
+        "scenario": format!("{:?}", cli.scenario).to_lowercase(),
+        "label": cli.label,
+        "apis": cli.apis.len(),
+        "max_p99_ms": cli.max_p99_ms,
+        "best_rate": best,
+        "steps": steps.iter().map(Step::to_json).collect::<Vec<_>>(),
+    });
+    println!("{result}");
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+    }
+    if steps.is_empty() {
+        bail!("no rates given");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run(Cli::parse()).await
+}
