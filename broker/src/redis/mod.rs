@@ -334,7 +334,8 @@ const SLOT_CHECK: Duration = Duration::from_secs(5);
 /// channels (a server-sent `SUNSUBSCRIBE`, which fred does not surface). So every SLOT_CHECK
 /// the primaries' slot ranges (`CLUSTER SLOTS`) are compared with the last ones seen; on a
 /// change every tracked shard channel is subscribed again, each on its slot's owner now (fred
-/// follows the `MOVED`), and the sinks are told `gap`. Runs while `alive` does.
+/// follows the `MOVED`), and the sinks are told `gap` — twice, a check apart (see below).
+/// Runs while `alive` does.
 async fn follow_slots(
     client: Client,
     subscriber: fred::clients::SubscriberClient,
@@ -342,6 +343,7 @@ async fn follow_slots(
     alive: std::sync::Weak<RedisBus>,
 ) {
     let mut known: Option<Vec<(i64, i64, String)>> = None;
+    let mut resubscribes = 0u8;
     let mut tick = tokio::time::interval(SLOT_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -374,13 +376,20 @@ async fn follow_slots(
             .collect();
         map.sort();
         if known.as_ref().is_some_and(|k| *k != map) {
+            // Once now and once more a check later: the nodes learn a slot's new owner one by
+            // one, so the first resubscribe may still reach the old owner, which then ends it.
+            resubscribes = 2;
+        }
+        known = Some(map);
+        if resubscribes > 0 {
+            resubscribes -= 1;
             tracing::warn!("redis cluster slots moved: subscribing again");
             sinks.gap();
             if let Err(err) = subscriber.resubscribe_all().await {
                 tracing::warn!(%err, "resubscribing after slots moved failed");
+                resubscribes = resubscribes.max(1);
             }
         }
-        known = Some(map);
     }
 }
 
