@@ -84,7 +84,9 @@ export OPENAPI_PYTHON_CLIENT="$generator_venv/bin/openapi-python-client"
 # Valid, and the distributed topology it promises (scripts/check-compose.py): PostgreSQL with a
 # health check and a named volume, APIs on it, gateways without volume or database, nginx in
 # front, no file shared between services.
-JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config | python3 scripts/check-compose.py
+# PyYAML comes with Schemathesis, so its venv's python reads the resolved YAML.
+JWT_SECRET=compose-config-check docker-compose -f docker-compose.yml config \
+  | "$schemathesis_venv/bin/python" scripts/check-compose.py
 echo "docker-compose.yml: valid"
 # The Grafana dashboard must parse (switchyard/tests/metrics.rs also checks that every
 # metric it queries is exported).
