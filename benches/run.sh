@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The side-by-side load benchmark (issue #5): Switchyard vs Socket.IO 4 + @socket.io/redis-adapter.
 #
-#   benches/run.sh [--quick] [--repeat N] [--skip-build] [--no-criterion] [--only "idle handshake ..."]
+#   benches/run.sh [--quick] [--debug] [--repeat N] [--skip-build] [--no-criterion] [--only "idle ..."]
 #
 # Builds release, starts on loopback: redis-server + 2 Switchyard gateways + 1 API (distributed
-# mode, shared JWT secret, temp dirs), and a second redis-server + 2 peer instances
-# (benches/peer/); runs the scenarios against both with target/release/loadgen; stops everything
-# it started (by PID, trap on exit); writes benches/results/<scenario>-<system>[.rN].json,
-# renders the PNG plots and regenerates BENCHMARKS.md (benches/plot.py, matplotlib in a venv
-# under target/). --quick: small counts and short steps (a smoke run, a minute or two; results go
-# to target/bench-quick/ and BENCHMARKS.md is not touched).
+# mode, shared JWT secret, temp dirs), a second redis-server + 2 peer instances (benches/peer/),
+# and 2 bare fan-out servers (target/release/bare: the machine's limit, issue #17); runs the
+# scenarios against them with target/release/loadgen; stops everything it started (by PID, trap
+# on exit); writes benches/results/<scenario>-<system>[.rN].json, renders the PNG plots and
+# regenerates BENCHMARKS.md (benches/plot.py, matplotlib in a venv under target/).
+# --quick: every scenario with small counts and one short step (a smoke run of the harness,
+# scripts/test.sh runs it; results go to target/bench-quick/, BENCHMARKS.md is not touched).
+# --debug: the debug binaries (what `cargo test` built) instead of a release build.
 #
-# Scenarios: idle handshake broadcast orders slow api locations scale.
+# Scenarios: idle handshake broadcast orders slow api locations scale (bare: idle, broadcast, orders).
 # locations: Switchyard only (the peer has no relay handler); orders created/assigned via REST first.
 # scale: 100,000 idle connections over 6 fresh gateways (Switchyard only; the target is about gateways).
 # crud: the CRUD side (target/release/crudload): REST status change -> WebSocket event, and
@@ -21,16 +23,17 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-quick=0; repeat=1; build=1; criterion=1
+quick=0; repeat=1; build=1; criterion=1; profile=release
 only="idle handshake broadcast orders slow api locations scale crud"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
+    --debug) profile=debug; shift ;;
     --repeat) repeat=$2; shift 2 ;;
     --skip-build) build=0; shift ;;
     --no-criterion) criterion=0; shift ;;
     --only) only=$2; shift 2 ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    *) sed -n '2,19p' "$0"; exit 2 ;;
   esac
 done
 started=$(date +%s)
@@ -69,7 +72,7 @@ start_redis() { # name -> prints port
 start_switchyard() { # role name
   local role=$1 name=$2 addr=""
   : > "$work/$name.out"   # exists before the background process opens it (no race with sed)
-  target/release/switchyard "$role" --listen 127.0.0.1:0 < /dev/null > "$work/$name.out" 2> "$work/$name.log" &
+  "$bin/switchyard" "$role" --listen 127.0.0.1:0 < /dev/null > "$work/$name.out" 2> "$work/$name.log" &
   local pid=$!; started_pids+=("$pid"); echo "$pid" > "$work/$name.pid"
   for _ in $(seq 1 300); do
     addr=$(sed -n 's/^listening on //p' "$work/$name.out" | head -n1)
@@ -78,6 +81,19 @@ start_switchyard() { # role name
     sleep 0.05
   done
   wait_http "http://$addr/readyz"
+  REPLY_ADDR=$addr; REPLY_PID=$pid
+}
+
+start_bare() { # name
+  : > "$work/$1.out"
+  "$bin/bare" --listen 127.0.0.1:0 < /dev/null > "$work/$1.out" 2> "$work/$1.log" &
+  local pid=$!; started_pids+=("$pid"); local addr=""
+  for _ in $(seq 1 300); do
+    addr=$(sed -n 's/^listening on //p' "$work/$1.out" | head -n1)
+    [ -n "$addr" ] && break
+    sleep 0.05
+  done
+  [ -n "$addr" ] || { cat "$work/$1.log" >&2; exit 1; }
   REPLY_ADDR=$addr; REPLY_PID=$pid
 }
 
@@ -93,9 +109,10 @@ start_peer() { # name
 }
 
 # ── build, peer deps, plotting venv ──────────────────────────────────────────────────────────
+bin="$root/target/$profile"
 if [ $build = 1 ]; then
-  log "cargo build --release -p switchyard -p switchyard-benches"
-  cargo build --release -q -p switchyard -p switchyard-benches   # loadgen and crudload
+  log "cargo build --profile $profile -p switchyard -p switchyard-benches"   # loadgen, bare and crudload
+  cargo build --profile "$([ $profile = debug ] && echo dev || echo release)" -q -p switchyard -p switchyard-benches
 fi
 [ -d benches/peer/node_modules ] || (log "npm ci (benches/peer)"; cd benches/peer && npm ci --no-audit --no-fund > /dev/null)
 venv="$root/target/plot-venv"
@@ -103,7 +120,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>
   (python3 -m venv "$venv" && "$venv/bin/pip" install -q matplotlib > "$work/pip.log" 2>&1) &
   pip_pid=$!
 fi
-loadgen="$root/target/release/loadgen"
+loadgen="$bin/loadgen"
 
 # ── Switchyard: redis + API + 2 gateways ─────────────────────────────────────────────────────
 JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -125,16 +142,23 @@ start_peer peer1; p1=$REPLY_ADDR; p1_pid=$REPLY_PID
 start_peer peer2; p2=$REPLY_ADDR; p2_pid=$REPLY_PID
 log "peer: instances $p1 $p2, redis $PEER_REDIS_URL"
 
+# ── bare: 2 fan-out servers, the machine's limit (no auth, no Redis) ─────────────────────────
+start_bare bare1; b1=$REPLY_ADDR; b1_pid=$REPLY_PID
+start_bare bare2; b2=$REPLY_ADDR; b2_pid=$REPLY_PID
+log "bare: $b1 $b2"
+
 sy_targets=(--proto switchyard --target "$gw1" --target "$gw2" --pid "gateway1=$gw1_pid" --pid "gateway2=$gw2_pid" --pid "redis=$sy_redis_pid")
+bare_targets=(--proto bare --target "$b1" --target "$b2" --pid "bare1=$b1_pid" --pid "bare2=$b2_pid")
 peer_targets=(--proto socketio --target "$p1" --target "$p2" --pid "peer1=$p1_pid" --pid "peer2=$p2_pid" --pid "redis=$peer_redis_pid")
 
 # ── sizes ────────────────────────────────────────────────────────────────────────────────────
-if [ $quick = 1 ]; then
-  loc_orders=200; scale_levels=300,600; idle_levels=500,1000; hs_count=2000; hs_secs=3; bc_clients=1000; bc_rates=10,50; step=2
-  or_clients=1000; or_rates=1000,5000; slow_rates=1000; api_rates=500
+if [ $quick = 1 ]; then # bounded smoke run: every scenario, one short step each
+  loc_orders=20; loc_fractions=1; scale_levels=30; scale_gateways=2; idle_levels=100; hs_count=300; hs_secs=1
+  bc_clients=200; bc_rates=20; step=1; slow_step=1; or_clients=200; or_rates=500; slow_rates=500; api_clients=100; api_rates=200
 else
-  loc_orders=2500; scale_levels=8350,16700; idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
-  bc_rates=1,2,5,10,25,50,100,200; step=4
+  step=4; slow_step=6; loc_orders=2500; loc_fractions=0.1,0.2,0.4,1; scale_levels=8350,16700; scale_gateways=6; api_clients=2000
+  idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
+  bc_rates=1,2,5,10,25,50,100,200
   or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
   slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800
 fi
@@ -154,7 +178,7 @@ crud_run() { # label database_url api_count
   REDIS_URL=$redis SWITCHYARD_API_URL=$urls start_switchyard gateway "gateway-$label"
   gw=$REPLY_ADDR; pids+=("$REPLY_PID")
   for scenario in status payments; do
-    "$root/target/release/crudload" "$scenario" "${apis[@]}" --gateway "$gw" --label "$label" \
+    "$bin/crudload" "$scenario" "${apis[@]}" --gateway "$gw" --label "$label" \
       --rates "$crud_rates" --step-secs "$step" --max-p99-ms 50 --json "$results/crud-$scenario-$label.json" > /dev/null
   done
   for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
@@ -168,6 +192,7 @@ for r in $(seq 1 "$repeat"); do
     log "scenario 1 idle ($idle_levels per instance)"
     "$loadgen" idle "${sy_targets[@]}" --levels "$idle_levels" --work-dir "$work" --json "$results/idle-switchyard.json"
     "$loadgen" idle "${peer_targets[@]}" --levels "$idle_levels" --work-dir "$work" --json "$results/idle-socketio.json"
+    "$loadgen" idle "${bare_targets[@]}" --levels "$idle_levels" --work-dir "$work" --json "$results/idle-bare.json"
   fi
   if has handshake; then
     log "scenario 2 handshake (one instance)"
@@ -181,34 +206,36 @@ for r in $(seq 1 "$repeat"); do
     common=(run --label broadcast --rooms shared --clients "$bc_clients" --ramp 2000 --rates "$bc_rates" --step-secs "$step" --max-p99-ms 2000)
     "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/broadcast-switchyard$sfx.json"
     "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/broadcast-socketio$sfx.json"
+    "$loadgen" "${common[@]}" "${bare_targets[@]}" --publisher bare --json "$results/broadcast-bare$sfx.json"
   fi
   if has orders; then
     log "scenario 4 order rooms ($or_clients clients in 2-member rooms, rates $or_rates)"
     common=(run --label orders --rooms pairs --clients "$or_clients" --ramp 2000 --rates "$or_rates" --step-secs "$step" --max-p99-ms 250)
     "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/orders-switchyard$sfx.json"
     "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/orders-socketio$sfx.json"
+    "$loadgen" "${common[@]}" "${bare_targets[@]}" --publisher bare --json "$results/orders-bare$sfx.json"
   fi
   if has slow && [ "$r" = 1 ]; then
     log "scenario 7 slow consumers (orders with 5% of clients not reading, rates $slow_rates)"
-    common=(run --label slow --rooms pairs --clients "$or_clients" --ramp 2000 --rates "$slow_rates" --step-secs $((step + 2)) --max-p99-ms 1000 --stall-percent 5)
+    common=(run --label slow --rooms pairs --clients "$or_clients" --ramp 2000 --rates "$slow_rates" --step-secs "$slow_step" --max-p99-ms 1000 --stall-percent 5)
     "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/slow-switchyard.json"
     "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/slow-socketio.json"
   fi
   if has api && [ "$r" = 1 ]; then
     log "scenario 6 api end-to-end (publish API -> WebSocket, Switchyard only)"
-    "$loadgen" run --label api --rooms pairs --clients 2000 --ramp 2000 --rates "$api_rates" --step-secs "$step" \
+    "$loadgen" run --label api --rooms pairs --clients "$api_clients" --ramp 2000 --rates "$api_rates" --step-secs "$step" \
       --max-p99-ms 250 --batch 10 "${sy_targets[@]}" --pid "api=$api_pid" --publisher api --api "http://$api_addr" \
       --json "$results/api-switchyard.json"
   fi
   if has locations && [ "$r" = 1 ]; then
     log "scenario 5 locations ($loc_orders orders: partners at 4 Hz -> customers, Switchyard only)"
     "$loadgen" locations "${sy_targets[@]}" --pid "api=$api_pid" --api "http://$api_addr" --orders "$loc_orders" \
-      --hz 4 --fractions 0.1,0.2,0.4,1 --step-secs "$step" --ramp 2000 --json "$results/locations-switchyard.json"
+      --hz 4 --fractions "$loc_fractions" --step-secs "$step" --ramp 2000 --json "$results/locations-switchyard.json"
   fi
   if has scale && [ "$r" = 1 ]; then
-    log "scale: idle connections over 6 fresh gateways ($scale_levels per gateway)"
+    log "scale: idle connections over $scale_gateways fresh gateways ($scale_levels per gateway)"
     scale_args=(); scale_pids=()
-    for i in 3 4 5 6 7 8; do
+    for i in $(seq 3 $((2 + scale_gateways))); do
       start_switchyard gateway "gateway$i"
       scale_args+=(--target "$REPLY_ADDR" --pid "gateway$i=$REPLY_PID"); scale_pids+=("$REPLY_PID")
     done
@@ -260,5 +287,22 @@ if [ $quick = 0 ]; then
   python3 benches/crud_report.py "$results" "$root/BENCHMARKS.md"
 else
   "$venv/bin/python" benches/plot.py "$results" "$results/BENCHMARKS.md"
+fi
+if [ $quick = 1 ]; then # the smoke run fails when a scenario measured nothing (no timing is judged)
+  python3 - "$results" <<'PY'
+import glob, json, os, sys
+bad = []
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    r, name = json.load(open(f)), os.path.basename(f)
+    if "steps" in r and (not r["steps"] or any(st.get("delivered", 0) == 0 for st in r["steps"])):
+        bad.append(f"{name}: a step delivered nothing ({r.get('stopped_because')})")
+    if "levels" in r and (r.get("error") or r["levels"][-1]["connected"] == 0):
+        bad.append(f"{name}: idle connections failed ({r.get('error')})")
+    if "handshakes" in r and r["handshakes"] == 0:
+        bad.append(f"{name}: no handshake succeeded ({r.get('first_error')})")
+if bad:
+    sys.exit("benches/run.sh --quick: " + "; ".join(bad))
+print(f"benches/run.sh --quick: every scenario measured something ({len(glob.glob(os.path.join(sys.argv[1], '*.json')))} result files)")
+PY
 fi
 log "done in $(( $(date +%s) - started )) s; results in $results"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests against real servers on loopback,
-# and the criterion benches compiled and run once in test mode.
+# the criterion benches compiled and run once in test mode, and a smoke run of the load
+# benchmark harness (benches/run.sh --quick).
 #
 # Needs the Rust toolchain; PostgreSQL (scripts/postgres.sh), redis-server, redis-cli, nginx,
 # curl, python3, docker-compose,
@@ -113,6 +114,11 @@ cargo test --workspace --all-targets --locked "$@"
 # The fuzzing run's seed and case counts (switchyard/tests/schemathesis.rs).
 cat target/tmp/schemathesis/summary.txt 2>/dev/null || true
 cargo test --locked -p switchyard --test asyncapi -- --ignored --nocapture captured_frames_match_the_document
+
+# The load-benchmark harness (benches/run.sh) in a small bounded smoke run of every scenario
+# against the debug binaries — Switchyard, the Socket.IO peer and the bare fan-out server — so a
+# broken harness fails here, not on the day of a measurement. No timing is asserted.
+benches/run.sh --quick --debug
 
 # The JavaScript client (clients/js) against the binary cargo test just built: `ws` is its
 # only (dev) dependency, pinned by package-lock.json.

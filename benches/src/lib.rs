@@ -16,8 +16,10 @@
 //! - [`proto`]: the client protocols (one file per system).
 //! - [`net`]: client sockets bound to several loopback source addresses.
 //! - [`hist`]: latency histograms and their serialization for merging.
+//! - [`wire`]: the load generator's WebSocket client (frames parsed in place).
 
 pub mod hist;
 pub mod net;
 pub mod procstat;
 pub mod proto;
+pub mod wire;

@@ -19,7 +19,6 @@
 
 use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -29,14 +28,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchyard_auth::Issuer;
 use switchyard_benches::proto::{Incoming, Protocol};
-use switchyard_benches::{hist, net, procstat, proto};
+use switchyard_benches::wire::{Conn, Frame, Opcode};
+use switchyard_benches::{hist, net, procstat, proto, wire};
 use switchyard_client::Rest;
 use switchyard_protocol::Role;
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::order::{Item, NewOrder};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -104,6 +102,8 @@ enum Publisher {
     Api,
     /// The peer's `publisher.js` (Socket.IO redis-emitter).
     Peer,
+    /// Event frames written straight to every `bare` server (`src/bin/bare.rs`), each once.
+    Bare,
 }
 
 #[derive(Debug, Clone, ClapArgs)]
@@ -318,34 +318,25 @@ struct Ctx {
     stop: watch::Receiver<bool>,
 }
 
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// Connects and authenticates; the socket is ready for joins.
-async fn open(proto: &dyn Protocol, src: IpAddr, addr: &str, token: &str) -> anyhow::Result<Ws> {
+/// Connects and authenticates; the connection is ready for joins.
+async fn open(proto: &dyn Protocol, src: IpAddr, addr: &str, token: &str) -> anyhow::Result<Conn> {
     let dst: SocketAddr = addr.parse()?;
-    let stream = net::connect_from(src, dst).await?;
     let request = proto.request(addr, token)?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
+    let mut conn = Conn::connect(src, dst, &request).await?;
     loop {
-        let Some(frame) = ws.next().await else {
+        let Some(frame) = conn.next().await? else {
             bail!("closed before ready")
         };
-        if let Message::Text(t) = frame? {
-            match proto.on_text(&t, token) {
-                Incoming::Ready => return Ok(ws),
+        match frame.opcode {
+            Opcode::Text => match proto.on_text(conn.text(&frame).unwrap_or(""), token) {
+                Incoming::Ready => return Ok(conn),
                 Incoming::Refused => bail!("refused"),
-                Incoming::Reply(r) => ws.send(Message::Text(r.into())).await?,
+                Incoming::Reply(r) => conn.send_text(&r).await?,
                 _ => {}
-            }
+            },
+            Opcode::Ping => conn.pong(&frame).await?,
+            Opcode::Close => bail!("closed before ready"),
+            _ => {}
         }
     }
 }
@@ -353,32 +344,41 @@ async fn open(proto: &dyn Protocol, src: IpAddr, addr: &str, token: &str) -> any
 /// Joins `rooms` (ids 1..); returns once every join is acknowledged.
 async fn join_all(
     proto: &dyn Protocol,
-    ws: &mut Ws,
+    conn: &mut Conn,
     rooms: &[String],
     token: &str,
 ) -> anyhow::Result<()> {
     for (k, room) in rooms.iter().enumerate() {
-        ws.send(Message::Text(proto.join(room, k as u64 + 1).into()))
-            .await?;
+        conn.send_text(&proto.join(room, k as u64 + 1)).await?;
     }
     let mut pending = rooms.len();
     while pending > 0 {
-        let Some(frame) = ws.next().await else {
+        let Some(frame) = conn.next().await? else {
             bail!("closed while joining")
         };
-        if let Message::Text(t) = frame? {
-            match proto.on_text(&t, token) {
-                Incoming::Joined(_) => pending -= 1,
-                Incoming::JoinFailed(id) => bail!("join {id} refused: {t}"),
-                Incoming::Reply(r) => ws.send(Message::Text(r.into())).await?,
-                _ => {}
+        match frame.opcode {
+            Opcode::Text => {
+                let text = conn.text(&frame).unwrap_or("");
+                match proto.on_text(text, token) {
+                    Incoming::Joined(_) => pending -= 1,
+                    Incoming::JoinFailed(id) => bail!("join {id} refused: {text}"),
+                    Incoming::Reply(r) => conn.send_text(&r).await?,
+                    _ => {}
+                }
             }
+            Opcode::Ping => conn.pong(&frame).await?,
+            Opcode::Close => bail!("closed while joining"),
+            _ => {}
         }
     }
     Ok(())
 }
 
 /// One client: connects, joins, then records every event of `tracked` until stopped.
+///
+/// The receive loop is the load generator's hot path (issue #17 §1): one `read(2)`, one clock
+/// reading for everything it returned, every complete frame parsed in place, the counters
+/// bumped once per read.
 #[allow(clippy::too_many_arguments)]
 async fn client(
     ctx: Arc<Ctx>,
@@ -392,12 +392,12 @@ async fn client(
 ) {
     let proto = ctx.proto.as_ref();
     let setup = async {
-        let mut ws = open(proto, src, &addr, &token).await?;
-        join_all(proto, &mut ws, &rooms, &token).await?;
-        anyhow::Ok(ws)
+        let mut conn = open(proto, src, &addr, &token).await?;
+        join_all(proto, &mut conn, &rooms, &token).await?;
+        anyhow::Ok(conn)
     };
-    let mut ws = match tokio::time::timeout(Duration::from_secs(20), setup).await {
-        Ok(Ok(ws)) => ws,
+    let mut conn = match tokio::time::timeout(Duration::from_secs(20), setup).await {
+        Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             if ctx.tally.failed_connects.fetch_add(1, Ordering::Relaxed) < 3 {
                 eprintln!("client {i}: {e:#}");
@@ -423,47 +423,77 @@ async fn client(
     let tracked = rooms.last().cloned().unwrap_or_default();
     let mut last: Option<u64> = None;
     let mut step = 0;
-    loop {
-        let frame = tokio::select! {
+    let mut replies: Vec<String> = Vec::new();
+    let mut pings: Vec<Frame> = Vec::new();
+    'conn: loop {
+        let read = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
-            frame = ws.next() => frame,
+            read = conn.fill() => read,
         };
-        let text = match frame {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(_)) => continue,
-            _ => {
-                ctx.tally.disconnected.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
+        if !matches!(read, Ok(n) if n > 0) {
+            ctx.tally.disconnected.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let now = now_us();
-        match proto.on_text(&text, &token) {
-            Incoming::Event { room, seq, ts_us } => {
-                if room.is_some_and(|r| r != tracked) {
+        let current = ctx.step.load(Ordering::Relaxed);
+        if current != step {
+            step = current;
+            last = None;
+        }
+        let (mut delivered, mut gaps) = (0, 0);
+        loop {
+            let frame = match conn.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => break 'conn,
+            };
+            match frame.opcode {
+                Opcode::Text => {}
+                Opcode::Ping => {
+                    pings.push(frame);
                     continue;
                 }
-                let current = ctx.step.load(Ordering::Relaxed);
-                if current != step {
-                    step = current;
-                    last = None;
-                }
-                if let Some(prev) = last
-                    && seq > prev + 1
-                {
-                    ctx.tally.gaps.fetch_add(seq - prev - 1, Ordering::Relaxed);
-                }
-                last = Some(last.map_or(seq, |p| p.max(seq)));
-                ctx.tally.delivered.fetch_add(1, Ordering::Relaxed);
-                ctx.latencies.record(i, now.saturating_sub(ts_us));
+                Opcode::Close => break 'conn,
+                _ => continue,
             }
-            Incoming::Reply(r) if ws.send(Message::Text(r.as_str().into())).await.is_err() => {
-                ctx.tally.disconnected.fetch_add(1, Ordering::Relaxed);
-                return;
+            match proto.on_text(conn.text(&frame).unwrap_or(""), &token) {
+                Incoming::Event { room, seq, ts_us } => {
+                    if room.is_some_and(|r| r != tracked) {
+                        continue;
+                    }
+                    if let Some(prev) = last
+                        && seq > prev + 1
+                    {
+                        gaps += seq - prev - 1;
+                    }
+                    last = Some(last.map_or(seq, |p| p.max(seq)));
+                    delivered += 1;
+                    ctx.latencies.record(i, now.saturating_sub(ts_us));
+                }
+                Incoming::Reply(r) => replies.push(r),
+                _ => {}
             }
-            _ => {}
+        }
+        ctx.tally.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if gaps > 0 {
+            ctx.tally.gaps.fetch_add(gaps, Ordering::Relaxed);
+        }
+        for ping in pings.drain(..) {
+            if conn.pong(&ping).await.is_err() {
+                break 'conn;
+            }
+        }
+        for r in replies.drain(..) {
+            if conn.send_text(&r).await.is_err() {
+                break 'conn;
+            }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    if !*stop.borrow() {
+        ctx.tally.disconnected.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
 }
 
 /// xorshift64*: the publisher's room choice (uniform, like the peer's Math.random()).
@@ -559,6 +589,59 @@ async fn publish_redis(args: &RunArgs, rate: f64, n_rooms: usize) -> anyhow::Res
     Ok(StepOutcome {
         published,
         not_published: skipped + failed.load(Ordering::Relaxed),
+        per_room,
+        publish_secs,
+        publisher_cpu_s: None,
+        note: None,
+    })
+}
+
+/// Writes each event frame (as Switchyard's gateways send them, offsets counted per room) to
+/// every bare server once, batched per millisecond into one write per server.
+async fn publish_bare(args: &RunArgs, rate: f64, n_rooms: usize) -> anyhow::Result<StepOutcome> {
+    let mut servers = Vec::new();
+    for (k, target) in args.common.targets.iter().enumerate() {
+        let src = net::loopback_sources(1)[0];
+        servers.push(
+            open(&proto::switchyard::Bare, src, target, "")
+                .await
+                .with_context(|| format!("publisher to {target} ({k})"))?,
+        );
+    }
+    let names = room_names(args, n_rooms);
+    let pad = "x".repeat(args.pad);
+    let total = (rate * args.step_secs as f64).round() as u64;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ now_us());
+    let mut per_room = vec![0u64; n_rooms];
+    let mut sent = 0u64;
+    let mut batch = Vec::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.step_secs);
+    while sent < total && Instant::now() < deadline {
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        batch.clear();
+        while sent < due {
+            let k = rng.below(n_rooms as u64) as usize;
+            per_room[k] += 1;
+            let frame = format!(
+                r#"{{"type":"event","room":"{}","event":"bench.tick","offset":{},"data":{{"ts":{},"seq":{},"pad":"{pad}"}}}}"#,
+                names(k),
+                per_room[k],
+                now_us(),
+                per_room[k]
+            );
+            wire::encode_text(&mut batch, &frame);
+            sent += 1;
+        }
+        for server in &mut servers {
+            server.write_raw(&batch).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    Ok(StepOutcome {
+        published: sent,
+        not_published: 0,
         per_room,
         publish_secs,
         publisher_cpu_s: None,
@@ -834,18 +917,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let delivered0 = ctx.tally.delivered.load(Ordering::Relaxed);
         let gaps0 = ctx.tally.gaps.load(Ordering::Relaxed);
         let before = watched.sample();
+        let reader_cpu0 = procstat::main_thread_cpu_secs();
         let started = Instant::now();
         let outcome = match args.publisher {
-            Publisher::Redis => {
+            Publisher::Redis | Publisher::Bare => {
                 // Its own thread and runtime, like the peer's publisher in its own process: the
-                // Redis client's connection task must not queue behind 10,000 client tasks.
+                // publisher must not queue behind 10,000 client tasks, and the readers' thread
+                // must not pay for it.
                 let a = args.clone();
                 let thread = std::thread::spawn(move || {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
                         .map_err(anyhow::Error::from)
-                        .and_then(|rt| rt.block_on(publish_redis(&a, rate, n_rooms)))
+                        .and_then(|rt| {
+                            rt.block_on(async {
+                                if a.publisher == Publisher::Bare {
+                                    publish_bare(&a, rate, n_rooms).await
+                                } else {
+                                    publish_redis(&a, rate, n_rooms).await
+                                }
+                            })
+                        })
                 });
                 tokio::task::spawn_blocking(move || thread.join())
                     .await?
@@ -883,6 +976,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let processes = watched.report(&before, wall);
         let h = ctx.latencies.take();
         let delivered = ctx.tally.delivered.load(Ordering::Relaxed) - delivered0;
+        // The readers' thread alone (publishers have threads or processes of their own).
+        let reader_cpu_s = procstat::main_thread_cpu_secs()
+            .zip(reader_cpu0)
+            .map(|(after, before)| after - before);
         let gaps = ctx.tally.gaps.load(Ordering::Relaxed) - gaps0;
         // With an inexact expectation (the peer's random rooms, some members not reading) only
         // sequence gaps are counted as loss; the shortfall against the estimate is reported.
@@ -907,11 +1004,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "histogram": hist::encode(&h),
             "processes": processes,
             "publisher_cpu_s": outcome.publisher_cpu_s,
+            "loadgen_reader_cpu_s": reader_cpu_s,
+            "loadgen_cpu_us_per_delivery": reader_cpu_s.map(|c| 1e6 * c / delivered.max(1) as f64),
             "disconnected_so_far": ctx.tally.disconnected.load(Ordering::Relaxed),
             "note": outcome.note,
         });
         eprintln!(
-            "[{} {}] {rate:>8.0}/s offered: published {} ({:.0}/s, {} not) delivered {delivered}/{expected} ({:.0}/s) lost {lost} gaps {gaps} | p50 {:.2} p99 {:.2} max {:.2} ms | {}",
+            "[{} {}] {rate:>8.0}/s offered: published {} ({:.0}/s, {} not) delivered {delivered}/{expected} ({:.0}/s) lost {lost} gaps {gaps} | p50 {:.2} p99 {:.2} max {:.2} ms | reader {:.2} µs/delivery | {}",
             ctx.proto.name(),
             args.label,
             outcome.published,
@@ -921,6 +1020,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             summary["p50"].as_f64().unwrap_or(0.0),
             p99,
             summary["max"].as_f64().unwrap_or(0.0),
+            step["loadgen_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
             step["processes"]
                 .as_array()
                 .map(|ps| ps
@@ -1023,11 +1123,11 @@ async fn handshake(args: HandshakeArgs) -> anyhow::Result<()> {
                 )
                 .await;
                 match r {
-                    Ok(Ok(mut ws)) => {
+                    Ok(Ok(mut conn)) => {
                         latencies.record(w, t0.elapsed().as_micros() as u64);
                         ok.fetch_add(1, Ordering::Relaxed);
                         let _ =
-                            tokio::time::timeout(Duration::from_millis(200), ws.close(None)).await;
+                            tokio::time::timeout(Duration::from_millis(200), conn.close()).await;
                     }
                     Ok(Err(e)) => {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -1178,14 +1278,14 @@ async fn locations(args: LocationArgs) -> anyhow::Result<()> {
             let (id, hz) = (id.clone(), args.hz);
             conns.push(tokio::spawn(async move {
                 let setup = async {
-                    let mut ws = open(&PROTO, src, &addr, &token).await?;
+                    let mut conn = open(&PROTO, src, &addr, &token).await?;
                     if role == Role::Customer {
-                        join_all(&PROTO, &mut ws, std::slice::from_ref(&room), &token).await?;
+                        join_all(&PROTO, &mut conn, std::slice::from_ref(&room), &token).await?;
                     }
-                    anyhow::Ok(ws)
+                    anyhow::Ok(conn)
                 };
-                let mut ws = match tokio::time::timeout(Duration::from_secs(20), setup).await {
-                    Ok(Ok(ws)) => ws,
+                let mut conn = match tokio::time::timeout(Duration::from_secs(20), setup).await {
+                    Ok(Ok(conn)) => conn,
                     _ => return false,
                 };
                 let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
@@ -1201,17 +1301,23 @@ async fn locations(args: LocationArgs) -> anyhow::Result<()> {
                                 let ts_ms = now_us() / 1000;
                                 let fix = LocationFix { lat: 12.97, lng: 77.59, heading: None, speed: None, ts: Some(ts_ms as i64) };
                                 let op = ClientOp::Location { order_id: id.clone(), fix }.with_id(n as i64);
-                                if ws.send(Message::Text(op.encode().into())).await.is_err() { break; }
+                                if conn.send_text(&op.encode()).await.is_err() { break; }
                                 sent.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        frame = ws.next() => {
-                            let Some(Ok(Message::Text(text))) = frame else {
-                                if matches!(frame, Some(Ok(_))) { continue; }
-                                break;
+                        frame = conn.next() => {
+                            let frame = match frame {
+                                Ok(Some(frame)) if frame.opcode == Opcode::Text => frame,
+                                Ok(Some(frame)) if frame.opcode == Opcode::Ping => {
+                                    if conn.pong(&frame).await.is_err() { break; }
+                                    continue;
+                                }
+                                Ok(Some(frame)) if frame.opcode != Opcode::Close => continue,
+                                _ => break,
                             };
                             let now = now_us();
-                            match PROTO.on_text(&text, &token) {
+                            let text = conn.text(&frame).unwrap_or("");
+                            match PROTO.on_text(text, &token) {
                                 Incoming::Event { room: Some(r), seq, ts_us: ts_ms } if r == room => {
                                     if let Some(prev) = last && seq > prev + 1 {
                                         gaps.fetch_add(seq - prev - 1, Ordering::Relaxed);
@@ -1452,12 +1558,17 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Idle(a) => idle(a),
         Cmd::Merge { out, files } => merge(&out, &files),
+        // One thread reads every connection (issue #17 §1: the load generator must cost no more
+        // per received frame than the bare reader); publishers run on threads of their own.
+        Cmd::Run(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(*a)),
         cmd => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
             .block_on(async move {
                 match cmd {
-                    Cmd::Run(a) => run(*a).await,
                     Cmd::Handshake(a) => handshake(a).await,
                     Cmd::Locations(a) => locations(*a).await,
                     _ => unreachable!(),

@@ -52,7 +52,8 @@ pub fn by_name(name: &str) -> anyhow::Result<Box<dyn Protocol>> {
     match name {
         "switchyard" => Ok(Box::new(switchyard::Switchyard)),
         "socketio" => Ok(Box::new(socketio::SocketIo)),
-        other => anyhow::bail!("unknown protocol {other} (switchyard, socketio)"),
+        "bare" => Ok(Box::new(switchyard::Bare)),
+        other => anyhow::bail!("unknown protocol {other} (switchyard, socketio, bare)"),
     }
 }
 

@@ -67,6 +67,28 @@ impl Protocol for Switchyard {
     }
 }
 
+/// The bare fan-out server (`src/bin/bare.rs`): Switchyard's frames without its
+/// authentication, reported under its own name.
+pub struct Bare;
+
+impl Protocol for Bare {
+    fn name(&self) -> &'static str {
+        "bare"
+    }
+    fn request(&self, addr: &str, token: &str) -> anyhow::Result<Request> {
+        Switchyard.request(addr, token)
+    }
+    fn implicit_user_room(&self) -> bool {
+        true
+    }
+    fn join(&self, room: &str, id: u64) -> String {
+        Switchyard.join(room, id)
+    }
+    fn on_text<'a>(&self, text: &'a str, token: &str) -> Incoming<'a> {
+        Switchyard.on_text(text, token)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
