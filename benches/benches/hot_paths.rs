@@ -60,6 +60,10 @@ fn fan_out(c: &mut Criterion) {
         .unwrap();
     let _guard = rt.enter();
     let hub = std::sync::Arc::new(Hub::new());
+    let (room1, room2) = (
+        Room::parse("order:1").unwrap(),
+        Room::parse("order:2").unwrap(),
+    );
     let limits = Limits {
         per_gateway: MEMBERS,
         per_user: 1,
@@ -68,7 +72,7 @@ fn fan_out(c: &mut Criterion) {
     for conn in 0..MEMBERS as u64 {
         let user = UserId::parse(&format!("u{conn}")).unwrap();
         let connected = hub.connect(conn, &user, 1 << 20, limits).unwrap();
-        hub.join("order:1", &connected.out);
+        hub.join(&room1, &connected.out);
         connections.push(connected);
     }
     let data = RawValue::from_string(STATUS.to_owned()).unwrap();
@@ -87,9 +91,49 @@ fn fan_out(c: &mut Criterion) {
                 }
                 frame.clone()
             },
-            |frame| hub.fan_out(Event::new("order:1", epoch.clone(), 1, frame, false)),
+            |frame| hub.fan_out(Event::new(room1.clone(), epoch.clone(), 1, frame, false)),
             BatchSize::PerIteration,
         )
+    });
+    // Membership changes in a room of 10,000 (issue #20 §3): one join, one leave, and the
+    // whole room filled and emptied (every member's join, then every member's leave).
+    let newcomer = hub
+        .connect(
+            MEMBERS as u64,
+            &UserId::parse("newcomer").unwrap(),
+            1 << 20,
+            Limits {
+                per_gateway: MEMBERS + 1,
+                per_user: 1,
+            },
+        )
+        .unwrap();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("join_10k_members", |b| {
+        b.iter_batched(
+            || hub.leave("order:1", newcomer.out.conn),
+            |_| hub.join(&room1, &newcomer.out),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("leave_10k_members", |b| {
+        b.iter_batched(
+            || hub.join(&room1, &newcomer.out),
+            |_| hub.leave("order:1", newcomer.out.conn),
+            BatchSize::PerIteration,
+        )
+    });
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(2 * MEMBERS as u64));
+    g.bench_function("fill_and_empty_10k_members", |b| {
+        b.iter(|| {
+            for connected in &connections {
+                hub.join(&room2, &connected.out);
+            }
+            for connected in &connections {
+                hub.leave("order:2", connected.out.conn);
+            }
+        })
     });
     g.finish();
 }

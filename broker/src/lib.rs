@@ -49,7 +49,8 @@ use switchyard_protocol::client::StreamPosition;
 /// One event on its way to subscribers: the frame is already encoded, once.
 #[derive(Debug, Clone)]
 pub struct Publication {
-    pub room: String,
+    /// Shared with every queued copy and the hub's map (never copied per recipient).
+    pub room: Room,
     /// The epoch `offset` counts in. Shared: one allocation per epoch, not per publication.
     pub epoch: Arc<str>,
     pub offset: u64,

@@ -120,7 +120,7 @@ impl Bus for MemoryBus {
         stream.offset += 1;
         let offset = stream.offset;
         let publication = Publication {
-            room: room.as_str().to_owned(),
+            room: room.clone(),
             epoch: self.epoch.clone(),
             offset,
             frame: Bytes::from(encode_event(room.as_str(), event, offset, &data)),
@@ -300,7 +300,7 @@ mod tests {
         for room in ["order:1", "order:2"] {
             let offsets: Vec<u64> = got
                 .iter()
-                .filter(|p| p.room == room)
+                .filter(|p| p.room.as_str() == room)
                 .map(|p| p.offset)
                 .collect();
             assert_eq!(offsets, (1..=50).collect::<Vec<_>>());

@@ -6,14 +6,16 @@
 //! and a revocation or the drain reaches each connection exactly once, whichever rooms it
 //! joined — an admin in other users' `user:` rooms included.
 //!
-//! Each room maps to an immutable, shared member list (`Arc<[Outbound]>`). Joining or
-//! leaving builds a new list under the map's shard lock; delivering clones the `Arc`
-//! (one atomic increment), releases the lock, and walks the list. So no lock is held
-//! during a fan-out, and publishers in different rooms never contend.
+//! Each room maps to its [`Members`]: chunks of immutable, shared member slices. Joining or
+//! leaving rebuilds one or two chunks under the map's shard lock (O(1) amortized, whatever
+//! the room's size); delivering clones the snapshot's `Arc` (one atomic increment), releases
+//! the lock, and walks it. So no lock is held during a fan-out, none is taken per recipient,
+//! and publishers in different rooms never contend.
 //!
 //! A publication's frame is turned into one `Utf8Bytes` and every member gets a clone
 //! of the same bytes: encoded once, never per recipient.
 
+use crate::members::{Members, Snapshot};
 use crate::outbound::{Event, Mailbox, Outbound, Outgoing, Pushed};
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
@@ -22,10 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use switchyard_broker::{Control, Deliver, Listen, Publication};
 use switchyard_protocol::close::Disconnect;
 use switchyard_protocol::server::frame_event_name;
-use switchyard_protocol::{UserId, events};
+use switchyard_protocol::{Room, UserId, events};
 
 pub struct Hub {
-    rooms: DashMap<String, Arc<[Outbound]>>,
+    rooms: DashMap<Room, Members>,
     /// Every local connection, by user (a user has at most `max_connections_per_user`).
     users: DashMap<Arc<str>, Vec<Outbound>>,
     /// Local connections, all users.
@@ -139,19 +141,12 @@ impl Hub {
     }
 
     /// Adds a member; returns false if it was already there.
-    pub fn join(&self, room: &str, member: &Outbound) -> bool {
-        let mut entry = self.rooms.entry(room.to_owned()).or_insert_with(|| {
+    pub fn join(&self, room: &Room, member: &Outbound) -> bool {
+        let mut entry = self.rooms.entry(room.clone()).or_insert_with(|| {
             metrics::gauge!("switchyard_rooms").increment(1.0);
-            Arc::new([])
+            Members::default()
         });
-        if entry.iter().any(|m| m.conn == member.conn) {
-            return false;
-        }
-        let mut members = Vec::with_capacity(entry.len() + 1);
-        members.extend(entry.iter().cloned());
-        members.push(member.clone());
-        *entry = members.into();
-        true
+        entry.insert(member)
     }
 
     /// Removes a member; returns false if it was not there.
@@ -160,10 +155,7 @@ impl Hub {
         let _ = self
             .rooms
             .remove_if_mut(room, |_, members| {
-                if members.iter().any(|m| m.conn == conn) {
-                    removed = true;
-                    *members = members.iter().filter(|m| m.conn != conn).cloned().collect();
-                }
+                removed = members.remove(conn);
                 members.is_empty()
             })
             .is_some_and(|_| {
@@ -186,12 +178,13 @@ impl Hub {
     /// Queues `event` for every member of its room; returns how many accepted it. The event
     /// is wrapped once and shared by every member.
     pub fn fan_out(&self, event: Event) -> usize {
-        let Some(members) = self.rooms.get(&*event.room).map(|m| Arc::clone(&m)) else {
+        let Some(members) = self.rooms.get(event.room.as_str()).map(|m| m.snapshot()) else {
             return 0;
         };
         let event = Arc::new(event);
-        let (mut accepted, mut conflated) = (0u64, 0u64);
-        for member in members.iter() {
+        let (mut accepted, mut conflated, mut total) = (0u64, 0u64, 0u64);
+        for member in members.iter().flat_map(|chunk| chunk.iter()) {
+            total += 1;
             match member.push(Outgoing::Event(event.clone())) {
                 Pushed::Queued => accepted += 1,
                 Pushed::Conflated => {
@@ -208,7 +201,7 @@ impl Hub {
         if conflated > 0 {
             self.metrics.conflated.increment(conflated);
         }
-        let dropped = members.len() as u64 - accepted;
+        let dropped = total - accepted;
         if dropped > 0 {
             self.metrics.dropped.increment(dropped);
         }
@@ -217,12 +210,13 @@ impl Hub {
 
     /// Tells every local member of `room` whose user is `sub` to leave it.
     pub fn revoke(&self, room: &str, sub: &str, reason: &str) -> usize {
-        let Some(members) = self.rooms.get(room).map(|m| Arc::clone(&m)) else {
+        let Some((room, members)) = self.members(room) else {
             return 0;
         };
-        let (room, reason): (Arc<str>, Arc<str>) = (room.into(), reason.into());
+        let reason: Arc<str> = reason.into();
         members
             .iter()
+            .flat_map(|chunk| chunk.iter())
             .filter(|m| &*m.sub == sub)
             .filter(|m| {
                 m.push(Outgoing::Revoke {
@@ -233,6 +227,29 @@ impl Hub {
             })
             .count()
     }
+
+    /// Tells every local member of `room` that its events may have been lost (they recover
+    /// from the room's history): the delivery of one of its publications was refused.
+    pub fn gap_room(&self, room: &str) -> usize {
+        let Some((room, members)) = self.members(room) else {
+            return 0;
+        };
+        tell_gap(&room, &members)
+    }
+
+    /// The shared name and a snapshot of the members of `room`, if it has any here.
+    fn members(&self, room: &str) -> Option<(Room, Snapshot)> {
+        let entry = self.rooms.get(room)?;
+        Some((entry.key().clone(), entry.snapshot()))
+    }
+}
+
+fn tell_gap(room: &Room, members: &Snapshot) -> usize {
+    members
+        .iter()
+        .flat_map(|chunk| chunk.iter())
+        .filter(|m| m.push(Outgoing::Gap { room: room.clone() }).accepted())
+        .count()
 }
 
 /// The connection limits [`Hub::connect`] enforces.
@@ -304,7 +321,7 @@ impl Deliver for Hub {
             Ok(frame) => {
                 let latest_only = frame_event_name(&frame).is_some_and(events::is_latest_value);
                 self.fan_out(Event::new(
-                    &publication.room,
+                    publication.room,
                     publication.epoch,
                     publication.offset,
                     frame,
@@ -318,17 +335,15 @@ impl Deliver for Hub {
     }
 
     fn gap(&self) {
-        let rooms: Vec<(Arc<str>, Arc<[Outbound]>)> = self
+        let rooms: Vec<(Room, Snapshot)> = self
             .rooms
             .iter()
-            .map(|e| (Arc::from(e.key().as_str()), e.value().clone()))
+            .map(|e| (e.key().clone(), e.value().snapshot()))
             .collect();
-        let mut told = 0;
-        for (room, members) in rooms {
-            for m in members.iter() {
-                told += usize::from(m.push(Outgoing::Gap { room: room.clone() }).accepted());
-            }
-        }
+        let told: usize = rooms
+            .into_iter()
+            .map(|(room, members)| tell_gap(&room, &members))
+            .sum();
         metrics::counter!("switchyard_bus_gaps_total").increment(1);
         tracing::warn!(told, "bus gap: subscribers told to recover");
     }
@@ -363,9 +378,13 @@ mod tests {
         per_user: 16,
     };
 
-    fn event(room: &str, offset: u64) -> Event {
+    fn room(name: &str) -> Room {
+        Room::parse(name).unwrap()
+    }
+
+    fn event(name: &str, offset: u64) -> Event {
         Event::new(
-            room,
+            room(name),
             "e1".into(),
             offset,
             Utf8Bytes::from_static("x"),
@@ -388,9 +407,9 @@ mod tests {
     fn join_fan_out_leave() {
         let hub = Arc::new(Hub::new());
         let (a, b) = (connect(&hub, 1, "a", 1024), connect(&hub, 2, "b", 1024));
-        assert!(hub.join("order:1", &a.out));
-        assert!(!hub.join("order:1", &a.out));
-        assert!(hub.join("order:1", &b.out));
+        assert!(hub.join(&room("order:1"), &a.out));
+        assert!(!hub.join(&room("order:1"), &a.out));
+        assert!(hub.join(&room("order:1"), &b.out));
         assert_eq!(hub.fan_out(event("order:1", 1)), 2);
         for mailbox in [&a.mailbox, &b.mailbox] {
             assert!(
@@ -399,7 +418,7 @@ mod tests {
         }
         assert_eq!(hub.revoke("order:1", "b", "reassigned"), 1);
         assert!(
-            matches!(next_event(&b.mailbox), Some(Outgoing::Revoke { room, .. }) if &*room == "order:1")
+            matches!(next_event(&b.mailbox), Some(Outgoing::Revoke { room, .. }) if room.as_str() == "order:1")
         );
         assert!(hub.leave("order:1", 1));
         assert!(!hub.leave("order:1", 1));
@@ -415,11 +434,11 @@ mod tests {
         let cost = crate::outbound::ITEM_OVERHEAD + 1;
         let slow = connect(&hub, 1, "s", 2 * cost);
         let fast = connect(&hub, 2, "f", 64 * cost);
-        hub.join("r", &slow.out);
-        hub.join("r", &fast.out);
+        hub.join(&room("order:r"), &slow.out);
+        hub.join(&room("order:r"), &fast.out);
         for offset in 1..=3 {
             hub.fan_out(Event::new(
-                "r",
+                room("order:r"),
                 "e1".into(),
                 offset,
                 Utf8Bytes::from_static("e"),
@@ -442,11 +461,11 @@ mod tests {
             .map(|i| connect(&hub, 2 + i, &format!("c{i}"), 1024))
             .collect();
         for (i, c) in customers.iter().enumerate() {
-            let room = format!("user:c{i}");
-            hub.join(&room, &c.out);
-            hub.join(&room, &admin.out);
+            let user_room = room(&format!("user:c{i}"));
+            hub.join(&user_room, &c.out);
+            hub.join(&user_room, &admin.out);
         }
-        hub.join("user:admin", &admin.out);
+        hub.join(&room("user:admin"), &admin.out);
         assert_eq!(hub.kick_all(Disconnect::SHUTDOWN), 4);
         assert_eq!(admin.mailbox.kicked(), Some(Disconnect::SHUTDOWN));
     }
@@ -459,7 +478,7 @@ mod tests {
         let cost = crate::outbound::ITEM_OVERHEAD + 1;
         let c1 = connect(&hub, 1, "c1", 2 * cost);
         let other = connect(&hub, 2, "c2", 2 * cost);
-        hub.join("user:c1", &c1.out);
+        hub.join(&room("user:c1"), &c1.out);
         for offset in 1..=2 {
             hub.fan_out(event("user:c1", offset));
         }
@@ -469,7 +488,7 @@ mod tests {
         // Already overflowed (kicked as slow): the revoke still wins.
         hub.fan_out(event("user:c1", 3));
         let c1b = connect(&hub, 3, "c1", 2 * cost);
-        hub.join("user:c1", &c1b.out);
+        hub.join(&room("user:c1"), &c1b.out);
         for offset in 4..=6 {
             hub.fan_out(event("user:c1", offset));
         }

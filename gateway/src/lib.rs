@@ -12,6 +12,9 @@
 //!   nothing goes out twice or out of order.
 //! - [`hub`]: local connections by user (the connection limits, revocation, the drain) and
 //!   rooms → members; fans one encoded frame out to every member.
+//! - [`members`]: one room's members, in chunks: join and leave in O(1) amortized, fan-out
+//!   without a lock.
+//! - [`delivery`]: the bus's publications fanned out on several workers, chosen by room.
 //! - [`outbound`]: a connection's bounded outbound queue, and its kick: the one way a
 //!   connection is told to close (a [`Disconnect`](switchyard_protocol::close::Disconnect)).
 //! - `access`: who may join which room; subscribe snapshots.
@@ -33,9 +36,11 @@ pub mod backend;
 pub mod config;
 mod conformance;
 mod cursor;
+pub mod delivery;
 mod handshake;
 pub mod hub;
 pub mod locations;
+pub mod members;
 pub mod outbound;
 pub mod rate;
 mod session;
@@ -90,8 +95,12 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Gateway {
         let hub = Arc::new(hub::Hub::new());
-        backplane.bus.attach(hub.clone());
-        backplane.controller.listen(hub.clone());
+        let delivery = Arc::new(delivery::Delivery::start(
+            hub.clone(),
+            delivery::Delivery::default_workers(),
+        ));
+        backplane.bus.attach(delivery.clone());
+        backplane.controller.listen(delivery);
         // The drain reaches every session as a kick through its mailbox; sessions that join
         // after this sweep see the cancelled token themselves.
         let sweep = (hub.clone(), shutdown.clone());

@@ -24,6 +24,7 @@
 use axum::extract::ws::Utf8Bytes;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use switchyard_protocol::Room;
 use switchyard_protocol::close::Disconnect;
 use tokio::sync::Notify;
 
@@ -33,7 +34,7 @@ pub const ITEM_OVERHEAD: usize = 64;
 /// One publication as every local recipient shares it.
 #[derive(Debug)]
 pub struct Event {
-    pub room: Box<str>,
+    pub room: Room,
     /// The epoch `offset` counts in (see [`crate::cursor`]).
     pub epoch: Arc<str>,
     pub offset: u64,
@@ -48,14 +49,14 @@ pub struct Event {
 impl Event {
     /// An event received from the bus now.
     pub fn new(
-        room: &str,
+        room: Room,
         epoch: Arc<str>,
         offset: u64,
         frame: Utf8Bytes,
         latest_only: bool,
     ) -> Event {
         Event {
-            room: room.into(),
+            room,
             epoch,
             offset,
             frame,
@@ -72,9 +73,9 @@ pub enum Outgoing {
     /// recovery).
     Event(Arc<Event>),
     /// Tell the client that events of `room` may have been lost (bus gap).
-    Gap { room: Arc<str> },
+    Gap { room: Room },
     /// Leave `room` and tell the client why (partner reassigned).
-    Revoke { room: Arc<str>, reason: Arc<str> },
+    Revoke { room: Room, reason: Arc<str> },
 }
 
 impl Outgoing {
@@ -83,8 +84,8 @@ impl Outgoing {
         ITEM_OVERHEAD
             + match self {
                 Outgoing::Event(event) => event.frame.len(),
-                Outgoing::Gap { room } => room.len(),
-                Outgoing::Revoke { room, reason } => room.len() + reason.len(),
+                Outgoing::Gap { room } => room.as_str().len(),
+                Outgoing::Revoke { room, reason } => room.as_str().len() + reason.len(),
             }
     }
 }
@@ -331,7 +332,7 @@ mod tests {
     fn event(room: &str, offset: u64, latest_only: bool, size: usize) -> Outgoing {
         let frame: String = "x".repeat(size);
         Outgoing::Event(Arc::new(Event::new(
-            room,
+            Room::parse(room).unwrap(),
             "e1".into(),
             offset,
             frame.into(),
@@ -369,10 +370,10 @@ mod tests {
         out.push(event("order:1", 2, true, 100));
         out.push(event("order:1", 3, true, 10)); // conflates the one before
         out.push(Outgoing::Gap {
-            room: "order:1".into(),
+            room: Room::parse("order:1").unwrap(),
         });
         out.push(Outgoing::Revoke {
-            room: "order:1".into(),
+            room: Room::parse("order:1").unwrap(),
             reason: "r".into(),
         });
         assert_eq!(value(), mailbox.queued_bytes() as f64);
@@ -454,7 +455,7 @@ mod tests {
     async fn take_wakes_again_while_items_remain() {
         let (out, mailbox) = outbound(1 << 20);
         for offset in 1..=5 {
-            out.push(event("r", offset, false, 1));
+            out.push(event("order:r", offset, false, 1));
         }
         mailbox.ready().await;
         let mut batch = Vec::new();

@@ -11,17 +11,20 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest id allowed after `user:` or `order:`.
 pub const MAX_ID_LEN: usize = 64;
 
-/// A validated room name. Cheap to clone only as far as its `String` is.
+/// A validated room name, shared: cloning it is one atomic increment, so the same name travels
+/// from the bus through the hub's map and every queued item to the session's cursor without
+/// being copied (issue #20 §3).
 ///
 /// Equal and hashed by its name alone (the kind follows from the name), so a map keyed by
 /// rooms is looked up with a `&str` (see the `Borrow<str>` impl).
 #[derive(Debug, Clone)]
 pub struct Room {
-    name: String,
+    name: Arc<str>,
     kind: RoomKind,
 }
 
@@ -80,7 +83,7 @@ impl Room {
         };
         validate_id(id)?;
         Ok(Room {
-            name: name.to_owned(),
+            name: name.into(),
             kind,
         })
     }
@@ -89,7 +92,7 @@ impl Room {
     pub fn user(id: &str) -> Result<Room, RoomError> {
         validate_id(id)?;
         Ok(Room {
-            name: format!("user:{id}"),
+            name: format!("user:{id}").into(),
             kind: RoomKind::User,
         })
     }
@@ -98,19 +101,22 @@ impl Room {
     pub fn order(id: &str) -> Result<Room, RoomError> {
         validate_id(id)?;
         Ok(Room {
-            name: format!("order:{id}"),
+            name: format!("order:{id}").into(),
             kind: RoomKind::Order,
         })
     }
 
     /// A room from a name already known to be in the grammar (see [`crate::id`]).
     pub(crate) fn from_parts(name: String, kind: RoomKind) -> Room {
-        Room { name, kind }
+        Room {
+            name: name.into(),
+            kind,
+        }
     }
 
     pub fn admin_revenue() -> Room {
         Room {
-            name: Self::ADMIN_REVENUE.to_owned(),
+            name: Self::ADMIN_REVENUE.into(),
             kind: RoomKind::AdminRevenue,
         }
     }
@@ -129,7 +135,12 @@ impl Room {
     }
 
     pub fn into_string(self) -> String {
-        self.name
+        self.name.to_string()
+    }
+
+    /// The shared name.
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.name
     }
 }
 

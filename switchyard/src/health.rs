@@ -102,6 +102,7 @@ pub fn register_families(mode: Mode) {
             "switchyard_events_dropped_total",
             "switchyard_slow_consumer_closes_total",
             "switchyard_bus_gaps_total",
+            "switchyard_delivery_overflows_total",
             "switchyard_token_refreshes_total",
         ] {
             counter!(name).increment(0);

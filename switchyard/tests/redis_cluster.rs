@@ -194,7 +194,7 @@ async fn offsets_increase_per_room_under_two_publishers_on_every_shard() {
     for room in &rooms {
         let delivered: Vec<u64> = got
             .iter()
-            .filter(|p| p.room == room.as_str())
+            .filter(|p| p.room == *room)
             .map(|p| p.offset)
             .collect();
         assert_eq!(
@@ -205,7 +205,7 @@ async fn offsets_increase_per_room_under_two_publishers_on_every_shard() {
         // One epoch per room, which history reports too.
         let epochs: HashSet<&str> = got
             .iter()
-            .filter(|p| p.room == room.as_str())
+            .filter(|p| p.room == *room)
             .map(|p| &*p.epoch)
             .collect();
         assert_eq!(epochs.len(), 1);

@@ -212,7 +212,7 @@ impl Bus for RedisBus {
             let entry_offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
             if let Some(entry_offset) = entry_offset {
                 entries.push(Publication {
-                    room: room.as_str().to_owned(),
+                    room: room.clone(),
                     epoch: shared_epoch.clone(),
                     offset: entry_offset,
                     frame: frame.into(),

@@ -77,6 +77,7 @@ use fred::types::scripts::Script;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_protocol::Room;
 use tokio::sync::broadcast;
 
 /// Settings of the Redis bus.
@@ -442,8 +443,11 @@ async fn dispatch(
                     epoch
                 }
             };
+            let Ok(room) = Room::parse(room) else {
+                continue;
+            };
             sinks.deliver(Publication {
-                room: room.to_owned(),
+                room,
                 epoch,
                 offset,
                 frame: frame.to_owned().into(),

@@ -351,11 +351,11 @@ impl Session {
                         oldest.get_or_insert(event.received);
                         self.admit(&event)
                     }
-                    Outgoing::Revoke { room, reason } => self.revoked(&room, &reason).await,
-                    Outgoing::Gap { room } => self.rooms.get_mut(&*room).map(|cursor| {
+                    Outgoing::Revoke { room, reason } => self.revoked(room.as_str(), &reason).await,
+                    Outgoing::Gap { room } => self.rooms.get_mut(&room).map(|cursor| {
                         cursor.gap();
                         let gap = ServerMessage::Gap(Gap {
-                            room: Cow::Borrowed(&room),
+                            room: Cow::Borrowed(room.as_str()),
                         });
                         Message::Text(gap.encode().into())
                     }),
@@ -366,7 +366,7 @@ impl Session {
             }
             sink.flush().await
         };
-        let result = tokio::time::timeout(write_timeout, write).await;
+        let result = bounded(write_timeout, write).await;
         if let (Ok(Ok(())), Some(oldest)) = (&result, oldest) {
             self.shared
                 .hub
@@ -385,7 +385,7 @@ impl Session {
     /// the event is above what the client already has ([`Cursor::admit`]). The shared frame,
     /// or — first event of a new epoch — a copy that names the epoch.
     fn admit(&mut self, event: &Event) -> Option<Message> {
-        let cursor = self.rooms.get_mut(&*event.room)?;
+        let cursor = self.rooms.get_mut(&event.room)?;
         match cursor.admit(&event.epoch, event.offset) {
             Admit::Send => Some(Message::Text(event.frame.clone())),
             Admit::SendWithEpoch => {
@@ -451,7 +451,7 @@ impl Session {
             }
             sink.flush().await
         };
-        match tokio::time::timeout(self.shared.config.write_timeout, write).await {
+        match bounded(self.shared.config.write_timeout, write).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
             Err(_) => Some(Exit::Close(Disconnect::SLOW)),
@@ -480,7 +480,7 @@ impl Session {
     }
 
     async fn write(&self, sink: &mut impl Transmit, message: Message) -> Option<Exit> {
-        match tokio::time::timeout(self.shared.config.write_timeout, sink.send(message)).await {
+        match bounded(self.shared.config.write_timeout, sink.send(message)).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
             Err(_) => Some(Exit::Close(Disconnect::SLOW)),
@@ -493,7 +493,7 @@ impl Session {
             tracing::warn!(%err, "bus subscribe failed");
             return Err(Refusal::new(ErrorCode::Internal, "bus unavailable, retry"));
         }
-        self.shared.hub.join(room.as_str(), &self.out);
+        self.shared.hub.join(&room, &self.out);
         metrics::gauge!("switchyard_subscriptions").increment(1.0);
         self.rooms.insert(room, Cursor::default());
         Ok(())
@@ -557,6 +557,21 @@ impl Drop for Session {
             "connection closed"
         );
     }
+}
+
+/// Runs `write` to completion, bounded by `limit` — arming the timer only when the write cannot
+/// complete at once (the socket's buffer is full). Nearly every write completes in its first
+/// poll, so the hot path arms no timer per write (issue #17 §2).
+async fn bounded<F: std::future::Future>(
+    limit: Duration,
+    write: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(done) = first {
+        return Ok(done);
+    }
+    tokio::time::timeout(limit, write).await
 }
 
 /// After our close frame, reads (and drops) what the peer still sends until its close reply,
