@@ -316,29 +316,32 @@ def soak_summary(results):
             f" | | | | {'**met**' if ok else '**not met**'} |")
 
 
+def criterion_times(path):
+    """bench name -> (median estimate, throughput median) from criterion's text output."""
+    if not os.path.exists(path):
+        return {}
+    found = re.findall(r"^(\S+/\S+)\s+time:\s+\[([^\]]+)\]\s*(?:thrpt:\s+\[([^\]]+)\])?", open(path).read(), re.M)
+    return {name: (" ".join(t_.split()[2:4]), " ".join(thr.split()[2:4]) if thr else "") for name, t_, thr in found}
+
+
 def criterion_section(results):
     path = os.path.join(results, "criterion.txt")
     lines = ["## Hot paths (criterion)", "",
              "Command: `cargo bench -p switchyard-benches --bench hot_paths -- --warm-up-time 1 --measurement-time 3`"
-             " (run by `benches/run.sh` after the servers are stopped).", ""]
-    if not os.path.exists(path):
+             " (run by `benches/run.sh` after the servers are stopped). The *before* column is the same bench"
+             " on main before issue #20 §3's member lists (commit 3321275, `benches/results/criterion-before.txt`,"
+             " measured while other builds ran).", ""]
+    now = criterion_times(path)
+    if not now:
         return lines + ["(not run)", ""]
-    text = open(path).read()
-    found = re.findall(r"^(\S+/\S+)\s+time:\s+\[([^\]]+)\]\s*(?:thrpt:\s+\[([^\]]+)\])?", text, re.M)
-    previous = {  # BENCHMARKS.md of 2026-11-22 (end-of-day rerun; jwt: first run)
-        "protocol/encode_event": "566 ns", "protocol/decode_subscribe": "326 ns",
-        "protocol/decode_location": "581 ns", "protocol/parse_room": "46 ns",
-        "jwt/verify_hs256": "2.8 µs", "hub/fan_out_10k_members": "2.67 ms (old bench)",
-    }
-    lines += ["| bench | now (criterion's median estimate) | throughput | 2026-11-22 |", "|---|---|---|---|"]
-    for name, t_, thr in found:
-        mid = " ".join(t_.split()[2:4])
-        thr_mid = " ".join(thr.split()[2:4]) if thr else ""
-        lines.append(f"| `{name}` | {mid} | {thr_mid} | {previous.get(name, '—')} |")
-    lines += ["", "`hub/fan_out_10k_members` was rewritten for the byte-bounded mailbox (one shared frame"
-              " pushed to 10,000 local mailboxes); its old figure measured the previous bounded channel, so"
-              " the two are not the same operation. The 2026-11-22 encode/decode regressions are gone on"
-              " today's main: in this run all four protocol benches are 2–3× faster than that rerun."]
+    before = criterion_times(os.path.join(results, "criterion-before.txt"))
+    lines += ["| bench | now (criterion's median estimate) | throughput | before |", "|---|---|---|---|"]
+    for name, (mid, thr) in now.items():
+        lines.append(f"| `{name}` | {mid} | {thr} | {before.get(name, ('—',))[0]} |")
+    lines += ["", "`hub/join_10k_members` and `hub/leave_10k_members` add or remove one member of a"
+              " 10,000-member room; `hub/fill_and_empty_10k_members` joins 10,000 members to an empty room"
+              " and then removes them all (20,000 membership changes). Before, each change rebuilt the whole"
+              " member list under the shard lock; now a change rebuilds at most two 64-member chunks."]
     return lines + [""]
 
 
