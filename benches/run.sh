@@ -2,6 +2,7 @@
 # The side-by-side load benchmark (issue #5): Switchyard vs Socket.IO 4 + @socket.io/redis-adapter.
 #
 #   benches/run.sh [--quick] [--debug] [--repeat N] [--skip-build] [--no-criterion] [--only "idle ..."]
+#   benches/run.sh --soak [--soak-minutes M]
 #
 # Builds release, starts on loopback: redis-server + 2 Switchyard gateways + 1 API (distributed
 # mode, shared JWT secret, temp dirs), a second redis-server + 2 peer instances (benches/peer/),
@@ -12,6 +13,10 @@
 # --quick: every scenario with small counts and one short step (a smoke run of the harness,
 # scripts/test.sh runs it; results go to target/bench-quick/, BENCHMARKS.md is not touched).
 # --debug: the debug binaries (what `cargo test` built) instead of a release build.
+# --soak: instead of the scenarios, 30 minutes (--soak-minutes) at 10,000 connections with mixed
+# traffic (ordered events, latest-value events, subscribes/unsubscribes, 1 % of the clients
+# reconnecting per minute): the slopes of the gateways' RSS and open files and of Redis' memory,
+# and the loss (benches/results/soak-switchyard.json; `loadgen soak --help`).
 #
 # Scenarios: idle handshake broadcast orders slow api locations scale (bare: idle, broadcast, orders).
 # locations: Switchyard only (the peer has no relay handler); orders created/assigned via REST first.
@@ -23,17 +28,19 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-quick=0; repeat=1; build=1; criterion=1; profile=release
+quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
 only="idle handshake broadcast orders slow api locations scale crud"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
     --debug) profile=debug; shift ;;
+    --soak) soak=1; only=""; criterion=0; shift ;;
+    --soak-minutes) soak_minutes=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
     --skip-build) build=0; shift ;;
     --no-criterion) criterion=0; shift ;;
     --only) only=$2; shift 2 ;;
-    *) sed -n '2,19p' "$0"; exit 2 ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
   esac
 done
 started=$(date +%s)
@@ -152,7 +159,8 @@ bare_targets=(--proto bare --target "$b1" --target "$b2" --pid "bare1=$b1_pid" -
 peer_targets=(--proto socketio --target "$p1" --target "$p2" --pid "peer1=$p1_pid" --pid "peer2=$p2_pid" --pid "redis=$peer_redis_pid")
 
 # ── sizes ────────────────────────────────────────────────────────────────────────────────────
-if [ $quick = 1 ]; then # bounded smoke run: every scenario, one short step each
+if [ $quick = 1 ]; then # bounded smoke run: every load scenario, one short step each
+  only=${only/ crud/}; crud_rates=20   # crud needs PostgreSQL and crudload's release build: not in the smoke run
   loc_orders=20; loc_fractions=1; scale_levels=30; scale_gateways=2; idle_levels=100; hs_count=300; hs_secs=1
   bc_clients=200; bc_rates=20; step=1; slow_step=1; or_clients=200; or_rates=500; slow_rates=500; api_clients=100; api_rates=200
 else
@@ -253,6 +261,12 @@ for r in $(seq 1 "$repeat"); do
     "$root/scripts/postgres.sh" stop "$pg_dir"
   fi
 done
+
+if [ $soak = 1 ]; then
+  log "soak: $soak_minutes min at 10,000 connections, mixed traffic, 1 %/min reconnecting"
+  "$loadgen" soak "${sy_targets[@]}" --redis "$REDIS_URL" --clients 10000 --minutes "$soak_minutes" \
+    --json "$results/soak-switchyard.json"
+fi
 
 # ── machine and versions ─────────────────────────────────────────────────────────────────────
 {

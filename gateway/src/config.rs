@@ -21,6 +21,9 @@ pub struct GatewayConfig {
     pub outbound_queue_bytes: usize,
     /// How long one write to a client may block before the client counts as slow.
     pub write_timeout: Duration,
+    /// Under load (a connection written to more often than this), its frames gather for up to
+    /// this long and go out in one write; zero writes every event at once.
+    pub write_delay: Duration,
     /// Interval between server pings.
     pub heartbeat_interval: Duration,
     /// A connection with no inbound traffic (frames or pongs) for this long is closed (4002).
@@ -66,6 +69,7 @@ impl Default for GatewayConfig {
             max_connections: 19_000,
             outbound_queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
+            write_delay: Duration::from_millis(20),
             heartbeat_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             op_rate: 50.0,

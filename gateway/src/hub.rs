@@ -17,6 +17,7 @@
 
 use crate::members::{Members, Snapshot};
 use crate::outbound::{Event, Mailbox, Outbound, Outgoing, Pushed};
+use crate::write_delay::WriteDelay;
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct Hub {
     connections: AtomicUsize,
     /// Handles on the delivery-path metrics, registered once: no registry lookup per event.
     pub(crate) metrics: DeliveryMetrics,
+    /// The gateway's write delay, handed to each new connection's mailbox.
+    write_delay: Option<Arc<WriteDelay>>,
 }
 
 /// The metrics every publication or write batch touches.
@@ -60,6 +63,7 @@ impl Default for Hub {
                 queue_bytes: metrics::gauge!("switchyard_outbound_queue_bytes"),
                 fanout_latency: metrics::histogram!("switchyard_fanout_latency_seconds"),
             },
+            write_delay: None,
         }
     }
 }
@@ -76,6 +80,14 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    /// A hub whose connections' writes gather under load (see [`crate::write_delay`]).
+    pub fn with_write_delay(write_delay: Arc<WriteDelay>) -> Hub {
+        Hub {
+            write_delay: Some(write_delay),
+            ..Hub::default()
+        }
     }
 
     /// Registers connection `conn` of user `sub` — unless this gateway already has
@@ -99,6 +111,7 @@ impl Hub {
             sub.as_arc().clone(),
             limit_bytes,
             self.metrics.queue_bytes.clone(),
+            self.write_delay.clone(),
         );
         let mut user = self.users.entry(sub.as_arc().clone()).or_default();
         if user.len() >= limits.per_user {

@@ -23,6 +23,8 @@
 //!   the distributed mode), so the gateway itself holds no database.
 //! - [`locations`]: partners' newest positions, handed to the backend in batches.
 //! - `conformance`: test-only `GET /conformance/echo` for RFC 6455 conformance runs.
+//! - [`write_delay`]: under load, a connection's frames gather for up to the write delay
+//!   and go out in one write (one gateway-wide tick, no timer per connection).
 //! - [`rate`]: the token bucket behind the op and location rate limits.
 //!
 //! # Lifecycle
@@ -45,6 +47,7 @@ pub mod outbound;
 pub mod rate;
 mod session;
 mod slot;
+pub mod write_delay;
 
 pub use backend::Backend;
 pub use config::GatewayConfig;
@@ -94,7 +97,9 @@ impl Gateway {
         backend: Arc<dyn Backend>,
         shutdown: CancellationToken,
     ) -> Gateway {
-        let hub = Arc::new(hub::Hub::new());
+        let write_delay = write_delay::WriteDelay::new(config.write_delay);
+        tokio::spawn(write_delay.clone().run());
+        let hub = Arc::new(hub::Hub::with_write_delay(write_delay));
         let delivery = Arc::new(delivery::Delivery::start(
             hub.clone(),
             delivery::Delivery::default_workers(),

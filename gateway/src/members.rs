@@ -131,7 +131,7 @@ mod tests {
     use super::*;
 
     fn member(conn: u64) -> Outbound {
-        Outbound::new(conn, "u".into(), 1024, metrics::Gauge::noop()).0
+        Outbound::new(conn, "u".into(), 1024, metrics::Gauge::noop(), None).0
     }
 
     fn conns(members: &Members) -> Vec<u64> {

@@ -4,7 +4,9 @@
 //! default), so a slow client costs at most that much however small or large its events
 //! are. Publishers never wait on it: [`Outbound::push`] takes a short lock, appends, and
 //! wakes the session only when the queue was empty (the session then takes everything
-//! queued, up to a batch, and flushes once).
+//! queued, up to a batch, and flushes once). A session written to more often than the write
+//! delay marks its mailbox busy, and then the wake-up waits for the gateway's write-delay tick
+//! so frames gather into fewer writes (see [`crate::write_delay`]).
 //!
 //! Two kinds of events, two policies:
 //! - **latest-value** events (`partner.location`, `revenue.updated`, see
@@ -21,9 +23,10 @@
 //! An event's bytes are shared by every recipient ([`Event`] is one `Arc` per publication),
 //! so a queued event costs one pointer in the queue plus its share of the byte budget.
 
+use crate::write_delay::WriteDelay;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use switchyard_protocol::Room;
 use switchyard_protocol::close::Disconnect;
 use tokio::sync::Notify;
@@ -118,6 +121,10 @@ struct Queue {
     closed: bool,
     /// Why the session must close, once told ([`Mailbox::kick`]).
     kicked: Option<Disconnect>,
+    /// The session writes more often than the write delay: wake it at the delay's tick.
+    busy: bool,
+    /// Registered with the write delay's tick, not yet woken.
+    deferred: bool,
 }
 
 /// The bytes one mailbox is charged, and the process-wide gauge of every mailbox's bytes
@@ -158,6 +165,9 @@ pub struct Mailbox {
     queue: Mutex<Queue>,
     ready: Notify,
     limit: usize,
+    /// The gateway's write delay, if it has one, and this mailbox as it registers there.
+    write_delay: Option<Arc<WriteDelay>>,
+    me: Weak<Mailbox>,
 }
 
 impl Mailbox {
@@ -197,9 +207,13 @@ impl Mailbox {
         queue.latest_only += usize::from(is_latest_only(&item));
         queue.items.push_back(item);
         queue.bytes.add(cost);
+        let defer = was_empty && queue.busy && !queue.deferred;
+        queue.deferred |= defer;
         drop(queue);
-        if was_empty {
-            self.ready.notify_one();
+        match &self.write_delay {
+            Some(write_delay) if defer => write_delay.defer(self.me.clone()),
+            _ if was_empty => self.ready.notify_one(),
+            _ => {}
         }
         if freed > 0 {
             Pushed::Conflated
@@ -231,6 +245,24 @@ impl Mailbox {
         if more {
             self.ready.notify_one();
         }
+    }
+
+    /// Whether the session writes more often than the write delay (then an event wakes it at
+    /// the delay's next tick rather than at once). Without a write delay, never.
+    pub fn set_busy(&self, busy: bool) {
+        let busy = busy && self.write_delay.is_some();
+        let mut queue = self.lock();
+        queue.busy = busy;
+        if !busy && queue.deferred && !queue.items.is_empty() {
+            drop(queue);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The write delay's tick: wake the session for what gathered.
+    pub(crate) fn wake_deferred(&self) {
+        self.lock().deferred = false;
+        self.ready.notify_one();
     }
 
     /// Completes when something may have been queued since the last [`Mailbox::take`], or the
@@ -283,13 +315,15 @@ pub struct Outbound {
 impl Outbound {
     /// A connection's handle and its mailbox, bounded to `limit_bytes` queued bytes.
     /// `queue_bytes` is the gauge every mailbox's bytes are added to.
+    /// `write_delay` is the gateway's (see [`crate::write_delay`]), if it has one.
     pub fn new(
         conn: u64,
         sub: Arc<str>,
         limit_bytes: usize,
         queue_bytes: metrics::Gauge,
+        write_delay: Option<Arc<WriteDelay>>,
     ) -> (Outbound, Arc<Mailbox>) {
-        let mailbox = Arc::new(Mailbox {
+        let mailbox = Arc::new_cyclic(|me| Mailbox {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: Charge {
@@ -299,9 +333,13 @@ impl Outbound {
                 latest_only: 0,
                 closed: false,
                 kicked: None,
+                busy: false,
+                deferred: false,
             }),
             ready: Notify::new(),
             limit: limit_bytes.max(ITEM_OVERHEAD),
+            write_delay: write_delay.filter(|w| !w.delay().is_zero()),
+            me: me.clone(),
         });
         (
             Outbound {
@@ -341,7 +379,7 @@ mod tests {
     }
 
     fn outbound(limit: usize) -> (Outbound, Arc<Mailbox>) {
-        Outbound::new(1, "u".into(), limit, metrics::Gauge::noop())
+        Outbound::new(1, "u".into(), limit, metrics::Gauge::noop(), None)
     }
 
     /// A gauge that keeps its value, to read back what a mailbox added and removed.
@@ -365,7 +403,7 @@ mod tests {
         let sum = Arc::new(Sum::default());
         let gauge = || metrics::Gauge::from_arc(sum.clone());
         let value = || *sum.0.lock().unwrap();
-        let (out, mailbox) = Outbound::new(1, "u".into(), 1 << 20, gauge());
+        let (out, mailbox) = Outbound::new(1, "u".into(), 1 << 20, gauge(), None);
         out.push(event("order:1", 1, false, 100));
         out.push(event("order:1", 2, true, 100));
         out.push(event("order:1", 3, true, 10)); // conflates the one before
@@ -383,7 +421,8 @@ mod tests {
         mailbox.close();
         assert_eq!(value(), 0.0, "closed: nothing left anywhere");
         // An overflow frees its queue too.
-        let (out, _mailbox) = Outbound::new(2, "u".into(), 2 * (ITEM_OVERHEAD + 100), gauge());
+        let (out, _mailbox) =
+            Outbound::new(2, "u".into(), 2 * (ITEM_OVERHEAD + 100), gauge(), None);
         for offset in 1..=3 {
             out.push(event("order:1", offset, false, 100));
         }
@@ -449,6 +488,42 @@ mod tests {
         let mut batch = Vec::new();
         mailbox.take(&mut batch, 100);
         assert_eq!(offsets(&batch), [("order:1".to_owned(), 10_000)]);
+    }
+
+    /// Issue #17 §2: a busy connection's events wait for the write delay's one tick and go
+    /// out together; a connection that is not busy is woken at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_mailbox_gathers_events_until_the_write_delay_tick() {
+        use std::time::Duration;
+        let write_delay = WriteDelay::new(Duration::from_millis(20));
+        tokio::spawn(write_delay.clone().run());
+        let (out, mailbox) = Outbound::new(
+            1,
+            "u".into(),
+            1 << 20,
+            metrics::Gauge::noop(),
+            Some(write_delay),
+        );
+        let woken_within = |ms| tokio::time::timeout(Duration::from_millis(ms), mailbox.ready());
+        let mut batch = Vec::new();
+        out.push(event("order:1", 1, false, 10));
+        assert!(woken_within(1).await.is_ok(), "not busy: at once");
+        mailbox.take(&mut batch, 100);
+        mailbox.set_busy(true);
+        let started = tokio::time::Instant::now();
+        for offset in 2..=4 {
+            out.push(event("order:1", offset, false, 10));
+        }
+        assert!(woken_within(1).await.is_err(), "busy: not at once");
+        assert!(woken_within(100).await.is_ok(), "busy: at the tick");
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        batch.clear();
+        mailbox.take(&mut batch, 100);
+        assert_eq!(offsets(&batch).len(), 3, "gathered into one batch");
+        // No longer busy: at once again.
+        mailbox.set_busy(false);
+        out.push(event("order:1", 5, false, 10));
+        assert!(woken_within(1).await.is_ok());
     }
 
     #[tokio::test]

@@ -468,6 +468,11 @@ pub struct LimitArgs {
     /// A write to a client blocked this long makes it a slow consumer (ms).
     #[arg(long, env = "SWITCHYARD_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    /// Write delay under load (ms, at most 1,000; 0 turns it off): a connection written to
+    /// more often than this lets its frames gather for up to this long and gets them in one
+    /// write. Connections written to less often are never delayed.
+    #[arg(long, env = "SWITCHYARD_WRITE_DELAY_MS", default_value_t = 20)]
+    pub write_delay_ms: u64,
     /// Server ping interval (ms).
     #[arg(
         long,
@@ -658,6 +663,7 @@ impl LimitArgs {
             max_connections: self.max_connections.max(1),
             outbound_queue_bytes: self.outbound_queue_bytes.max(16 * 1024),
             write_timeout: ms(self.write_timeout_ms.max(1)),
+            write_delay: ms(self.write_delay_ms.min(1000)),
             heartbeat_interval: ms(self.heartbeat_interval_ms.max(10)),
             idle_timeout: ms(self.idle_timeout_ms),
             op_rate: self.op_rate,

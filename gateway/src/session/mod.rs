@@ -110,6 +110,10 @@ pub(crate) struct Session {
     /// The handshake's `since` for the user room: recovered in the welcome.
     user_since: Option<StreamPosition>,
     started: Instant,
+    /// When the last batch was written, and whether writes come faster than the write delay
+    /// (then the mailbox is marked busy: see [`crate::write_delay`]).
+    last_write: Instant,
+    busy: bool,
     /// Set when [`Session::run`] finished and gave back what the connection held; until then
     /// `Drop` does it.
     ended: bool,
@@ -139,6 +143,8 @@ impl Session {
             user_since,
             carrying: None,
             started: Instant::now(),
+            last_write: Instant::now(),
+            busy: false,
             ended: false,
             _slot: opened.slot,
             _tracked: shared.tracker.token(),
@@ -340,6 +346,7 @@ impl Session {
         if batch.is_empty() {
             return None;
         }
+        let taken = batch.len();
         // Fan-out latency is sampled once per batch: its oldest event's wait, from the bus to
         // the flush.
         let mut oldest = None;
@@ -374,10 +381,27 @@ impl Session {
                 .fanout_latency
                 .record(oldest.elapsed().as_secs_f64());
         }
+        if let Ok(Ok(())) = result {
+            self.pace(mailbox, taken);
+        }
         match result {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::Gone("write failed")),
             Err(_) => Some(Exit::Close(Disconnect::SLOW)),
+        }
+    }
+
+    /// After a write of `taken` items: the connection is busy when frames queue up behind each
+    /// other or writes come less than the write delay apart; it stops being busy as soon as a
+    /// write carries one frame after a longer pause, so low rates are never delayed.
+    fn pace(&mut self, mailbox: &Mailbox, taken: usize) {
+        let now = Instant::now();
+        let busy =
+            taken >= 2 || now.duration_since(self.last_write) < self.shared.config.write_delay;
+        self.last_write = now;
+        if busy != self.busy {
+            self.busy = busy;
+            mailbox.set_busy(busy);
         }
     }
 

@@ -13,9 +13,13 @@
 //! - `idle`: RSS per idle connection at several connection counts, using several `run`
 //!   processes (one process may hold at most ~20,000 sockets).
 //! - `merge`: combines the JSON results of several `run` processes (histograms exactly).
+//! - `soak` (`soak.rs`): half an hour of mixed traffic and reconnects; the slopes of the
+//!   gateways' RSS and open files and of Redis' memory, and the loss.
 //!
 //! Loopback only; bounded in count (`--clients`, `--count`) and time (`--step-secs`, `--secs`,
 //! `--hold-secs`).
+
+mod soak;
 
 use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
@@ -57,6 +61,8 @@ enum Cmd {
     /// Scenario 5 (Switchyard only): partners stream `location` ops into their orders' rooms,
     /// customers receive them; orders are created and assigned through the REST API first.
     Locations(Box<LocationArgs>),
+    /// Mixed traffic and reconnects for many minutes: resource slopes and loss (Switchyard).
+    Soak(Box<soak::SoakArgs>),
     /// Merge the JSON results of several `run` processes.
     Merge {
         /// Output file.
@@ -525,16 +531,24 @@ fn room_names(args: &RunArgs, n_rooms: usize) -> impl Fn(usize) -> String + '_ {
     }
 }
 
-async fn publish_redis(args: &RunArgs, rate: f64, n_rooms: usize) -> anyhow::Result<StepOutcome> {
-    use switchyard_broker::Bus;
+/// Switchyard's Redis bus at `url` with key prefix `prefix`: the publishers' way in.
+async fn redis_bus(
+    url: &str,
+    prefix: &str,
+) -> anyhow::Result<Arc<switchyard_broker::redis::RedisBus>> {
     use switchyard_broker::redis::{Redis, RedisConfig};
-    let broker = Redis::connect(RedisConfig {
-        prefix: args.redis_prefix.clone(),
-        ..RedisConfig::new(args.redis.clone())
+    let redis = Redis::connect(RedisConfig {
+        prefix: prefix.to_owned(),
+        ..RedisConfig::new(url.to_owned())
     })
     .await
-    .map_err(|e| anyhow::anyhow!("redis: {e}"))?
-    .bus;
+    .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+    Ok(redis.bus)
+}
+
+async fn publish_redis(args: &RunArgs, rate: f64, n_rooms: usize) -> anyhow::Result<StepOutcome> {
+    use switchyard_broker::Bus;
+    let broker = redis_bus(&args.redis, &args.redis_prefix).await?;
     let rooms: Vec<switchyard_protocol::Room> = (0..n_rooms)
         .map(|k| room_names(args, n_rooms)(k).parse())
         .collect::<Result<_, _>>()
@@ -1564,6 +1578,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(run(*a)),
+        Cmd::Soak(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(soak::soak(*a)),
         cmd => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
