@@ -166,7 +166,8 @@ def scale_section(results):
     last = levels[-1]
     if runs[0].get("error"):
         lines += ["", f"Error: {runs[0]['error']}"]
-    return lines + [""], (last["connected"], proc_rss(last, "gateway") / 1024)
+    gateways = sum(1 for p in last["processes"] if p["name"].startswith("gateway"))
+    return lines + [""], (last["connected"], proc_rss(last, "gateway") / 1024, gateways)
 
 
 def handshake_section(results):
@@ -368,8 +369,9 @@ def main():
            " published and by per-room offsets (Switchyard) / `seq` (peer). Each step samples the RSS and CPU"
            " time of every server process, Redis and the load generator from `/proc`, so a row says which"
            " process was busy. Raw results: `benches/results/*.json`.", "",
-           "```sh", "benches/run.sh --repeat 3 # ~13 min: build, both systems, all scenarios, plots, this file",
-           "benches/run.sh --quick    # smoke run (results in target/bench-quick/)", "```", "",
+           "```sh", "benches/run.sh --repeat 3 # ~25 min: build, Switchyard, the peer and the bare server, all scenarios, plots, this file",
+           "benches/run.sh --quick    # smoke run of every scenario (results in target/bench-quick/; scripts/test.sh runs it)",
+           "benches/run.sh --soak     # 30 min at 10,000 connections: resource slopes and loss", "```", "",
            "## Machine and versions", "",
            f"- {machine['cores']} cores ({machine['cpu']}), {machine['mem_gib']} GiB RAM, Linux {machine['kernel']};"
            " shared with other engineers' builds during the run; at most 20,000 open files per process.",
@@ -445,7 +447,7 @@ def main():
                    f" {fmt(ba_or.get('lossless_rate'))}/s | {fraction(sy_or.get('lossless_rate'), ba_or.get('lossless_rate'))} |"
                    f" {met((sy_or.get('lossless_rate') or 0) >= 59000)} |")
     if scale_res:
-        summary.append(f"| 100,000 connections, gateways' total RSS ≤ 450 MiB | {fmt(scale_res[0])} connections: {scale_res[1]:.0f} MiB over 6 gateways | not run | | | |"
+        summary.append(f"| 100,000 connections, gateways' total RSS ≤ 450 MiB | {fmt(scale_res[0])} connections: {scale_res[1]:.0f} MiB over {scale_res[2]} gateways | not run | | | |"
                        f" {met(scale_res[0] >= 99000 and scale_res[1] <= 450)} |")
     else:
         summary.append("| 100,000 connections, gateways' total RSS ≤ 450 MiB | not run | | | | | not measured |")
