@@ -8,10 +8,11 @@
 //! | 400 | `bad_request` | malformed JSON, a missing or bad header or query parameter |
 //! | 401 | `unauthorized` | missing, malformed, expired or wrongly signed token |
 //! | 403 | `forbidden` | the role or the caller's relation to the order does not allow it |
-//! | 404 | `not_found` | unknown route, or an order that does not exist *or that the caller may not see* |
+//! | 404 | `not_found` | unknown route, an unknown product, or an order that does not exist *or that the caller may not see* |
 //! | 405 | `method_not_allowed` | known route, wrong method |
 //! | 408 | `request_timeout` | the body did not arrive in time (the listener, `switchyard/src/listener.rs`) |
-//! | 409 | `conflict` | invalid status transition, second payment, finished order, a payment the revenue total cannot take |
+//! | 409 | `conflict` | invalid status transition, second payment, finished order, a payment the revenue total cannot take, a restock beyond the stock's bounds |
+//! | 409 | `price_changed`, `out_of_stock` | an order line's price is not the catalog's / more units than there are; the body adds `items`: the lines at fault with the current price / the units available |
 //! | 413 | `payload_too_large` | body over the configured limit |
 //! | 415 | `unsupported_media_type` | body without `Content-Type: application/json` |
 //! | 422 | `invalid` | well-formed JSON with invalid values |
@@ -31,16 +32,20 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
+use switchyard_protocol::catalog::{CatalogRefusal, LineProblem};
 use switchyard_protocol::{ErrorBody, ErrorCode};
 use switchyard_store::StoreError;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
     /// What went wrong inside, for the log (internal errors only); never sent.
     cause: Option<String>,
+    /// The order lines the catalog refused (`price_changed`, `out_of_stock`), sent beside
+    /// `error` and `message`.
+    lines: Option<Vec<LineProblem>>,
 }
 
 /// The cause of a 500, carried from the error to [`log_failures`] in the response.
@@ -54,6 +59,7 @@ impl ApiError {
             code,
             message: message.into(),
             cause: None,
+            lines: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -106,11 +112,22 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("switchyard_api_errors_total", "code" => self.code.as_str()).increment(1);
-        let mut response = (
-            self.status,
-            Json(ErrorBody::new(self.code, self.message.as_str())),
-        )
-            .into_response();
+        let mut response = match self.lines {
+            Some(items) => (
+                self.status,
+                Json(CatalogRefusal {
+                    error: self.code,
+                    message: self.message,
+                    items,
+                }),
+            )
+                .into_response(),
+            None => (
+                self.status,
+                Json(ErrorBody::new(self.code, self.message.as_str())),
+            )
+                .into_response(),
+        };
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(Cause(cause.into()));
         }
@@ -143,6 +160,11 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         match err {
             StoreError::NotFound => ApiError::not_found("order not found"),
+            StoreError::UnknownProduct => ApiError::not_found("product not found"),
+            StoreError::Refused(refusal) => ApiError {
+                lines: Some(refusal.items),
+                ..ApiError::new(StatusCode::CONFLICT, refusal.error, refusal.message)
+            },
             StoreError::Forbidden(m) => ApiError::forbidden(m),
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Invalid(m) => ApiError::invalid(m),

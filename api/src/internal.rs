@@ -9,6 +9,7 @@
 //! they are left out of the public API description.
 //!
 //! - `GET /internal/orders/{id}` → 200 the order as stored (the REST shape), 404 unknown;
+//! - `GET /internal/products/{sku}` → 200 the product, 404 unknown;
 //! - `GET /internal/revenue` → 200 the revenue totals.
 
 use crate::ApiState;
@@ -18,13 +19,15 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
+use switchyard_protocol::catalog::is_valid_sku;
 use switchyard_protocol::order::parse_order_id;
-use switchyard_protocol::{Order, Revenue, Role};
+use switchyard_protocol::{Order, Product, Revenue, Role};
 
 /// The `/internal` routes (nested by [`crate::router`]).
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/orders/{id}", get(order))
+        .route("/products/{sku}", get(product))
         .route("/revenue", get(revenue))
 }
 
@@ -41,6 +44,24 @@ async fn order(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("order not found"))
+}
+
+async fn product(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(sku): Path<String>,
+) -> Result<Json<Product>, ApiError> {
+    caller.require(&[Role::Service])?;
+    let missing = || ApiError::not_found("product not found");
+    if !is_valid_sku(&sku) {
+        return Err(missing());
+    }
+    state
+        .store
+        .product(&sku)
+        .await?
+        .map(Json)
+        .ok_or_else(missing)
 }
 
 async fn revenue(State(state): State<ApiState>, caller: Caller) -> Result<Json<Revenue>, ApiError> {

@@ -8,7 +8,9 @@
 //!   errors logged once, by a middleware.
 //! - [`extract`]: the bearer-token caller and JSON bodies with JSON rejections.
 //! - [`in_flight`]: the bound on one user's requests in flight (429 beyond).
-//! - [`orders`], [`payments`]: the handlers.
+//! - [`products`], [`orders`], [`payments`]: the handlers.
+//! - [`catalog`]: the catalog's read path, cache-aside with generations (no stale read after a
+//!   write), in Redis or in memory.
 //! - [`publish`]: the server publish API for other backend services.
 //! - [`internal`]: what gateways ask when the shared state cannot answer (`/internal`,
 //!   service tokens only).
@@ -19,6 +21,7 @@
 //! - [`metrics`]: per-route request counts and latencies.
 //! - [`web`]: the live dashboard (`/`, `/track`), embedded in the binary.
 
+pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod in_flight;
@@ -28,6 +31,7 @@ pub mod openapi;
 pub mod orders;
 pub mod payments;
 pub mod positions;
+pub mod products;
 pub mod publish;
 pub mod relay;
 pub mod sessions;
@@ -61,6 +65,8 @@ pub struct ApiConfig {
     pub order_limits: OrderLimits,
     /// Requests one user (`sub`) may have in flight at once; 0: no bound. Beyond → 429.
     pub max_requests_per_user: usize,
+    /// The catalog's read cache.
+    pub cache: catalog::CacheConfig,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +77,7 @@ impl Default for ApiConfig {
             max_batch_body_bytes: 4 * 1024 * 1024,
             order_limits: OrderLimits::default(),
             max_requests_per_user: 64,
+            cache: catalog::CacheConfig::default(),
         }
     }
 }
@@ -83,6 +90,8 @@ pub struct ApiState {
     /// For control messages (revocations) and for refusing writes while the bus is down.
     pub backplane: Backplane,
     pub config: ApiConfig,
+    /// The catalog's reads, through the read cache.
+    pub catalog: catalog::Catalog,
 }
 
 /// The `/api` routes, each registered with its description (`routes!` reads the handler's
@@ -94,6 +103,13 @@ pub fn routes(config: &ApiConfig) -> OpenApiRouter<ApiState> {
         .layer(DefaultBodyLimit::max(config.max_batch_body_bytes));
     OpenApiRouter::new()
         .routes(routes!(publish::publish))
+        .routes(routes!(products::list))
+        .routes(routes!(
+            products::get,
+            products::put,
+            products::patch,
+            products::delete
+        ))
         .routes(routes!(orders::create, orders::list))
         .routes(routes!(orders::get))
         .routes(routes!(orders::set_status))

@@ -64,6 +64,7 @@ pub const BEARER: &str = "bearer";
     ),
     components(schemas(ErrorBody, ErrorCode)),
     tags(
+        (name = "catalog", description = "Products, prices and stock: read by anyone signed in, written by admins"),
         (name = "orders", description = "Orders: create, read, list, status, assignment"),
         (name = "payments", description = "Idempotent payments and the revenue totals"),
         (name = "publish", description = "The server publish API for backend services"),
@@ -235,12 +236,17 @@ impl Served {
         let item = &mut json["components"]["schemas"]["Item"]["properties"];
         item["qty"]["maximum"] = limits.max_qty.into();
         item["unit_price_paise"]["maximum"] = limits.max_unit_price_paise.into();
-        json["components"]["schemas"]["NewOrder"]["description"] = format!(
-            "Body of `POST /api/orders`. The total (Σ qty × unit_price_paise) may be at most \
+        let schemas = &mut json["components"]["schemas"];
+        schemas["NewOrder"]["description"] = format!(
+            "Body of `POST /api/orders`. The total (Σ qty × the catalog's price) may be at most \
              {} paise (`SWITCHYARD_MAX_ORDER_TOTAL_PAISE`; beyond: 422).",
             limits.max_total_paise
         )
         .into();
+        for body in ["ProductPut", "ProductPatch"] {
+            schemas[body]["properties"]["price_paise"]["maximum"] =
+                limits.max_unit_price_paise.into();
+        }
         Served(
             serde_json::to_string_pretty(&json)
                 .unwrap_or_default()

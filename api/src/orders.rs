@@ -6,16 +6,22 @@ use crate::extract::{Caller, Payload};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use switchyard_protocol::catalog::CatalogRefusal;
 use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::rest::{Assignment, OrderPage, PageQuery, StatusChange};
 use switchyard_protocol::room::is_valid_id;
-use switchyard_protocol::{ErrorBody, Order, Role};
+use switchyard_protocol::{ErrorBody, Order, OrderStatus, Role};
 use switchyard_store::orders::{can_see, parse_order_id};
 use switchyard_store::{Change, Scope};
 
 /// Largest page a listing returns.
 pub const MAX_PAGE: i64 = 200;
-const DEFAULT_PAGE: i64 = 50;
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// The SKUs of an order's lines.
+fn skus(order: &Order) -> Vec<String> {
+    order.items.iter().map(|line| line.sku.clone()).collect()
+}
 
 fn order_id(id: &str) -> Result<i64, ApiError> {
     parse_order_id(id).ok_or_else(|| ApiError::not_found("order not found"))
@@ -23,9 +29,11 @@ fn order_id(id: &str) -> Result<i64, ApiError> {
 
 /// Place an order
 ///
-/// Customers only. Status starts `placed`; `order.created` goes to the customer's room.
-/// Quantities, unit prices and the total are capped (`SWITCHYARD_MAX_ITEM_QTY`,
-/// `SWITCHYARD_MAX_UNIT_PRICE_PAISE`, `SWITCHYARD_MAX_ORDER_TOTAL_PAISE`; beyond: 422).
+/// Customers only. Each line names a catalog SKU and a quantity; the name and price are the
+/// catalog's, and the units are reserved with the order (a cancellation gives them back).
+/// Status starts `placed`; `order.created` goes to the customer's room, `stock.updated` to
+/// each product's. Quantities and the total are capped (`SWITCHYARD_MAX_ITEM_QTY`,
+/// `SWITCHYARD_MAX_ORDER_TOTAL_PAISE`; beyond: 422).
 #[utoipa::path(
     post,
     path = "/orders",
@@ -36,7 +44,8 @@ fn order_id(id: &str) -> Result<i64, ApiError> {
     responses(
         (status = 201, description = "The order, `placed`", body = Order),
         (status = 403, description = "`forbidden`: only customers place orders", body = ErrorBody),
-        (status = 422, description = "`invalid`: no items, a bad line, over a cap, a blank address", body = ErrorBody),
+        (status = 409, description = "`price_changed`: a line's `unit_price_paise` is not the current price (`items`: each such SKU with its price now); `out_of_stock`: more units than there are (`items`: every short SKU with the units available). Nothing was reserved.", body = CatalogRefusal),
+        (status = 422, description = "`invalid`: no items, a bad line, a SKU twice, a SKU not in the catalog or no longer sold (named), over a cap, a blank address", body = ErrorBody),
     ),
 )]
 pub async fn create(
@@ -46,10 +55,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     caller.require(&[Role::Customer])?;
     let new: NewOrder = body.parse()?;
-    let total = new
-        .validate(&state.config.order_limits)
+    new.validate(&state.config.order_limits)
         .map_err(ApiError::invalid)?;
-    let order = state.store.create_order(&caller.0.sub, &new, total).await?;
+    let order = state
+        .store
+        .create_order(&caller.0.sub, &new, &state.config.order_limits)
+        .await?;
+    state.catalog.written_many(&skus(&order)).await;
     Ok((StatusCode::CREATED, Json(order)))
 }
 
@@ -167,6 +179,10 @@ pub async fn set_status(
         .store
         .change_status(id, caller.actor(), change.status)
         .await?;
+    if order.status == OrderStatus::Cancelled {
+        // Its units went back to the catalog.
+        state.catalog.written_many(&skus(&order)).await;
+    }
     Ok(Json(order))
 }
 

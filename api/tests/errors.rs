@@ -6,10 +6,12 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use switchyard_api::catalog::{CacheConfig, Catalog};
 use switchyard_api::{ApiConfig, ApiState};
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey};
 use switchyard_broker::{Backplane, HistoryConfig};
 use switchyard_protocol::Role;
+use switchyard_protocol::catalog::ProductPut;
 use switchyard_store::Store;
 use tower::ServiceExt;
 
@@ -74,8 +76,15 @@ async fn corrupt_data_is_a_500_logged_once_by_the_edge() {
         max_lifetime_secs: switchyard_auth::DEFAULT_MAX_LIFETIME_SECS,
     })
     .unwrap();
+    let put = ProductPut {
+        name: "Milk".into(),
+        price_paise: 100,
+        stock: 10,
+    };
+    store.put_product("milk", &put).await.unwrap();
     let app = switchyard_api::router(
         ApiState {
+            catalog: Catalog::new(store.clone(), None, &CacheConfig::default()),
             store,
             verifier: Arc::new(verifier),
             backplane: Backplane::memory(HistoryConfig::default()),

@@ -6,6 +6,9 @@
 use reqwest::{Method, RequestBuilder};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use switchyard_protocol::catalog::{
+    Product, ProductPage, ProductPageQuery, ProductPatch, ProductPut,
+};
 use switchyard_protocol::order::NewOrder;
 use switchyard_protocol::rest::{
     Assignment, OrderPage, PageQuery, PaymentReceipt, PaymentRequest, PublishRequest, Published,
@@ -90,6 +93,34 @@ impl Rest {
             token: token.into(),
             http: self.http.clone(),
         }
+    }
+
+    /// `GET /api/products?after=&limit=`: one page of the catalog.
+    pub async fn products(&self, page: &ProductPageQuery) -> Result<ProductPage, RestError> {
+        let request = self.request(Method::GET, "/api/products").query(page);
+        answer(request).await.map(|(body, _)| body)
+    }
+
+    /// `GET /api/products/{sku}`.
+    pub async fn product(&self, sku: &str) -> Result<Product, RestError> {
+        self.call(Method::GET, &format!("/api/products/{sku}"), None::<&()>)
+            .await
+    }
+
+    /// `PUT /api/products/{sku}` (admins): creates or replaces it.
+    pub async fn put_product(&self, sku: &str, product: &ProductPut) -> Result<Product, RestError> {
+        self.call(Method::PUT, &format!("/api/products/{sku}"), Some(product))
+            .await
+    }
+
+    /// `PATCH /api/products/{sku}` (admins), e.g. a restock (`stock_delta`).
+    pub async fn patch_product(
+        &self,
+        sku: &str,
+        patch: &ProductPatch,
+    ) -> Result<Product, RestError> {
+        self.call(Method::PATCH, &format!("/api/products/{sku}"), Some(patch))
+            .await
     }
 
     /// `POST /api/orders` (customers).

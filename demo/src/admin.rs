@@ -4,6 +4,7 @@
 use crate::{Pace, World, next_frame, open_orders, refused};
 use std::collections::HashMap;
 use switchyard_client::{Rest, RestError};
+use switchyard_protocol::catalog::{ProductPageQuery, ProductPatch};
 use switchyard_protocol::client::ClientOp;
 use switchyard_protocol::events::{OrderCreated, OrderPaid, RevenueUpdated};
 use switchyard_protocol::{OrderStatus, Role, Room, ServerMessage};
@@ -78,6 +79,9 @@ pub(crate) async fn run(world: World, customers: Vec<String>, partners: Vec<Stri
                 }
                 _ = tick.tick() => {
                     now += 1;
+                    if now.is_multiple_of(RESTOCK_EVERY) {
+                        restock(&rest).await;
+                    }
                     let due: Vec<String> = orders
                         .iter()
                         .filter(|(_, o)| now >= o.since + ticks(o.stage, &world.pace))
@@ -103,6 +107,37 @@ pub(crate) async fn run(world: World, customers: Vec<String>, partners: Vec<Stri
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Ticks between two looks at the shelves.
+const RESTOCK_EVERY: u64 = 10;
+/// Below this many units a product is restocked, by [`RESTOCK_UNITS`].
+const RESTOCK_BELOW: i64 = 20;
+const RESTOCK_UNITS: i64 = 100;
+
+/// Restocks every product running low (`PATCH … {"stock_delta"}`): the dashboard's inventory
+/// panel shows it go down with each order and jump back up.
+async fn restock(rest: &Rest) {
+    let page = ProductPageQuery {
+        after: None,
+        limit: Some(200),
+    };
+    let Some(catalog) = refused("catalog", rest.products(&page).await) else {
+        return;
+    };
+    for product in catalog
+        .products
+        .iter()
+        .filter(|p| p.stock < RESTOCK_BELOW && !p.discontinued)
+    {
+        let patch = ProductPatch {
+            stock_delta: Some(RESTOCK_UNITS),
+            ..ProductPatch::default()
+        };
+        if refused("restock", rest.patch_product(&product.sku, &patch).await).is_some() {
+            tracing::info!(sku = product.sku, from = product.stock, "demo: restocked");
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::geo::{HOMES, basket};
 use crate::{MAX_OPEN_PER_CUSTOMER, World, next_frame, open_orders, refused};
 use std::sync::atomic::Ordering;
 use switchyard_client::Rest;
+use switchyard_protocol::catalog::ProductPageQuery;
 use switchyard_protocol::events::OrderStatusChanged;
 use switchyard_protocol::{Role, ServerMessage};
 
@@ -86,13 +87,19 @@ impl Customer {
         }
     }
 
-    /// Places an order of one to three catalog items; returns its id and total.
+    /// Places an order of one to three products, as an app would: reads the catalog, picks
+    /// what is in stock, and sends the prices it showed (a price changed meanwhile is refused
+    /// with `price_changed`, and the next turn reads the catalog again); returns its id and
+    /// total.
     async fn place(&self) -> Option<(String, i64)> {
         let seed = self.world.placed.load(Ordering::Relaxed) * 7 + self.me.len() as u64;
-        let order = refused(
-            "place",
-            self.rest.create_order(&basket(seed, self.home)).await,
-        )?;
+        let page = ProductPageQuery {
+            after: None,
+            limit: Some(200),
+        };
+        let catalog = refused("catalog", self.rest.products(&page).await)?;
+        let basket = basket(seed, &catalog.products, self.home)?;
+        let order = refused("place", self.rest.create_order(&basket).await)?;
         tracing::info!(order = %order.id, customer = self.me, total_paise = order.total_paise, "demo: order placed");
         Some((order.id, order.total_paise))
     }

@@ -2,6 +2,7 @@
 //! drive from one to the other.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use switchyard_protocol::Product;
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::order::{Item, NewOrder};
 
@@ -16,32 +17,31 @@ pub const HOMES: &[(&str, f64, f64)] = &[
     ("51 Sampige Road, Malleshwaram", 13.0031, 77.5643),
     ("8 Old Airport Road, HAL", 12.9591, 77.6974),
 ];
-/// What customers buy: (sku, price in paise).
-const CATALOG: &[(&str, i64)] = &[
-    ("milk-1l", 6_500),
-    ("bread-400g", 4_500),
-    ("eggs-12", 9_000),
-    ("bananas-1kg", 5_500),
-    ("coffee-200g", 32_000),
-    ("paneer-200g", 9_500),
-];
-
-/// An order of one to three catalog items, chosen from `seed`, to `address`.
-pub fn basket(seed: u64, address: &str) -> NewOrder {
-    let items = (0..1 + seed % 3)
-        .map(|i| {
-            let (sku, price) = CATALOG[((seed + i * 5) % CATALOG.len() as u64) as usize];
-            Item {
-                sku: sku.to_owned(),
-                qty: 1 + ((seed + i) % 2) as i64,
-                unit_price_paise: price,
-            }
-        })
+/// An order of one to three products of `catalog` (in stock, as the app shows them, with
+/// the prices shown), chosen from `seed`, to `address`. None when nothing is in stock.
+pub fn basket(seed: u64, catalog: &[Product], address: &str) -> Option<NewOrder> {
+    let shelf: Vec<&Product> = catalog
+        .iter()
+        .filter(|p| p.stock >= 2 && !p.discontinued)
         .collect();
-    NewOrder {
+    if shelf.is_empty() {
+        return None;
+    }
+    let mut items: Vec<Item> = Vec::new();
+    for i in 0..1 + seed % 3 {
+        let product = shelf[((seed + i * 5) % shelf.len() as u64) as usize];
+        if items.iter().all(|item| item.sku != product.sku) {
+            items.push(Item {
+                sku: product.sku.clone(),
+                qty: 1 + ((seed + i) % 2) as i64,
+                unit_price_paise: Some(product.price_paise),
+            });
+        }
+    }
+    Some(NewOrder {
         items,
         address: address.to_owned(),
-    }
+    })
 }
 
 /// The known homes, or somewhere near the store.
@@ -116,12 +116,23 @@ mod tests {
 
     #[test]
     fn baskets_are_valid_orders() {
+        let catalog: Vec<Product> = ["milk-1l", "bread-400g", "eggs-12", "empty"]
+            .iter()
+            .enumerate()
+            .map(|(i, sku)| Product {
+                sku: (*sku).into(),
+                name: sku.to_uppercase(),
+                price_paise: 1000 * (i as i64 + 1),
+                stock: if *sku == "empty" { 0 } else { 100 },
+                discontinued: false,
+                updated_at: 0,
+            })
+            .collect();
         for seed in 0..20 {
-            assert!(
-                basket(seed, HOMES[0].0)
-                    .validate(&Default::default())
-                    .is_ok()
-            );
+            let basket = basket(seed, &catalog, HOMES[0].0).unwrap();
+            assert!(basket.validate(&Default::default()).is_ok());
+            assert!(basket.items.iter().all(|i| i.sku != "empty"));
         }
+        assert!(basket(1, &catalog[3..], HOMES[0].0).is_none());
     }
 }

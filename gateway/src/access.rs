@@ -4,7 +4,8 @@
 //! - `user:{id}`: the user whose `sub` is `id`, or an admin;
 //! - `order:{id}`: the customer who placed it, the partner assigned to it, or an admin.
 //!   An unknown order is refused exactly like someone else's (no existence leak);
-//! - `admin:revenue`: admins only.
+//! - `product:{sku}`: anyone signed in (a product's stock is public to the app's users);
+//! - `admin:revenue`, `admin:inventory`: admins only.
 //!
 //! Orders come from the [`Backend`]. A cached answer decides when it can be trusted: it
 //! always names the right customer, and a partner it names was assigned at some point (if
@@ -52,7 +53,8 @@ const NOT_YOURS: &str = "not allowed to join this room";
 /// Checks that `who` may join `room`.
 pub async fn may_join(backend: &dyn Backend, who: &Principal, room: &Room) -> Result<(), Refusal> {
     let allowed = match room.kind() {
-        RoomKind::AdminRevenue => who.role == Role::Admin,
+        RoomKind::AdminRevenue | RoomKind::AdminInventory => who.role == Role::Admin,
+        RoomKind::Product => true,
         RoomKind::User => who.role == Role::Admin || who.sub == room.id(),
         // A non-canonical id names no order: refused like someone else's.
         RoomKind::Order => match (who.role, OrderId::parse(room.id())) {
@@ -86,8 +88,9 @@ pub async fn carries(backend: &dyn Backend, who: &Principal, id: OrderId) -> Res
     Ok(names_them(&backend.order(id.get(), Read::Fresh).await?))
 }
 
-/// A room's current state: the order (with its newest position) for `order:`, the revenue
-/// totals for `admin:revenue`, `null` for `user:` rooms. Order snapshots overlay the position
+/// A room's current state: the order (with its newest position) for `order:`, the product for
+/// `product:` (`null` when there is none), the revenue totals for `admin:revenue`, `null` for
+/// `user:` rooms and `admin:inventory` (whose state is the catalog: `GET /api/products`). Order snapshots overlay the position
 /// this gateway has not handed on yet (see [`crate::locations`]).
 pub async fn snapshot(
     backend: &dyn Backend,
@@ -95,7 +98,13 @@ pub async fn snapshot(
     room: &Room,
 ) -> Result<Box<RawValue>, Refusal> {
     let json = match room.kind() {
-        RoomKind::User => None,
+        RoomKind::User | RoomKind::AdminInventory => None,
+        RoomKind::Product => backend
+            .product(room.id())
+            .await?
+            .map(|p| serde_json::to_string(&p))
+            .transpose()
+            .map_err(Refusal::internal)?,
         RoomKind::Order => match OrderId::parse(room.id()).map(OrderId::get) {
             Some(id) => {
                 let mut order = backend.order(id, Read::Cached).await?;

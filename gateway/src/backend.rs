@@ -10,7 +10,7 @@
 //! them can run on any number of hosts.
 
 use async_trait::async_trait;
-use switchyard_protocol::{Location, Order, Revenue};
+use switchyard_protocol::{Location, Order, Product, Revenue};
 
 /// How current an answer must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub trait Backend: Send + Sync + 'static {
     /// The order with this id, with the newest position known for it; `None` when there is no
     /// such order.
     async fn order(&self, id: i64, read: Read) -> Result<Option<Order>, BackendError>;
+
+    /// The product with this SKU (the `product:{sku}` snapshot); `None` when there is none.
+    async fn product(&self, sku: &str) -> Result<Option<Product>, BackendError>;
 
     /// The revenue totals (the `admin:revenue` snapshot).
     async fn revenue(&self) -> Result<Revenue, BackendError>;

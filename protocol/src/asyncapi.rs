@@ -11,12 +11,13 @@
 //! From the server's point of view: `receive` is a frame a client sends, `send` one the
 //! server sends.
 
+use crate::catalog::{Product, StockLevel};
 use crate::client::{OpName, StreamPosition};
 use crate::close;
 use crate::error::{ErrorBody, ErrorCode};
 use crate::events::{
     BuiltinEvent, OrderAssigned, OrderCreated, OrderPaid, OrderRefunded, OrderStatusChanged,
-    PartnerLocation, RevenueUpdated,
+    PartnerLocation, RevenueUpdated, StockLow, StockOut, StockUpdated,
 };
 use crate::order::{Order, Revenue};
 use crate::role::Role;
@@ -68,6 +69,7 @@ fn room_of(kinds: &[&str]) -> Value {
         .iter()
         .map(|k| match *k {
             "admin:revenue" => "admin:revenue".to_owned(),
+            "admin:inventory" => "admin:inventory".to_owned(),
             kind => format!("{kind}:{ID}"),
         })
         .collect();
@@ -226,6 +228,11 @@ pub fn document() -> Value {
     add::<OrderRefunded>(&mut schemas);
     add::<RevenueUpdated>(&mut schemas);
     add::<PartnerLocation>(&mut schemas);
+    add::<Product>(&mut schemas);
+    add::<StockLevel>(&mut schemas);
+    add::<StockUpdated>(&mut schemas);
+    add::<StockLow>(&mut schemas);
+    add::<StockOut>(&mut schemas);
 
     let envelopes = json!({
         "HandshakeRefusal": {
@@ -282,7 +289,8 @@ pub fn document() -> Value {
         "Ok": frame("type", "ok",
             "An op succeeded. A subscribe reply carries the room's `position` when joined and, \
              unless the recovery was complete, its `snapshot`: the order for `order:{id}`, the \
-             revenue totals for `admin:revenue`, `null` for `user:{id}`.",
+             product for `product:{sku}` (`null`: no such product), the revenue totals for \
+             `admin:revenue`, `null` for `user:{id}` and `admin:inventory`.",
             &["op"],
             json!({
                 "id": op_id(),
@@ -290,7 +298,7 @@ pub fn document() -> Value {
                 "room": schema_ref("Room"),
                 "position": schema_ref("StreamPosition"),
                 "recovered": { "type": "boolean" },
-                "snapshot": { "anyOf": [schema_ref("Order"), schema_ref("Revenue"), { "type": "null" }] },
+                "snapshot": { "anyOf": [schema_ref("Order"), schema_ref("Product"), schema_ref("Revenue"), { "type": "null" }] },
             })),
         "Error": frame("type", "error",
             "An op failed (or a frame could not be decoded: then without `id`): the one error \
@@ -320,13 +328,16 @@ pub fn document() -> Value {
         "OrderRefundedEvent": event_frame::<OrderRefunded>(&["order", "user"]),
         "RevenueUpdatedEvent": event_frame::<RevenueUpdated>(&["admin:revenue"]),
         "PartnerLocationEvent": event_frame::<PartnerLocation>(&["order"]),
+        "StockUpdatedEvent": event_frame::<StockUpdated>(&["product", "admin:inventory"]),
+        "StockLowEvent": event_frame::<StockLow>(&["admin:inventory"]),
+        "StockOutEvent": event_frame::<StockOut>(&["admin:inventory"]),
         "ServiceEvent": frame("type", "event",
             "An event a backend service published (`POST /api/publish`): any name outside the \
-             reserved families `order.*`, `revenue.*`, `partner.*`, `data` any JSON object.",
+             reserved families `order.*`, `revenue.*`, `partner.*`, `stock.*`, `data` any JSON object.",
             &["room", "event", "offset", "data"],
             json!({
                 "room": schema_ref("Room"),
-                "event": { "type": "string", "pattern": "^(?!order\\.|revenue\\.|partner\\.)[a-z][a-z0-9_.-]{0,63}$" },
+                "event": { "type": "string", "pattern": "^(?!order\\.|revenue\\.|partner\\.|stock\\.)[a-z][a-z0-9_.-]{0,63}$" },
                 "offset": { "type": "integer", "minimum": 1 },
                 "epoch": event_epoch(),
                 "data": { "type": "object" },
@@ -357,7 +368,7 @@ pub fn document() -> Value {
         "gap": message("gap", "Gap", "Events may have been lost: recover.", "Gap",
             json!({ "type": "gap", "room": "order:42" })),
         "orderCreated": message("orderCreated", "order.created", "A customer placed an order.", "OrderCreatedEvent",
-            json!({ "type": "event", "room": "user:c1", "event": "order.created", "offset": 1, "data": { "event_id": 1, "id": "42", "customer": "c1", "partner": null, "status": "placed", "items": [{ "sku": "milk-1l", "qty": 2, "unit_price_paise": 6500 }], "address": "12 MG Road", "total_paise": 13000, "paid": false, "refunded": false, "created_at": 1_795_334_318_585_i64, "updated_at": 1_795_334_318_585_i64, "last_location": null } })),
+            json!({ "type": "event", "room": "user:c1", "event": "order.created", "offset": 1, "data": { "event_id": 1, "id": "42", "customer": "c1", "partner": null, "status": "placed", "items": [{ "sku": "milk-1l", "name": "Toned milk, 1 l", "qty": 2, "unit_price_paise": 6500 }], "address": "12 MG Road", "total_paise": 13000, "paid": false, "refunded": false, "created_at": 1_795_334_318_585_i64, "updated_at": 1_795_334_318_585_i64, "last_location": null } })),
         "orderStatus": message("orderStatus", "order.status", "An order's status changed.", "OrderStatusEvent",
             json!({ "type": "event", "room": "order:42", "event": "order.status", "offset": 2, "data": { "event_id": 2, "order_id": "42", "status": "confirmed", "previous": "placed", "by": "admin", "updated_at": 1_795_334_320_000_i64 } })),
         "orderAssigned": message("orderAssigned", "order.assigned", "A partner was assigned.", "OrderAssignedEvent",
@@ -370,6 +381,12 @@ pub fn document() -> Value {
             json!({ "type": "event", "room": "admin:revenue", "event": "revenue.updated", "offset": 7, "data": { "event_id": 6, "currency": "INR", "total_paise": 13000, "paid_orders": 1, "payment": { "payment_id": "9", "order_id": "42", "amount_paise": 13000, "paid_at": 1_795_334_322_000_i64 } } })),
         "partnerLocation": message("partnerLocation", "partner.location", "The assigned partner's position.", "PartnerLocationEvent",
             json!({ "type": "event", "room": "order:42", "event": "partner.location", "offset": 8, "data": { "order_id": "42", "partner": "p7", "lat": 12.97, "lng": 77.59, "heading": 90.0, "speed": 8.5, "received_at": 1_795_334_324_000_i64 } })),
+        "stockUpdated": message("stockUpdated", "stock.updated", "A product's stock changed (an order, a cancellation, an admin write). Latest-value in `product:{sku}`; every one in `admin:inventory`.", "StockUpdatedEvent",
+            json!({ "type": "event", "room": "product:milk-1l", "event": "stock.updated", "offset": 12, "data": { "event_id": 31, "sku": "milk-1l", "stock": 41, "updated_at": 1_795_334_325_000_i64 } })),
+        "stockLow": message("stockLow", "stock.low", "A product's stock fell to the low-stock threshold.", "StockLowEvent",
+            json!({ "type": "event", "room": "admin:inventory", "event": "stock.low", "offset": 13, "data": { "event_id": 32, "sku": "milk-1l", "stock": 9, "updated_at": 1_795_334_326_000_i64, "threshold": 10 } })),
+        "stockOut": message("stockOut", "stock.out", "A product ran out.", "StockOutEvent",
+            json!({ "type": "event", "room": "admin:inventory", "event": "stock.out", "offset": 14, "data": { "event_id": 33, "sku": "milk-1l", "stock": 0, "updated_at": 1_795_334_327_000_i64 } })),
         "serviceEvent": message("serviceEvent", "A service's event", "An event a backend service published.", "ServiceEvent",
             json!({ "type": "event", "room": "order:42", "event": "eta.updated", "offset": 9, "data": { "eta_s": 300 } })),
     });
@@ -436,6 +453,17 @@ pub fn document() -> Value {
             "Who may join: admins only.",
             &["revenueUpdated", "serviceEvent"],
             None),
+        "productRoom": room_channel("product:{id}", "A product's live stock",
+            "Who may join: anyone signed in. The subscribe snapshot is the product \
+             (`GET /api/products/{sku}`).",
+            &["stockUpdated", "serviceEvent"],
+            Some("The product's SKU: 1 to 64 of A-Z, a-z, 0-9, `_`, `-`.")),
+        "adminInventory": room_channel("admin:inventory", "The inventory feed",
+            "Who may join: admins only. Every stock change of every product, and the alerts: \
+             `stock.low` when a product's stock falls to `SWITCHYARD_LOW_STOCK_THRESHOLD` \
+             from above, `stock.out` when it reaches zero.",
+            &["stockUpdated", "stockLow", "stockOut", "serviceEvent"],
+            None),
     });
 
     let mut operations = Map::new();
@@ -493,6 +521,8 @@ pub fn document() -> Value {
         ("sendUserRoomEvents", "userRoom"),
         ("sendOrderRoomEvents", "orderRoom"),
         ("sendRevenueEvents", "adminRevenue"),
+        ("sendProductRoomEvents", "productRoom"),
+        ("sendInventoryEvents", "adminInventory"),
     ] {
         let refs: Vec<Value> = channels[channel]["messages"]
             .as_object()

@@ -42,6 +42,12 @@ pub enum ErrorCode {
     /// The change conflicts with the order's state: an invalid transition, a second payment,
     /// a finished order. (HTTP 409)
     Conflict,
+    /// An order line's `unit_price_paise` is not the catalog's price any more (the app showed
+    /// a stale one); the body's `items` carry the current prices. (HTTP 409)
+    PriceChanged,
+    /// An order asks for more units than the catalog has; the body's `items` name every
+    /// short SKU and its available quantity. (HTTP 409)
+    OutOfStock,
     /// A body, or a published event's data, over its configured limit. (HTTP 413)
     PayloadTooLarge,
     /// A body without `Content-Type: application/json`. (HTTP 415)
@@ -62,7 +68,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -70,6 +76,8 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::RequestTimeout,
         ErrorCode::Conflict,
+        ErrorCode::PriceChanged,
+        ErrorCode::OutOfStock,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::Invalid,
@@ -88,6 +96,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::PriceChanged => "price_changed",
+            ErrorCode::OutOfStock => "out_of_stock",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Invalid => "invalid",

@@ -1,6 +1,6 @@
 //! The built-in events, typed: each one's name, its `data` and whether only its latest value
-//! matters. The families `order.*`, `revenue.*` and `partner.*` are reserved for Switchyard
-//! itself; other backend services publish their own names (`POST /api/publish`).
+//! matters. The families `order.*`, `revenue.*`, `partner.*` and `stock.*` are reserved for
+//! Switchyard itself; other backend services publish their own names (`POST /api/publish`).
 //!
 //! | type | event | rooms |
 //! |------|-------|-------|
@@ -11,10 +11,14 @@
 //! | [`OrderRefunded`] | `order.refunded` | `order:{id}`, `user:{customer}` |
 //! | [`RevenueUpdated`] | `revenue.updated` (latest value) | `admin:revenue` |
 //! | [`PartnerLocation`] | `partner.location` (latest value) | `order:{id}` |
+//! | [`StockUpdated`] | `stock.updated` (latest value in `product:`) | `product:{sku}`, `admin:inventory` |
+//! | [`StockLow`] | `stock.low` | `admin:inventory` |
+//! | [`StockOut`] | `stock.out` | `admin:inventory` |
 //!
 //! Events the API causes carry `event_id` (the outbox row's id, added when the relay publishes
 //! them): the same id however often a crash makes the relay publish one again.
 
+use crate::catalog::StockLevel;
 use crate::order::{Location, Order, OrderStatus, Payment, Refund};
 use crate::role::Role;
 use serde::de::DeserializeOwned;
@@ -148,6 +152,54 @@ impl BuiltinEvent for PartnerLocation {
     const LATEST_VALUE: bool = true;
 }
 
+/// `stock.updated`: a product's stock changed — an order, a cancellation, an admin write.
+/// Latest-value in `product:{sku}` (a slow client gets the newest level); in `admin:inventory`,
+/// where every product's changes share one room, every one is delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct StockUpdated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    #[serde(flatten)]
+    pub level: StockLevel,
+}
+
+impl BuiltinEvent for StockUpdated {
+    const NAME: &'static str = "stock.updated";
+    const LATEST_VALUE: bool = true;
+}
+
+/// `stock.low`: a product's stock fell to or below the low-stock threshold
+/// (`SWITCHYARD_LOW_STOCK_THRESHOLD`), from above it; still above zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct StockLow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    #[serde(flatten)]
+    pub level: StockLevel,
+    /// The configured threshold.
+    pub threshold: i64,
+}
+
+impl BuiltinEvent for StockLow {
+    const NAME: &'static str = "stock.low";
+}
+
+/// `stock.out`: a product's stock reached zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct StockOut {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    #[serde(flatten)]
+    pub level: StockLevel,
+}
+
+impl BuiltinEvent for StockOut {
+    const NAME: &'static str = "stock.out";
+}
+
 /// A customer placed an order → `user:{customer}`.
 pub const ORDER_CREATED: &str = OrderCreated::NAME;
 /// An order's status changed → `order:{id}`, `user:{customer}`.
@@ -163,8 +215,15 @@ pub const REVENUE_UPDATED: &str = RevenueUpdated::NAME;
 /// A partner's position → `order:{id}`.
 pub const PARTNER_LOCATION: &str = PartnerLocation::NAME;
 
+/// A product's stock changed → `product:{sku}`, `admin:inventory`.
+pub const STOCK_UPDATED: &str = StockUpdated::NAME;
+/// A product's stock fell to the low-stock threshold → `admin:inventory`.
+pub const STOCK_LOW: &str = StockLow::NAME;
+/// A product ran out → `admin:inventory`.
+pub const STOCK_OUT: &str = StockOut::NAME;
+
 /// Every built-in event name.
-pub const BUILT_IN: [&str; 7] = [
+pub const BUILT_IN: [&str; 10] = [
     ORDER_CREATED,
     ORDER_STATUS,
     ORDER_ASSIGNED,
@@ -172,18 +231,29 @@ pub const BUILT_IN: [&str; 7] = [
     ORDER_REFUNDED,
     REVENUE_UPDATED,
     PARTNER_LOCATION,
+    STOCK_UPDATED,
+    STOCK_LOW,
+    STOCK_OUT,
 ];
 
 /// The latest-value events (see [`BuiltinEvent::LATEST_VALUE`]).
-pub const LATEST_VALUE: [&str; 2] = [PARTNER_LOCATION, REVENUE_UPDATED];
+pub const LATEST_VALUE: [&str; 3] = [PARTNER_LOCATION, REVENUE_UPDATED, STOCK_UPDATED];
 
 /// Whether `name` is a latest-value event (see [`LATEST_VALUE`]).
 pub fn is_latest_value(name: &str) -> bool {
     LATEST_VALUE.contains(&name)
 }
 
+/// Whether `name` is conflated in `room`: a latest-value event, in a room where the newest
+/// one stands for all before it. `admin:inventory` carries every product's stock, so its
+/// `stock.updated` events are all delivered (a newer one of one product does not replace
+/// another product's).
+pub fn is_latest_value_in(room: &str, name: &str) -> bool {
+    is_latest_value(name) && room != crate::Room::ADMIN_INVENTORY
+}
+
 /// Families only Switchyard itself may publish.
-pub const RESERVED_FAMILIES: [&str; 3] = ["order.", "revenue.", "partner."];
+pub const RESERVED_FAMILIES: [&str; 4] = ["order.", "revenue.", "partner.", "stock."];
 
 /// Why an event name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +300,9 @@ mod tests {
             (OrderRefunded::NAME, latest::<OrderRefunded>()),
             (RevenueUpdated::NAME, latest::<RevenueUpdated>()),
             (PartnerLocation::NAME, latest::<PartnerLocation>()),
+            (StockUpdated::NAME, latest::<StockUpdated>()),
+            (StockLow::NAME, latest::<StockLow>()),
+            (StockOut::NAME, latest::<StockOut>()),
         ];
         assert_eq!(typed.map(|(name, _)| name), BUILT_IN);
         for (name, latest) in typed {
@@ -283,7 +356,9 @@ mod tests {
                 "{bad}"
             );
         }
-        for reserved in ["order.status", "revenue.x", "partner.location"] {
+        assert!(is_latest_value_in("product:milk-1l", STOCK_UPDATED));
+        assert!(!is_latest_value_in("admin:inventory", STOCK_UPDATED));
+        for reserved in ["order.status", "revenue.x", "partner.location", "stock.x"] {
             assert_eq!(check_publishable(reserved), Err(EventNameError::Reserved));
         }
         assert_eq!(

@@ -17,6 +17,7 @@
 //!   `event`), encoded once, decoded by clients.
 //! - [`events`]: the built-in events, typed, with their latest-value property.
 //! - [`error`]: the one error shape (`{"error","message"}`) of REST, handshake and socket.
+//! - [`catalog`]: products, the admin writes, and the catalog's refusals of an order.
 //! - [`order`]: orders, their status machine, payments and revenue as they appear on the wire.
 //! - [`rest`]: the other REST bodies (pages, receipts, the publish API).
 //! - [`close`]: why a connection is closed ([`close::Disconnect`]: a code and a reason) and
@@ -26,6 +27,7 @@
 
 #[cfg(feature = "schema")]
 pub mod asyncapi;
+pub mod catalog;
 pub mod client;
 pub mod close;
 pub mod error;
@@ -37,11 +39,12 @@ pub mod role;
 pub mod room;
 pub mod server;
 
+pub use catalog::Product;
 pub use client::{ClientMessage, ClientOp, DecodeError};
 pub use error::{ErrorBody, ErrorCode};
 pub use events::BuiltinEvent;
 pub use id::{OrderId, UserId};
-pub use order::{Item, Location, Order, OrderStatus, Payment, Revenue};
+pub use order::{Item, Location, Order, OrderLine, OrderStatus, Payment, Revenue};
 pub use role::Role;
 pub use room::{Room, RoomError};
 pub use server::ServerMessage;

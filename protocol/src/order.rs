@@ -156,19 +156,39 @@ pub fn parse_order_id(id: &str) -> Option<i64> {
     crate::OrderId::parse(id).map(crate::OrderId::get)
 }
 
-/// One line of an order.
+/// One line of a new order: a catalog SKU and a quantity. The price is the catalog's; a
+/// client may send the price it showed (`unit_price_paise`), and when the catalog's is
+/// different the order is refused with 409 `price_changed` rather than charged a price the
+/// customer did not see.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Item {
-    /// 1 to 64 printable bytes.
-    #[cfg_attr(feature = "schema", schema(min_length = 1, max_length = 64))]
+    /// A catalog SKU (`GET /api/products`), at most once per order.
+    #[cfg_attr(feature = "schema", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub sku: String,
     /// 1 to `SWITCHYARD_MAX_ITEM_QTY` (the served document states the configured maximum).
     #[cfg_attr(feature = "schema", schema(minimum = 1))]
     pub qty: i64,
-    /// Paise (1/100 rupee), 0 to `SWITCHYARD_MAX_UNIT_PRICE_PAISE`.
-    #[cfg_attr(feature = "schema", schema(minimum = 0))]
+    /// Optional: the price the app showed, paise; must equal the catalog's (else 409
+    /// `price_changed`, which carries the current price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1))]
+    pub unit_price_paise: Option<i64>,
+}
+
+/// One line of an order as placed: the product's name and price taken from the catalog at
+/// that moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct OrderLine {
+    pub sku: String,
+    /// The product's name when the order was placed (empty for orders placed before the
+    /// catalog existed).
+    #[serde(default)]
+    pub name: String,
+    pub qty: i64,
+    /// Paise, the catalog's price when the order was placed.
     pub unit_price_paise: i64,
 }
 
@@ -177,7 +197,7 @@ pub struct Item {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
-    /// 1 to 100 lines; the total must be above zero.
+    /// 1 to 100 lines, each SKU at most once.
     #[cfg_attr(feature = "schema", schema(min_items = 1, max_items = 100))]
     pub items: Vec<Item>,
     /// 1 to 500 bytes, not blank, no control characters but newlines.
@@ -234,9 +254,10 @@ impl OrderLimits {
 }
 
 impl NewOrder {
-    /// Validates the order against `limits` and returns its total in paise. The total is
-    /// summed with checked arithmetic, so no input overflows it before the cap refuses it.
-    pub fn validate(&self, limits: &OrderLimits) -> Result<i64, String> {
+    /// Validates the order's shape against `limits`: line count, SKU grammar, each SKU once,
+    /// quantities, the prices a client sent, the address. The prices charged and the total
+    /// come from the catalog ([`order_total`]).
+    pub fn validate(&self, limits: &OrderLimits) -> Result<(), String> {
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
             return Err(format!("items must hold 1 to {MAX_ITEMS} entries"));
         }
@@ -250,38 +271,59 @@ impl NewOrder {
         let OrderLimits {
             max_qty,
             max_unit_price_paise,
-            max_total_paise,
+            ..
         } = *limits;
-        let mut total: i64 = 0;
+        let mut seen = std::collections::HashSet::new();
         for (i, item) in self.items.iter().enumerate() {
-            if item.sku.is_empty()
-                || item.sku.len() > MAX_SKU_LEN
-                || item.sku.chars().any(char::is_control)
-            {
+            if !crate::catalog::is_valid_sku(&item.sku) {
                 return Err(format!(
-                    "items[{i}].sku must be 1 to {MAX_SKU_LEN} printable bytes"
+                    "items[{i}].sku must be 1 to {MAX_SKU_LEN} characters of A-Z, a-z, 0-9, '_' and '-'"
+                ));
+            }
+            if !seen.insert(item.sku.as_str()) {
+                return Err(format!(
+                    "items[{i}].sku {:?} is listed twice; order it once with the total qty",
+                    item.sku
                 ));
             }
             if !(1..=max_qty).contains(&item.qty) {
                 return Err(format!("items[{i}].qty must be 1 to {max_qty}"));
             }
-            if !(0..=max_unit_price_paise).contains(&item.unit_price_paise) {
+            if let Some(price) = item.unit_price_paise
+                && !(1..=max_unit_price_paise).contains(&price)
+            {
                 return Err(format!(
-                    "items[{i}].unit_price_paise must be 0 to {max_unit_price_paise}"
+                    "items[{i}].unit_price_paise must be 1 to {max_unit_price_paise}"
                 ));
             }
-            total = item
-                .qty
-                .checked_mul(item.unit_price_paise)
-                .and_then(|line| total.checked_add(line))
-                .filter(|t| *t <= max_total_paise)
-                .ok_or_else(|| format!("the order total may be at most {max_total_paise} paise"))?;
         }
-        if total == 0 {
-            return Err("the order total must be above zero".into());
-        }
-        Ok(total)
+        Ok(())
     }
+}
+
+/// The total of `lines` (Σ qty × unit price) under the caps of `limits`, summed with checked
+/// arithmetic, so no line overflows it before the cap refuses it.
+pub fn order_total(lines: &[OrderLine], limits: &OrderLimits) -> Result<i64, String> {
+    let mut total: i64 = 0;
+    for line in lines {
+        if !(1..=limits.max_unit_price_paise).contains(&line.unit_price_paise) {
+            return Err(format!(
+                "{} costs {} paise, over SWITCHYARD_MAX_UNIT_PRICE_PAISE ({})",
+                line.sku, line.unit_price_paise, limits.max_unit_price_paise
+            ));
+        }
+        let max_total_paise = limits.max_total_paise;
+        total = line
+            .qty
+            .checked_mul(line.unit_price_paise)
+            .and_then(|amount| total.checked_add(amount))
+            .filter(|t| *t <= max_total_paise)
+            .ok_or_else(|| format!("the order total may be at most {max_total_paise} paise"))?;
+    }
+    if total == 0 {
+        return Err("the order total must be above zero".into());
+    }
+    Ok(total)
 }
 
 /// A partner's last known position, as stored and shown in snapshots.
@@ -310,7 +352,7 @@ pub struct Order {
     pub customer: String,
     pub partner: Option<String>,
     pub status: OrderStatus,
-    pub items: Vec<Item>,
+    pub items: Vec<OrderLine>,
     pub address: String,
     pub total_paise: i64,
     pub paid: bool,
@@ -478,12 +520,12 @@ mod tests {
             items: vec![Item {
                 sku: "milk-1l".into(),
                 qty: 2,
-                unit_price_paise: 6500,
+                unit_price_paise: Some(6500),
             }],
             address: "12 MG Road".into(),
         };
         let limits = OrderLimits::default();
-        assert_eq!(ok.validate(&limits), Ok(13_000));
+        assert_eq!(ok.validate(&limits), Ok(()));
         let mut bad = ok.clone();
         bad.items[0].qty = 0;
         assert!(bad.validate(&limits).is_err());
@@ -491,8 +533,14 @@ mod tests {
         bad.items.clear();
         assert!(bad.validate(&limits).is_err());
         let mut bad = ok.clone();
-        bad.items[0].unit_price_paise = -1;
+        bad.items[0].unit_price_paise = Some(0);
         assert!(bad.validate(&limits).is_err());
+        let mut bad = ok.clone();
+        bad.items[0].sku = "milk 1l".into();
+        assert!(bad.validate(&limits).is_err());
+        let mut bad = ok.clone();
+        bad.items.push(bad.items[0].clone());
+        assert!(bad.validate(&limits).is_err(), "a SKU twice");
         let mut bad = ok;
         bad.address = " ".into();
         assert!(bad.validate(&limits).is_err());
@@ -501,39 +549,37 @@ mod tests {
     #[test]
     fn money_caps_hold_without_overflow() {
         let limits = OrderLimits::default();
-        let line = |qty, unit_price_paise| Item {
+        let line = |qty, unit_price_paise| OrderLine {
             sku: "x".into(),
+            name: "X".into(),
             qty,
             unit_price_paise,
         };
-        let order = |items| NewOrder {
-            items,
-            address: "here".into(),
-        };
         // Exactly at the total cap: accepted.
-        let at_cap = order(vec![line(2, limits.max_total_paise / 2)]);
-        assert_eq!(at_cap.validate(&limits), Ok(limits.max_total_paise));
-        // One paisa beyond it, over two lines: refused.
-        let over = order(vec![line(2, limits.max_total_paise / 2), line(1, 1)]);
-        assert!(over.validate(&limits).is_err());
-        // The old attack (100 lines of a huge quantity at a huge price) is refused by the
-        // line caps, and lines that would overflow an i64 never wrap.
-        assert!(
-            order(vec![line(10_000, 10_000_000_000)])
-                .validate(&limits)
-                .is_err()
+        let at_cap = [line(2, limits.max_total_paise / 2 / 1000)];
+        assert!(order_total(&at_cap, &limits).is_ok());
+        let at_cap = [line(4, limits.max_unit_price_paise)];
+        assert_eq!(
+            order_total(&at_cap, &limits),
+            Err(format!(
+                "the order total may be at most {} paise",
+                limits.max_total_paise
+            ))
         );
+        let exact = [line(2, limits.max_unit_price_paise)];
+        assert_eq!(order_total(&exact, &limits), Ok(limits.max_total_paise));
+        // One paisa beyond it, over two lines: refused.
+        let over = [line(2, limits.max_unit_price_paise), line(1, 1)];
+        assert!(order_total(&over, &limits).is_err());
+        // A price over the unit cap (a catalog written under a higher cap) is refused too.
+        assert!(order_total(&[line(1, limits.max_unit_price_paise + 1)], &limits).is_err());
         let huge = OrderLimits {
             max_qty: i64::MAX,
             max_unit_price_paise: i64::MAX,
             max_total_paise: i64::MAX,
         };
-        assert!(order(vec![line(i64::MAX, 2)]).validate(&huge).is_err());
-        assert!(
-            order(vec![line(1, i64::MAX), line(1, 1)])
-                .validate(&huge)
-                .is_err()
-        );
+        assert!(order_total(&[line(i64::MAX, 2)], &huge).is_err());
+        assert!(order_total(&[line(1, i64::MAX), line(1, 1)], &huge).is_err());
         assert!(huge.check().is_err());
         assert!(limits.check().is_ok());
     }

@@ -96,13 +96,17 @@ pub struct Revocation {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
-    /// A room of the room grammar (`user:{id}`, `order:{id}`, `admin:revenue`).
+    /// A room of the room grammar (`user:{id}`, `order:{id}`, `product:{sku}`, `admin:revenue`,
+    /// `admin:inventory`).
     #[cfg_attr(
         feature = "schema",
-        schema(pattern = "^(user:[A-Za-z0-9_-]{1,64}|order:[A-Za-z0-9_-]{1,64}|admin:revenue)$")
+        schema(
+            pattern = "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory)$"
+        )
     )]
     pub room: String,
-    /// `[a-z][a-z0-9_.-]{0,63}`, outside the reserved `order.*`, `revenue.*`, `partner.*`.
+    /// `[a-z][a-z0-9_.-]{0,63}`, outside the reserved `order.*`, `revenue.*`, `partner.*`,
+    /// `stock.*`.
     #[cfg_attr(feature = "schema", schema(pattern = "^[a-z][a-z0-9_.-]{0,63}$"))]
     pub event: String,
     /// A JSON object, published as the event's `data` unchanged.

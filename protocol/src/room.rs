@@ -1,7 +1,7 @@
 //! Room names and their grammar.
 //!
 //! ```text
-//! room  = "user:" id | "order:" id | "admin:revenue"
+//! room  = "user:" id | "order:" id | "product:" id | "admin:revenue" | "admin:inventory"
 //! id    = 1*64( ALPHA / DIGIT / "_" / "-" )      ; ASCII only
 //! ```
 //!
@@ -33,13 +33,19 @@ pub struct Room {
 pub enum RoomKind {
     User,
     Order,
+    /// `product:{sku}`: a product's stock, live.
+    Product,
     AdminRevenue,
+    /// `admin:inventory`: every stock change, and the low-stock alerts.
+    AdminInventory,
 }
 
 /// Why a room name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoomError {
-    #[error("unknown room kind: expected user:{{id}}, order:{{id}} or admin:revenue")]
+    #[error(
+        "unknown room kind: expected user:{{id}}, order:{{id}}, product:{{sku}}, admin:revenue or admin:inventory"
+    )]
     UnknownKind,
     #[error("room id must be 1 to 64 characters")]
     BadLength,
@@ -68,16 +74,22 @@ pub(crate) fn validate_id(id: &str) -> Result<(), RoomError> {
 
 impl Room {
     pub const ADMIN_REVENUE: &'static str = "admin:revenue";
+    pub const ADMIN_INVENTORY: &'static str = "admin:inventory";
 
     /// Parses and validates a room name.
     pub fn parse(name: &str) -> Result<Room, RoomError> {
         if name == Self::ADMIN_REVENUE {
             return Ok(Room::admin_revenue());
         }
+        if name == Self::ADMIN_INVENTORY {
+            return Ok(Room::admin_inventory());
+        }
         let (kind, id) = if let Some(id) = name.strip_prefix("user:") {
             (RoomKind::User, id)
         } else if let Some(id) = name.strip_prefix("order:") {
             (RoomKind::Order, id)
+        } else if let Some(id) = name.strip_prefix("product:") {
+            (RoomKind::Product, id)
         } else {
             return Err(RoomError::UnknownKind);
         };
@@ -111,6 +123,22 @@ impl Room {
         Room {
             name: name.into(),
             kind,
+        }
+    }
+
+    /// `product:{sku}`; fails when the SKU breaks the grammar.
+    pub fn product(sku: &str) -> Result<Room, RoomError> {
+        validate_id(sku)?;
+        Ok(Room {
+            name: format!("product:{sku}"),
+            kind: RoomKind::Product,
+        })
+    }
+
+    pub fn admin_inventory() -> Room {
+        Room {
+            name: Self::ADMIN_INVENTORY.to_owned(),
+            kind: RoomKind::AdminInventory,
         }
     }
 
@@ -191,7 +219,8 @@ impl<'de> Deserialize<'de> for Room {
 }
 
 /// The grammar as a regular expression, for schemas (OpenAPI, AsyncAPI).
-pub const PATTERN: &str = "^(user:[A-Za-z0-9_-]{1,64}|order:[A-Za-z0-9_-]{1,64}|admin:revenue)$";
+pub const PATTERN: &str =
+    "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory)$";
 
 #[cfg(feature = "schema")]
 impl utoipa::PartialSchema for Room {
@@ -200,7 +229,7 @@ impl utoipa::PartialSchema for Room {
             .schema_type(utoipa::openapi::schema::Type::String)
             .pattern(Some(PATTERN))
             .description(Some(
-                "A room: `user:{id}`, `order:{id}` (id: 1 to 64 of A-Z a-z 0-9 _ -) or `admin:revenue`",
+                "A room: `user:{id}`, `order:{id}`, `product:{sku}` (id, sku: 1 to 64 of A-Z a-z 0-9 _ -), `admin:revenue` or `admin:inventory`",
             ))
             .into()
     }
@@ -222,6 +251,14 @@ mod tests {
             Room::parse("admin:revenue").unwrap().kind(),
             RoomKind::AdminRevenue
         );
+        assert_eq!(
+            Room::parse("product:milk-1l").unwrap().kind(),
+            RoomKind::Product
+        );
+        assert_eq!(
+            Room::parse("admin:inventory").unwrap().kind(),
+            RoomKind::AdminInventory
+        );
         assert!(Room::parse("user:A-z_09").is_ok());
         assert!(Room::parse(&format!("order:{}", "x".repeat(64))).is_ok());
     }
@@ -234,6 +271,9 @@ mod tests {
             "order:",
             "admin:",
             "admin:revenue2",
+            "admin:inventory2",
+            "product:",
+            "product:a/b",
             "admin:other",
             "USER:1",
             "room:1",

@@ -1,4 +1,4 @@
-//! Persistence: orders, payments, idempotency keys, revenue totals and the outbox.
+//! Persistence: the catalog, orders, payments, idempotency keys, revenue totals and the outbox.
 //!
 //! Every change and the events it causes are written in one transaction (the `outbox`
 //! table); a relay (in `switchyard-api`) publishes them in order. A crash between commit
@@ -25,6 +25,7 @@
 //!   sees the winner's row.
 //!
 //! # Layout
+//! - [`catalog`]: products, the stock an order reserves and a cancellation gives back.
 //! - [`database`]: the engine, connection settings, the pool and the migrations.
 //! - [`checks`]: the order of checks every write makes (404 → 403 → 409 → payload).
 //! - [`orders`]: create, read, list, status changes, assignment, partner locations.
@@ -32,6 +33,9 @@
 //! - [`outbox`]: the relay's side of the outbox and its lease.
 //! - `testing` (feature `testing`): fresh test databases on both engines.
 
+pub mod catalog;
+#[cfg(test)]
+mod catalog_tests;
 pub mod checks;
 pub mod database;
 pub mod orders;
@@ -54,6 +58,9 @@ pub use orders::Scope;
 pub use outbox::{OutboxEvent, OutboxKind};
 pub use payments::PaymentOutcome;
 
+/// The default of `SWITCHYARD_LOW_STOCK_THRESHOLD`.
+pub const DEFAULT_LOW_STOCK_THRESHOLD: i64 = 10;
+
 /// A transaction on either engine.
 pub(crate) type Tx = Transaction<'static, Any>;
 
@@ -67,6 +74,13 @@ pub enum StoreError {
     /// Unknown, or not visible to the caller (no existence leak).
     #[error("order not found")]
     NotFound,
+    /// No product with this SKU (404).
+    #[error("product not found")]
+    UnknownProduct,
+    /// The catalog refuses an order: a changed price or too little stock (409, with the
+    /// lines at fault).
+    #[error("{}", .0.message)]
+    Refused(switchyard_protocol::catalog::CatalogRefusal),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -101,6 +115,8 @@ pub struct Store {
     engine: Engine,
     /// Woken after every commit that wrote outbox rows, so the relay publishes at once.
     outbox_written: Arc<Notify>,
+    /// A product's stock falling to or below this sends `stock.low` (see [`catalog`]).
+    low_stock_threshold: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,7 +143,15 @@ impl Store {
             pool,
             engine,
             outbox_written: Arc::new(Notify::new()),
+            low_stock_threshold: DEFAULT_LOW_STOCK_THRESHOLD,
         })
+    }
+
+    /// The same store, sending `stock.low` when a product's stock falls to or below
+    /// `threshold` (default [`DEFAULT_LOW_STOCK_THRESHOLD`]).
+    pub fn with_low_stock_threshold(mut self, threshold: i64) -> Store {
+        self.low_stock_threshold = threshold;
+        self
     }
 
     /// Which engine this store runs on.

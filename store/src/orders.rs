@@ -5,7 +5,7 @@ use crate::outbox::{enqueue, enqueue_revoke, enqueue_snapshot};
 use crate::payments::{refund_events, refund_rows};
 use crate::{Actor, Store, StoreError, Tx, now_ms};
 use switchyard_protocol::events::{OrderAssigned, OrderCreated, OrderStatusChanged};
-use switchyard_protocol::order::NewOrder;
+use switchyard_protocol::order::{NewOrder, OrderLimits};
 use switchyard_protocol::{Location, Order, OrderId, OrderStatus, Role, Room, UserId};
 
 /// Which orders a listing covers.
@@ -109,17 +109,20 @@ impl Store {
 }
 
 impl Store {
-    /// Creates an order for `customer`; status starts `placed`. Emits `order.created`.
+    /// Creates an order for `customer` from the catalog: the lines' names and prices are the
+    /// catalog's, their units are reserved in the same transaction (see [`crate::catalog`]);
+    /// status starts `placed`. Emits `order.created` and the stock changes.
     pub async fn create_order(
         &self,
         customer: &str,
         new: &NewOrder,
-        total_paise: i64,
+        limits: &OrderLimits,
     ) -> Result<Order, StoreError> {
         let now = now_ms();
-        let items =
-            serde_json::to_string(&new.items).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.write_tx().await?;
+        let (lines, total_paise) = self.reserve(&mut tx, &new.items, limits).await?;
+        let items =
+            serde_json::to_string(&lines).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO orders (customer, status, items, address, total_paise, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
@@ -132,12 +135,13 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        Self::record_lines(&mut tx, id, &lines).await?;
         let order = Order {
             id: id.to_string(),
             customer: customer.to_owned(),
             partner: None,
             status: OrderStatus::Placed,
-            items: new.items.clone(),
+            items: lines,
             address: new.address.trim().to_owned(),
             total_paise,
             paid: false,
@@ -226,6 +230,9 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if to == OrderStatus::Cancelled {
+            self.release(&mut tx, id).await?;
+        }
         let refunded = if to == OrderStatus::Cancelled && order.paid && !order.refunded {
             refund_rows(&mut tx, &mut order).await?
         } else {
@@ -331,7 +338,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_protocol::order::Item;
 
     /// Unreadable rows are the server's fault (500), not the caller's (422): a regression of
     /// corrupt rows mapped to `Invalid`.
@@ -339,16 +345,7 @@ mod tests {
     async fn a_corrupt_row_is_corrupt_not_invalid() {
         for db in crate::testing::TestDatabase::each_engine().await {
             let store = db.open().await;
-            let new = NewOrder {
-                items: vec![Item {
-                    sku: "milk".into(),
-                    qty: 1,
-                    unit_price_paise: 100,
-                }],
-                address: "here".into(),
-            };
-            let order = store.create_order("u1", &new, 100).await.unwrap();
-            let id: i64 = order.id.parse().unwrap();
+            let id = crate::tests::order(&store, "u1", 100).await;
             sqlx::query("UPDATE orders SET items = 'not json' WHERE id = $1")
                 .bind(id)
                 .execute(&store.pool)

@@ -4,7 +4,8 @@
 use crate::testing::TestDatabase;
 use crate::{Actor, Store, StoreError};
 use std::collections::BTreeSet;
-use switchyard_protocol::order::{Item, NewOrder};
+use switchyard_protocol::catalog::ProductPut;
+use switchyard_protocol::order::{Item, NewOrder, OrderLimits};
 use switchyard_protocol::{OrderStatus, Role};
 
 /// A fresh store on each engine (the database lives as long as the first half).
@@ -17,17 +18,30 @@ pub(crate) async fn stores() -> Vec<(TestDatabase, Store)> {
     stores
 }
 
-/// Places an order of `customer` for `total` paise; returns its id.
+/// Places an order of `customer` for `total` paise (one unit of a product at that price,
+/// created if missing); returns its id.
 pub(crate) async fn order(store: &Store, customer: &str, total: i64) -> i64 {
+    let sku = format!("p{total}");
+    if store.product(&sku).await.unwrap().is_none() {
+        let put = ProductPut {
+            name: sku.clone(),
+            price_paise: total,
+            stock: 1_000_000,
+        };
+        store.put_product(&sku, &put).await.unwrap();
+    }
     let new = NewOrder {
         items: vec![Item {
-            sku: "milk".into(),
+            sku,
             qty: 1,
-            unit_price_paise: total,
+            unit_price_paise: None,
         }],
         address: "here".into(),
     };
-    let order = store.create_order(customer, &new, total).await.unwrap();
+    let order = store
+        .create_order(customer, &new, &OrderLimits::default())
+        .await
+        .unwrap();
     order.id.parse().unwrap()
 }
 
@@ -200,12 +214,10 @@ async fn outbox_rows_are_deleted_by_id() {
             order(&store, &format!("c{i}"), 100).await;
         }
         let rows = store.outbox_batch(1_000).await.unwrap();
-        assert_eq!(
-            rows.len(),
-            6,
-            "{:?}: a snapshot and an event per order",
-            db.engine
-        );
+        // The product's creation (its room's snapshot, `stock.updated` to its room and to
+        // `admin:inventory`), then per order the same for its stock, and the order's snapshot
+        // and event.
+        assert_eq!(rows.len(), 3 + 3 * 5, "{:?}", db.engine);
         let ids: Vec<i64> = rows.iter().map(|r| r.id).step_by(2).collect();
         store.outbox_done(&ids).await.unwrap();
         let left: Vec<i64> = store
@@ -217,6 +229,6 @@ async fn outbox_rows_are_deleted_by_id() {
             .collect();
         let want: Vec<i64> = rows.iter().map(|r| r.id).skip(1).step_by(2).collect();
         assert_eq!(left, want, "{:?}", db.engine);
-        assert_eq!(store.outbox_backlog().await.unwrap().0, 3);
+        assert_eq!(store.outbox_backlog().await.unwrap().0, 9);
     }
 }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchyard_api::ApiConfig;
+use switchyard_api::catalog::CacheConfig;
 use switchyard_auth::{DEFAULT_MAX_LIFETIME_SECS, JwtConfig, VerifyKey, parse_public_algorithm};
 use switchyard_broker::HistoryConfig;
 use switchyard_broker::redis::RedisConfig;
@@ -77,6 +78,14 @@ impl Server {
         match self {
             Server::All(args) | Server::Api(args) => &args.serve,
             Server::Gateway(args) => &args.serve,
+        }
+    }
+
+    /// The catalog settings (None for a gateway: it serves no catalog).
+    pub fn catalog(&self) -> Option<&CatalogArgs> {
+        match self {
+            Server::All(args) | Server::Api(args) => Some(&args.catalog),
+            Server::Gateway(_) => None,
         }
     }
 
@@ -156,6 +165,46 @@ pub struct AppArgs {
     pub serve: ServeArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+}
+
+/// The catalog's read cache and stock alerts (processes that run the API).
+///
+/// Reads of `GET /api/products[/{sku}]` are cache-aside: in Redis when `REDIS_URL` is set (one
+/// cache for every API process), else in this process (`moka`). Every write invalidates after
+/// its commit and before its answer, by generation, so no read issued after a write's answer
+/// returns the value from before it (README, "The catalog"). The cache is never needed: when
+/// Redis fails, reads go to the database.
+#[derive(Debug, Clone, Args)]
+pub struct CatalogArgs {
+    /// Serve catalog reads through the read cache (`false`: every read from the database).
+    #[arg(long, env = "SWITCHYARD_CATALOG_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub catalog_cache: bool,
+    /// How long a cached product or page lives, seconds (a write replaces it at once anyway).
+    #[arg(long, env = "SWITCHYARD_CATALOG_CACHE_TTL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub catalog_cache_ttl_secs: u64,
+    /// Most products and pages one process keeps in memory (the embedded cache).
+    #[arg(long, env = "SWITCHYARD_CATALOG_CACHE_ENTRIES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub catalog_cache_entries: u64,
+    /// A product's stock falling to or below this (and above 0) sends `stock.low` to
+    /// `admin:inventory`; reaching 0 sends `stock.out`.
+    #[arg(long, env = "SWITCHYARD_LOW_STOCK_THRESHOLD", default_value_t = 10,
+          value_parser = clap::value_parser!(i64).range(0..=1_000_000_000))]
+    pub low_stock_threshold: i64,
+}
+
+impl CatalogArgs {
+    /// The read cache's settings.
+    pub fn cache(&self) -> CacheConfig {
+        CacheConfig {
+            enabled: self.catalog_cache,
+            ttl: Duration::from_secs(self.catalog_cache_ttl_secs),
+            max_entries: self.catalog_cache_entries,
+        }
+    }
 }
 
 impl AppArgs {
@@ -722,6 +771,7 @@ impl LimitArgs {
             max_batch_body_bytes: self.max_batch_body_bytes,
             order_limits,
             max_requests_per_user: self.max_requests_per_user,
+            cache: CacheConfig::default(),
         })
     }
 }

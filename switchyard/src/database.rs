@@ -15,6 +15,11 @@ pub async fn open(database: &DatabaseArgs, mode: Mode) -> anyhow::Result<Store> 
         .await
         .with_context(|| format!("opening database {url}"))?;
     tracing::info!(engine = store.engine().name(), %url, "database ready");
+    // The embedded mode starts with a small catalog, once in the life of its database, so the
+    // README's first commands (and `switchyard demo`) can order something.
+    if mode == Mode::All && store.seed_demo_catalog().await? {
+        tracing::info!("seeded the demo catalog (GET /api/products)");
+    }
     if mode == Mode::Api && !store.engine().is_shared() {
         tracing::warn!(
             "`switchyard api` on SQLite: run exactly one API process; several need PostgreSQL (DATABASE_URL=postgres://…)"

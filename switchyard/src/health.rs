@@ -126,6 +126,15 @@ pub fn register_families(mode: Mode) {
     }
     if mode.runs_api() {
         counter!("switchyard_payments_total").increment(0);
+        for result in ["hit", "miss"] {
+            counter!("switchyard_catalog_cache_reads_total", "result" => result).increment(0);
+        }
+        for name in [
+            "switchyard_catalog_cache_bypass_total",
+            "switchyard_catalog_cache_invalidation_failures_total",
+        ] {
+            counter!(name).increment(0);
+        }
         for source in ["api", "service"] {
             counter!("switchyard_events_published_total", "source" => source).increment(0);
         }

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_api::{ApiState, relay};
+use switchyard_api::{ApiState, catalog, relay};
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey, secret};
 use switchyard_broker::Backplane;
 use switchyard_broker::redis::Redis;
@@ -87,10 +87,15 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
         .map_err(anyhow::Error::msg)?;
     gateway_config.conformance_echo = args.conformance_echo;
     let http = args.limits.http().map_err(anyhow::Error::msg)?;
-    let api_config = args.limits.api().map_err(anyhow::Error::msg)?;
-    let store = match server.database() {
-        Some(database) => Some(crate::database::open(database, mode).await?),
-        None => None,
+    let mut api_config = args.limits.api().map_err(anyhow::Error::msg)?;
+    api_config.cache = server.catalog().map(|c| c.cache()).unwrap_or_default();
+    let store = match (server.database(), server.catalog()) {
+        (Some(database), Some(catalog)) => Some(
+            crate::database::open(database, mode)
+                .await?
+                .with_low_stock_threshold(catalog.low_stock_threshold),
+        ),
+        _ => None,
     };
     let redis = match args
         .redis
@@ -145,6 +150,11 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
     });
     let api_store = store.clone().filter(|_| mode.runs_api());
     let api = api_store.clone().map(|store| ApiState {
+        catalog: catalog::Catalog::new(
+            store.clone(),
+            read_cache(shared_state.is_some(), &api_config.cache),
+            &api_config.cache,
+        ),
         store,
         verifier: verifier.clone(),
         backplane: backplane.clone(),
@@ -285,6 +295,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     serve(build(server).await?, listener, shutdown).await
+}
+
+/// The catalog's read cache: the process's own in the embedded mode. (A process-local cache
+/// would be stale in the distributed mode, where other API processes write: there, reads go to
+/// the database.)
+fn read_cache(
+    distributed: bool,
+    config: &catalog::CacheConfig,
+) -> Option<Arc<dyn catalog::ReadCache>> {
+    if distributed {
+        None
+    } else {
+        Some(Arc::new(catalog::MemoryCache::new(config)))
+    }
 }
 
 /// Everything the main listener serves: the health routes with their OpenAPI description

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::events::{
     OrderAssigned, OrderCreated, OrderPaid, OrderRefunded, OrderStatusChanged, PartnerLocation,
-    RevenueUpdated,
+    RevenueUpdated, StockLow, StockOut, StockUpdated,
 };
 use switchyard_protocol::{BuiltinEvent, Role, Room, ServerMessage};
 
@@ -203,7 +203,7 @@ impl Frames {
         }
         match frame["type"].as_str() {
             Some("event") => {
-                let builtin: [(&str, &str); 7] = [
+                let builtin: [(&str, &str); 10] = [
                     (OrderCreated::NAME, "orderCreated"),
                     (OrderStatusChanged::NAME, "orderStatus"),
                     (OrderAssigned::NAME, "orderAssigned"),
@@ -211,6 +211,9 @@ impl Frames {
                     (OrderRefunded::NAME, "orderRefunded"),
                     (RevenueUpdated::NAME, "revenueUpdated"),
                     (PartnerLocation::NAME, "partnerLocation"),
+                    (StockUpdated::NAME, "stockUpdated"),
+                    (StockLow::NAME, "stockLow"),
+                    (StockOut::NAME, "stockOut"),
                 ];
                 let event = frame["event"].as_str().unwrap_or_default();
                 builtin
@@ -263,6 +266,9 @@ impl Frames {
                 "orderRefunded" => typed_data::<OrderRefunded>(event),
                 "revenueUpdated" => typed_data::<RevenueUpdated>(event),
                 "partnerLocation" => typed_data::<PartnerLocation>(event),
+                "stockUpdated" => typed_data::<StockUpdated>(event),
+                "stockLow" => typed_data::<StockLow>(event),
+                "stockOut" => typed_data::<StockOut>(event),
                 _ => Ok(data.clone()),
             }?;
             if typed != data {
@@ -405,6 +411,26 @@ async fn a_session_speaks_what_the_document_says() {
     let (code, body) = server.set_status(&second, &customer, "cancelled").await;
     assert_eq!(code, 200, "{body}");
     check.got(c1.event(own, OrderRefunded::NAME).await);
+
+    // Stock: a product's room and the inventory feed, down to the low-stock threshold (10 by
+    // default) and to zero.
+    let inventory = Room::admin_inventory();
+    let product = Room::product("milk-1l").unwrap();
+    check.ask(&mut admin_ws, subscribe(&inventory)).await;
+    check.ask(&mut c1, subscribe(&product)).await;
+    for (stock, alert) in [(11, "stock.updated"), (10, "stock.low"), (0, "stock.out")] {
+        let (code, body) = server
+            .call(
+                "PATCH",
+                "/api/products/milk-1l",
+                &admin(),
+                Some(json!({"stock": stock})),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        check.got(c1.event(product.as_str(), "stock.updated").await);
+        check.got(admin_ws.event(inventory.as_str(), alert).await);
+    }
 
     let event = json!({"room": own, "event": "eta.updated", "data": {"eta_s": 60}});
     let (status, body) = server

@@ -263,7 +263,7 @@ async fn events_committed_before_a_crash_are_published_after_the_restart() {
         let resp = http
             .post(crashed.url("/api/orders"))
             .bearer_auth(&customer)
-            .json(&json!({"items":[{"sku":"a","qty":1,"unit_price_paise":100}],"address":"x"}))
+            .json(&json!({"items":[{"sku":"milk-1l","qty":1}],"address":"x"}))
             .send()
             .await
             .unwrap();
@@ -519,7 +519,7 @@ async fn tokens_are_never_logged_even_at_trace_level() {
         let resp = http
             .post(proc.url("/api/orders"))
             .bearer_auth(&in_rest)
-            .json(&json!({"items":[{"sku":"a","qty":1,"unit_price_paise":100}],"address":"x"}))
+            .json(&json!({"items":[{"sku":"milk-1l","qty":1}],"address":"x"}))
             .send()
             .await
             .unwrap();

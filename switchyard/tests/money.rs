@@ -21,9 +21,64 @@ fn line(qty: i64, unit_price_paise: i64) -> Value {
     json!({ "sku": "phone", "qty": qty, "unit_price_paise": unit_price_paise })
 }
 
+/// Puts `sku` in the catalog at `price_paise`; returns the status.
+async fn product(server: &TestServer, sku: &str, price_paise: i64) -> (u16, Value) {
+    let body = json!({ "name": sku, "price_paise": price_paise, "stock": 100 });
+    server
+        .call("PUT", &format!("/api/products/{sku}"), &admin(), Some(body))
+        .await
+}
+
+/// The hole this closes: the client set its own prices. Now the catalog's price is charged
+/// whatever the client sends, and a price that is not the catalog's is refused with the
+/// current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_sets_the_price_not_the_client() {
+    let server = TestServer::start().await;
+    let (status, body) = product(&server, "phone", 15_000_000).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = create(&server, "c1", json!([line(1, 1)])).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("price_changed")),
+        "{body}"
+    );
+    assert_eq!(
+        body["items"],
+        json!([{"sku": "phone", "price_paise": 15_000_000}])
+    );
+    let (status, order) = create(&server, "c1", json!([{"sku": "phone", "qty": 2}])).await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["total_paise"], 30_000_000, "{order}");
+    assert_eq!(order["items"][0]["unit_price_paise"], 15_000_000);
+    assert_eq!(order["items"][0]["name"], "phone");
+    // Unknown SKUs are named.
+    let (status, body) = create(&server, "c1", json!([{"sku": "gold-bar", "qty": 1}])).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("gold-bar"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_money_is_capped_and_a_revenue_total_at_its_cap_breaks_nobody_else() {
     let server = TestServer::start().await;
+    // No product may cost more than the unit price cap; one at the cap, one at a paisa.
+    let (status, body) = product(&server, "phone", 50_000_001).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid")),
+        "{body}"
+    );
+    for (sku, price) in [("phone", 50_000_000), ("cable", 1)] {
+        let (status, body) = product(&server, sku, price).await;
+        assert_eq!(status, 201, "{body}");
+    }
     // The attack: one order of 10^16 paise; ~930 of them paid overflowed the revenue total.
     let (status, body) = create(&server, "c1", json!([line(10_000, 10_000_000_000)])).await;
     assert_eq!(
@@ -36,7 +91,8 @@ async fn order_money_is_capped_and_a_revenue_total_at_its_cap_breaks_nobody_else
     assert_eq!(status, 422, "{body}");
     let (status, body) = create(&server, "c1", json!([line(1, 50_000_001)])).await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = create(&server, "c1", json!([line(2, 50_000_000), line(1, 1)])).await;
+    let cable = json!({ "sku": "cable", "qty": 1 });
+    let (status, body) = create(&server, "c1", json!([line(2, 50_000_000), cable])).await;
     assert_eq!(status, 422, "one paisa over the total cap: {body}");
     let (status, at_cap) = create(&server, "c1", json!([line(2, 50_000_000)])).await;
     assert_eq!(

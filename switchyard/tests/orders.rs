@@ -202,8 +202,7 @@ async fn rest_errors_are_json_with_the_right_status() {
             (status, r.json::<Value>().await.unwrap())
         }
     };
-    let good =
-        json!({"items":[{"sku":"a","qty":1,"unit_price_paise":1}],"address":"x"}).to_string();
+    let good = json!({"items":[{"sku":"milk-1l","qty":1}],"address":"x"}).to_string();
     let cases = [
         (
             post("{".into(), Some(c1.clone()), true).await,
@@ -243,8 +242,7 @@ async fn rest_errors_are_json_with_the_right_status() {
         ),
         (
             post(
-                json!({"items":[{"sku":"a","qty":-1,"unit_price_paise":1}],"address":"x"})
-                    .to_string(),
+                json!({"items":[{"sku":"milk-1l","qty":-1}],"address":"x"}).to_string(),
                 Some(c1.clone()),
                 true,
             )

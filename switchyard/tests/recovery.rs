@@ -369,7 +369,7 @@ async fn a_new_process_is_a_new_epoch_whose_events_all_reach_a_returning_client(
     };
     let mut first = start();
     let customer = token("c1", Role::Customer);
-    let body = json!({"items":[{"sku":"tea","qty":1,"unit_price_paise":250}],"address":"x"});
+    let body = json!({"items":[{"sku":"tea-250g","qty":1}],"address":"x"});
     let (status, order) = first
         .call("POST", "/api/orders", &customer, Some(body))
         .await;

@@ -12,12 +12,15 @@
 //!   methods with 405 and `Allow` (`unsupported_method`, `allow_header_conformance`), and
 //!   refuse requests without the token (`ignored_auth`); plus the resource checks.
 //!
-//! Two checks of `--checks all` are left out, because they assume what this API's documented
+//! Checks of `--checks all` are left out where they assume what this API's documented
 //! rules deny: `positive_data_acceptance` (a schema-valid body must succeed — but a payment's
 //! amount must equal its order's total, and an order's total is capped, which no JSON Schema
 //! states) and `missing_required_header` (a missing `Idempotency-Key` must be the first
 //! refusal — but the API's documented order of checks answers a 409 of the order's state
-//! before it judges the payload, `protocol/README.md`, "Order of checks").
+//! before it judges the payload, `protocol/README.md`, "Order of checks"). A third, the
+//! stateful `use_after_free` (a resource deleted with a 2xx must be 404 afterwards), is left
+//! out because `DELETE /api/products/{sku}` of a product that open orders hold keeps it
+//! readable, `discontinued`, by design (issue #15; answered 200 with the product, not 204).
 //!
 //! The seed is random unless `SCHEMATHESIS_SEED` is set, and printed with the case count
 //! (also to `target/tmp/schemathesis/summary.txt`, which `scripts/test.sh` shows after the
@@ -39,7 +42,7 @@ const PER_ROLE: Duration = Duration::from_secs(20);
 /// Cases per operation and phase.
 const MAX_EXAMPLES: &str = "25";
 const CHECKS: &str = "all";
-const NOT_CHECKED: &str = "positive_data_acceptance,missing_required_header";
+const NOT_CHECKED: &str = "positive_data_acceptance,missing_required_header,use_after_free";
 
 /// Orders in several states, so that ids 1 to 5 exist for every role's requests.
 async fn seed(base: &str) {
@@ -49,7 +52,7 @@ async fn seed(base: &str) {
         items: vec![Item {
             sku: "milk-1l".into(),
             qty: 2,
-            unit_price_paise: 6500,
+            unit_price_paise: Some(6500),
         }],
         address: "12 MG Road".into(),
     };

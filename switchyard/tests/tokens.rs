@@ -102,7 +102,7 @@ async fn an_absurd_exp_is_refused_everywhere_and_nothing_leaks() {
                 "POST",
                 "/api/orders",
                 &at_cap,
-                Some(json!({"items":[{"sku":"a","qty":1,"unit_price_paise":100}],"address":"x"})),
+                Some(json!({"items":[{"sku":"milk-1l","qty":1}],"address":"x"})),
             )
             .await;
         assert_eq!(status, 201, "{body}");

@@ -1,4 +1,5 @@
-// The admin view (/): revenue ticker with a sparkline, the live list of orders, partners on a
+// The admin view (/): revenue ticker with a sparkline, the inventory with live stock and
+// low-stock alerts (`admin:inventory`), the live list of orders, partners on a
 // map. Initial state over REST, then live events through clients/js:
 //
 // - `admin:revenue` carries `revenue.updated` (totals, and the payment that moved them);
@@ -81,6 +82,9 @@ async function start() {
   await client.connect();
   const { snapshot } = await client.subscribe("admin:revenue");
   if (snapshot) setRevenue(snapshot);
+  // Joined before the catalog is read: a change in between is in the list or in the events.
+  await client.subscribe("admin:inventory");
+  await loadInventory();
   await pollNewOrders();
   setInterval(() => pollNewOrders().catch(() => {}), POLL_MS); // fails quietly while the server is away
   setInterval(() => {
@@ -114,6 +118,15 @@ function onEvent({ event, data }) {
     case "partner.location":
       movePartner(data);
       break;
+    case "stock.updated":
+      setStock(data);
+      break;
+    case "stock.low":
+      alertStock(data, "low");
+      break;
+    case "stock.out":
+      alertStock(data, "out");
+      break;
   }
 }
 
@@ -124,6 +137,8 @@ function onEvent({ event, data }) {
 async function onResync({ room, snapshot }) {
   if (room === "admin:revenue") {
     setRevenue(snapshot ?? (await api(token, "/api/revenue")));
+  } else if (room === "admin:inventory") {
+    await loadInventory();
   } else if (room.startsWith("order:")) {
     const id = room.slice("order:".length);
     upsert(snapshot ?? (await api(token, `/api/orders/${encodeURIComponent(id)}`)));
@@ -248,6 +263,70 @@ function trimRows() {
     orders.delete(id);
     leave(id);
   }
+}
+
+// ---- inventory ------------------------------------------------------------------------------
+
+/** @type {Map<string, any>} sku → product, as `GET /api/products` returns it */
+const products = new Map();
+/** Most alerts shown at once (the newest first). */
+const MAX_ALERTS = 8;
+
+/** Reads the whole catalog (every page) into the panel. */
+async function loadInventory() {
+  let after = "";
+  for (let page = 0; page < 50; page++) {
+    const listed = await api(token, `/api/products?limit=200&after=${encodeURIComponent(after)}`);
+    for (const p of listed.products) setStock(p, false);
+    if (!listed.next_after) break;
+    after = listed.next_after;
+  }
+  $("inventory-count").textContent = `${products.size} products`;
+}
+
+/** A product's new stock (`stock.updated`, or a product as listed); older levels are ignored. */
+function setStock(level, flash = true) {
+  const known = products.get(level.sku);
+  if (known && known.updated_at > level.updated_at) return;
+  const product = { ...known, ...level };
+  products.set(level.sku, product);
+  let row = document.querySelector(`tr[data-sku="${CSS.escape(level.sku)}"]`);
+  if (!row) {
+    row = document.createElement("tr");
+    row.dataset.sku = level.sku;
+    row.innerHTML = `<td class="sku"></td><td class="name"></td><td class="num price"></td><td class="num stock"></td>`;
+    const body = $("inventory");
+    const next = [...body.children].find((r) => r.dataset.sku > level.sku);
+    body.insertBefore(row, next ?? null);
+    $("inventory-count").textContent = `${products.size} products`;
+  }
+  row.querySelector(".sku").textContent = product.sku;
+  row.querySelector(".name").textContent = product.name ?? "";
+  row.querySelector(".price").textContent = product.price_paise ? rupees(product.price_paise) : "";
+  const cell = row.querySelector(".stock");
+  cell.textContent = String(product.stock);
+  cell.dataset.stock = String(product.stock);
+  row.classList.toggle("out", product.stock === 0);
+  if (flash) {
+    row.classList.remove("flash");
+    void row.offsetWidth; // restart the animation
+    row.classList.add("flash");
+  }
+}
+
+/** `stock.low` / `stock.out`: an alert at the top of the panel. */
+function alertStock(level, kind) {
+  setStock(level);
+  const item = document.createElement("li");
+  item.className = `alert ${kind}`;
+  item.dataset.sku = level.sku;
+  item.dataset.kind = kind;
+  const name = products.get(level.sku)?.name ?? level.sku;
+  item.textContent =
+    kind === "out" ? `${clock(level.updated_at)} ${name}: out of stock` : `${clock(level.updated_at)} ${name}: ${level.stock} left`;
+  const list = $("stock-alerts");
+  list.prepend(item);
+  while (list.children.length > MAX_ALERTS) list.lastElementChild.remove();
 }
 
 // ---- revenue --------------------------------------------------------------------------------

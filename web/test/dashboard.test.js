@@ -1,6 +1,7 @@
 // The dashboard end to end: the real binary (SWITCHYARD_BIN), headless Chromium (CHROMIUM,
 // Debian's /usr/bin/chromium by default) driven by playwright-core, the REST API as the source
-// of changes. It checks that the admin view (/) follows revenue and order statuses live without
+// of changes. It checks that the admin view (/) follows revenue, stock (with low-stock alerts)
+// and order statuses live without
 // a reload, that it comes back after the server restarts, that the tracking view (/track)
 // follows its order, that the API reference page (/api/docs) renders from the embedded Redoc,
 // and saves screenshots of both views: to target/screenshots/, or with
@@ -152,6 +153,36 @@ test("the admin page shows the orders and a revenue total that follows payments 
   await sleep(1200);
   await pay("c1", orders.c);
   await admin.waitForFunction(() => document.getElementById("revenue-total").dataset.paise === "31900", null, WAIT);
+  assert.equal(await admin.evaluate(() => window.stillTheSamePage), true);
+});
+
+test("the inventory panel shows live stock and low-stock alerts", async () => {
+  const stockOf = (sku) => admin.evaluate((sku) => document.querySelector(`tr[data-sku="${sku}"] .stock`)?.dataset.stock, sku);
+  const waitStock = (sku, stock) =>
+    admin.waitForFunction(
+      ([sku, stock]) => document.querySelector(`tr[data-sku="${sku}"] .stock`)?.dataset.stock === stock,
+      [sku, String(stock)],
+      WAIT,
+    );
+  // The seeded catalog, with what the orders above reserved already taken off.
+  await admin.waitForFunction(() => document.querySelectorAll("#inventory tr").length === 20, null, WAIT);
+  const curd = await rest("admin", "GET", "/api/products/curd-400g");
+  assert.equal(await stockOf("curd-400g"), String(curd.stock));
+  // An order takes units: the panel follows, live.
+  await order("c1", [{ sku: "curd-400g", qty: 3 }], "5 Lavelle Road");
+  await waitStock("curd-400g", curd.stock - 3);
+  // Down to the threshold (10): a low-stock alert; to zero: an out-of-stock alert.
+  await rest("admin", "PATCH", "/api/products/curd-400g", { stock: 12 });
+  await waitStock("curd-400g", 12);
+  await rest("admin", "PATCH", "/api/products/curd-400g", { stock_delta: -3 });
+  await admin.waitForSelector('#stock-alerts li[data-sku="curd-400g"][data-kind="low"]', WAIT);
+  await rest("admin", "PATCH", "/api/products/curd-400g", { stock: 0 });
+  await admin.waitForSelector('#stock-alerts li[data-sku="curd-400g"][data-kind="out"]', WAIT);
+  await waitStock("curd-400g", 0);
+  assert.match(await text(admin, '#stock-alerts li[data-kind="out"]'), /out of stock/);
+  // A restock.
+  await rest("admin", "PATCH", "/api/products/curd-400g", { stock_delta: 40 });
+  await waitStock("curd-400g", 40);
   assert.equal(await admin.evaluate(() => window.stillTheSamePage), true);
 });
 

@@ -225,3 +225,28 @@ test("token refresh: the provider is called refreshBeforeExpSecs before exp; the
   assert.equal(c.seen("reconnecting").length, 0);
   c.close();
 });
+
+test("a product room: the snapshot is the product, then every stock change live", async () => {
+  const srv = await server();
+  const c = client(srv, { sub: "c7" });
+  await c.connect();
+  const stock = [];
+  const sub = await c.subscribe("product:eggs-12", (e) => stock.push(e));
+  assert.equal(sub.snapshot.sku, "eggs-12");
+  const start = sub.snapshot.stock;
+  assert.ok(start > 2, JSON.stringify(sub.snapshot));
+
+  // An order takes two units, a restock adds five: each change arrives as stock.updated.
+  const customer = mint({ sub: "c7", role: "customer" });
+  const placed = await api(srv, "POST", "/api/orders", customer, { items: [{ sku: "eggs-12", qty: 2 }], address: "1 Hosur Road" });
+  assert.equal(placed.status, 201, JSON.stringify(placed.body));
+  await until(() => stock.length === 1, "stock.updated after the order");
+  assert.equal(stock[0].event, "stock.updated");
+  assert.deepEqual([stock[0].data.sku, stock[0].data.stock], ["eggs-12", start - 2]);
+  const restocked = await api(srv, "PATCH", "/api/products/eggs-12", admin(), { stock_delta: 5 });
+  assert.equal(restocked.status, 200, JSON.stringify(restocked.body));
+  await until(() => stock.length === 2, "stock.updated after the restock");
+  assert.equal(stock[1].data.stock, start + 3);
+  assert.ok(stock[1].data.updated_at > stock[0].data.updated_at);
+  assert.equal(stock[1].offset, stock[0].offset + 1);
+});

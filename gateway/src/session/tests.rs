@@ -26,7 +26,7 @@ use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::close;
 use switchyard_protocol::events::PartnerLocation;
 use switchyard_protocol::order::{Order, OrderStatus, Revenue};
-use switchyard_protocol::{BuiltinEvent, Location, Role, Room, UserId};
+use switchyard_protocol::{BuiltinEvent, Location, Product, Role, Room, UserId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -87,6 +87,17 @@ impl Backend for Orders {
             Read::Fresh => &self.fresh,
         };
         Ok(view.lock().unwrap().get(&id).cloned())
+    }
+
+    async fn product(&self, sku: &str) -> Result<Option<Product>, BackendError> {
+        Ok((sku == "milk-1l").then(|| Product {
+            sku: sku.to_owned(),
+            name: "Milk".to_owned(),
+            price_paise: 6500,
+            stock: 7,
+            discontinued: false,
+            updated_at: 1,
+        }))
     }
 
     async fn revenue(&self) -> Result<Revenue, BackendError> {
@@ -610,9 +621,18 @@ async fn who_may_join_which_room() {
     let reply = c1.subscribe("order:1").await;
     assert!(ok(&reply), "{reply}");
     assert_eq!(reply["snapshot"]["customer"], "c1");
+    // A product's room: anyone signed in; the snapshot is the product (null: none).
+    let mut c2 = h.connect("c2", Role::Customer, HOUR).await;
+    let reply = c2.subscribe("product:milk-1l").await;
+    assert!(ok(&reply), "{reply}");
+    assert_eq!(reply["snapshot"]["stock"], 7);
+    let reply = c2.subscribe("product:nothing").await;
+    assert!(ok(&reply), "{reply}");
+    assert_eq!(reply["snapshot"], Value::Null);
     for room in [
         "user:c2",
         "admin:revenue",
+        "admin:inventory",
         "order:2",
         "order:999",
         "order:01",
@@ -635,7 +655,7 @@ async fn who_may_join_which_room() {
     assert!(ok(&reply), "{reply}");
     assert_eq!(reply["snapshot"]["total_paise"], 4_200);
     assert!(ok(&admin.subscribe("user:c1").await));
-    assert!(ok(&admin.subscribe("order:2").await));
+    assert!(ok(&admin.subscribe("admin:inventory").await));
     let reply = admin.subscribe("order:3").await;
     assert_eq!(error(&reply), "limit_exceeded", "{reply}");
     assert_eq!(h.shared().hub.member_count("user:c1"), 2);

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use switchyard_gateway::backend::{Backend, BackendError, Read};
-use switchyard_protocol::{Location, Order, Revenue};
+use switchyard_protocol::{Location, Order, Product, Revenue};
 use switchyard_store::Store;
 
 /// Reads and writes the database in-process: always fresh, so [`Read`] makes no difference.
@@ -18,6 +18,10 @@ fn failed(err: switchyard_store::StoreError) -> BackendError {
 impl Backend for Embedded {
     async fn order(&self, id: i64, _read: Read) -> Result<Option<Order>, BackendError> {
         self.store.order(id).await.map_err(failed)
+    }
+
+    async fn product(&self, sku: &str) -> Result<Option<Product>, BackendError> {
+        self.store.product(sku).await.map_err(failed)
     }
 
     async fn revenue(&self) -> Result<Revenue, BackendError> {

@@ -6,6 +6,7 @@
 //!   └─ order(id) ─┬─ Redis: snap:order:{id} + pos:{id} (one MGET) ── hit → answer
 //!                 └─ miss (never written, expired, Redis flushed or down), or a fresh read
 //!                      └─ GET {api}/internal/orders/{id} with a service token → the database
+//! (products alike: snap:product:{sku}, then GET {api}/internal/products/{sku})
 //! ```
 //!
 //! The API's outbox relay writes every order's and the revenue's snapshot to Redis before it
@@ -28,7 +29,7 @@ use switchyard_auth::{Issuer, now_secs};
 use switchyard_broker::state::{Cached, SharedState};
 use switchyard_gateway::backend::{Backend, BackendError, Read};
 use switchyard_gateway::locations::newest;
-use switchyard_protocol::{Location, Order, Revenue, Role, Room};
+use switchyard_protocol::{Location, Order, Product, Revenue, Role, Room};
 
 /// Lifetime of a service token the gateway signs itself; renewed when a quarter is left.
 const MINTED_TOKEN_TTL: u64 = 3600;
@@ -209,6 +210,20 @@ impl Backend for Remote {
             order.last_location = newest(order.last_location, position);
         }
         Ok(order)
+    }
+
+    async fn product(&self, sku: &str) -> Result<Option<Product>, BackendError> {
+        let room = Room::product(sku).map_err(|e| BackendError(e.to_string()))?;
+        let cached = self.cached(&room).await;
+        // `null`: the product was removed.
+        if let Some(product) =
+            parse::<Option<Product>>(cached.snapshot.as_deref(), "product snapshot")
+        {
+            metrics::counter!("switchyard_backend_reads_total", "source" => "shared_state")
+                .increment(1);
+            return Ok(product);
+        }
+        self.api.get(&format!("/internal/products/{sku}")).await
     }
 
     async fn revenue(&self) -> Result<Revenue, BackendError> {

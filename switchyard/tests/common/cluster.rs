@@ -279,7 +279,19 @@ impl Cluster {
         assert_eq!(status, 200, "{body}");
     }
 
+    /// Places an order of one `tea` (created in the catalog if missing: the distributed mode
+    /// starts with an empty one) for `customer` through `base`.
     pub async fn create_order(&self, base: &str, customer: &str) -> String {
+        let (status, _) = self
+            .call(base, "GET", "/api/products/tea", &super::admin(), None)
+            .await;
+        if status == 404 {
+            let tea = serde_json::json!({"name":"Tea","price_paise":250,"stock":1_000_000});
+            let (status, body) = self
+                .call(base, "PUT", "/api/products/tea", &super::admin(), Some(tea))
+                .await;
+            assert!(status == 201 || status == 200, "{body}");
+        }
         let (status, body) = self
             .call(
                 base,

@@ -154,18 +154,35 @@ impl TestServer {
         http_call(&self.http, method, &self.url(path), token, body).await
     }
 
-    /// Creates an order for `customer` and returns its id.
+    /// Creates an order for `customer` of `qty` units of a product costing `price` paise (one
+    /// created for the price when the catalog has none, see [`TestServer::product_at`]) and
+    /// returns its id.
     pub async fn create_order(&self, customer: &str, qty: i64, price: i64) -> String {
+        let sku = self.product_at(price).await;
         let (status, body) = self
             .call(
                 "POST",
                 "/api/orders",
                 &token(customer, Role::Customer),
-                Some(json!({"items":[{"sku":"milk-1l","qty":qty,"unit_price_paise":price}],"address":"12 MG Road"})),
+                Some(json!({"items":[{"sku":sku,"qty":qty,"unit_price_paise":price}],"address":"12 MG Road"})),
             )
             .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The SKU `item-{price}`, put in the catalog at `price` paise with plenty of stock unless
+    /// it is there already.
+    pub async fn product_at(&self, price: i64) -> String {
+        let sku = format!("item-{price}");
+        let path = format!("/api/products/{sku}");
+        let (status, _) = self.call("GET", &path, &admin(), None).await;
+        if status == 404 {
+            let product = json!({"name": sku, "price_paise": price, "stock": 1_000_000});
+            let (status, body) = self.call("PUT", &path, &admin(), Some(product)).await;
+            assert!(status == 201 || status == 200, "{body}");
+        }
+        sku
     }
 
     pub async fn assign(&self, order: &str, partner: &str) {

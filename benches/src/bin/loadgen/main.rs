@@ -36,6 +36,7 @@ use switchyard_benches::wire::{Conn, Frame, Opcode};
 use switchyard_benches::{hist, net, procstat, proto, wire};
 use switchyard_client::Rest;
 use switchyard_protocol::Role;
+use switchyard_protocol::catalog::ProductPut;
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::order::{Item, NewOrder};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -1189,10 +1190,22 @@ async fn handshake(args: HandshakeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The product the benchmark's orders buy.
+const BENCH_SKU: &str = "bench-milk-1l";
+
 /// Creates `n` orders (customer `lc{k}`) and assigns each to partner `lp{k}`; returns the ids.
 async fn create_orders(api: &str, issuer: &Issuer, n: usize) -> anyhow::Result<Vec<String>> {
     let http = reqwest::Client::new();
     let admin = issuer.issue("lg-admin", Role::Admin, 3600);
+    // What the orders buy: a product of its own, with a unit for each order.
+    let product = ProductPut {
+        name: "Bench milk, 1 l".into(),
+        price_paise: 6500,
+        stock: n as i64,
+    };
+    Rest::with_http(http.clone(), api, &admin)
+        .put_product(BENCH_SKU, &product)
+        .await?;
     let permits = Arc::new(Semaphore::new(32));
     let mut tasks = Vec::new();
     for k in 0..n {
@@ -1204,9 +1217,9 @@ async fn create_orders(api: &str, issuer: &Issuer, n: usize) -> anyhow::Result<V
             let rest = Rest::with_http(http, api, customer);
             let new = NewOrder {
                 items: vec![Item {
-                    sku: "milk-1l".into(),
+                    sku: BENCH_SKU.into(),
                     qty: 1,
-                    unit_price_paise: 6500,
+                    unit_price_paise: Some(6500),
                 }],
                 address: "1 Bench Road".into(),
             };
