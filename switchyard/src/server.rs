@@ -152,7 +152,7 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
     let api = api_store.clone().map(|store| ApiState {
         catalog: catalog::Catalog::new(
             store.clone(),
-            read_cache(shared_state.is_some(), &api_config.cache),
+            read_cache(mode, &api_config.cache),
             &api_config.cache,
         ),
         store,
@@ -297,17 +297,14 @@ pub async fn run(
     serve(build(server).await?, listener, shutdown).await
 }
 
-/// The catalog's read cache: the process's own in the embedded mode. (A process-local cache
-/// would be stale in the distributed mode, where other API processes write: there, reads go to
-/// the database.)
-fn read_cache(
-    distributed: bool,
-    config: &catalog::CacheConfig,
-) -> Option<Arc<dyn catalog::ReadCache>> {
-    if distributed {
-        None
-    } else {
-        Some(Arc::new(catalog::MemoryCache::new(config)))
+/// The catalog's read cache: the process's own in the embedded mode (`all`: the only writer).
+/// A `switchyard api` process never keeps one of its own — with or without Redis, another API
+/// process may write the same database, and a process-local cache would then answer stale
+/// values (switchyard/tests/catalog.rs caught exactly that): it reads the database.
+fn read_cache(mode: Mode, config: &catalog::CacheConfig) -> Option<Arc<dyn catalog::ReadCache>> {
+    match mode {
+        Mode::All => Some(Arc::new(catalog::MemoryCache::new(config))),
+        Mode::Api | Mode::Gateway => None,
     }
 }
 
