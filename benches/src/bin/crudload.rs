@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use switchyard_auth::Issuer;
 use switchyard_benches::hist;
 use switchyard_client::{Rest, Socket};
+use switchyard_protocol::catalog::ProductPut;
 use switchyard_protocol::client::ClientOp;
 use switchyard_protocol::order::{Item, NewOrder};
 use switchyard_protocol::{OrderStatus, Role, Room};
@@ -106,7 +107,7 @@ fn new_order(price: i64) -> NewOrder {
         items: vec![Item {
             sku: "tea".into(),
             qty: 1,
-            unit_price_paise: price,
+            unit_price_paise: Some(price),
         }],
         address: "bench street 1".into(),
     }
@@ -119,6 +120,20 @@ async fn create_orders(
     issuer: &Issuer,
     count: usize,
 ) -> anyhow::Result<Vec<(String, usize)>> {
+    // What the orders buy: `tea` in the catalog, with a unit for each order.
+    let tea = ProductPut {
+        name: "Tea".into(),
+        price_paise: 250,
+        stock: count as i64,
+    };
+    Rest::with_http(
+        http.clone(),
+        cli.apis[0].clone(),
+        issuer.issue("bench-admin", Role::Admin, 7_200),
+    )
+    .put_product("tea", &tea)
+    .await
+    .map_err(|e| anyhow::anyhow!("putting tea in the catalog: {e}"))?;
     let gate = Arc::new(Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..count {
