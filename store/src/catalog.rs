@@ -167,12 +167,29 @@ impl Store {
     }
 
     /// Creates or replaces `sku` (admins); a discontinued product is sold again. Returns the
-    /// product and whether it was created.
+    /// product and whether it was created. Two first `PUT`s of one SKU at once: one creates
+    /// it, the other (its insert finding the row there) is retried once and replaces it.
     pub async fn put_product(
         &self,
         sku: &str,
         put: &ProductPut,
     ) -> Result<(Product, bool), StoreError> {
+        match self.try_put_product(sku, put).await? {
+            Some(done) => Ok(done),
+            None => self
+                .try_put_product(sku, put)
+                .await?
+                .ok_or_else(|| StoreError::Conflict(format!("{sku} is being written; retry"))),
+        }
+    }
+
+    /// One attempt of [`Store::put_product`]; `None` when a concurrent first `PUT` created the
+    /// row between this one's read and its insert (nothing was written).
+    async fn try_put_product(
+        &self,
+        sku: &str,
+        put: &ProductPut,
+    ) -> Result<Option<(Product, bool)>, StoreError> {
         let mut tx = self.write_tx().await?;
         let current = self.lock_product(&mut tx, sku).await?;
         let product = Product {
@@ -183,12 +200,29 @@ impl Store {
             discontinued: false,
             updated_at: next_updated_at(current.as_ref().map(|p| p.updated_at)),
         };
-        Self::write_product(&mut tx, &product, current.is_none()).await?;
+        if current.is_some() {
+            Self::write_product(&mut tx, &product, false).await?;
+        } else {
+            let inserted = sqlx::query(
+                "INSERT INTO products (sku, name, price_paise, stock, discontinued, updated_at) \
+                 VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (sku) DO NOTHING",
+            )
+            .bind(sku)
+            .bind(&product.name)
+            .bind(product.price_paise)
+            .bind(product.stock)
+            .bind(product.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Ok(None);
+            }
+        }
         let previous = current.as_ref().map_or(0, |p| p.stock);
         self.stock_changed(&mut tx, &product, previous).await?;
         tx.commit().await?;
         self.outbox_written.notify_one();
-        Ok((product, current.is_none()))
+        Ok(Some((product, current.is_none())))
     }
 
     /// Changes some fields of `sku`, or its stock by a delta (admins). 404 when it does not

@@ -232,3 +232,30 @@ async fn stock_changes_go_out_through_the_outbox() {
         assert_eq!(stock, want, "{:?}", db.engine);
     }
 }
+
+/// Concurrent first `PUT`s of one SKU: one creates it, the others replace it; none fails.
+#[tokio::test]
+async fn concurrent_first_puts_create_once() {
+    for (db, store) in stores().await {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..10 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let put = ProductPut {
+                    name: "Tea".into(),
+                    price_paise: 250 + i,
+                    stock: 10,
+                };
+                store.put_product("tea", &put).await
+            });
+        }
+        let mut created = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (_, was_created) = joined
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{:?}: {e}", db.engine));
+            created += usize::from(was_created);
+        }
+        assert_eq!(created, 1, "{:?}", db.engine);
+    }
+}
