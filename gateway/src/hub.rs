@@ -332,8 +332,9 @@ impl Deliver for Hub {
     fn deliver(&self, publication: Publication) {
         match Utf8Bytes::try_from(publication.frame) {
             Ok(frame) => {
-                let latest_only = frame_event_name(&frame)
-                    .is_some_and(|name| events::is_latest_value_in(&publication.room, name));
+                let latest_only = frame_event_name(&frame).is_some_and(|name| {
+                    events::is_latest_value_in(publication.room.as_str(), name)
+                });
                 self.fan_out(Event::new(
                     publication.room,
                     publication.epoch,

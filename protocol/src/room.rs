@@ -130,14 +130,14 @@ impl Room {
     pub fn product(sku: &str) -> Result<Room, RoomError> {
         validate_id(sku)?;
         Ok(Room {
-            name: format!("product:{sku}"),
+            name: format!("product:{sku}").into(),
             kind: RoomKind::Product,
         })
     }
 
     pub fn admin_inventory() -> Room {
         Room {
-            name: Self::ADMIN_INVENTORY.to_owned(),
+            name: Self::ADMIN_INVENTORY.into(),
             kind: RoomKind::AdminInventory,
         }
     }
