@@ -171,8 +171,10 @@ pub struct AppArgs {
 
 /// The catalog's read cache and stock alerts (processes that run the API).
 ///
-/// Reads of `GET /api/products[/{sku}]` are cache-aside: in Redis when `REDIS_URL` is set (one
-/// cache for every API process), else in this process (`moka`). Every write invalidates after
+/// Reads of `GET /api/products[/{sku}]` are cache-aside in the embedded mode (`all`, in this
+/// process: `moka`). A `switchyard api` process keeps no cache of its own (another API process
+/// may write the same database) and reads the database (`X-Cache: miss`); a shared Redis cache
+/// for the distributed mode is not built yet. Every write invalidates after
 /// its commit and before its answer, by generation, so no read issued after a write's answer
 /// returns the value from before it (README, "The catalog"). The cache is never needed: when
 /// Redis fails, reads go to the database.
