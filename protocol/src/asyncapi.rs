@@ -70,6 +70,7 @@ fn room_of(kinds: &[&str]) -> Value {
         .map(|k| match *k {
             "admin:revenue" => "admin:revenue".to_owned(),
             "admin:inventory" => "admin:inventory".to_owned(),
+            "admin:orders" => "admin:orders".to_owned(),
             kind => format!("{kind}:{ID}"),
         })
         .collect();
@@ -290,7 +291,7 @@ pub fn document() -> Value {
             "An op succeeded. A subscribe reply carries the room's `position` when joined and, \
              unless the recovery was complete, its `snapshot`: the order for `order:{id}`, the \
              product for `product:{sku}` (`null`: no such product), the revenue totals for \
-             `admin:revenue`, `null` for `user:{id}` and `admin:inventory`.",
+             `admin:revenue`, `null` for `user:{id}`, `admin:inventory` and `admin:orders`.",
             &["op"],
             json!({
                 "id": op_id(),
@@ -321,11 +322,11 @@ pub fn document() -> Value {
              dropped). The subscription stays; resubscribe with `since` to recover.",
             &["room"],
             json!({ "room": schema_ref("Room") })),
-        "OrderCreatedEvent": event_frame::<OrderCreated>(&["user"]),
-        "OrderStatusEvent": event_frame::<OrderStatusChanged>(&["order", "user"]),
-        "OrderAssignedEvent": event_frame::<OrderAssigned>(&["order", "user"]),
-        "OrderPaidEvent": event_frame::<OrderPaid>(&["order", "user"]),
-        "OrderRefundedEvent": event_frame::<OrderRefunded>(&["order", "user"]),
+        "OrderCreatedEvent": event_frame::<OrderCreated>(&["user", "admin:orders"]),
+        "OrderStatusEvent": event_frame::<OrderStatusChanged>(&["order", "user", "admin:orders"]),
+        "OrderAssignedEvent": event_frame::<OrderAssigned>(&["order", "user", "admin:orders"]),
+        "OrderPaidEvent": event_frame::<OrderPaid>(&["order", "user", "admin:orders"]),
+        "OrderRefundedEvent": event_frame::<OrderRefunded>(&["order", "user", "admin:orders"]),
         "RevenueUpdatedEvent": event_frame::<RevenueUpdated>(&["admin:revenue"]),
         "PartnerLocationEvent": event_frame::<PartnerLocation>(&["order"]),
         "StockUpdatedEvent": event_frame::<StockUpdated>(&["product", "admin:inventory"]),
@@ -464,6 +465,12 @@ pub fn document() -> Value {
              from above, `stock.out` when it reaches zero.",
             &["stockUpdated", "stockLow", "stockOut", "serviceEvent"],
             None),
+        "adminOrders": room_channel("admin:orders", "The order feed",
+            "Who may join: admins only. Every order as it is placed (`order.created`) and every \
+             change of every order, through the outbox like every API event. The subscribe \
+             snapshot is `null`: the orders are `GET /api/orders`; join first, then read them.",
+            &["orderCreated", "orderStatus", "orderAssigned", "orderPaid", "orderRefunded", "serviceEvent"],
+            None),
     });
 
     let mut operations = Map::new();
@@ -523,6 +530,7 @@ pub fn document() -> Value {
         ("sendRevenueEvents", "adminRevenue"),
         ("sendProductRoomEvents", "productRoom"),
         ("sendInventoryEvents", "adminInventory"),
+        ("sendOrderFeedEvents", "adminOrders"),
     ] {
         let refs: Vec<Value> = channels[channel]["messages"]
             .as_object()

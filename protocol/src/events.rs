@@ -4,11 +4,11 @@
 //!
 //! | type | event | rooms |
 //! |------|-------|-------|
-//! | [`OrderCreated`] | `order.created` | `user:{customer}` |
-//! | [`OrderStatusChanged`] | `order.status` | `order:{id}`, `user:{customer}` |
-//! | [`OrderAssigned`] | `order.assigned` | `order:{id}`, `user:{customer}`, `user:{partner}`, `user:{previous partner}` |
-//! | [`OrderPaid`] | `order.paid` | `order:{id}`, `user:{customer}` |
-//! | [`OrderRefunded`] | `order.refunded` | `order:{id}`, `user:{customer}` |
+//! | [`OrderCreated`] | `order.created` | `user:{customer}`, `admin:orders` |
+//! | [`OrderStatusChanged`] | `order.status` | `order:{id}`, `user:{customer}`, `admin:orders` |
+//! | [`OrderAssigned`] | `order.assigned` | `order:{id}`, `user:{customer}`, `user:{partner}`, `user:{previous partner}`, `admin:orders` |
+//! | [`OrderPaid`] | `order.paid` | `order:{id}`, `user:{customer}`, `admin:orders` |
+//! | [`OrderRefunded`] | `order.refunded` | `order:{id}`, `user:{customer}`, `admin:orders` |
 //! | [`RevenueUpdated`] | `revenue.updated` (latest value) | `admin:revenue` |
 //! | [`PartnerLocation`] | `partner.location` (latest value) | `order:{id}` |
 //! | [`StockUpdated`] | `stock.updated` (latest value in `product:`) | `product:{sku}`, `admin:inventory` |
@@ -200,15 +200,16 @@ impl BuiltinEvent for StockOut {
     const NAME: &'static str = "stock.out";
 }
 
-/// A customer placed an order → `user:{customer}`.
+/// A customer placed an order → `user:{customer}`, `admin:orders`.
 pub const ORDER_CREATED: &str = OrderCreated::NAME;
-/// An order's status changed → `order:{id}`, `user:{customer}`.
+/// An order's status changed → `order:{id}`, `user:{customer}`, `admin:orders`.
 pub const ORDER_STATUS: &str = OrderStatusChanged::NAME;
-/// A partner was assigned → `order:{id}`, `user:{customer}`, `user:{partner}`.
+/// A partner was assigned → `order:{id}`, `user:{customer}`, `user:{partner}`, `admin:orders`.
 pub const ORDER_ASSIGNED: &str = OrderAssigned::NAME;
-/// An order was paid → `order:{id}`, `user:{customer}`.
+/// An order was paid → `order:{id}`, `user:{customer}`, `admin:orders`.
 pub const ORDER_PAID: &str = OrderPaid::NAME;
-/// A paid order was cancelled and its payment refunded → `order:{id}`, `user:{customer}`.
+/// A paid order was cancelled and its payment refunded → `order:{id}`, `user:{customer}`,
+/// `admin:orders`.
 pub const ORDER_REFUNDED: &str = OrderRefunded::NAME;
 /// Revenue totals moved → `admin:revenue`.
 pub const REVENUE_UPDATED: &str = RevenueUpdated::NAME;

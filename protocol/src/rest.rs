@@ -97,11 +97,11 @@ pub struct Revocation {
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// A room of the room grammar (`user:{id}`, `order:{id}`, `product:{sku}`, `admin:revenue`,
-    /// `admin:inventory`).
+    /// `admin:inventory`, `admin:orders`).
     #[cfg_attr(
         feature = "schema",
         schema(
-            pattern = "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory)$"
+            pattern = "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders)$"
         )
     )]
     pub room: String,

@@ -1,7 +1,8 @@
 //! Room names and their grammar.
 //!
 //! ```text
-//! room  = "user:" id | "order:" id | "product:" id | "admin:revenue" | "admin:inventory"
+//! room  = "user:" id | "order:" id | "product:" id
+//!       | "admin:revenue" | "admin:inventory" | "admin:orders"
 //! id    = 1*64( ALPHA / DIGIT / "_" / "-" )      ; ASCII only
 //! ```
 //!
@@ -38,13 +39,15 @@ pub enum RoomKind {
     AdminRevenue,
     /// `admin:inventory`: every stock change, and the low-stock alerts.
     AdminInventory,
+    /// `admin:orders`: every order as it is placed, and every change of every order.
+    AdminOrders,
 }
 
 /// Why a room name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoomError {
     #[error(
-        "unknown room kind: expected user:{{id}}, order:{{id}}, product:{{sku}}, admin:revenue or admin:inventory"
+        "unknown room kind: expected user:{{id}}, order:{{id}}, product:{{sku}}, admin:revenue, admin:inventory or admin:orders"
     )]
     UnknownKind,
     #[error("room id must be 1 to 64 characters")]
@@ -75,6 +78,7 @@ pub(crate) fn validate_id(id: &str) -> Result<(), RoomError> {
 impl Room {
     pub const ADMIN_REVENUE: &'static str = "admin:revenue";
     pub const ADMIN_INVENTORY: &'static str = "admin:inventory";
+    pub const ADMIN_ORDERS: &'static str = "admin:orders";
 
     /// Parses and validates a room name.
     pub fn parse(name: &str) -> Result<Room, RoomError> {
@@ -83,6 +87,9 @@ impl Room {
         }
         if name == Self::ADMIN_INVENTORY {
             return Ok(Room::admin_inventory());
+        }
+        if name == Self::ADMIN_ORDERS {
+            return Ok(Room::admin_orders());
         }
         let (kind, id) = if let Some(id) = name.strip_prefix("user:") {
             (RoomKind::User, id)
@@ -139,6 +146,13 @@ impl Room {
         Room {
             name: Self::ADMIN_INVENTORY.into(),
             kind: RoomKind::AdminInventory,
+        }
+    }
+
+    pub fn admin_orders() -> Room {
+        Room {
+            name: Self::ADMIN_ORDERS.into(),
+            kind: RoomKind::AdminOrders,
         }
     }
 
@@ -220,7 +234,7 @@ impl<'de> Deserialize<'de> for Room {
 
 /// The grammar as a regular expression, for schemas (OpenAPI, AsyncAPI).
 pub const PATTERN: &str =
-    "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory)$";
+    "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders)$";
 
 #[cfg(feature = "schema")]
 impl utoipa::PartialSchema for Room {
@@ -229,7 +243,7 @@ impl utoipa::PartialSchema for Room {
             .schema_type(utoipa::openapi::schema::Type::String)
             .pattern(Some(PATTERN))
             .description(Some(
-                "A room: `user:{id}`, `order:{id}`, `product:{sku}` (id, sku: 1 to 64 of A-Z a-z 0-9 _ -), `admin:revenue` or `admin:inventory`",
+                "A room: `user:{id}`, `order:{id}`, `product:{sku}` (id, sku: 1 to 64 of A-Z a-z 0-9 _ -), `admin:revenue`, `admin:inventory` or `admin:orders`",
             ))
             .into()
     }
@@ -259,6 +273,10 @@ mod tests {
             Room::parse("admin:inventory").unwrap().kind(),
             RoomKind::AdminInventory
         );
+        assert_eq!(
+            Room::parse("admin:orders").unwrap().kind(),
+            RoomKind::AdminOrders
+        );
         assert!(Room::parse("user:A-z_09").is_ok());
         assert!(Room::parse(&format!("order:{}", "x".repeat(64))).is_ok());
     }
@@ -272,6 +290,7 @@ mod tests {
             "admin:",
             "admin:revenue2",
             "admin:inventory2",
+            "admin:orders2",
             "product:",
             "product:a/b",
             "admin:other",

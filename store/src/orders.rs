@@ -111,7 +111,8 @@ impl Store {
 impl Store {
     /// Creates an order for `customer` from the catalog: the lines' names and prices are the
     /// catalog's, their units are reserved in the same transaction (see [`crate::catalog`]);
-    /// status starts `placed`. Emits `order.created` and the stock changes.
+    /// status starts `placed`. Emits `order.created` (to the customer and `admin:orders`) and
+    /// the stock changes.
     pub async fn create_order(
         &self,
         customer: &str,
@@ -157,6 +158,7 @@ impl Store {
             order: order.clone(),
         };
         enqueue(&mut tx, &room, &event).await?;
+        enqueue(&mut tx, &Room::admin_orders(), &event).await?;
         tx.commit().await?;
         self.outbox_written.notify_one();
         Ok(order)
@@ -209,7 +211,7 @@ impl Store {
     }
 
     /// Moves an order to `to` if the caller may (403) and the machine allows it now (409).
-    /// Emits `order.status` to the order room and the customer's room. Cancelling a paid
+    /// Emits `order.status` to the order room, the customer's room and `admin:orders`. Cancelling a paid
     /// order refunds its payment in the same transaction (see [`refund_rows`]).
     pub async fn change_status(
         &self,
@@ -254,6 +256,7 @@ impl Store {
         enqueue(&mut tx, &order_room(id), &event).await?;
         let room = user_room(&order.customer)?;
         enqueue(&mut tx, &room, &event).await?;
+        enqueue(&mut tx, &Room::admin_orders(), &event).await?;
         if let Some(done) = refunded {
             refund_events(&mut tx, &order, done).await?;
         }
@@ -263,7 +266,7 @@ impl Store {
     }
 
     /// Assigns `partner` to an order that is not finished (admins). Emits `order.assigned`
-    /// to the order room, the customer, the new partner and (when reassigning) the former
+    /// to the order room, `admin:orders`, the customer, the new partner and (when reassigning) the former
     /// partner, whose membership of the order room is revoked on every gateway.
     pub async fn assign(
         &self,
@@ -308,6 +311,7 @@ impl Store {
             let room = user_room(user)?;
             enqueue(&mut tx, &room, &event).await?;
         }
+        enqueue(&mut tx, &Room::admin_orders(), &event).await?;
         tx.commit().await?;
         self.outbox_written.notify_one();
         Ok(order)

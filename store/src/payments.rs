@@ -173,6 +173,7 @@ pub(crate) async fn refund_events(
     enqueue(tx, &order_room(id), &event).await?;
     let room = user_room(&order.customer)?;
     enqueue(tx, &room, &event).await?;
+    enqueue(tx, &Room::admin_orders(), &event).await?;
     enqueue(tx, &Room::admin_revenue(), &revenue_event).await?;
     Ok(())
 }
@@ -300,6 +301,7 @@ impl Store {
         enqueue(&mut tx, &order_room(order_id), &paid).await?;
         let room = user_room(&order.customer)?;
         enqueue(&mut tx, &room, &paid).await?;
+        enqueue(&mut tx, &Room::admin_orders(), &paid).await?;
         // The answer carries no revenue totals: those are admins' (`GET /api/revenue`,
         // `admin:revenue`), and the payer may be any customer.
         let body = PaymentReceipt {
@@ -383,12 +385,12 @@ mod tests {
             assert_eq!((revenue.total_paise, revenue.paid_orders), (13_000, 1));
             // created + revenue.updated + 2 × order.paid, and the snapshots of both rooms
             // (created; paid) and of the revenue
-            // (the catalog's rows of the order's stock aside)
+            // (the catalog's rows of the order's stock and the `admin:orders` feed aside)
             let rows = store.outbox_batch(100).await.unwrap();
             let count = |kind| {
                 rows.iter()
                     .filter(|r| r.kind == kind && !r.room.starts_with("product:"))
-                    .filter(|r| r.room != "admin:inventory")
+                    .filter(|r| r.room != "admin:inventory" && r.room != "admin:orders")
                     .count()
             };
             assert_eq!(count(crate::outbox::OutboxKind::Event), 4);
@@ -465,6 +467,8 @@ mod tests {
                 (room.as_str(), "order.refunded"),
                 ("user:c1", "order.refunded"),
                 ("admin:revenue", "revenue.updated"),
+                ("admin:orders", "order.status"),
+                ("admin:orders", "order.refunded"),
             ] {
                 assert!(
                     events.iter().any(|(r, e)| (r.as_str(), e.as_str()) == want),

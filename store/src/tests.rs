@@ -216,8 +216,8 @@ async fn outbox_rows_are_deleted_by_id() {
         let rows = store.outbox_batch(1_000).await.unwrap();
         // The product's creation (its room's snapshot, `stock.updated` to its room and to
         // `admin:inventory`), then per order the same for its stock, and the order's snapshot
-        // and event.
-        assert_eq!(rows.len(), 3 + 3 * 5, "{:?}", db.engine);
+        // and its `order.created` to the customer and to `admin:orders`.
+        assert_eq!(rows.len(), 3 + 3 * 6, "{:?}", db.engine);
         let ids: Vec<i64> = rows.iter().map(|r| r.id).step_by(2).collect();
         store.outbox_done(&ids).await.unwrap();
         let left: Vec<i64> = store
@@ -229,6 +229,6 @@ async fn outbox_rows_are_deleted_by_id() {
             .collect();
         let want: Vec<i64> = rows.iter().map(|r| r.id).skip(1).step_by(2).collect();
         assert_eq!(left, want, "{:?}", db.engine);
-        assert_eq!(store.outbox_backlog().await.unwrap().0, 9);
+        assert_eq!(store.outbox_backlog().await.unwrap().0, 10);
     }
 }

@@ -126,18 +126,22 @@ async fn outbox_gauges_follow_the_backlog_and_the_lease() {
         assert_eq!(status, 201);
     }
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    // Each order: its snapshot row and its order.created event, and the stock it took: the
-    // product room's snapshot and `stock.updated` to that room and to `admin:inventory`.
-    let metrics = eventually("fifteen outbox rows, the oldest a second old", async || {
-        let m = scrape(&server.url("")).await;
-        if sample(&m, "switchyard_outbox_backlog") == Some(15.0)
-            && sample(&m, "switchyard_outbox_oldest_age_seconds").is_some_and(|age| age >= 1.0)
-        {
-            Ok(m)
-        } else {
-            Err(m)
-        }
-    })
+    // Each order: its snapshot row and its order.created event to the customer and to
+    // `admin:orders`, and the stock it took: the product room's snapshot and `stock.updated`
+    // to that room and to `admin:inventory`.
+    let metrics = eventually(
+        "eighteen outbox rows, the oldest a second old",
+        async || {
+            let m = scrape(&server.url("")).await;
+            if sample(&m, "switchyard_outbox_backlog") == Some(18.0)
+                && sample(&m, "switchyard_outbox_oldest_age_seconds").is_some_and(|age| age >= 1.0)
+            {
+                Ok(m)
+            } else {
+                Err(m)
+            }
+        },
+    )
     .await;
     assert_eq!(
         sample(&metrics, "switchyard_relay_leader"),

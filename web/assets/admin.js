@@ -3,17 +3,14 @@
 // map. Initial state over REST, then live events through clients/js:
 //
 // - `admin:revenue` carries `revenue.updated` (totals, and the payment that moved them);
-// - each `order:{id}` room carries `order.status`, `order.assigned`, `order.paid`,
-//   `order.refunded` and `partner.location` for that order.
-//
-// New orders: `order.created` goes only to the customer's `user:{customer}` room
-// (protocol/README.md, "Events"), and an admin cannot know every customer in advance, so the
-// page polls `GET /api/orders?after=<last id seen>` every POLL_MS for new ids and subscribes to
-// each new order's room (whose snapshot then brings the order up to date).
+// - `admin:orders` carries every order as it is placed (`order.created`) and every
+//   `order.status`, `order.assigned`, `order.paid`, `order.refunded` of every order: the page
+//   joins it first, then reads `GET /api/orders` once (every page), and never polls;
+// - each `order:{id}` room carries `partner.location` for that order.
 //
 // Rooms per connection are limited (SWITCHYARD_MAX_SUBSCRIPTIONS, 100 by default, the user
 // room included): the page stays in the rooms of the newest MAX_LIVE_ORDERS unfinished orders
-// and leaves a room once its order is delivered or cancelled.
+// (for their partners' positions) and leaves a room once its order is delivered or cancelled.
 import {
   $,
   api,
@@ -31,7 +28,6 @@ import {
   statusLabel,
 } from "./common.js";
 
-const POLL_MS = 2000;
 const MAX_LIVE_ORDERS = 90;
 const MAX_ROWS = 300;
 const SPARK_WINDOW_MS = 10 * 60_000;
@@ -49,8 +45,6 @@ const partners = new Map();
 /** Revenue total over time, for the sparkline: [{t, v}] */
 const samples = [];
 let revenue = null;
-/** The highest order id seen: `GET /api/orders?after=cursor` returns only newer ones. */
-let cursor = "";
 let token;
 let client;
 let map;
@@ -72,7 +66,7 @@ async function start() {
   }
   $("app").hidden = false;
   map = new MapCanvas($("map"));
-  note("orders: polled every 2 s for new ids, then live over the order rooms");
+  note("orders: read once, then live over admin:orders");
 
   client = liveClient(token);
   client.on("event", onEvent);
@@ -85,8 +79,11 @@ async function start() {
   // Joined before the catalog is read: a change in between is in the list or in the events.
   await client.subscribe("admin:inventory");
   await loadInventory();
-  await pollNewOrders();
-  setInterval(() => pollNewOrders().catch(() => {}), POLL_MS); // fails quietly while the server is away
+  // Joined before the orders are read: an order placed in between is in the list or in the
+  // room (both are applied: the newer state wins).
+  await client.subscribe("admin:orders");
+  await loadOrders();
+  document.body.dataset.ordersLoaded = "1";
   setInterval(() => {
     drawRevenue();
     drawMap();
@@ -97,6 +94,11 @@ async function start() {
 
 function onEvent({ event, data }) {
   switch (event) {
+    case "order.created":
+      upsert(data);
+      trimRows();
+      follow();
+      break;
     case "revenue.updated":
       setRevenue(data);
       if (data.payment) patch(data.payment.order_id, { paid: true });
@@ -139,36 +141,36 @@ async function onResync({ room, snapshot }) {
     setRevenue(snapshot ?? (await api(token, "/api/revenue")));
   } else if (room === "admin:inventory") {
     await loadInventory();
+  } else if (room === "admin:orders") {
+    // Changes of any order may be missing: read the orders again.
+    await loadOrders();
   } else if (room.startsWith("order:")) {
     const id = room.slice("order:".length);
     upsert(snapshot ?? (await api(token, `/api/orders/${encodeURIComponent(id)}`)));
   }
-  // Orders created while we were away are found by the next poll; do it now.
-  await pollNewOrders();
 }
 
 // ---- orders -------------------------------------------------------------------------------
 
-let polling = null;
-/** Fetches orders newer than `cursor` (every page), shows them and joins their rooms. */
-function pollNewOrders() {
-  polling ??= (async () => {
+let loading = null;
+/** Reads every order (every page), shows them and joins the rooms of the open ones. */
+function loadOrders() {
+  loading ??= (async () => {
     try {
+      let after = "";
       for (;;) {
-        const page = await api(token, `/api/orders?after=${encodeURIComponent(cursor)}&limit=200`);
-        for (const order of page.orders) {
-          upsert(order);
-          cursor = order.id;
-        }
+        const page = await api(token, `/api/orders?after=${encodeURIComponent(after)}&limit=200`);
+        for (const order of page.orders) upsert(order);
         if (!page.next_after) break;
+        after = page.next_after;
       }
       trimRows();
       follow();
     } finally {
-      polling = null;
+      loading = null;
     }
   })();
-  return polling;
+  return loading;
 }
 
 /** Joins the rooms of the newest unfinished orders, up to MAX_LIVE_ORDERS. */
@@ -199,6 +201,8 @@ function leave(id) {
 
 function upsert(order) {
   const known = orders.get(order.id);
+  // A listing read before a change that the room already brought is older: keep the newer.
+  if (known && known.updated_at > order.updated_at) return;
   orders.set(order.id, order);
   if (order.partner && order.last_location) {
     movePartner({ ...order.last_location, partner: order.partner, order_id: order.id });
@@ -208,7 +212,7 @@ function upsert(order) {
 
 function patch(id, fields) {
   const order = orders.get(id);
-  if (!order) return; // not on the page (yet): the poll will bring it
+  if (!order) return; // not on the page (yet): the listing being read brings it
   const next = { ...order, ...fields };
   orders.set(id, next);
   render(next, changed(order, next));

@@ -2,7 +2,8 @@
 // Debian's /usr/bin/chromium by default) driven by playwright-core, the REST API as the source
 // of changes. It checks that the admin view (/) follows revenue, stock (with low-stock alerts)
 // and order statuses live without
-// a reload, that it comes back after the server restarts, that the tracking view (/track)
+// a reload, that new orders appear without polling (no `GET /api/orders?after=` after the
+// first load), that it comes back after the server restarts, that the tracking view (/track)
 // follows its order, that the API reference page (/api/docs) renders from the embedded Redoc,
 // and saves screenshots of both views: to target/screenshots/, or with
 // SCREENSHOTS_UPDATE=1 to docs/screenshots/ (the committed ones the README shows), so a test
@@ -35,6 +36,8 @@ let server;
 let browser;
 let context;
 let admin; // the admin page, open from the first test to the last
+/** Every `GET /api/orders?…` the admin page made: [{url, afterFirstLoad}]. */
+const orderListings = [];
 const pageErrors = [];
 
 before(async () => {
@@ -132,8 +135,16 @@ test("the admin page shows the orders and a revenue total that follows payments 
   await pay("c1", orders.a);
 
   admin = await context.newPage();
+  let firstLoadDone = false;
+  admin.on("request", (req) => {
+    const url = new URL(req.url());
+    if (url.pathname === "/api/orders" && req.method() === "GET") orderListings.push({ url: req.url(), afterFirstLoad: firstLoadDone });
+  });
   await admin.goto(server.url(`/#token=${tokens.admin}`));
   await admin.waitForSelector('#conn[data-state="connected"]', WAIT);
+  await admin.waitForFunction(() => document.body.dataset.ordersLoaded === "1", null, WAIT);
+  firstLoadDone = true;
+  assert.ok(orderListings.length > 0, "the first load reads the orders");
   await admin.evaluate(() => (window.stillTheSamePage = true));
   await admin.waitForSelector(statusOf(orders.c.id), WAIT);
   assert.equal(await text(admin, "#revenue-total"), "₹175.00");
@@ -201,7 +212,7 @@ test("order statuses change in place, new orders appear, partners move on the ma
     WAIT,
   );
 
-  // A new order: found by the page's poll, then followed live in its room.
+  // A new order: pushed to the page in `admin:orders`, then followed live.
   orders.d = await order("c2", [milk, eggs], "221 Brigade Road");
   await waitStatus(admin, orders.d.id, "placed");
   await setStatus(orders.d.id, "confirmed");
@@ -243,6 +254,13 @@ test("order statuses change in place, new orders appear, partners move on the ma
   assert.match(await text(track, '#timeline li[data-step="delivered"]'), /delivered/);
   await waitStatus(admin, orders.a.id, "delivered");
   await track.close();
+
+  // Seconds of new orders and changes, and the page never listed the orders again.
+  assert.deepEqual(
+    orderListings.filter((r) => r.afterFirstLoad).map((r) => r.url),
+    [],
+    "the admin page polled GET /api/orders after its first load",
+  );
 });
 
 test("after a restart on the same port and database, the page reconnects and follows again", async () => {
@@ -261,7 +279,7 @@ test("after a restart on the same port and database, the page reconnects and fol
   await waitStatus(admin, orders.d.id, "packed");
   await pay("c2", orders.d);
   await admin.waitForFunction(() => document.getElementById("revenue-total").dataset.paise === "50300", null, WAIT);
-  // And a new order after the restart is picked up too.
+  // And a new order after the restart is pushed too.
   orders.e = await order("c1", [eggs], "1 Lavelle Road");
   await waitStatus(admin, orders.e.id, "placed");
   await setStatus(orders.e.id, "confirmed");
