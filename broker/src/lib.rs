@@ -130,6 +130,14 @@ pub trait Deliver: Send + Sync + 'static {
     /// Publications may have been lost for every room this node serves (the bus connection
     /// dropped, or the node fell behind): members must be told to recover.
     fn gap(&self) {}
+
+    /// Publications of these rooms may have been lost (their subscription was renewed after
+    /// a reconnect, a slot move or a failover): their members must be told to recover. By
+    /// default every room is told.
+    fn gap_rooms(&self, rooms: &[Room]) {
+        let _ = rooms;
+        self.gap();
+    }
 }
 
 /// Receives control messages. Must not block.
@@ -186,6 +194,12 @@ impl Attached<dyn Deliver> {
     pub fn gap(&self) {
         for sink in self.snapshot().iter() {
             sink.gap();
+        }
+    }
+
+    pub fn gap_rooms(&self, rooms: &[Room]) {
+        for sink in self.snapshot().iter() {
+            sink.gap_rooms(rooms);
         }
     }
 }
@@ -296,8 +310,10 @@ impl Backplane {
     /// The embedded mode's: everything in this process.
     pub fn memory(history: HistoryConfig) -> Backplane {
         let controller = memory::MemoryController::new();
+        let bus = memory::MemoryBus::start(history);
+        follow_readiness(bus.clone(), controller.clone());
         Backplane {
-            bus: memory::MemoryBus::start(history),
+            bus,
             controller,
             leases: Arc::new(memory::OneProcess),
         }
@@ -305,8 +321,27 @@ impl Backplane {
 
     /// Whether events and control messages currently flow (`/readyz`).
     pub fn is_ready(&self) -> bool {
-        let up = self.bus.is_ready() && self.controller.is_ready();
-        metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
-        up
+        self.bus.is_ready() && self.controller.is_ready()
     }
+}
+
+/// How often `switchyard_bus_connected` is brought up to date.
+const READINESS_CHECK: Duration = Duration::from_secs(1);
+
+/// The one writer of `switchyard_bus_connected`: whether the bus and the controller are ready
+/// (what `/readyz` answers), every READINESS_CHECK, scraped or not, for as long as both live.
+/// Spawned on the current Tokio runtime by whoever builds them.
+pub(crate) fn follow_readiness<B: Bus, C: Controller>(bus: Arc<B>, controller: Arc<C>) {
+    let (bus, controller) = (Arc::downgrade(&bus), Arc::downgrade(&controller));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(READINESS_CHECK);
+        loop {
+            tick.tick().await;
+            let (Some(bus), Some(controller)) = (bus.upgrade(), controller.upgrade()) else {
+                return;
+            };
+            let up = bus.is_ready() && controller.is_ready();
+            metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
+        }
+    });
 }

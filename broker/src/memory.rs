@@ -1,7 +1,8 @@
 //! The embedded mode's in-process bus, controller and leases.
 //!
 //! Each room's stream (offset counter and recent publications) sits behind a lock of its
-//! own: a publish takes its room's lock, assigns the next offset, encodes the event once,
+//! own: a publish encodes the event once (split around its offset, before any lock), then
+//! takes its room's lock, assigns the next offset, writes it into the frame,
 //! keeps it in the room's history and hands it to every sink — so one room's publications
 //! reach the sinks in offset order, while rooms publish in parallel on as many cores as
 //! there are publishers. The sinks never block (a hub's mailboxes are bounded and shed
@@ -27,8 +28,9 @@ use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use switchyard_protocol::Room;
 use switchyard_protocol::client::StreamPosition;
-use switchyard_protocol::{Room, server::encode_event};
+use switchyard_protocol::server::{event_frame_at, event_frame_parts};
 
 #[derive(Default)]
 struct RoomStream {
@@ -115,6 +117,10 @@ impl Bus for MemoryBus {
         event: &str,
         data: Box<RawValue>,
     ) -> Result<u64, BrokerError> {
+        // The JSON encoding happens here, before the room's lock: under it, only the offset
+        // is written between the two parts.
+        let (head, tail) = event_frame_parts(room.as_str(), event, &data);
+        drop(data);
         let stream = self.stream(room.as_str());
         let mut stream = lock(&stream);
         stream.offset += 1;
@@ -123,7 +129,7 @@ impl Bus for MemoryBus {
             room: room.clone(),
             epoch: self.epoch.clone(),
             offset,
-            frame: Bytes::from(encode_event(room.as_str(), event, offset, &data)),
+            frame: Bytes::from(event_frame_at(&head, offset, &tail)),
         };
         if self.config.size > 0 {
             let now = Instant::now();

@@ -339,10 +339,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
 /// Encodes an event frame once; the result is shared by every recipient.
 pub fn encode_event(room: &str, event: &str, offset: u64, data: &RawValue) -> String {
     let (head, tail) = event_frame_parts(room, event, data);
+    event_frame_at(&head, offset, &tail)
+}
+
+/// The frame of [`event_frame_parts`]' `head` and `tail` at `offset`: one allocation and
+/// copies, no JSON encoding — what a broker does while it holds the room's offset (the
+/// encoding happened before, outside any lock).
+pub fn event_frame_at(head: &str, offset: u64, tail: &str) -> String {
+    use std::fmt::Write;
     let mut frame = String::with_capacity(head.len() + 20 + tail.len());
-    frame.push_str(&head);
-    frame.push_str(&offset.to_string());
-    frame.push_str(&tail);
+    frame.push_str(head);
+    let _ = write!(frame, "{offset}");
+    frame.push_str(tail);
     frame
 }
 

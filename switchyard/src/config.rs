@@ -392,6 +392,15 @@ pub struct RedisArgs {
     /// How long one Redis command may take before it fails (ms).
     #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
+    /// How long one batch of room subscriptions may take on a Redis Cluster (ms): one
+    /// `SSUBSCRIBE` per hash slot, one after the other; none starts after this, and the
+    /// subscribes not reached fail (the client gets an error and may retry).
+    #[arg(
+        long,
+        env = "SWITCHYARD_REDIS_SUBSCRIBE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub redis_subscribe_timeout_ms: u64,
 }
 
 impl RedisArgs {
@@ -414,6 +423,7 @@ impl RedisArgs {
             prefix: self.redis_prefix.clone(),
             offset_ttl: Duration::from_secs(self.redis_offset_ttl_secs.max(60)),
             command_timeout: Duration::from_millis(self.redis_timeout_ms.max(10)),
+            subscribe_timeout: Duration::from_millis(self.redis_subscribe_timeout_ms.max(10)),
             history,
         }))
     }

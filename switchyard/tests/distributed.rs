@@ -292,6 +292,17 @@ async fn recovery_on_another_gateway_and_a_new_epoch_after_redis_restarts() {
     let position = first.subscribe(&room).await["position"].clone();
     let since = position["offset"].as_u64().unwrap();
     drop(first);
+    // An epoch created by a read (the handshake reads the user room's position; nothing was
+    // ever published there) lives as long as history (300 s here), not as long as offsets
+    // (7 days): reads of rooms nobody publishes to leave no keys behind.
+    let reader = connect(&cluster.ws(&gw_a), &token("c7", Role::Customer)).await;
+    let ttl: i64 = cluster
+        .redis_cli(&["TTL", "sy:epoch:{user:c7}"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&ttl), "epoch TTL {ttl}");
+    drop(reader);
     for status in ["confirmed", "packed", "out_for_delivery"] {
         assert_eq!(cluster.set_status(&api, &order, status).await.0, 200);
     }

@@ -11,8 +11,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 use switchyard_broker::redis::{Redis, RedisConfig};
-use switchyard_broker::{Bus, Deliver, Publication};
+use switchyard_broker::{BrokerError, Bus, Deliver, Publication};
 use switchyard_protocol::{Role, Room};
 
 /// Gateways and APIs on the shared cluster, keys under `prefix`.
@@ -209,6 +210,32 @@ async fn offsets_increase_per_room_under_two_publishers_on_every_shard() {
             .map(|p| &*p.epoch)
             .collect();
         assert_eq!(epochs.len(), 1);
+    }
+}
+
+/// A batch of subscriptions on a cluster has a deadline (SWITCHYARD_REDIS_SUBSCRIBE_TIMEOUT_MS):
+/// the rooms it did not reach fail their subscribe (the client may retry) and are not
+/// subscribed. A deadline of zero reaches none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_batch_past_its_deadline_fails_and_subscribes_nothing() {
+    let redis = redis_cluster::shared();
+    let prefix = "dl:";
+    let rooms = rooms_on_every_shard(redis, prefix);
+    let late = Redis::connect(RedisConfig {
+        prefix: prefix.into(),
+        subscribe_timeout: Duration::ZERO,
+        ..RedisConfig::new(redis.url.clone())
+    })
+    .await
+    .unwrap()
+    .bus;
+    for room in &rooms {
+        let refused = late.subscribe(room).await;
+        assert!(
+            matches!(&refused, Err(BrokerError::Unavailable(why)) if why.contains("ran out of time")),
+            "{refused:?}"
+        );
+        assert_eq!(redis.shardnumsub(&channel(prefix, room.as_str())), 0);
     }
 }
 

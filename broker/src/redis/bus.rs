@@ -24,7 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 /// the room's slot moved to, which cannot vouch for them either), the room starts a new epoch:
 /// offsets and history are dropped and count from 1 again.
 /// KEYS = offset key, history key, epoch key (one hash slot: `{room}`);
-/// ARGV[1] = a fresh epoch, ARGV[2] = how long the keys live after the last event (ms).
+/// ARGV[1] = a fresh epoch, ARGV[2] = how long a new epoch lives (ms): a publish gives it the
+/// offset counter's TTL (and refreshes it with every event); a read (position or subscribe of
+/// a room nobody published to) gives it only the history TTL, so reads of unknown rooms leave
+/// no key behind for days — once it lapses with nothing published, a client holding it is
+/// told `recovered:false` and resyncs, which loses nothing.
 const EPOCH_LUA: &str = r#"
 local node = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
 local stored = redis.call('GET', KEYS[3])
@@ -82,6 +86,22 @@ return result
 enum Interest {
     Join(String, oneshot::Sender<Result<(), String>>),
     Leave(String),
+    /// Subscribe again to the rooms held in these hash slots (every room: `None`), then tell
+    /// exactly those rooms' members `gap`.
+    Resubscribe(Option<HashSet<u16>>),
+}
+
+/// A handle to ask the subscription manager to subscribe again (after a reconnect, a slot
+/// move or a failover). Every (re)subscription goes through the manager, which alone knows
+/// which rooms have members: nothing revives a room it has just left.
+#[derive(Clone)]
+pub(super) struct Resubscriber(mpsc::Sender<Interest>);
+
+impl Resubscriber {
+    /// The rooms in `slots` (every room: `None`).
+    pub(super) async fn resubscribe(&self, slots: Option<HashSet<u16>>) {
+        let _ = self.0.send(Interest::Resubscribe(slots)).await;
+    }
 }
 
 /// Redis [`Bus`].
@@ -112,8 +132,9 @@ impl RedisBus {
             subscriber: subscriber.clone(),
             prefix: config.prefix.clone(),
             sharded,
+            batch_timeout: config.subscribe_timeout,
         };
-        tokio::spawn(manage(channels, requests));
+        tokio::spawn(manage(channels, requests, sinks.clone()));
         Ok(Arc::new(RedisBus {
             publish_script: script(&client, &format!("{EPOCH_LUA}{PUBLISH_LUA}")).await?,
             position_script: script(&client, &format!("{EPOCH_LUA}{POSITION_LUA}")).await?,
@@ -130,6 +151,10 @@ impl RedisBus {
 }
 
 impl RedisBus {
+    pub(super) fn resubscriber(&self) -> Resubscriber {
+        Resubscriber(self.interest.clone())
+    }
+
     /// The room's offset counter, history stream and epoch: one hash slot (`{room}`).
     fn room_keys(&self, room: &Room) -> Vec<String> {
         ["off", "hist", "epoch"]
@@ -195,7 +220,8 @@ impl Bus for RedisBus {
     ) -> Result<History, BrokerError> {
         let args = vec![
             crate::new_epoch(),
-            self.offset_ttl_ms.to_string(),
+            // An epoch this read creates lives as long as history would (EPOCH_LUA).
+            self.history.ttl.as_millis().max(1).to_string(),
             since.map(|s| s.offset.to_string()).unwrap_or_default(),
         ];
         let reply: Vec<String> = self
@@ -255,9 +281,17 @@ struct Channels {
     subscriber: SubscriberClient,
     prefix: String,
     sharded: bool,
+    /// How long one batch of subscriptions may take on a cluster (one command per slot, one
+    /// after the other): no command starts after it, and the rooms not reached fail.
+    batch_timeout: std::time::Duration,
 }
 
 impl Channels {
+    /// The hash slot of the room's channel (and keys).
+    fn slot(&self, room: &str) -> u16 {
+        fred::util::redis_keyslot(room_channel(&self.prefix, room).as_bytes())
+    }
+
     /// Subscribes to (or unsubscribes from) the rooms' channels; the outcome per group of
     /// rooms sent together.
     async fn change(
@@ -265,6 +299,7 @@ impl Channels {
         rooms: &[String],
         subscribe: bool,
     ) -> Vec<(Vec<String>, Result<(), fred::error::Error>)> {
+        let deadline = tokio::time::Instant::now() + self.batch_timeout;
         if rooms.is_empty() {
             return Vec::new();
         }
@@ -280,13 +315,24 @@ impl Channels {
         }
         let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
         for room in rooms {
-            let slot = fred::util::redis_keyslot(channel(room).as_bytes());
-            by_slot.entry(slot).or_default().push(room.clone());
+            by_slot
+                .entry(self.slot(room))
+                .or_default()
+                .push(room.clone());
         }
         let mut outcomes = Vec::with_capacity(by_slot.len());
         // One slot at a time: fred routes each command to the slot's owner, and follows a
-        // MOVED only for commands it did not pipeline.
+        // MOVED only for commands it did not pipeline. A subscribe batch has a deadline (each
+        // command has the command timeout besides): its joiners wait for it.
         for (_, rooms) in by_slot {
+            if subscribe && tokio::time::Instant::now() >= deadline {
+                let late = fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    "the subscription batch ran out of time (SWITCHYARD_REDIS_SUBSCRIBE_TIMEOUT_MS)",
+                );
+                outcomes.push((rooms, Err(late)));
+                continue;
+            }
             let channels: Vec<String> = rooms.iter().map(channel).collect();
             let result = if subscribe {
                 self.subscriber.ssubscribe(channels).await
@@ -299,13 +345,30 @@ impl Channels {
     }
 }
 
-/// Counts local members per room and turns changes into batched SUBSCRIBE/UNSUBSCRIBE.
-async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>) {
+/// How long the manager waits before subscribing again to rooms whose resubscription failed.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Counts local members per room and turns changes into batched SUBSCRIBE/UNSUBSCRIBE; subscribes
+/// again on request (reconnects, slot moves) and then tells exactly the rooms resubscribed
+/// `gap` — after their subscription is live again, so a member recovering from history misses
+/// nothing published after its recovery.
+async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>, sinks: Sinks) {
     let mut members: HashMap<String, usize> = HashMap::new();
     // What Redis has been told: rooms with a live subscription.
     let mut subscribed: HashSet<String> = HashSet::new();
+    // Rooms whose resubscription failed: tried again every RETRY.
+    let mut retry: HashSet<String> = HashSet::new();
     const MAX_BATCH: usize = 10_000;
-    while let Some(first) = requests.recv().await {
+    loop {
+        let first = if retry.is_empty() {
+            requests.recv().await
+        } else {
+            match tokio::time::timeout(RETRY, requests.recv()).await {
+                Ok(request) => request,
+                Err(_) => Some(Interest::Resubscribe(Some(HashSet::new()))),
+            }
+        };
+        let Some(first) = first else { return };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
@@ -315,6 +378,8 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>) {
         }
         let mut touched: HashSet<String> = HashSet::new();
         let mut waiters: Vec<(String, oneshot::Sender<Result<(), String>>)> = Vec::new();
+        // Slots to subscribe again (`None`: all).
+        let mut again: Option<Option<HashSet<u16>>> = None;
         for request in batch {
             match request {
                 Interest::Join(room, reply) => {
@@ -330,6 +395,16 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>) {
                         }
                     }
                     touched.insert(room);
+                }
+                Interest::Resubscribe(slots) => {
+                    again = Some(match (again, slots) {
+                        (Some(None), _) | (_, None) => None,
+                        (Some(Some(mut known)), Some(slots)) => {
+                            known.extend(slots);
+                            Some(known)
+                        }
+                        (None, Some(slots)) => Some(slots),
+                    });
                 }
             }
         }
@@ -355,16 +430,6 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>) {
                 }
             }
         }
-        // Forgotten either way: a failed UNSUBSCRIBE only costs unwanted traffic until the
-        // next reconnect, which re-subscribes tracked channels only.
-        for (rooms, result) in channels.change(&leave, false).await {
-            if let Err(err) = result {
-                tracing::warn!(%err, rooms = rooms.len(), "redis (S)UNSUBSCRIBE failed");
-            }
-        }
-        for room in &leave {
-            subscribed.remove(room);
-        }
         for (room, reply) in waiters {
             if failed.contains(&room) {
                 // The joiner gets an error and will not call Leave: undo its count.
@@ -377,6 +442,49 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>) {
                 let _ = reply.send(Err(failure.clone()));
             } else {
                 let _ = reply.send(Ok(()));
+            }
+        }
+        // Forgotten either way: a failed UNSUBSCRIBE only costs unwanted traffic (dropped by
+        // the hub: no members) until the connection is renewed.
+        for (rooms, result) in channels.change(&leave, false).await {
+            if let Err(err) = result {
+                tracing::warn!(%err, rooms = rooms.len(), "redis (S)UNSUBSCRIBE failed");
+            }
+        }
+        for room in &leave {
+            subscribed.remove(room);
+            retry.remove(room);
+        }
+        if again.is_some() || !retry.is_empty() {
+            let rooms: Vec<String> = subscribed
+                .iter()
+                .filter(|room| {
+                    retry.contains(*room)
+                        || match &again {
+                            Some(None) => true,
+                            Some(Some(slots)) => slots.contains(&channels.slot(room)),
+                            None => false,
+                        }
+                })
+                .cloned()
+                .collect();
+            retry.clear();
+            let mut renewed = Vec::with_capacity(rooms.len());
+            for (rooms, result) in channels.change(&rooms, true).await {
+                match result {
+                    Ok(()) => renewed.extend(rooms.iter().filter_map(|r| Room::parse(r).ok())),
+                    Err(err) => {
+                        tracing::warn!(%err, rooms = rooms.len(), "redis resubscribe failed; retrying");
+                        retry.extend(rooms);
+                    }
+                }
+            }
+            if !renewed.is_empty() {
+                tracing::info!(
+                    rooms = renewed.len(),
+                    "redis subscriptions renewed: rooms told gap"
+                );
+                sinks.gap_rooms(&renewed);
             }
         }
         metrics::gauge!("switchyard_bus_subscribed_rooms").set(subscribed.len() as f64);

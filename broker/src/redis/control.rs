@@ -82,7 +82,7 @@ pub struct RedisController {
 }
 
 impl RedisController {
-    /// Subscribes to the control channel and reads the records other processes stored
+    /// Subscribes to the control channel, then reads the records other processes stored
     /// before this one started.
     pub(super) async fn connect(
         client: Client,
@@ -97,12 +97,16 @@ impl RedisController {
             key: format!("{prefix}revoked"),
             records,
         };
-        revocations.load().await.map_err(unavailable)?;
+        // Subscribed first, loaded second: a revocation announced in between is then both
+        // in the records read and on the channel (recording it twice is harmless), never in
+        // neither. (The dispatcher's receiver exists before this subscription, so nothing
+        // the channel carries is dropped while it starts.)
         let channel = control_channel(prefix);
         subscriber
             .subscribe(channel.clone())
             .await
             .map_err(unavailable)?;
+        revocations.load().await.map_err(unavailable)?;
         Ok(Arc::new(RedisController {
             revoke_script: script(&client, REVOKE_LUA).await?,
             client,
@@ -113,8 +117,25 @@ impl RedisController {
         }))
     }
 
-    /// After the subscriber reconnected: reads the records back and hands the listeners the
-    /// revocations announced while it was away, as the announcements would have.
+    /// After the subscriber reconnected: subscribes to the control channel again (retrying
+    /// every second, at most RESUME_ATTEMPTS times), then reads the records back
+    /// ([`RedisController::catch_up`]) — in that order, as at start.
+    pub(super) async fn resume(&self) {
+        const RESUME_ATTEMPTS: usize = 60;
+        for attempt in 1..=RESUME_ATTEMPTS {
+            match self.subscriber.subscribe(self.channel.clone()).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(%err, attempt, "subscribing to the control channel again failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+        self.catch_up().await;
+    }
+
+    /// Reads the records back and hands the listeners the revocations announced while the
+    /// subscriber was away, as the announcements would have.
     pub(super) async fn catch_up(&self) {
         match self.revocations.load().await {
             Ok(missed) => missed

@@ -40,14 +40,17 @@
 //! here, so no glob or control character can reach Redis.
 //!
 //! # Outages and failover
-//! fred reconnects with exponential backoff and re-subscribes every tracked channel
-//! (`manage_subscriptions`; on a cluster, each shard channel on its slot's current owner, also
-//! after a slot moved or a replica was promoted); WebSocket clients stay connected throughout. While Redis is
+//! fred reconnects with exponential backoff; WebSocket clients stay connected throughout.
+//! Every room subscription is (re)made by one task, the bus's subscription manager (it alone
+//! knows which rooms still have members here, so a resubscription never revives a room just
+//! left): after the subscriber reconnects (on a cluster: to a node it knew, for that node's
+//! rooms), and on a cluster after slots moved (a resharding, or a replica promoted after its
+//! primary failed), which [`follow_slots`] notices. The manager subscribes again, *then* tells
+//! exactly the rooms resubscribed `gap` — their members recover from history, and nothing
+//! published after the subscription is live again can be missed. While Redis is
 //! unreachable, the bus and controller are not ready (`/readyz` 503), publishes fail after
-//! the command timeout, and `switchyard_bus_connected` is 0; reconnects are counted. Events
-//! published to Redis while a gateway's subscriber was disconnected are not seen by that
-//! gateway: its sinks are told `gap`.
-//!
+//! the command timeout, and `switchyard_bus_connected` is 0; reconnects are counted.
+
 //! # Layout
 //! - this module: the connection (commands + subscriptions), the dispatcher of incoming
 //!   messages, the names;
@@ -67,14 +70,13 @@ pub use leases::RedisLeases;
 pub use state::RedisState;
 
 use crate::revocations::Revocations;
-use crate::{
-    Backplane, BrokerError, Bus, Control, Controller, HistoryConfig, Listeners, Publication, Sinks,
-};
+use crate::{Backplane, BrokerError, Control, HistoryConfig, Listeners, Publication, Sinks};
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::config::Server;
 use fred::types::scripts::Script;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_protocol::Room;
@@ -94,6 +96,9 @@ pub struct RedisConfig {
     pub offset_ttl: Duration,
     /// How long one Redis command may take before it fails (and the publish is refused).
     pub command_timeout: Duration,
+    /// How long one batch of room subscriptions may take on a cluster (one `SSUBSCRIBE` per
+    /// hash slot, one after the other): none starts after it, and the rooms not reached fail.
+    pub subscribe_timeout: Duration,
     /// Events each room keeps in its history stream (0: none), and for how long after the
     /// room's last event.
     pub history: HistoryConfig,
@@ -113,6 +118,7 @@ impl RedisConfig {
             prefix: "sy:".into(),
             offset_ttl: Duration::from_secs(7 * 24 * 3600),
             command_timeout: Duration::from_secs(2),
+            subscribe_timeout: Duration::from_secs(5),
             history: HistoryConfig::default(),
         }
     }
@@ -150,9 +156,6 @@ impl Redis {
         let listeners = Listeners::default();
         let records = Arc::new(Revocations::default());
         let messages = subscriber.message_rx();
-        // Re-subscribe every tracked channel after a reconnect. These listener tasks live as
-        // long as the clients; dropping their handles detaches them.
-        drop(subscriber.manage_subscriptions());
         let controller = RedisController::connect(
             client.clone(),
             subscriber.clone(),
@@ -161,34 +164,6 @@ impl Redis {
             listeners.clone(),
         )
         .await?;
-        // The subscriber's reconnection is a gap: whatever was published while it was away
-        // never reached this node's clients. Revocations announced meanwhile are read back.
-        let (gap_sinks, reload) = (sinks.clone(), controller.clone());
-        drop(subscriber.on_reconnect(move |_| {
-            let (sinks, reload) = (gap_sinks.clone(), reload.clone());
-            async move {
-                sinks.gap();
-                reload.catch_up().await;
-                Ok(())
-            }
-        }));
-        if config.is_cluster() {
-            // A slot moved or a node left: fred re-routes; the shard subscriptions follow (every
-            // tracked channel again, each to its slot's owner now), and what was published
-            // meanwhile is a gap.
-            let (sinks, resubscriber) = (sinks.clone(), subscriber.clone());
-            drop(subscriber.on_cluster_change(move |changes| {
-                let (sinks, resubscriber) = (sinks.clone(), resubscriber.clone());
-                async move {
-                    tracing::warn!(?changes, "redis cluster changed: subscribing again");
-                    sinks.gap();
-                    if let Err(err) = resubscriber.resubscribe_all().await {
-                        tracing::warn!(%err, "resubscribing after a cluster change failed");
-                    }
-                    Ok(())
-                }
-            }));
-        }
         tokio::spawn(dispatch(
             messages,
             prefix.clone(),
@@ -198,11 +173,59 @@ impl Redis {
         ));
         let bus =
             RedisBus::start(client.clone(), subscriber.clone(), &config, sinks.clone()).await?;
-        if config.is_cluster() {
+        // The subscriber's reconnection: the control channel and the rooms are subscribed
+        // again (their members told `gap` once it is live), and revocations announced meanwhile
+        // are read back. On a cluster, a reconnect to a node not known before is a node that
+        // took slots over (a promoted replica): follow_slots resubscribes those slots' rooms,
+        // once their new owner is agreed on. These listener tasks live as long as the
+        // clients; dropping their handles detaches them.
+        let clustered = config.is_cluster();
+        let known_nodes: Arc<std::sync::Mutex<HashSet<Server>>> = Arc::new(
+            match clustered {
+                true => slot_map(&client, None)
+                    .await
+                    .map(|map| map.into_iter().map(|range| range.primary).collect())
+                    .unwrap_or_default(),
+                false => HashSet::new(),
+            }
+            .into(),
+        );
+        let (resubscriber, resume, slots_from) =
+            (bus.resubscriber(), controller.clone(), client.clone());
+        drop(subscriber.on_reconnect(move |server| {
+            let (resubscriber, resume, slots_from, known_nodes) = (
+                resubscriber.clone(),
+                resume.clone(),
+                slots_from.clone(),
+                known_nodes.clone(),
+            );
+            async move {
+                resume.resume().await;
+                if !clustered {
+                    resubscriber.resubscribe(None).await;
+                    return Ok(());
+                }
+                let known = !known_nodes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(server.clone());
+                if known {
+                    // That node's slots' rooms; all rooms when the map cannot be read.
+                    let slots = slot_map(&slots_from, None).await.map(|map| {
+                        map.iter()
+                            .filter(|range| range.primary == server)
+                            .flat_map(|range| range.first..=range.last)
+                            .collect()
+                    });
+                    resubscriber.resubscribe(slots).await;
+                }
+                Ok(())
+            }
+        }));
+        if clustered {
             tokio::spawn(follow_slots(
                 client.clone(),
-                subscriber,
-                sinks,
+                bus.resubscriber(),
                 Arc::downgrade(&bus),
             ));
         }
@@ -216,20 +239,7 @@ impl Redis {
         };
         let state = RedisState::start(client, &config).await?;
         tracing::info!(url = %redact(&config.url), %prefix, "connected to redis");
-        // `switchyard_bus_connected` follows the connections, scraped or not, for as long as
-        // the bus lives.
-        let (watched, control) = (Arc::downgrade(&bus), Arc::downgrade(&controller));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let (Some(bus), Some(control)) = (watched.upgrade(), control.upgrade()) else {
-                    return;
-                };
-                let up = bus.is_ready() && control.is_ready();
-                metrics::gauge!("switchyard_bus_connected").set(if up { 1.0 } else { 0.0 });
-            }
-        });
+        crate::follow_readiness(bus.clone(), controller.clone());
         Ok(Redis {
             bus,
             controller,
@@ -331,20 +341,104 @@ fn redact(url: &str) -> String {
 /// How often a cluster's slot map is compared with the last one seen.
 const SLOT_CHECK: Duration = Duration::from_secs(5);
 
-/// On a cluster: when a slot moves to another shard, Redis ends the shard subscriptions of its
-/// channels (a server-sent `SUNSUBSCRIBE`, which fred does not surface). So every SLOT_CHECK
-/// the primaries' slot ranges (`CLUSTER SLOTS`) are compared with the last ones seen; on a
-/// change every tracked shard channel is subscribed again, each on its slot's owner now (fred
-/// follows the `MOVED`), and the sinks are told `gap` — twice, a check apart (see below).
-/// Runs while `alive` does.
+/// How soon a changed slot map is looked at again while the primaries disagree about it, and
+/// how many times within one SLOT_CHECK.
+const SETTLE: Duration = Duration::from_millis(250);
+const SETTLE_CHECKS: usize = 16;
+
+/// One range of a cluster's slots and the primary owning it.
+#[derive(Debug, Clone, PartialEq)]
+struct SlotRange {
+    first: u16,
+    last: u16,
+    /// The primary's node id.
+    id: String,
+    primary: Server,
+}
+
+/// A cluster's slot ranges, sorted.
+type SlotMap = Vec<SlotRange>;
+
+/// `CLUSTER SLOTS` from `node` (any node: `None`).
+async fn slot_map(client: &Client, node: Option<&Server>) -> Option<SlotMap> {
+    use fred::types::{ClusterHash, CustomCommand, Value};
+    let command = CustomCommand::new("CLUSTER", ClusterHash::Random, false);
+    let reply: Result<Value, _> = match node {
+        Some(node) => {
+            client
+                .with_cluster_node(node.clone())
+                .custom(command, vec!["SLOTS"])
+                .await
+        }
+        None => client.custom(command, vec!["SLOTS"]).await,
+    };
+    let Ok(Value::Array(ranges)) = reply else {
+        return None;
+    };
+    let mut map = SlotMap::new();
+    for range in &ranges {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let Some(Value::Array(primary)) = fields.get(2) else {
+            return None;
+        };
+        let slot = |i: usize| fields.get(i)?.as_i64().and_then(|n| u16::try_from(n).ok());
+        let (Some(first), Some(last), Some(host), Some(port), Some(id)) = (
+            slot(0),
+            slot(1),
+            primary.first().and_then(|h| h.as_string()),
+            primary
+                .get(1)
+                .and_then(|p| p.as_i64())
+                .and_then(|p| u16::try_from(p).ok()),
+            primary.get(2).and_then(|id| id.as_string()),
+        ) else {
+            return None;
+        };
+        map.push(SlotRange {
+            first,
+            last,
+            id,
+            primary: Server::new(host, port),
+        });
+    }
+    map.sort_by_key(|range| range.first);
+    Some(map)
+}
+
+/// The slots whose primary differs between two maps (a slot nobody owns counts as owned by
+/// nobody).
+fn moved_slots(before: &SlotMap, after: &SlotMap) -> HashSet<u16> {
+    fn owners(map: &SlotMap) -> Vec<Option<&str>> {
+        let mut owner: Vec<Option<&str>> = vec![None; 16_384];
+        for range in map {
+            for slot in range.first..=range.last.min(16_383) {
+                owner[slot as usize] = Some(range.id.as_str());
+            }
+        }
+        owner
+    }
+    let (before, after) = (owners(before), owners(after));
+    (0..16_384u16)
+        .filter(|slot| before[*slot as usize] != after[*slot as usize])
+        .collect()
+}
+
+/// On a cluster: when a slot moves to another primary (a resharding, or a replica promoted
+/// after its primary failed), Redis ends the shard subscriptions of its channels on the old
+/// owner (a server-sent `SUNSUBSCRIBE`, which fred does not surface). So every SLOT_CHECK the
+/// slot map (`CLUSTER SLOTS`) is compared with the last one seen; once it changed *and every
+/// primary in it reports the same map* (the nodes learn a slot's new owner one by one; a
+/// subscription made before the old owner learned would be ended by it), the rooms of the
+/// slots that moved are subscribed again by the manager, which then tells exactly those rooms
+/// `gap`. Runs while `alive` does.
 async fn follow_slots(
     client: Client,
-    subscriber: fred::clients::SubscriberClient,
-    sinks: Sinks,
+    resubscriber: bus::Resubscriber,
     alive: std::sync::Weak<RedisBus>,
 ) {
-    let mut known: Option<Vec<(i64, i64, String)>> = None;
-    let mut resubscribes = 0u8;
+    let mut known: Option<SlotMap> = None;
     let mut tick = tokio::time::interval(SLOT_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -352,44 +446,45 @@ async fn follow_slots(
         if alive.strong_count() == 0 {
             return;
         }
-        let slots: Result<fred::types::Value, _> = client
-            .custom(
-                fred::types::CustomCommand::new("CLUSTER", fred::types::ClusterHash::Random, false),
-                vec!["SLOTS"],
-            )
-            .await;
-        let Ok(fred::types::Value::Array(ranges)) = slots else {
-            continue;
-        };
-        // (first slot, last slot, primary's node id) per range.
-        let mut map: Vec<(i64, i64, String)> = ranges
-            .iter()
-            .filter_map(|range| {
-                let fred::types::Value::Array(fields) = range else {
-                    return None;
-                };
-                let primary = match fields.get(2)? {
-                    fred::types::Value::Array(node) => node.get(2)?.as_string()?,
-                    _ => return None,
-                };
-                Some((fields.first()?.as_i64()?, fields.get(1)?.as_i64()?, primary))
-            })
-            .collect();
-        map.sort();
-        if known.as_ref().is_some_and(|k| *k != map) {
-            // Once now and once more a check later: the nodes learn a slot's new owner one by
-            // one, so the first resubscribe may still reach the old owner, which then ends it.
-            resubscribes = 2;
-        }
-        known = Some(map);
-        if resubscribes > 0 {
-            resubscribes -= 1;
-            tracing::warn!("redis cluster slots moved: subscribing again");
-            sinks.gap();
-            if let Err(err) = subscriber.resubscribe_all().await {
-                tracing::warn!(%err, "resubscribing after slots moved failed");
-                resubscribes = resubscribes.max(1);
+        // A change is looked at again every SETTLE until every primary reports it (a move is
+        // spreading, or a primary is down), for at most SETTLE_CHECKS, then at the next tick.
+        for _ in 0..SETTLE_CHECKS {
+            let Some(map) = slot_map(&client, None).await else {
+                break;
+            };
+            if known.as_ref() == Some(&map) {
+                break;
             }
+            let mut primaries: Vec<&Server> = Vec::new();
+            for range in &map {
+                if !primaries.contains(&&range.primary) {
+                    primaries.push(&range.primary);
+                }
+            }
+            let mut agreed = true;
+            for primary in primaries {
+                if slot_map(&client, Some(primary)).await.as_ref() != Some(&map) {
+                    agreed = false;
+                    break;
+                }
+            }
+            if !agreed {
+                tokio::time::sleep(SETTLE).await;
+                continue;
+            }
+            let moved = known
+                .as_ref()
+                .map(|before| moved_slots(before, &map))
+                .unwrap_or_default();
+            known = Some(map);
+            if !moved.is_empty() {
+                tracing::warn!(
+                    slots = moved.len(),
+                    "redis cluster slots moved: subscribing their rooms again"
+                );
+                resubscriber.resubscribe(Some(moved)).await;
+            }
+            break;
         }
     }
 }

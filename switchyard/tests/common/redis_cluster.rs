@@ -124,6 +124,14 @@ impl RedisCluster {
             .map(|(port, _)| port)
     }
 
+    /// The port of the primary owning `slot` (None while none does: a failover).
+    pub fn owner_of_slot(&self, slot: u16) -> Option<u16> {
+        self.primaries()
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|(port, _)| port)
+    }
+
     /// Subscribers of a shard channel (`PUBSUB SHARDNUMSUB` on the primary owning it).
     pub fn shardnumsub(&self, channel: &str) -> u64 {
         let owner = self
