@@ -28,10 +28,14 @@ for scenario in ("status", "payments"):
         for s in run["steps"]:
             steps.append(f"| {scenario} | {label} | {s['rate']} | {s['sent']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} | {s['lost']} |")
 lines += summary + ["", "| scenario | setup | offered req/s | sent | p50 ms | p99 ms | errors | lost |", "|---|---|---|---|---|---|---|---|"] + steps
-machine = results / "machine.json"
+machine = results / "machine.crud.json"  # written by `run.sh --only crud`
+if not machine.exists():
+    machine = results / "machine.json"
 if machine.exists():
     m = json.loads(machine.read_text())
-    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB; {m.get('date')}."]
+    load = f", load average {m['load_average']} at the end (shared machine)" if "load_average" in m else ""
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB; {m.get('date')};"
+              f" Switchyard {m.get('switchyard_commit')}{load}."]
 lines.append("<!-- /crud -->")
 section = "\n".join(lines) + "\n"
 text = out.read_text() if out.exists() else ""

@@ -335,6 +335,11 @@ def criterion_section(results):
     now = criterion_times(path)
     if not now:
         return lines + ["(not run)", ""]
+    header = open(path).readline()
+    if header.startswith("# "):
+        lines += [f"This run: {header[2:].strip()} (with other builds running, every absolute figure is"
+                  " higher than on a quiet machine; compare the rows with each other and with the before"
+                  " column, which was also measured while other builds ran).", ""]
     before = criterion_times(os.path.join(results, "criterion-before.txt"))
     lines += ["| bench | now (criterion's median estimate) | throughput | before |", "|---|---|---|---|"]
     for name, (mid, thr) in now.items():

@@ -29,7 +29,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
-only="idle handshake broadcast orders slow api locations scale crud"
+all_scenarios="idle handshake broadcast orders slow api locations scale crud"
+only=$all_scenarios
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -284,16 +285,27 @@ fi
   echo "\"switchyard_commit\": \"$(git rev-parse --short HEAD)\","
   echo "\"date\": \"$(date -u +%F)\","
   echo "\"repeat\": $repeat,"
-  echo "\"quick\": $quick"
+  echo "\"quick\": $quick,"
+  echo "\"load_average\": $(cut -d' ' -f1 /proc/loadavg)"
   echo "}"
-} > "$results/machine.json"
+} > "$results/machine.next.json"
+# A run of every scenario describes them all (machine.json, the header of BENCHMARKS.md); a run
+# of some (`--only`) stamps just those (machine.<scenario>.json, shown under their own sections),
+# so an older run's figures are not presented under a newer date and commit.
+if [ "$only" = "$all_scenarios" ] || [ $quick = 1 ]; then
+  mv "$results/machine.next.json" "$results/machine.json"
+else
+  for scenario in $only; do cp "$results/machine.next.json" "$results/machine.$scenario.json"; done
+  rm "$results/machine.next.json"
+fi
 
 # ── stop servers before criterion (quiet machine for it) ─────────────────────────────────────
 cleanup; started_pids=(); work=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
 if [ $criterion = 1 ] && [ $quick = 0 ]; then
   log "criterion hot paths"
-  cargo bench -q -p switchyard-benches --bench hot_paths -- --warm-up-time 1 --measurement-time 3 \
-    2>&1 | tee "$results/criterion.txt" | grep -E 'time:|^[a-z_]+/' >&2 || true
+  { echo "# measured $(date -u +%FT%RZ), load average $(cut -d' ' -f1 /proc/loadavg) at the start"
+    cargo bench -q -p switchyard-benches --bench hot_paths -- --warm-up-time 1 --measurement-time 3 2>&1
+  } | tee "$results/criterion.txt" | grep -E 'time:|^[a-z_]+/' >&2 || true
 fi
 if [ -n "${pip_pid:-}" ]; then wait "$pip_pid" || { log "pip install matplotlib failed: see target/"; }; fi
 if [ $quick = 0 ]; then
