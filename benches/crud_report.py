@@ -5,6 +5,8 @@ and every step."""
 import json, pathlib, re, sys
 
 results, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+if not list(results.glob("crud-*.json")):
+    sys.exit(0)  # not measured: no section
 names = {"status": "REST status change → WebSocket event (end to end)", "payments": "payments (idempotent, exactly-once revenue)"}
 lines = ["<!-- crud -->", "## The CRUD side: SQLite (1 API process) vs PostgreSQL (2 API processes)", "",
          "`benches/run.sh --only crud` (target/release/crudload; see benches/src/bin/crudload.rs): each engine",

@@ -24,12 +24,15 @@
 # crud: the CRUD side (target/release/crudload): REST status change -> WebSocket event, and
 #   payments, on SQLite with 1 API process vs PostgreSQL (durable, scripts/postgres.sh) with 2;
 #   requests/s at p99 <= 50 ms and their ratio, in BENCHMARKS.md (benches/crud_report.py).
+# catalog: product reads/s at p99 <= 5 ms through the API with the read cache on (Redis) and off,
+#   and orders/s (stock reserved in the order's transaction) at p99 <= 50 ms, on SQLite with 1 API
+#   process and PostgreSQL (durable) with 2, in BENCHMARKS.md (benches/catalog_report.py).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
-all_scenarios="idle handshake broadcast orders slow api locations scale crud"
+all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog"
 only=$all_scenarios
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,7 +44,7 @@ while [ $# -gt 0 ]; do
     --skip-build) build=0; shift ;;
     --no-criterion) criterion=0; shift ;;
     --only) only=$2; shift 2 ;;
-    *) sed -n '2,24p' "$0"; exit 2 ;;
+    *) sed -n '2,28p' "$0"; exit 2 ;;
   esac
 done
 started=$(date +%s)
@@ -164,12 +167,14 @@ if [ $quick = 1 ]; then # bounded smoke run: every load scenario, one short step
   only=${only/ crud/}; crud_rates=20   # crud needs PostgreSQL and crudload's release build: not in the smoke run
   loc_orders=20; loc_fractions=1; scale_levels=30; scale_gateways=2; idle_levels=100; hs_count=300; hs_secs=1
   bc_clients=200; bc_rates=20; step=1; slow_step=1; or_clients=200; or_rates=500; slow_rates=500; api_clients=100; api_rates=200
+  read_rates=50; catalog_order_rates=20   # catalog: SQLite only in the smoke run
 else
   step=4; slow_step=6; loc_orders=2500; loc_fractions=0.1,0.2,0.4,1; scale_levels=8350,16700; scale_gateways=6; api_clients=2000
   idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
   bc_rates=1,2,5,10,25,50,100,200
   or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
   slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800
+  read_rates=250,500,1000,2000,3000,4000,6000; catalog_order_rates=25,50,100,200,300,400
 fi
 
 has() { [[ " $only " == *" $1 "* ]]; }
@@ -191,6 +196,30 @@ crud_run() { # label database_url api_count
       --rates "$crud_rates" --step-secs "$step" --max-p99-ms 50 --json "$results/crud-$scenario-$label.json" > /dev/null
   done
   for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
+}
+# The catalog on one engine: N API processes on DATABASE_URL (a fresh one per cache setting:
+# $2 with %s replaced by on/off), each setting with its own Redis; product reads with the read
+# cache on and off, orders (stock reservation) with it on; then those processes are stopped.
+catalog_run() { # label database_url_pattern api_count
+  local label=$1 pattern=$2 count=$3 cache apis pids i url
+  for cache in on off; do
+    # shellcheck disable=SC2059
+    url=$(printf "$pattern" "$cache")
+    start_redis "redis-catalog-$label-$cache"; local redis="redis://127.0.0.1:$REPLY_PORT"
+    apis=(); pids=("$(cat "$work/redis-catalog-$label-$cache.pid")")
+    for i in $(seq 1 "$count"); do
+      REDIS_URL=$redis DATABASE_URL=$url SWITCHYARD_CATALOG_CACHE=$([ $cache = on ] && echo true || echo false) \
+        start_switchyard api "catalog-$label-$cache-$i"
+      apis+=(--api "http://$REPLY_ADDR"); pids+=("$REPLY_PID")
+    done
+    "$bin/crudload" reads "${apis[@]}" --label "$label-cache-$cache" --rates "$read_rates" \
+      --step-secs "$step" --max-p99-ms 5 --json "$results/catalog-reads-$label-cache-$cache.json" > /dev/null
+    if [ $cache = on ]; then
+      "$bin/crudload" orders "${apis[@]}" --label "$label" --rates "$catalog_order_rates" \
+        --step-secs "$step" --max-p99-ms 50 --json "$results/catalog-orders-$label.json" > /dev/null
+    fi
+    for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
+  done
 }
 suffix() { [ "$repeat" -gt 1 ] && echo ".r$1" || echo ""; }
 for s in $only; do rm -f "$results/$s"-*.json; done   # no stale repeats mixed into the medians
@@ -261,6 +290,17 @@ for r in $(seq 1 "$repeat"); do
     crud_run postgres-2api "$("$root/scripts/postgres.sh" start "$pg_dir" --durable --while $$)" 2
     "$root/scripts/postgres.sh" stop "$pg_dir"
   fi
+  if has catalog && [ "$r" = 1 ]; then
+    log "scenario 9 catalog (product reads, cache on/off; orders with stock reservation): reads $read_rates, orders $catalog_order_rates"
+    catalog_run sqlite-1api "sqlite://$work/catalog-%s.db" 1
+    if [ $quick = 0 ]; then
+      pg_dir="$root/target/bench-postgres"
+      "$root/scripts/postgres.sh" stop "$pg_dir"
+      pg_url=$("$root/scripts/postgres.sh" start "$pg_dir" --durable --while $$)
+      catalog_run postgres-2api "$pg_url" 2   # the same database for both settings
+      "$root/scripts/postgres.sh" stop "$pg_dir"
+    fi
+  fi
 done
 
 if [ $soak = 1 ]; then
@@ -311,6 +351,7 @@ if [ -n "${pip_pid:-}" ]; then wait "$pip_pid" || { log "pip install matplotlib 
 if [ $quick = 0 ]; then
   "$venv/bin/python" benches/plot.py "$results" "$root/BENCHMARKS.md"
   python3 benches/crud_report.py "$results" "$root/BENCHMARKS.md"
+  python3 benches/catalog_report.py "$results" "$root/BENCHMARKS.md"
 else
   "$venv/bin/python" benches/plot.py "$results" "$results/BENCHMARKS.md"
 fi

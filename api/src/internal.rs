@@ -15,11 +15,11 @@
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::extract::Caller;
+use crate::products;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use switchyard_protocol::catalog::is_valid_sku;
 use switchyard_protocol::order::parse_order_id;
 use switchyard_protocol::{Order, Product, Revenue, Role};
 
@@ -52,16 +52,12 @@ async fn product(
     Path(sku): Path<String>,
 ) -> Result<Json<Product>, ApiError> {
     caller.require(&[Role::Service])?;
-    let missing = || ApiError::not_found("product not found");
-    if !is_valid_sku(&sku) {
-        return Err(missing());
-    }
     state
         .store
-        .product(&sku)
+        .product(products::sku(&sku)?)
         .await?
         .map(Json)
-        .ok_or_else(missing)
+        .ok_or_else(products::not_found)
 }
 
 async fn revenue(State(state): State<ApiState>, caller: Caller) -> Result<Json<Revenue>, ApiError> {

@@ -57,11 +57,15 @@ pub async fn create(
     let new: NewOrder = body.parse()?;
     new.validate(&state.config.order_limits)
         .map_err(ApiError::invalid)?;
+    let (store, limits) = (state.store.clone(), state.config.order_limits);
+    let customer = caller.0.sub.clone();
     let order = state
-        .store
-        .create_order(&caller.0.sub, &new, &state.config.order_limits)
+        .catalog
+        .write(
+            async move { store.create_order(&customer, &new, &limits).await },
+            skus,
+        )
         .await?;
-    state.catalog.written_many(&skus(&order)).await;
     Ok((StatusCode::CREATED, Json(order)))
 }
 
@@ -175,14 +179,18 @@ pub async fn set_status(
         .checked(&state, &caller, &id, Change::Status(asked), |_| Ok(()))
         .await?;
     let id = order_id(&id)?;
+    let store = state.store.clone();
     let order = state
-        .store
-        .change_status(id, caller.actor(), change.status)
+        .catalog
+        .write(
+            async move { store.change_status(id, caller.actor(), change.status).await },
+            // A cancellation gave its units back to the catalog.
+            |order: &Order| match order.status {
+                OrderStatus::Cancelled => skus(order),
+                _ => Vec::new(),
+            },
+        )
         .await?;
-    if order.status == OrderStatus::Cancelled {
-        // Its units went back to the catalog.
-        state.catalog.written_many(&skus(&order)).await;
-    }
     Ok(Json(order))
 }
 

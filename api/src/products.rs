@@ -45,12 +45,13 @@ fn with_cache_status(status: CacheStatus, body: impl IntoResponse) -> Response {
     response
 }
 
-fn not_found() -> ApiError {
+/// No such product (404).
+pub(crate) fn not_found() -> ApiError {
     ApiError::not_found("product not found")
 }
 
 /// A SKU from the path: one outside the grammar names no product (404), like an unknown one.
-fn sku(sku: &str) -> Result<&str, ApiError> {
+pub(crate) fn sku(sku: &str) -> Result<&str, ApiError> {
     if is_valid_sku(sku) {
         Ok(sku)
     } else {
@@ -148,6 +149,7 @@ pub async fn get(
         (status = 200, description = "Replaced", body = Product),
         (status = 201, description = "Created", body = Product),
         (status = 403, description = "`forbidden`: admins only", body = ErrorBody),
+        (status = 409, description = "`conflict`: a concurrent first `PUT` of the same SKU was still being written; retry", body = ErrorBody),
         (status = 422, description = "`invalid`: a SKU outside the grammar, a blank name, a price of 0 or over the cap, a negative stock, an unknown field", body = ErrorBody),
     ),
 )]
@@ -164,8 +166,15 @@ pub async fn put(
     }
     put.validate(state.config.order_limits.max_unit_price_paise)
         .map_err(ApiError::invalid)?;
-    let (product, created) = state.store.put_product(&sku, &put).await?;
-    state.catalog.written(&sku).await;
+    let store = state.store.clone();
+    let written = sku.clone();
+    let (product, created) = state
+        .catalog
+        .write(
+            async move { store.put_product(&written, &put).await },
+            move |_| vec![sku],
+        )
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -218,8 +227,14 @@ pub async fn patch(
             };
         }
     };
-    let product = state.store.patch_product(sku, &patch).await?;
-    state.catalog.written(sku).await;
+    let (store, written) = (state.store.clone(), sku.to_owned());
+    let product = state
+        .catalog
+        .write(
+            async move { store.patch_product(&written, &patch).await },
+            |product: &Product| vec![product.sku.clone()],
+        )
+        .await?;
     Ok(Json(product))
 }
 
@@ -249,8 +264,15 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let sku = sku(&sku_path)?;
-    let deleted = state.store.delete_product(sku).await?;
-    state.catalog.written(sku).await;
+    let (store, written) = (state.store.clone(), sku.to_owned());
+    let changed = written.clone();
+    let deleted = state
+        .catalog
+        .write(
+            async move { store.delete_product(&written).await },
+            move |_| vec![changed],
+        )
+        .await?;
     Ok(match deleted {
         Deleted::Removed => StatusCode::NO_CONTENT.into_response(),
         Deleted::Discontinued(product) => Json(product).into_response(),

@@ -54,13 +54,6 @@ pub enum Deleted {
     Discontinued(Product),
 }
 
-/// A product's stock before and after a write, for its events.
-#[derive(Debug, Clone)]
-pub struct StockChange {
-    pub product: Product,
-    pub previous: i64,
-}
-
 /// The demo catalog the embedded mode starts with: (SKU, name, price in paise, stock).
 pub const DEMO_CATALOG: [(&str, &str, i64, i64); 20] = [
     ("milk-1l", "Toned milk, 1 l", 6500, 500),
@@ -434,7 +427,16 @@ impl Store {
                 continue;
             };
             let previous = product.stock;
-            product.stock = product.stock.saturating_add(*qty);
+            // An admin may have set the stock near the maximum since the order took its units.
+            product.stock = product
+                .stock
+                .checked_add(*qty)
+                .filter(|s| *s <= MAX_STOCK)
+                .ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "giving back {qty} of {sku} would take its stock from {previous} over {MAX_STOCK}; lower the stock first"
+                    ))
+                })?;
             product.updated_at = next_updated_at(Some(product.updated_at));
             sqlx::query("UPDATE products SET stock = $1, updated_at = $2 WHERE sku = $3")
                 .bind(product.stock)

@@ -35,6 +35,11 @@ async fn place(store: &Store, items: Vec<Item>) -> Result<switchyard_protocol::O
         .await
 }
 
+const ADMIN: Actor<'static> = Actor {
+    sub: "admin",
+    role: Role::Admin,
+};
+
 async fn stock(store: &Store, sku: &str) -> i64 {
     store.product(sku).await.unwrap().unwrap().stock
 }
@@ -120,17 +125,13 @@ async fn refusals_name_every_line_and_take_nothing() {
 /// go below zero is refused.
 #[tokio::test]
 async fn cancel_restores_and_deltas_are_checked() {
-    let admin = Actor {
-        sub: "admin",
-        role: Role::Admin,
-    };
     for (db, store) in stores().await {
         product(&store, "a", 100, 10).await;
         let order = place(&store, vec![line("a", 4, None)]).await.unwrap();
         assert_eq!(stock(&store, "a").await, 6);
         let id = order.id.parse().unwrap();
         store
-            .change_status(id, admin, OrderStatus::Cancelled)
+            .change_status(id, ADMIN, OrderStatus::Cancelled)
             .await
             .unwrap();
         assert_eq!(stock(&store, "a").await, 10, "{:?}", db.engine);
@@ -151,6 +152,29 @@ async fn cancel_restores_and_deltas_are_checked() {
             store.patch_product("zzz", &restock).await,
             Err(StoreError::UnknownProduct)
         ));
+    }
+}
+
+/// A cancellation that would take the stock over [`MAX_STOCK`] (an admin set it near the
+/// maximum after the order took its units) is refused with a clear conflict, and changes
+/// nothing: the order stays, the stock stays.
+#[tokio::test]
+async fn a_cancellation_never_takes_the_stock_over_the_maximum() {
+    use switchyard_protocol::catalog::MAX_STOCK;
+    for (db, store) in stores().await {
+        product(&store, "a", 100, 10).await;
+        let order = place(&store, vec![line("a", 4, None)]).await.unwrap();
+        product(&store, "a", 100, MAX_STOCK - 1).await;
+        let id = order.id.parse().unwrap();
+        match store.change_status(id, ADMIN, OrderStatus::Cancelled).await {
+            Err(StoreError::Conflict(message)) => {
+                assert!(message.contains("over 1000000000"), "{message}")
+            }
+            other => panic!("{:?}: {other:?}", db.engine),
+        }
+        assert_eq!(stock(&store, "a").await, MAX_STOCK - 1, "{:?}", db.engine);
+        let kept = store.order(id).await.unwrap().unwrap();
+        assert_eq!(kept.status, OrderStatus::Placed, "{:?}", db.engine);
     }
 }
 

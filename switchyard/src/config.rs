@@ -171,13 +171,14 @@ pub struct AppArgs {
 
 /// The catalog's read cache and stock alerts (processes that run the API).
 ///
-/// Reads of `GET /api/products[/{sku}]` are cache-aside in the embedded mode (`all`, in this
-/// process: `moka`). A `switchyard api` process keeps no cache of its own (another API process
-/// may write the same database) and reads the database (`X-Cache: miss`); a shared Redis cache
-/// for the distributed mode is not built yet. Every write invalidates after
-/// its commit and before its answer, by generation, so no read issued after a write's answer
-/// returns the value from before it (README, "The catalog"). The cache is never needed: when
-/// Redis fails, reads go to the database.
+/// Reads of `GET /api/products[/{sku}]` are cache-aside: in the embedded mode (`all`) in this
+/// process (`moka`, at most `SWITCHYARD_CATALOG_CACHE_BYTES`); in the distributed mode (`api`
+/// with `REDIS_URL`) in Redis, shared by every API process (an API process keeps no values of
+/// its own: another API process may write the same database). An `api` process without
+/// `REDIS_URL` has no cache and reads the database (`X-Cache: miss`). Every write invalidates
+/// after its commit and before its answer, by generation, so no read issued after a write's
+/// answer returns the value from before it (README, "The catalog"). The cache is never
+/// needed: when Redis fails, reads go to the database.
 #[derive(Debug, Clone, Args)]
 pub struct CatalogArgs {
     /// Serve catalog reads through the read cache (`false`: every read from the database).
@@ -187,10 +188,12 @@ pub struct CatalogArgs {
     #[arg(long, env = "SWITCHYARD_CATALOG_CACHE_TTL_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub catalog_cache_ttl_secs: u64,
-    /// Most products and pages one process keeps in memory (the embedded cache).
-    #[arg(long, env = "SWITCHYARD_CATALOG_CACHE_ENTRIES", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub catalog_cache_entries: u64,
+    /// Most bytes of cached products and pages one process keeps in memory: the embedded
+    /// cache's, and an eighth more (in both modes) for the single-flight table, where the one
+    /// database read of a key at a generation waits for the concurrent misses. Default 16 MiB.
+    #[arg(long, env = "SWITCHYARD_CATALOG_CACHE_BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub catalog_cache_bytes: u64,
     /// A product's stock falling to or below this (and above 0) sends `stock.low` to
     /// `admin:inventory`; reaching 0 sends `stock.out`.
     #[arg(long, env = "SWITCHYARD_LOW_STOCK_THRESHOLD", default_value_t = 10,
@@ -204,7 +207,7 @@ impl CatalogArgs {
         CacheConfig {
             enabled: self.catalog_cache,
             ttl: Duration::from_secs(self.catalog_cache_ttl_secs),
-            max_entries: self.catalog_cache_entries,
+            max_bytes: self.catalog_cache_bytes,
         }
     }
 }

@@ -132,6 +132,7 @@ pub fn register_families(mode: Mode) {
         for name in [
             "switchyard_catalog_cache_bypass_total",
             "switchyard_catalog_cache_invalidation_failures_total",
+            "switchyard_catalog_database_reads_total",
         ] {
             counter!(name).increment(0);
         }

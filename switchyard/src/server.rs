@@ -97,11 +97,11 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
         ),
         _ => None,
     };
-    let redis = match args
+    let redis_config = args
         .redis
         .config(args.limits.history())
-        .map_err(anyhow::Error::msg)?
-    {
+        .map_err(anyhow::Error::msg)?;
+    let redis = match redis_config.clone() {
         Some(config) => Some(
             Redis::connect(config)
                 .await
@@ -149,12 +149,12 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
         )
     });
     let api_store = store.clone().filter(|_| mode.runs_api());
+    let read_cache = match &api_store {
+        Some(_) => read_cache(mode, &api_config.cache, redis_config.as_ref()).await?,
+        None => None,
+    };
     let api = api_store.clone().map(|store| ApiState {
-        catalog: catalog::Catalog::new(
-            store.clone(),
-            read_cache(mode, &api_config.cache),
-            &api_config.cache,
-        ),
+        catalog: catalog::Catalog::new(store.clone(), read_cache, &api_config.cache),
         store,
         verifier: verifier.clone(),
         backplane: backplane.clone(),
@@ -297,16 +297,36 @@ pub async fn run(
     serve(build(server).await?, listener, shutdown).await
 }
 
-/// The catalog's read cache: the process's own in the embedded mode (`all`: the only writer).
-/// A `switchyard api` process never keeps one of its own — with or without Redis, another API
-/// process may write the same database, and a process-local cache would then answer stale
-/// values (switchyard/tests/catalog.rs caught exactly that): it reads the database.
-fn read_cache(mode: Mode, config: &catalog::CacheConfig) -> Option<Arc<dyn catalog::ReadCache>> {
-    match mode {
-        Mode::All => Some(Arc::new(catalog::MemoryCache::new(config))),
-        Mode::Api | Mode::Gateway => None,
+/// The catalog's read cache: the process's own in the embedded mode (`all`: the only writer);
+/// for `switchyard api`, the Redis of `REDIS_URL`, shared by every API process. An API process
+/// never keeps values of its own — another API process may write the same database, and a
+/// process-local cache would then answer stale values (switchyard/tests/catalog.rs caught
+/// exactly that) — so without Redis it reads the database.
+async fn read_cache(
+    mode: Mode,
+    config: &catalog::CacheConfig,
+    redis: Option<&switchyard_broker::redis::RedisConfig>,
+) -> anyhow::Result<Option<Arc<dyn catalog::ReadCache>>> {
+    if !config.enabled {
+        return Ok(None);
     }
+    Ok(match (mode, redis) {
+        (Mode::All, _) => Some(Arc::new(catalog::MemoryCache::new(config))),
+        (Mode::Api, Some(redis)) => {
+            let timeout = redis.command_timeout.min(CATALOG_CACHE_TIMEOUT);
+            let cache =
+                catalog::RedisCache::connect(&redis.url, &redis.prefix, config.ttl, timeout)
+                    .await
+                    .context("connecting the catalog cache to Redis (REDIS_URL)")?;
+            Some(Arc::new(cache))
+        }
+        (Mode::Api, None) | (Mode::Gateway, _) => None,
+    })
 }
+
+/// The longest a catalog read waits for the Redis cache: a slow cache is a miss, not a slow
+/// read.
+const CATALOG_CACHE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Everything the main listener serves: the health routes with their OpenAPI description
 /// (unless an admin listener has them), the gateway's routes, the API's (whose document then

@@ -2,6 +2,7 @@
 //! that take the server's prices and reserve stock, and no oversell across two API processes
 //! on either engine.
 
+use common::cluster::Cluster;
 use common::process::ServerProcess;
 use common::*;
 use serde_json::{Value, json};
@@ -337,32 +338,111 @@ async fn two_api_processes_never_oversell() {
 }
 
 /// Reads and updates of one SKU, interleaved: every read issued after an update's response
-/// returns that update or a newer one — through the read cache (`X-Cache: hit` answers are
-/// among them) — in the embedded mode, and across two API processes on one database.
+/// returns that update or a newer one — through the embedded mode's in-process cache
+/// (`X-Cache: hit` answers are among them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_after_a_write_returns_what_it_replaced() {
     let server = TestServer::start().await;
     let base = server.url("");
     hammer(&[base.as_str()], "embedded").await;
+}
 
-    let db = TestDatabase::sqlite();
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("JWT_SECRET", SECRET),
-        ("DATABASE_URL", db.url.as_str()),
-        ("RUST_LOG", "warn"),
-    ];
-    let apis: Vec<ServerProcess> = (0..2)
-        .map(|_| ServerProcess::start(dir.path(), &["api", "--listen", "127.0.0.1:0"], &env))
-        .collect();
-    let bases: Vec<String> = apis.iter().map(|a| a.url("")).collect();
+/// The distributed mode's cache in Redis, shared by two API processes (on PostgreSQL, with a
+/// real redis-server): 2,000 interleaved reads and updates of one SKU across both, every read
+/// issued after an update's response returning that update or a newer one; `X-Cache` says
+/// where an answer came from, and one process's read fills the cache for the other; a miss
+/// storm is one database query; with Redis stopped, reads still answer (from the database,
+/// counted as bypasses), and once Redis is back the cache serves again — never a value from
+/// before a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_cache_never_answers_a_replaced_value() {
+    let cluster = Cluster::up(1, 2);
+    let bases: Vec<String> = cluster.apis.iter().map(|a| format!("http://{a}")).collect();
     let put = json!({"name": "Milk", "price_paise": 6500, "stock": 0});
-    let (status, body) = apis[0]
-        .call("PUT", "/api/products/milk-1l", &admin(), Some(put))
-        .await;
+    let (status, body) = admin_write(&cluster, 0, "PUT", "/api/products/milk-1l", put).await;
     assert_eq!(status, 201, "{body}");
-    let bases: Vec<&str> = bases.iter().map(String::as_str).collect();
-    hammer(&bases, "two API processes").await;
+    let base_refs: Vec<&str> = bases.iter().map(String::as_str).collect();
+    hammer(&base_refs, "two API processes on Redis").await;
+
+    // One process's miss fills the cache the other reads.
+    let patch = json!({"price_paise": 7000});
+    let (status, body) = admin_write(&cluster, 0, "PATCH", "/api/products/milk-1l", patch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(read(&bases[1], "milk-1l").await, ("miss".into(), 7000));
+    assert_eq!(read(&bases[1], "milk-1l").await, ("hit".into(), 7000));
+    assert_eq!(read(&bases[0], "milk-1l").await, ("hit".into(), 7000));
+
+    // A miss storm on one process: one database query.
+    let storm = json!({"name": "Storm", "price_paise": 100, "stock": 1});
+    let (status, body) = admin_write(&cluster, 0, "PUT", "/api/products/storm", storm).await;
+    assert_eq!(status, 201, "{body}");
+    let database_reads = async |base: &str| {
+        sample(
+            &scrape(base).await,
+            "switchyard_catalog_database_reads_total",
+        )
+        .unwrap()
+    };
+    let before = database_reads(&bases[1]).await;
+    let reads = (0..50).map(|_| read(&bases[1], "storm"));
+    for answer in futures_util::future::join_all(reads).await {
+        assert_eq!(answer.1, 100);
+    }
+    assert_eq!(database_reads(&bases[1]).await - before, 1.0);
+
+    // Redis down: the database answers reads (bypasses counted); writes wait for the bus.
+    cluster.stop_redis();
+    for base in &bases {
+        assert_eq!(read(base, "milk-1l").await, ("miss".into(), 7000));
+        let bypassed = sample(&scrape(base).await, "switchyard_catalog_cache_bypass_total");
+        assert!(bypassed.unwrap() >= 1.0, "{base}: {bypassed:?}");
+    }
+    let patch = json!({"price_paise": 7100});
+    let (status, body) =
+        admin_write(&cluster, 1, "PATCH", "/api/products/milk-1l", patch.clone()).await;
+    assert_eq!(status, 503, "{body}");
+
+    // Redis back (empty): writes and the cache serve again, never a value from before a write.
+    cluster.start_redis();
+    cluster.wait_ready().await;
+    assert_eq!(read(&bases[0], "milk-1l").await.1, 7000);
+    let (status, body) = admin_write(&cluster, 1, "PATCH", "/api/products/milk-1l", patch).await;
+    assert_eq!(status, 200, "{body}");
+    for base in &bases {
+        eventually("the cache answers again", async || {
+            let (cache, price) = read(base, "milk-1l").await;
+            assert_eq!(price, 7100, "{base}");
+            cache == "hit"
+        })
+        .await;
+    }
+}
+
+/// An admin's `method` of `path` through the cluster's API process `api`.
+async fn admin_write(
+    cluster: &Cluster,
+    api: usize,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    cluster
+        .call(&cluster.apis[api], method, path, &admin(), Some(body))
+        .await
+}
+
+/// `GET /api/products/{sku}` through `base`: its `X-Cache` and its price.
+async fn read(base: &str, sku: &str) -> (String, i64) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/api/products/{sku}"))
+        .bearer_auth(c1())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+    let product: Value = response.json().await.unwrap();
+    (cache, product["price_paise"].as_i64().unwrap())
 }
 
 /// 1,000 restocks of one unit and 1,000 reads of `milk-1l`, from 8 tasks spread over `bases`.

@@ -9,7 +9,13 @@
 //! - `payments`: `POST /api/orders/{id}/payment` with a fresh `Idempotency-Key` on a fresh
 //!   order; the latency is the request's (an idempotent, exactly-once write with its events).
 //!
-//! Both offer stepped rates (open loop: requests leave on schedule, whatever is in flight) and
+//! - `reads`: `GET /api/products/{sku}` over a small catalog (20 SKUs, read once each before
+//!   the first step), as `benches/run.sh` runs it with the read cache on and off; the
+//!   latency is the request's.
+//! - `orders`: `POST /api/orders` of one unit of a catalog SKU (price and stock from the
+//!   server, the units reserved in the order's transaction); the latency is the request's.
+//!
+//! All offer stepped rates (open loop: requests leave on schedule, whatever is in flight) and
 //! report per step the p50/p99 latency and errors; the answer is the highest rate whose p99
 //! stays within `--max-p99-ms` with no error and nothing lost. Orders are created first (not
 //! measured). Loopback only; bounded by `--rates` × `--step-secs` requests and `--max-in-flight`.
@@ -36,6 +42,8 @@ use tokio::sync::Semaphore;
 enum Scenario {
     Status,
     Payments,
+    Reads,
+    Orders,
 }
 
 #[derive(Debug, Parser)]
@@ -95,6 +103,7 @@ impl Step {
     fn to_json(&self) -> Value {
         json!({
             "rate": self.rate, "sent": self.sent, "errors": self.errors, "lost": self.lost,
+            "delivered": self.sent - self.errors - self.lost,
             "p50_ms": self.latency.value_at_quantile(0.5) as f64 / 1000.0,
             "p99_ms": self.latency.value_at_quantile(0.99) as f64 / 1000.0,
             "max_ms": self.latency.max() as f64 / 1000.0,
@@ -217,7 +226,130 @@ const MOVES: [OrderStatus; 4] = [
     OrderStatus::Delivered,
 ];
 
+/// The catalog's SKUs for `reads` and `orders`.
+const CATALOG_SKUS: usize = 20;
+
+fn catalog_sku(n: u64) -> String {
+    format!("bench-{}", n % CATALOG_SKUS as u64)
+}
+
+/// `reads` and `orders`: each request is one REST call, its latency the call's.
+async fn run_catalog(cli: &Cli) -> anyhow::Result<Vec<Step>> {
+    let issuer = Issuer::new(cli.jwt_secret.as_bytes(), None, None);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1_024)
+        .build()?;
+    let admin = Rest::with_http(
+        http.clone(),
+        cli.apis[0].clone(),
+        issuer.issue("bench-admin", Role::Admin, 7_200),
+    );
+    let total: u64 = cli
+        .rates
+        .iter()
+        .map(|r| u64::from(*r) * cli.step_secs)
+        .sum();
+    for n in 0..CATALOG_SKUS as u64 {
+        let product = ProductPut {
+            name: format!("Bench product {n}"),
+            price_paise: 100 + n as i64,
+            // Every order may buy from one SKU without running out.
+            stock: total as i64 + 1,
+        };
+        admin
+            .put_product(&catalog_sku(n), &product)
+            .await
+            .map_err(|e| anyhow::anyhow!("putting {} in the catalog: {e}", catalog_sku(n)))?;
+    }
+    // Callers, one Rest per (API, caller), made once.
+    let callers: Vec<Rest> = (0..cli.customers)
+        .flat_map(|c| {
+            let token = match cli.scenario {
+                Scenario::Orders => issuer.issue(&format!("bench{c}"), Role::Customer, 7_200),
+                _ => issuer.issue(&format!("reader{c}"), Role::Customer, 7_200),
+            };
+            let http = http.clone();
+            cli.apis
+                .iter()
+                .map(move |api| Rest::with_http(http.clone(), api.clone(), token.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if cli.scenario == Scenario::Reads {
+        for n in 0..CATALOG_SKUS as u64 {
+            // The first caller's Rest on every API process.
+            for rest in callers.iter().take(cli.apis.len()) {
+                rest.product(&catalog_sku(n)).await.ok();
+            }
+        }
+    }
+    let in_flight = Arc::new(Semaphore::new(cli.max_in_flight));
+    let mut steps = Vec::new();
+    for &rate in &cli.rates {
+        let errors = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(Mutex::new(hist::new_histogram()));
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let start = tokio::time::Instant::now();
+        let count = u64::from(rate) * cli.step_secs;
+        let mut requests = tokio::task::JoinSet::new();
+        for n in 0..count {
+            tokio::time::sleep_until(start + period.mul_f64(n as f64)).await;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let rest = callers[n as usize % callers.len()].clone();
+            let (errors, latencies, scenario) = (errors.clone(), latencies.clone(), cli.scenario);
+            requests.spawn(async move {
+                let _permit = permit;
+                let sku = catalog_sku(n);
+                let began = Instant::now();
+                let ok = match scenario {
+                    Scenario::Orders => {
+                        let order = NewOrder {
+                            items: vec![Item {
+                                sku,
+                                qty: 1,
+                                unit_price_paise: None,
+                            }],
+                            address: "bench street 1".into(),
+                        };
+                        rest.create_order(&order).await.is_ok()
+                    }
+                    _ => rest.product(&sku).await.is_ok(),
+                };
+                if ok {
+                    let us = began.elapsed().as_micros() as u64;
+                    let _ = latencies.lock().unwrap().record(us.clamp(1, hist::MAX_US));
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while requests.join_next().await.is_some() {}
+        let step = Step {
+            rate,
+            sent: count,
+            errors: errors.load(Ordering::Relaxed),
+            lost: 0,
+            latency: latencies.lock().unwrap().clone(),
+        };
+        eprintln!("[{}] {}", cli.label, step.to_json());
+        steps.push(step);
+    }
+    Ok(steps)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let steps = match cli.scenario {
+        Scenario::Status | Scenario::Payments => run_writes(&cli).await?,
+        Scenario::Reads | Scenario::Orders => run_catalog(&cli).await?,
+    };
+    report(&cli, &steps)
+}
+
+/// `status` and `payments` (any other scenario is run as `payments`).
+async fn run_writes(cli: &Cli) -> anyhow::Result<Vec<Step>> {
     let issuer = Issuer::new(cli.jwt_secret.as_bytes(), None, None);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1_024)
@@ -232,14 +364,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Status => {
             (total / 4) as usize + 2 * cli.rates.iter().max().copied().unwrap_or(1) as usize
         }
-        Scenario::Payments => total as usize,
+        _ => total as usize,
     };
     eprintln!("[{}] creating {orders_needed} orders", cli.label);
-    let orders = create_orders(&cli, &http, &issuer, orders_needed).await?;
+    let orders = create_orders(cli, &http, &issuer, orders_needed).await?;
     let pending: Pending = Arc::default();
     let latencies = Arc::new(Mutex::new(hist::new_histogram()));
     if cli.scenario == Scenario::Status {
-        connect_customers(&cli, &issuer, pending.clone(), latencies.clone()).await?;
+        connect_customers(cli, &issuer, pending.clone(), latencies.clone()).await?;
     }
     // Orders ready for their next move (status) or their payment, in order.
     let ready: Arc<Mutex<VecDeque<(String, usize, usize)>>> = Arc::new(Mutex::new(
@@ -275,9 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let scenario = cli.scenario;
             let token = match scenario {
                 Scenario::Status => admin.clone(),
-                Scenario::Payments => {
-                    issuer.issue(&format!("bench{customer}"), Role::Customer, 7_200)
-                }
+                _ => issuer.issue(&format!("bench{customer}"), Role::Customer, 7_200),
             };
             requests.spawn(async move {
                 let _permit = permit;
@@ -303,7 +433,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 .push_back((order, customer, moves + 1));
                         }
                     }
-                    Scenario::Payments => {
+                    _ => {
                         let key = format!("bench-{order}");
                         match rest.pay(&order, 250, &key).await {
                             Ok(_) => {
@@ -340,6 +470,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("[{}] {}", cli.label, step.to_json());
         steps.push(step);
     }
+    Ok(steps)
+}
+
+/// Prints the result (and writes it to `--json`): every step, and the highest rate whose p99
+/// stays within `--max-p99-ms` with no error and nothing lost.
+fn report(cli: &Cli, steps: &[Step]) -> anyhow::Result<()> {
     let best = steps
         .iter()
         .filter(|s| s.passes(cli.max_p99_ms))

@@ -1,6 +1,13 @@
 //! The catalog's read path: cache-aside in front of the database, with no stale value after a
 //! write.
 //!
+//! # Where the cache is
+//! - the embedded mode (`all`, the only writer of its database): in this process
+//!   ([`MemoryCache`], `moka`, weighed in bytes);
+//! - the distributed mode (`api` with `REDIS_URL`): in Redis ([`RedisCache`]), shared by every
+//!   API process. An API process never keeps catalog values of its own: another API process
+//!   may write the same database, and a process-local cache would then answer stale values.
+//!
 //! # The invalidation guarantee
 //! Once a write's response has been sent, no read anywhere answers the value from before it.
 //! The classic cache-aside race — a reader misses, reads the old row, a writer commits and
@@ -9,14 +16,20 @@
 //!
 //! 1. every key (a SKU; all list pages together) has a generation number in the cache;
 //! 2. a reader reads the generation *before* it reads the database, and stores what it read
-//!    under that generation (`{sku}@{generation}`);
+//!    tagged with that generation — only if the generation is still that one (in Redis: one
+//!    script, atomically);
 //! 3. a writer bumps the generation of every SKU it changed, and of the list pages, *after* its
-//!    transaction committed and *before* it answers.
+//!    transaction committed and *before* it answers; a value is answered only when its tag is
+//!    the key's current generation.
 //!
 //! A reader that read the database before the commit read the generation before the bump, so
-//! it stores the old row under the old generation, where no reader that starts after the bump
-//! looks. The value cached under a generation is never older than the database when that
-//! generation began. Old generations' values expire with their TTL.
+//! what it stores is tagged with the old generation, which no reader that starts after the
+//! bump accepts. The value cached under a generation is never older than the database when
+//! that generation began.
+//!
+//! The write and its invalidation run in a task of their own ([`Catalog::write`]): a request
+//! cancelled after the commit (the client went away, the deadline passed) cannot skip the
+//! bump.
 //!
 //! **Single flight**: concurrent misses on one key at one generation share one database read
 //! per process ([`moka`]'s `try_get_with`).
@@ -24,7 +37,21 @@
 //! **The cache is never needed**: when it fails (Redis down), reads go to the database
 //! (`switchyard_catalog_cache_bypass_total`); a write whose invalidation fails is logged and
 //! counted (`switchyard_catalog_cache_invalidation_failures_total`) and retried in the
-//! background until it succeeds, and reads bypass the cache meanwhile.
+//! background until it succeeds, and this process's reads bypass the cache meanwhile. The
+//! limit: another API process that reaches Redis while the writer cannot may answer the old
+//! value until the retry lands (Redis being down for everyone, nobody reads it meanwhile).
+//!
+//! # Layout
+//! - this module: [`Catalog`] (reads through the cache, writes with their invalidation), the
+//!   [`ReadCache`] seam;
+//! - [`memory`]: [`MemoryCache`], the embedded mode's;
+//! - [`redis`]: [`RedisCache`], the distributed mode's.
+
+mod memory;
+mod redis;
+
+pub use memory::MemoryCache;
+pub use redis::RedisCache;
 
 use crate::error::ApiError;
 use crate::products::CacheStatus;
@@ -34,7 +61,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_protocol::Product;
-use switchyard_store::Store;
+use switchyard_store::{Store, StoreError};
 
 /// What the cache holds: one product, or one list page.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,13 +74,24 @@ pub enum CacheKey {
     },
 }
 
+impl CacheKey {
+    /// Roughly what the key costs in memory, bytes (for the byte-weighed caches).
+    fn weight(&self) -> usize {
+        match self {
+            CacheKey::Product(sku) => sku.len(),
+            CacheKey::Page { after, .. } => after.len() + 8,
+        }
+    }
+}
+
 /// A read cache shared by the API processes that read the catalog (Redis), or one process's
 /// own (in memory). Values are serialized products or pages (JSON).
 #[async_trait]
 pub trait ReadCache: Send + Sync {
     /// The current generation of `key`, and the value cached under it, if any.
     async fn get(&self, key: &CacheKey) -> Result<(u64, Option<Arc<[u8]>>), CacheError>;
-    /// Stores `value` for `key` under `generation` (read before the database was).
+    /// Stores `value` for `key` tagged `generation` (read before the database was) — unless
+    /// the generation moved on meanwhile.
     async fn fill(
         &self,
         key: &CacheKey,
@@ -78,9 +116,9 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// How long a cached value lives.
     pub ttl: Duration,
-    /// Most values one process keeps in memory (the embedded cache, and the single-flight
-    /// table).
-    pub max_entries: u64,
+    /// Most bytes of values one process keeps in memory: the embedded cache's (and an eighth
+    /// more for the single-flight table, in both modes).
+    pub max_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -88,24 +126,44 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             ttl: Duration::from_secs(60),
-            max_entries: 10_000,
+            max_bytes: 16 << 20,
         }
     }
 }
 
-type Flights = Cache<(CacheKey, u64), Arc<[u8]>>;
+/// A moka cache of values weighed in bytes (key and value), at most `max_bytes`.
+fn byte_weighed(max_bytes: u64, ttl: Duration) -> Cache<(CacheKey, u64), Arc<[u8]>> {
+    Cache::builder()
+        .weigher(|(key, _): &(CacheKey, u64), value: &Arc<[u8]>| {
+            // The entry's own bookkeeping is a few dozen bytes more.
+            u32::try_from(key.weight() + value.len() + 64).unwrap_or(u32::MAX)
+        })
+        .max_capacity(max_bytes)
+        .time_to_live(ttl)
+        .build()
+}
 
-/// The catalog's reads, through the cache.
+/// The catalog's reads, through the cache, and the invalidation of its writes.
 #[derive(Clone)]
 pub struct Catalog {
     store: Store,
     cache: Option<Arc<dyn ReadCache>>,
-    /// One database read per key and generation at a time; what it read stays a moment, so
-    /// a burst of misses at one generation is answered by one read.
-    flights: Flights,
-    /// Invalidations that failed, retried in the background; reads bypass the cache while
-    /// any waits.
-    pending: Arc<Mutex<Vec<String>>>,
+    /// Single flight: one database read per key and generation in this process. What it
+    /// read stays for the TTL (at most an eighth of the cache's bytes), so every miss at that
+    /// generation — those that raced the fill into the cache, those when the fill failed — is
+    /// answered by that one read. It cannot be stale: it is only looked up under the
+    /// generation the cache says is current.
+    flights: Cache<(CacheKey, u64), Arc<[u8]>>,
+    /// Invalidations that failed, retried in the background; this process's reads bypass the
+    /// cache while any waits.
+    failed: Arc<Mutex<FailedInvalidations>>,
+}
+
+/// SKUs whose invalidation failed, each with the number of the last failure that named it.
+#[derive(Default)]
+struct FailedInvalidations {
+    skus: HashMap<String, u64>,
+    failures: u64,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -122,11 +180,8 @@ impl Catalog {
         Catalog {
             store,
             cache: cache.filter(|_| config.enabled),
-            flights: Cache::builder()
-                .max_capacity(config.max_entries)
-                .time_to_live(Duration::from_millis(100))
-                .build(),
-            pending: Arc::new(Mutex::new(Vec::new())),
+            flights: byte_weighed(config.max_bytes / 8, config.ttl),
+            failed: Arc::default(),
         }
     }
 
@@ -140,6 +195,7 @@ impl Catalog {
         let sku = sku.to_owned();
         let (bytes, status) = self
             .read(key, async move {
+                database_read();
                 let product = store.product(&sku).await?;
                 Ok(encode(&product))
             })
@@ -161,6 +217,7 @@ impl Catalog {
         let after = after.to_owned();
         let (bytes, status) = self
             .read(key, async move {
+                database_read();
                 let products = store.list_products(&after, limit).await?;
                 Ok(encode(&products))
             })
@@ -168,39 +225,61 @@ impl Catalog {
         Ok((decode(&bytes)?, status))
     }
 
-    /// After a committed write that changed `sku`.
-    pub async fn written(&self, sku: &str) {
-        self.written_many(&[sku.to_owned()]).await
+    /// Runs `write` (a store write that may change the catalog) to its end, then invalidates
+    /// the SKUs `changed` names — both in a task of their own, so a request cancelled
+    /// mid-way (the client went away, the request deadline passed) can neither skip the
+    /// invalidation of a write that committed nor leave the write half-done. The caller gets
+    /// the write's result after the invalidation.
+    pub async fn write<T, W, C>(&self, write: W, changed: C) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        W: Future<Output = Result<T, StoreError>> + Send + 'static,
+        C: FnOnce(&T) -> Vec<String> + Send + 'static,
+    {
+        let catalog = self.clone();
+        tokio::spawn(async move {
+            let done = write.await?;
+            catalog.invalidate(changed(&done)).await;
+            Ok(done)
+        })
+        .await
+        .map_err(ApiError::internal)?
     }
 
-    /// After a committed write that changed these SKUs (an order, a cancellation): bumps
-    /// their generations before the write is answered. A failure is retried in the
-    /// background; until it succeeds, reads bypass the cache.
-    pub async fn written_many(&self, skus: &[String]) {
+    /// After a committed write that changed these SKUs: bumps their generations (and the
+    /// pages'). A failure is retried in the background; until it succeeds, this process's
+    /// reads bypass the cache.
+    async fn invalidate(&self, skus: Vec<String>) {
         let Some(cache) = &self.cache else { return };
         if skus.is_empty() {
             return;
         }
-        if let Err(e) = cache.invalidate(skus).await {
-            metrics::counter!("switchyard_catalog_cache_invalidation_failures_total").increment(1);
-            tracing::warn!(error = %e, "catalog cache invalidation failed; reads bypass the cache until it succeeds");
-            let start_retry = {
-                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let idle = pending.is_empty();
-                pending.extend_from_slice(skus);
-                idle
-            };
-            if start_retry {
-                tokio::spawn(retry_invalidations(cache.clone(), self.pending.clone()));
+        let Err(e) = cache.invalidate(&skus).await else {
+            return;
+        };
+        metrics::counter!("switchyard_catalog_cache_invalidation_failures_total").increment(1);
+        tracing::warn!(error = %e, "catalog cache invalidation failed; reads bypass the cache until it succeeds");
+        let start_retry = {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = failed.skus.is_empty();
+            failed.failures += 1;
+            let failure = failed.failures;
+            for sku in skus {
+                failed.skus.insert(sku, failure);
             }
+            idle
+        };
+        if start_retry {
+            tokio::spawn(retry_invalidations(cache.clone(), self.failed.clone()));
         }
     }
 
-    fn invalidations_pending(&self) -> bool {
+    fn invalidations_failed(&self) -> bool {
         !self
-            .pending
+            .failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .skus
             .is_empty()
     }
 
@@ -209,16 +288,13 @@ impl Catalog {
         key: CacheKey,
         from_database: impl Future<Output = Result<Arc<[u8]>, ApiError>> + Send,
     ) -> Result<(Arc<[u8]>, CacheStatus), ApiError> {
-        let Some(cache) = self
-            .cache
-            .as_ref()
-            .filter(|_| !self.invalidations_pending())
-        else {
-            if self.cache.is_some() {
-                metrics::counter!("switchyard_catalog_cache_bypass_total").increment(1);
-            }
+        let Some(cache) = self.cache.as_ref() else {
             return Ok((from_database.await?, CacheStatus::Miss));
         };
+        if self.invalidations_failed() {
+            metrics::counter!("switchyard_catalog_cache_bypass_total").increment(1);
+            return Ok((from_database.await?, CacheStatus::Miss));
+        }
         let generation = match cache.get(&key).await {
             Ok((_, Some(value))) => {
                 metrics::counter!("switchyard_catalog_cache_reads_total", "result" => "hit")
@@ -248,21 +324,36 @@ impl Catalog {
     }
 }
 
-async fn retry_invalidations(cache: Arc<dyn ReadCache>, pending: Arc<Mutex<Vec<String>>>) {
+/// Retries the failed invalidations (all of them at once, backing off up to 2 s) until one
+/// attempt succeeds with none newer waiting.
+async fn retry_invalidations(cache: Arc<dyn ReadCache>, failed: Arc<Mutex<FailedInvalidations>>) {
     let mut delay = Duration::from_millis(50);
     loop {
         tokio::time::sleep(delay).await;
-        let skus = pending.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (skus, as_of) = {
+            let failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                failed.skus.keys().cloned().collect::<Vec<_>>(),
+                failed.failures,
+            )
+        };
         if cache.invalidate(&skus).await.is_ok() {
-            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.drain(..skus.len());
-            if pending.is_empty() {
+            let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+            // A SKU that failed again since the snapshot stays: its newer write may have
+            // committed after this attempt's bump.
+            failed.skus.retain(|_, failure| *failure > as_of);
+            if failed.skus.is_empty() {
                 tracing::info!("catalog cache invalidations caught up");
                 return;
             }
         }
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Counts a catalog read that reached the database (a miss, a bypass, no cache).
+fn database_read() {
+    metrics::counter!("switchyard_catalog_database_reads_total").increment(1);
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Arc<[u8]> {
@@ -272,72 +363,4 @@ fn encode<T: serde::Serialize>(value: &T) -> Arc<[u8]> {
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("catalog cache: {e}")))
-}
-
-/// The embedded mode's cache: in this process, [`moka`] for the values (bounded, TTL), a map
-/// of generations beside it (one number per SKU ever written; never evicted, because a
-/// forgotten generation would bring old values back).
-pub struct MemoryCache {
-    values: Cache<(CacheKey, u64), Arc<[u8]>>,
-    generations: Mutex<Generations>,
-}
-
-#[derive(Default)]
-struct Generations {
-    products: HashMap<String, u64>,
-    pages: u64,
-}
-
-impl MemoryCache {
-    pub fn new(config: &CacheConfig) -> MemoryCache {
-        MemoryCache {
-            values: Cache::builder()
-                .max_capacity(config.max_entries)
-                .time_to_live(config.ttl)
-                .build(),
-            generations: Mutex::new(Generations::default()),
-        }
-    }
-
-    fn generation(&self, key: &CacheKey) -> u64 {
-        let generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
-        match key {
-            CacheKey::Product(sku) => generations.products.get(sku).copied().unwrap_or(0),
-            CacheKey::Page { .. } => generations.pages,
-        }
-    }
-}
-
-#[async_trait]
-impl ReadCache for MemoryCache {
-    async fn get(&self, key: &CacheKey) -> Result<(u64, Option<Arc<[u8]>>), CacheError> {
-        let generation = self.generation(key);
-        Ok((
-            generation,
-            self.values.get(&(key.clone(), generation)).await,
-        ))
-    }
-
-    async fn fill(
-        &self,
-        key: &CacheKey,
-        generation: u64,
-        value: Arc<[u8]>,
-    ) -> Result<(), CacheError> {
-        self.values.insert((key.clone(), generation), value).await;
-        Ok(())
-    }
-
-    async fn invalidate(&self, skus: &[String]) -> Result<(), CacheError> {
-        let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
-        for sku in skus {
-            *generations.products.entry(sku.clone()).or_default() += 1;
-        }
-        generations.pages += 1;
-        Ok(())
-    }
-
-    fn name(&self) -> &'static str {
-        "memory"
-    }
 }
