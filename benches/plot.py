@@ -213,6 +213,121 @@ def step_table(runs, system):
     return runs[0], rows
 
 
+def good_steps(run, rows, p99_limit):
+    """Indexes of the steps within p99_limit, and of the lossless ones (any p99): nothing lost
+    and the offered rate actually published; medians over repeats of that step index."""
+    def lossless(st):
+        return (st["lost"] == 0 and st["seq_gaps"] == 0
+                and st["not_published"] <= 0.01 * st["offered_rate"] * run["step_secs"])
+    return ([i for i, st in enumerate(rows) if lossless(st) and st["latency_ms"]["p99"] <= p99_limit],
+            [i for i, st in enumerate(rows) if lossless(st)])
+
+
+# The buses of the cluster scenario (benches/run.sh: cluster-<label>.json).
+BUSES = [("single", "one redis-server"), ("cluster", "Redis Cluster, 3 primaries + 3 replicas")]
+
+
+def cluster_section(results):
+    """Issue #13: the order-room scenario on one Redis and on a 3-primary cluster, side by side.
+    Returns the lines and, per bus, the figures at its best step within p99 <= 10 ms."""
+    lines = ["## 9. Order rooms on one Redis vs a Redis Cluster (Switchyard only)", "",
+             "Scenario 4 (two-member rooms, admin tokens, events published"
+             " through the broker crate's script, one per event, to uniformly random rooms) on two buses,"
+             " one after the other in the same run, each with an API and 2 gateways of its own: a fresh"
+             " `redis-server`, and a Redis Cluster of 3 primaries + 3 replicas (`scripts/redis-cluster.sh`,"
+             " sharded pub/sub) on the same machine. Redis CPU is every Redis process's, sampled from"
+             " `/proc`; on the cluster it includes the replicas (replication), shown apart. Per-event"
+             " figures are taken at the bus's best step within p99 ≤ 10 ms.", "",
+             "| bus | events/s at p99 ≤ 10 ms | p99 | highest lossless events/s (p99) | Redis CPU (all nodes) | of which primaries | Redis CPU µs/event (all) | µs/event (primaries) | gateways CPU µs/event | loadgen CPU | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    # A run of its own (--only) stamps machine.cluster.json; a full run, machine.json.
+    measured = [f for f in (os.path.join(results, n) for n in ("machine.cluster.json", "machine.json"))
+                if os.path.exists(f)]
+    if measured and any(load(results, "cluster", label) for label, _ in BUSES):
+        m = json.load(open(measured[0]))
+        lines[2:2] = [f"Measured {m['date']} at Switchyard {m['switchyard_commit']}, {m.get('profile', 'release')} build"
+                      f" (`benches/run.sh{' --debug' if m.get('profile') == 'debug' else ''} --only \"{m.get('only', '')}\"`),"
+                      f" {m.get('repeat', 1)} run(s), on the machine above shared with other engineers' builds"
+                      + (f" (load average {m['load_average']} on {m.get('cores', 2)} cores)" if m.get("load_average") is not None else "")
+                      + "."
+                      + (" A debug build of the gateways and the publisher (loadgen) makes their CPU per event"
+                         " larger and the rates lower than a release build's; Redis is the same server either way,"
+                         " so its CPU per event is what to compare." if m.get("profile") == "debug" else ""), ""]
+    figures, clients = {}, []
+    for label, name in BUSES:
+        runs = load(results, "cluster", label)
+        if not runs:
+            continue
+        run, rows = step_table(runs, label)
+        clients.append(f"{name}: {fmt(run['connected'])} of {fmt(run['clients'])} clients connected in {fmt(run['room_count'])} rooms")
+        ok_idx, lossless = good_steps(run, rows, 10.0)
+        if not ok_idx:
+            lines.append(f"| {name} | none | | | | | | | | | {len(runs)} |")
+            continue
+        st = rows[ok_idx[-1]]
+        rate = st["publish_rate"]
+        all_cpu = proc_cpu(st, "redis")
+        primaries = proc_cpu(st, "redis-primary") if label == "cluster" else all_cpu
+        per = lambda cpu: cpu / 100.0 / rate * 1e6 if rate else None  # noqa: E731
+        lo = rows[lossless[-1]] if lossless else None
+        figures[label] = dict(rate=rate, us_all=per(all_cpu), us_primaries=per(primaries))
+        lines.append(f"| {name} | **{fmt(rate)}** | {ms(st['latency_ms']['p99'])} |"
+                     f" {fmt(lo['publish_rate']) if lo else '—'} ({ms(lo['latency_ms']['p99']) if lo else '—'}) |"
+                     f" {all_cpu:.0f} % | {primaries:.0f} % | **{per(all_cpu):.1f}** | {per(primaries):.1f} |"
+                     f" {per(proc_cpu(st, 'gateway')):.1f} | {proc_cpu(st, 'loadgen'):.0f} % | {len(runs)} |")
+    if not any(load(results, "cluster", label) for label, _ in BUSES):
+        return lines[:2] + ["(not run)", ""], figures
+    lines += ["", "; ".join(clients) + ".", "",
+              "Per step (medians over the runs; the cluster's Redis CPU summed over its six nodes):", "",
+              "| bus | offered events/s | published/s | p50 | p99 | lost | gaps | Redis CPU | Redis CPU µs/event | gateways CPU | loadgen CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, name in BUSES:
+        runs = load(results, "cluster", label)
+        if not runs:
+            continue
+        _, rows = step_table(runs, label)
+        for st in rows:
+            lines.append(f"| {name} | {fmt(st['offered_rate'])} | {fmt(st['publish_rate'])} | {ms(st['latency_ms']['p50'])}"
+                         f" | {ms(st['latency_ms']['p99'])} | {fmt(st['lost'])} | {fmt(st['seq_gaps'])} | {proc_cpu(st, 'redis'):.0f} %"
+                         f" | {proc_cpu(st, 'redis') / 100.0 / st['publish_rate'] * 1e6 if st['publish_rate'] else 0:.1f}"
+                         f" | {proc_cpu(st, 'gateway'):.0f} % | {proc_cpu(st, 'loadgen'):.0f} % |")
+    return lines + [""], figures
+
+
+def redis_cores_lines(results, figures):
+    """'How it scales' for the bus: Redis cores per 100k events/s (from the cluster scenario) and
+    per 1M connections (lease renewals, priced by the handshake scenario's Redis CPU)."""
+    lines = []
+    for label, name in BUSES:
+        f = figures.get(label)
+        if f and f["us_all"] is not None:
+            extra = (f" ({f['us_primaries'] / 10:.2f} on the primaries, spread over 3 of them; the rest is"
+                     " replication to the replicas)" if label == "cluster" else "")
+            lines.append(f"- **Redis cores per 100,000 events/s ({name}):** {f['us_all']:.1f} µs of Redis CPU per"
+                         f" published event (order rooms, at {fmt(f['rate'])} events/s) → ≈ {f['us_all'] / 10:.2f}"
+                         f" cores per 100,000 events/s{extra}.")
+    orders = load(results, "orders", "switchyard")
+    if "single" not in figures and orders and orders[0]["steps"]:
+        st = max(orders[0]["steps"], key=lambda x: x["deliveries_per_sec"])
+        if st["publish_rate"]:
+            us = proc_cpu(st, "redis") / 100.0 / st["publish_rate"] * 1e6
+            lines.append(f"- **Redis cores per 100,000 events/s (one Redis, scenario 4):** {us:.1f} µs of Redis CPU per"
+                         f" published event at {fmt(st['publish_rate'])} events/s → ≈ {us / 10:.2f} cores per 100,000"
+                         f" events/s. One Redis (single-threaded) saturates at ≈ {1e6 / us:,.0f} events/s; a cluster"
+                         " spreads the rooms over its primaries (section 9 measures it).")
+    hs = [r for r in load(results, "handshake", "switchyard") if r.get("handshakes_per_sec")]
+    if hs:
+        per_hs = med([proc_cpu(r, "redis") / 100.0 / r["handshakes_per_sec"] * 1e6 for r in hs])
+        renewals = 1e6 / 25.0
+        lines.append(f"- **Redis cores per 1,000,000 connections:** each connection renews its per-user lease"
+                     f" once per heartbeat (25 s): {fmt(renewals)} script calls/s. Priced at the handshake"
+                     f" scenario's {per_hs:.1f} µs of Redis CPU per handshake (a lease claim, a subscription and"
+                     f" a position: an upper bound for one renewal), that is ≤ {renewals * per_hs / 1e6:.2f} Redis"
+                     " cores, on `SWITCHYARD_LEASE_REDIS_URL` (default `REDIS_URL`; on a cluster the users' lease"
+                     " keys spread over the shards), before any event is published.")
+    return lines
+
+
 def stepped_section(results, out_dir, scenario, title, intro, p99_limit, plot_name):
     lines = [f"## {title}", "", intro, ""]
     best = {}
@@ -242,13 +357,7 @@ def stepped_section(results, out_dir, scenario, title, intro, p99_limit, plot_na
             p99s.append(lat["p99"])
         lines.append("")
         curves[s] = (xs, p50s, p99s)
-        # Best step: highest delivery rate with p99 within the limit, nothing lost, and the
-        # offered rate actually published; medians over repeats of that step index.
-        ok_idx = [i for i, st in enumerate(rows)
-                  if st["latency_ms"]["p99"] <= p99_limit and st["lost"] == 0 and st["seq_gaps"] == 0
-                  and st["not_published"] <= 0.01 * st["offered_rate"] * run["step_secs"]]
-        lossless = [i for i, st in enumerate(rows) if st["lost"] == 0 and st["seq_gaps"] == 0
-                    and st["not_published"] <= 0.01 * st["offered_rate"] * run["step_secs"]]
+        ok_idx, lossless = good_steps(run, rows, p99_limit)
         b = {}
         if ok_idx:
             st = rows[ok_idx[-1]]
@@ -501,6 +610,8 @@ def main():
                 scale.append(f"- **Per room event ({name}, 2-member rooms):** {cpu / st['publish_rate'] * 1e6:.1f} µs of server CPU"
                              f" and {rcpu / st['publish_rate'] * 1e6:.1f} µs of Redis CPU per published event"
                              f" ({fmt(st['publish_rate'])} events/s, {fmt(st['deliveries_per_sec'])} deliveries/s).")
+    cluster_lines, bus_figures = cluster_section(results)
+    scale += redis_cores_lines(results, bus_figures)
     scale += ["- **Per room subscription:** each idle connection above holds two rooms (its user room and"
               " one order room), so the per-connection figure includes two subscriptions; the gateway"
               " subscribes to a room's Redis channel once per process, whatever its local member count.", ""]
@@ -509,6 +620,7 @@ def main():
     extra = open(analysis).read().splitlines() + [""] if os.path.exists(analysis) else []
     doc += summary + scale + extra + idle_lines + scale_lines + hs_lines + bc_lines + or_lines + slow_lines + api_lines
     doc += locations_section(results)
+    doc += cluster_lines
     doc += criterion_section(results)
     open(out, "w").write("\n".join(doc) + "\n")
     print(f"wrote {out} and plots in {out_dir}")

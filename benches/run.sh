@@ -18,7 +18,7 @@
 # reconnecting per minute): the slopes of the gateways' RSS and open files and of Redis' memory,
 # and the loss (benches/results/soak-switchyard.json; `loadgen soak --help`).
 #
-# Scenarios: idle handshake broadcast orders slow api locations scale (bare: idle, broadcast, orders).
+# Scenarios: idle handshake broadcast orders slow api locations scale crud cluster (bare: idle, broadcast, orders).
 # locations: Switchyard only (the peer has no relay handler); orders created/assigned via REST first.
 # scale: 100,000 idle connections over 6 fresh gateways (Switchyard only; the target is about gateways).
 # crud: the CRUD side (target/release/crudload): REST status change -> WebSocket event, and
@@ -27,12 +27,16 @@
 # catalog: product reads/s at p99 <= 5 ms through the API with the read cache on (Redis) and off,
 #   and orders/s (stock reserved in the order's transaction) at p99 <= 50 ms, on SQLite with 1 API
 #   process and PostgreSQL (durable) with 2, in BENCHMARKS.md (benches/catalog_report.py).
+# cluster: the order-room scenario (Switchyard only) on two buses, one after the other in the same
+#   run: one fresh redis-server, and a Redis Cluster of 3 primaries + 3 replicas
+#   (scripts/redis-cluster.sh) — each with an API and 2 gateways of its own; events/s at
+#   p99 <= 10 ms and Redis CPU per event (every node's CPU sampled), side by side (issue #13).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
-all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog"
+all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog cluster"
 only=$all_scenarios
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
     --skip-build) build=0; shift ;;
     --no-criterion) criterion=0; shift ;;
     --only) only=$2; shift 2 ;;
-    *) sed -n '2,28p' "$0"; exit 2 ;;
+    *) sed -n '2,33p' "$0"; exit 2 ;;
   esac
 done
 started=$(date +%s)
@@ -221,6 +225,28 @@ catalog_run() { # label database_url_pattern api_count
     for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
   done
 }
+
+# The order-room scenario on a bus of its own: an API and 2 gateways on REDIS_URL=url, loadgen
+# publishing through the broker crate; the Redis processes sampled as the extra --pid arguments
+# say. Writes cluster-<label>.json; then those processes are stopped.
+bus_run() { # label redis_url --pid name=pid...
+  local label=$1 url=$2 api pids=() targets=() i; shift 2
+  REDIS_URL=$url DATABASE_URL="sqlite://$work/bus-$label.db" start_switchyard api "api-$label"
+  api=$REPLY_ADDR; pids+=("$REPLY_PID")
+  for i in 1 2; do
+    REDIS_URL=$url SWITCHYARD_API_URL="http://$api" start_switchyard gateway "gateway-$label-$i"
+    targets+=(--target "$REPLY_ADDR" --pid "gateway$i=$REPLY_PID"); pids+=("$REPLY_PID")
+  done
+  # A debug gateway answers handshakes slower: a slower ramp keeps the handshakes in flight under
+  # SWITCHYARD_MAX_HTTP_CONNECTIONS (512; beyond, 503).
+  # Its clients too: 2,000 (Redis CPU per event hardly depends on the number of rooms).
+  local ramp=2000 clients=$or_clients
+  if [ "$profile" = debug ] && [ $quick = 0 ]; then ramp=400; clients=2000; fi
+  "$loadgen" run --label "cluster-$label" --rooms pairs --clients "$clients" --ramp "$ramp" --rates "$or_rates" \
+    --step-secs "$step" --max-p99-ms 250 --proto switchyard "${targets[@]}" "$@" --publisher redis --redis "$url" \
+    --json "$results/cluster-$label$sfx.json"
+  for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
+}
 suffix() { [ "$repeat" -gt 1 ] && echo ".r$1" || echo ""; }
 for s in $only; do rm -f "$results/$s"-*.json; done   # no stale repeats mixed into the medians
 
@@ -282,6 +308,24 @@ for r in $(seq 1 "$repeat"); do
       --ramp 333 --sources 16 --work-dir "$work" --json "$results/scale-switchyard.json"
     for pid in "${scale_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   fi
+  if has cluster; then
+    log "cluster: order rooms on one Redis vs a Redis Cluster (3 primaries + 3 replicas), rates $or_rates"
+    start_redis redis-single
+    bus_run single "redis://127.0.0.1:$REPLY_PORT" --pid "redis=$(cat "$work/redis-single.pid")"
+    kill -TERM "$(cat "$work/redis-single.pid")" 2>/dev/null || true
+    rc="$work/redis-cluster-$r"
+    "$root/scripts/redis-cluster.sh" up "$rc" --watch $$ > /dev/null
+    # shellcheck disable=SC1091
+    cluster_url=$(. "$rc/redis-cluster.env" && echo "$REDIS_URL")
+    cluster_pids=()
+    for port in $(. "$rc/redis-cluster.env" && echo "$REDIS_PORTS"); do
+      pid=$(cat "$rc/node-$port.pid"); started_pids+=("$pid")
+      role=$(redis-cli -p "$port" role | head -n1)
+      cluster_pids+=(--pid "redis-$([ "$role" = master ] && echo primary || echo replica)-$port=$pid")
+    done
+    bus_run cluster "$cluster_url" "${cluster_pids[@]}"
+    "$root/scripts/redis-cluster.sh" down "$rc"
+  fi
   if has crud && [ "$r" = 1 ]; then
     log "scenario 8 crud (REST status -> WebSocket event, payments): SQLite 1 API vs PostgreSQL 2 APIs, rates $crud_rates"
     crud_run sqlite-1api "sqlite://$work/crud.db" 1
@@ -325,6 +369,8 @@ fi
   echo "\"switchyard_commit\": \"$(git rev-parse --short HEAD)\","
   echo "\"date\": \"$(date -u +%F)\","
   echo "\"repeat\": $repeat,"
+  echo "\"profile\": \"$profile\","
+  echo "\"only\": \"$only\","
   echo "\"quick\": $quick,"
   echo "\"load_average\": $(cut -d' ' -f1 /proc/loadavg)"
   echo "}"
