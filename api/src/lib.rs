@@ -8,7 +8,7 @@
 //!   errors logged once, by a middleware.
 //! - [`extract`]: the bearer-token caller and JSON bodies with JSON rejections.
 //! - [`in_flight`]: the bound on one user's requests in flight (429 beyond).
-//! - [`products`], [`orders`], [`payments`]: the handlers.
+//! - [`products`], [`orders`], [`payments`], [`chat`]: the handlers.
 //! - [`catalog`]: the catalog's read path, cache-aside with generations (no stale read after a
 //!   write), in Redis or in memory.
 //! - [`publish`]: the server publish API for other backend services.
@@ -22,6 +22,7 @@
 //! - [`web`]: the live dashboard (`/`, `/track`), embedded in the binary.
 
 pub mod catalog;
+pub mod chat;
 pub mod error;
 pub mod extract;
 pub mod in_flight;
@@ -114,6 +115,7 @@ pub fn routes(config: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(orders::get))
         .routes(routes!(orders::set_status))
         .routes(routes!(orders::assign))
+        .routes(routes!(chat::send, chat::list))
         .routes(routes!(payments::pay))
         .routes(routes!(payments::revenue))
         .routes(routes!(sessions::revoke))

@@ -66,6 +66,7 @@ pub const BEARER: &str = "bearer";
     tags(
         (name = "catalog", description = "Products, prices and stock: read by anyone signed in, written by admins"),
         (name = "orders", description = "Orders: create, read, list, status, assignment"),
+        (name = "chat", description = "An order's chat: its customer, partner and support"),
         (name = "payments", description = "Idempotent payments and the revenue totals"),
         (name = "publish", description = "The server publish API for backend services"),
         (name = "users", description = "Withdrawing a user's access"),

@@ -23,7 +23,8 @@ fn skus(order: &Order) -> Vec<String> {
     order.items.iter().map(|line| line.sku.clone()).collect()
 }
 
-fn order_id(id: &str) -> Result<i64, ApiError> {
+/// An order id from the path; one that names no order is 404.
+pub(crate) fn order_id(id: &str) -> Result<i64, ApiError> {
     parse_order_id(id).ok_or_else(|| ApiError::not_found("order not found"))
 }
 

@@ -14,11 +14,15 @@
 //! | [`StockUpdated`] | `stock.updated` (latest value in `product:`) | `product:{sku}`, `admin:inventory` |
 //! | [`StockLow`] | `stock.low` | `admin:inventory` |
 //! | [`StockOut`] | `stock.out` | `admin:inventory` |
+//! | [`ChatMessage`] | `chat.message` | `order:{id}` |
+//! | [`ChatTyping`] | `chat.typing` (latest value) | `order:{id}` |
+//! | [`ChatRead`] | `chat.read` | `order:{id}` |
 //!
 //! Events the API causes carry `event_id` (the outbox row's id, added when the relay publishes
 //! them): the same id however often a crash makes the relay publish one again.
 
 use crate::catalog::StockLevel;
+pub use crate::chat::ChatMessage;
 use crate::order::{Location, Order, OrderStatus, Payment, Refund};
 use crate::role::Role;
 use serde::de::DeserializeOwned;
@@ -200,6 +204,42 @@ impl BuiltinEvent for StockOut {
     const NAME: &'static str = "stock.out";
 }
 
+/// `chat.message`: a message in the order's chat; `data` is the message as stored.
+impl BuiltinEvent for ChatMessage {
+    const NAME: &'static str = "chat.message";
+}
+
+/// `chat.typing`: a member is typing (never stored; at most one per sender every 2 s).
+/// Latest value: a backed-up connection keeps only the newest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ChatTyping {
+    pub order_id: String,
+    /// Who is typing (`sub`); a client ignores its own.
+    pub from: String,
+    pub role: Role,
+}
+
+impl BuiltinEvent for ChatTyping {
+    const NAME: &'static str = "chat.typing";
+    const LATEST_VALUE: bool = true;
+}
+
+/// `chat.read`: a member has read the chat up to `message_id` (the highest it marked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ChatRead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<i64>,
+    pub order_id: String,
+    pub from: String,
+    pub message_id: String,
+}
+
+impl BuiltinEvent for ChatRead {
+    const NAME: &'static str = "chat.read";
+}
+
 /// A customer placed an order → `user:{customer}`, `admin:orders`.
 pub const ORDER_CREATED: &str = OrderCreated::NAME;
 /// An order's status changed → `order:{id}`, `user:{customer}`, `admin:orders`.
@@ -223,8 +263,15 @@ pub const STOCK_LOW: &str = StockLow::NAME;
 /// A product ran out → `admin:inventory`.
 pub const STOCK_OUT: &str = StockOut::NAME;
 
+/// A chat message → `order:{id}`.
+pub const CHAT_MESSAGE: &str = ChatMessage::NAME;
+/// A member is typing → `order:{id}`.
+pub const CHAT_TYPING: &str = ChatTyping::NAME;
+/// A member read up to a message → `order:{id}`.
+pub const CHAT_READ: &str = ChatRead::NAME;
+
 /// Every built-in event name.
-pub const BUILT_IN: [&str; 10] = [
+pub const BUILT_IN: [&str; 13] = [
     ORDER_CREATED,
     ORDER_STATUS,
     ORDER_ASSIGNED,
@@ -235,10 +282,18 @@ pub const BUILT_IN: [&str; 10] = [
     STOCK_UPDATED,
     STOCK_LOW,
     STOCK_OUT,
+    CHAT_MESSAGE,
+    CHAT_TYPING,
+    CHAT_READ,
 ];
 
 /// The latest-value events (see [`BuiltinEvent::LATEST_VALUE`]).
-pub const LATEST_VALUE: [&str; 3] = [PARTNER_LOCATION, REVENUE_UPDATED, STOCK_UPDATED];
+pub const LATEST_VALUE: [&str; 4] = [
+    PARTNER_LOCATION,
+    REVENUE_UPDATED,
+    STOCK_UPDATED,
+    CHAT_TYPING,
+];
 
 /// Whether `name` is a latest-value event (see [`LATEST_VALUE`]).
 pub fn is_latest_value(name: &str) -> bool {
@@ -254,7 +309,7 @@ pub fn is_latest_value_in(room: &str, name: &str) -> bool {
 }
 
 /// Families only Switchyard itself may publish.
-pub const RESERVED_FAMILIES: [&str; 4] = ["order.", "revenue.", "partner.", "stock."];
+pub const RESERVED_FAMILIES: [&str; 5] = ["order.", "revenue.", "partner.", "stock.", "chat."];
 
 /// Why an event name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +359,9 @@ mod tests {
             (StockUpdated::NAME, latest::<StockUpdated>()),
             (StockLow::NAME, latest::<StockLow>()),
             (StockOut::NAME, latest::<StockOut>()),
+            (ChatMessage::NAME, latest::<ChatMessage>()),
+            (ChatTyping::NAME, latest::<ChatTyping>()),
+            (ChatRead::NAME, latest::<ChatRead>()),
         ];
         assert_eq!(typed.map(|(name, _)| name), BUILT_IN);
         for (name, latest) in typed {

@@ -17,6 +17,7 @@
 //!   `event`), encoded once, decoded by clients.
 //! - [`events`]: the built-in events, typed, with their latest-value property.
 //! - [`error`]: the one error shape (`{"error","message"}`) of REST, handshake and socket.
+//! - [`chat`]: order chat messages, their REST bodies and the rules of their text.
 //! - [`catalog`]: products, the admin writes, and the catalog's refusals of an order.
 //! - [`order`]: orders, their status machine, payments and revenue as they appear on the wire.
 //! - [`rest`]: the other REST bodies (pages, receipts, the publish API).
@@ -28,6 +29,7 @@
 #[cfg(feature = "schema")]
 pub mod asyncapi;
 pub mod catalog;
+pub mod chat;
 pub mod client;
 pub mod close;
 pub mod error;

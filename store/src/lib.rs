@@ -26,6 +26,8 @@
 //!
 //! # Layout
 //! - [`catalog`]: products, the stock an order reserves and a cancellation gives back.
+//! - [`chat`]: order chat: messages (with their events, idempotent by `client_msg_id`) and
+//!   read markers.
 //! - [`database`]: the engine, connection settings, the pool and the migrations.
 //! - [`checks`]: the order of checks every write makes (404 → 403 → 409 → payload).
 //! - [`orders`]: create, read, list, status changes, assignment, partner locations.
@@ -36,6 +38,7 @@
 pub mod catalog;
 #[cfg(test)]
 mod catalog_tests;
+pub mod chat;
 pub mod checks;
 pub mod database;
 pub mod orders;
@@ -117,6 +120,8 @@ pub struct Store {
     outbox_written: Arc<Notify>,
     /// A product's stock falling to or below this sends `stock.low` (see [`catalog`]).
     low_stock_threshold: i64,
+    /// How long a finished order's chat stays open to new messages (see [`chat`]).
+    chat_close_grace_ms: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -144,6 +149,7 @@ impl Store {
             engine,
             outbox_written: Arc::new(Notify::new()),
             low_stock_threshold: DEFAULT_LOW_STOCK_THRESHOLD,
+            chat_close_grace_ms: chat::DEFAULT_CLOSE_GRACE_MS,
         })
     }
 

@@ -89,6 +89,14 @@ impl Server {
         }
     }
 
+    /// The chat settings (None for a gateway: it stores no message).
+    pub fn chat(&self) -> Option<&ChatArgs> {
+        match self {
+            Server::All(args) | Server::Api(args) => Some(&args.chat),
+            Server::Gateway(_) => None,
+        }
+    }
+
     /// The database settings (None for a gateway: it has no database).
     pub fn database(&self) -> Option<&DatabaseArgs> {
         match self {
@@ -167,6 +175,19 @@ pub struct AppArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+}
+
+/// Order chat (processes that run the API; the store applies it, see `store/src/chat.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    /// How long after an order is delivered or cancelled its members may still send chat
+    /// messages, seconds (counted from the order's last change); then `forbidden` ("the chat is
+    /// closed"). Reading stays allowed.
+    #[arg(long, env = "SWITCHYARD_CHAT_CLOSE_GRACE_SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    pub chat_close_grace_secs: u64,
 }
 
 /// The catalog's read cache and stock alerts (processes that run the API).

@@ -89,11 +89,12 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
     let http = args.limits.http().map_err(anyhow::Error::msg)?;
     let mut api_config = args.limits.api().map_err(anyhow::Error::msg)?;
     api_config.cache = server.catalog().map(|c| c.cache()).unwrap_or_default();
-    let store = match (server.database(), server.catalog()) {
-        (Some(database), Some(catalog)) => Some(
+    let store = match (server.database(), server.catalog(), server.chat()) {
+        (Some(database), Some(catalog), Some(chat)) => Some(
             crate::database::open(database, mode)
                 .await?
-                .with_low_stock_threshold(catalog.low_stock_threshold),
+                .with_low_stock_threshold(catalog.low_stock_threshold)
+                .with_chat_close_grace(chat.chat_close_grace_secs as i64 * 1000),
         ),
         _ => None,
     };
