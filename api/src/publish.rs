@@ -70,7 +70,7 @@ fn validate(item: &PublishRequest, max_data: usize) -> Result<Room, ApiError> {
             ApiError::invalid(match e {
                 EventNameError::Grammar => "event must match [a-z][a-z0-9_.-]{0,63}",
                 EventNameError::Reserved => {
-                    "event families order.*, revenue.* and partner.* are reserved for Switchyard"
+                    "event families order.*, revenue.*, partner.*, stock.* and chat.* are reserved for Switchyard"
                 }
             }),
         )
@@ -129,7 +129,7 @@ async fn publish_one(
 /// Publish an event into a room
 ///
 /// Services and admins. The event takes the built-in path: the room's next offset, the same
-/// fan-out. The families `order.*`, `revenue.*` and `partner.*` are reserved.
+/// fan-out. The families `order.*`, `revenue.*`, `partner.*`, `stock.*` and `chat.*` are reserved.
 #[utoipa::path(
     post,
     path = "/publish",

@@ -115,7 +115,19 @@ export class SwitchyardError extends Error {
  * - `error` ({room?, code, message}) a background request failed (a resubscribe, a refresh)
  * - `reconnecting` ({attempt, delayMs, code, reason}) a reconnect is scheduled
  * - `close` ({code, reason, final}) the socket closed; `final: true` means no reconnect
+ * - `message` ({orderId, room, offset, ...data}) a `chat.message` in a joined order room
+ * - `typing` ({orderId, room, from, role}) someone else is typing in a joined order room
+ * - `read` ({orderId, room, from, message_id}) a member's read marker moved
  */
+/** Chat events of an order room, and the client event each is also emitted as. */
+const CHAT_EVENTS = { "chat.message": "message", "chat.typing": "typing", "chat.read": "read" };
+
+/** A fresh `client_msg_id`: a UUID where the platform has one. */
+function newClientMsgId() {
+  if (globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`;
+}
+
 export class SwitchyardClient {
   /** @param {ClientOptions} options */
   constructor(options) {
@@ -246,6 +258,58 @@ export class SwitchyardClient {
    */
   async ping() {
     await this._request({ op: "ping" });
+  }
+
+  /**
+   * Sends a chat message to an order's room and resolves with the message as stored. It is
+   * sent again with the same `client_msg_id` until the server acknowledges it — after a
+   * dropped connection, on the next one — so a reply lost with a connection never stores the
+   * message twice. Rejects on a refusal (`forbidden`, `bad_request`, `conflict`) or once the
+   * client is closed.
+   * @param {string} orderId
+   * @param {string} text
+   * @param {{clientMsgId?: string}} [opts] an id the app chose (e.g. to resend after a restart)
+   * @returns {Promise<object>} `{message_id, order_id, from, role, text, client_msg_id, sent_at}`
+   */
+  async sendMessage(orderId, text, opts = {}) {
+    const room = `order:${orderId}`;
+    const clientMsgId = opts.clientMsgId ?? newClientMsgId();
+    for (let attempt = 0; ; attempt += 1) {
+      if (this._finished) throw new SwitchyardError("closed", "the client is closed");
+      try {
+        if (!this._welcome) await this.connect();
+        const reply = await this._request({ op: "send", room, text, client_msg_id: clientMsgId });
+        return reply.message;
+      } catch (err) {
+        // Not known to be stored: the same id again (the server answers the first message).
+        if (err.code === "disconnected" || err.code === "internal" || err.code === "unavailable") continue;
+        if (err.code === "rate_limited") {
+          await new Promise((r) => setTimeout(r, backoffDelay(attempt, this.backoff)));
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /**
+   * Tells the order room's members this user is typing (the server forwards at most one every
+   * 2 s). Needs the room joined (`subscribe`).
+   * @param {string} orderId
+   * @returns {Promise<void>}
+   */
+  async typing(orderId) {
+    await this._request({ op: "typing", room: `order:${orderId}` });
+  }
+
+  /**
+   * Marks the order's chat read up to `messageId` (stored; it never moves back).
+   * @param {string} orderId
+   * @param {string} messageId
+   * @returns {Promise<void>}
+   */
+  async markRead(orderId, messageId) {
+    await this._request({ op: "read", room: `order:${orderId}`, message_id: String(messageId) });
   }
 
   /**
@@ -447,6 +511,11 @@ export class SwitchyardClient {
       }
     }
     this._emit("event", event);
+    const chat = CHAT_EVENTS[event.event];
+    if (chat && event.room.startsWith("order:")) {
+      const orderId = event.room.slice("order:".length);
+      this._emit(chat, { orderId, room: event.room, offset: event.offset, ...event.data });
+    }
   }
 
   /** Subscribes again with `since` (gap, transient failure); never two at once per room. */

@@ -2,11 +2,12 @@
 //! one tick later — some twice with the same key, one in seven never.
 
 use crate::geo::{HOMES, basket};
-use crate::{MAX_OPEN_PER_CUSTOMER, World, next_frame, open_orders, refused};
+use crate::{MAX_OPEN_PER_CUSTOMER, World, next_frame, open_orders, refused, say};
 use std::sync::atomic::Ordering;
 use switchyard_client::Rest;
+use switchyard_protocol::OrderStatus;
 use switchyard_protocol::catalog::ProductPageQuery;
-use switchyard_protocol::events::OrderStatusChanged;
+use switchyard_protocol::events::{OrderAssigned, OrderStatusChanged};
 use switchyard_protocol::{Role, ServerMessage};
 
 pub(crate) struct Customer {
@@ -58,6 +59,17 @@ impl Customer {
                             && change.status.is_final()
                         {
                             open.retain(|o| *o != change.order_id);
+                            if change.status == OrderStatus::Delivered {
+                                say(&mut socket, &change.order_id, "thanks", "Got it, thank you!").await;
+                            }
+                        }
+                        // A partner on the way: a word about the door.
+                        if let ServerMessage::Event(event) = &frame
+                            && event.room == format!("user:{}", self.me)
+                            && let Some(Ok(assigned)) = event.data_as::<OrderAssigned>()
+                        {
+                            let text = "Hi! Please ring the bell twice, the intercom is broken.";
+                            say(&mut socket, &assigned.order_id, "hello", text).await;
                         }
                     }
                     _ = tick.tick() => {

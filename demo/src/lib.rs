@@ -18,7 +18,10 @@
 //!   `order.assigned` in its user room, joins the order's room (the snapshot gives the
 //!   address, which the simulator's tiny geocoder turns into coordinates), and while the
 //!   order is out for delivery sends a `location` op every tick, driving in a straight line
-//!   from the store in central Bengaluru to the customer.
+//!   from the store in central Bengaluru to the customer;
+//! - **the chat**: a customer greets the partner assigned to its order ("ring the bell twice"),
+//!   the partner answers when it sets off, and the customer thanks it once delivered — `send`
+//!   ops over their sockets (see [`say`]), each with a `client_msg_id` of its own.
 //!
 //! Everything is bounded (fixed numbers of actors and open orders) and stops on the shutdown
 //! token (Ctrl-C/SIGTERM in the binary).
@@ -39,8 +42,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use switchyard_auth::Issuer;
 use switchyard_client::{Frame, ReadError, Rest, RestError, Socket};
+use switchyard_protocol::client::ClientOp;
 use switchyard_protocol::rest::PageQuery;
-use switchyard_protocol::{OrderStatus, Role, ServerMessage};
+use switchyard_protocol::{OrderStatus, Role, Room, ServerMessage};
 use tokio_util::sync::CancellationToken;
 
 /// Orders a customer may have open at once (keeps the simulation bounded).
@@ -243,6 +247,19 @@ pub(crate) fn refused<T>(what: &str, result: Result<T, RestError>) -> Option<T> 
 
 /// The next frame, or `None` when the connection ended (the actor then reconnects). Error
 /// frames are logged; a frame this version cannot decode is skipped.
+/// Says `text` in order `order`'s chat over `socket`; `key` makes the `client_msg_id` (one per
+/// order and line, so a resend after a reconnect stores nothing twice). The reply is not
+/// waited for: the actor's loop skips it like every reply.
+pub(crate) async fn say(socket: &mut Socket, order: &str, key: &str, text: &str) {
+    let Ok(room) = Room::order(order) else { return };
+    let op = ClientOp::Send {
+        room,
+        text: text.to_owned(),
+        client_msg_id: format!("demo-{order}-{key}"),
+    };
+    let _ = socket.send(op).await;
+}
+
 pub(crate) async fn next_frame(socket: &mut Socket) -> Option<Frame> {
     loop {
         match socket.next().await {

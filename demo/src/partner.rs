@@ -2,7 +2,7 @@
 //! delivery, a location every tick along the way.
 
 use crate::geo::{geocode, location};
-use crate::{World, next_frame, open_orders};
+use crate::{World, next_frame, open_orders, say};
 use std::collections::HashMap;
 use switchyard_client::Socket;
 use switchyard_protocol::client::ClientOp;
@@ -53,6 +53,8 @@ pub(crate) async fn run(world: World, me: String) {
                             OrderStatus::OutForDelivery => {
                                 if let Some(d) = deliveries.get_mut(&id) {
                                     d.started = Some(Instant::now());
+                                    let text = "Picked up your order, on my way. Bell twice, noted!";
+                                    say(&mut socket, &id, "on-my-way", text).await;
                                 }
                             }
                             status if status.is_final() && deliveries.remove(&id).is_some() => {

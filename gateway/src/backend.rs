@@ -8,9 +8,15 @@
 //! mode one that reads the shared state the API keeps in Redis and asks the API over HTTP when
 //! that cannot answer — so a gateway process holds no database connection, and any number of
 //! them can run on any number of hosts.
+//!
+//! Chat messages and read markers are written by the API side too (the store, in one
+//! transaction with their events): the gateway hands a `send` or `read` op to the backend and
+//! answers `ok` only once it is stored — in-process in the embedded mode, through the API's
+//! `/internal` routes in the distributed mode.
 
 use async_trait::async_trait;
-use switchyard_protocol::{Location, Order, Product, Revenue};
+use switchyard_protocol::chat::{ChatMessage, ChatState, NewMessage};
+use switchyard_protocol::{Location, Order, Product, Revenue, Role};
 
 /// How current an answer must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +35,32 @@ pub enum Read {
 #[error("{0}")]
 pub struct BackendError(pub String);
 
+/// Who a chat op is from: the connection's user.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub sub: &'a str,
+    pub role: Role,
+}
+
+/// Why a chat op was not done: the store's refusal (the op's error reply) or a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// Not a member of the order's chat, or no such order.
+    #[error("not a member of this order's chat")]
+    NotMember,
+    /// The chat is closed (the order finished longer ago than the grace period).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The `client_msg_id` was used by this sender in another order.
+    #[error("{0}")]
+    Conflict(String),
+    /// The text or an id is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Failed(#[from] BackendError),
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// The order with this id, with the newest position known for it; `None` when there is no
@@ -44,4 +76,25 @@ pub trait Backend: Send + Sync + 'static {
     /// Keeps these orders' newest positions (one batch every flush interval, see
     /// [`crate::locations`]); where they go is the backend's business.
     async fn write_positions(&self, batch: &[(i64, Location)]) -> Result<(), BackendError>;
+
+    /// Stores a chat message in order `order`'s chat with its `chat.message` event (or, for a
+    /// `client_msg_id` the sender already used there, returns the first message); returns
+    /// once it is durable.
+    async fn send_message(
+        &self,
+        order: i64,
+        from: Sender<'_>,
+        message: &NewMessage,
+    ) -> Result<ChatMessage, ChatError>;
+
+    /// Moves `from`'s read marker in order `order`'s chat up to `message_id` (never back).
+    async fn mark_read(
+        &self,
+        order: i64,
+        from: Sender<'_>,
+        message_id: i64,
+    ) -> Result<(), ChatError>;
+
+    /// Where `sub` has read up to in order `order`'s chat, and how many are unread.
+    async fn chat_state(&self, order: i64, sub: &str) -> Result<ChatState, BackendError>;
 }

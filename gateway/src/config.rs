@@ -34,6 +34,10 @@ pub struct GatewayConfig {
     /// Location ops per second per connection, and burst. Excess → `rate_limited`.
     pub location_rate: f64,
     pub location_burst: f64,
+    /// Chat messages (`send` ops) per second per connection, and burst. Excess →
+    /// `rate_limited`.
+    pub chat_rate: f64,
+    pub chat_burst: f64,
     /// Pings (and pongs) a client may send per second, and burst. The WebSocket layer answers
     /// each ping, so a flood costs the server; beyond the burst → close 4500.
     pub ping_rate: f64,
@@ -76,6 +80,8 @@ impl Default for GatewayConfig {
             op_burst: 100.0,
             location_rate: 5.0,
             location_burst: 10.0,
+            chat_rate: 5.0,
+            chat_burst: 10.0,
             ping_rate: 10.0,
             ping_burst: 50.0,
             read_buffer_bytes: 512,

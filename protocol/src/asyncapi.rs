@@ -12,12 +12,13 @@
 //! server sends.
 
 use crate::catalog::{Product, StockLevel};
+use crate::chat::{ChatMessage, ChatState};
 use crate::client::{OpName, StreamPosition};
 use crate::close;
 use crate::error::{ErrorBody, ErrorCode};
 use crate::events::{
-    BuiltinEvent, OrderAssigned, OrderCreated, OrderPaid, OrderRefunded, OrderStatusChanged,
-    PartnerLocation, RevenueUpdated, StockLow, StockOut, StockUpdated,
+    BuiltinEvent, ChatRead, ChatTyping, OrderAssigned, OrderCreated, OrderPaid, OrderRefunded,
+    OrderStatusChanged, PartnerLocation, RevenueUpdated, StockLow, StockOut, StockUpdated,
 };
 use crate::order::{Order, Revenue};
 use crate::role::Role;
@@ -234,6 +235,10 @@ pub fn document() -> Value {
     add::<StockUpdated>(&mut schemas);
     add::<StockLow>(&mut schemas);
     add::<StockOut>(&mut schemas);
+    add::<ChatMessage>(&mut schemas);
+    add::<ChatTyping>(&mut schemas);
+    add::<ChatRead>(&mut schemas);
+    add::<ChatState>(&mut schemas);
 
     let envelopes = json!({
         "HandshakeRefusal": {
@@ -271,6 +276,43 @@ pub fn document() -> Value {
              is `forbidden` and close 4500.",
             &["token"],
             json!({ "token": { "type": "string", "minLength": 1 }, "id": op_id() })),
+        "SendOp": frame("op", "send",
+            "A chat message to an order room (its customer, its assigned partner, admins). \
+             Answered `ok` with the stored `message` once it is durable; every member then gets \
+             `chat.message`. The same `client_msg_id` again (a retry after a lost reply) answers \
+             the first message and publishes nothing. `text`: control characters other than \
+             newline and tab are `bad_request`; trimmed and NFC-normalized, 1 to 2,000 \
+             characters. Not a member, or the chat closed: `forbidden`; over \
+             `SWITCHYARD_CHAT_RATE`: `rate_limited`.",
+            &["room", "text", "client_msg_id"],
+            json!({
+                "room": room_of(&["order"]),
+                "text": { "type": "string" },
+                "client_msg_id": { "type": "string", "pattern": "^[!-~]{1,64}$" },
+                "id": op_id(),
+            })),
+        "TypingOp": frame("op", "typing",
+            "The sender is typing in an order room it joined: `chat.typing` to its members, at \
+             most one per connection and room every 2 s (the rest are answered and dropped).",
+            &["room"],
+            json!({ "room": room_of(&["order"]), "id": op_id() })),
+        "ReadOp": frame("op", "read",
+            "The sender has read the order's chat up to `message_id` (stored; never moves back): \
+             `chat.read` to the members when it moved.",
+            &["room", "message_id"],
+            json!({
+                "room": room_of(&["order"]),
+                "message_id": { "type": "string", "pattern": "^[1-9][0-9]{0,17}$" },
+                "id": op_id(),
+            })),
+        "OrderSnapshot": {
+            "description": "An order room's subscribe snapshot: the order, and the subscriber's \
+                            read state of its chat.",
+            "allOf": [schema_ref("Order"), {
+                "type": "object",
+                "properties": { "chat": schema_ref("ChatState") },
+            }],
+        },
         "Welcome": frame("type", "welcome",
             "The first frame: who the connection is, its own `user:{sub}` room (already joined) \
              and that room's stream position.",
@@ -291,7 +333,8 @@ pub fn document() -> Value {
             "An op succeeded. A subscribe reply carries the room's `position` when joined and, \
              unless the recovery was complete, its `snapshot`: the order for `order:{id}`, the \
              product for `product:{sku}` (`null`: no such product), the revenue totals for \
-             `admin:revenue`, `null` for `user:{id}`, `admin:inventory` and `admin:orders`.",
+             `admin:revenue`, `null` for `user:{id}`, `admin:inventory` and `admin:orders`. A \
+             `send` reply carries the stored `message`.",
             &["op"],
             json!({
                 "id": op_id(),
@@ -299,7 +342,8 @@ pub fn document() -> Value {
                 "room": schema_ref("Room"),
                 "position": schema_ref("StreamPosition"),
                 "recovered": { "type": "boolean" },
-                "snapshot": { "anyOf": [schema_ref("Order"), schema_ref("Product"), schema_ref("Revenue"), { "type": "null" }] },
+                "snapshot": { "anyOf": [schema_ref("OrderSnapshot"), schema_ref("Product"), schema_ref("Revenue"), { "type": "null" }] },
+                "message": schema_ref("ChatMessage"),
             })),
         "Error": frame("type", "error",
             "An op failed (or a frame could not be decoded: then without `id`): the one error \
@@ -332,13 +376,16 @@ pub fn document() -> Value {
         "StockUpdatedEvent": event_frame::<StockUpdated>(&["product", "admin:inventory"]),
         "StockLowEvent": event_frame::<StockLow>(&["admin:inventory"]),
         "StockOutEvent": event_frame::<StockOut>(&["admin:inventory"]),
+        "ChatMessageEvent": event_frame::<ChatMessage>(&["order"]),
+        "ChatTypingEvent": event_frame::<ChatTyping>(&["order"]),
+        "ChatReadEvent": event_frame::<ChatRead>(&["order"]),
         "ServiceEvent": frame("type", "event",
             "An event a backend service published (`POST /api/publish`): any name outside the \
-             reserved families `order.*`, `revenue.*`, `partner.*`, `stock.*`, `data` any JSON object.",
+             reserved families `order.*`, `revenue.*`, `partner.*`, `stock.*`, `chat.*`, `data` any JSON object.",
             &["room", "event", "offset", "data"],
             json!({
                 "room": schema_ref("Room"),
-                "event": { "type": "string", "pattern": "^(?!order\\.|revenue\\.|partner\\.|stock\\.)[a-z][a-z0-9_.-]{0,63}$" },
+                "event": { "type": "string", "pattern": "^(?!order\\.|revenue\\.|partner\\.|stock\\.|chat\\.)[a-z][a-z0-9_.-]{0,63}$" },
                 "offset": { "type": "integer", "minimum": 1 },
                 "epoch": event_epoch(),
                 "data": { "type": "object" },
@@ -358,6 +405,12 @@ pub fn document() -> Value {
         "ping": message("ping", "Ping", "Answered with ok.", "PingOp", json!({ "op": "ping", "id": 4 })),
         "refresh": message("refresh", "Refresh", "A fresh token for the same user.", "RefreshOp",
             json!({ "op": "refresh", "token": "<a fresh JWT>", "id": 5 })),
+        "send": message("send", "Send", "A chat message to an order room.", "SendOp",
+            json!({ "op": "send", "room": "order:42", "text": "at the gate", "client_msg_id": "9b2f0c1e-7d4a-4c51-9d1e-2f8f5a1c3b7e", "id": 7 })),
+        "typing": message("typing", "Typing", "The sender is typing.", "TypingOp",
+            json!({ "op": "typing", "room": "order:42", "id": 8 })),
+        "read": message("read", "Read", "The sender read the chat up to a message.", "ReadOp",
+            json!({ "op": "read", "room": "order:42", "message_id": "17", "id": 9 })),
         "welcome": message("welcome", "Welcome", "The first frame.", "Welcome",
             json!({ "type": "welcome", "conn": "5f3a9c1e-1", "sub": "c1", "role": "customer", "rooms": ["user:c1"], "positions": { "user:c1": { "epoch": "m4k2x9", "offset": 12 } } })),
         "ok": message("ok", "Ok", "An op succeeded.", "Ok",
@@ -388,6 +441,12 @@ pub fn document() -> Value {
             json!({ "type": "event", "room": "admin:inventory", "event": "stock.low", "offset": 13, "data": { "event_id": 32, "sku": "milk-1l", "stock": 9, "updated_at": 1_795_334_326_000_i64, "threshold": 10 } })),
         "stockOut": message("stockOut", "stock.out", "A product ran out.", "StockOutEvent",
             json!({ "type": "event", "room": "admin:inventory", "event": "stock.out", "offset": 14, "data": { "event_id": 33, "sku": "milk-1l", "stock": 0, "updated_at": 1_795_334_327_000_i64 } })),
+        "chatMessage": message("chatMessage", "chat.message", "A message in the order's chat, as stored.", "ChatMessageEvent",
+            json!({ "type": "event", "room": "order:42", "event": "chat.message", "offset": 10, "data": { "event_id": 40, "message_id": "17", "order_id": "42", "from": "c1", "role": "customer", "text": "at the gate", "client_msg_id": "9b2f0c1e-7d4a-4c51-9d1e-2f8f5a1c3b7e", "sent_at": 1_795_334_328_000_i64 } })),
+        "chatTyping": message("chatTyping", "chat.typing", "A member is typing (never stored; latest value).", "ChatTypingEvent",
+            json!({ "type": "event", "room": "order:42", "event": "chat.typing", "offset": 11, "data": { "order_id": "42", "from": "p7", "role": "partner" } })),
+        "chatRead": message("chatRead", "chat.read", "A member read the chat up to a message.", "ChatReadEvent",
+            json!({ "type": "event", "room": "order:42", "event": "chat.read", "offset": 12, "data": { "event_id": 41, "order_id": "42", "from": "p7", "message_id": "17" } })),
         "serviceEvent": message("serviceEvent", "A service's event", "An event a backend service published.", "ServiceEvent",
             json!({ "type": "event", "room": "order:42", "event": "eta.updated", "offset": 9, "data": { "eta_s": 300 } })),
     });
@@ -414,6 +473,9 @@ pub fn document() -> Value {
         "location",
         "ping",
         "refresh",
+        "send",
+        "typing",
+        "read",
         "welcome",
         "ok",
         "error",
@@ -448,7 +510,7 @@ pub fn document() -> Value {
             "Who may join: the order's customer, its currently assigned partner, or an admin (an \
              unknown order is refused exactly like someone else's). A partner reassigned away \
              gets `revoked`.",
-            &["orderStatus", "orderAssigned", "orderPaid", "orderRefunded", "partnerLocation", "serviceEvent"],
+            &["orderStatus", "orderAssigned", "orderPaid", "orderRefunded", "partnerLocation", "chatMessage", "chatTyping", "chatRead", "serviceEvent"],
             Some("The order's id, canonical decimal (`42`, never `042`).")),
         "adminRevenue": room_channel("admin:revenue", "The revenue ticker",
             "Who may join: admins only.",
@@ -486,6 +548,15 @@ pub fn document() -> Value {
         ),
         ("ping", "Answer a ping."),
         ("refresh", "Extend the connection with a fresh token."),
+        (
+            "send",
+            "Store a chat message and publish it to the order room.",
+        ),
+        (
+            "typing",
+            "Tell the order room's members the sender is typing.",
+        ),
+        ("read", "Move the sender's read marker in the order's chat."),
     ] {
         operations.insert(
             format!("receive{}{}", op[..1].to_uppercase(), &op[1..]),

@@ -5,7 +5,9 @@
 //! fields the `op` needs. That way a frame with a bad field still yields its `id`,
 //! so the `bad_request` reply can be matched to the request that caused it.
 
-use crate::room::{Room, RoomError, is_valid_id};
+use crate::chat::is_valid_client_msg_id;
+use crate::order::parse_order_id;
+use crate::room::{Room, RoomError, RoomKind, is_valid_id};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -43,6 +45,21 @@ pub enum ClientOp {
     Refresh {
         token: String,
     },
+    /// A chat message to an order room (its members only); answered once stored.
+    Send {
+        room: Room,
+        text: String,
+        client_msg_id: String,
+    },
+    /// The sender is typing in an order room's chat (never stored).
+    Typing {
+        room: Room,
+    },
+    /// The sender has read an order room's chat up to `message_id`.
+    Read {
+        room: Room,
+        message_id: String,
+    },
 }
 
 /// The ops' wire names, echoed in `ok` replies.
@@ -55,6 +72,9 @@ pub enum OpName {
     Location,
     Ping,
     Refresh,
+    Send,
+    Typing,
+    Read,
 }
 
 impl OpName {
@@ -65,6 +85,9 @@ impl OpName {
             OpName::Location => "location",
             OpName::Ping => "ping",
             OpName::Refresh => "refresh",
+            OpName::Send => "send",
+            OpName::Typing => "typing",
+            OpName::Read => "read",
         }
     }
 }
@@ -117,6 +140,9 @@ impl ClientOp {
             ClientOp::Location { .. } => OpName::Location,
             ClientOp::Ping => OpName::Ping,
             ClientOp::Refresh { .. } => OpName::Refresh,
+            ClientOp::Send { .. } => OpName::Send,
+            ClientOp::Typing { .. } => OpName::Typing,
+            ClientOp::Read { .. } => OpName::Read,
         }
     }
 
@@ -162,6 +188,12 @@ struct Envelope<'a> {
     ts: Option<i64>,
     #[serde(borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    client_msg_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message_id: Option<Cow<'a, str>>,
 }
 
 /// Just the id, for frames whose other fields failed to decode.
@@ -215,6 +247,34 @@ impl ClientMessage {
                     .ok_or_else(|| DecodeError::new(id, "missing \"token\""))?
                     .into_owned(),
             },
+            "send" => ClientOp::Send {
+                room: chat_room(room(env.room.as_ref())?, id)?,
+                text: env
+                    .text
+                    .ok_or_else(|| DecodeError::new(id, "missing \"text\""))?
+                    .into_owned(),
+                client_msg_id: env
+                    .client_msg_id
+                    .filter(|c| is_valid_client_msg_id(c))
+                    .ok_or_else(|| {
+                        DecodeError::new(
+                            id,
+                            "\"client_msg_id\" must be 1 to 64 printable ASCII characters",
+                        )
+                    })?
+                    .into_owned(),
+            },
+            "typing" => ClientOp::Typing {
+                room: chat_room(room(env.room.as_ref())?, id)?,
+            },
+            "read" => ClientOp::Read {
+                room: chat_room(room(env.room.as_ref())?, id)?,
+                message_id: env
+                    .message_id
+                    .filter(|m| parse_order_id(m).is_some())
+                    .ok_or_else(|| DecodeError::new(id, "\"message_id\" must be a message id"))?
+                    .into_owned(),
+            },
             "location" => {
                 let order_id = env
                     .order_id
@@ -247,6 +307,18 @@ impl ClientMessage {
             }
         };
         Ok(ClientMessage { id, op })
+    }
+}
+
+/// Chat ops name an order room.
+fn chat_room(room: Room, id: Option<i64>) -> Result<Room, DecodeError> {
+    if room.kind() == RoomKind::Order {
+        Ok(room)
+    } else {
+        Err(DecodeError::new(
+            id,
+            "chat happens in order rooms (order:{id})",
+        ))
     }
 }
 
@@ -338,6 +410,18 @@ mod tests {
             ClientOp::Refresh {
                 token: "a.b.c".into(),
             },
+            ClientOp::Send {
+                room: Room::parse("order:42").unwrap(),
+                text: "at the gate \u{1f6aa}\n\"ring\"".into(),
+                client_msg_id: "9b2f0c1e-7d4a".into(),
+            },
+            ClientOp::Typing {
+                room: Room::parse("order:42").unwrap(),
+            },
+            ClientOp::Read {
+                room: Room::parse("order:42").unwrap(),
+                message_id: "17".into(),
+            },
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let text = op.clone().with_id(i as i64).encode();
@@ -378,6 +462,28 @@ mod tests {
         assert_eq!(e.id, None);
         let e = ClientMessage::decode(r#"["subscribe",5,"order:42"]"#).unwrap_err();
         assert_eq!(e.message, "a frame must be a JSON object");
+    }
+
+    #[test]
+    fn chat_ops_need_an_order_room_and_valid_ids() {
+        for bad in [
+            r#"{"op":"send","room":"user:c1","text":"hi","client_msg_id":"a","id":1}"#,
+            r#"{"op":"send","room":"order:1","client_msg_id":"a","id":1}"#,
+            r#"{"op":"send","room":"order:1","text":"hi","id":1}"#,
+            r#"{"op":"send","room":"order:1","text":"hi","client_msg_id":"a b","id":1}"#,
+            r#"{"op":"send","room":"order:1","text":"\ud800","client_msg_id":"a","id":1}"#,
+            r#"{"op":"typing","room":"admin:revenue","id":1}"#,
+            r#"{"op":"read","room":"order:1","message_id":"07","id":1}"#,
+            r#"{"op":"read","room":"order:1","id":1}"#,
+        ] {
+            let e = ClientMessage::decode(bad).unwrap_err();
+            assert_eq!(e.id, Some(1), "{bad}");
+        }
+        let m = ClientMessage::decode(
+            r#"{"op":"send","room":"order:1","text":"caf\u00e9","client_msg_id":"a"}"#,
+        )
+        .unwrap();
+        assert!(matches!(m.op, ClientOp::Send { ref text, .. } if text == "café"));
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub struct PublishRequest {
     )]
     pub room: String,
     /// `[a-z][a-z0-9_.-]{0,63}`, outside the reserved `order.*`, `revenue.*`, `partner.*`,
-    /// `stock.*`.
+    /// `stock.*`, `chat.*`.
     #[cfg_attr(feature = "schema", schema(pattern = "^[a-z][a-z0-9_.-]{0,63}$"))]
     pub event: String,
     /// A JSON object, published as the event's `data` unchanged.

@@ -6,6 +6,7 @@
 //! the output string; a client decodes without copying (`data` stays raw JSON until
 //! [`EventFrame::data_as`] types it) and keeps a frame with [`ServerMessage::into_owned`].
 
+use crate::chat::ChatMessage;
 use crate::client::{OpName, StreamPosition};
 use crate::error::ErrorCode;
 use crate::events::BuiltinEvent;
@@ -74,6 +75,10 @@ pub struct OkReply<'a> {
     /// (`null` for user rooms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Cow<'a, RawValue>>,
+    /// On `send` replies: the message as stored (its `chat.message` event carries the room
+    /// offset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<ChatMessage>,
 }
 
 /// `{"type":"error"}`: an op failed. The error fields are the one error shape
@@ -211,6 +216,7 @@ impl OkReply<'_> {
             position: self.position,
             recovered: self.recovered,
             snapshot: self.snapshot.map(|r| Cow::Owned(r.into_owned())),
+            message: self.message,
         }
     }
 }
@@ -264,8 +270,9 @@ struct Envelope<'a> {
     error: Option<ErrorCode>,
     /// The old name of `error` (older servers send only this).
     code: Option<ErrorCode>,
+    /// An error's text, or a `send` reply's message (an object): read by `type`.
     #[serde(borrow)]
-    message: Option<Cow<'a, str>>,
+    message: Option<&'a RawValue>,
     #[serde(borrow)]
     reason: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -306,11 +313,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
                 position: env.position,
                 recovered: env.recovered,
                 snapshot: env.snapshot.map(Cow::Borrowed),
+                message: env
+                    .message
+                    .map(|m| serde_json::from_str(m.get()))
+                    .transpose()
+                    .map_err(D::Error::custom)?,
             }),
             "error" => ServerMessage::Error(ErrorReply {
                 id: env.id,
                 error: env.error.or(env.code).ok_or_else(|| need("error"))?,
-                message: env.message.ok_or_else(|| need("message"))?,
+                message: env
+                    .message
+                    .map(|m| serde_json::from_str::<Cow<'a, str>>(m.get()))
+                    .transpose()
+                    .map_err(D::Error::custom)?
+                    .ok_or_else(|| need("message"))?,
             }),
             "revoked" => ServerMessage::Revoked(Revoked {
                 room: env.room.ok_or_else(|| need("room"))?,
@@ -462,6 +479,7 @@ mod tests {
             position: None,
             recovered: None,
             snapshot: Some(Cow::Borrowed(RawValue::NULL)),
+            message: None,
         });
         assert_eq!(
             ok.encode(),

@@ -578,6 +578,12 @@ pub struct LimitArgs {
     pub location_rate: f64,
     #[arg(long, env = "SWITCHYARD_LOCATION_BURST", default_value_t = 10.0)]
     pub location_burst: f64,
+    /// Chat messages (`send` ops) per second per connection, and the burst allowed (excess →
+    /// `rate_limited`; the message is not stored and may be sent again).
+    #[arg(long, env = "SWITCHYARD_CHAT_RATE", default_value_t = 5.0)]
+    pub chat_rate: f64,
+    #[arg(long, env = "SWITCHYARD_CHAT_BURST", default_value_t = 10.0)]
+    pub chat_burst: f64,
     /// WebSocket pings (and pongs) a client may send per second, and the burst allowed. Each
     /// ping is answered by the server, so a flood beyond the burst closes the connection with
     /// 4500 (policy violation); a client pinging every few seconds never comes near it.
@@ -755,6 +761,8 @@ impl LimitArgs {
             op_burst: self.op_burst,
             location_rate: self.location_rate,
             location_burst: self.location_burst,
+            chat_rate: self.chat_rate,
+            chat_burst: self.chat_burst,
             ping_rate: self.ping_rate,
             ping_burst: self.ping_burst,
             read_buffer_bytes: self.read_buffer_bytes.max(256),

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::events::{
-    OrderAssigned, OrderCreated, OrderPaid, OrderRefunded, OrderStatusChanged, PartnerLocation,
-    RevenueUpdated, StockLow, StockOut, StockUpdated,
+    ChatMessage, ChatRead, ChatTyping, OrderAssigned, OrderCreated, OrderPaid, OrderRefunded,
+    OrderStatusChanged, PartnerLocation, RevenueUpdated, StockLow, StockOut, StockUpdated,
 };
 use switchyard_protocol::{BuiltinEvent, Role, Room, ServerMessage};
 
@@ -203,7 +203,7 @@ impl Frames {
         }
         match frame["type"].as_str() {
             Some("event") => {
-                let builtin: [(&str, &str); 10] = [
+                let builtin: [(&str, &str); 13] = [
                     (OrderCreated::NAME, "orderCreated"),
                     (OrderStatusChanged::NAME, "orderStatus"),
                     (OrderAssigned::NAME, "orderAssigned"),
@@ -214,6 +214,9 @@ impl Frames {
                     (StockUpdated::NAME, "stockUpdated"),
                     (StockLow::NAME, "stockLow"),
                     (StockOut::NAME, "stockOut"),
+                    (ChatMessage::NAME, "chatMessage"),
+                    (ChatTyping::NAME, "chatTyping"),
+                    (ChatRead::NAME, "chatRead"),
                 ];
                 let event = frame["event"].as_str().unwrap_or_default();
                 builtin
@@ -269,6 +272,9 @@ impl Frames {
                 "stockUpdated" => typed_data::<StockUpdated>(event),
                 "stockLow" => typed_data::<StockLow>(event),
                 "stockOut" => typed_data::<StockOut>(event),
+                "chatMessage" => typed_data::<ChatMessage>(event),
+                "chatTyping" => typed_data::<ChatTyping>(event),
+                "chatRead" => typed_data::<ChatRead>(event),
                 _ => Ok(data.clone()),
             }?;
             if typed != data {
@@ -402,6 +408,24 @@ async fn a_session_speaks_what_the_document_says() {
     };
     check.ask(&mut p1, location).await;
     check.got(c1.event(room.as_str(), PartnerLocation::NAME).await);
+    // The chat: a message, typing, a read marker.
+    let send = ClientOp::Send {
+        room: room.clone(),
+        text: "at the gate".into(),
+        client_msg_id: "m-1".into(),
+    };
+    let sent = check.ask(&mut p1, send).await;
+    check.got(c1.event(room.as_str(), ChatMessage::NAME).await);
+    check
+        .ask(&mut p1, ClientOp::Typing { room: room.clone() })
+        .await;
+    check.got(c1.event(room.as_str(), ChatTyping::NAME).await);
+    let read = ClientOp::Read {
+        room: room.clone(),
+        message_id: sent["message"]["message_id"].as_str().unwrap().to_owned(),
+    };
+    check.ask(&mut c1, read).await;
+    check.got(p1.event(room.as_str(), ChatRead::NAME).await);
     server.assign(&order, "p2").await;
     check.got(p1.recv_until(|v| v["type"] == "revoked").await);
     check.ask(&mut c1, ClientOp::Unsubscribe { room }).await;

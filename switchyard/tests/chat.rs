@@ -1,9 +1,13 @@
 //! Order chat (issue #14) through the real server: REST sends and history, the event every
-//! member receives, idempotent retries, hostile text, who may talk.
+//! member receives, idempotent retries, hostile text, who may talk; over the socket in both
+//! modes (embedded; two gateways, an API and PostgreSQL), 1,000 messages with a dropped
+//! connection and a lost reply.
 
+use common::cluster::Cluster;
 use common::*;
 use serde_json::{Value, json};
 use switchyard_protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
 
 async fn post(server: &TestServer, order: &str, token: &str, body: Value) -> (u16, Value) {
     server
@@ -193,5 +197,403 @@ async fn a_finished_order_closes_its_chat_after_the_grace() {
     let (status, page) = history(&server, &order, &c1, "").await;
     assert_eq!(status, 200);
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
+
+// ---- The socket: `send`, `typing`, `read` (real processes, both modes) ----
+
+/// One side of a conversation over a socket: the chat messages it received, in order, and
+/// the position of the last event it applied (for `since` after a reconnect).
+struct Side {
+    ws: Client,
+    url: String,
+    token: String,
+    room: String,
+    /// `message_id`s of the `chat.message` events received, in the order they came.
+    seen: Vec<String>,
+    /// Messages taken from the REST history after a reconnect beyond the room's history:
+    /// their events, if any still come, are not new.
+    filled: std::collections::HashSet<String>,
+    epoch: String,
+    offset: u64,
+    next_id: i64,
+}
+
+impl Side {
+    async fn join(url: &str, token: &str, room: &str) -> Side {
+        let mut ws = connect(url, token).await;
+        let reply = ws.subscribe(room).await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+        Side {
+            ws,
+            url: url.to_owned(),
+            token: token.to_owned(),
+            room: room.to_owned(),
+            seen: Vec::new(),
+            filled: Default::default(),
+            epoch: reply["position"]["epoch"].as_str().unwrap().to_owned(),
+            offset: reply["position"]["offset"].as_u64().unwrap(),
+            next_id: 1_000,
+        }
+    }
+
+    /// Applies a frame: a chat message of the room is recorded (once per offset).
+    fn apply(&mut self, frame: &Value) {
+        if frame["type"] != "event" || frame["room"] != self.room.as_str() {
+            return;
+        }
+        if let Some(epoch) = frame["epoch"].as_str() {
+            self.epoch = epoch.to_owned();
+        }
+        let offset = frame["offset"].as_u64().unwrap();
+        if offset <= self.offset {
+            return;
+        }
+        self.offset = offset;
+        if frame["event"] == "chat.message" {
+            let id = frame["data"]["message_id"].as_str().unwrap().to_owned();
+            if !self.filled.contains(&id) {
+                self.seen.push(id);
+            }
+        }
+    }
+
+    /// Sends `frame` with a fresh id and reads until its reply, applying events on the way.
+    async fn ask(&mut self, mut frame: Value) -> Value {
+        self.next_id += 1;
+        frame["id"] = json!(self.next_id);
+        self.ws.send(frame).await;
+        loop {
+            let v = self.ws.recv().await;
+            if v["id"] == self.next_id && (v["type"] == "ok" || v["type"] == "error") {
+                return v;
+            }
+            self.apply(&v);
+        }
+    }
+
+    async fn say(&mut self, text: &str, client_msg_id: &str) -> Value {
+        let reply = self
+            .ask(json!({"op":"send","room":self.room,"text":text,"client_msg_id":client_msg_id}))
+            .await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+        reply
+    }
+
+    /// Drops the connection and comes back with `since`; what history no longer holds comes
+    /// from the REST history (`rest`: an API base URL).
+    async fn reconnect(&mut self, rest: &str) {
+        self.ws.close().await;
+        self.ws = connect(&self.url, &self.token).await;
+        let subscribe = json!({"op":"subscribe","room":self.room,
+            "since":{"epoch":self.epoch,"offset":self.offset}});
+        let reply = self.ask(subscribe).await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+        if reply["recovered"] == true {
+            // The missed events follow the reply; `apply` takes them as they come.
+            return;
+        }
+        // Beyond history: the messages after the last one seen, from REST, then the room
+        // from its position now.
+        let last = self.seen.last().cloned();
+        let http = reqwest::Client::new();
+        let order = self.room.trim_start_matches("order:").to_owned();
+        let mut missed = Vec::new();
+        let mut before = String::new();
+        'pages: loop {
+            let url = format!("{rest}/api/orders/{order}/messages?limit=200&before={before}");
+            let (status, page) = http_call(&http, "GET", &url, &self.token, None).await;
+            assert_eq!(status, 200, "{page}");
+            for m in page["messages"].as_array().unwrap().iter().rev() {
+                let id = m["message_id"].as_str().unwrap().to_owned();
+                if Some(&id) == last.as_ref() {
+                    break 'pages;
+                }
+                missed.push(id);
+            }
+            match page["next_before"].as_str() {
+                Some(b) => before = b.to_owned(),
+                None => break,
+            }
+        }
+        // The socket brings the events after the reply's position; REST may already have
+        // given some of them.
+        self.epoch = reply["position"]["epoch"].as_str().unwrap().to_owned();
+        self.offset = reply["position"]["offset"].as_u64().unwrap();
+        missed.reverse();
+        self.filled.extend(missed.iter().cloned());
+        self.seen.extend(missed);
+    }
+}
+
+/// Customer and partner exchange 1,000 messages (500 each, interleaved), each over its own
+/// socket — on two gateways when `ws` names two — and the customer's connection drops in the
+/// middle, once with a reply lost (the send is retried with its `client_msg_id`). Each side
+/// ends with every message exactly once, in the same order as the database's.
+async fn thousand_messages(ws: [String; 2], rest: &str, order: &str) {
+    let room = format!("order:{order}");
+    let c1 = token("c1", Role::Customer);
+    let p1 = token("p1", Role::Partner);
+    let mut customer = Side::join(&ws[0], &c1, &room).await;
+    let mut partner = Side::join(&ws[1], &p1, &room).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..500 {
+        if i == 250 {
+            // A send whose reply is lost with the connection: the retry after the
+            // reconnect answers the same message.
+            customer
+                .ws
+                .send(json!({"op":"send","room":room,"text":"lost reply","client_msg_id":"c-lost","id":1}))
+                .await;
+            customer.reconnect(rest).await;
+            let retry = customer.say("lost reply", "c-lost").await;
+            acknowledged.push(retry["message"]["message_id"].as_str().unwrap().to_owned());
+        }
+        let a = customer.say(&format!("c {i}"), &format!("c-{i}")).await;
+        let b = partner.say(&format!("p {i}"), &format!("p-{i}")).await;
+        for reply in [a, b] {
+            acknowledged.push(reply["message"]["message_id"].as_str().unwrap().to_owned());
+        }
+    }
+    // The last events may still be on the way.
+    let total = acknowledged.len();
+    for side in [&mut customer, &mut partner] {
+        while side.seen.len() < total {
+            let v = side.ws.recv().await;
+            side.apply(&v);
+        }
+    }
+    let http = reqwest::Client::new();
+    let url = format!("{rest}/api/orders/{order}/messages?limit=200");
+    let mut stored = Vec::new();
+    let mut next = url.clone();
+    loop {
+        let (status, page) = http_call(&http, "GET", &next, &c1, None).await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<String> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message_id"].as_str().unwrap().to_owned())
+            .collect();
+        stored.splice(0..0, ids);
+        match page["next_before"].as_str() {
+            Some(b) => next = format!("{url}&before={b}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        stored.len(),
+        1_001,
+        "1,000 messages and the retried one, once"
+    );
+    let mut sorted = acknowledged.clone();
+    sorted.sort_by_key(|id| id.parse::<i64>().unwrap());
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        1_001,
+        "every acknowledged message is a distinct one"
+    );
+    assert_eq!(
+        customer.seen, stored,
+        "the customer saw each message once, in order"
+    );
+    assert_eq!(
+        partner.seen, stored,
+        "the partner saw each message once, in order"
+    );
+}
+
+const FAST_CHAT: [(&str, &str); 2] = [
+    ("SWITCHYARD_CHAT_RATE", "100000"),
+    ("SWITCHYARD_CHAT_BURST", "100000"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_with_a_dropped_connection_embedded() {
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.chat_rate = 100_000.0;
+            c.serve.limits.chat_burst = 100_000.0;
+        })
+        .start()
+        .await;
+    let order = server.create_order("c1", 1, 100).await;
+    server.assign(&order, "p1").await;
+    let ws = server.ws_url();
+    thousand_messages([ws.clone(), ws], &server.url(""), &order).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_across_two_gateways_with_a_dropped_connection() {
+    let cluster = Cluster::up_with(2, 1, &FAST_CHAT);
+    let api = cluster.apis[0].clone();
+    let order = cluster.create_order(&api, "c1").await;
+    cluster.assign(&api, &order, "p1").await;
+    let ws = [
+        cluster.ws(&cluster.gateways[0]),
+        cluster.ws(&cluster.gateways[1]),
+    ];
+    thousand_messages(ws, &format!("http://{api}"), &order).await;
+}
+
+/// Over the socket: hostile text, a non-member, a former partner after reassignment, typing
+/// and read markers in the snapshot — in the distributed mode (the gateway asks the API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_may_talk_and_what_over_the_socket() {
+    let cluster = Cluster::up(2, 1);
+    let api = cluster.apis[0].clone();
+    let order = cluster.create_order(&api, "c1").await;
+    cluster.assign(&api, &order, "p1").await;
+    let room = format!("order:{order}");
+    let c1 = token("c1", Role::Customer);
+    let mut customer = Side::join(&cluster.ws(&cluster.gateways[0]), &c1, &room).await;
+    let mut partner = Side::join(
+        &cluster.ws(&cluster.gateways[1]),
+        &token("p1", Role::Partner),
+        &room,
+    )
+    .await;
+    // Hostile text: refused with `bad_request`, nothing stored.
+    let hostile = [
+        json!("bell \u{7}"),
+        json!("escape \u{1b}[31m"),
+        json!("c1 \u{85}"),
+        json!(""),
+        json!("x".repeat(2_001)),
+        json!("😀".repeat(2_560)),
+        json!(42),
+    ];
+    for text in hostile {
+        let reply = customer
+            .ask(json!({"op":"send","room":room,"text":text,"client_msg_id":"h"}))
+            .await;
+        assert_eq!(reply["error"], "bad_request", "{text}: {reply}");
+    }
+    // A lone surrogate escape is not Unicode text: the frame is refused.
+    customer
+        .ws
+        .send_raw(Message::Text(
+            format!(
+                r#"{{"op":"send","room":"{room}","text":"\ud800","client_msg_id":"s","id":5}}"#
+            )
+            .into(),
+        ))
+        .await;
+    let reply = customer.ws.recv_until(|v| v["id"] == 5).await;
+    assert_eq!(reply["error"], "bad_request", "{reply}");
+    // NFC: the stored text is composed.
+    let sent = customer.say("cafe\u{301} at the gate", "n1").await;
+    assert_eq!(sent["message"]["text"], "caf\u{e9} at the gate");
+    assert_eq!(sent["room"], room.as_str());
+    let e = partner.ws.event(&room, "chat.message").await;
+    assert_eq!(e["data"]["text"], "caf\u{e9} at the gate");
+    assert_eq!(e["data"]["from"], "c1");
+    assert_eq!(e["data"]["role"], "customer");
+
+    // Typing reaches the other side; read markers are stored and in the next snapshot.
+    assert_eq!(
+        partner.ask(json!({"op":"typing","room":room})).await["type"],
+        "ok"
+    );
+    let typing = customer.ws.event(&room, "chat.typing").await;
+    assert_eq!(typing["data"]["from"], "p1");
+    let reply = partner.say("coming", "p-a").await;
+    let newest = reply["message"]["message_id"].as_str().unwrap().to_owned();
+    let reply = customer.ask(json!({"op":"subscribe","room":room})).await;
+    assert_eq!(
+        reply["snapshot"]["chat"],
+        json!({"last_read": null, "unread": 1}),
+        "{reply}"
+    );
+    let read = customer
+        .ask(json!({"op":"read","room":room,"message_id":newest}))
+        .await;
+    assert_eq!(read["type"], "ok", "{read}");
+    let e = partner.ws.event(&room, "chat.read").await;
+    assert_eq!(e["data"]["message_id"], newest.as_str());
+    let reply = customer.ask(json!({"op":"subscribe","room":room})).await;
+    assert_eq!(
+        reply["snapshot"]["chat"],
+        json!({"last_read": newest, "unread": 0})
+    );
+
+    // Someone else's customer may not send, type or read.
+    let mut stranger = connect(
+        &cluster.ws(&cluster.gateways[0]),
+        &token("c2", Role::Customer),
+    )
+    .await;
+    let reply = stranger
+        .request(json!({"op":"send","room":room,"text":"hi","client_msg_id":"x"}))
+        .await;
+    assert_eq!(reply["error"], "forbidden", "{reply}");
+    let reply = stranger.request(json!({"op":"typing","room":room})).await;
+    assert_eq!(reply["error"], "forbidden", "{reply}");
+    let reply = stranger
+        .request(json!({"op":"read","room":room,"message_id":newest}))
+        .await;
+    assert_eq!(reply["error"], "forbidden", "{reply}");
+
+    // Reassigned: the former partner loses the room and the chat with it.
+    cluster.assign(&api, &order, "p2").await;
+    let revoked = partner.ws.recv_until(|v| v["type"] == "revoked").await;
+    assert_eq!(revoked["room"], room.as_str());
+    let reply = partner
+        .ask(json!({"op":"send","room":room,"text":"still me","client_msg_id":"p-b"}))
+        .await;
+    assert_eq!(reply["error"], "forbidden", "{reply}");
+    assert_eq!(
+        partner.ask(json!({"op":"typing","room":room})).await["error"],
+        "forbidden"
+    );
+    let (status, _) = cluster
+        .call(
+            &api,
+            "GET",
+            &format!("/api/orders/{order}/messages"),
+            &token("p1", Role::Partner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let mut p2 = Side::join(
+        &cluster.ws(&cluster.gateways[1]),
+        &token("p2", Role::Partner),
+        &room,
+    )
+    .await;
+    let reply = p2.say("new partner here", "p2-a").await;
+    assert_eq!(reply["message"]["role"], "partner");
+    let e = customer.ws.event(&room, "chat.message").await;
+    assert_eq!(e["data"]["from"], "p2");
+}
+
+/// The per-connection rate: beyond the burst, `rate_limited`, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_beyond_the_rate_are_refused() {
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.serve.limits.chat_rate = 0.001;
+            c.serve.limits.chat_burst = 3.0;
+        })
+        .start()
+        .await;
+    let order = server.create_order("c1", 1, 100).await;
+    let c1 = token("c1", Role::Customer);
+    let mut ws = connect(&server.ws_url(), &c1).await;
+    let room = format!("order:{order}");
+    let mut replies = Vec::new();
+    for i in 0..5 {
+        let reply = ws
+            .request(json!({"op":"send","room":room,"text":"hi","client_msg_id":format!("r{i}")}))
+            .await;
+        replies.push(reply["error"].as_str().unwrap_or("ok").to_owned());
+    }
+    assert_eq!(replies, ["ok", "ok", "ok", "rate_limited", "rate_limited"]);
+    let (_, page) = history(&server, &order, &c1, "").await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3);
     server.stop().await;
 }

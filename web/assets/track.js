@@ -1,7 +1,11 @@
 // The customer's tracking view (/track#order=42&token=…): one order's status timeline, its
 // partner's position on a map, and the order's events as they come. The order over REST first,
 // then its `order:{id}` room through clients/js (order.status, order.assigned, order.paid,
-// order.refunded, partner.location, and any event a backend service publishes there, e.g. an ETA).
+// order.refunded, partner.location, and any event a backend service publishes there, e.g. an ETA),
+// and the order's chat: its history over REST, new messages as `chat.message` events, sending
+// with the client's `sendMessage` (resent with the same client_msg_id until acknowledged), the
+// unread count from the room's snapshot, read markers as messages are shown. Opened with an
+// admin token (the dashboard's link on an order's id) it is the support view of the same chat.
 import {
   $,
   api,
@@ -49,6 +53,7 @@ async function start() {
   draw();
 
   const client = liveClient(token);
+  chat.client = client;
   client.on("resync", async ({ room, snapshot }) => {
     if (room !== `order:${orderId}`) return;
     apply(snapshot ?? (await api(token, `/api/orders/${encodeURIComponent(orderId)}`)));
@@ -58,6 +63,11 @@ async function start() {
   await client.connect();
   const { snapshot } = await client.subscribe(`order:${orderId}`, onEvent);
   if (snapshot) apply(snapshot);
+  await loadChat(snapshot?.chat);
+  $("chat-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sendChat();
+  });
   log(`following order #${order.id}: ${statusLabel(order.status)}`);
   setInterval(draw, 1000);
 }
@@ -80,6 +90,15 @@ function onEvent({ event, data }) {
     case "order.refunded":
       apply({ ...order, refunded: true });
       log(`refunded ${rupees(data.amount_paise)}`, data.refunded_at);
+      break;
+    case "chat.message":
+      showMessage(data);
+      markRead();
+      break;
+    case "chat.typing":
+      if (data.from !== me) $("chat-state").textContent = `${data.from} is typing…`;
+      break;
+    case "chat.read":
       break;
     case "partner.location":
       if (!fix) log(`${data.partner} is on the map`, data.received_at);
@@ -157,6 +176,77 @@ function draw() {
     parts.push(`${d >= 1000 ? `${(d / 1000).toFixed(1)} km` : `${Math.round(d)} m`} covered while you watched`);
   }
   $("partner-info").textContent = parts.join(" · ");
+}
+
+// ---- chat ------------------------------------------------------------------------------------
+
+/** Who this page speaks as (the token's `sub`). */
+const me = (() => {
+  try {
+    return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub;
+  } catch {
+    return null;
+  }
+})();
+const chat = { client: null, shown: new Map(), newest: null, typedAt: 0 };
+
+async function loadChat(state) {
+  const page = await api(token, `/api/orders/${encodeURIComponent(orderId)}/messages?limit=50`);
+  for (const m of page.messages) showMessage(m);
+  const unread = state?.unread ?? 0;
+  const badge = $("chat-unread");
+  badge.hidden = unread === 0;
+  badge.textContent = `${unread} unread`;
+  markRead();
+  $("chat-text").addEventListener("input", () => {
+    if (Date.now() - chat.typedAt < 2000) return;
+    chat.typedAt = Date.now();
+    chat.client.typing(orderId).catch(() => {});
+  });
+}
+
+/** Shows a message once (by `message_id`), in `message_id` order. */
+function showMessage(m) {
+  if (chat.shown.has(m.message_id)) return;
+  const li = document.createElement("li");
+  li.dataset.message = m.message_id;
+  li.className = m.from === me ? "mine" : "";
+  const who = document.createElement("b");
+  const name = m.from === me ? "you" : m.role === "admin" ? `support (${m.from})` : `${m.role} ${m.from}`;
+  who.textContent = `${name} · ${clock(m.sent_at)}`;
+  li.append(who, document.createTextNode(m.text));
+  const list = $("chat");
+  const later = [...list.children].find((el) => el.dataset.message && BigInt(el.dataset.message) > BigInt(m.message_id));
+  list.insertBefore(li, later ?? null);
+  chat.shown.set(m.message_id, li);
+  if (!chat.newest || BigInt(m.message_id) > BigInt(chat.newest)) chat.newest = m.message_id;
+  list.scrollTop = list.scrollHeight;
+  if (m.from !== me) $("chat-state").textContent = "";
+}
+
+function markRead() {
+  if (!chat.newest || !chat.client) return;
+  $("chat-unread").hidden = true;
+  chat.client.markRead(orderId, chat.newest).catch(() => {});
+}
+
+async function sendChat() {
+  const input = $("chat-text");
+  const text = input.value.trim();
+  if (!text) return;
+  input.value = "";
+  const pending = document.createElement("li");
+  pending.className = "mine pending";
+  pending.textContent = text;
+  $("chat").append(pending);
+  try {
+    const m = await chat.client.sendMessage(orderId, text);
+    pending.remove();
+    showMessage(m);
+  } catch (err) {
+    pending.remove();
+    $("chat-state").textContent = `not sent: ${err.message}`;
+  }
 }
 
 function log(text, at = Date.now()) {

@@ -4,7 +4,8 @@
 // and order statuses live without
 // a reload, that new orders appear without polling (no `GET /api/orders?after=` after the
 // first load), that it comes back after the server restarts, that the tracking view (/track)
-// follows its order, that the API reference page (/api/docs) renders from the embedded Redoc,
+// follows its order and carries its chat (a message sent from the page, the partner's answer
+// over REST shown without a reload, support opening the chat from the admin page), that the API reference page (/api/docs) renders from the embedded Redoc,
 // and saves screenshots of both views: to target/screenshots/, or with
 // SCREENSHOTS_UPDATE=1 to docs/screenshots/ (the committed ones the README shows), so a test
 // run does not leave the working tree changed.
@@ -243,6 +244,29 @@ test("order statuses change in place, new orders appear, partners move on the ma
   await track.waitForFunction(() => document.getElementById("map").dataset.markers === "1", null, WAIT);
   await track.waitForFunction(() => /covered/.test(document.getElementById("partner-info").textContent), null, WAIT);
   assert.equal(await admin.evaluate(() => window.stillTheSamePage), true);
+
+  // The order's chat: the customer writes from the page, the partner answers over REST and the
+  // answer appears without a reload; support opens the same chat from the admin page's link.
+  await track.fill("#chat-text", "I'm at the gate, ring twice");
+  await track.press("#chat-text", "Enter");
+  await track.waitForFunction(
+    () => [...document.querySelectorAll("#chat li.mine[data-message]")].some((li) => /ring twice/.test(li.textContent)),
+    null,
+    WAIT,
+  );
+  const stored = await rest("c1", "GET", `/api/orders/${orders.a.id}/messages`);
+  assert.deepEqual(stored.messages.map((m) => m.text), ["I'm at the gate, ring twice"]);
+  await rest("p1", "POST", `/api/orders/${orders.a.id}/messages`, { text: "Coming up, 2 minutes", client_msg_id: "p1-a" });
+  await track.waitForFunction(() => /Coming up, 2 minutes/.test(document.getElementById("chat").textContent), null, WAIT);
+  const href = await admin.locator(`tr[data-order="${orders.a.id}"] td.id a`).getAttribute("href");
+  assert.match(href, /^\/track#order=/);
+  const support = await context.newPage();
+  await support.goto(server.url(href));
+  await support.waitForFunction(() => document.querySelectorAll("#chat li[data-message]").length === 2, null, WAIT);
+  await support.fill("#chat-text", "Support here: your partner is on the way");
+  await support.press("#chat-text", "Enter");
+  await track.waitForFunction(() => /support \(admin\)/.test(document.getElementById("chat").textContent), null, WAIT);
+  await support.close();
 
   mkdirSync(SCREENSHOTS, { recursive: true });
   await admin.screenshot({ path: resolve(SCREENSHOTS, "admin.png"), fullPage: true });

@@ -24,8 +24,10 @@
 //! # Layout
 //! - this file: the loop, the writes, the rooms joined, the end;
 //! - `ops`: the ops a client sends;
+//! - `chat`: the chat ops (`send`, `typing`, `read`) and the read state in order snapshots;
 //! - `tests`: the paused-time tests.
 
+mod chat;
 mod ops;
 #[cfg(test)]
 mod tests;
@@ -78,6 +80,11 @@ enum Exit {
 enum Reply {
     Plain,
     Room(Room),
+    /// A chat message stored.
+    Sent {
+        room: Room,
+        message: switchyard_protocol::chat::ChatMessage,
+    },
     Subscribed {
         room: Room,
         position: StreamPosition,
@@ -104,6 +111,11 @@ pub(crate) struct Session {
     /// a flood beyond the burst closes the connection (4500).
     pings: TokenBucket,
     locations: TokenBucket,
+    /// Chat messages this connection may send (`SWITCHYARD_CHAT_RATE`/`_BURST`).
+    chat_sends: TokenBucket,
+    /// When this connection last forwarded `chat.typing`, per order room (entries older than
+    /// the typing interval are dropped, so this holds at most the rooms typed in lately).
+    typing_at: Vec<(Room, Instant)>,
     /// The order this partner was last found to carry, and when: location ops for it skip
     /// the backend for `CARRYING_TTL` (a reassignment is noticed within that).
     carrying: Option<(OrderId, Instant)>,
@@ -134,6 +146,8 @@ impl Session {
         Session {
             ops: TokenBucket::new(c.op_rate, c.op_burst),
             locations: TokenBucket::new(c.location_rate, c.location_burst),
+            chat_sends: TokenBucket::new(c.chat_rate, c.chat_burst),
+            typing_at: Vec::new(),
             pings: TokenBucket::new(c.ping_rate, c.ping_burst),
             conn_id: opened.conn_id,
             who,

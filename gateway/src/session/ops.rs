@@ -1,9 +1,10 @@
 //! The ops a client sends (protocol/README.md): decoded, rate limited, executed, answered.
 
-use super::{Reply, Session, error_frame};
+use super::{Reply, Session, chat, error_frame};
 use crate::access::{self, Refusal};
 use std::borrow::Cow;
 use switchyard_broker::Publication;
+use switchyard_protocol::chat::NewMessage;
 use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
 use switchyard_protocol::close::Disconnect;
 use switchyard_protocol::events::PartnerLocation;
@@ -57,12 +58,26 @@ impl Session {
                 position: None,
                 recovered: None,
                 snapshot: None,
+                message: None,
             })
             .encode()
         };
         match self.execute(message.op).await {
             Ok(Reply::Plain) => Ok((plain(None), Vec::new())),
             Ok(Reply::Room(room)) => Ok((plain(Some(room.as_str())), Vec::new())),
+            Ok(Reply::Sent { room, message }) => {
+                let reply = ServerMessage::Ok(OkReply {
+                    id,
+                    op,
+                    room: Some(Cow::Borrowed(room.as_str())),
+                    position: None,
+                    recovered: None,
+                    snapshot: None,
+                    message: Some(message),
+                })
+                .encode();
+                Ok((reply, Vec::new()))
+            }
             Ok(Reply::Subscribed {
                 room,
                 position,
@@ -77,6 +92,7 @@ impl Session {
                     position: Some(position),
                     recovered,
                     snapshot: snapshot.as_deref().map(Cow::Borrowed),
+                    message: None,
                 })
                 .encode();
                 Ok((reply, missed))
@@ -97,6 +113,19 @@ impl Session {
                 Ok(Reply::Room(room))
             }
             ClientOp::Location { order_id, fix } => self.location(&order_id, fix).await,
+            ClientOp::Send {
+                room,
+                text,
+                client_msg_id,
+            } => {
+                let message = NewMessage {
+                    text,
+                    client_msg_id,
+                };
+                self.send_message(room, &message).await
+            }
+            ClientOp::Typing { room } => self.typing(room).await,
+            ClientOp::Read { room, message_id } => self.read(room, &message_id).await,
         }
     }
 
@@ -145,7 +174,10 @@ impl Session {
         let (recovered, missed) = self.recover(room.as_str(), history, since.as_ref());
         let snapshot = match recovered {
             Some(true) => None,
-            _ => Some(access::snapshot(backend, &shared.locations, &room).await?),
+            _ => {
+                let snapshot = access::snapshot(backend, &shared.locations, &room).await?;
+                Some(chat::with_read_state(backend, &self.who.sub, &room, snapshot).await)
+            }
         };
         Ok(Reply::Subscribed {
             room,

@@ -10,7 +10,7 @@
 //! renders them.
 
 use super::Session;
-use crate::backend::{Backend, BackendError, Read};
+use crate::backend::{Backend, BackendError, ChatError, Read, Sender};
 use crate::{Gateway, GatewayConfig, Shared, slot};
 use async_trait::async_trait;
 use axum::extract::ws::Message;
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_auth::{Issuer, JwtConfig, Principal, Verifier, VerifyKey, now_secs};
 use switchyard_broker::{Backplane, HistoryConfig};
+use switchyard_protocol::chat::{ChatMessage, ChatState, NewMessage};
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::close;
 use switchyard_protocol::events::PartnerLocation;
@@ -43,6 +44,9 @@ const PANICKING_ORDER: i64 = 666;
 struct Orders {
     cached: Mutex<HashMap<i64, Order>>,
     fresh: Mutex<HashMap<i64, Order>>,
+    /// Chat messages stored, in order (the store's rules are the store's tests; here only
+    /// membership and what the session does with the answers).
+    messages: Mutex<Vec<ChatMessage>>,
 }
 
 impl Orders {
@@ -110,6 +114,51 @@ impl Backend for Orders {
 
     async fn write_positions(&self, _batch: &[(i64, Location)]) -> Result<(), BackendError> {
         Ok(())
+    }
+
+    async fn send_message(
+        &self,
+        order: i64,
+        from: Sender<'_>,
+        message: &NewMessage,
+    ) -> Result<ChatMessage, ChatError> {
+        let member = self.fresh.lock().unwrap().get(&order).is_some_and(|o| {
+            from.role == Role::Admin
+                || o.customer == from.sub
+                || o.partner.as_deref() == Some(from.sub)
+        });
+        if !member {
+            return Err(ChatError::NotMember);
+        }
+        let mut messages = self.messages.lock().unwrap();
+        let stored = ChatMessage {
+            event_id: None,
+            message_id: (messages.len() + 1).to_string(),
+            order_id: order.to_string(),
+            from: from.sub.to_owned(),
+            role: from.role,
+            text: message.text.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            sent_at: 1,
+        };
+        messages.push(stored.clone());
+        Ok(stored)
+    }
+
+    async fn mark_read(
+        &self,
+        _order: i64,
+        _from: Sender<'_>,
+        _message_id: i64,
+    ) -> Result<(), ChatError> {
+        Ok(())
+    }
+
+    async fn chat_state(&self, _order: i64, _sub: &str) -> Result<ChatState, BackendError> {
+        Ok(ChatState {
+            last_read: Some("1".into()),
+            unread: 2,
+        })
     }
 }
 
@@ -601,6 +650,75 @@ async fn a_slow_reader_gets_the_newest_position_not_a_backlog_and_ordered_events
     assert_eq!(c.closed(false).await, close::SLOW_CONSUMER);
     assert_eq!(h.metric("switchyard_slow_consumer_closes_total"), 1.0);
     assert_eq!(h.metric("switchyard_outbound_queue_bytes"), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn chat_sends_are_rate_limited_typing_is_throttled_and_snapshots_carry_the_read_state() {
+    let config = GatewayConfig {
+        chat_rate: 5.0,
+        chat_burst: 10.0,
+        ..GatewayConfig::default()
+    };
+    let h = Harness::new(config);
+    h.orders.put(7, "c1", Some("p1"));
+    let room = || Room::parse("order:7").unwrap();
+    let mut c1 = h.connect("c1", Role::Customer, HOUR).await;
+    let mut p1 = h.connect("p1", Role::Partner, HOUR).await;
+    let snapshot = c1.subscribe("order:7").await;
+    assert_eq!(
+        snapshot["snapshot"]["chat"],
+        json!({"last_read":"1","unread":2})
+    );
+    assert!(ok(&p1.subscribe("order:7").await));
+    let send = |i: usize| ClientOp::Send {
+        room: room(),
+        text: format!("message {i}"),
+        client_msg_id: format!("m{i}"),
+    };
+    // The burst, then `rate_limited` until the bucket refills.
+    for i in 0..10 {
+        let reply = c1.request(send(i)).await;
+        assert!(ok(&reply), "{reply}");
+        assert_eq!(reply["message"]["text"], format!("message {i}"));
+        assert_eq!(reply["room"], "order:7");
+    }
+    assert_eq!(error(&c1.request(send(10)).await), "rate_limited");
+    tokio::time::advance(Duration::from_millis(400)).await;
+    assert!(ok(&c1.request(send(11)).await));
+    assert_eq!(h.orders.messages.lock().unwrap().len(), 11);
+    // Not a member: refused by the backend's rules.
+    let mut c2 = h.connect("c2", Role::Customer, HOUR).await;
+    assert_eq!(error(&c2.request(send(0)).await), "forbidden");
+    assert_eq!(
+        error(&c2.request(ClientOp::Typing { room: room() }).await),
+        "forbidden",
+        "typing needs the room joined"
+    );
+    // Typing: the first goes out, the next within 2 s is answered but not forwarded.
+    for _ in 0..3 {
+        assert!(ok(&c1.request(ClientOp::Typing { room: room() }).await));
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(ok(&c1.request(ClientOp::Typing { room: room() }).await));
+    // Events of one room arrive in order: everything typed is in before this one.
+    h.publish("order:7", "sentinel", json!({})).await;
+    let mut typing = 0;
+    loop {
+        let frame = p1.json().await;
+        if frame["event"] == "chat.typing" {
+            assert_eq!(frame["data"]["from"], "c1");
+            typing += 1;
+        }
+        if frame["event"] == "sentinel" {
+            break;
+        }
+    }
+    assert_eq!(typing, 2, "one per 2 s");
+    let read = ClientOp::Read {
+        room: room(),
+        message_id: "3".into(),
+    };
+    assert!(ok(&c1.request(read).await));
 }
 
 #[tokio::test(start_paused = true)]

@@ -15,6 +15,11 @@
 //! positions go to Redis in batches (`pos:{id}`, read with the snapshot, and the queue the API
 //! writes to the database from).
 //!
+//! Chat writes (`send`, `read`) always go to the API (`POST /internal/orders/{id}/messages`,
+//! `…/read`), which stores them with their events; a send is retried on the next API process
+//! when one does not answer — safe, since a send is idempotent by its `client_msg_id`. The
+//! read state of an order room's snapshot comes from `GET /internal/orders/{id}/chat?sub=`.
+//!
 //! Reads that go to the API are counted in `switchyard_backend_reads_total{source="api"}`
 //! (those answered by Redis: `source="shared_state"`): a high API share means Redis lost its
 //! data or the relay is behind.
@@ -27,8 +32,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_auth::{Issuer, now_secs};
 use switchyard_broker::state::{Cached, SharedState};
-use switchyard_gateway::backend::{Backend, BackendError, Read};
+use switchyard_gateway::backend::{Backend, BackendError, ChatError, Read, Sender};
 use switchyard_gateway::locations::newest;
+use switchyard_protocol::chat::{ChatMessage, ChatState, NewMessage};
 use switchyard_protocol::{Location, Order, Product, Revenue, Role, Room};
 
 /// Lifetime of a service token the gateway signs itself; renewed when a quarter is left.
@@ -156,6 +162,63 @@ impl ApiClient {
         }
         Err(BackendError(format!("no API process answered: {last}")))
     }
+
+    /// `POST {base}{path}` with a JSON body, for the chat writes: the answer's body on 2xx
+    /// (`null` when empty); the store's refusal on 403, 404, 409 and 422. A base that does
+    /// not answer, or answers 5xx, is skipped for the next one (the writes are idempotent).
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ChatError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = self.token.get();
+        let mut last = String::new();
+        for i in 0..self.bases.len() {
+            let base = &self.bases[(start + i) % self.bases.len()];
+            let response = match self
+                .http
+                .post(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .json(body)
+                .send()
+                .await
+            {
+                Ok(response) => response,
+                Err(err) => {
+                    last = format!("{base}: {err}");
+                    continue;
+                }
+            };
+            let status = response.status();
+            if status.is_server_error() {
+                last = format!("{base}: {status}");
+                continue;
+            }
+            if status.is_success() {
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| BackendError(format!("{base}{path}: {e}")))?;
+                let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+                return serde_json::from_slice(bytes)
+                    .map_err(|e| BackendError(format!("{base}{path}: {e}")).into());
+            }
+            let message = response
+                .json::<switchyard_protocol::ErrorBody>()
+                .await
+                .map(|body| body.message.to_string())
+                .unwrap_or_else(|_| status.to_string());
+            return Err(match status.as_u16() {
+                404 => ChatError::NotMember,
+                403 => ChatError::Forbidden(message),
+                409 => ChatError::Conflict(message),
+                400 | 422 => ChatError::Invalid(message),
+                _ => ChatError::Failed(BackendError(format!("{base}{path}: {status}"))),
+            });
+        }
+        Err(BackendError(format!("no API process answered: {last}")).into())
+    }
 }
 
 /// Shared state first, API second.
@@ -237,6 +300,48 @@ impl Backend for Remote {
             .get("/internal/revenue")
             .await?
             .ok_or_else(|| BackendError("/internal/revenue: 404".into()))
+    }
+
+    async fn send_message(
+        &self,
+        order: i64,
+        from: Sender<'_>,
+        message: &NewMessage,
+    ) -> Result<ChatMessage, ChatError> {
+        let body = serde_json::json!({
+            "sub": from.sub,
+            "role": from.role,
+            "text": message.text,
+            "client_msg_id": message.client_msg_id,
+        });
+        self.api
+            .post(&format!("/internal/orders/{order}/messages"), &body)
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        order: i64,
+        from: Sender<'_>,
+        message_id: i64,
+    ) -> Result<(), ChatError> {
+        let body = serde_json::json!({
+            "sub": from.sub,
+            "role": from.role,
+            "message_id": message_id.to_string(),
+        });
+        self.api
+            .post::<serde_json::Value>(&format!("/internal/orders/{order}/read"), &body)
+            .await?;
+        Ok(())
+    }
+
+    async fn chat_state(&self, order: i64, sub: &str) -> Result<ChatState, BackendError> {
+        // `sub` is a validated user id (`[A-Za-z0-9_-]`): nothing to escape in a query.
+        self.api
+            .get(&format!("/internal/orders/{order}/chat?sub={sub}"))
+            .await?
+            .ok_or_else(|| BackendError(format!("/internal/orders/{order}/chat: 404")))
     }
 
     async fn write_positions(&self, batch: &[(i64, Location)]) -> Result<(), BackendError> {
