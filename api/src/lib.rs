@@ -12,6 +12,7 @@
 //! - [`catalog`]: the catalog's read path, cache-aside with generations (no stale read after a
 //!   write), in Redis or in memory.
 //! - [`publish`]: the server publish API for other backend services.
+//! - [`presence`]: `GET /api/presence?room=`, who is present in a room.
 //! - [`internal`]: what gateways ask when the shared state cannot answer (`/internal`,
 //!   service tokens only).
 //! - [`relay`]: outbox → shared state, revocations and the bus.
@@ -32,6 +33,7 @@ pub mod openapi;
 pub mod orders;
 pub mod payments;
 pub mod positions;
+pub mod presence;
 pub mod products;
 pub mod publish;
 pub mod relay;
@@ -119,6 +121,7 @@ pub fn routes(config: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(payments::pay))
         .routes(routes!(payments::revenue))
         .routes(routes!(sessions::revoke))
+        .routes(routes!(presence::get))
         .routes(routes!(openapi::json))
         .routes(routes!(openapi::docs))
         .routes(routes!(openapi::redoc))

@@ -70,6 +70,7 @@ pub const BEARER: &str = "bearer";
         (name = "payments", description = "Idempotent payments and the revenue totals"),
         (name = "publish", description = "The server publish API for backend services"),
         (name = "users", description = "Withdrawing a user's access"),
+        (name = "presence", description = "Who is present in a room"),
         (name = "operations", description = "Health, readiness and metrics of a process"),
         (name = "documentation", description = "This document and its reference page"),
     ),

@@ -28,11 +28,14 @@
 //! - [`memory`]: the in-process bus, controller and leases (embedded mode).
 //! - [`redis`]: Redis pub/sub with offsets assigned in Redis, control channel, leases
 //!   (distributed mode).
+//! - [`presence`]: who is in which room, once per user across gateways; the
+//!   `presence.join`/`presence.leave` events (in process, or in Redis).
 //! - [`revocations`]: per-user revocation records every process checks tokens against.
 //! - [`state`]: room snapshots and partner positions every process reads (distributed mode:
 //!   in the same Redis), so gateways need no database.
 
 pub mod memory;
+pub mod presence;
 pub mod redis;
 pub mod revocations;
 pub mod state;
@@ -298,12 +301,14 @@ pub trait ConnectionLeases: Send + Sync + 'static {
     async fn release(&self, sub: &str, conn: &str);
 }
 
-/// The three jobs of the bus, as one process uses them. Cheap to clone.
+/// The jobs of the bus, as one process uses them. Cheap to clone.
 #[derive(Clone)]
 pub struct Backplane {
     pub bus: Arc<dyn Bus>,
     pub controller: Arc<dyn Controller>,
     pub leases: Arc<dyn ConnectionLeases>,
+    /// Who is in which room (publishes its events on `bus`).
+    pub presence: Arc<dyn presence::Presence>,
 }
 
 impl Backplane {
@@ -313,6 +318,7 @@ impl Backplane {
         let bus = memory::MemoryBus::start(history);
         follow_readiness(bus.clone(), controller.clone());
         Backplane {
+            presence: presence::memory::MemoryPresence::new(bus.clone()),
             bus,
             controller,
             leases: Arc::new(memory::OneProcess),

@@ -28,6 +28,8 @@ pub struct GatewayConfig {
     pub heartbeat_interval: Duration,
     /// A connection with no inbound traffic (frames or pongs) for this long is closed (4002).
     pub idle_timeout: Duration,
+    /// Presence's timings (see [`crate::presence`]).
+    pub presence: PresenceTiming,
     /// Ops per second per connection (token bucket rate) and burst size.
     pub op_rate: f64,
     pub op_burst: f64,
@@ -56,6 +58,34 @@ pub struct GatewayConfig {
     pub conformance_echo: bool,
 }
 
+/// How presence is kept (protocol/README.md, "Presence").
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceTiming {
+    /// How often this gateway renews its users' entries; an entry lives three of these.
+    pub heartbeat: Duration,
+    /// A user gone for less than this, and back, publishes nothing.
+    pub debounce: Duration,
+    /// How often the rooms this gateway serves are swept (expired entries, due leaves).
+    pub sweep: Duration,
+}
+
+impl PresenceTiming {
+    /// How long an entry lives without a renewal.
+    pub fn ttl(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}
+
+impl Default for PresenceTiming {
+    fn default() -> Self {
+        PresenceTiming {
+            heartbeat: Duration::from_secs(15),
+            debounce: Duration::from_secs(2),
+            sweep: Duration::from_secs(5),
+        }
+    }
+}
+
 impl GatewayConfig {
     /// How long a connection's cluster-wide claim lives without a heartbeat renewing it:
     /// three heartbeats, so a killed gateway's connections stop counting soon after.
@@ -76,6 +106,7 @@ impl Default for GatewayConfig {
             write_delay: Duration::from_millis(20),
             heartbeat_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
+            presence: PresenceTiming::default(),
             op_rate: 50.0,
             op_burst: 100.0,
             location_rate: 5.0,

@@ -178,6 +178,20 @@ impl Hub {
         removed
     }
 
+    /// The rooms with members here that `keep` keeps.
+    pub fn rooms_where(&self, keep: impl Fn(&Room) -> bool) -> Vec<Room> {
+        self.rooms
+            .iter()
+            .map(|entry| entry.key().clone())
+            .filter(|room| keep(room))
+            .collect()
+    }
+
+    /// Whether `room` has members here.
+    pub fn serves(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
     /// Rooms with at least one member here.
     pub fn room_count(&self) -> usize {
         self.rooms.len()

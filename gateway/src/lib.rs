@@ -25,6 +25,8 @@
 //! - `conformance`: test-only `GET /conformance/echo` for RFC 6455 conformance runs.
 //! - [`write_delay`]: under load, a connection's frames gather for up to the write delay
 //!   and go out in one write (one gateway-wide tick, no timer per connection).
+//! - `presence`: which users this gateway holds in each room with presence; their entries
+//!   held, renewed and released, and the rooms it serves swept (the bus's `Presence`).
 //! - [`rate`]: the token bucket behind the op and location rate limits.
 //!
 //! # Lifecycle
@@ -44,6 +46,7 @@ pub mod hub;
 pub mod locations;
 pub mod members;
 pub mod outbound;
+mod presence;
 pub mod rate;
 mod session;
 mod slot;
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
     locations: Arc<locations::Locations>,
     /// The connections' leases in the cluster-wide per-user count, renewed together.
     leases: Arc<slot::Leases>,
+    /// Who this gateway holds in each room with presence.
+    presence: presence::LocalPresence,
 }
 
 /// A gateway: cheap to clone, all clones share the same hub and sessions.
@@ -118,7 +123,13 @@ impl Gateway {
                 "draining: every connection closes within the spread"
             );
         });
-        let node: u32 = rand_node();
+        let node = format!("{:08x}", rand_node());
+        let presence = presence::LocalPresence::start(
+            backplane.presence.clone(),
+            hub.clone(),
+            node.clone(),
+            config.presence,
+        );
         let locations = Arc::new(locations::Locations::default());
         {
             let (locations, backend, shutdown) =
@@ -145,10 +156,11 @@ impl Gateway {
                 hub,
                 shutdown,
                 tracker: TaskTracker::new(),
-                node: format!("{node:08x}"),
+                node,
                 next_conn: AtomicU64::new(1),
                 locations,
                 leases,
+                presence,
             }),
         }
     }

@@ -18,9 +18,11 @@ use crate::close;
 use crate::error::{ErrorBody, ErrorCode};
 use crate::events::{
     BuiltinEvent, ChatRead, ChatTyping, OrderAssigned, OrderCreated, OrderPaid, OrderRefunded,
-    OrderStatusChanged, PartnerLocation, RevenueUpdated, StockLow, StockOut, StockUpdated,
+    OrderStatusChanged, PartnerLocation, PresenceJoin, PresenceLeave, RevenueUpdated, StockLow,
+    StockOut, StockUpdated,
 };
 use crate::order::{Order, Revenue};
+use crate::presence::Present;
 use crate::role::Role;
 use crate::room::{self, Room};
 use serde_json::{Map, Value, json};
@@ -239,6 +241,9 @@ pub fn document() -> Value {
     add::<ChatTyping>(&mut schemas);
     add::<ChatRead>(&mut schemas);
     add::<ChatState>(&mut schemas);
+    add::<Present>(&mut schemas);
+    add::<PresenceJoin>(&mut schemas);
+    add::<PresenceLeave>(&mut schemas);
 
     let envelopes = json!({
         "HandshakeRefusal": {
@@ -344,6 +349,12 @@ pub fn document() -> Value {
                 "recovered": { "type": "boolean" },
                 "snapshot": { "anyOf": [schema_ref("OrderSnapshot"), schema_ref("Product"), schema_ref("Revenue"), { "type": "null" }] },
                 "message": schema_ref("ChatMessage"),
+                "presence": {
+                    "type": "array",
+                    "items": schema_ref("Present"),
+                    "description": "With the snapshot of a room with presence (`order:{id}`): \
+                        the users present, once each, ordered by `sub`.",
+                },
             })),
         "Error": frame("type", "error",
             "An op failed (or a frame could not be decoded: then without `id`): the one error \
@@ -372,6 +383,8 @@ pub fn document() -> Value {
         "OrderPaidEvent": event_frame::<OrderPaid>(&["order", "user", "admin:orders"]),
         "OrderRefundedEvent": event_frame::<OrderRefunded>(&["order", "user", "admin:orders"]),
         "RevenueUpdatedEvent": event_frame::<RevenueUpdated>(&["admin:revenue"]),
+        "PresenceJoinEvent": event_frame::<PresenceJoin>(&["order"]),
+        "PresenceLeaveEvent": event_frame::<PresenceLeave>(&["order"]),
         "PartnerLocationEvent": event_frame::<PartnerLocation>(&["order"]),
         "StockUpdatedEvent": event_frame::<StockUpdated>(&["product", "admin:inventory"]),
         "StockLowEvent": event_frame::<StockLow>(&["admin:inventory"]),
@@ -381,11 +394,11 @@ pub fn document() -> Value {
         "ChatReadEvent": event_frame::<ChatRead>(&["order"]),
         "ServiceEvent": frame("type", "event",
             "An event a backend service published (`POST /api/publish`): any name outside the \
-             reserved families `order.*`, `revenue.*`, `partner.*`, `stock.*`, `chat.*`, `data` any JSON object.",
+             reserved families `order.*`, `revenue.*`, `partner.*`, `stock.*`, `chat.*`, `presence.*`, `data` any JSON object.",
             &["room", "event", "offset", "data"],
             json!({
                 "room": schema_ref("Room"),
-                "event": { "type": "string", "pattern": "^(?!order\\.|revenue\\.|partner\\.|stock\\.|chat\\.)[a-z][a-z0-9_.-]{0,63}$" },
+                "event": { "type": "string", "pattern": "^(?!order\\.|revenue\\.|partner\\.|stock\\.|chat\\.|presence\\.)[a-z][a-z0-9_.-]{0,63}$" },
                 "offset": { "type": "integer", "minimum": 1 },
                 "epoch": event_epoch(),
                 "data": { "type": "object" },
@@ -447,6 +460,10 @@ pub fn document() -> Value {
             json!({ "type": "event", "room": "order:42", "event": "chat.typing", "offset": 11, "data": { "order_id": "42", "from": "p7", "role": "partner" } })),
         "chatRead": message("chatRead", "chat.read", "A member read the chat up to a message.", "ChatReadEvent",
             json!({ "type": "event", "room": "order:42", "event": "chat.read", "offset": 12, "data": { "event_id": 41, "order_id": "42", "from": "p7", "message_id": "17" } })),
+        "presenceJoin": message("presenceJoin", "presence.join", "A user is present in the room now (its first connection in it, on any gateway).", "PresenceJoinEvent",
+            json!({ "type": "event", "room": "order:42", "event": "presence.join", "offset": 10, "data": { "sub": "p7", "role": "partner" } })),
+        "presenceLeave": message("presenceLeave", "presence.leave", "A user left the room (its last connection left, or its gateway died) and did not come back within the debounce.", "PresenceLeaveEvent",
+            json!({ "type": "event", "room": "order:42", "event": "presence.leave", "offset": 11, "data": { "sub": "p7", "role": "partner" } })),
         "serviceEvent": message("serviceEvent", "A service's event", "An event a backend service published.", "ServiceEvent",
             json!({ "type": "event", "room": "order:42", "event": "eta.updated", "offset": 9, "data": { "eta_s": 300 } })),
     });
@@ -510,7 +527,7 @@ pub fn document() -> Value {
             "Who may join: the order's customer, its currently assigned partner, or an admin (an \
              unknown order is refused exactly like someone else's). A partner reassigned away \
              gets `revoked`.",
-            &["orderStatus", "orderAssigned", "orderPaid", "orderRefunded", "partnerLocation", "chatMessage", "chatTyping", "chatRead", "serviceEvent"],
+            &["orderStatus", "orderAssigned", "orderPaid", "orderRefunded", "partnerLocation", "chatMessage", "chatTyping", "chatRead", "presenceJoin", "presenceLeave", "serviceEvent"],
             Some("The order's id, canonical decimal (`42`, never `042`).")),
         "adminRevenue": room_channel("admin:revenue", "The revenue ticker",
             "Who may join: admins only.",

@@ -1,5 +1,5 @@
 //! The built-in events, typed: each one's name, its `data` and whether only its latest value
-//! matters. The families `order.*`, `revenue.*`, `partner.*` and `stock.*` are reserved for
+//! matters. The families `order.*`, `revenue.*`, `partner.*`, `stock.*` and `presence.*` are reserved for
 //! Switchyard itself; other backend services publish their own names (`POST /api/publish`).
 //!
 //! | type | event | rooms |
@@ -17,6 +17,8 @@
 //! | [`ChatMessage`] | `chat.message` | `order:{id}` |
 //! | [`ChatTyping`] | `chat.typing` (latest value) | `order:{id}` |
 //! | [`ChatRead`] | `chat.read` | `order:{id}` |
+//! | [`PresenceJoin`] | `presence.join` | `order:{id}` |
+//! | [`PresenceLeave`] | `presence.leave` | `order:{id}` |
 //!
 //! Events the API causes carry `event_id` (the outbox row's id, added when the relay publishes
 //! them): the same id however often a crash makes the relay publish one again.
@@ -240,6 +242,32 @@ impl BuiltinEvent for ChatRead {
     const NAME: &'static str = "chat.read";
 }
 
+/// `presence.join`: a user is present in the room now (its first connection in the room,
+/// on any gateway). Published by the gateways, not the API (no `event_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct PresenceJoin {
+    pub sub: String,
+    pub role: Role,
+}
+
+impl BuiltinEvent for PresenceJoin {
+    const NAME: &'static str = "presence.join";
+}
+
+/// `presence.leave`: a user is no longer present in the room (its last connection in the room
+/// left, or its gateway stopped answering, and it did not come back within the debounce).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct PresenceLeave {
+    pub sub: String,
+    pub role: Role,
+}
+
+impl BuiltinEvent for PresenceLeave {
+    const NAME: &'static str = "presence.leave";
+}
+
 /// A customer placed an order → `user:{customer}`, `admin:orders`.
 pub const ORDER_CREATED: &str = OrderCreated::NAME;
 /// An order's status changed → `order:{id}`, `user:{customer}`, `admin:orders`.
@@ -262,6 +290,10 @@ pub const STOCK_UPDATED: &str = StockUpdated::NAME;
 pub const STOCK_LOW: &str = StockLow::NAME;
 /// A product ran out → `admin:inventory`.
 pub const STOCK_OUT: &str = StockOut::NAME;
+/// A user is present in a room with presence now → that room.
+pub const PRESENCE_JOIN: &str = PresenceJoin::NAME;
+/// A user left a room with presence → that room.
+pub const PRESENCE_LEAVE: &str = PresenceLeave::NAME;
 
 /// A chat message → `order:{id}`.
 pub const CHAT_MESSAGE: &str = ChatMessage::NAME;
@@ -271,7 +303,7 @@ pub const CHAT_TYPING: &str = ChatTyping::NAME;
 pub const CHAT_READ: &str = ChatRead::NAME;
 
 /// Every built-in event name.
-pub const BUILT_IN: [&str; 13] = [
+pub const BUILT_IN: [&str; 15] = [
     ORDER_CREATED,
     ORDER_STATUS,
     ORDER_ASSIGNED,
@@ -285,6 +317,8 @@ pub const BUILT_IN: [&str; 13] = [
     CHAT_MESSAGE,
     CHAT_TYPING,
     CHAT_READ,
+    PRESENCE_JOIN,
+    PRESENCE_LEAVE,
 ];
 
 /// The latest-value events (see [`BuiltinEvent::LATEST_VALUE`]).
@@ -309,7 +343,14 @@ pub fn is_latest_value_in(room: &str, name: &str) -> bool {
 }
 
 /// Families only Switchyard itself may publish.
-pub const RESERVED_FAMILIES: [&str; 5] = ["order.", "revenue.", "partner.", "stock.", "chat."];
+pub const RESERVED_FAMILIES: [&str; 6] = [
+    "order.",
+    "revenue.",
+    "partner.",
+    "stock.",
+    "chat.",
+    "presence.",
+];
 
 /// Why an event name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +403,8 @@ mod tests {
             (ChatMessage::NAME, latest::<ChatMessage>()),
             (ChatTyping::NAME, latest::<ChatTyping>()),
             (ChatRead::NAME, latest::<ChatRead>()),
+            (PresenceJoin::NAME, latest::<PresenceJoin>()),
+            (PresenceLeave::NAME, latest::<PresenceLeave>()),
         ];
         assert_eq!(typed.map(|(name, _)| name), BUILT_IN);
         for (name, latest) in typed {

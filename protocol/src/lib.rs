@@ -20,6 +20,7 @@
 //! - [`chat`]: order chat messages, their REST bodies and the rules of their text.
 //! - [`catalog`]: products, the admin writes, and the catalog's refusals of an order.
 //! - [`order`]: orders, their status machine, payments and revenue as they appear on the wire.
+//! - [`presence`]: who is in a room (`presence` in subscribe replies, `GET /api/presence`).
 //! - [`rest`]: the other REST bodies (pages, receipts, the publish API).
 //! - [`close`]: why a connection is closed ([`close::Disconnect`]: a code and a reason) and
 //!   what a client should do on each code.
@@ -36,6 +37,7 @@ pub mod error;
 pub mod events;
 pub mod id;
 pub mod order;
+pub mod presence;
 pub mod rest;
 pub mod role;
 pub mod room;

@@ -10,6 +10,7 @@ use crate::chat::ChatMessage;
 use crate::client::{OpName, StreamPosition};
 use crate::error::ErrorCode;
 use crate::events::BuiltinEvent;
+use crate::presence::Present;
 use crate::role::Role;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -79,6 +80,10 @@ pub struct OkReply<'a> {
     /// offset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<ChatMessage>,
+    /// With the snapshot of a room with presence (`order:{id}`): who is present
+    /// (see [`crate::presence`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Vec<Present>>,
 }
 
 /// `{"type":"error"}`: an op failed. The error fields are the one error shape
@@ -217,6 +222,7 @@ impl OkReply<'_> {
             recovered: self.recovered,
             snapshot: self.snapshot.map(|r| Cow::Owned(r.into_owned())),
             message: self.message,
+            presence: self.presence,
         }
     }
 }
@@ -267,6 +273,7 @@ struct Envelope<'a> {
     /// `null` is a value here (a user room's snapshot), not an absent field.
     #[serde(borrow, default, deserialize_with = "present")]
     snapshot: Option<&'a RawValue>,
+    presence: Option<Vec<Present>>,
     error: Option<ErrorCode>,
     /// The old name of `error` (older servers send only this).
     code: Option<ErrorCode>,
@@ -318,6 +325,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ServerMessage<'a> {
                     .map(|m| serde_json::from_str(m.get()))
                     .transpose()
                     .map_err(D::Error::custom)?,
+                presence: env.presence,
             }),
             "error" => ServerMessage::Error(ErrorReply {
                 id: env.id,
@@ -480,6 +488,7 @@ mod tests {
             recovered: None,
             snapshot: Some(Cow::Borrowed(RawValue::NULL)),
             message: None,
+            presence: None,
         });
         assert_eq!(
             ok.encode(),

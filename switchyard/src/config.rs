@@ -14,6 +14,7 @@ use switchyard_auth::{DEFAULT_MAX_LIFETIME_SECS, JwtConfig, VerifyKey, parse_pub
 use switchyard_broker::HistoryConfig;
 use switchyard_broker::redis::RedisConfig;
 use switchyard_gateway::GatewayConfig;
+use switchyard_gateway::config::PresenceTiming;
 use switchyard_protocol::Role;
 use switchyard_protocol::order::OrderLimits;
 use switchyard_store::DatabaseOptions;
@@ -568,6 +569,23 @@ pub struct LimitArgs {
     /// Close a connection silent for this long (no frames, no pongs) with 4002 (ms).
     #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// Presence (who is in a room, protocol/README.md "Presence"): how often a gateway renews
+    /// its users' presence entries (ms). An entry lives three of these, so the users of a
+    /// gateway that died (SIGKILL) are announced gone within 3 × this + the sweep interval +
+    /// the debounce (with the defaults, 45 + 5 + 2 = 52 s).
+    #[arg(
+        long,
+        env = "SWITCHYARD_PRESENCE_HEARTBEAT_MS",
+        default_value_t = 15_000
+    )]
+    pub presence_heartbeat_ms: u64,
+    /// Presence: a user gone for less than this (ms) and back publishes nothing (phones flap).
+    #[arg(long, env = "SWITCHYARD_PRESENCE_DEBOUNCE_MS", default_value_t = 2_000)]
+    pub presence_debounce_ms: u64,
+    /// Presence: how often each gateway looks for expired entries and due leaves in the rooms it
+    /// serves (ms).
+    #[arg(long, env = "SWITCHYARD_PRESENCE_SWEEP_MS", default_value_t = 5_000)]
+    pub presence_sweep_ms: u64,
     /// Ops per second per connection (token bucket), and the burst allowed.
     #[arg(long, env = "SWITCHYARD_OP_RATE", default_value_t = 50.0)]
     pub op_rate: f64,
@@ -757,6 +775,11 @@ impl LimitArgs {
             write_delay: ms(self.write_delay_ms.min(1000)),
             heartbeat_interval: ms(self.heartbeat_interval_ms.max(10)),
             idle_timeout: ms(self.idle_timeout_ms),
+            presence: PresenceTiming {
+                heartbeat: ms(self.presence_heartbeat_ms.max(10)),
+                debounce: ms(self.presence_debounce_ms),
+                sweep: ms(self.presence_sweep_ms.max(10)),
+            },
             op_rate: self.op_rate,
             op_burst: self.op_burst,
             location_rate: self.location_rate,

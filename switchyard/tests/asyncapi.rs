@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use switchyard_protocol::client::{ClientOp, LocationFix};
 use switchyard_protocol::events::{
     ChatMessage, ChatRead, ChatTyping, OrderAssigned, OrderCreated, OrderPaid, OrderRefunded,
-    OrderStatusChanged, PartnerLocation, RevenueUpdated, StockLow, StockOut, StockUpdated,
+    OrderStatusChanged, PartnerLocation, PresenceJoin, PresenceLeave, RevenueUpdated, StockLow,
+    StockOut, StockUpdated,
 };
 use switchyard_protocol::{BuiltinEvent, Role, Room, ServerMessage};
 
@@ -203,7 +204,7 @@ impl Frames {
         }
         match frame["type"].as_str() {
             Some("event") => {
-                let builtin: [(&str, &str); 13] = [
+                let builtin: [(&str, &str); 15] = [
                     (OrderCreated::NAME, "orderCreated"),
                     (OrderStatusChanged::NAME, "orderStatus"),
                     (OrderAssigned::NAME, "orderAssigned"),
@@ -217,6 +218,8 @@ impl Frames {
                     (ChatMessage::NAME, "chatMessage"),
                     (ChatTyping::NAME, "chatTyping"),
                     (ChatRead::NAME, "chatRead"),
+                    (PresenceJoin::NAME, "presenceJoin"),
+                    (PresenceLeave::NAME, "presenceLeave"),
                 ];
                 let event = frame["event"].as_str().unwrap_or_default();
                 builtin
@@ -275,6 +278,8 @@ impl Frames {
                 "chatMessage" => typed_data::<ChatMessage>(event),
                 "chatTyping" => typed_data::<ChatTyping>(event),
                 "chatRead" => typed_data::<ChatRead>(event),
+                "presenceJoin" => typed_data::<PresenceJoin>(event),
+                "presenceLeave" => typed_data::<PresenceLeave>(event),
                 _ => Ok(data.clone()),
             }?;
             if typed != data {
@@ -387,6 +392,7 @@ async fn a_session_speaks_what_the_document_says() {
     server.assign(&order, "p1").await;
     check.got(c1.event(room.as_str(), OrderAssigned::NAME).await);
     check.ask(&mut p1, subscribe(&room)).await;
+    check.got(c1.event(room.as_str(), PresenceJoin::NAME).await);
     assert_eq!(pay(&server, &order, &customer, "k1", 13_000).await.0, 201);
     check.got(c1.event(room.as_str(), OrderPaid::NAME).await);
     check.got(admin_ws.event(revenue.as_str(), RevenueUpdated::NAME).await);
@@ -428,6 +434,8 @@ async fn a_session_speaks_what_the_document_says() {
     check.got(p1.event(room.as_str(), ChatRead::NAME).await);
     server.assign(&order, "p2").await;
     check.got(p1.recv_until(|v| v["type"] == "revoked").await);
+    // p1 left the room: announced after the debounce.
+    check.got(c1.event(room.as_str(), PresenceLeave::NAME).await);
     check.ask(&mut c1, ClientOp::Unsubscribe { room }).await;
 
     let second = server.create_order("c1", 1, 4500).await;

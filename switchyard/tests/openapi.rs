@@ -244,9 +244,9 @@ async fn the_drift_check_finds_an_undocumented_route() {
     );
     assert!(unserved.is_empty());
     let mut more = documented.clone();
-    more.insert(("/api/presence".to_owned(), "GET".to_owned()));
+    more.insert(("/api/fleet".to_owned(), "GET".to_owned()));
     let (_, unserved) = drift(&served(&app).await, &more);
-    assert_eq!(unserved, [("/api/presence".to_owned(), "GET".to_owned())]);
+    assert_eq!(unserved, [("/api/fleet".to_owned(), "GET".to_owned())]);
     built.app.shutdown.cancel();
 }
 

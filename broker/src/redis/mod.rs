@@ -57,16 +57,19 @@
 //! - [`bus`]: [`RedisBus`] (publish, subscribe, history);
 //! - [`control`]: [`RedisController`] (control channel, revocation records);
 //! - [`leases`]: [`RedisLeases`] (per-user connection leases, possibly in a Redis of their own);
-//! - [`state`]: [`RedisState`] (room snapshots and partner positions).
+//! - [`state`]: [`RedisState`] (room snapshots and partner positions);
+//! - [`presence`]: [`RedisPresence`] (who is in which room, `{prefix}pres*:{room}`).
 
 pub mod bus;
 pub mod control;
 pub mod leases;
+pub mod presence;
 pub mod state;
 
 pub use bus::RedisBus;
 pub use control::RedisController;
 pub use leases::RedisLeases;
+pub use presence::RedisPresence;
 pub use state::RedisState;
 
 use crate::revocations::Revocations;
@@ -130,6 +133,7 @@ pub struct Redis {
     pub controller: Arc<RedisController>,
     pub leases: Arc<RedisLeases>,
     pub state: Arc<RedisState>,
+    pub presence: Arc<RedisPresence>,
 }
 
 impl Redis {
@@ -237,6 +241,7 @@ impl Redis {
             }
             _ => RedisLeases::start(client.clone(), &prefix).await?,
         };
+        let presence = RedisPresence::start(client.clone(), bus.clone(), &prefix).await?;
         let state = RedisState::start(client, &config).await?;
         tracing::info!(url = %redact(&config.url), %prefix, "connected to redis");
         crate::follow_readiness(bus.clone(), controller.clone());
@@ -245,6 +250,7 @@ impl Redis {
             controller,
             leases,
             state,
+            presence,
         })
     }
 
@@ -253,6 +259,7 @@ impl Redis {
             bus: self.bus.clone(),
             controller: self.controller.clone(),
             leases: self.leases.clone(),
+            presence: self.presence.clone(),
         }
     }
 }

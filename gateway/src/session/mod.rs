@@ -48,6 +48,7 @@ use switchyard_auth::Principal;
 use switchyard_broker::{History, Publication};
 use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::close::Disconnect;
+use switchyard_protocol::presence::{Present, has_presence};
 use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::{self, ErrorReply, Gap, Revoked, ServerMessage, Welcome};
 use switchyard_protocol::{ErrorCode, OrderId, Room};
@@ -92,6 +93,8 @@ enum Reply {
         recovered: Option<bool>,
         /// When not (completely) recovered.
         snapshot: Option<Box<RawValue>>,
+        /// With the snapshot of a room with presence: who is present.
+        presence: Option<Vec<Present>>,
         /// The recovered events, written right after the reply.
         missed: Vec<Publication>,
     },
@@ -533,6 +536,10 @@ impl Session {
         }
         self.shared.hub.join(&room, &self.out);
         metrics::gauge!("switchyard_subscriptions").increment(1.0);
+        if has_presence(&room) {
+            let sub = self.who.sub.as_arc();
+            self.shared.presence.enter(&room, sub, self.who.role).await;
+        }
         self.rooms.insert(room, Cursor::default());
         Ok(())
     }
@@ -546,6 +553,9 @@ impl Session {
     fn leave_hub(&self, room: &Room) {
         if self.shared.hub.leave(room.as_str(), self.out.conn) {
             metrics::gauge!("switchyard_subscriptions").decrement(1.0);
+            if has_presence(room) {
+                self.shared.presence.leave(room, self.who.sub.as_arc());
+            }
         }
     }
 

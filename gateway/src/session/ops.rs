@@ -8,6 +8,7 @@ use switchyard_protocol::chat::NewMessage;
 use switchyard_protocol::client::{ClientOp, LocationFix, StreamPosition};
 use switchyard_protocol::close::Disconnect;
 use switchyard_protocol::events::PartnerLocation;
+use switchyard_protocol::presence::has_presence;
 use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::{OkReply, ServerMessage};
 use switchyard_protocol::{BuiltinEvent, ErrorCode, Location, OrderId, Role, Room};
@@ -59,6 +60,7 @@ impl Session {
                 recovered: None,
                 snapshot: None,
                 message: None,
+                presence: None,
             })
             .encode()
         };
@@ -83,6 +85,7 @@ impl Session {
                 position,
                 recovered,
                 snapshot,
+                presence,
                 missed,
             }) => {
                 let reply = ServerMessage::Ok(OkReply {
@@ -93,6 +96,7 @@ impl Session {
                     recovered,
                     snapshot: snapshot.as_deref().map(Cow::Borrowed),
                     message: None,
+                    presence,
                 })
                 .encode();
                 Ok((reply, missed))
@@ -179,11 +183,28 @@ impl Session {
                 Some(chat::with_read_state(backend, &self.who.sub, &room, snapshot).await)
             }
         };
+        // Read after the position, like the snapshot: it reflects at least every presence
+        // event up to it (presence events are set changes: applying one twice is harmless).
+        let presence = match &snapshot {
+            Some(_) if has_presence(&room) => Some(
+                shared
+                    .backplane
+                    .presence
+                    .present(&room)
+                    .await
+                    .map_err(|err| {
+                        tracing::warn!(%err, "presence read failed");
+                        Refusal::new(ErrorCode::Internal, "presence unavailable, retry")
+                    })?,
+            ),
+            _ => None,
+        };
         Ok(Reply::Subscribed {
             room,
             position,
             recovered,
             snapshot,
+            presence,
             missed,
         })
     }
