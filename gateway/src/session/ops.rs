@@ -76,6 +76,7 @@ impl Session {
                     recovered: None,
                     snapshot: None,
                     message: Some(message),
+                    presence: None,
                 })
                 .encode();
                 Ok((reply, Vec::new()))
