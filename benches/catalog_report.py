@@ -17,7 +17,8 @@ def load(name):
 
 
 lines = ["<!-- catalog -->", "## The catalog: product reads with the cache on and off, orders with stock reservation", "",
-         "`benches/run.sh --only catalog --no-criterion` (target/release/crudload `reads` and `orders`; see",
+         "`cargo build --release -p switchyard -p switchyard-benches && benches/run.sh --only catalog --no-criterion",
+         "--skip-build` (target/release/crudload `reads` and `orders`; see",
          "benches/src/bin/crudload.rs). Each engine and cache setting gets fresh API processes and its own Redis;",
          "20 SKUs; reads are `GET /api/products/{sku}` round-robin over the SKUs and the API processes (read once",
          "each before the first step), the cache in Redis (`SWITCHYARD_CATALOG_CACHE=true`, the distributed mode's)",
