@@ -121,103 +121,82 @@ impl ApiClient {
         })
     }
 
-    /// `GET {base}{path}`: `Some` on 200, `None` on 404. A base that does not answer, or
-    /// answers 5xx (draining, database down), is skipped for the next one.
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, BackendError> {
+    /// Sends the request `build` makes for each API base in turn, starting from the next one
+    /// round-robin, and returns the first answer that is not a 5xx (draining, database down),
+    /// with the base that gave it. A base that does not answer is skipped too.
+    async fn first_answer(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<(&str, reqwest::Response), BackendError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let token = self.token.get();
         let mut last = String::new();
         for i in 0..self.bases.len() {
             let base = &self.bases[(start + i) % self.bases.len()];
-            let response = match self
-                .http
-                .get(format!("{base}{path}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-            {
-                Ok(response) => response,
-                Err(err) => {
-                    last = format!("{base}: {err}");
-                    continue;
+            match build(base).bearer_auth(&token).send().await {
+                Err(err) => last = format!("{base}: {err}"),
+                Ok(response) if response.status().is_server_error() => {
+                    last = format!("{base}: {}", response.status());
                 }
-            };
-            let status = response.status();
-            if status == reqwest::StatusCode::NOT_FOUND {
-                return Ok(None);
+                Ok(response) => return Ok((base, response)),
             }
-            if status.is_server_error() {
-                last = format!("{base}: {status}");
-                continue;
-            }
-            if !status.is_success() {
-                return Err(BackendError(format!("{base}{path}: {status}")));
-            }
-            metrics::counter!("switchyard_backend_reads_total", "source" => "api").increment(1);
-            return response
-                .json()
-                .await
-                .map(Some)
-                .map_err(|e| BackendError(format!("{base}{path}: {e}")));
         }
         Err(BackendError(format!("no API process answered: {last}")))
     }
 
+    /// `GET {base}{path}`: `Some` on 200, `None` on 404.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, BackendError> {
+        let (base, response) = self
+            .first_answer(|base| self.http.get(format!("{base}{path}")))
+            .await?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(BackendError(format!("{base}{path}: {status}")));
+        }
+        metrics::counter!("switchyard_backend_reads_total", "source" => "api").increment(1);
+        response
+            .json()
+            .await
+            .map(Some)
+            .map_err(|e| BackendError(format!("{base}{path}: {e}")))
+    }
+
     /// `POST {base}{path}` with a JSON body, for the chat writes: the answer's body on 2xx
-    /// (`null` when empty); the store's refusal on 403, 404, 409 and 422. A base that does
-    /// not answer, or answers 5xx, is skipped for the next one (the writes are idempotent).
+    /// (`null` when empty); the store's refusal on 403, 404, 409 and 422. 5xx moves on to the
+    /// next base (the writes are idempotent).
     async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, ChatError> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let token = self.token.get();
-        let mut last = String::new();
-        for i in 0..self.bases.len() {
-            let base = &self.bases[(start + i) % self.bases.len()];
-            let response = match self
-                .http
-                .post(format!("{base}{path}"))
-                .bearer_auth(&token)
-                .json(body)
-                .send()
+        let (base, response) = self
+            .first_answer(|base| self.http.post(format!("{base}{path}")).json(body))
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            let bytes = response
+                .bytes()
                 .await
-            {
-                Ok(response) => response,
-                Err(err) => {
-                    last = format!("{base}: {err}");
-                    continue;
-                }
-            };
-            let status = response.status();
-            if status.is_server_error() {
-                last = format!("{base}: {status}");
-                continue;
-            }
-            if status.is_success() {
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| BackendError(format!("{base}{path}: {e}")))?;
-                let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-                return serde_json::from_slice(bytes)
-                    .map_err(|e| BackendError(format!("{base}{path}: {e}")).into());
-            }
-            let message = response
-                .json::<switchyard_protocol::ErrorBody>()
-                .await
-                .map(|body| body.message.to_string())
-                .unwrap_or_else(|_| status.to_string());
-            return Err(match status.as_u16() {
-                404 => ChatError::NotMember,
-                403 => ChatError::Forbidden(message),
-                409 => ChatError::Conflict(message),
-                400 | 422 => ChatError::Invalid(message),
-                _ => ChatError::Failed(BackendError(format!("{base}{path}: {status}"))),
-            });
+                .map_err(|e| BackendError(format!("{base}{path}: {e}")))?;
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes)
+                .map_err(|e| BackendError(format!("{base}{path}: {e}")).into());
         }
-        Err(BackendError(format!("no API process answered: {last}")).into())
+        let message = response
+            .json::<switchyard_protocol::ErrorBody>()
+            .await
+            .map(|body| body.message.to_string())
+            .unwrap_or_else(|_| status.to_string());
+        Err(match status.as_u16() {
+            404 => ChatError::NotMember,
+            403 => ChatError::Forbidden(message),
+            409 => ChatError::Conflict(message),
+            400 | 422 => ChatError::Invalid(message),
+            _ => ChatError::Failed(BackendError(format!("{base}{path}: {status}"))),
+        })
     }
 }
 
