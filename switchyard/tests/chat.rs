@@ -405,9 +405,13 @@ async fn thousand_messages(ws: [String; 2], rest: &str, order: &str) {
     );
 }
 
-const FAST_CHAT: [(&str, &str); 2] = [
+/// The 1,000-message tests send as fast as replies come back: both the chat rate and the
+/// general per-connection op rate (50/s, burst 100 by default) are lifted for them.
+const FAST_CHAT: [(&str, &str); 4] = [
     ("SWITCHYARD_CHAT_RATE", "100000"),
     ("SWITCHYARD_CHAT_BURST", "100000"),
+    ("SWITCHYARD_OP_RATE", "100000"),
+    ("SWITCHYARD_OP_BURST", "100000"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,6 +420,8 @@ async fn a_thousand_messages_with_a_dropped_connection_embedded() {
         .with_config(|c| {
             c.serve.limits.chat_rate = 100_000.0;
             c.serve.limits.chat_burst = 100_000.0;
+            c.serve.limits.op_rate = 100_000.0;
+            c.serve.limits.op_burst = 100_000.0;
         })
         .start()
         .await;
