@@ -61,7 +61,10 @@ impl Conn {
                 let head = std::str::from_utf8(&conn.buf[..at]).unwrap_or("");
                 let status = head.lines().next().unwrap_or("");
                 if !status.starts_with("HTTP/1.1 101") {
-                    bail!("handshake refused: {status}");
+                    // The body's start (a JSON error naming the reason), when it came along.
+                    let body = &conn.buf[at + 4..conn.end];
+                    let body = String::from_utf8_lossy(&body[..body.len().min(120)]);
+                    bail!("handshake refused: {status} {body}");
                 }
                 conn.start = at + 4;
                 return Ok(conn);

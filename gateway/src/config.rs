@@ -19,6 +19,10 @@ pub struct GatewayConfig {
     /// Bytes that may wait in one connection's outbound queue. Latest-value events are
     /// conflated; an ordered event that does not fit closes the client with 4003.
     pub outbound_queue_bytes: usize,
+    /// How long a handshake may wait for the bus in all (the user room's subscription, its
+    /// position, the cluster-wide connection lease). Past it the handshake is refused with
+    /// HTTP 503 and `Retry-After`, never left waiting for the listener's request timeout.
+    pub handshake_bus_timeout: Duration,
     /// How long one write to a client may block before the client counts as slow.
     pub write_timeout: Duration,
     /// Under load (a connection written to more often than this), its frames gather for up to
@@ -102,6 +106,7 @@ impl Default for GatewayConfig {
             max_connections_per_user: 16,
             max_connections: 19_000,
             outbound_queue_bytes: 1024 * 1024,
+            handshake_bus_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             write_delay: Duration::from_millis(20),
             heartbeat_interval: Duration::from_secs(25),

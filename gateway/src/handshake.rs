@@ -9,16 +9,17 @@
 //! test-only `/conformance/echo` route, so conformance runs see the real handshake.
 
 use crate::session::Session;
-use crate::slot::{self, Full, Opened};
+use crate::slot::{self, Full, Opened, Refused};
 use crate::{GatewayConfig, Shared};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use switchyard_auth::{AuthError, Principal, bearer};
 use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::error::HandshakeRefusal;
@@ -78,8 +79,9 @@ pub(crate) struct Admitted {
 }
 
 /// The checks every WebSocket route makes, in order: draining, `Origin`, token (no
-/// service tokens), a valid upgrade request, then a connection slot here and a claim in the
-/// cluster-wide per-user count. `Err` is the refusal.
+/// service tokens), a valid upgrade request and `since`, then a connection slot here, the
+/// user room joined and its position read, and a claim in the cluster-wide per-user count
+/// (all waits for the bus under one deadline, [`slot::open`]). `Err` is the refusal.
 // The refusal is the response itself, made once per refused handshake: not worth a box.
 #[allow(clippy::result_large_err)]
 pub(crate) async fn admit(
@@ -128,30 +130,70 @@ pub(crate) async fn admit(
             ));
         }
     };
-    let opened = slot::open(shared, &principal.sub).await.map_err(|full| {
-        metrics::counter!("switchyard_handshake_rejections_total", "reason" => "limit")
-            .increment(1);
-        let (status, reason) = match full {
-            Full::Gateway => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "gateway is at its connection limit",
-            ),
-            Full::User => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections for this user",
-            ),
-            Full::Cluster => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections for this user across the cluster",
-            ),
-        };
-        refuse(status, ErrorCode::LimitExceeded, reason)
-    })?;
+    let since = match uri.query().map(user_room_since).unwrap_or(Ok(None)) {
+        Ok(since) => since,
+        Err(()) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "since must be <epoch>:<offset>",
+            ));
+        }
+    };
+    let opened = slot::open(shared, &principal.sub, since)
+        .await
+        .map_err(|refused| refusal(shared, refused))?;
     Ok(Admitted {
         principal,
         ws,
         opened,
     })
+}
+
+/// The answer to a handshake [`slot::open`] refused, counted by reason.
+fn refusal(shared: &Shared, refused: Refused) -> Response {
+    let (reason, status, error, message) = match refused {
+        Refused::Full(Full::Gateway) => (
+            "limit",
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LimitExceeded,
+            "gateway is at its connection limit",
+        ),
+        Refused::Full(Full::User) => (
+            "limit",
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::LimitExceeded,
+            "too many connections for this user",
+        ),
+        Refused::Full(Full::Cluster) => (
+            "limit",
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::LimitExceeded,
+            "too many connections for this user across the cluster",
+        ),
+        Refused::BusTimeout => (
+            "bus_timeout",
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the event bus did not answer in time; retry later",
+        ),
+        Refused::BusUnavailable => (
+            "bus_unavailable",
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the event bus is unavailable; retry later",
+        ),
+    };
+    metrics::counter!("switchyard_handshake_rejections_total", "reason" => reason).increment(1);
+    let mut response = refuse(status, error, message);
+    if matches!(refused, Refused::BusTimeout | Refused::BusUnavailable) {
+        // Spread over 1–4 s, so refused clients do not all come back at once.
+        let after = 1 + shared.next_conn.load(Ordering::Relaxed) % 4;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after));
+    }
+    response
 }
 
 /// The subprotocol and tungstenite's buffer, frame and message limits, for every route.
@@ -188,18 +230,8 @@ pub(crate) async fn upgrade(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
-    let user_since = match uri.query().map(user_room_since).unwrap_or(Ok(None)) {
-        Ok(since) => since,
-        Err(()) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "since must be <epoch>:<offset>",
-            );
-        }
-    };
     let config = &shared.config;
-    let session = Box::new(Session::new(shared.clone(), principal, user_since, opened));
+    let session = Box::new(Session::new(shared.clone(), principal, opened));
     limits(ws, config)
         .on_failed_upgrade(|err| tracing::debug!(%err, "upgrade failed"))
         // Not an async block: the socket is split here and the task's future is the session

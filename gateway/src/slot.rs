@@ -1,6 +1,8 @@
 //! A connection's slot: its registration in the hub (counted there against the gateway's and
 //! the user's connection limits) and its lease in the cluster-wide per-user count — taken at
-//! the handshake ([`open`]) and given back when the [`Slot`] drops, however the session ends.
+//! the handshake ([`open`]) and given back when the [`Slot`] drops, however the session ends;
+//! and its own `user:` room, joined at the handshake too ([`UserRoom`]), so that everything
+//! the handshake waits for on the bus is waited for before the `101`, under one deadline.
 //!
 //! A lease lapses unless renewed, so a killed gateway's connections stop counting. One task
 //! per gateway renews them all ([`Leases::renew_every`], one sweep per heartbeat interval)
@@ -14,8 +16,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard_broker::ConnectionLeases;
-use switchyard_protocol::UserId;
+use switchyard_broker::{BrokerError, ConnectionLeases, History};
+use switchyard_protocol::client::StreamPosition;
+use switchyard_protocol::{Room, UserId};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Renewals one sweep keeps in flight at once (a Redis bus pipelines them).
@@ -32,19 +36,73 @@ pub(crate) enum Full {
     Cluster,
 }
 
-/// A connection let in: its id, its handle and mailbox in the hub, and its held slot.
+/// Why [`open`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Full(Full),
+    /// The bus did not answer within `handshake_bus_timeout`.
+    BusTimeout,
+    /// The bus answered with an error (it is down, or refused).
+    BusUnavailable,
+}
+
+impl From<Full> for Refused {
+    fn from(full: Full) -> Refused {
+        Refused::Full(full)
+    }
+}
+
+/// A connection let in: its id, its handle and mailbox in the hub, its held slot, and its own
+/// `user:` room — already joined, with the room's position (and, with the handshake's
+/// `since`, what was missed) read after the join.
 pub(crate) struct Opened {
     /// `{node}-{number in this process}`.
     pub conn_id: Arc<str>,
     pub out: Outbound,
     pub mailbox: Arc<Mailbox>,
     pub slot: Slot,
+    pub user_room: UserRoom,
+    pub history: History,
+    /// The handshake's `since` for the user room, which `history` answers.
+    pub since: Option<StreamPosition>,
 }
 
-/// Registers a new connection of `sub` in the hub and claims its lease. A bus that cannot
-/// answer does not lock users out: the claim is skipped (logged), and the local limit holds.
-pub(crate) async fn open(shared: &Arc<Shared>, sub: &UserId) -> Result<Opened, Full> {
+/// Waits for `wait` until `deadline`: past it [`Refused::BusTimeout`], a bus error
+/// [`Refused::BusUnavailable`] (logged at debug: an outage refuses every handshake, and
+/// the metric counts them).
+async fn bounded<T>(
+    deadline: Instant,
+    wait: impl Future<Output = Result<T, BrokerError>>,
+) -> Result<T, Refused> {
+    match tokio::time::timeout_at(deadline, wait).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => {
+            tracing::debug!(%err, "handshake refused: the bus failed");
+            Err(Refused::BusUnavailable)
+        }
+        Err(_) => Err(Refused::BusTimeout),
+    }
+}
+
+/// Lets a connection of `sub` in: registers it in the hub (the local limits), subscribes and
+/// joins its `user:` room, then claims its lease in the cluster-wide per-user count and reads
+/// the user room's position (with `since`, the events missed) — the claim and the read
+/// pipelined on one connection. Every wait for the bus shares one deadline,
+/// `handshake_bus_timeout`, so a bus that stops answering refuses handshakes within it
+/// (503, see `handshake`) instead of holding them until the listener's request timeout.
+///
+/// The subscription is made first: once it is live and the connection is in the hub, every
+/// later event is queued for the connection and every earlier one is covered by the position.
+/// Whatever was taken is given back if the handshake is refused or dropped on the way: the
+/// lease by [`Slot`], the room by [`UserRoom`], the subscription by the bus (a subscribe
+/// given up while waiting is undone).
+pub(crate) async fn open(
+    shared: &Arc<Shared>,
+    sub: &UserId,
+    since: Option<StreamPosition>,
+) -> Result<Opened, Refused> {
     let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_bus_timeout;
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let conn_id: Arc<str> = format!("{}-{conn}", shared.node).into();
     let limits = hub::Limits {
@@ -69,32 +127,81 @@ pub(crate) async fn open(shared: &Arc<Shared>, sub: &UserId) -> Result<Opened, F
         sub: sub.clone(),
         claimed: None,
     };
-    let claim = shared
-        .backplane
-        .leases
-        .claim(
-            sub,
-            &conn_id,
-            config.max_connections_per_user,
-            config.connection_lease(),
-        )
-        .await;
-    match claim {
-        Ok(true) => {
-            shared.leases.add(conn_id.clone(), sub.clone());
-            slot.claimed = Some(conn_id.clone());
-        }
-        Ok(false) => return Err(Full::Cluster),
-        Err(err) => {
-            tracing::warn!(%err, "cluster-wide connection count unavailable; local limit only");
-        }
+    let bus = &shared.backplane.bus;
+    let mut user_room = UserRoom {
+        shared: shared.clone(),
+        room: Room::of_user(sub),
+        conn,
+        subscribed: false,
+    };
+    bounded(deadline, bus.subscribe(&user_room.room)).await?;
+    user_room.subscribed = true;
+    shared.hub.join(&user_room.room, &out);
+    metrics::gauge!("switchyard_subscriptions").increment(1.0);
+    // Released when the slot drops, whatever became of the claim (a claim that timed out may
+    // still be made; the release goes after it on the same connection).
+    slot.claimed = Some(conn_id.clone());
+    let claim = shared.backplane.leases.claim(
+        sub,
+        &conn_id,
+        config.max_connections_per_user,
+        config.connection_lease(),
+    );
+    let position = bus.history(&user_room.room, since.as_ref());
+    let (claimed, history) = bounded(deadline, async {
+        let (claimed, history) = tokio::join!(claim, position);
+        Ok((claimed?, history?))
+    })
+    .await?;
+    if !claimed {
+        slot.claimed = None;
+        return Err(Full::Cluster.into());
     }
+    shared.leases.add(conn_id.clone(), sub.clone());
     Ok(Opened {
         conn_id,
         out,
         mailbox,
         slot,
+        user_room,
+        history,
+        since,
     })
+}
+
+/// A connection's own `user:` room, subscribed on the bus and joined in the hub at the
+/// handshake. A session takes it over ([`UserRoom::keep`]) and leaves it when it ends;
+/// dropped before that (the handshake was refused, the upgrade failed, the conformance
+/// route), it leaves the room itself.
+pub(crate) struct UserRoom {
+    shared: Arc<Shared>,
+    room: Room,
+    conn: u64,
+    /// Whether the subscription (and so the hub membership) is held.
+    subscribed: bool,
+}
+
+impl UserRoom {
+    /// The room, now the session's to leave.
+    pub fn keep(mut self) -> Room {
+        self.subscribed = false;
+        self.room.clone()
+    }
+}
+
+impl Drop for UserRoom {
+    fn drop(&mut self) {
+        if !self.subscribed {
+            return;
+        }
+        if self.shared.hub.leave(self.room.as_str(), self.conn) {
+            metrics::gauge!("switchyard_subscriptions").decrement(1.0);
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (bus, room) = (self.shared.backplane.bus.clone(), self.room.clone());
+            runtime.spawn(async move { bus.unsubscribe(&room).await });
+        }
+    }
 }
 
 /// A held connection slot: the hub registration and, once claimed, the lease; both given back

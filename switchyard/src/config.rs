@@ -418,7 +418,7 @@ pub struct RedisArgs {
     #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
     /// How long one batch of room subscriptions may take on a Redis Cluster (ms): one
-    /// `SSUBSCRIBE` per hash slot, one after the other; none starts after this, and the
+    /// `SSUBSCRIBE` per hash slot, up to 64 pipelined; none starts after this, and the
     /// subscribes not reached fail (the client gets an error and may retry).
     #[arg(
         long,
@@ -551,6 +551,18 @@ pub struct LimitArgs {
     /// consumer: reconnect and recover).
     #[arg(long, env = "SWITCHYARD_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
+    /// How long a WebSocket handshake may wait for the bus in all — the user room's
+    /// subscription, its position and the cluster-wide connection lease (ms). Past it the
+    /// handshake is answered 503 `unavailable` with `Retry-After` (counted in
+    /// `switchyard_handshake_rejections_total{reason="bus_timeout"}`); a bus that answers with
+    /// an error is refused the same way at once (`reason="bus_unavailable"`). Must be below
+    /// SWITCHYARD_REQUEST_TIMEOUT_MS.
+    #[arg(
+        long,
+        env = "SWITCHYARD_HANDSHAKE_BUS_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub handshake_bus_timeout_ms: u64,
     /// A write to a client blocked this long makes it a slow consumer (ms).
     #[arg(long, env = "SWITCHYARD_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
@@ -762,6 +774,12 @@ impl LimitArgs {
                 "SWITCHYARD_IDLE_TIMEOUT_MS must exceed SWITCHYARD_HEARTBEAT_INTERVAL_MS".into(),
             );
         }
+        if self.handshake_bus_timeout_ms >= self.request_timeout_ms {
+            return Err(
+                "SWITCHYARD_HANDSHAKE_BUS_TIMEOUT_MS must be below SWITCHYARD_REQUEST_TIMEOUT_MS"
+                    .into(),
+            );
+        }
         if self.max_frame_bytes < 1024 {
             return Err("SWITCHYARD_MAX_FRAME_BYTES must be at least 1024".into());
         }
@@ -771,6 +789,7 @@ impl LimitArgs {
             max_connections_per_user: self.max_connections_per_user.max(1),
             max_connections: self.max_connections.max(1),
             outbound_queue_bytes: self.outbound_queue_bytes.max(16 * 1024),
+            handshake_bus_timeout: ms(self.handshake_bus_timeout_ms.max(10)),
             write_timeout: ms(self.write_timeout_ms.max(1)),
             write_delay: ms(self.write_delay_ms.min(1000)),
             heartbeat_interval: ms(self.heartbeat_interval_ms.max(10)),

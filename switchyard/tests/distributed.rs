@@ -492,12 +492,15 @@ async fn connections_per_user_are_limited_across_the_cluster() {
     drop(first);
     eventually("the closed connection's claim to be released", async || {
         cluster
-            .redis_cli(&["-n", "1", "ZCARD", "sy:conns:c1"])
+            .redis_cli(&["-n", "1", "ZCARD", "sy:conns:{user:c1}"])
             .trim()
             == "1"
     })
     .await;
-    assert_eq!(cluster.redis_cli(&["EXISTS", "sy:conns:c1"]).trim(), "0");
+    assert_eq!(
+        cluster.redis_cli(&["EXISTS", "sy:conns:{user:c1}"]).trim(),
+        "0"
+    );
     connect(&cluster.ws(gw_b), &c1).await;
 }
 
@@ -804,4 +807,110 @@ async fn a_partition_from_redis_turns_readyz_503_and_gives_gap_then_heals() {
         .recv_until(|v| v["type"] == "event" && v["data"]["status"] == "packed")
         .await;
     assert_eq!(seen["offset"], packed["offset"]);
+}
+
+/// A redis-server that stopped answering: SIGSTOPped (its connections stay open, nothing is
+/// read or answered), continued again when dropped — also when the test fails.
+struct Stopped(u32);
+
+impl Stopped {
+    /// The redis-server `cluster.sh` started for `cluster` (its pid file).
+    fn redis(cluster: &Cluster) -> Stopped {
+        let pid = std::fs::read_to_string(cluster.dir.path().join("redis.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Stopped::signal(pid, "STOP");
+        Stopped(pid)
+    }
+
+    fn signal(pid: u32, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        Stopped::signal(self.0, "CONT");
+    }
+}
+
+/// Issue #13, the defect the cluster benchmark found: a handshake waits for Redis (the user
+/// room's subscription, its position, the connection lease) only until one deadline,
+/// SWITCHYARD_HANDSHAKE_BUS_TIMEOUT_MS. Many handshakes at once all complete; when Redis stops
+/// answering, a handshake is refused within the deadline — 503 `unavailable` with
+/// `Retry-After`, counted — instead of waiting for the listener's request timeout (30 s); once
+/// Redis answers again, handshakes succeed by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_wait_for_redis_only_until_their_deadline() {
+    use tokio_tungstenite::tungstenite;
+    let cluster = Cluster::up_with(1, 1, &[("SWITCHYARD_HANDSHAKE_BUS_TIMEOUT_MS", "2000")]);
+    let gw = cluster.gateways[0].clone();
+    let url = cluster.ws(&gw);
+    let clients = futures_util::future::join_all((0..200).map(|i| {
+        let url = url.clone();
+        async move { connect(&url, &token(&format!("many{i}"), Role::Customer)).await }
+    }))
+    .await;
+    for (i, client) in clients.iter().enumerate() {
+        assert_eq!(client.welcome["sub"], format!("many{i}"));
+    }
+    // Each holds its lease, beside its user room's keys (one hash slot: `{user:<sub>}`).
+    assert_eq!(
+        cluster
+            .redis_cli(&["ZCARD", "sy:conns:{user:many7}"])
+            .trim(),
+        "1"
+    );
+    drop(clients);
+
+    let stopped = Stopped::redis(&cluster);
+    let request =
+        || switchyard_client::socket::bearer_request(&url, &token("late", Role::Customer)).unwrap();
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(25),
+        tokio_tungstenite::connect_async(request()),
+    )
+    .await
+    .expect("answered before the listener's request timeout");
+    let waited = started.elapsed();
+    let response = match answer {
+        Err(tungstenite::Error::Http(response)) => response,
+        Err(other) => panic!("expected an HTTP refusal, got {other:?}"),
+        Ok(_) => panic!("upgraded while Redis does not answer"),
+    };
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=4).contains(&retry_after), "{retry_after}");
+    let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    // The deadline (2 s) and what surrounds it, far from the request timeout.
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    let metrics = scrape(&format!("http://{gw}")).await;
+    let refused = ["bus_timeout", "bus_unavailable"]
+        .iter()
+        .filter_map(|reason| {
+            sample(
+                &metrics,
+                &format!("switchyard_handshake_rejections_total{{reason=\"{reason}\"}}"),
+            )
+        })
+        .sum::<f64>();
+    assert!(refused >= 1.0, "{metrics}");
+
+    drop(stopped);
+    eventually("handshakes succeed once Redis answers again", async || {
+        connect_request(request()).await.is_ok()
+    })
+    .await;
 }

@@ -257,7 +257,7 @@ async fn connection_limits_and_user_revocation_on_a_cluster() {
     let _second = connect(&cluster.ws(gw_b), &c1).await;
     cluster.refuses_another_connection(&c1).await;
     drop(first);
-    let leases = format!("{prefix}conns:c1");
+    let leases = format!("{prefix}conns:{{user:c1}}");
     eventually("the closed connection's lease released", async || {
         redis
             .cli(redis.owner(&leases).unwrap(), &["ZCARD", &leases])

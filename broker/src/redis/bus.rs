@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::scripts::Script;
+use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -104,6 +105,35 @@ impl Resubscriber {
     }
 }
 
+/// A join sent to the manager whose caller may stop waiting for the answer: dropped before
+/// the answer came (`room` still set), it waits for it off the caller's path and, if the join
+/// went through, sends the matching leave — so a given-up join leaves no member counted.
+struct PendingJoin {
+    room: Option<String>,
+    reply: oneshot::Receiver<Result<(), String>>,
+    interest: mpsc::Sender<Interest>,
+}
+
+impl Drop for PendingJoin {
+    fn drop(&mut self) {
+        let Some(room) = self.room.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (reply, interest) = (
+            std::mem::replace(&mut self.reply, oneshot::channel().1),
+            self.interest.clone(),
+        );
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = reply.await {
+                let _ = interest.send(Interest::Leave(room)).await;
+            }
+        });
+    }
+}
+
 /// Redis [`Bus`].
 pub struct RedisBus {
     client: Client,
@@ -191,13 +221,23 @@ impl Bus for RedisBus {
         Ok(offset as u64)
     }
 
+    /// Cancellation-safe: a caller that stops waiting (a handshake past its deadline) is not
+    /// left counted as a member — once the manager answers, a join that went through is
+    /// undone with a leave.
     async fn subscribe(&self, room: &Room) -> Result<(), BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.interest
             .send(Interest::Join(room.as_str().to_owned(), tx))
             .await
             .map_err(|_| BrokerError::Closed)?;
-        rx.await
+        let mut pending = PendingJoin {
+            room: Some(room.as_str().to_owned()),
+            reply: rx,
+            interest: self.interest.clone(),
+        };
+        let reply = (&mut pending.reply).await;
+        pending.room = None;
+        reply
             .map_err(|_| BrokerError::Closed)?
             .map_err(BrokerError::Unavailable)
     }
@@ -281,8 +321,9 @@ struct Channels {
     subscriber: SubscriberClient,
     prefix: String,
     sharded: bool,
-    /// How long one batch of subscriptions may take on a cluster (one command per slot, one
-    /// after the other): no command starts after it, and the rooms not reached fail.
+    /// How long one batch of subscriptions may take on a cluster (one command per slot,
+    /// [`SLOTS_IN_FLIGHT`] pipelined): no command starts after it, and the rooms not reached
+    /// fail.
     batch_timeout: std::time::Duration,
 }
 
@@ -320,18 +361,22 @@ impl Channels {
                 .or_default()
                 .push(room.clone());
         }
-        let mut outcomes = Vec::with_capacity(by_slot.len());
-        // One slot at a time: fred routes each command to the slot's owner, and follows a
-        // MOVED only for commands it did not pipeline. A subscribe batch has a deadline (each
-        // command has the command timeout besides): its joiners wait for it.
-        for (_, rooms) in by_slot {
+        // One command per slot, up to SLOTS_IN_FLIGHT of them pipelined (fred routes each to
+        // the slot's owner). Not one at a time: a gateway taking thousands of new rooms a
+        // second (a ramp of connections, each with its own user room in a slot of its own)
+        // would wait a round trip per slot, one after the other — the queue that made the
+        // cluster benchmark's handshakes time out (issue #13). A command that fails (a MOVED
+        // during a resharding: fred does not follow it for pipelined commands) fails only its
+        // rooms: their joiners get an error, a resubscription retries them. A subscribe batch
+        // has a deadline (each command has the command timeout besides): its joiners wait for
+        // it, and no command starts after it.
+        let batch = by_slot.into_values().map(|rooms| async move {
             if subscribe && tokio::time::Instant::now() >= deadline {
                 let late = fred::error::Error::new(
                     fred::error::ErrorKind::Timeout,
                     "the subscription batch ran out of time (SWITCHYARD_REDIS_SUBSCRIBE_TIMEOUT_MS)",
                 );
-                outcomes.push((rooms, Err(late)));
-                continue;
+                return (rooms, Err(late));
             }
             let channels: Vec<String> = rooms.iter().map(channel).collect();
             let result = if subscribe {
@@ -339,11 +384,17 @@ impl Channels {
             } else {
                 self.subscriber.sunsubscribe(channels).await
             };
-            outcomes.push((rooms, result));
-        }
-        outcomes
+            (rooms, result)
+        });
+        futures_util::stream::iter(batch)
+            .buffer_unordered(SLOTS_IN_FLIGHT)
+            .collect()
+            .await
     }
 }
+
+/// Shard (un)subscribe commands a cluster batch keeps in flight at once.
+const SLOTS_IN_FLIGHT: usize = 64;
 
 /// How long the manager waits before subscribing again to rooms whose resubscription failed.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(1);

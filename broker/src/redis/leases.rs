@@ -1,6 +1,8 @@
 //! [`RedisLeases`]: each user's connections in a sorted set scored by lease expiry
-//! (`{prefix}conns:{sub}`), in the bus's Redis or one of their own
-//! (`SWITCHYARD_LEASE_REDIS_URL`): at a million connections the renewals are the larger load.
+//! (`{prefix}conns:{user:<sub>}`, in the hash slot of the user's own room, so that a handshake
+//! can claim the lease and read the room's position in one script), in the bus's Redis or one
+//! of their own (`SWITCHYARD_LEASE_REDIS_URL`): at a million connections the renewals are the
+//! larger load.
 
 use super::{script, unavailable};
 use crate::{BrokerError, ConnectionLeases};
@@ -46,9 +48,10 @@ impl RedisLeases {
         }))
     }
 
-    /// `{prefix}conns:{sub}`: the user's connection leases across the gateways.
+    /// `{prefix}conns:{user:<sub>}`: the user's connection leases across the gateways, in
+    /// the hash slot of the user's room.
     fn key(&self, sub: &str) -> String {
-        format!("{}conns:{sub}", self.prefix)
+        format!("{}conns:{{user:{sub}}}", self.prefix)
     }
 }
 

@@ -34,7 +34,8 @@
 //! `{prefix}epoch:{room}` (the room's epoch), and the
 //! [`SharedState`](crate::state::SharedState)'s `{prefix}snap:{room}` (room snapshot) and
 //! `{prefix}pos:{order:<id>}` (newest position, beside its room's snapshot). Not per room:
-//! `{prefix}ctl` (control channel), `{prefix}conns:{sub}` (a user's connection leases),
+//! `{prefix}ctl` (control channel), `{prefix}conns:{user:<sub>}` (a user's connection leases, in its
+//! user room's slot),
 //! `{prefix}revoked` (revocation records, see [`crate::revocations`]), `{prefix}posq`
 //! (positions the database has not seen yet). Room names are validated by [`Room`](switchyard_protocol::Room) before they get
 //! here, so no glob or control character can reach Redis.
@@ -100,7 +101,7 @@ pub struct RedisConfig {
     /// How long one Redis command may take before it fails (and the publish is refused).
     pub command_timeout: Duration,
     /// How long one batch of room subscriptions may take on a cluster (one `SSUBSCRIBE` per
-    /// hash slot, one after the other): none starts after it, and the rooms not reached fail.
+    /// hash slot, up to 64 pipelined): none starts after it, and the rooms not reached fail.
     pub subscribe_timeout: Duration,
     /// Events each room keeps in its history stream (0: none), and for how long after the
     /// room's last event.

@@ -122,8 +122,9 @@ pub(crate) struct Session {
     /// The order this partner was last found to carry, and when: location ops for it skip
     /// the backend for `CARRYING_TTL` (a reassignment is noticed within that).
     carrying: Option<(OrderId, Instant)>,
-    /// The handshake's `since` for the user room: recovered in the welcome.
-    user_since: Option<StreamPosition>,
+    /// What the welcome is made of — the user room's position read at the handshake and the
+    /// handshake's `since` — until the welcome is sent (boxed: 8 bytes per connection after).
+    user_welcome: Option<Box<(History, Option<StreamPosition>)>>,
     started: Instant,
     /// When the last batch was written, and whether writes come faster than the write delay
     /// (then the mailbox is marked busy: see [`crate::write_delay`]).
@@ -139,13 +140,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(
-        shared: Arc<Shared>,
-        who: Principal,
-        user_since: Option<StreamPosition>,
-        opened: Opened,
-    ) -> Session {
+    pub fn new(shared: Arc<Shared>, who: Principal, opened: Opened) -> Session {
         let c = &shared.config;
+        let mut rooms = HashMap::new();
+        rooms.insert(opened.user_room.keep(), Cursor::default());
         Session {
             ops: TokenBucket::new(c.op_rate, c.op_burst),
             locations: TokenBucket::new(c.location_rate, c.location_burst),
@@ -156,8 +154,8 @@ impl Session {
             who,
             out: opened.out,
             mailbox: opened.mailbox,
-            rooms: HashMap::new(),
-            user_since,
+            rooms,
+            user_welcome: Some(Box::new((opened.history, opened.since))),
             carrying: None,
             started: Instant::now(),
             last_write: Instant::now(),
@@ -215,30 +213,11 @@ impl Session {
         }
     }
 
-    /// Joins the user room, reads its position (recovering from the handshake's `since`),
-    /// and sends the welcome and any recovered events.
+    /// Sends the welcome — the user room, joined at the handshake, and its position read
+    /// then — and any events recovered from the handshake's `since`.
     async fn welcome(&mut self, sink: &mut impl Transmit) -> Option<Exit> {
         let own_room = Room::of_user(&self.who.sub);
-        if let Err(refusal) = self.join(own_room.clone()).await {
-            tracing::warn!(conn = %self.conn_id, message = %refusal.message, "could not join own room");
-            return Some(Exit::Close(Disconnect::BUS_UNAVAILABLE));
-        }
-        // Joined first, then the position (and with `since` the missed events): events after
-        // it are queued, earlier ones covered — so a recovery in the welcome has no duplicate.
-        let since = self.user_since.take();
-        let history = match self
-            .shared
-            .backplane
-            .bus
-            .history(&own_room, since.as_ref())
-            .await
-        {
-            Ok(history) => history,
-            Err(err) => {
-                tracing::warn!(conn = %self.conn_id, %err, "could not read the user room's position");
-                return Some(Exit::Close(Disconnect::BUS_UNAVAILABLE));
-            }
-        };
+        let (history, since) = *self.user_welcome.take()?;
         let position = history.position.clone();
         let (recovered, missed) = self.recover(own_room.as_str(), history, since.as_ref());
         let welcome = ServerMessage::Welcome(Welcome {

@@ -232,8 +232,10 @@ impl Harness {
 
     /// Runs a session for `who` as it was admitted (whatever its `exp`).
     async fn open(&self, who: Principal, window: usize) -> Client {
-        let opened = slot::open(self.shared(), &who.sub).await.expect("a slot");
-        let session = Box::new(Session::new(self.shared().clone(), who, None, opened));
+        let opened = slot::open(self.shared(), &who.sub, None)
+            .await
+            .expect("a slot");
+        let session = Box::new(Session::new(self.shared().clone(), who, opened));
         let (to_client, from_server) = mpsc::channel(window);
         let (to_server, mut inbound) = mpsc::channel(64);
         let stream = futures_util::stream::poll_fn(move |cx| inbound.poll_recv(cx));

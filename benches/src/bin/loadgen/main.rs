@@ -313,7 +313,24 @@ struct Tally {
     gaps: AtomicU64,
     connected: AtomicU64,
     failed_connects: AtomicU64,
+    /// Why connections failed: the error (a refusal's status line and body, a timeout), and
+    /// how often.
+    failures: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     disconnected: AtomicU64,
+}
+
+impl Tally {
+    fn failed(&self, why: String) {
+        self.failed_connects.fetch_add(1, Ordering::Relaxed);
+        let mut why = why;
+        why.truncate(160);
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(why)
+            .or_insert(0) += 1;
+    }
 }
 
 struct Ctx {
@@ -395,7 +412,7 @@ async fn client(
     token: String,
     rooms: Vec<String>,
     stall: bool,
-    ready: mpsc::Sender<bool>,
+    ready: mpsc::Sender<(usize, bool)>,
 ) {
     let proto = ctx.proto.as_ref();
     let setup = async {
@@ -406,20 +423,21 @@ async fn client(
     let mut conn = match tokio::time::timeout(Duration::from_secs(20), setup).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            if ctx.tally.failed_connects.fetch_add(1, Ordering::Relaxed) < 3 {
+            if ctx.tally.failed_connects.load(Ordering::Relaxed) < 3 {
                 eprintln!("client {i}: {e:#}");
             }
-            let _ = ready.send(false).await;
+            ctx.tally.failed(format!("{e:#}"));
+            let _ = ready.send((i, false)).await;
             return;
         }
         Err(_) => {
-            ctx.tally.failed_connects.fetch_add(1, Ordering::Relaxed);
-            let _ = ready.send(false).await;
+            ctx.tally.failed("not ready within 20 s".to_owned());
+            let _ = ready.send((i, false)).await;
             return;
         }
     };
     ctx.tally.connected.fetch_add(1, Ordering::Relaxed);
-    let _ = ready.send(true).await;
+    let _ = ready.send((i, true)).await;
     drop(ready);
     let mut stop = ctx.stop.clone();
     if stall {
@@ -850,7 +868,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // ── ramp up ─────────────────────────────────────────────────────────────────────────
     let ramp_started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
-    let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(args.clients.max(1));
+    let (ready_tx, mut ready_rx) = mpsc::channel::<(usize, bool)>(args.clients.max(1));
+    // The room each reading client tracks (none for a stalled one), by client number: a room's
+    // expected deliveries count only its members that connected, so a refused client is
+    // reported as a failed connect, not as lost events.
+    let mut member_of: Vec<Option<usize>> = Vec::with_capacity(args.clients);
     let mut active_members = vec![0u64; n_rooms];
     let mut stalled = 0usize;
     for n in 0..args.clients {
@@ -870,9 +892,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let stall = stall_every > 0 && i % stall_every == stall_every - 1;
         if stall {
             stalled += 1;
-        } else {
-            active_members[room_index] += 1;
         }
+        member_of.push((!stall).then_some(room_index));
         let token = issuer.issue(&sub, Role::Admin, 3600);
         let addr = targets[n % targets.len()].clone();
         let src = sources[n % sources.len()];
@@ -889,7 +910,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     drop(ready_tx);
     let mut answered = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(30), ready_rx.recv()).await {
+    while let Ok(Some((i, ready))) =
+        tokio::time::timeout(Duration::from_secs(30), ready_rx.recv()).await
+    {
+        if ready && let Some(room) = member_of[i - args.client_offset] {
+            active_members[room] += 1;
+        }
         answered += 1;
         if answered == args.clients {
             break;
@@ -1076,6 +1102,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "clients": args.clients,
         "connected": connected,
         "failed_connects": failed,
+        "connect_failures": *ctx.tally.failures.lock().unwrap_or_else(|e| e.into_inner()),
         "stalled_clients": stalled,
         "ramp_secs": ramp_secs,
         "step_secs": args.step_secs,
