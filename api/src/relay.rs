@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_broker::state::SharedState;
-use switchyard_broker::{Backplane, Bus, Control, Controller, Listen};
+use switchyard_broker::{Backplane, Bus, Control, Controller, Listen, Outgoing};
 use switchyard_protocol::Room;
 use switchyard_store::OutboxKind;
 use switchyard_store::Store;
@@ -180,10 +180,10 @@ fn with_event_id(id: i64, data: &str) -> String {
     }
 }
 
-/// Hands one row on: `Ok(false)` when the row can never be handled (skipped, logged).
+/// Hands one snapshot or revocation row on: `Ok(false)` when the row can never be handled
+/// (skipped, logged). Event rows go through [`publish_events`].
 async fn relay_row(
     event: &switchyard_store::OutboxEvent,
-    bus: &dyn Bus,
     controller: &dyn Controller,
     state: Option<&dyn SharedState>,
 ) -> Result<bool, String> {
@@ -218,20 +218,66 @@ async fn relay_row(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        OutboxKind::Event => {
-            let Ok(data) = RawValue::from_string(with_event_id(event.id, &event.data)) else {
-                return Ok(false);
-            };
-            bus.publish(&room, &event.event, data)
-                .await
-                .map_err(|e| e.to_string())?;
-            metrics::counter!("switchyard_events_published_total", "source" => "api").increment(1);
-        }
+        OutboxKind::Event => unreachable!("event rows are published in batches"),
     }
     Ok(true)
 }
 
-/// Hands on one batch; returns how many rows it consumed.
+/// An event row as the bus takes it (`None`: unreadable, never publishable).
+fn outgoing(event: &switchyard_store::OutboxEvent) -> Option<Outgoing> {
+    let room = Room::parse(&event.room).ok()?;
+    let data = RawValue::from_string(with_event_id(event.id, &event.data)).ok()?;
+    Some(Outgoing {
+        room,
+        event: event.event.clone(),
+        data,
+    })
+}
+
+/// Publishes a run of consecutive event rows in one [`Bus::publish_batch`] (one script call
+/// on Redis, per hash slot on a cluster; offsets still atomic per room, in commit order
+/// within a room). Pushes the ids consumed onto `done`, in order, up to the first that the
+/// bus refused: that one and every later row are tried again (a later row of another slot
+/// that did go out is then published once more — at least once, as after a crash; clients
+/// drop the duplicate by its `event_id`).
+async fn publish_events(
+    rows: &[&switchyard_store::OutboxEvent],
+    bus: &dyn Bus,
+    done: &mut Vec<i64>,
+) -> Result<(), String> {
+    let mut batch = Vec::with_capacity(rows.len());
+    let mut readable = Vec::with_capacity(rows.len());
+    for row in rows {
+        match outgoing(row) {
+            Some(out) => {
+                batch.push(out);
+                readable.push(Some(row.id));
+            }
+            None => readable.push(None),
+        }
+    }
+    let mut results = bus.publish_batch(batch).await.into_iter();
+    for (row, id) in rows.iter().zip(readable) {
+        match id {
+            // A row that can never be handled must not block the ones behind it.
+            None => tracing::error!(id = row.id, "dropping an unreadable outbox row"),
+            Some(_) => match results.next() {
+                Some(Ok(_)) => {
+                    metrics::counter!("switchyard_events_published_total", "source" => "api")
+                        .increment(1);
+                }
+                Some(Err(err)) => return Err(err.to_string()),
+                None => return Err("the bus answered fewer events than it was given".into()),
+            },
+        }
+        done.push(row.id);
+    }
+    Ok(())
+}
+
+/// Hands on one batch; returns how many rows it consumed. Consecutive event rows go to the
+/// bus together; a snapshot or revocation row is handed on alone, after the events before it
+/// (a room's snapshot is in place before the events its transaction wrote go out).
 async fn relay_batch(
     store: &Store,
     bus: &dyn Bus,
@@ -241,17 +287,33 @@ async fn relay_batch(
     let batch = store.outbox_batch(BATCH).await.map_err(|e| e.to_string())?;
     let mut done = Vec::with_capacity(batch.len());
     let mut result = Ok(batch.len());
-    for event in &batch {
-        match relay_row(event, bus, controller, state).await {
+    let mut events: Vec<&switchyard_store::OutboxEvent> = Vec::new();
+    for (i, row) in batch.iter().enumerate() {
+        if row.kind == OutboxKind::Event {
+            events.push(row);
+            let next_is_event = batch
+                .get(i + 1)
+                .is_some_and(|n| n.kind == OutboxKind::Event);
+            if next_is_event {
+                continue;
+            }
+            if let Err(err) = publish_events(&events, bus, &mut done).await {
+                result = Err(err);
+                break;
+            }
+            events.clear();
+            continue;
+        }
+        match relay_row(row, controller, state).await {
             Ok(true) => {}
             // A row that can never be handled must not block the ones behind it.
-            Ok(false) => tracing::error!(id = event.id, "dropping an unreadable outbox row"),
+            Ok(false) => tracing::error!(id = row.id, "dropping an unreadable outbox row"),
             Err(err) => {
                 result = Err(err);
                 break;
             }
         }
-        done.push(event.id);
+        done.push(row.id);
     }
     store.outbox_done(&done).await.map_err(|e| e.to_string())?;
     result

@@ -62,6 +62,14 @@ pub struct Publication {
     pub frame: Bytes,
 }
 
+/// An event for [`Bus::publish_batch`]: `data` as `event` in `room`.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub room: Room,
+    pub event: String,
+    pub data: Box<RawValue>,
+}
+
 /// A room's stream position and, when asked with `since`, what was missed.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -235,6 +243,18 @@ pub trait Bus: Send + Sync + 'static {
         data: Box<RawValue>,
     ) -> Result<u64, BrokerError>;
 
+    /// Publishes several events, each as [`Bus::publish`] would (its room's next offset), in
+    /// their order within each room, in as few round trips as the bus allows (Redis: one
+    /// script call for the batch; on a cluster one per hash slot, pipelined). One result per
+    /// event, in the events' order. By default one publish after the other.
+    async fn publish_batch(&self, events: Vec<Outgoing>) -> Vec<Result<u64, BrokerError>> {
+        let mut results = Vec::with_capacity(events.len());
+        for Outgoing { room, event, data } in events {
+            results.push(self.publish(&room, &event, data).await);
+        }
+        results
+    }
+
     /// This node has (at least one more) member in `room`. Counted: every call is
     /// matched by one [`Bus::unsubscribe`].
     async fn subscribe(&self, room: &Room) -> Result<(), BrokerError>;
@@ -294,11 +314,51 @@ pub trait ConnectionLeases: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<bool, BrokerError>;
 
+    /// A handshake's claim ([`ConnectionLeases::claim`]) and its user room's position read
+    /// from `bus` ([`Bus::history`], with `since` the events missed): in one round trip where
+    /// the implementation can — Redis, when the leases live in the bus's Redis, runs one script
+    /// (the lease set shares the user room's hash slot, so this holds on a cluster too); by
+    /// default both calls at once. Called after the room is subscribed.
+    async fn claim_and_read(
+        &self,
+        bus: &dyn Bus,
+        claim: Claim<'_>,
+        room: &Room,
+        since: Option<&StreamPosition>,
+    ) -> Result<(bool, History), BrokerError> {
+        claim_then_read(self, bus, claim, room, since).await
+    }
+
     /// Extends a claim (every heartbeat interval).
     async fn renew(&self, sub: &str, conn: &str, lease: Duration);
 
     /// Ends a claim (the connection closed).
     async fn release(&self, sub: &str, conn: &str);
+}
+
+/// A connection's claim in the per-user count: `conn` of user `sub`, at most `limit` per user,
+/// lapsing after `lease` unless renewed.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub sub: &'a str,
+    pub conn: &'a str,
+    pub limit: usize,
+    pub lease: Duration,
+}
+
+/// [`ConnectionLeases::claim_and_read`] as two calls, at once.
+pub async fn claim_then_read<L: ConnectionLeases + ?Sized>(
+    leases: &L,
+    bus: &dyn Bus,
+    claim: Claim<'_>,
+    room: &Room,
+    since: Option<&StreamPosition>,
+) -> Result<(bool, History), BrokerError> {
+    let (claimed, history) = tokio::join!(
+        leases.claim(claim.sub, claim.conn, claim.limit, claim.lease),
+        bus.history(room, since)
+    );
+    Ok((claimed?, history?))
 }
 
 /// The jobs of the bus, as one process uses them. Cheap to clone.

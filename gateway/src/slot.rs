@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use switchyard_broker::{BrokerError, ConnectionLeases, History};
+use switchyard_broker::{BrokerError, Claim, ConnectionLeases, History};
 use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::{Room, UserId};
 use tokio::time::Instant;
@@ -86,8 +86,9 @@ async fn bounded<T>(
 
 /// Lets a connection of `sub` in: registers it in the hub (the local limits), subscribes and
 /// joins its `user:` room, then claims its lease in the cluster-wide per-user count and reads
-/// the user room's position (with `since`, the events missed) — the claim and the read
-/// pipelined on one connection. Every wait for the bus shares one deadline,
+/// the user room's position (with `since`, the events missed) — on Redis in one script, one
+/// round trip ([`ConnectionLeases::claim_and_read`]; the subscription is batched with other
+/// handshakes' by the bus). Every wait for the bus shares one deadline,
 /// `handshake_bus_timeout`, so a bus that stops answering refuses handshakes within it
 /// (503, see `handshake`) instead of holding them until the listener's request timeout.
 ///
@@ -141,17 +142,21 @@ pub(crate) async fn open(
     // Released when the slot drops, whatever became of the claim (a claim that timed out may
     // still be made; the release goes after it on the same connection).
     slot.claimed = Some(conn_id.clone());
-    let claim = shared.backplane.leases.claim(
+    let claim = Claim {
         sub,
-        &conn_id,
-        config.max_connections_per_user,
-        config.connection_lease(),
-    );
-    let position = bus.history(&user_room.room, since.as_ref());
-    let (claimed, history) = bounded(deadline, async {
-        let (claimed, history) = tokio::join!(claim, position);
-        Ok((claimed?, history?))
-    })
+        conn: &conn_id,
+        limit: config.max_connections_per_user,
+        lease: config.connection_lease(),
+    };
+    let (claimed, history) = bounded(
+        deadline,
+        shared.backplane.leases.claim_and_read(
+            bus.as_ref(),
+            claim,
+            &user_room.room,
+            since.as_ref(),
+        ),
+    )
     .await?;
     if !claimed {
         slot.claimed = None;

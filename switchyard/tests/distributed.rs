@@ -914,3 +914,20 @@ async fn handshakes_wait_for_redis_only_until_their_deadline() {
     })
     .await;
 }
+
+/// Issue #17 §2: the batch publish on one Redis — several rooms' events in one script call,
+/// offsets still atomic per room (the contract in `common::batch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_publishes_keep_offsets_per_room() {
+    let cluster = Cluster::up(1, 1);
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{}", cluster.redis_port));
+    let bus = async || -> Arc<dyn Bus> {
+        let bus: Arc<dyn Bus> = Redis::connect(config.clone()).await.unwrap().bus;
+        bus
+    };
+    let (a, b, listener) = (bus().await, bus().await, bus().await);
+    let rooms: Vec<Room> = (0..5)
+        .map(|i| Room::parse(&format!("order:{}", 900_000 + i)).unwrap())
+        .collect();
+    common::batch::batches_keep_offsets_per_room(a, b, listener, &rooms, 60).await;
+}

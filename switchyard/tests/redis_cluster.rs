@@ -147,6 +147,23 @@ fn rooms_on_every_shard(redis: &RedisCluster, prefix: &str) -> Vec<Room> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_publishes_keep_offsets_per_room_on_every_shard() {
+    let prefix = "batch:";
+    let redis = redis_cluster::shared();
+    let rooms = rooms_on_every_shard(redis, prefix);
+    let config = RedisConfig {
+        prefix: prefix.into(),
+        ..RedisConfig::new(redis.url.clone())
+    };
+    let bus = async || -> Arc<dyn Bus> {
+        let bus: Arc<dyn Bus> = Redis::connect(config.clone()).await.unwrap().bus;
+        bus
+    };
+    let (a, b, listener) = (bus().await, bus().await, bus().await);
+    common::batch::batches_keep_offsets_per_room(a, b, listener, &rooms, 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_increase_per_room_under_two_publishers_on_every_shard() {
     let prefix = "seq:";
     let redis = redis_cluster::shared();

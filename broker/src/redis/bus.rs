@@ -1,8 +1,10 @@
-//! [`RedisBus`]: publish (one script call per event), reference-counted subscriptions,
+//! [`RedisBus`]: publish (one script call per batch of events), reference-counted subscriptions,
 //! history from the room's stream.
 
-use super::{room_channel, room_key, script, unavailable};
-use crate::{BrokerError, Bus, Deliver, History, HistoryConfig, Publication, Sinks};
+use super::{eval, room_channel, room_key, script, unavailable};
+use crate::{
+    BrokerError, Bus, Claim, Deliver, History, HistoryConfig, Outgoing, Publication, Sinks,
+};
 use async_trait::async_trait;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
@@ -16,62 +18,82 @@ use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::server::event_frame_parts;
 use tokio::sync::{mpsc, oneshot};
 
-/// The room's epoch, at the start of both scripts below. An epoch is valid while the room's
-/// keys are the ones it was created with: it is stored with the replication id of the node
-/// that wrote it (`"<replid> <epoch>"`). When the key is missing (the room's first publish or
-/// subscribe; or its keys were flushed, evicted, expired, or lost in a restart) or was written
-/// under another replication history (a replica promoted after its primary failed, which may
-/// have lost the primary's newest writes — and so offsets it would hand out again; or a shard
-/// the room's slot moved to, which cannot vouch for them either), the room starts a new epoch:
-/// offsets and history are dropped and count from 1 again.
-/// KEYS = offset key, history key, epoch key (one hash slot: `{room}`);
-/// ARGV[1] = a fresh epoch, ARGV[2] = how long a new epoch lives (ms): a publish gives it the
-/// offset counter's TTL (and refreshes it with every event); a read (position or subscribe of
-/// a room nobody published to) gives it only the history TTL, so reads of unknown rooms leave
-/// no key behind for days — once it lapses with nothing published, a client holding it is
-/// told `recovered:false` and resyncs, which loses nothing.
-const EPOCH_LUA: &str = r#"
+/// A room's epoch: the Lua function `room_epoch(off, hist, key, fresh, ttl)` at the start of
+/// every script below (with `node`, this node's replication id, read once per script call).
+/// An epoch is valid while the room's keys are the ones it was created with: it is stored
+/// with the replication id of the node that wrote it (`"<replid> <epoch>"`). When the key is
+/// missing (the room's first publish or subscribe; or its keys were flushed, evicted, expired,
+/// or lost in a restart) or was written under another replication history (a replica promoted
+/// after its primary failed, which may have lost the primary's newest writes — and so offsets
+/// it would hand out again; or a shard the room's slot moved to, which cannot vouch for them
+/// either), the room starts a new epoch, `fresh`: offsets and history are dropped and count
+/// from 1 again. `ttl` (ms) is how long a new epoch lives: a publish gives it the offset
+/// counter's TTL (and refreshes it with every event); a read (position or subscribe of a room
+/// nobody published to) gives it only the history TTL, so reads of unknown rooms leave no key
+/// behind for days — once it lapses with nothing published, a client holding it is told
+/// `recovered:false` and resyncs, which loses nothing.
+const EPOCH_FN: &str = r#"
 local node = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
-local stored = redis.call('GET', KEYS[3])
-local epoch = nil
-if stored then
-  local sep = string.find(stored, ' ', 1, true)
-  if sep and string.sub(stored, 1, sep - 1) == node then
-    epoch = string.sub(stored, sep + 1)
+local function room_epoch(off, hist, key, fresh, ttl)
+  local stored = redis.call('GET', key)
+  if stored then
+    local sep = string.find(stored, ' ', 1, true)
+    if sep and string.sub(stored, 1, sep - 1) == node then
+      return string.sub(stored, sep + 1)
+    end
   end
-end
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('SET', KEYS[3], node .. ' ' .. epoch, 'PX', ARGV[2])
+  redis.call('DEL', off, hist)
+  redis.call('SET', key, node .. ' ' .. fresh, 'PX', ttl)
+  return fresh
 end
 "#;
 
-/// Publishes one event atomically, after [`EPOCH_LUA`]: increments the room's offset,
-/// refreshes the room's keys' expiry, appends the frame to the room's history stream (entry
-/// id `<offset>-1`, at most ARGV[6] entries, the stream expiring ARGV[7] ms after the room's
-/// last event) and publishes `"<offset> <epoch> <frame>"` on the room's channel with ARGV[8]
-/// (`PUBLISH`, or `SPUBLISH` on a cluster: the channel is in the room's slot). The epoch
-/// travels with every message: a gateway learns a room's new epoch from its first event.
-/// ARGV[3..] = channel, frame head, frame tail, history size, history TTL (ms), command.
+/// The epoch of the one room a read script is about: KEYS = offset key, history key, epoch
+/// key (one hash slot: `{room}`); ARGV[1] = a fresh epoch, ARGV[2] = its lifetime (ms).
+const EPOCH_LUA: &str = "local epoch = room_epoch(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])\n";
+
+/// Publishes a batch of events atomically (issue #17 §2: several rooms' events in one script
+/// call instead of one `EVALSHA` each), in order: for event i, KEYS[3i-2..3i] are its room's
+/// offset, history and epoch keys (on a cluster every room of one call is in one hash slot:
+/// the caller groups them), ARGV[3i+3..3i+5] its room's channel, frame head and frame tail.
+/// Shared: ARGV[1] = a fresh epoch, ARGV[2] = the offset TTL (ms), ARGV[3] = history size,
+/// ARGV[4] = history TTL (ms), ARGV[5] = `PUBLISH`, or `SPUBLISH` on a cluster (the channel
+/// is in the room's slot). Per event: the room's epoch ([`EPOCH_FN`]), its offset incremented,
+/// its keys' expiry refreshed, the frame appended to its history stream (entry id
+/// `<offset>-1`, at most ARGV[3] entries, expiring ARGV[4] ms after the room's last event) and
+/// `"<offset> <epoch> <frame>"` published on its channel. The epoch travels with every
+/// message: a gateway learns a room's new epoch from its first event. Returns the offsets.
 const PUBLISH_LUA: &str = r#"
-local offset = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-local frame = ARGV[4] .. offset .. ARGV[5]
-if tonumber(ARGV[6]) > 0 then
-  -- pcall: a history that cannot take the entry (ids out of order after an eviction) must
-  -- not stop the publish; recovery then finds the gap and answers "resync".
-  redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[6], offset .. '-1', 'f', frame)
-  redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local offsets = {}
+local size = tonumber(ARGV[3])
+for i = 1, #KEYS / 3 do
+  local off, hist, key = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local a = 3 * i + 3
+  local epoch = room_epoch(off, hist, key, ARGV[1], ARGV[2])
+  local offset = redis.call('INCR', off)
+  redis.call('PEXPIRE', off, ARGV[2])
+  redis.call('PEXPIRE', key, ARGV[2])
+  local frame = ARGV[a + 1] .. offset .. ARGV[a + 2]
+  if size > 0 then
+    -- pcall: a history that cannot take the entry (ids out of order after an eviction) must
+    -- not stop the publish; recovery then finds the gap and answers "resync".
+    redis.pcall('XADD', hist, 'MAXLEN', ARGV[3], offset .. '-1', 'f', frame)
+    redis.call('PEXPIRE', hist, ARGV[4])
+  end
+  redis.call(ARGV[5], ARGV[a], offset .. ' ' .. epoch .. ' ' .. frame)
+  offsets[i] = offset
 end
-redis.call(ARGV[8], ARGV[3], offset .. ' ' .. epoch .. ' ' .. frame)
-return offset
+return offsets
 "#;
+
+/// Events one publish script call takes at most (a longer batch is split): bounds the time
+/// Redis spends in one call, during which it serves nobody else.
+pub const MAX_PUBLISH_BATCH: usize = 256;
 
 /// The room's position — its epoch ([`EPOCH_LUA`]) and last offset — and, when ARGV[3] is
-/// a number, the history entries after that offset, all read atomically.
-const POSITION_LUA: &str = r#"
+/// a number, the history entries after that offset, all read atomically (into `result`,
+/// returned by [`POSITION_LUA`], extended by [`ADMIT_LUA`]).
+const POSITION_READ_LUA: &str = r#"
 local offset = redis.call('GET', KEYS[1]) or '0'
 local result = {epoch, offset}
 if ARGV[3] ~= '' then
@@ -81,6 +103,18 @@ if ARGV[3] ~= '' then
     table.insert(result, entry[2][2])
   end
 end
+"#;
+
+/// [`POSITION_READ_LUA`]'s reply.
+const POSITION_LUA: &str = "return result\n";
+
+/// A handshake's one script (issue #17 §2): the connection's lease claim
+/// ([`super::leases::CLAIM_FN`] on KEYS[4], the user's lease set — in the user room's hash
+/// slot — with ARGV[4..6] = conn id, lease ms, limit) and the user room's position, atomically;
+/// the reply is the position's with the claim's outcome (`"1"` or `"0"`) in front.
+const ADMIT_LUA: &str = r#"
+local claimed = claim(KEYS[4], ARGV[4], ARGV[5], ARGV[6])
+table.insert(result, 1, tostring(claimed))
 return result
 "#;
 
@@ -140,11 +174,14 @@ pub struct RedisBus {
     subscriber: SubscriberClient,
     publish_script: Script,
     position_script: Script,
+    admit_script: Script,
     prefix: String,
     offset_ttl_ms: i64,
     history: HistoryConfig,
     /// `PUBLISH`, or `SPUBLISH` on a cluster (sharded pub/sub).
     publish_command: &'static str,
+    /// On a cluster: a script's keys must share one hash slot.
+    sharded: bool,
     interest: mpsc::Sender<Interest>,
     sinks: Sinks,
 }
@@ -166,14 +203,27 @@ impl RedisBus {
         };
         tokio::spawn(manage(channels, requests, sinks.clone()));
         Ok(Arc::new(RedisBus {
-            publish_script: script(&client, &format!("{EPOCH_LUA}{PUBLISH_LUA}")).await?,
-            position_script: script(&client, &format!("{EPOCH_LUA}{POSITION_LUA}")).await?,
+            publish_script: script(&client, &format!("{EPOCH_FN}{PUBLISH_LUA}")).await?,
+            position_script: script(
+                &client,
+                &format!("{EPOCH_FN}{EPOCH_LUA}{POSITION_READ_LUA}{POSITION_LUA}"),
+            )
+            .await?,
+            admit_script: script(
+                &client,
+                &format!(
+                    "{}{EPOCH_FN}{EPOCH_LUA}{POSITION_READ_LUA}{ADMIT_LUA}",
+                    super::leases::CLAIM_FN
+                ),
+            )
+            .await?,
             client,
             subscriber,
             prefix: config.prefix.clone(),
             offset_ttl_ms: config.offset_ttl.as_millis() as i64,
             history: config.history,
             publish_command: if sharded { "SPUBLISH" } else { "PUBLISH" },
+            sharded,
             interest,
             sinks,
         }))
@@ -183,6 +233,70 @@ impl RedisBus {
 impl RedisBus {
     pub(super) fn resubscriber(&self) -> Resubscriber {
         Resubscriber(self.interest.clone())
+    }
+
+    /// One [`PUBLISH_LUA`] call for `events` (rooms with their frame split around the offset;
+    /// on a cluster all in one hash slot): their offsets, in order.
+    async fn publish_script_call<R: std::borrow::Borrow<Room>>(
+        &self,
+        events: &[(R, String, String)],
+    ) -> Result<Vec<u64>, BrokerError> {
+        let offsets: Vec<i64> = eval(&self.client, &self.publish_script, || {
+            let mut keys = Vec::with_capacity(3 * events.len());
+            let mut args = Vec::with_capacity(5 + 3 * events.len());
+            args.extend([
+                crate::new_epoch(),
+                self.offset_ttl_ms.to_string(),
+                self.history.size.to_string(),
+                self.history.ttl.as_millis().max(1).to_string(),
+                self.publish_command.to_owned(),
+            ]);
+            for (room, head, tail) in events {
+                let room = room.borrow();
+                keys.extend(self.room_keys(room));
+                args.extend([
+                    room_channel(&self.prefix, room.as_str()),
+                    head.clone(),
+                    tail.clone(),
+                ]);
+            }
+            (keys, args)
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(offsets.into_iter().map(|o| o as u64).collect())
+    }
+
+    /// [`POSITION_READ_LUA`]'s arguments: a fresh epoch, its lifetime, `since`'s offset.
+    fn position_args(&self, since: Option<&StreamPosition>) -> Vec<String> {
+        vec![
+            crate::new_epoch(),
+            // An epoch this read creates lives as long as history would (EPOCH_LUA).
+            self.history.ttl.as_millis().max(1).to_string(),
+            since.map(|s| s.offset.to_string()).unwrap_or_default(),
+        ]
+    }
+
+    /// A handshake's lease claim (in `lease_key`, the user's lease set in the user room's hash
+    /// slot) and its user room's position, in one script ([`ADMIT_LUA`]): one round trip.
+    pub(super) async fn claim_and_read(
+        &self,
+        lease_key: String,
+        claim: &Claim<'_>,
+        room: &Room,
+        since: Option<&StreamPosition>,
+    ) -> Result<(bool, History), BrokerError> {
+        let mut reply: Vec<String> = eval(&self.client, &self.admit_script, || {
+            let mut keys = self.room_keys(room);
+            keys.push(lease_key.clone());
+            let mut args = self.position_args(since);
+            args.extend(super::leases::claim_args(claim));
+            (keys, args)
+        })
+        .await
+        .map_err(unavailable)?;
+        let claimed = !reply.is_empty() && reply.remove(0) == "1";
+        Ok((claimed, history_of(room, since, reply)))
     }
 
     /// The room's offset counter, history stream and epoch: one hash slot (`{room}`).
@@ -203,22 +317,77 @@ impl Bus for RedisBus {
         data: Box<RawValue>,
     ) -> Result<u64, BrokerError> {
         let (head, tail) = event_frame_parts(room.as_str(), event, &data);
-        let args = vec![
-            crate::new_epoch(),
-            self.offset_ttl_ms.to_string(),
-            room_channel(&self.prefix, room.as_str()),
-            head,
-            tail,
-            self.history.size.to_string(),
-            self.history.ttl.as_millis().max(1).to_string(),
-            self.publish_command.into(),
-        ];
-        let offset: i64 = self
-            .publish_script
-            .evalsha_with_reload(&self.client, self.room_keys(room), args)
-            .await
-            .map_err(unavailable)?;
-        Ok(offset as u64)
+        let parts = [(room, head, tail)];
+        let offsets = self.publish_script_call(&parts).await?;
+        offsets
+            .first()
+            .copied()
+            .ok_or_else(|| BrokerError::Unavailable("the publish script returned nothing".into()))
+    }
+
+    /// One script call per [`MAX_PUBLISH_BATCH`] events on one Redis; on a cluster one per
+    /// hash slot (a script's keys must share one), in the events' order within each — so
+    /// per room, since a room's keys are all in its slot. The calls go out at once (fred
+    /// pipelines them, per node on a cluster). A call that fails fails its events only.
+    async fn publish_batch(&self, events: Vec<Outgoing>) -> Vec<Result<u64, BrokerError>> {
+        let parts: Vec<(Room, String, String)> = events
+            .into_iter()
+            .map(|e| {
+                let (head, tail) = event_frame_parts(e.room.as_str(), &e.event, &e.data);
+                (e.room, head, tail)
+            })
+            .collect();
+        // Indices of the events of each call, in order.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        if self.sharded {
+            let mut by_slot: BTreeMap<u16, usize> = BTreeMap::new();
+            for (i, (room, _, _)) in parts.iter().enumerate() {
+                let key = room_key(&self.prefix, "off", room.as_str());
+                let slot = fred::util::redis_keyslot(key.as_bytes());
+                let group = *by_slot.entry(slot).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[group].push(i);
+            }
+        } else {
+            groups.push((0..parts.len()).collect());
+        }
+        let calls = groups
+            .iter()
+            .flat_map(|group| group.chunks(MAX_PUBLISH_BATCH))
+            .map(|indices| {
+                let batch: Vec<(&Room, String, String)> = indices
+                    .iter()
+                    .map(|&i| (&parts[i].0, parts[i].1.clone(), parts[i].2.clone()))
+                    .collect();
+                async move { (indices, self.publish_script_call(&batch).await) }
+            });
+        let mut results: Vec<Result<u64, BrokerError>> = (0..parts.len())
+            .map(|_| Err(BrokerError::Unavailable("not published".into())))
+            .collect();
+        for (indices, outcome) in futures_util::future::join_all(calls).await {
+            match outcome {
+                Ok(offsets) if offsets.len() == indices.len() => {
+                    for (&i, offset) in indices.iter().zip(offsets) {
+                        results[i] = Ok(offset);
+                    }
+                }
+                Ok(_) => {
+                    for &i in indices {
+                        results[i] = Err(BrokerError::Unavailable(
+                            "the publish script returned the wrong number of offsets".into(),
+                        ));
+                    }
+                }
+                Err(err) => {
+                    for &i in indices {
+                        results[i] = Err(BrokerError::Unavailable(err.to_string()));
+                    }
+                }
+            }
+        }
+        results
     }
 
     /// Cancellation-safe: a caller that stops waiting (a handshake past its deadline) is not
@@ -258,50 +427,12 @@ impl Bus for RedisBus {
         room: &Room,
         since: Option<&StreamPosition>,
     ) -> Result<History, BrokerError> {
-        let args = vec![
-            crate::new_epoch(),
-            // An epoch this read creates lives as long as history would (EPOCH_LUA).
-            self.history.ttl.as_millis().max(1).to_string(),
-            since.map(|s| s.offset.to_string()).unwrap_or_default(),
-        ];
-        let reply: Vec<String> = self
-            .position_script
-            .evalsha_with_reload(&self.client, self.room_keys(room), args)
-            .await
-            .map_err(unavailable)?;
-        let mut fields = reply.into_iter();
-        let epoch = fields.next().unwrap_or_default();
-        let offset: u64 = fields.next().and_then(|o| o.parse().ok()).unwrap_or(0);
-        let shared_epoch: Arc<str> = epoch.as_str().into();
-        let mut entries = Vec::new();
-        while let (Some(id), Some(frame)) = (fields.next(), fields.next()) {
-            let entry_offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
-            if let Some(entry_offset) = entry_offset {
-                entries.push(Publication {
-                    room: room.clone(),
-                    epoch: shared_epoch.clone(),
-                    offset: entry_offset,
-                    frame: frame.into(),
-                });
-            }
-        }
-        let position = StreamPosition { epoch, offset };
-        let missed = since.and_then(|since| {
-            if since.epoch != position.epoch || since.offset > position.offset {
-                return None;
-            }
-            if since.offset == position.offset {
-                return Some(Vec::new());
-            }
-            // Consecutive from since+1 up to the position, or nothing.
-            let complete = entries
-                .iter()
-                .enumerate()
-                .all(|(i, p)| p.offset == since.offset + 1 + i as u64)
-                && entries.last().map(|p| p.offset) == Some(position.offset);
-            complete.then_some(entries)
-        });
-        Ok(History { position, missed })
+        let reply: Vec<String> = eval(&self.client, &self.position_script, || {
+            (self.room_keys(room), self.position_args(since))
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(history_of(room, since, reply))
     }
 
     fn attach(&self, sink: Arc<dyn Deliver>) {
@@ -311,6 +442,46 @@ impl Bus for RedisBus {
     fn is_ready(&self) -> bool {
         self.client.is_connected() && self.subscriber.is_connected()
     }
+}
+
+/// A room's position script reply (`[epoch, offset, id, frame, id, frame, …]`) as its
+/// [`History`]: complete only when the epoch matches and the stream still holds the entry
+/// right after `since` (and every one after it, which the stream's consecutive ids
+/// guarantee).
+fn history_of(room: &Room, since: Option<&StreamPosition>, reply: Vec<String>) -> History {
+    let mut fields = reply.into_iter();
+    let epoch = fields.next().unwrap_or_default();
+    let offset: u64 = fields.next().and_then(|o| o.parse().ok()).unwrap_or(0);
+    let shared_epoch: Arc<str> = epoch.as_str().into();
+    let mut entries = Vec::new();
+    while let (Some(id), Some(frame)) = (fields.next(), fields.next()) {
+        let entry_offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
+        if let Some(entry_offset) = entry_offset {
+            entries.push(Publication {
+                room: room.clone(),
+                epoch: shared_epoch.clone(),
+                offset: entry_offset,
+                frame: frame.into(),
+            });
+        }
+    }
+    let position = StreamPosition { epoch, offset };
+    let missed = since.and_then(|since| {
+        if since.epoch != position.epoch || since.offset > position.offset {
+            return None;
+        }
+        if since.offset == position.offset {
+            return Some(Vec::new());
+        }
+        // Consecutive from since+1 up to the position, or nothing.
+        let complete = entries
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.offset == since.offset + 1 + i as u64)
+            && entries.last().map(|p| p.offset) == Some(position.offset);
+        complete.then_some(entries)
+    });
+    History { position, missed }
 }
 
 /// Rooms' channels on the subscriber connection: classic pub/sub on one Redis, sharded pub/sub

@@ -4,47 +4,70 @@
 //! of their own (`SWITCHYARD_LEASE_REDIS_URL`): at a million connections the renewals are the
 //! larger load.
 
-use super::{script, unavailable};
-use crate::{BrokerError, ConnectionLeases};
+use super::{RedisBus, eval, script, unavailable};
+use crate::{BrokerError, Bus, Claim, ConnectionLeases, History};
 use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::SortedSetsInterface;
 use fred::types::scripts::Script;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_protocol::Room;
+use switchyard_protocol::client::StreamPosition;
 
 /// Claims (or renews) a connection lease in a user's sorted set of connections, scored by
-/// lease expiry in Redis's own clock; expired leases are dropped first.
-/// KEYS = the user's connection set; ARGV = conn id, lease (ms), limit (0: no check, a renewal).
-const CLAIM_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local limit = tonumber(ARGV[3])
-if limit > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= limit then
-  return 0
+/// lease expiry in Redis's own clock; expired leases are dropped first. A Lua function, shared
+/// by [`CLAIM_LUA`] and the handshake's script (`bus::ADMIT_LUA`): `claim(key, conn, lease ms,
+/// limit)`, limit 0: no check (a renewal); 1 when claimed, 0 when the user is at the limit.
+pub(super) const CLAIM_FN: &str = r#"
+local function claim(key, conn, lease, limit)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  limit = tonumber(limit)
+  if limit > 0 and not redis.call('ZSCORE', key, conn) and redis.call('ZCARD', key) >= limit then
+    return 0
+  end
+  redis.call('ZADD', key, now + tonumber(lease), conn)
+  redis.call('PEXPIRE', key, lease)
+  return 1
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
 "#;
+
+/// KEYS = the user's connection set; ARGV = conn id, lease (ms), limit (0: a renewal).
+const CLAIM_LUA: &str = "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n";
+
+/// [`CLAIM_FN`]'s arguments for `claim` (a limit of at least 1: 0 would be a renewal).
+pub(super) fn claim_args(claim: &Claim<'_>) -> [String; 3] {
+    [
+        claim.conn.to_owned(),
+        claim.lease.as_millis().to_string(),
+        claim.limit.max(1).to_string(),
+    ]
+}
 
 /// Redis [`ConnectionLeases`].
 pub struct RedisLeases {
     client: Client,
     claim_script: Script,
     prefix: String,
+    /// The bus, when the leases live in its Redis: a handshake's claim and position read then
+    /// go in one script ([`ConnectionLeases::claim_and_read`]).
+    joint: Option<Arc<RedisBus>>,
 }
 
 impl RedisLeases {
+    /// `joint`: the bus, when `client` is its command client.
     pub(super) async fn start(
         client: Client,
         prefix: &str,
+        joint: Option<Arc<RedisBus>>,
     ) -> Result<Arc<RedisLeases>, BrokerError> {
         Ok(Arc::new(RedisLeases {
-            claim_script: script(&client, CLAIM_LUA).await?,
+            claim_script: script(&client, &format!("{CLAIM_FN}{CLAIM_LUA}")).await?,
             client,
             prefix: prefix.to_owned(),
+            joint,
         }))
     }
 
@@ -64,31 +87,47 @@ impl ConnectionLeases for RedisLeases {
         limit: usize,
         lease: Duration,
     ) -> Result<bool, BrokerError> {
-        let claimed: i64 = self
-            .claim_script
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.key(sub)],
-                vec![
-                    conn.to_owned(),
-                    lease.as_millis().to_string(),
-                    limit.max(1).to_string(),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+        let claim = Claim {
+            sub,
+            conn,
+            limit,
+            lease,
+        };
+        let claimed: i64 = eval(&self.client, &self.claim_script, || {
+            (vec![self.key(sub)], claim_args(&claim).into())
+        })
+        .await
+        .map_err(unavailable)?;
         Ok(claimed == 1)
     }
 
+    /// In the bus's Redis: one script for both (the lease set shares the user room's hash
+    /// slot); in a Redis of their own, the two calls at once.
+    async fn claim_and_read(
+        &self,
+        bus: &dyn Bus,
+        claim: Claim<'_>,
+        room: &Room,
+        since: Option<&StreamPosition>,
+    ) -> Result<(bool, History), BrokerError> {
+        match &self.joint {
+            Some(joint) => {
+                joint
+                    .claim_and_read(self.key(claim.sub), &claim, room, since)
+                    .await
+            }
+            None => crate::claim_then_read(self, bus, claim, room, since).await,
+        }
+    }
+
     async fn renew(&self, sub: &str, conn: &str, lease: Duration) {
-        let renewed: Result<i64, _> = self
-            .claim_script
-            .evalsha_with_reload(
-                &self.client,
+        let renewed: Result<i64, _> = eval(&self.client, &self.claim_script, || {
+            (
                 vec![self.key(sub)],
                 vec![conn.to_owned(), lease.as_millis().to_string(), "0".into()],
             )
-            .await;
+        })
+        .await;
         if let Err(err) = renewed {
             tracing::debug!(%err, "connection lease renewal failed");
         }

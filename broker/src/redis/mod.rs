@@ -238,9 +238,9 @@ impl Redis {
             Some(url) if *url != config.url => {
                 let leases = builder_client(url, config.command_timeout).await?;
                 tracing::info!(url = %redact(url), "connection leases in their own redis");
-                RedisLeases::start(leases, &prefix).await?
+                RedisLeases::start(leases, &prefix, None).await?
             }
-            _ => RedisLeases::start(client.clone(), &prefix).await?,
+            _ => RedisLeases::start(client.clone(), &prefix, Some(bus.clone())).await?,
         };
         let presence = RedisPresence::start(client.clone(), bus.clone(), &prefix).await?;
         let state = RedisState::start(client, &config).await?;
@@ -306,6 +306,27 @@ async fn script(client: &Client, lua: &str) -> Result<Script, BrokerError> {
     let script = Script::from_lua(lua);
     script.load(client).await.map_err(unavailable)?;
     Ok(script)
+}
+
+/// `EVALSHA` of `script` with the keys and arguments `call` makes, and once more after
+/// loading the script when Redis does not know it (flushed, restarted, a new node). Unlike
+/// fred's `evalsha_with_reload`, which clones every key and argument for that rare retry,
+/// they are only made again when it happens.
+async fn eval<R: fred::types::FromValue>(
+    client: &Client,
+    script: &Script,
+    call: impl Fn() -> (Vec<String>, Vec<String>),
+) -> Result<R, fred::error::Error> {
+    use fred::interfaces::LuaInterface;
+    let (keys, args) = call();
+    match client.evalsha(script.sha1().clone(), keys, args).await {
+        Err(error) if error.details().starts_with("NOSCRIPT") => {
+            script.load(client).await?;
+            let (keys, args) = call();
+            client.evalsha(script.sha1().clone(), keys, args).await
+        }
+        result => result,
+    }
 }
 
 fn unavailable(err: fred::error::Error) -> BrokerError {

@@ -8,7 +8,9 @@
 //! - [`process`]: the real binary as a child process, and running any program to completion.
 //! - [`cluster`]: the distributed topology (`scripts/cluster.sh`): Redis, gateways, APIs, nginx.
 //! - [`pypi`]: tools from PyPI the tests run (Schemathesis, openapi-python-client, kosoku).
+//! - [`batch`]: the batch publish's contract, checked on one Redis and on a cluster.
 
+pub mod batch;
 pub mod chaos;
 pub mod cluster;
 pub mod process;
