@@ -31,12 +31,17 @@
 #   run: one fresh redis-server, and a Redis Cluster of 3 primaries + 3 replicas
 #   (scripts/redis-cluster.sh) — each with an API and 2 gateways of its own; events/s at
 #   p99 <= 10 ms and Redis CPU per event (every node's CPU sampled), side by side (issue #13).
+# chat: order chat over the socket (target/release/crudload chat, issue #14): customer/partner
+#   pairs, customers on one gateway and partners on another, an API on SQLite and a Redis of its
+#   own; messages/s at p99 <= 20 ms from `send` to the other side's chat.message event, through
+#   the full durable path (API commit with the outbox row, relay, bus), in BENCHMARKS.md
+#   (benches/chat_report.py). Stepping stops at the first step over the bound.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
-all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog cluster"
+all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog cluster chat"
 only=$all_scenarios
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -172,6 +177,7 @@ if [ $quick = 1 ]; then # bounded smoke run: every load scenario, one short step
   loc_orders=20; loc_fractions=1; scale_levels=30; scale_gateways=2; idle_levels=100; hs_count=300; hs_secs=1
   bc_clients=200; bc_rates=20; step=1; slow_step=1; or_clients=200; or_rates=500; slow_rates=500; api_clients=100; api_rates=200
   read_rates=50; catalog_order_rates=20   # catalog: SQLite only in the smoke run
+  chat_rates=20; chat_pairs=10
 else
   step=4; slow_step=6; loc_orders=2500; loc_fractions=0.1,0.2,0.4,1; scale_levels=8350,16700; scale_gateways=6; api_clients=2000
   idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
@@ -179,6 +185,7 @@ else
   or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
   slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800
   read_rates=250,500,1000,2000,3000,4000,6000; catalog_order_rates=25,50,100,200,300,400
+  chat_rates=25,50,100,200,300,400,600,800,1000,1500; chat_pairs=200
 fi
 
 has() { [[ " $only " == *" $1 "* ]]; }
@@ -224,6 +231,26 @@ catalog_run() { # label database_url_pattern api_count
     fi
     for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
   done
+}
+
+# Order chat: its own Redis, an API on SQLite, 2 gateways (customers on one, partners on the
+# other); the per-connection chat and op rates lifted (the bench offers the load, not one
+# client); then those processes are stopped.
+chat_run() {
+  local api gws=() pids=() i
+  start_redis redis-chat; local redis="redis://127.0.0.1:$REPLY_PORT"
+  pids+=("$(cat "$work/redis-chat.pid")")
+  export SWITCHYARD_CHAT_RATE=100000 SWITCHYARD_CHAT_BURST=100000 SWITCHYARD_OP_RATE=100000 SWITCHYARD_OP_BURST=100000
+  REDIS_URL=$redis DATABASE_URL="sqlite://$work/chat.db" start_switchyard api api-chat
+  api=$REPLY_ADDR; pids+=("$REPLY_PID")
+  for i in 1 2; do
+    REDIS_URL=$redis SWITCHYARD_API_URL="http://$api" start_switchyard gateway "gateway-chat-$i"
+    gws+=(--gateway "$REPLY_ADDR"); pids+=("$REPLY_PID")
+  done
+  unset SWITCHYARD_CHAT_RATE SWITCHYARD_CHAT_BURST SWITCHYARD_OP_RATE SWITCHYARD_OP_BURST
+  "$bin/crudload" chat --api "http://$api" "${gws[@]}" --customers "$chat_pairs" --label sqlite-1api \
+    --rates "$chat_rates" --step-secs "$step" --max-p99-ms 20 --json "$results/chat-sqlite-1api.json" > /dev/null
+  for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
 }
 
 # The order-room scenario on a bus of its own: an API and 2 gateways on REDIS_URL=url, loadgen
@@ -334,6 +361,10 @@ for r in $(seq 1 "$repeat"); do
     crud_run postgres-2api "$("$root/scripts/postgres.sh" start "$pg_dir" --durable --while $$)" 2
     "$root/scripts/postgres.sh" stop "$pg_dir"
   fi
+  if has chat && [ "$r" = 1 ]; then
+    log "scenario 10 chat ($chat_pairs customer/partner pairs on 2 gateways, messages/s $chat_rates, p99 <= 20 ms)"
+    chat_run
+  fi
   if has catalog && [ "$r" = 1 ]; then
     log "scenario 9 catalog (product reads, cache on/off; orders with stock reservation): reads $read_rates, orders $catalog_order_rates"
     catalog_run sqlite-1api "sqlite://$work/catalog-%s.db" 1
@@ -398,6 +429,7 @@ if [ $quick = 0 ]; then
   "$venv/bin/python" benches/plot.py "$results" "$root/BENCHMARKS.md"
   python3 benches/crud_report.py "$results" "$root/BENCHMARKS.md"
   python3 benches/catalog_report.py "$results" "$root/BENCHMARKS.md"
+  python3 benches/chat_report.py "$results" "$root/BENCHMARKS.md"
 else
   "$venv/bin/python" benches/plot.py "$results" "$results/BENCHMARKS.md"
 fi

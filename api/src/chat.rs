@@ -21,8 +21,10 @@ use switchyard_protocol::order::parse_order_id;
 ///
 /// The order's customer, its assigned partner, and support (admins; `service` tokens post as
 /// support, shown with role `admin`). The message is stored with its `chat.message` event to
-/// the order's room in one transaction. Sending the same `client_msg_id` again (a retry after
-/// a lost answer) answers 200 with the first message and stores nothing. Once the order is
+/// the order's room in one transaction; the answer comes once the event is published and
+/// carries its room `offset` (after `SWITCHYARD_CHAT_PUBLISH_WAIT_MS` without it, when the bus
+/// is down). Sending the same `client_msg_id` to the same order again (a retry after a lost
+/// answer) answers 200 with the first message and stores nothing. Once the order is
 /// delivered or cancelled, sending is refused after `SWITCHYARD_CHAT_CLOSE_GRACE_SECS`.
 #[utoipa::path(
     post,
@@ -37,7 +39,6 @@ use switchyard_protocol::order::parse_order_id;
         (status = 200, description = "A retry: the message first stored with this `client_msg_id`", body = ChatMessage),
         (status = 403, description = "`forbidden`: the chat is closed (the order was finished longer ago than the grace period)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such order, or not a member of its chat", body = ErrorBody),
-        (status = 409, description = "`conflict`: this `client_msg_id` was already used for a message to another order", body = ErrorBody),
         (status = 422, description = "`invalid`: text empty after trimming, over 2,000 characters, or with control characters other than newline and tab; a bad `client_msg_id`", body = ErrorBody),
     ),
 )]
@@ -56,7 +57,10 @@ pub async fn send(
             return Err(err);
         }
     };
-    let sent = state.store.send_message(id, caller.actor(), &new).await?;
+    let sent = state
+        .store
+        .send_message_published(id, caller.actor(), &new)
+        .await?;
     let status = if sent.created {
         StatusCode::CREATED
     } else {

@@ -87,7 +87,7 @@ async fn send_message(
     };
     let sent = state
         .store
-        .send_message(id, body.user.actor()?, &message)
+        .send_message_published(id, body.user.actor()?, &message)
         .await?;
     let status = if sent.created {
         StatusCode::CREATED

@@ -17,6 +17,12 @@
 //! The holder of the lease also writes the partner positions gateways queued
 //! ([`crate::positions`]).
 //!
+//! Chat: the offset each `chat.message` event was given is recorded on its message, after the
+//! batch is published and before its rows are deleted (`Store::chat_offsets_recorded`, which
+//! wakes this process's sends waiting for it), then announced to the other API processes
+//! ([`Control::ChatPublished`]) — a send answers with its event's offset
+//! (`switchyard_store::chat`).
+//!
 //! Metrics, updated every cycle (at most every [`GAUGE_INTERVAL`]): `switchyard_outbox_backlog`
 //! (rows waiting) and `switchyard_outbox_oldest_age_seconds` (how long the oldest has waited)
 //! — from every API process, leader or not, since the outbox is shared: a backlog that grows
@@ -29,6 +35,7 @@ use std::time::{Duration, Instant};
 use switchyard_broker::state::SharedState;
 use switchyard_broker::{Backplane, Bus, Control, Controller, Listen, Outgoing};
 use switchyard_protocol::Room;
+use switchyard_protocol::events::CHAT_MESSAGE;
 use switchyard_store::OutboxKind;
 use switchyard_store::Store;
 use tokio::sync::Notify;
@@ -42,13 +49,19 @@ const LEASE_MS: i64 = 5_000;
 /// Least time between two backlog queries (a `COUNT(*)` over the outbox) while busy.
 pub const GAUGE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Wakes the relay when another process announces committed outbox rows.
-struct Wake(Arc<Notify>);
+/// Wakes the relay when another process announces committed outbox rows, and this process's
+/// chat sends when another relay announces their offsets.
+struct Wake {
+    relay: Arc<Notify>,
+    store: Store,
+}
 
 impl Listen for Wake {
     fn control(&self, control: &Control) {
-        if *control == Control::OutboxWritten {
-            self.0.notify_one();
+        match control {
+            Control::OutboxWritten => self.relay.notify_one(),
+            Control::ChatPublished { offsets } => self.store.chat_offsets_published(offsets),
+            _ => {}
         }
     }
 }
@@ -72,7 +85,10 @@ pub async fn run(
     let Backplane {
         bus, controller, ..
     } = backplane;
-    controller.listen(Arc::new(Wake(remote.clone())));
+    controller.listen(Arc::new(Wake {
+        relay: remote.clone(),
+        store: store.clone(),
+    }));
     let holder = format!(
         "relay-{}-{:x}",
         std::process::id(),
@@ -240,10 +256,12 @@ fn outgoing(event: &switchyard_store::OutboxEvent) -> Option<Outgoing> {
 /// bus refused: that one and every later row are tried again (a later row of another slot
 /// that did go out is then published once more — at least once, as after a crash; clients
 /// drop the duplicate by its `event_id`).
+/// The `(message_id, offset)` of each `chat.message` published goes onto `chat`.
 async fn publish_events(
     rows: &[&switchyard_store::OutboxEvent],
     bus: &dyn Bus,
     done: &mut Vec<i64>,
+    chat: &mut Vec<(i64, u64)>,
 ) -> Result<(), String> {
     let mut batch = Vec::with_capacity(rows.len());
     let mut readable = Vec::with_capacity(rows.len());
@@ -262,9 +280,12 @@ async fn publish_events(
             // A row that can never be handled must not block the ones behind it.
             None => tracing::error!(id = row.id, "dropping an unreadable outbox row"),
             Some(_) => match results.next() {
-                Some(Ok(_)) => {
+                Some(Ok(offset)) => {
                     metrics::counter!("switchyard_events_published_total", "source" => "api")
                         .increment(1);
+                    if let Some(message_id) = chat_message_id(row) {
+                        chat.push((message_id, offset));
+                    }
                 }
                 Some(Err(err)) => return Err(err.to_string()),
                 None => return Err("the bus answered fewer events than it was given".into()),
@@ -273,6 +294,19 @@ async fn publish_events(
         done.push(row.id);
     }
     Ok(())
+}
+
+/// The message id of a `chat.message` row (None for any other row).
+fn chat_message_id(event: &switchyard_store::OutboxEvent) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        message_id: String,
+    }
+    if event.event != CHAT_MESSAGE {
+        return None;
+    }
+    let message: Message = serde_json::from_str(&event.data).ok()?;
+    message.message_id.parse().ok()
 }
 
 /// Hands on one batch; returns how many rows it consumed. Consecutive event rows go to the
@@ -286,6 +320,7 @@ async fn relay_batch(
 ) -> Result<usize, String> {
     let batch = store.outbox_batch(BATCH).await.map_err(|e| e.to_string())?;
     let mut done = Vec::with_capacity(batch.len());
+    let mut chat = Vec::new();
     let mut result = Ok(batch.len());
     let mut events: Vec<&switchyard_store::OutboxEvent> = Vec::new();
     for (i, row) in batch.iter().enumerate() {
@@ -297,7 +332,7 @@ async fn relay_batch(
             if next_is_event {
                 continue;
             }
-            if let Err(err) = publish_events(&events, bus, &mut done).await {
+            if let Err(err) = publish_events(&events, bus, &mut done, &mut chat).await {
                 result = Err(err);
                 break;
             }
@@ -315,7 +350,20 @@ async fn relay_batch(
         }
         done.push(row.id);
     }
+    // Recorded before the rows go: a failure here publishes them again, and the offsets of
+    // that publication are recorded instead.
+    store
+        .chat_offsets_recorded(&chat)
+        .await
+        .map_err(|e| e.to_string())?;
     store.outbox_done(&done).await.map_err(|e| e.to_string())?;
+    if !chat.is_empty() {
+        // The sends waiting in other API processes (this one's were told above); one lost
+        // announcement costs them a poll of the database.
+        let _ = controller
+            .broadcast(Control::ChatPublished { offsets: chat })
+            .await;
+    }
     result
 }
 

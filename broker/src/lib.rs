@@ -103,6 +103,9 @@ pub enum Control {
     },
     /// Outbox rows were committed by some process: the relay holding the lease should look.
     OutboxWritten,
+    /// The relay published these chat messages' events: `(message_id, room offset)`, so the
+    /// API processes' sends waiting for their offset can answer (`switchyard_store::chat`).
+    ChatPublished { offsets: Vec<(i64, u64)> },
 }
 
 /// How much history each room keeps.

@@ -9,6 +9,8 @@
 //!   read after joining: events up to that position are covered, later ones are delivered.
 //! - **partner positions** — each order's newest fix, written by the gateway that received it
 //!   (batched), shown in snapshots, and queued for the API to write to the database.
+//! - **typing turns** — who was last shown typing in which order room, so a user typing on
+//!   two gateways is forwarded once per interval (a key that expires with the interval).
 //!
 //! It is a cache, not a source of truth: any value may be missing (never written, expired
 //! after the offset TTL, evicted, or lost when Redis restarts without persistence). Readers
@@ -16,6 +18,7 @@
 
 use crate::BrokerError;
 use async_trait::async_trait;
+use std::time::Duration;
 use switchyard_protocol::Room;
 
 /// A room's snapshot and, for an order room, its newest partner position (JSON texts).
@@ -44,4 +47,14 @@ pub trait SharedState: Send + Sync + 'static {
     /// Puts positions taken but not written back on the queue, unless a newer one for the
     /// same order was queued meanwhile.
     async fn requeue_positions(&self, batch: &[(i64, String)]) -> Result<(), BrokerError>;
+
+    /// Claims `sub`'s turn to be shown typing in `room` for `interval`: true when no gateway
+    /// claimed it for `sub` within the last `interval` (the `chat.typing` throttle across
+    /// gateways).
+    async fn claim_typing(
+        &self,
+        room: &Room,
+        sub: &str,
+        interval: Duration,
+    ) -> Result<bool, BrokerError>;
 }

@@ -264,12 +264,12 @@ export class SwitchyardClient {
    * Sends a chat message to an order's room and resolves with the message as stored. It is
    * sent again with the same `client_msg_id` until the server acknowledges it — after a
    * dropped connection, on the next one — so a reply lost with a connection never stores the
-   * message twice. Rejects on a refusal (`forbidden`, `bad_request`, `conflict`) or once the
+   * message twice. Rejects on a refusal (`forbidden`, `bad_request`) or once the
    * client is closed.
    * @param {string} orderId
    * @param {string} text
    * @param {{clientMsgId?: string}} [opts] an id the app chose (e.g. to resend after a restart)
-   * @returns {Promise<object>} `{message_id, order_id, from, role, text, client_msg_id, sent_at}`
+   * @returns {Promise<object>} `{message_id, order_id, from, role, text, client_msg_id, sent_at, offset}`
    */
   async sendMessage(orderId, text, opts = {}) {
     const room = `order:${orderId}`;

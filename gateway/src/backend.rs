@@ -15,6 +15,7 @@
 //! `/internal` routes in the distributed mode.
 
 use async_trait::async_trait;
+use std::time::Duration;
 use switchyard_protocol::chat::{ChatMessage, ChatState, NewMessage};
 use switchyard_protocol::{Location, Order, Product, Revenue, Role};
 
@@ -51,9 +52,6 @@ pub enum ChatError {
     /// The chat is closed (the order finished longer ago than the grace period).
     #[error("{0}")]
     Forbidden(String),
-    /// The `client_msg_id` was used by this sender in another order.
-    #[error("{0}")]
-    Conflict(String),
     /// The text or an id is invalid.
     #[error("{0}")]
     Invalid(String),
@@ -97,4 +95,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Where `sub` has read up to in order `order`'s chat, and how many are unread.
     async fn chat_state(&self, order: i64, sub: &str) -> Result<ChatState, BackendError>;
+
+    /// Claims `sub`'s turn to be shown typing in order `order`'s room for `interval`, across
+    /// every gateway: false when another of its connections (on any gateway) was shown within
+    /// it. One gateway alone (the embedded mode) has nothing to ask: its own throttle
+    /// ([`crate::typing`]) decided. A claim that cannot be made (Redis down) lets it through.
+    async fn typing_turn(&self, order: i64, sub: &str, interval: Duration) -> bool {
+        let _ = (order, sub, interval);
+        true
+    }
 }

@@ -44,6 +44,9 @@ pub struct GatewayConfig {
     /// `rate_limited`.
     pub chat_rate: f64,
     pub chat_burst: f64,
+    /// At most one `chat.typing` per user and order room in this interval (the rest are
+    /// answered `ok` and dropped; see `crate::typing`).
+    pub typing_interval: Duration,
     /// Pings (and pongs) a client may send per second, and burst. The WebSocket layer answers
     /// each ping, so a flood costs the server; beyond the burst → close 4500.
     pub ping_rate: f64,
@@ -118,6 +121,7 @@ impl Default for GatewayConfig {
             location_burst: 10.0,
             chat_rate: 5.0,
             chat_burst: 10.0,
+            typing_interval: crate::typing::TYPING_INTERVAL,
             ping_rate: 10.0,
             ping_burst: 50.0,
             read_buffer_bytes: 512,

@@ -393,7 +393,7 @@ impl Listen for Hub {
                     tracing::info!(%sub, closed, "user's connections revoked");
                 }
             }
-            Control::OutboxWritten => {}
+            Control::OutboxWritten | Control::ChatPublished { .. } => {}
         }
     }
 }

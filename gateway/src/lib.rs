@@ -28,6 +28,8 @@
 //! - `presence`: which users this gateway holds in each room with presence; their entries
 //!   held, renewed and released, and the rooms it serves swept (the bus's `Presence`).
 //! - [`rate`]: the token bucket behind the op and location rate limits.
+//! - `typing`: the `chat.typing` throttle, per user and room (this gateway's, then the
+//!   backend's across gateways).
 //!
 //! # Lifecycle
 //! [`Gateway::new`] attaches the hub to the bus and the controller; [`Gateway::router`] serves `/ws`.
@@ -50,6 +52,7 @@ mod presence;
 pub mod rate;
 mod session;
 mod slot;
+mod typing;
 pub mod write_delay;
 
 pub use backend::Backend;
@@ -85,6 +88,8 @@ pub(crate) struct Shared {
     leases: Arc<slot::Leases>,
     /// Who this gateway holds in each room with presence.
     presence: presence::LocalPresence,
+    /// Who was shown typing where lately (one `chat.typing` per user and room per interval).
+    typing: typing::TypingGate,
 }
 
 /// A gateway: cheap to clone, all clones share the same hub and sessions.
@@ -161,6 +166,7 @@ impl Gateway {
                 locations,
                 leases,
                 presence,
+                typing: Default::default(),
             }),
         }
     }

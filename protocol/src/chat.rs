@@ -45,6 +45,12 @@ pub struct ChatMessage {
     pub client_msg_id: String,
     /// Milliseconds since the Unix epoch, when it was stored.
     pub sent_at: i64,
+    /// The offset its `chat.message` event was given in the order's room (in the room's epoch
+    /// of that moment) when the outbox relay first published it: on `send` replies and REST
+    /// answers once published; absent from the event's data (the event's `offset` is it) and
+    /// from a reply when the relay did not publish within `SWITCHYARD_CHAT_PUBLISH_WAIT_MS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// Body of `POST /api/orders/{id}/messages`.
@@ -55,8 +61,9 @@ pub struct NewMessage {
     /// 1 to 2,000 characters after trimming; normalized to NFC; no control characters but
     /// newline and tab.
     pub text: String,
-    /// 1 to 64 printable ASCII characters (a UUID will do), unique per sender: sending the
-    /// same id again returns the first message and stores nothing new.
+    /// 1 to 64 printable ASCII characters (a UUID will do), unique per order and sender:
+    /// sending the same id to the same order again returns the first message and stores
+    /// nothing new (the same id in another order is another message).
     #[cfg_attr(feature = "schema", schema(pattern = "^[!-~]{1,64}$"))]
     pub client_msg_id: String,
 }

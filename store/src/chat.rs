@@ -10,24 +10,52 @@
 //! first locks the order row: messages of one order are therefore stored one at a time, their
 //! ids grow in commit order, and the relay (which hands the outbox on in id order) publishes
 //! their events in the same order — the room's offsets and the message ids agree. A retry
-//! (the same sender and `client_msg_id`) finds the first message and writes nothing.
+//! (the same order, sender and `client_msg_id`) finds the first message and writes nothing.
+//!
+//! # The offset in a send's answer
+//! The room offset of a message's event is assigned by the bus when the relay publishes the
+//! outbox row, after the commit. The relay records it on the message (`room_offset`: the
+//! first publication's, kept when a crash makes it publish the row again) and announces it —
+//! to this process through [`Store::chat_offsets_recorded`], to the other API processes with a
+//! control message they hand to [`Store::chat_offsets_published`].
+//! [`Store::send_message_published`] stores the message and then waits for that offset, at
+//! most `SWITCHYARD_CHAT_PUBLISH_WAIT_MS` ([`Store::with_chat_publish_wait`]): the answer
+//! carries the offset the members' event carries, a retry the same one (read from the row),
+//! and the relay stays the only publisher, so events still leave in commit order. When the
+//! bus is down the wait ends without the offset; the message is stored and is published
+//! once the bus is back (a retry then answers with its offset).
 //!
 //! A read marker only moves forward; each move is committed with its `chat.read` event.
 
 use crate::orders::order_room;
 use crate::outbox::enqueue;
 use crate::{Actor, Store, StoreError, now_ms};
+use std::sync::Arc;
+use std::time::Duration;
 use switchyard_protocol::chat::{
     ChatMessage, ChatState, MAX_TEXT_CHARS, MessagePage, NewMessage, is_refused_char,
     is_valid_client_msg_id,
 };
 use switchyard_protocol::events::ChatRead;
 use switchyard_protocol::{Order, Role};
+use tokio::sync::broadcast::error::RecvError;
 use unicode_normalization::UnicodeNormalization;
 
 /// The default of `SWITCHYARD_CHAT_CLOSE_GRACE_SECS`: how long after an order is delivered or
 /// cancelled its members may still send.
 pub const DEFAULT_CLOSE_GRACE_MS: i64 = 30 * 60 * 1000;
+
+/// The default of `SWITCHYARD_CHAT_PUBLISH_WAIT_MS`: how long a send waits for its event's
+/// room offset before answering without it.
+pub const DEFAULT_PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a waiting send looks in the database when no announcement came (an announcement
+/// from another process lost with the bus).
+const PUBLISHED_POLL: Duration = Duration::from_millis(100);
+
+/// Announcements of published offsets kept for slow waiters; one that falls further behind
+/// looks in the database.
+pub(crate) const PUBLISHED_BATCHES: usize = 64;
 
 /// Why a message is closed to new messages.
 pub const CHAT_CLOSED: &str = "the chat is closed: the order is finished";
@@ -77,9 +105,10 @@ struct MessageRow {
     client_msg_id: String,
     text: String,
     sent_at: i64,
+    room_offset: Option<i64>,
 }
 
-const COLUMNS: &str = "id, order_id, sender, role, client_msg_id, text, sent_at";
+const COLUMNS: &str = "id, order_id, sender, role, client_msg_id, text, sent_at, room_offset";
 
 impl MessageRow {
     fn into_message(self) -> Result<ChatMessage, StoreError> {
@@ -96,6 +125,7 @@ impl MessageRow {
             text: self.text,
             client_msg_id: self.client_msg_id,
             sent_at: self.sent_at,
+            offset: self.room_offset.and_then(|o| u64::try_from(o).ok()),
         })
     }
 }
@@ -106,10 +136,6 @@ pub struct Sent {
     pub message: ChatMessage,
     /// False when this was a retry: the message was stored by an earlier send.
     pub created: bool,
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 impl Store {
@@ -135,16 +161,25 @@ impl Store {
         Ok((tx, order))
     }
 
-    /// The message `actor` sent with `client_msg_id`, if any.
+    /// The same store, waiting at most `wait` for a sent message's room offset.
+    pub fn with_chat_publish_wait(mut self, wait: Duration) -> Store {
+        self.chat_publish_wait = wait;
+        self
+    }
+
+    /// The message `sender` sent to order `id` with `client_msg_id`, if any.
     async fn sent_before(
         &self,
         tx: &mut crate::Tx,
+        id: i64,
         sender: &str,
         client_msg_id: &str,
     ) -> Result<Option<ChatMessage>, StoreError> {
         let row: Option<MessageRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM chat_messages WHERE sender = $1 AND client_msg_id = $2"
+            "SELECT {COLUMNS} FROM chat_messages \
+             WHERE order_id = $1 AND sender = $2 AND client_msg_id = $3"
         ))
+        .bind(id)
         .bind(sender)
         .bind(client_msg_id)
         .fetch_optional(&mut **tx)
@@ -155,8 +190,8 @@ impl Store {
     /// Stores a message in order `id`'s chat with its `chat.message` event, or — when the
     /// sender already sent this `client_msg_id` to this order — returns that first message and
     /// writes nothing. Checks, in order: 404 not a member (or no such order), the retry, 403
-    /// the chat is closed, 422 the `client_msg_id` or the text. The same `client_msg_id` already
-    /// used by this sender in another order is 409.
+    /// the chat is closed, 422 the `client_msg_id` or the text. Answers at once, without the
+    /// event's offset (unless a retry's was recorded): see [`Store::send_message_published`].
     pub async fn send_message(
         &self,
         id: i64,
@@ -166,14 +201,9 @@ impl Store {
         let (mut tx, order) = self.member_write(id, actor).await?;
         if is_valid_client_msg_id(&new.client_msg_id)
             && let Some(first) = self
-                .sent_before(&mut tx, actor.sub, &new.client_msg_id)
+                .sent_before(&mut tx, id, actor.sub, &new.client_msg_id)
                 .await?
         {
-            if first.order_id != order.id {
-                return Err(StoreError::Conflict(
-                    "this client_msg_id was already used for a message to another order".into(),
-                ));
-            }
             return Ok(Sent {
                 message: first,
                 created: false,
@@ -190,7 +220,9 @@ impl Store {
         }
         let text = normalize_text(&new.text).map_err(StoreError::Invalid)?;
         let role = shown_role(actor.role);
-        let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
+        // Sends to one order queue on its row lock, so a retry racing its first send found it
+        // above: (order, sender, client_msg_id) cannot collide here.
+        let (message_id,): (i64,) = sqlx::query_as(
             "INSERT INTO chat_messages (order_id, sender, role, client_msg_id, text, sent_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
@@ -201,18 +233,7 @@ impl Store {
         .bind(&text)
         .bind(now)
         .fetch_one(&mut *tx)
-        .await;
-        let (message_id,) = match inserted {
-            Ok(row) => row,
-            // The same id raced in through another order (this order's sends queue on its
-            // row lock, so a same-order retry was found above).
-            Err(err) if is_unique_violation(&err) => {
-                return Err(StoreError::Conflict(
-                    "this client_msg_id was already used for a message to another order".into(),
-                ));
-            }
-            Err(err) => return Err(err.into()),
-        };
+        .await?;
         let message = ChatMessage {
             event_id: None,
             message_id: message_id.to_string(),
@@ -222,6 +243,7 @@ impl Store {
             text,
             client_msg_id: new.client_msg_id.clone(),
             sent_at: now,
+            offset: None,
         };
         enqueue(&mut tx, &order_room(id), &message).await?;
         tx.commit().await?;
@@ -230,6 +252,113 @@ impl Store {
             message,
             created: true,
         })
+    }
+
+    /// [`Store::send_message`], then the wait for the message's room offset (at most the
+    /// publish wait; see the module's doc): what the socket's `send` and the REST `POST`
+    /// answer.
+    pub async fn send_message_published(
+        &self,
+        id: i64,
+        actor: Actor<'_>,
+        new: &NewMessage,
+    ) -> Result<Sent, StoreError> {
+        // Listening before the commit: no announcement can slip between the two.
+        let mut published = self.chat_published.subscribe();
+        let mut sent = self.send_message(id, actor, new).await?;
+        if sent.message.offset.is_none() {
+            let message_id = sent.message.message_id.parse().map_err(|_| {
+                StoreError::Corrupt(format!("message id {}", sent.message.message_id))
+            })?;
+            sent.message.offset = self.published_offset(message_id, &mut published).await?;
+        }
+        Ok(sent)
+    }
+
+    /// Waits, at most the publish wait, for message `message_id`'s room offset: announced by
+    /// the relay, or found in the database (at once, on a lagged or foreign announcement, and
+    /// every [`PUBLISHED_POLL`]).
+    async fn published_offset(
+        &self,
+        message_id: i64,
+        published: &mut tokio::sync::broadcast::Receiver<Arc<[(i64, u64)]>>,
+    ) -> Result<Option<u64>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.chat_publish_wait;
+        let mut look = true;
+        loop {
+            if look && let Some(offset) = self.room_offset(message_id).await? {
+                return Ok(Some(offset));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let poll = PUBLISHED_POLL.min(deadline - now);
+            look = match tokio::time::timeout(poll, published.recv()).await {
+                Ok(Ok(batch)) if batch.is_empty() => true,
+                Ok(Ok(batch)) => {
+                    if let Some((_, offset)) = batch.iter().find(|(id, _)| *id == message_id) {
+                        return Ok(Some(*offset));
+                    }
+                    false
+                }
+                Ok(Err(RecvError::Lagged(_))) | Err(_) => true,
+                // The sender lives as long as the store.
+                Ok(Err(RecvError::Closed)) => return Ok(None),
+            };
+        }
+    }
+
+    /// The recorded room offset of message `message_id`, if its event was published.
+    async fn room_offset(&self, message_id: i64) -> Result<Option<u64>, StoreError> {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT room_offset FROM chat_messages WHERE id = $1")
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .and_then(|(offset,)| offset)
+            .and_then(|o| u64::try_from(o).ok()))
+    }
+
+    /// The relay published these messages' events at these room offsets: records each on its
+    /// message unless one is recorded (a republication after a crash keeps the first), and
+    /// tells this process's waiting sends.
+    pub async fn chat_offsets_recorded(&self, offsets: &[(i64, u64)]) -> Result<(), StoreError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        // One statement for the batch: `CASE id WHEN $1 THEN $2 … END … IN ($2n+1, …)`, each
+        // parameter used once (SQLite binds by position).
+        let n = offsets.len();
+        let cases: String = (0..n)
+            .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let ids: Vec<String> = (0..n).map(|i| format!("${}", 2 * n + i + 1)).collect();
+        let sql = format!(
+            "UPDATE chat_messages SET room_offset = CASE id{cases} END \
+             WHERE room_offset IS NULL AND id IN ({})",
+            ids.join(", ")
+        );
+        let mut update = sqlx::query(&sql);
+        for (id, offset) in offsets {
+            let offset = i64::try_from(*offset)
+                .map_err(|_| StoreError::Corrupt(format!("room offset {offset}")))?;
+            update = update.bind(*id).bind(offset);
+        }
+        for (id, _) in offsets {
+            update = update.bind(*id);
+        }
+        update.execute(&self.pool).await?;
+        self.chat_offsets_published(offsets);
+        Ok(())
+    }
+
+    /// Another process's relay published (and recorded) these offsets: wakes the sends this
+    /// process is waiting on (an empty list: look in the database).
+    pub fn chat_offsets_published(&self, offsets: &[(i64, u64)]) {
+        // No receiver: nobody waits.
+        let _ = self.chat_published.send(Arc::from(offsets));
     }
 
     /// The checks before a send's payload, read-only, for a request whose payload is invalid:
@@ -462,21 +591,24 @@ mod tests {
                 store.send_message(id, customer("c1"), &new("ok", "")).await,
                 Err(StoreError::Invalid(_))
             ));
+            // client_msg_id is per order too: the same id in another order is a new message.
             let other = order(&store, "c1", 200).await;
-            assert!(matches!(
-                store
-                    .send_message(other, customer("c1"), &new("x", "m1"))
-                    .await,
-                Err(StoreError::Conflict(_))
-            ));
+            let elsewhere = store
+                .send_message(other, customer("c1"), &new("x", "m1"))
+                .await
+                .unwrap();
+            assert!(elsewhere.created);
+            assert_ne!(elsewhere.message.message_id, first.message.message_id);
             // Every write above committed its event; one per message, none for the retry.
             let events = store.outbox_batch(1_000).await.unwrap();
-            let chat: Vec<_> = events
-                .iter()
-                .filter(|e| e.event == "chat.message")
-                .collect();
-            assert_eq!(chat.len(), 3);
-            assert!(chat.iter().all(|e| e.room == format!("order:{id}")));
+            let chat = |room: String| {
+                events
+                    .iter()
+                    .filter(|e| e.event == "chat.message" && e.room == room)
+                    .count()
+            };
+            assert_eq!(chat(format!("order:{id}")), 3);
+            assert_eq!(chat(format!("order:{other}")), 1);
 
             let all = store.messages(id, ADMIN, None, 10).await.unwrap();
             let texts: Vec<_> = all.messages.iter().map(|m| m.text.as_str()).collect();
@@ -492,6 +624,75 @@ mod tests {
                 .unwrap();
             assert_eq!(older.messages.len(), 1);
             assert_eq!(older.messages[0].text, "at the gate");
+        }
+    }
+
+    /// Stands in for the relay: hands every chat message in the outbox offset `100 + its
+    /// outbox row id`, until dropped.
+    fn fake_relay(store: &Store) -> tokio::task::JoinHandle<()> {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = store.outbox_batch(100).await.unwrap();
+                let offsets: Vec<(i64, u64)> = batch
+                    .iter()
+                    .filter(|e| e.event == "chat.message")
+                    .map(|e| {
+                        let m: ChatMessage = serde_json::from_str(&e.data).unwrap();
+                        (m.message_id.parse().unwrap(), 100 + e.id as u64)
+                    })
+                    .collect();
+                store.chat_offsets_recorded(&offsets).await.unwrap();
+                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+                store.outbox_done(&ids).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_send_answers_with_its_events_offset_and_so_does_its_retry() {
+        for (_db, store) in stores().await {
+            let id = order(&store, "c1", 100).await;
+            // Nothing publishes: the wait ends, the message is stored without an offset.
+            let impatient = store
+                .clone()
+                .with_chat_publish_wait(Duration::from_millis(20));
+            let unpublished = impatient
+                .send_message_published(id, customer("c1"), &new("first", "a"))
+                .await
+                .unwrap();
+            assert!(unpublished.created);
+            assert_eq!(unpublished.message.offset, None);
+
+            let relay = fake_relay(&store);
+            let sent = store
+                .send_message_published(id, customer("c1"), &new("second", "b"))
+                .await
+                .unwrap();
+            let offset = sent.message.offset.expect("the relay published it");
+            assert!(offset > 100);
+            let retry = store
+                .send_message_published(id, customer("c1"), &new("second", "b"))
+                .await
+                .unwrap();
+            assert!(!retry.created);
+            assert_eq!(retry.message, sent.message, "the same offset");
+            // The message stored while nothing published has its offset now too.
+            let late = store
+                .send_message_published(id, customer("c1"), &new("first", "a"))
+                .await
+                .unwrap();
+            assert!(late.message.offset.is_some_and(|o| o < offset));
+            relay.abort();
+            // A republication (a crash before the row was deleted) keeps the first offset.
+            let message_id: i64 = sent.message.message_id.parse().unwrap();
+            store
+                .chat_offsets_recorded(&[(message_id, 9_999)])
+                .await
+                .unwrap();
+            let page = store.messages(id, customer("c1"), None, 10).await.unwrap();
+            assert_eq!(page.messages[1].offset, Some(offset));
         }
     }
 

@@ -122,6 +122,11 @@ pub struct Store {
     low_stock_threshold: i64,
     /// How long a finished order's chat stays open to new messages (see [`chat`]).
     chat_close_grace_ms: i64,
+    /// The room offsets the relay gave chat messages (message id, offset), batch by batch;
+    /// an empty batch: some were published, look in the database (see [`chat`]).
+    chat_published: tokio::sync::broadcast::Sender<Arc<[(i64, u64)]>>,
+    /// How long a send waits for its event's offset (see [`Store::send_message_published`]).
+    chat_publish_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -150,6 +155,8 @@ impl Store {
             outbox_written: Arc::new(Notify::new()),
             low_stock_threshold: DEFAULT_LOW_STOCK_THRESHOLD,
             chat_close_grace_ms: chat::DEFAULT_CLOSE_GRACE_MS,
+            chat_published: tokio::sync::broadcast::channel(chat::PUBLISHED_BATCHES).0,
+            chat_publish_wait: chat::DEFAULT_PUBLISH_WAIT,
         })
     }
 

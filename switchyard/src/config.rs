@@ -189,6 +189,14 @@ pub struct ChatArgs {
     #[arg(long, env = "SWITCHYARD_CHAT_CLOSE_GRACE_SECS", default_value_t = 1800,
           value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     pub chat_close_grace_secs: u64,
+    /// How long a chat send (the socket's `send`, `POST /api/orders/{id}/messages`) waits,
+    /// after the message is stored, for the outbox relay to publish its `chat.message` event,
+    /// milliseconds: the answer carries the event's room `offset`. When the bus is down the
+    /// wait ends and the answer comes without `offset` (the message is stored and published
+    /// later; a retry with the same `client_msg_id` then has it).
+    #[arg(long, env = "SWITCHYARD_CHAT_PUBLISH_WAIT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub chat_publish_wait_ms: u64,
 }
 
 /// The catalog's read cache and stock alerts (processes that run the API).
@@ -614,6 +622,12 @@ pub struct LimitArgs {
     pub chat_rate: f64,
     #[arg(long, env = "SWITCHYARD_CHAT_BURST", default_value_t = 10.0)]
     pub chat_burst: f64,
+    /// At most one `chat.typing` per user and order room forwarded in this interval,
+    /// milliseconds, whichever of the user's connections (and gateways) types; the rest are
+    /// answered `ok` and dropped.
+    #[arg(long, env = "SWITCHYARD_CHAT_TYPING_INTERVAL_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub chat_typing_interval_ms: u64,
     /// WebSocket pings (and pongs) a client may send per second, and the burst allowed. Each
     /// ping is answered by the server, so a flood beyond the burst closes the connection with
     /// 4500 (policy violation); a client pinging every few seconds never comes near it.
@@ -805,6 +819,7 @@ impl LimitArgs {
             location_burst: self.location_burst,
             chat_rate: self.chat_rate,
             chat_burst: self.chat_burst,
+            typing_interval: ms(self.chat_typing_interval_ms),
             ping_rate: self.ping_rate,
             ping_burst: self.ping_burst,
             read_buffer_bytes: self.read_buffer_bytes.max(256),

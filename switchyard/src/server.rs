@@ -94,7 +94,8 @@ pub async fn build(server: Server) -> anyhow::Result<App> {
             crate::database::open(database, mode)
                 .await?
                 .with_low_stock_threshold(catalog.low_stock_threshold)
-                .with_chat_close_grace(chat.chat_close_grace_secs as i64 * 1000),
+                .with_chat_close_grace(chat.chat_close_grace_secs as i64 * 1000)
+                .with_chat_publish_wait(Duration::from_millis(chat.chat_publish_wait_ms)),
         ),
         _ => None,
     };

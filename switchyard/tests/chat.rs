@@ -1,7 +1,8 @@
 //! Order chat (issue #14) through the real server: REST sends and history, the event every
 //! member receives, idempotent retries, hostile text, who may talk; over the socket in both
-//! modes (embedded; two gateways, an API and PostgreSQL), 1,000 messages with a dropped
-//! connection and a lost reply.
+//! modes (embedded; two gateways, an API and PostgreSQL — on one Redis and on a Redis
+//! Cluster), 1,000 messages with a dropped connection and a lost reply; every send's reply
+//! carries its event's room offset.
 
 use common::cluster::Cluster;
 use common::*;
@@ -57,6 +58,14 @@ async fn rest_messages_reach_the_room_once_and_page_back() {
     assert_eq!(e["data"]["message_id"], first["message_id"]);
     assert_eq!(e["data"]["text"], "at the gate");
     assert_eq!(e["data"]["client_msg_id"], "m-1");
+    assert_eq!(
+        first["offset"], e["offset"],
+        "the answer carries the event's offset"
+    );
+    assert!(
+        e["data"].get("offset").is_none(),
+        "the event's offset is its own"
+    );
 
     // A retry answers the first message and publishes nothing: the next event is the reply.
     let (status, again) = post(
@@ -66,7 +75,23 @@ async fn rest_messages_reach_the_room_once_and_page_back() {
         json!({"text":"at the gate","client_msg_id":"m-1"}),
     )
     .await;
-    assert_eq!((status, &again), (200, &first));
+    assert_eq!(
+        (status, &again),
+        (200, &first),
+        "the same message, the same offset"
+    );
+    // client_msg_id is unique per order and sender: the same id in another order of the same
+    // customer is another message.
+    let other = server.create_order("c1", 1, 100).await;
+    let (status, elsewhere) = post(
+        &server,
+        &other,
+        &c1,
+        json!({"text":"wrong order, sorry","client_msg_id":"m-1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{elsewhere}");
+    assert_ne!(elsewhere["message_id"], first["message_id"]);
     let (status, support) = post(
         &server,
         &order,
@@ -211,6 +236,8 @@ struct Side {
     room: String,
     /// `message_id`s of the `chat.message` events received, in the order they came.
     seen: Vec<String>,
+    /// The room offset of each `chat.message` event received, by `message_id`.
+    offsets: std::collections::HashMap<String, u64>,
     /// Messages taken from the REST history after a reconnect beyond the room's history:
     /// their events, if any still come, are not new.
     filled: std::collections::HashSet<String>,
@@ -230,6 +257,7 @@ impl Side {
             token: token.to_owned(),
             room: room.to_owned(),
             seen: Vec::new(),
+            offsets: Default::default(),
             filled: Default::default(),
             epoch: reply["position"]["epoch"].as_str().unwrap().to_owned(),
             offset: reply["position"]["offset"].as_u64().unwrap(),
@@ -252,6 +280,7 @@ impl Side {
         self.offset = offset;
         if frame["event"] == "chat.message" {
             let id = frame["data"]["message_id"].as_str().unwrap().to_owned();
+            self.offsets.insert(id.clone(), offset);
             if !self.filled.contains(&id) {
                 self.seen.push(id);
             }
@@ -336,7 +365,13 @@ async fn thousand_messages(ws: [String; 2], rest: &str, order: &str) {
     let p1 = token("p1", Role::Partner);
     let mut customer = Side::join(&ws[0], &c1, &room).await;
     let mut partner = Side::join(&ws[1], &p1, &room).await;
+    // (message_id, the reply's offset) of every acknowledged send.
     let mut acknowledged = Vec::new();
+    let ack = |reply: &Value| {
+        let message = &reply["message"];
+        let offset = message["offset"].as_u64();
+        (message["message_id"].as_str().unwrap().to_owned(), offset)
+    };
     for i in 0..500 {
         if i == 250 {
             // A send whose reply is lost with the connection: the retry after the
@@ -347,13 +382,11 @@ async fn thousand_messages(ws: [String; 2], rest: &str, order: &str) {
                 .await;
             customer.reconnect(rest).await;
             let retry = customer.say("lost reply", "c-lost").await;
-            acknowledged.push(retry["message"]["message_id"].as_str().unwrap().to_owned());
+            acknowledged.push(ack(&retry));
         }
         let a = customer.say(&format!("c {i}"), &format!("c-{i}")).await;
         let b = partner.say(&format!("p {i}"), &format!("p-{i}")).await;
-        for reply in [a, b] {
-            acknowledged.push(reply["message"]["message_id"].as_str().unwrap().to_owned());
-        }
+        acknowledged.extend([ack(&a), ack(&b)]);
     }
     // The last events may still be on the way.
     let total = acknowledged.len();
@@ -387,7 +420,16 @@ async fn thousand_messages(ws: [String; 2], rest: &str, order: &str) {
         1_001,
         "1,000 messages and the retried one, once"
     );
-    let mut sorted = acknowledged.clone();
+    // Every reply carried its event's room offset (the partner never dropped: it saw them
+    // all), the retry of the lost reply too.
+    for (id, offset) in &acknowledged {
+        assert_eq!(
+            *offset,
+            partner.offsets.get(id).copied(),
+            "message {id}: the reply's offset is the event's"
+        );
+    }
+    let mut sorted: Vec<String> = acknowledged.into_iter().map(|(id, _)| id).collect();
     sorted.sort_by_key(|id| id.parse::<i64>().unwrap());
     sorted.dedup();
     assert_eq!(
@@ -432,9 +474,9 @@ async fn a_thousand_messages_with_a_dropped_connection_embedded() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_messages_across_two_gateways_with_a_dropped_connection() {
-    let cluster = Cluster::up_with(2, 1, &FAST_CHAT);
+/// [`thousand_messages`] on a cluster: the customer on the first gateway, the partner on the
+/// second.
+async fn thousand_messages_on(cluster: &Cluster) {
     let api = cluster.apis[0].clone();
     let order = cluster.create_order(&api, "c1").await;
     cluster.assign(&api, &order, "p1").await;
@@ -445,11 +487,29 @@ async fn a_thousand_messages_across_two_gateways_with_a_dropped_connection() {
     thousand_messages(ws, &format!("http://{api}"), &order).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_across_two_gateways_with_a_dropped_connection() {
+    thousand_messages_on(&Cluster::up_with(2, 1, &FAST_CHAT)).await;
+}
+
+/// The same exchange on the 3-primary + 3-replica Redis Cluster (scripts/redis-cluster.sh,
+/// shared by this binary's tests): the room's offsets, history and sharded pub/sub channel live
+/// on whichever primary owns the room's slot; customer and partner on two gateways, the
+/// customer's connection dropped in the middle with a reply lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_over_a_redis_cluster_with_a_dropped_connection() {
+    let redis = common::redis_cluster::shared();
+    let mut settings = vec![("SWITCHYARD_REDIS_PREFIX", "chat-cluster:")];
+    settings.extend_from_slice(&FAST_CHAT);
+    thousand_messages_on(&Cluster::on_redis(&redis.url, None, 2, 1, &settings)).await;
+}
+
 /// Over the socket: hostile text, a non-member, a former partner after reassignment, typing
 /// and read markers in the snapshot — in the distributed mode (the gateway asks the API).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_may_talk_and_what_over_the_socket() {
-    let cluster = Cluster::up(2, 1);
+    // A typing interval no run outlasts: "at most one per interval" is then exactly one.
+    let cluster = Cluster::up_with(2, 1, &[("SWITCHYARD_CHAT_TYPING_INTERVAL_MS", "600000")]);
     let api = cluster.apis[0].clone();
     let order = cluster.create_order(&api, "c1").await;
     cluster.assign(&api, &order, "p1").await;
@@ -506,6 +566,33 @@ async fn who_may_talk_and_what_over_the_socket() {
     );
     let typing = customer.ws.event(&room, "chat.typing").await;
     assert_eq!(typing["data"]["from"], "p1");
+    // Throttled per user, not per connection: the customer types on two connections on two
+    // gateways, twice each; the partner is shown one chat.typing from c1 (the room's events
+    // come in order: all of it is in before the customer's next message).
+    let mut customer_too = Side::join(&cluster.ws(&cluster.gateways[1]), &c1, &room).await;
+    for _ in 0..2 {
+        for side in [&mut customer, &mut customer_too] {
+            let reply = side.ask(json!({"op":"typing","room":room})).await;
+            assert_eq!(reply["type"], "ok", "{reply}");
+        }
+    }
+    let done = customer.say("typed that", "n2").await;
+    let mut typed = 0;
+    loop {
+        let v = partner.ws.recv().await;
+        if v["event"] == "chat.typing" && v["data"]["from"] == "c1" {
+            typed += 1;
+        }
+        if v["event"] == "chat.message" && v["data"]["message_id"] == done["message"]["message_id"]
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        typed, 1,
+        "one chat.typing per user and interval, across gateways"
+    );
+    customer_too.ws.close().await;
     let reply = partner.say("coming", "p-a").await;
     let newest = reply["message"]["message_id"].as_str().unwrap().to_owned();
     let reply = customer.ask(json!({"op":"subscribe","room":room})).await;

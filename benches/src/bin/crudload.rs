@@ -14,6 +14,13 @@
 //!   latency is the request's.
 //! - `orders`: `POST /api/orders` of one unit of a catalog SKU (price and stock from the
 //!   server, the units reserved in the order's transaction); the latency is the request's.
+//! - `chat`: order chat over the socket — `--customers` pairs, each an order's customer
+//!   (connected to the first `--gateway`) and its assigned partner (the last `--gateway`),
+//!   both in the order's room; the offered messages/s are spread over the pairs, sides taking
+//!   turns; the latency is the `send` op's scheduled time → the *other* side receiving its
+//!   `chat.message` event: the full durable path (the gateway hands the send to the API, which
+//!   commits the message with its outbox row; the relay publishes it; the bus delivers it).
+//!   Stepping stops after the first step that misses the bound.
 //!
 //! All offer stepped rates (open loop: requests leave on schedule, whatever is in flight) and
 //! report per step the p50/p99 latency and errors; the answer is the highest rate whose p99
@@ -44,6 +51,7 @@ enum Scenario {
     Payments,
     Reads,
     Orders,
+    Chat,
 }
 
 #[derive(Debug, Parser)]
@@ -57,9 +65,10 @@ struct Cli {
     /// API base URL (repeat the flag): requests are spread round-robin.
     #[arg(long = "api", required = true)]
     apis: Vec<String>,
-    /// Gateway address host:port (`status`: the customers connect there).
-    #[arg(long)]
-    gateway: Option<String>,
+    /// Gateway address host:port (`status`: the customers connect there; `chat`: customers to
+    /// the first, partners to the last — repeat the flag for two gateways).
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
     /// HS256 secret the servers verify with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
@@ -71,7 +80,7 @@ struct Cli {
     /// The latency bound of the answer (ms).
     #[arg(long, default_value_t = 50)]
     max_p99_ms: u64,
-    /// Customers (WebSocket connections for `status`).
+    /// Customers (WebSocket connections for `status`; customer/partner pairs for `chat`).
     #[arg(long, default_value_t = 200)]
     customers: usize,
     /// Requests in flight at most; beyond, a request is counted as an error (overload).
@@ -167,6 +176,19 @@ async fn create_orders(
     Ok(orders)
 }
 
+/// Events still on their way at the end of a step: waits for them (at most 5 s), then counts
+/// what is still pending as lost and forgets it.
+async fn lost_after_wait<K>(pending: &Mutex<HashMap<K, Instant>>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pending.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut pending = pending.lock().unwrap();
+    let lost = pending.len() as u64;
+    pending.clear();
+    lost
+}
+
 /// When each (order, status) change was sent, until its event arrives.
 type Pending = Arc<Mutex<HashMap<(String, String), Instant>>>;
 
@@ -179,8 +201,8 @@ async fn connect_customers(
     latencies: Arc<Mutex<Histogram<u64>>>,
 ) -> anyhow::Result<()> {
     let gateway = cli
-        .gateway
-        .as_deref()
+        .gateways
+        .first()
         .context("--gateway is required for `status`")?;
     for customer in 0..cli.customers {
         let sub = format!("bench{customer}");
@@ -340,10 +362,177 @@ async fn run_catalog(cli: &Cli) -> anyhow::Result<Vec<Step>> {
     Ok(steps)
 }
 
+/// One side of a chat pair: its socket's task takes `client_msg_id`s to send and records the
+/// other side's messages it receives.
+struct ChatSide {
+    sends: tokio::sync::mpsc::Sender<String>,
+}
+
+/// Messages sent and not yet received by the other side: `client_msg_id` → scheduled time.
+type ChatPending = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Connects `sub` to `gateway`, joins `room`, and runs the socket in a task of its own.
+async fn chat_side(
+    gateway: &str,
+    token: &str,
+    sub: String,
+    room: Room,
+    pending: ChatPending,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+    errors: Arc<AtomicU64>,
+) -> anyhow::Result<ChatSide> {
+    let url = format!("ws://{gateway}/ws");
+    let mut socket = Socket::connect(&url, token)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
+    socket
+        .request(ClientOp::Subscribe {
+            room: room.clone(),
+            since: None,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing: {e}"))?
+        .map_err(|e| anyhow::anyhow!("subscribe refused: {e:?}"))?;
+    // A step's worth of sends for one side is small; a full queue counts as an error.
+    let (sends, mut to_send) = tokio::sync::mpsc::channel::<String>(1_024);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                id = to_send.recv() => {
+                    let Some(client_msg_id) = id else { break };
+                    let op = ClientOp::Send {
+                        room: room.clone(),
+                        text: format!("bench message {client_msg_id}"),
+                        client_msg_id,
+                    };
+                    if socket.send(op).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                text = socket.next_text() => {
+                    let Ok(text) = text else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    };
+                    let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                    if frame["type"] == "error" {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let data = &frame["data"];
+                    if frame["type"] != "event"
+                        || frame["event"] != "chat.message"
+                        || data["from"] == sub.as_str()
+                    {
+                        continue;
+                    }
+                    let id = data["client_msg_id"].as_str().unwrap_or_default();
+                    let sent = pending.lock().unwrap().remove(id);
+                    if let Some(sent) = sent {
+                        let us = sent.elapsed().as_micros() as u64;
+                        let _ = latencies.lock().unwrap().record(us.clamp(1, hist::MAX_US));
+                    }
+                }
+            }
+        }
+    });
+    Ok(ChatSide { sends })
+}
+
+/// `chat`: see the module's doc.
+async fn run_chat(cli: &Cli) -> anyhow::Result<Vec<Step>> {
+    let issuer = Issuer::new(cli.jwt_secret.as_bytes(), None, None);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1_024)
+        .build()?;
+    let (Some(first), Some(last)) = (cli.gateways.first(), cli.gateways.last()) else {
+        bail!("--gateway is required for `chat`");
+    };
+    eprintln!("[{}] creating {} orders", cli.label, cli.customers);
+    let orders = create_orders(cli, &http, &issuer, cli.customers).await?;
+    let admin = Rest::with_http(
+        http.clone(),
+        cli.apis[0].clone(),
+        issuer.issue("bench-admin", Role::Admin, 7_200),
+    );
+    let pending: ChatPending = Arc::default();
+    let latencies = Arc::new(Mutex::new(hist::new_histogram()));
+    let errors = Arc::new(AtomicU64::new(0));
+    // sides[2n]: pair n's customer, sides[2n + 1]: its partner.
+    let mut sides = Vec::with_capacity(2 * orders.len());
+    for (order, customer) in &orders {
+        let partner = format!("rider{customer}");
+        admin
+            .assign(order, &partner)
+            .await
+            .map_err(|e| anyhow::anyhow!("assigning order {order}: {e}"))?;
+        let room = Room::parse(&format!("order:{order}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let customer = format!("bench{customer}");
+        for (gateway, sub, role) in [
+            (first, customer, Role::Customer),
+            (last, partner.clone(), Role::Partner),
+        ] {
+            let token = issuer.issue(&sub, role, 7_200);
+            let side = chat_side(
+                gateway,
+                &token,
+                sub,
+                room.clone(),
+                pending.clone(),
+                latencies.clone(),
+                errors.clone(),
+            )
+            .await?;
+            sides.push(side);
+        }
+    }
+    let mut steps = Vec::new();
+    for (n, &rate) in cli.rates.iter().enumerate() {
+        *latencies.lock().unwrap() = hist::new_histogram();
+        let errors_before = errors.load(Ordering::Relaxed);
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let start = tokio::time::Instant::now();
+        let count = u64::from(rate) * cli.step_secs;
+        let mut refused = 0;
+        for i in 0..count {
+            tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
+            // Pair i % pairs; its customer and partner take turns.
+            let pair = i as usize % orders.len();
+            let side = &sides[2 * pair + (i as usize / orders.len()) % 2];
+            let client_msg_id = format!("s{n}-{i}");
+            pending
+                .lock()
+                .unwrap()
+                .insert(client_msg_id.clone(), Instant::now());
+            if side.sends.try_send(client_msg_id.clone()).is_err() {
+                pending.lock().unwrap().remove(&client_msg_id);
+                refused += 1;
+            }
+        }
+        let lost = lost_after_wait(&pending).await;
+        let step = Step {
+            rate,
+            sent: count,
+            errors: refused + errors.load(Ordering::Relaxed) - errors_before,
+            lost,
+            latency: latencies.lock().unwrap().clone(),
+        };
+        eprintln!("[{}] {}", cli.label, step.to_json());
+        let passed = step.passes(cli.max_p99_ms);
+        steps.push(step);
+        if !passed {
+            break;
+        }
+    }
+    Ok(steps)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let steps = match cli.scenario {
         Scenario::Status | Scenario::Payments => run_writes(&cli).await?,
         Scenario::Reads | Scenario::Orders => run_catalog(&cli).await?,
+        Scenario::Chat => run_chat(&cli).await?,
     };
     report(&cli, &steps)
 }
@@ -449,17 +638,7 @@ async fn run_writes(cli: &Cli) -> anyhow::Result<Vec<Step>> {
             });
         }
         while requests.join_next().await.is_some() {}
-        // Events still on their way: wait for them (bounded), then count the rest as lost.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !pending.lock().unwrap().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let lost = {
-            let mut pending = pending.lock().unwrap();
-            let lost = pending.len() as u64;
-            pending.clear();
-            lost
-        };
+        let lost = lost_after_wait(&pending).await;
         let step = Step {
             rate,
             sent,
@@ -487,6 +666,7 @@ fn report(cli: &Cli, steps: &[Step]) -> anyhow::Result<()> {
         "label": cli.label,
         "apis": cli.apis.len(),
         "max_p99_ms": cli.max_p99_ms,
+        "pairs": (cli.scenario == Scenario::Chat).then_some(cli.customers),
         "best_rate": best,
         "steps": steps.iter().map(Step::to_json).collect::<Vec<_>>(),
     });

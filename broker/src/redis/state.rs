@@ -6,9 +6,10 @@ use crate::state::{Cached, SharedState};
 use async_trait::async_trait;
 use fred::clients::Client;
 use fred::interfaces::{HashesInterface, KeysInterface};
-use fred::types::Expiration;
 use fred::types::scripts::Script;
+use fred::types::{Expiration, SetOptions};
 use std::sync::Arc;
+use std::time::Duration;
 use switchyard_protocol::Room;
 use switchyard_protocol::room::RoomKind;
 
@@ -61,6 +62,12 @@ impl RedisState {
         room_key(&self.prefix, "pos", &format!("order:{order}"))
     }
 
+    /// `{prefix}typing:{room}:{sub}`: `sub` was shown typing in the room lately (expires with
+    /// the interval), in the room's hash slot.
+    fn typing_key(&self, room: &str, sub: &str) -> String {
+        format!("{}:{sub}", room_key(&self.prefix, "typing", room))
+    }
+
     /// `{prefix}posq`: positions not yet written to the database (order id → JSON).
     fn position_queue_key(&self) -> String {
         format!("{}posq", self.prefix)
@@ -94,6 +101,27 @@ impl SharedState for RedisState {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn claim_typing(
+        &self,
+        room: &Room,
+        sub: &str,
+        interval: Duration,
+    ) -> Result<bool, BrokerError> {
+        // `SET … NX PX`: "OK" when the key was free (the turn is ours), nil when taken.
+        let set: Option<String> = self
+            .client
+            .set(
+                self.typing_key(room.as_str(), sub),
+                "1",
+                Some(Expiration::PX(interval.as_millis().max(1) as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
     }
 
     async fn cached(&self, room: &Room) -> Result<Cached, BrokerError> {

@@ -80,6 +80,7 @@ test("customer and partner chat: messages, typing, read markers; a lost reply is
   const got = partner.log.find((e) => e.name === "message").payload;
   assert.equal(got.orderId, id);
   assert.equal(got.role, "customer");
+  assert.equal(sent.offset, got.offset, "the reply carries the event's room offset");
 
   // The reply to this send is lost with the connection: sendMessage resends the same
   // client_msg_id on the next connection and gets the first message back.
@@ -87,6 +88,8 @@ test("customer and partner chat: messages, typing, read markers; a lost reply is
   const reply = await partner.sendMessage(id, "ring twice", { clientMsgId: "p1-ring" });
   assert.equal(lossy.armed, false, "the reply was dropped once");
   assert.equal(reply.client_msg_id, "p1-ring");
+  const ring = customer.log.find((e) => e.name === "message" && e.payload.message_id === reply.message_id);
+  assert.ok(!ring || ring.payload.offset === reply.offset, "the retry answers the first offset");
   const history = await api(srv, "GET", `/api/orders/${id}/messages`, admin);
   assert.equal(history.status, 200);
   assert.deepEqual(

@@ -4,9 +4,10 @@
 //!   no database); answered `ok` with the stored message only once it is durable. Who may
 //!   send is the store's decision, made on the order as committed;
 //! - `typing`: for members who joined the room (a former partner lost it with its revoke);
-//!   published straight to the bus as `chat.typing`, never stored, at most one per connection
-//!   and room every [`TYPING_INTERVAL`] (the rest are answered `ok` and dropped), and
-//!   latest-value in slow queues;
+//!   published straight to the bus as `chat.typing`, never stored, at most one per user and
+//!   room every `SWITCHYARD_CHAT_TYPING_INTERVAL_MS` across the user's connections and gateways
+//!   ([`crate::typing`]; the rest are answered `ok` and dropped), and latest-value in slow
+//!   queues;
 //! - `read`: the read marker, stored by the backend with its `chat.read` event.
 //!
 //! An order room's subscribe snapshot carries the subscriber's read state
@@ -19,10 +20,7 @@ use serde_json::value::RawValue;
 use switchyard_protocol::chat::NewMessage;
 use switchyard_protocol::events::ChatTyping;
 use switchyard_protocol::{BuiltinEvent, ErrorCode, OrderId, Room};
-use tokio::time::{Duration, Instant};
-
-/// At most one `chat.typing` per connection and room in this interval.
-pub const TYPING_INTERVAL: Duration = Duration::from_secs(2);
+use tokio::time::Instant;
 
 const NOT_A_MEMBER: &str = "not a member of this order's chat";
 
@@ -31,7 +29,6 @@ impl From<ChatError> for Refusal {
         match err {
             ChatError::NotMember => Refusal::new(ErrorCode::Forbidden, NOT_A_MEMBER),
             ChatError::Forbidden(why) => Refusal::new(ErrorCode::Forbidden, why),
-            ChatError::Conflict(why) => Refusal::new(ErrorCode::Conflict, why),
             ChatError::Invalid(why) => Refusal::new(ErrorCode::BadRequest, why),
             ChatError::Failed(err) => err.into(),
         }
@@ -82,14 +79,22 @@ impl Session {
                 "join the order room (subscribe) before typing in its chat",
             ));
         }
-        let now = Instant::now();
-        self.typing_at
-            .retain(|(_, at)| now.duration_since(*at) < TYPING_INTERVAL);
-        if self.typing_at.iter().any(|(r, _)| *r == room) {
-            // Said a moment ago: the members already show it.
+        let order = order_of(&room)?;
+        let sub = &self.who.sub;
+        let interval = self.shared.config.typing_interval;
+        let shown = self
+            .shared
+            .typing
+            .admit(&room, sub, Instant::now(), interval)
+            && self
+                .shared
+                .backend
+                .typing_turn(order.get(), sub, interval)
+                .await;
+        if !shown {
+            // Said a moment ago (on this connection or another): the members already show it.
             return Ok(Reply::Room(room));
         }
-        self.typing_at.push((room.clone(), now));
         let event = ChatTyping {
             order_id: room.id().to_owned(),
             from: self.who.sub.to_string(),

@@ -116,9 +116,6 @@ pub(crate) struct Session {
     locations: TokenBucket,
     /// Chat messages this connection may send (`SWITCHYARD_CHAT_RATE`/`_BURST`).
     chat_sends: TokenBucket,
-    /// When this connection last forwarded `chat.typing`, per order room (entries older than
-    /// the typing interval are dropped, so this holds at most the rooms typed in lately).
-    typing_at: Vec<(Room, Instant)>,
     /// The order this partner was last found to carry, and when: location ops for it skip
     /// the backend for `CARRYING_TTL` (a reassignment is noticed within that).
     carrying: Option<(OrderId, Instant)>,
@@ -148,7 +145,6 @@ impl Session {
             ops: TokenBucket::new(c.op_rate, c.op_burst),
             locations: TokenBucket::new(c.location_rate, c.location_burst),
             chat_sends: TokenBucket::new(c.chat_rate, c.chat_burst),
-            typing_at: Vec::new(),
             pings: TokenBucket::new(c.ping_rate, c.ping_burst),
             conn_id: opened.conn_id,
             who,

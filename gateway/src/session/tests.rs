@@ -140,6 +140,7 @@ impl Backend for Orders {
             text: message.text.clone(),
             client_msg_id: message.client_msg_id.clone(),
             sent_at: 1,
+            offset: Some(messages.len() as u64 + 10),
         };
         messages.push(stored.clone());
         Ok(stored)
@@ -682,6 +683,7 @@ async fn chat_sends_are_rate_limited_typing_is_throttled_and_snapshots_carry_the
         let reply = c1.request(send(i)).await;
         assert!(ok(&reply), "{reply}");
         assert_eq!(reply["message"]["text"], format!("message {i}"));
+        assert_eq!(reply["message"]["offset"], i + 10, "the backend's offset");
         assert_eq!(reply["room"], "order:7");
     }
     assert_eq!(error(&c1.request(send(10)).await), "rate_limited");
@@ -696,11 +698,20 @@ async fn chat_sends_are_rate_limited_typing_is_throttled_and_snapshots_carry_the
         "forbidden",
         "typing needs the room joined"
     );
-    // Typing: the first goes out, the next within 2 s is answered but not forwarded.
+    // Typing: the first goes out, the next within 2 s is answered but not forwarded — per
+    // user, whichever of its connections types.
+    let mut c1_again = h.connect("c1", Role::Customer, HOUR).await;
+    assert!(ok(&c1_again.subscribe("order:7").await));
     for _ in 0..3 {
         assert!(ok(&c1.request(ClientOp::Typing { room: room() }).await));
+        assert!(ok(&c1_again
+            .request(ClientOp::Typing { room: room() })
+            .await));
     }
     tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(ok(&c1_again
+        .request(ClientOp::Typing { room: room() })
+        .await));
     assert!(ok(&c1.request(ClientOp::Typing { room: room() }).await));
     // Events of one room arrive in order: everything typed is in before this one.
     h.publish("order:7", "sentinel", json!({})).await;

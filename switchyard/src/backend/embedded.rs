@@ -20,7 +20,6 @@ fn refused(err: StoreError) -> ChatError {
     match err {
         StoreError::NotFound => ChatError::NotMember,
         StoreError::Forbidden(why) => ChatError::Forbidden(why),
-        StoreError::Conflict(why) => ChatError::Conflict(why),
         StoreError::Invalid(why) => ChatError::Invalid(why),
         other => ChatError::Failed(failed(other)),
     }
@@ -59,7 +58,7 @@ impl Backend for Embedded {
     ) -> Result<ChatMessage, ChatError> {
         let sent = self
             .store
-            .send_message(order, actor(from), message)
+            .send_message_published(order, actor(from), message)
             .await
             .map_err(refused)?;
         Ok(sent.message)

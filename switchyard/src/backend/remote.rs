@@ -19,6 +19,8 @@
 //! `…/read`), which stores them with their events; a send is retried on the next API process
 //! when one does not answer — safe, since a send is idempotent by its `client_msg_id`. The
 //! read state of an order room's snapshot comes from `GET /internal/orders/{id}/chat?sub=`.
+//! The `chat.typing` throttle across gateways claims a user's turn in Redis
+//! (`SharedState::claim_typing`).
 //!
 //! Reads that go to the API are counted in `switchyard_backend_reads_total{source="api"}`
 //! (those answered by Redis: `source="shared_state"`): a high API share means Redis lost its
@@ -165,7 +167,7 @@ impl ApiClient {
     }
 
     /// `POST {base}{path}` with a JSON body, for the chat writes: the answer's body on 2xx
-    /// (`null` when empty); the store's refusal on 403, 404, 409 and 422. 5xx moves on to the
+    /// (`null` when empty); the store's refusal on 403, 404 and 422. 5xx moves on to the
     /// next base (the writes are idempotent).
     async fn post<T: DeserializeOwned>(
         &self,
@@ -193,7 +195,6 @@ impl ApiClient {
         Err(match status.as_u16() {
             404 => ChatError::NotMember,
             403 => ChatError::Forbidden(message),
-            409 => ChatError::Conflict(message),
             400 | 422 => ChatError::Invalid(message),
             _ => ChatError::Failed(BackendError(format!("{base}{path}: {status}"))),
         })
@@ -321,6 +322,20 @@ impl Backend for Remote {
             .get(&format!("/internal/orders/{order}/chat?sub={sub}"))
             .await?
             .ok_or_else(|| BackendError(format!("/internal/orders/{order}/chat: 404")))
+    }
+
+    async fn typing_turn(&self, order: i64, sub: &str, interval: Duration) -> bool {
+        let Ok(room) = Room::order(&order.to_string()) else {
+            return false;
+        };
+        match self.state.claim_typing(&room, sub, interval).await {
+            Ok(turn) => turn,
+            Err(err) => {
+                // This gateway's throttle still holds; typing is not worth an error.
+                tracing::debug!(%err, %room, "typing claim unavailable; forwarding");
+                true
+            }
+        }
     }
 
     async fn write_positions(&self, batch: &[(i64, Location)]) -> Result<(), BackendError> {
