@@ -28,12 +28,14 @@
 //! - [`memory`]: the in-process bus, controller and leases (embedded mode).
 //! - [`redis`]: Redis pub/sub with offsets assigned in Redis, control channel, leases
 //!   (distributed mode).
+//! - [`fleet`]: the partners' last known positions (the `admin:fleet` snapshot).
 //! - [`presence`]: who is in which room, once per user across gateways; the
 //!   `presence.join`/`presence.leave` events (in process, or in Redis).
 //! - [`revocations`]: per-user revocation records every process checks tokens against.
 //! - [`state`]: room snapshots and partner positions every process reads (distributed mode:
 //!   in the same Redis), so gateways need no database.
 
+pub mod fleet;
 pub mod memory;
 pub mod presence;
 pub mod redis;
@@ -372,6 +374,8 @@ pub struct Backplane {
     pub leases: Arc<dyn ConnectionLeases>,
     /// Who is in which room (publishes its events on `bus`).
     pub presence: Arc<dyn presence::Presence>,
+    /// The partners' last known positions (`admin:fleet`'s snapshot).
+    pub fleet: Arc<dyn fleet::FleetPositions>,
 }
 
 impl Backplane {
@@ -385,6 +389,7 @@ impl Backplane {
             bus,
             controller,
             leases: Arc::new(memory::OneProcess),
+            fleet: Arc::new(fleet::MemoryFleet::default()),
         }
     }
 

@@ -5,7 +5,7 @@
 //! - `order:{id}`: the customer who placed it, the partner assigned to it, or an admin.
 //!   An unknown order is refused exactly like someone else's (no existence leak);
 //! - `product:{sku}`: anyone signed in (a product's stock is public to the app's users);
-//! - `admin:revenue`, `admin:inventory`, `admin:orders`: admins only.
+//! - `admin:revenue`, `admin:inventory`, `admin:orders`, `admin:fleet`: admins only.
 //!
 //! Orders come from the [`Backend`]. A cached answer decides when it can be trusted: it
 //! always names the right customer, and a partner it names was assigned at some point (if
@@ -53,9 +53,10 @@ const NOT_YOURS: &str = "not allowed to join this room";
 /// Checks that `who` may join `room`.
 pub async fn may_join(backend: &dyn Backend, who: &Principal, room: &Room) -> Result<(), Refusal> {
     let allowed = match room.kind() {
-        RoomKind::AdminRevenue | RoomKind::AdminInventory | RoomKind::AdminOrders => {
-            who.role == Role::Admin
-        }
+        RoomKind::AdminRevenue
+        | RoomKind::AdminInventory
+        | RoomKind::AdminOrders
+        | RoomKind::AdminFleet => who.role == Role::Admin,
         RoomKind::Product => true,
         RoomKind::User => who.role == Role::Admin || who.sub == room.id(),
         // A non-canonical id names no order: refused like someone else's.
@@ -93,7 +94,8 @@ pub async fn carries(backend: &dyn Backend, who: &Principal, id: OrderId) -> Res
 /// A room's current state: the order (with its newest position) for `order:`, the product for
 /// `product:` (`null` when there is none), the revenue totals for `admin:revenue`, `null` for
 /// `user:` rooms, `admin:inventory` (whose state is the catalog: `GET /api/products`) and
-/// `admin:orders` (whose state is `GET /api/orders`). Order snapshots overlay the position
+/// `admin:orders` (whose state is `GET /api/orders`) — and for `admin:fleet`, whose snapshot
+/// needs its presence (see `crate::fleet::snapshot`). Order snapshots overlay the position
 /// this gateway has not handed on yet (see [`crate::locations`]).
 pub async fn snapshot(
     backend: &dyn Backend,
@@ -101,7 +103,10 @@ pub async fn snapshot(
     room: &Room,
 ) -> Result<Box<RawValue>, Refusal> {
     let json = match room.kind() {
-        RoomKind::User | RoomKind::AdminInventory | RoomKind::AdminOrders => None,
+        RoomKind::User
+        | RoomKind::AdminInventory
+        | RoomKind::AdminOrders
+        | RoomKind::AdminFleet => None,
         RoomKind::Product => backend
             .product(room.id())
             .await?

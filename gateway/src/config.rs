@@ -34,6 +34,9 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// Presence's timings (see [`crate::presence`]).
     pub presence: PresenceTiming,
+    /// Whether partners' fixes are published in `admin:fleet` too (at most once a second per
+    /// partner, see `crate::fleet`); otherwise only to their order rooms.
+    pub fleet_positions: bool,
     /// Ops per second per connection (token bucket rate) and burst size.
     pub op_rate: f64,
     pub op_burst: f64,
@@ -115,6 +118,7 @@ impl Default for GatewayConfig {
             heartbeat_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             presence: PresenceTiming::default(),
+            fleet_positions: true,
             op_rate: 50.0,
             op_burst: 100.0,
             location_rate: 5.0,

@@ -349,13 +349,23 @@ impl Deliver for Hub {
                 let latest_only = frame_event_name(&frame).is_some_and(|name| {
                     events::is_latest_value_in(publication.room.as_str(), name)
                 });
-                self.fan_out(Event::new(
-                    publication.room,
-                    publication.epoch,
-                    publication.offset,
-                    frame,
-                    latest_only,
-                ));
+                // Once per publication (not per recipient): whose position it is, where
+                // each partner's stands alone.
+                let key =
+                    match latest_only && events::conflates_per_partner(publication.room.as_str()) {
+                        true => frame_partner(&frame).map(Box::from),
+                        false => None,
+                    };
+                self.fan_out(
+                    Event::new(
+                        publication.room,
+                        publication.epoch,
+                        publication.offset,
+                        frame,
+                        latest_only,
+                    )
+                    .with_key(key),
+                );
             }
             Err(_) => {
                 tracing::error!(room = %publication.room, "dropping a publication that is not UTF-8")
@@ -376,6 +386,15 @@ impl Deliver for Hub {
         metrics::counter!("switchyard_bus_gaps_total").increment(1);
         tracing::warn!(told, "bus gap: subscribers told to recover");
     }
+}
+
+/// The `partner` of a `partner.location` frame (its data's first `"partner"` field: the
+/// frame's own fields — type, room, event, offset — never carry that name).
+fn frame_partner(frame: &str) -> Option<&str> {
+    const FIELD: &str = "\"partner\":\"";
+    let start = frame.find(FIELD)? + FIELD.len();
+    let len = frame[start..].find('"')?;
+    Some(&frame[start..start + len])
 }
 
 impl Listen for Hub {

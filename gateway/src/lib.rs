@@ -22,6 +22,8 @@
 //!   binary fills in (in-process in the embedded mode, Redis and the API's `/internal` routes in
 //!   the distributed mode), so the gateway itself holds no database.
 //! - [`locations`]: partners' newest positions, handed to the backend in batches.
+//! - `fleet`: `admin:fleet`'s positions — each partner's newest fix, published there at most
+//!   once a second, and kept as its last known position.
 //! - `conformance`: test-only `GET /conformance/echo` for RFC 6455 conformance runs.
 //! - [`write_delay`]: under load, a connection's frames gather for up to the write delay
 //!   and go out in one write (one gateway-wide tick, no timer per connection).
@@ -43,6 +45,7 @@ pub mod config;
 mod conformance;
 mod cursor;
 pub mod delivery;
+mod fleet;
 mod handshake;
 pub mod hub;
 pub mod locations;
@@ -90,6 +93,8 @@ pub(crate) struct Shared {
     presence: presence::LocalPresence,
     /// Who was shown typing where lately (one `chat.typing` per user and room per interval).
     typing: typing::TypingGate,
+    /// Partners' newest fixes for `admin:fleet`, published once per interval.
+    fleet: Arc<fleet::Fleet>,
 }
 
 /// A gateway: cheap to clone, all clones share the same hub and sessions.
@@ -141,6 +146,16 @@ impl Gateway {
                 (locations.clone(), backend.clone(), shutdown.clone());
             tokio::spawn(async move { locations.run(backend.as_ref(), shutdown).await });
         }
+        let fleet = Arc::new(fleet::Fleet::default());
+        {
+            let (fleet, bus, positions, shutdown) = (
+                fleet.clone(),
+                backplane.bus.clone(),
+                backplane.fleet.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move { fleet.run(bus, positions, shutdown).await });
+        }
         let leases = Arc::new(slot::Leases::default());
         {
             let (leases, claims, shutdown) =
@@ -167,6 +182,7 @@ impl Gateway {
                 leases,
                 presence,
                 typing: Default::default(),
+                fleet,
             }),
         }
     }

@@ -14,7 +14,8 @@
 //!   the queued older one of the same room — removed from its place and appended, so
 //!   offsets still leave in increasing order. A client on a bad network gets the freshest
 //!   position, not a backlog; it sees the skipped offsets as a jump, which for these events
-//!   is not a loss.
+//!   is not a loss. In a room where each partner's position stands alone (`admin:fleet`), an
+//!   event replaces only an older one with the same [`Event::key`] (the partner).
 //! - **ordered** events (everything else) are never dropped: when one does not fit, the
 //!   queue is cleared, closed, and the connection *kicked* — its session closes it with
 //!   4003 (slow consumer: reconnect and recover). Other clients and the publisher are
@@ -45,6 +46,9 @@ pub struct Event {
     pub frame: Utf8Bytes,
     /// Only the newest matters (conflated in a backed-up queue).
     pub latest_only: bool,
+    /// What a latest-value event is the newest of within its room, when not of the whole room:
+    /// the partner, in `admin:fleet`. Only an older event with the same key is replaced.
+    pub key: Option<Box<str>>,
     /// When this gateway got it from the bus (fan-out latency is measured from here).
     pub received: tokio::time::Instant,
 }
@@ -64,8 +68,15 @@ impl Event {
             offset,
             frame,
             latest_only,
+            key: None,
             received: tokio::time::Instant::now(),
         }
+    }
+
+    /// The same event, conflated only with older ones of `key` (see [`Event::key`]).
+    pub fn with_key(mut self, key: Option<Box<str>>) -> Event {
+        self.key = key;
+        self
     }
 }
 
@@ -186,7 +197,7 @@ impl Mailbox {
             && new.latest_only
             && queue.latest_only > 0
             && let Some(i) = queue.items.iter().rposition(
-                |old| matches!(old, Outgoing::Event(old) if old.latest_only && old.room == new.room),
+                |old| matches!(old, Outgoing::Event(old) if old.latest_only && old.room == new.room && old.key == new.key),
             )
             && let Some(old) = queue.items.remove(i)
         {

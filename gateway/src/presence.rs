@@ -41,7 +41,7 @@ enum Change {
         room: Room,
         sub: Arc<str>,
         role: Role,
-        done: oneshot::Sender<()>,
+        done: Option<oneshot::Sender<()>>,
     },
     Leave {
         room: Room,
@@ -83,11 +83,22 @@ impl LocalPresence {
             room: room.clone(),
             sub: sub.clone(),
             role,
-            done,
+            done: Some(done),
         };
         if self.changes.send(change).is_ok() {
             let _ = tokio::time::timeout(ENTER_WAIT, recorded).await;
         }
+    }
+
+    /// Like [`LocalPresence::enter`], without waiting for the entry (a partner's presence in
+    /// `admin:fleet`, which its own connection never reads).
+    pub fn enter_detached(&self, room: &Room, sub: &Arc<str>, role: Role) {
+        let _ = self.changes.send(Change::Enter {
+            room: room.clone(),
+            sub: sub.clone(),
+            role,
+            done: None,
+        });
     }
 
     /// A connection of `sub` left `room`.
@@ -161,7 +172,7 @@ impl Keeper {
                     let was = users.get(&sub).is_some_and(|(_, n)| *n > 0);
                     before.entry((room, sub.clone())).or_insert((role, was));
                     users.entry(sub).or_insert((role, 0)).1 += 1;
-                    waiting.push(done);
+                    waiting.extend(done);
                 }
                 Change::Leave { room, sub } => {
                     let Some(users) = self.held.get_mut(&room) else {

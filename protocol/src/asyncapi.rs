@@ -22,7 +22,7 @@ use crate::events::{
     StockOut, StockUpdated,
 };
 use crate::order::{Order, Revenue};
-use crate::presence::Present;
+use crate::presence::{FleetPartner, FleetSnapshot, Present};
 use crate::role::Role;
 use crate::room::{self, Room};
 use serde_json::{Map, Value, json};
@@ -74,6 +74,7 @@ fn room_of(kinds: &[&str]) -> Value {
             "admin:revenue" => "admin:revenue".to_owned(),
             "admin:inventory" => "admin:inventory".to_owned(),
             "admin:orders" => "admin:orders".to_owned(),
+            "admin:fleet" => "admin:fleet".to_owned(),
             kind => format!("{kind}:{ID}"),
         })
         .collect();
@@ -244,6 +245,8 @@ pub fn document() -> Value {
     add::<Present>(&mut schemas);
     add::<PresenceJoin>(&mut schemas);
     add::<PresenceLeave>(&mut schemas);
+    add::<FleetPartner>(&mut schemas);
+    add::<FleetSnapshot>(&mut schemas);
 
     let envelopes = json!({
         "HandshakeRefusal": {
@@ -338,7 +341,8 @@ pub fn document() -> Value {
             "An op succeeded. A subscribe reply carries the room's `position` when joined and, \
              unless the recovery was complete, its `snapshot`: the order for `order:{id}`, the \
              product for `product:{sku}` (`null`: no such product), the revenue totals for \
-             `admin:revenue`, `null` for `user:{id}`, `admin:inventory` and `admin:orders`. A \
+             `admin:revenue`, the partners online with their last known positions for \
+             `admin:fleet`, `null` for `user:{id}`, `admin:inventory` and `admin:orders`. A \
              `send` reply carries the stored `message`.",
             &["op"],
             json!({
@@ -347,13 +351,13 @@ pub fn document() -> Value {
                 "room": schema_ref("Room"),
                 "position": schema_ref("StreamPosition"),
                 "recovered": { "type": "boolean" },
-                "snapshot": { "anyOf": [schema_ref("OrderSnapshot"), schema_ref("Product"), schema_ref("Revenue"), { "type": "null" }] },
+                "snapshot": { "anyOf": [schema_ref("OrderSnapshot"), schema_ref("Product"), schema_ref("Revenue"), schema_ref("FleetSnapshot"), { "type": "null" }] },
                 "message": schema_ref("ChatMessage"),
                 "presence": {
                     "type": "array",
                     "items": schema_ref("Present"),
-                    "description": "With the snapshot of a room with presence (`order:{id}`): \
-                        the users present, once each, ordered by `sub`.",
+                    "description": "With the snapshot of a room with presence (`order:{id}`, \
+                        `admin:fleet`): the users present, once each, ordered by `sub`.",
                 },
             })),
         "Error": frame("type", "error",
@@ -383,9 +387,9 @@ pub fn document() -> Value {
         "OrderPaidEvent": event_frame::<OrderPaid>(&["order", "user", "admin:orders"]),
         "OrderRefundedEvent": event_frame::<OrderRefunded>(&["order", "user", "admin:orders"]),
         "RevenueUpdatedEvent": event_frame::<RevenueUpdated>(&["admin:revenue"]),
-        "PresenceJoinEvent": event_frame::<PresenceJoin>(&["order"]),
-        "PresenceLeaveEvent": event_frame::<PresenceLeave>(&["order"]),
-        "PartnerLocationEvent": event_frame::<PartnerLocation>(&["order"]),
+        "PresenceJoinEvent": event_frame::<PresenceJoin>(&["order", "admin:fleet"]),
+        "PresenceLeaveEvent": event_frame::<PresenceLeave>(&["order", "admin:fleet"]),
+        "PartnerLocationEvent": event_frame::<PartnerLocation>(&["order", "admin:fleet"]),
         "StockUpdatedEvent": event_frame::<StockUpdated>(&["product", "admin:inventory"]),
         "StockLowEvent": event_frame::<StockLow>(&["admin:inventory"]),
         "StockOutEvent": event_frame::<StockOut>(&["admin:inventory"]),
@@ -549,6 +553,17 @@ pub fn document() -> Value {
              change of every order, through the outbox like every API event. The subscribe \
              snapshot is `null`: the orders are `GET /api/orders`; join first, then read them.",
             &["orderCreated", "orderStatus", "orderAssigned", "orderPaid", "orderRefunded", "serviceEvent"],
+            None),
+        "adminFleet": room_channel("admin:fleet", "The fleet map",
+            "Who may join: admins only. Every partner's presence — a partner is present while it \
+             has a connection on any gateway (`presence.join` / `presence.leave`, debounced and \
+             crash-safe like an order room's) — and each active partner's newest position as \
+             `partner.location` with the order it serves: at most one per partner per second \
+             whatever the partner sends (the newest fix of the second wins; order rooms keep \
+             their own rate). In a slow connection's queue a newer position replaces only the \
+             same partner's. The subscribe snapshot (`FleetSnapshot`) lists the partners online \
+             with their last known positions; `presence` lists them too.",
+            &["partnerLocation", "presenceJoin", "presenceLeave", "serviceEvent"],
             None),
     });
 

@@ -10,15 +10,15 @@
 //! | [`OrderPaid`] | `order.paid` | `order:{id}`, `user:{customer}`, `admin:orders` |
 //! | [`OrderRefunded`] | `order.refunded` | `order:{id}`, `user:{customer}`, `admin:orders` |
 //! | [`RevenueUpdated`] | `revenue.updated` (latest value) | `admin:revenue` |
-//! | [`PartnerLocation`] | `partner.location` (latest value) | `order:{id}` |
+//! | [`PartnerLocation`] | `partner.location` (latest value; per partner in `admin:fleet`) | `order:{id}`, `admin:fleet` (at most 1 Hz per partner) |
 //! | [`StockUpdated`] | `stock.updated` (latest value in `product:`) | `product:{sku}`, `admin:inventory` |
 //! | [`StockLow`] | `stock.low` | `admin:inventory` |
 //! | [`StockOut`] | `stock.out` | `admin:inventory` |
 //! | [`ChatMessage`] | `chat.message` | `order:{id}` |
 //! | [`ChatTyping`] | `chat.typing` (latest value) | `order:{id}` |
 //! | [`ChatRead`] | `chat.read` | `order:{id}` |
-//! | [`PresenceJoin`] | `presence.join` | `order:{id}` |
-//! | [`PresenceLeave`] | `presence.leave` | `order:{id}` |
+//! | [`PresenceJoin`] | `presence.join` | `order:{id}`, `admin:fleet` |
+//! | [`PresenceLeave`] | `presence.leave` | `order:{id}`, `admin:fleet` |
 //!
 //! Events the API causes carry `event_id` (the outbox row's id, added when the relay publishes
 //! them): the same id however often a crash makes the relay publish one again.
@@ -281,7 +281,7 @@ pub const ORDER_PAID: &str = OrderPaid::NAME;
 pub const ORDER_REFUNDED: &str = OrderRefunded::NAME;
 /// Revenue totals moved → `admin:revenue`.
 pub const REVENUE_UPDATED: &str = RevenueUpdated::NAME;
-/// A partner's position → `order:{id}`.
+/// A partner's position → `order:{id}`, and at most once a second per partner `admin:fleet`.
 pub const PARTNER_LOCATION: &str = PartnerLocation::NAME;
 
 /// A product's stock changed → `product:{sku}`, `admin:inventory`.
@@ -337,9 +337,16 @@ pub fn is_latest_value(name: &str) -> bool {
 /// Whether `name` is conflated in `room`: a latest-value event, in a room where the newest
 /// one stands for all before it. `admin:inventory` carries every product's stock, so its
 /// `stock.updated` events are all delivered (a newer one of one product does not replace
-/// another product's).
+/// another product's). `admin:fleet` carries every partner's position: there a newer
+/// `partner.location` replaces only the same partner's (see [`conflates_per_partner`]).
 pub fn is_latest_value_in(room: &str, name: &str) -> bool {
     is_latest_value(name) && room != crate::Room::ADMIN_INVENTORY
+}
+
+/// Whether latest-value events of `room` stand only for older ones of the same partner
+/// (`admin:fleet`), not for every older one of the room.
+pub fn conflates_per_partner(room: &str) -> bool {
+    room == crate::Room::ADMIN_FLEET
 }
 
 /// Families only Switchyard itself may publish.

@@ -101,7 +101,7 @@ pub struct PublishRequest {
     #[cfg_attr(
         feature = "schema",
         schema(
-            pattern = "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders)$"
+            pattern = "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders|admin:fleet)$"
         )
     )]
     pub room: String,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! room  = "user:" id | "order:" id | "product:" id
-//!       | "admin:revenue" | "admin:inventory" | "admin:orders"
+//!       | "admin:revenue" | "admin:inventory" | "admin:orders" | "admin:fleet"
 //! id    = 1*64( ALPHA / DIGIT / "_" / "-" )      ; ASCII only
 //! ```
 //!
@@ -41,13 +41,15 @@ pub enum RoomKind {
     AdminInventory,
     /// `admin:orders`: every order as it is placed, and every change of every order.
     AdminOrders,
+    /// `admin:fleet`: every partner's presence and newest position (at most 1 Hz each).
+    AdminFleet,
 }
 
 /// Why a room name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoomError {
     #[error(
-        "unknown room kind: expected user:{{id}}, order:{{id}}, product:{{sku}}, admin:revenue, admin:inventory or admin:orders"
+        "unknown room kind: expected user:{{id}}, order:{{id}}, product:{{sku}}, admin:revenue, admin:inventory, admin:orders or admin:fleet"
     )]
     UnknownKind,
     #[error("room id must be 1 to 64 characters")]
@@ -79,6 +81,7 @@ impl Room {
     pub const ADMIN_REVENUE: &'static str = "admin:revenue";
     pub const ADMIN_INVENTORY: &'static str = "admin:inventory";
     pub const ADMIN_ORDERS: &'static str = "admin:orders";
+    pub const ADMIN_FLEET: &'static str = "admin:fleet";
 
     /// Parses and validates a room name.
     pub fn parse(name: &str) -> Result<Room, RoomError> {
@@ -90,6 +93,9 @@ impl Room {
         }
         if name == Self::ADMIN_ORDERS {
             return Ok(Room::admin_orders());
+        }
+        if name == Self::ADMIN_FLEET {
+            return Ok(Room::admin_fleet());
         }
         let (kind, id) = if let Some(id) = name.strip_prefix("user:") {
             (RoomKind::User, id)
@@ -153,6 +159,13 @@ impl Room {
         Room {
             name: Self::ADMIN_ORDERS.into(),
             kind: RoomKind::AdminOrders,
+        }
+    }
+
+    pub fn admin_fleet() -> Room {
+        Room {
+            name: Self::ADMIN_FLEET.into(),
+            kind: RoomKind::AdminFleet,
         }
     }
 
@@ -234,7 +247,7 @@ impl<'de> Deserialize<'de> for Room {
 
 /// The grammar as a regular expression, for schemas (OpenAPI, AsyncAPI).
 pub const PATTERN: &str =
-    "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders)$";
+    "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders|admin:fleet)$";
 
 #[cfg(feature = "schema")]
 impl utoipa::PartialSchema for Room {
@@ -243,7 +256,7 @@ impl utoipa::PartialSchema for Room {
             .schema_type(utoipa::openapi::schema::Type::String)
             .pattern(Some(PATTERN))
             .description(Some(
-                "A room: `user:{id}`, `order:{id}`, `product:{sku}` (id, sku: 1 to 64 of A-Z a-z 0-9 _ -), `admin:revenue`, `admin:inventory` or `admin:orders`",
+                "A room: `user:{id}`, `order:{id}`, `product:{sku}` (id, sku: 1 to 64 of A-Z a-z 0-9 _ -), `admin:revenue`, `admin:inventory`, `admin:orders` or `admin:fleet`",
             ))
             .into()
     }
@@ -277,6 +290,10 @@ mod tests {
             Room::parse("admin:orders").unwrap().kind(),
             RoomKind::AdminOrders
         );
+        assert_eq!(
+            Room::parse("admin:fleet").unwrap().kind(),
+            RoomKind::AdminFleet
+        );
         assert!(Room::parse("user:A-z_09").is_ok());
         assert!(Room::parse(&format!("order:{}", "x".repeat(64))).is_ok());
     }
@@ -291,6 +308,7 @@ mod tests {
             "admin:revenue2",
             "admin:inventory2",
             "admin:orders2",
+            "admin:fleet2",
             "product:",
             "product:a/b",
             "admin:other",

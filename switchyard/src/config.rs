@@ -606,6 +606,17 @@ pub struct LimitArgs {
     /// serves (ms).
     #[arg(long, env = "SWITCHYARD_PRESENCE_SWEEP_MS", default_value_t = 5_000)]
     pub presence_sweep_ms: u64,
+    /// `admin:fleet` positions (protocol/README.md, "The fleet"): each partner's newest fix
+    /// published there at most once a second and kept as its last known position. `false`:
+    /// fixes go to their order rooms only, and `admin:fleet` carries partners' presence alone
+    /// (the baseline of the fleet benchmark; a deployment without a fleet map).
+    #[arg(
+        long,
+        env = "SWITCHYARD_FLEET_POSITIONS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub fleet_positions: bool,
     /// Ops per second per connection (token bucket), and the burst allowed.
     #[arg(long, env = "SWITCHYARD_OP_RATE", default_value_t = 50.0)]
     pub op_rate: f64,
@@ -813,6 +824,7 @@ impl LimitArgs {
                 debounce: ms(self.presence_debounce_ms),
                 sweep: ms(self.presence_sweep_ms.max(10)),
             },
+            fleet_positions: self.fleet_positions,
             op_rate: self.op_rate,
             op_burst: self.op_burst,
             location_rate: self.location_rate,

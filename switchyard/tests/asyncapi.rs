@@ -372,6 +372,16 @@ async fn a_session_speaks_what_the_document_says() {
     // Every op a client can send, typed as a Rust client sends it, and an error reply.
     let revenue = Room::admin_revenue();
     check.ask(&mut admin_ws, subscribe(&revenue)).await;
+    // The fleet: p1 is online (its snapshot entry has no position yet; its presence is
+    // recorded behind its welcome, so subscribe again until it is listed).
+    let fleet = Room::admin_fleet();
+    let mut joined = check.ask(&mut admin_ws, subscribe(&fleet)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while joined["snapshot"]["partners"][0]["sub"] != "p1" {
+        assert!(tokio::time::Instant::now() < deadline, "p1 never online: {joined}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        joined = check.ask(&mut admin_ws, subscribe(&fleet)).await;
+    }
     check.ask(&mut c1, ClientOp::Ping).await;
     let refresh = ClientOp::Refresh {
         token: customer.clone(),
@@ -414,6 +424,7 @@ async fn a_session_speaks_what_the_document_says() {
     };
     check.ask(&mut p1, location).await;
     check.got(c1.event(room.as_str(), PartnerLocation::NAME).await);
+    check.got(admin_ws.event(fleet.as_str(), PartnerLocation::NAME).await);
     // The chat: a message, typing, a read marker.
     let send = ClientOp::Send {
         room: room.clone(),

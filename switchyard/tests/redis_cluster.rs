@@ -298,3 +298,50 @@ async fn connection_limits_and_user_revocation_on_a_cluster() {
     let close = again.closed().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4501);
 }
+
+/// `admin:fleet` on a cluster (issue #16): a partner on one gateway joins the fleet of an admin
+/// on the other, its fixes arrive throttled, and a later admin's snapshot has its last position
+/// — the room's presence and position keys all in `admin:fleet`'s slot, on its shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_on_a_cluster() {
+    let prefix = "fleet:";
+    let redis = redis_cluster::shared();
+    let settings = [
+        ("SWITCHYARD_PRESENCE_HEARTBEAT_MS", "500"),
+        ("SWITCHYARD_PRESENCE_SWEEP_MS", "200"),
+        ("SWITCHYARD_LOCATION_RATE", "50"),
+        ("SWITCHYARD_LOCATION_BURST", "50"),
+    ];
+    let cluster = on_cluster(prefix, 2, &settings);
+    let (gw_a, gw_b, api) = (&cluster.gateways[0], &cluster.gateways[1], &cluster.apis[0]);
+    let order = cluster.create_order(api, "c1").await;
+    cluster.assign(api, &order, "p1").await;
+    let mut a1 = connect(&cluster.ws(gw_a), &admin()).await;
+    let joined = a1.subscribe("admin:fleet").await;
+    assert_eq!(joined["snapshot"], json!({"partners": []}), "{joined}");
+    let mut p1 = connect(&cluster.ws(gw_b), &token("p1", Role::Partner)).await;
+    let join = a1.event("admin:fleet", "presence.join").await;
+    assert_eq!(join["data"]["sub"], "p1");
+    for i in 0..5 {
+        let fix = json!({"op":"location","order_id":order,"lat":12.9 + f64::from(i) / 100.0,"lng":77.6});
+        assert_eq!(p1.request(fix).await["type"], "ok");
+    }
+    let last = 12.94;
+    a1.recv_until(|v| {
+        v["room"] == "admin:fleet" && v["event"] == "partner.location" && v["data"]["lat"] == last
+    })
+    .await;
+    let mut a2 = connect(&cluster.ws(gw_a), &admin()).await;
+    eventually("p1's last position in a snapshot", async || {
+        let reply = a2.subscribe("admin:fleet").await;
+        reply["snapshot"]["partners"][0]["location"]["lat"] == last
+    })
+    .await;
+    let slot = redis.keyslot(&channel(prefix, "admin:fleet"));
+    for kind in ["fleet", "fleett", "pres", "presa"] {
+        let key = format!("{prefix}{kind}:{{admin:fleet}}");
+        assert_eq!(redis.keyslot(&key), slot, "{key}");
+        let owner = redis.owner(&key).expect("a primary owns the slot");
+        assert_eq!(redis.cli(owner, &["exists", &key]).trim(), "1", "{key}");
+    }
+}

@@ -59,16 +59,20 @@
 //! - [`control`]: [`RedisController`] (control channel, revocation records);
 //! - [`leases`]: [`RedisLeases`] (per-user connection leases, possibly in a Redis of their own);
 //! - [`state`]: [`RedisState`] (room snapshots and partner positions);
-//! - [`presence`]: [`RedisPresence`] (who is in which room, `{prefix}pres*:{room}`).
+//! - [`presence`]: [`RedisPresence`] (who is in which room, `{prefix}pres*:{room}`);
+//! - [`fleet`]: [`RedisFleet`] (the partners' last known positions,
+//!   `{prefix}fleet:{admin:fleet}` and `{prefix}fleett:{admin:fleet}`).
 
 pub mod bus;
 pub mod control;
+pub mod fleet;
 pub mod leases;
 pub mod presence;
 pub mod state;
 
 pub use bus::RedisBus;
 pub use control::RedisController;
+pub use fleet::RedisFleet;
 pub use leases::RedisLeases;
 pub use presence::RedisPresence;
 pub use state::RedisState;
@@ -135,6 +139,7 @@ pub struct Redis {
     pub leases: Arc<RedisLeases>,
     pub state: Arc<RedisState>,
     pub presence: Arc<RedisPresence>,
+    pub fleet: Arc<RedisFleet>,
 }
 
 impl Redis {
@@ -243,6 +248,7 @@ impl Redis {
             _ => RedisLeases::start(client.clone(), &prefix, Some(bus.clone())).await?,
         };
         let presence = RedisPresence::start(client.clone(), bus.clone(), &prefix).await?;
+        let fleet = RedisFleet::start(client.clone(), &prefix).await?;
         let state = RedisState::start(client, &config).await?;
         tracing::info!(url = %redact(&config.url), %prefix, "connected to redis");
         crate::follow_readiness(bus.clone(), controller.clone());
@@ -252,6 +258,7 @@ impl Redis {
             leases,
             state,
             presence,
+            fleet,
         })
     }
 
@@ -261,6 +268,7 @@ impl Redis {
             controller: self.controller.clone(),
             leases: self.leases.clone(),
             presence: self.presence.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 }

@@ -48,10 +48,10 @@ use switchyard_auth::Principal;
 use switchyard_broker::{History, Publication};
 use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::close::Disconnect;
-use switchyard_protocol::presence::{Present, has_presence};
+use switchyard_protocol::presence::{Present, members_present};
 use switchyard_protocol::room::RoomKind;
 use switchyard_protocol::server::{self, ErrorReply, Gap, Revoked, ServerMessage, Welcome};
-use switchyard_protocol::{ErrorCode, OrderId, Room};
+use switchyard_protocol::{ErrorCode, OrderId, Role, Room};
 use tokio::time::{Duration, Instant};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
@@ -127,6 +127,8 @@ pub(crate) struct Session {
     /// (then the mailbox is marked busy: see [`crate::write_delay`]).
     last_write: Instant,
     busy: bool,
+    /// A partner's connection counts in `admin:fleet`'s presence from its welcome to its end.
+    in_fleet: bool,
     /// Set when [`Session::run`] finished and gave back what the connection held; until then
     /// `Drop` does it.
     ended: bool,
@@ -156,6 +158,7 @@ impl Session {
             started: Instant::now(),
             last_write: Instant::now(),
             busy: false,
+            in_fleet: false,
             ended: false,
             _slot: opened.slot,
             _tracked: shared.tracker.token(),
@@ -192,6 +195,7 @@ impl Session {
             self.leave(&room).await;
             self.rooms.remove(&room);
         }
+        self.leave_fleet();
         self.ended = true;
         metrics::counter!("switchyard_connections_closed_total", "code" => code.to_string())
             .increment(1);
@@ -216,6 +220,16 @@ impl Session {
         let (history, since) = *self.user_welcome.take()?;
         let position = history.position.clone();
         let (recovered, missed) = self.recover(own_room.as_str(), history, since.as_ref());
+        if self.who.role == Role::Partner {
+            // Online in the fleet while connected (presence decides the rest: once per
+            // partner across connections and gateways, debounced, expiring if we die).
+            let sub = self.who.sub.as_arc();
+            let fleet = Room::admin_fleet();
+            self.shared
+                .presence
+                .enter_detached(&fleet, sub, Role::Partner);
+            self.in_fleet = true;
+        }
         let welcome = ServerMessage::Welcome(Welcome {
             conn: Cow::Borrowed(&self.conn_id),
             sub: Cow::Borrowed(&self.who.sub),
@@ -511,7 +525,7 @@ impl Session {
         }
         self.shared.hub.join(&room, &self.out);
         metrics::gauge!("switchyard_subscriptions").increment(1.0);
-        if has_presence(&room) {
+        if members_present(&room) {
             let sub = self.who.sub.as_arc();
             self.shared.presence.enter(&room, sub, self.who.role).await;
         }
@@ -528,9 +542,17 @@ impl Session {
     fn leave_hub(&self, room: &Room) {
         if self.shared.hub.leave(room.as_str(), self.out.conn) {
             metrics::gauge!("switchyard_subscriptions").decrement(1.0);
-            if has_presence(room) {
+            if members_present(room) {
                 self.shared.presence.leave(room, self.who.sub.as_arc());
             }
+        }
+    }
+
+    /// A partner's connection no longer counts in `admin:fleet`'s presence.
+    fn leave_fleet(&mut self) {
+        if std::mem::take(&mut self.in_fleet) {
+            let fleet = Room::admin_fleet();
+            self.shared.presence.leave(&fleet, self.who.sub.as_arc());
         }
     }
 
@@ -554,6 +576,7 @@ impl Drop for Session {
         for room in &joined {
             self.leave_hub(room);
         }
+        self.leave_fleet();
         if !joined.is_empty()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {

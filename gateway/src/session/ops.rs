@@ -2,6 +2,7 @@
 
 use super::{Reply, Session, chat, error_frame};
 use crate::access::{self, Refusal};
+use crate::fleet;
 use std::borrow::Cow;
 use switchyard_broker::Publication;
 use switchyard_protocol::chat::NewMessage;
@@ -177,7 +178,7 @@ impl Session {
             })?;
         let position = history.position.clone();
         let (recovered, missed) = self.recover(room.as_str(), history, since.as_ref());
-        let snapshot = match recovered {
+        let mut snapshot = match recovered {
             Some(true) => None,
             _ => {
                 let snapshot = access::snapshot(backend, &shared.locations, &room).await?;
@@ -200,6 +201,19 @@ impl Session {
             ),
             _ => None,
         };
+        if let (Some(snapshot), Some(present)) = (snapshot.as_mut(), &presence)
+            && room.kind() == RoomKind::AdminFleet
+        {
+            // The partners online, each with its last known position (positions are
+            // latest-value: one older than an event that follows is replaced by it).
+            let positions = shared.backplane.fleet.as_ref();
+            *snapshot = fleet::snapshot(present, positions, &shared.fleet)
+                .await
+                .map_err(|err| {
+                    tracing::warn!(%err, "fleet positions read failed");
+                    Refusal::new(ErrorCode::Internal, "fleet positions unavailable, retry")
+                })?;
+        }
         Ok(Reply::Subscribed {
             room,
             position,
@@ -290,6 +304,10 @@ impl Session {
                 tracing::warn!(%err, "location publish failed");
                 Refusal::new(ErrorCode::Internal, "bus unavailable, retry")
             })?;
+        // admin:fleet gets the newest of this interval's fixes (see `crate::fleet`).
+        if self.shared.config.fleet_positions {
+            self.shared.fleet.offer(self.who.sub.as_arc(), event);
+        }
         metrics::counter!("switchyard_events_published_total", "source" => "partner").increment(1);
         Ok(Reply::Plain)
     }

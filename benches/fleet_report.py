@@ -1,0 +1,68 @@
+"""The fleet's section of BENCHMARKS.md (between <!-- fleet --> and <!-- /fleet -->, replaced
+or appended) from benches/results/fleet-switchyard.json, as `benches/run.sh --only fleet` leaves
+it: partners streaming fixes to one gateway, the plain order-room location path
+(SWITCHYARD_FLEET_POSITIONS=false, no admin) against admin:fleet with admins watching; the
+gateway's CPU per accepted fix in both and their ratio, fixes/s in, deliveries to admins/s and
+the admins' latency. Nothing is written when nothing was measured."""
+import json, pathlib, re, sys
+
+results, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+f = results / "fleet-switchyard.json"
+if not f.exists():
+    sys.exit(0)
+r = json.loads(f.read_text())
+steps = r.get("steps", [])
+
+
+def num(x, fmt="{:,.0f}"):
+    return "—" if x is None else fmt.format(x)
+
+
+def cpu_percent(step, name):
+    for p in step.get("processes", []):
+        if p.get("name") == name and "cpu_percent" in p:
+            return p["cpu_percent"]
+    return None
+
+
+lines = ["<!-- fleet -->", "## 10. The fleet: admin:fleet against the plain order-room location path (Switchyard only)", "",
+         "`cargo build --release && benches/run.sh --only fleet --no-criterion --skip-build` (target/release/loadgen",
+         f"`fleet`, benches/src/bin/loadgen/fleet.rs). {r['partners']:,} partners, each carrying an order of its own,",
+         f"connected to one gateway (distributed mode: Redis, one API process) and sending {r['hz']:g} fixes a second",
+         f"each for {r['step_secs']} s per phase. **plain**: a gateway with `SWITCHYARD_FLEET_POSITIONS=false` — fixes go",
+         "to their order rooms only (the path before admin:fleet), no admin. **fleet**: a fresh gateway with the",
+         "default (`true`): every fix also offered to admin:fleet, which publishes each partner's newest fix once a",
+         "second, with the admins joined to admin:fleet. CPU per fix is the gateway process's CPU time over the",
+         "step divided by the fixes it accepted (answered `ok`). Admin latency runs from the fix's device time to",
+         "its receipt by an admin: it includes the wait for the once-a-second publish (the newest fix of the second",
+         "is at most one send interval old then). The load generator runs on the same machine. **The machine was",
+         "shared** with other engineers' builds and test runs: compare the two phases of one run rather than",
+         "absolute figures.", "",
+         "| phase | admins | fixes/s offered | fixes/s sent | fixes/s accepted | gateway CPU | gateway µs per fix | deliveries to admins/s | admin p50 ms | admin p99 ms |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+for s in steps:
+    gw = next((p for p in s.get("processes", []) if p.get("name", "").startswith("gateway-" + s["phase"])), None)
+    cpu = f"{gw['cpu_percent']:.0f} %" if gw and "cpu_percent" in gw else "—"
+    lat = s.get("admin_latency_ms") or {}
+    lines.append(f"| {s['phase']} | {s['admins']} | {num(s['offered_fixes_per_sec'])} | {num(s['fixes_sent_per_sec'])}"
+                 f" | {num(s['fixes_accepted_per_sec'])} | {cpu} | {num(s.get('gateway_cpu_us_per_fix'), '{:.1f}')}"
+                 f" | {num(s['admin_deliveries_per_sec'])} | {num(lat.get('p50'), '{:.0f}') if s['admins'] else '—'}"
+                 f" | {num(lat.get('p99'), '{:.0f}') if s['admins'] else '—'} |")
+ratio = r.get("cpu_per_fix_ratio")
+lines += ["", f"**Gateway CPU per fix, fleet / plain: {num(ratio, '{:.2f}')}×** (target: within 2×)."]
+machine = results / "machine.fleet.json"  # written by `run.sh --only fleet`
+if not machine.exists():
+    machine = results / "machine.json"
+if machine.exists():
+    m = json.loads(machine.read_text())
+    load = f", load average {m['load_average']} at the end" if "load_average" in m else ""
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, shared with other"
+              f" builds{load}; {m.get('profile')} build; Redis {m.get('redis')}; Switchyard {m.get('switchyard_commit')}; {m.get('date')}."]
+lines.append("<!-- /fleet -->")
+section = "\n".join(lines) + "\n"
+text = out.read_text() if out.exists() else ""
+if "<!-- fleet -->" in text:
+    text = re.sub(r"<!-- fleet -->.*?<!-- /fleet -->\n?", lambda _: section, text, flags=re.S)
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+out.write_text(text)

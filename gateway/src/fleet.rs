@@ -1,0 +1,135 @@
+//! This gateway's share of `admin:fleet` (issue #16): every partner's newest position, at most
+//! once per [`FLEET_INTERVAL_MS`] per partner, whatever the partner's own send rate.
+//!
+//! A partner's location op publishes to its order room at once, as always, and hands the fix
+//! here ([`Fleet::offer`]): the newest per partner replaces the one before (latest wins). Once
+//! per interval, one task takes what gathered and publishes it — one `partner.location` per
+//! partner — in `admin:fleet`, then keeps the batch as the partners' last known positions
+//! (the room's snapshot, [`FleetPositions`]). So a partner sending 10 Hz costs the room one
+//! event a second, and the gateway one map insert per fix plus one publish per partner per
+//! interval; 10,000 partners cost 10,000 events a second, whatever they send.
+//!
+//! The interval is per gateway: a partner connected through two gateways at once is seen in
+//! each (the connection limits bound how many).
+
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_broker::fleet::{FleetPositions, newer};
+use switchyard_broker::{BrokerError, Bus};
+use switchyard_protocol::events::PartnerLocation;
+use switchyard_protocol::presence::{FLEET_INTERVAL_MS, FleetPartner, FleetSnapshot, Present};
+use switchyard_protocol::{BuiltinEvent, Room};
+use tokio_util::sync::CancellationToken;
+
+/// Publishes in flight at once (one Redis round trip each in the distributed mode).
+const CONCURRENCY: usize = 64;
+
+#[derive(Default)]
+pub(crate) struct Fleet {
+    /// Partner → its newest fix of this interval.
+    pending: Mutex<HashMap<Arc<str>, PartnerLocation>>,
+}
+
+impl Fleet {
+    /// `partner`'s newest fix: replaces one not published yet.
+    pub fn offer(&self, partner: &Arc<str>, position: PartnerLocation) {
+        self.lock().insert(partner.clone(), position);
+    }
+
+    /// `partner`'s fix not published yet, if any (the snapshot overlays it).
+    pub fn pending(&self, partner: &str) -> Option<PartnerLocation> {
+        self.lock().get(partner).cloned()
+    }
+
+    /// Publishes and keeps what gathered, every interval, until `stop`.
+    pub async fn run(
+        &self,
+        bus: Arc<dyn Bus>,
+        positions: Arc<dyn FleetPositions>,
+        stop: CancellationToken,
+    ) {
+        let every = Duration::from_millis(FLEET_INTERVAL_MS);
+        let mut tick = tokio::time::interval(every);
+        // A late tick waits the whole interval after it: never two publishes of one partner
+        // closer than the interval.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.publish(&bus, positions.as_ref()).await,
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One interval's worth: each partner's newest fix published in `admin:fleet`, then kept.
+    async fn publish(&self, bus: &Arc<dyn Bus>, positions: &dyn FleetPositions) {
+        let batch: Vec<PartnerLocation> = std::mem::take(&mut *self.lock()).into_values().collect();
+        if batch.is_empty() {
+            return;
+        }
+        let room = Room::admin_fleet();
+        // Owned futures (each its encoded data, a handle on the bus and the room), so the
+        // stream of them is `Send` for the spawned task.
+        let publishes: Vec<_> = batch
+            .iter()
+            .map(|position| {
+                let data = serde_json::value::to_raw_value(position);
+                let (bus, room) = (bus.clone(), room.clone());
+                async move {
+                    let data = data.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                    bus.publish(&room, PartnerLocation::NAME, data).await
+                }
+            })
+            .collect();
+        let mut results = futures_util::stream::iter(publishes).buffer_unordered(CONCURRENCY);
+        let mut failed = 0usize;
+        while let Some(result) = results.next().await {
+            if let Err(err) = result {
+                // Once per interval, not once per partner (Redis may be down for them all).
+                if failed == 0 {
+                    tracing::warn!(%err, "admin:fleet publish failed");
+                }
+                failed += 1;
+            }
+        }
+        drop(results);
+        metrics::counter!("switchyard_fleet_positions_total").increment(batch.len() as u64);
+        if let Err(err) = positions.keep(&batch).await {
+            tracing::warn!(%err, positions = batch.len(), "could not keep the fleet's positions");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, PartnerLocation>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `admin:fleet` snapshot: the partners `present`, each with its last known position (the
+/// kept one, or a newer one this gateway has not published yet).
+pub(crate) async fn snapshot(
+    present: &[Present],
+    positions: &dyn FleetPositions,
+    local: &Fleet,
+) -> Result<Box<RawValue>, BrokerError> {
+    let subs: Vec<String> = present.iter().map(|p| p.sub.clone()).collect();
+    let mut kept = positions.latest(&subs).await?;
+    let partners = present
+        .iter()
+        .map(|p| {
+            let location = match (kept.remove(&p.sub), local.pending(&p.sub)) {
+                (Some(a), Some(b)) => Some(newer(a, b)),
+                (a, b) => a.or(b),
+            };
+            FleetPartner {
+                sub: p.sub.clone(),
+                since: p.since,
+                location,
+            }
+        })
+        .collect();
+    serde_json::value::to_raw_value(&FleetSnapshot { partners })
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))
+}
