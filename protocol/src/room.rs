@@ -246,8 +246,7 @@ impl<'de> Deserialize<'de> for Room {
 }
 
 /// The grammar as a regular expression, for schemas (OpenAPI, AsyncAPI).
-pub const PATTERN: &str =
-    "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders|admin:fleet)$";
+pub const PATTERN: &str = "^((user|order|product):[A-Za-z0-9_-]{1,64}|admin:revenue|admin:inventory|admin:orders|admin:fleet)$";
 
 #[cfg(feature = "schema")]
 impl utoipa::PartialSchema for Room {

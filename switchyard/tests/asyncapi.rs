@@ -378,7 +378,10 @@ async fn a_session_speaks_what_the_document_says() {
     let mut joined = check.ask(&mut admin_ws, subscribe(&fleet)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while joined["snapshot"]["partners"][0]["sub"] != "p1" {
-        assert!(tokio::time::Instant::now() < deadline, "p1 never online: {joined}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "p1 never online: {joined}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         joined = check.ask(&mut admin_ws, subscribe(&fleet)).await;
     }

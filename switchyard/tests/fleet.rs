@@ -106,7 +106,10 @@ async fn fleet_scenario(s: &Setup) -> (Client, Client) {
     p9.close().await;
     let mut a1 = connect(&s.admin_ws, &admin()).await;
     // p9 just left (debounced): wait until the fleet is empty, so the snapshot is known.
-    eventually("no partner online", async || rest_fleet(&s.base).await.is_empty()).await;
+    eventually("no partner online", async || {
+        rest_fleet(&s.base).await.is_empty()
+    })
+    .await;
     let joined = a1.subscribe(FLEET).await;
     assert_eq!(joined["type"], "ok", "{joined}");
     assert_eq!(joined["snapshot"], json!({"partners": []}), "{joined}");
@@ -169,7 +172,11 @@ async fn fleet_scenario(s: &Setup) -> (Client, Client) {
         }
     })
     .await;
-    assert_eq!(subs(&snapshot["snapshot"]["partners"]), ["p1"], "{snapshot}");
+    assert_eq!(
+        subs(&snapshot["snapshot"]["partners"]),
+        ["p1"],
+        "{snapshot}"
+    );
     assert_eq!(subs(&snapshot["presence"]), ["p1"], "{snapshot}");
     let partner = &snapshot["snapshot"]["partners"][0];
     assert_eq!(partner["location"]["order_id"], s.order.as_str());

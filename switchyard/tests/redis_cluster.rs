@@ -323,7 +323,8 @@ async fn the_fleet_on_a_cluster() {
     let join = a1.event("admin:fleet", "presence.join").await;
     assert_eq!(join["data"]["sub"], "p1");
     for i in 0..5 {
-        let fix = json!({"op":"location","order_id":order,"lat":12.9 + f64::from(i) / 100.0,"lng":77.6});
+        let fix =
+            json!({"op":"location","order_id":order,"lat":12.9 + f64::from(i) / 100.0,"lng":77.6});
         assert_eq!(p1.request(fix).await["type"], "ok");
     }
     let last = 12.94;

@@ -61,7 +61,10 @@ pub struct RedisFleet {
 }
 
 impl RedisFleet {
-    pub(super) async fn start(client: Client, prefix: &str) -> Result<Arc<RedisFleet>, BrokerError> {
+    pub(super) async fn start(
+        client: Client,
+        prefix: &str,
+    ) -> Result<Arc<RedisFleet>, BrokerError> {
         let room = Room::admin_fleet();
         Ok(Arc::new(RedisFleet {
             keep_script: script(&client, KEEP_LUA).await?,
