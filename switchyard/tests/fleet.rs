@@ -50,15 +50,7 @@ fn subs(list: &Value) -> Vec<String> {
 
 /// The next `presence.*` event of `admin:fleet`: (`join`/`leave`, sub, role).
 async fn next_presence(client: &mut Client) -> (String, String, String) {
-    let e = client
-        .recv_until(|v| {
-            v["type"] == "event"
-                && v["room"] == FLEET
-                && v["event"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("presence."))
-        })
-        .await;
+    let e = next_presence_event(client, FLEET).await;
     (
         e["event"].as_str().unwrap()["presence.".len()..].to_owned(),
         e["data"]["sub"].as_str().unwrap().to_owned(),

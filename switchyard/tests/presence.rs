@@ -31,15 +31,7 @@ const SETTINGS: [(&str, &str); 3] = [
 /// The next `presence.*` event of `room`: (`join`/`leave`, sub). (The room also carries the
 /// order's own events, which the outbox relay publishes when it gets to them.)
 async fn next_presence(client: &mut Client, room: &str) -> (String, String) {
-    let e = client
-        .recv_until(|v| {
-            v["type"] == "event"
-                && v["room"] == room
-                && v["event"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("presence."))
-        })
-        .await;
+    let e = next_presence_event(client, room).await;
     (
         e["event"].as_str().unwrap()["presence.".len()..].to_owned(),
         e["data"]["sub"].as_str().unwrap().to_owned(),

@@ -277,6 +277,20 @@ impl<T, E: std::fmt::Display> Check for Result<T, E> {
     }
 }
 
+/// The next `presence.*` event of `room` (earlier frames are dropped: the room also carries
+/// other events).
+pub async fn next_presence_event(client: &mut Client, room: &str) -> Value {
+    client
+        .recv_until(|v| {
+            v["type"] == "event"
+                && v["room"] == room
+                && v["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("presence."))
+        })
+        .await
+}
+
 /// One REST call with a bearer token; returns the status and the JSON body (`null` when the
 /// body is not JSON).
 pub async fn http_call(
