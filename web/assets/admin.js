@@ -1,16 +1,15 @@
 // The admin view (/): revenue ticker with a sparkline, the inventory with live stock and
-// low-stock alerts (`admin:inventory`), the live list of orders, partners on a
+// low-stock alerts (`admin:inventory`), the live list of orders, the whole fleet on a
 // map. Initial state over REST, then live events through clients/js:
 //
 // - `admin:revenue` carries `revenue.updated` (totals, and the payment that moved them);
 // - `admin:orders` carries every order as it is placed (`order.created`) and every
 //   `order.status`, `order.assigned`, `order.paid`, `order.refunded` of every order: the page
 //   joins it first, then reads `GET /api/orders` once (every page), and never polls;
-// - each `order:{id}` room carries `partner.location` for that order.
-//
-// Rooms per connection are limited (SWITCHYARD_MAX_SUBSCRIPTIONS, 100 by default, the user
-// room included): the page stays in the rooms of the newest MAX_LIVE_ORDERS unfinished orders
-// (for their partners' positions) and leaves a room once its order is delivered or cancelled.
+// - `admin:fleet` carries every partner's presence (`presence.join` / `presence.leave`) and
+//   each active partner's newest position (`partner.location`, at most one a second per
+//   partner); its snapshot lists the partners online with their last known positions. The
+//   map is drawn from this room alone: partners offline are greyed out where they were last.
 import {
   $,
   api,
@@ -28,7 +27,6 @@ import {
   statusLabel,
 } from "./common.js";
 
-const MAX_LIVE_ORDERS = 90;
 const MAX_ROWS = 300;
 const SPARK_WINDOW_MS = 10 * 60_000;
 const STALE_MS = 60_000;
@@ -38,9 +36,7 @@ const TRAIL_POINTS = 40;
 const orders = new Map();
 /** @type {Map<string, HTMLTableRowElement>} */
 const rows = new Map();
-/** Order ids whose room this page is in (or joining). */
-const live = new Set();
-/** partner → {partner, order_id, lat, lng, heading, at, trail} */
+/** partner → {partner, order_id, lat, lng, heading, at, trail, online, since} */
 const partners = new Map();
 /** Revenue total over time, for the sparkline: [{t, v}] */
 const samples = [];
@@ -71,8 +67,6 @@ async function start() {
   client = liveClient(token);
   client.on("event", onEvent);
   client.on("resync", (r) => onResync(r).catch((err) => note(`resync failed: ${err.message}`)));
-  // A background resubscribe that was refused: that order is no longer followed live.
-  client.on("error", ({ room }) => room?.startsWith("order:") && live.delete(room.slice(6)));
   await client.connect();
   const { snapshot } = await client.subscribe("admin:revenue");
   if (snapshot) setRevenue(snapshot);
@@ -84,6 +78,7 @@ async function start() {
   await client.subscribe("admin:orders");
   await loadOrders();
   document.body.dataset.ordersLoaded = "1";
+  setFleet((await client.subscribe("admin:fleet")).snapshot);
   setInterval(() => {
     drawRevenue();
     drawMap();
@@ -92,12 +87,11 @@ async function start() {
 
 // ---- live events ----------------------------------------------------------------------------
 
-function onEvent({ event, data }) {
+function onEvent({ room, event, data }) {
   switch (event) {
     case "order.created":
       upsert(data);
       trimRows();
-      follow();
       break;
     case "revenue.updated":
       setRevenue(data);
@@ -106,7 +100,6 @@ function onEvent({ event, data }) {
       break;
     case "order.status":
       patch(data.order_id, { status: data.status, updated_at: data.updated_at });
-      if (isFinished(data.status)) leave(data.order_id);
       break;
     case "order.assigned":
       patch(data.order_id, { partner: data.partner, updated_at: data.updated_at });
@@ -119,6 +112,12 @@ function onEvent({ event, data }) {
       break;
     case "partner.location":
       movePartner(data);
+      break;
+    case "presence.join":
+      if (room === "admin:fleet") setOnline(data.sub, true);
+      break;
+    case "presence.leave":
+      if (room === "admin:fleet") setOnline(data.sub, false);
       break;
     case "stock.updated":
       setStock(data);
@@ -144,16 +143,15 @@ async function onResync({ room, snapshot }) {
   } else if (room === "admin:orders") {
     // Changes of any order may be missing: read the orders again.
     await loadOrders();
-  } else if (room.startsWith("order:")) {
-    const id = room.slice("order:".length);
-    upsert(snapshot ?? (await api(token, `/api/orders/${encodeURIComponent(id)}`)));
+  } else if (room === "admin:fleet") {
+    setFleet(snapshot);
   }
 }
 
 // ---- orders -------------------------------------------------------------------------------
 
 let loading = null;
-/** Reads every order (every page), shows them and joins the rooms of the open ones. */
+/** Reads every order (every page) and shows them. */
 function loadOrders() {
   loading ??= (async () => {
     try {
@@ -165,7 +163,6 @@ function loadOrders() {
         after = page.next_after;
       }
       trimRows();
-      follow();
     } finally {
       loading = null;
     }
@@ -173,40 +170,11 @@ function loadOrders() {
   return loading;
 }
 
-/** Joins the rooms of the newest unfinished orders, up to MAX_LIVE_ORDERS. */
-function follow() {
-  const wanted = [...orders.values()]
-    .filter((o) => !isFinished(o.status))
-    .map((o) => o.id)
-    .sort(byId)
-    .reverse();
-  for (const id of wanted) {
-    if (live.size >= MAX_LIVE_ORDERS) break;
-    if (live.has(id)) continue;
-    live.add(id);
-    client
-      .subscribe(`order:${id}`)
-      // The snapshot reflects every event up to the reply: it brings the row up to date.
-      .then(({ snapshot }) => snapshot && upsert(snapshot))
-      .catch(() => live.delete(id));
-  }
-}
-
-/** Leaves a finished order's room, making room for another. */
-function leave(id) {
-  if (!live.delete(id)) return;
-  client.unsubscribe(`order:${id}`).catch(() => {});
-  follow();
-}
-
 function upsert(order) {
   const known = orders.get(order.id);
   // A listing read before a change that the room already brought is older: keep the newer.
   if (known && known.updated_at > order.updated_at) return;
   orders.set(order.id, order);
-  if (order.partner && order.last_location) {
-    movePartner({ ...order.last_location, partner: order.partner, order_id: order.id });
-  }
   render(order, Boolean(known) && changed(known, order));
 }
 
@@ -262,7 +230,7 @@ function render(order, flash) {
     tr.classList.add("flash");
   }
   const open = [...orders.values()].filter((o) => !isFinished(o.status)).length;
-  $("orders-count").textContent = `${orders.size} shown · ${open} open · ${live.size} live`;
+  $("orders-count").textContent = `${orders.size} shown · ${open} open`;
 }
 
 /** Keeps the table to the newest MAX_ROWS orders. */
@@ -366,8 +334,35 @@ function drawRevenue() {
 
 // ---- partners -------------------------------------------------------------------------------
 
+/** A partner as the map knows it (created offline, without a position, when new). */
+function partner(sub) {
+  let p = partners.get(sub);
+  if (!p) {
+    p = { partner: sub, trail: [], at: 0, online: false };
+    partners.set(sub, p);
+  }
+  return p;
+}
+
+/** The `admin:fleet` snapshot: exactly these partners are online, at these positions. */
+function setFleet(snapshot) {
+  const online = new Set();
+  for (const { sub, since, location } of snapshot?.partners ?? []) {
+    online.add(sub);
+    Object.assign(partner(sub), { online: true, since });
+    if (location) movePartner(location);
+  }
+  for (const p of partners.values()) if (!online.has(p.partner)) p.online = false;
+  requestDraw();
+}
+
+function setOnline(sub, online) {
+  partner(sub).online = online;
+  requestDraw();
+}
+
 function movePartner(loc) {
-  const p = partners.get(loc.partner) ?? { partner: loc.partner, trail: [], at: 0 };
+  const p = partner(loc.partner);
   const at = loc.received_at ?? Date.now();
   if (at < p.at) return; // an older fix (a snapshot after an event)
   Object.assign(p, { order_id: loc.order_id, lat: loc.lat, lng: loc.lng, heading: loc.heading, at });
@@ -391,23 +386,40 @@ function requestDraw() {
 function drawMap() {
   if (!map) return;
   const now = Date.now();
-  const markers = [...partners.values()].map((p) => {
-    const order = orders.get(p.order_id);
-    const done = !order || isFinished(order.status);
-    return {
-      id: p.partner,
-      label: `${p.partner} · #${p.order_id}`,
-      lat: p.lat,
-      lng: p.lng,
-      heading: p.heading,
-      trail: p.trail,
-      color: colorFor(p.partner),
-      faded: done || now - p.at > STALE_MS,
-    };
-  });
+  // Partners with a position are drawn; greyed out when offline, or when their last fix is old.
+  const placed = [...partners.values()].filter((p) => p.at > 0);
+  const markers = placed.map((p) => ({
+    id: p.partner,
+    label: p.online ? `${p.partner} · #${p.order_id}` : `${p.partner} · offline`,
+    lat: p.lat,
+    lng: p.lng,
+    heading: p.heading,
+    trail: p.trail,
+    color: colorFor(p.partner),
+    faded: !p.online || now - p.at > STALE_MS,
+  }));
   map.draw(markers);
+  const online = [...partners.values()].filter((p) => p.online).length;
   const moving = markers.filter((m) => !m.faded).length;
-  $("partners-count").textContent = `${moving} moving · ${markers.length} seen`;
+  $("partners-count").textContent = `${online} online · ${moving} moving · ${partners.size} seen`;
+  drawFleet();
+}
+
+/** The fleet as a list beside the map: each partner, online or greyed out. */
+function drawFleet() {
+  const list = $("fleet");
+  const sorted = [...partners.values()].sort((a, b) => a.partner.localeCompare(b.partner));
+  list.replaceChildren(
+    ...sorted.map((p) => {
+      const li = document.createElement("li");
+      li.dataset.partner = p.partner;
+      li.dataset.online = p.online ? "1" : "0";
+      li.className = p.online ? "" : "offline";
+      li.style.setProperty("--dot", p.online ? colorFor(p.partner) : "#9aa3b2");
+      li.textContent = p.online ? (p.order_id ? `${p.partner} · #${p.order_id}` : p.partner) : `${p.partner} · offline`;
+      return li;
+    }),
+  );
 }
 
 function note(text) {

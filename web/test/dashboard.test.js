@@ -4,7 +4,8 @@
 // and order statuses live without
 // a reload, that new orders appear without polling (no `GET /api/orders?after=` after the
 // first load), that it comes back after the server restarts, that the tracking view (/track)
-// follows its order and carries its chat (a message sent from the page, the partner's answer
+// follows its order and carries its chat, that the map shows the fleet from `admin:fleet` alone
+// with a partner greyed out once it goes offline, and (a message sent from the page, the partner's answer
 // over REST shown without a reload, support opening the chat from the admin page), that the API reference page (/api/docs) renders from the embedded Redoc,
 // and saves screenshots of both views: to target/screenshots/, or with
 // SCREENSHOTS_UPDATE=1 to docs/screenshots/ (the committed ones the README shows), so a test
@@ -39,6 +40,8 @@ let context;
 let admin; // the admin page, open from the first test to the last
 /** Every `GET /api/orders?…` the admin page made: [{url, afterFirstLoad}]. */
 const orderListings = [];
+/** Every frame the admin page sent on its sockets. */
+const adminFrames = [];
 const pageErrors = [];
 
 before(async () => {
@@ -80,12 +83,16 @@ const assign = (id, partner) => rest("admin", "POST", `/api/orders/${id}/assign`
 const pay = (who, o) =>
   rest(who, "POST", `/api/orders/${o.id}/payment`, { amount_paise: o.total_paise }, { "idempotency-key": `pay-${o.id}` });
 
-/** Walks a partner along `path` ([[lat, lng]…]) for `orderId`, from a page of its own. */
-async function drive(partner, orderId, path, everyMs = 250) {
+/**
+ * Walks a partner along `path` ([[lat, lng]…]) for `orderId`, from a page of its own, then
+ * disconnects — or with `stay`, stays connected (online) and returns the page (closing it
+ * takes the partner offline).
+ */
+async function drive(partner, orderId, path, everyMs = 250, stay = false) {
   const page = await context.newPage();
   await page.goto(server.url("/track")); // any page of the server: same origin for the socket
   await page.evaluate(
-    async ({ token, orderId, path, everyMs }) => {
+    async ({ token, orderId, path, everyMs, stay }) => {
       const { SwitchyardClient } = await import("/client/switchyard.js");
       const client = new SwitchyardClient({ url: `ws://${location.host}/ws`, token });
       await client.connect();
@@ -98,10 +105,12 @@ async function drive(partner, orderId, path, everyMs = 250) {
         );
         await new Promise((r) => setTimeout(r, everyMs));
       }
-      client.close();
+      if (stay) window.partnerClient = client;
+      else client.close();
     },
-    { token: tokens[partner], orderId, path, everyMs },
+    { token: tokens[partner], orderId, path, everyMs, stay },
   );
+  if (stay) return page;
   await page.close();
 }
 
@@ -136,6 +145,7 @@ test("the admin page shows the orders and a revenue total that follows payments 
   await pay("c1", orders.a);
 
   admin = await context.newPage();
+  admin.on("websocket", (ws) => ws.on("framesent", ({ payload }) => adminFrames.push(String(payload))));
   let firstLoadDone = false;
   admin.on("request", (req) => {
     const url = new URL(req.url());
@@ -236,11 +246,23 @@ test("order statuses change in place, new orders appear, partners move on the ma
   await track.waitForSelector('#conn[data-state="connected"]', WAIT);
   await track.waitForSelector('#timeline[data-status="out_for_delivery"]', WAIT);
 
-  await Promise.all([
-    drive("p1", orders.a.id, route([12.9612, 77.6101], [12.9719, 77.6245], 12)),
+  // The fleet, from `admin:fleet` alone (the page joins no order room): p1 rides and stays
+  // online; p2 rides, goes offline, and is greyed out where it was last.
+  const online = (p, yes) => `#fleet li[data-partner="${p}"][data-online="${yes ? 1 : 0}"]`;
+  const [p1Page] = await Promise.all([
+    drive("p1", orders.a.id, route([12.9612, 77.6101], [12.9719, 77.6245], 12), 250, true),
     drive("p2", orders.b.id, route([12.9801, 77.5902], [12.9665, 77.6015], 10)),
+    admin.waitForSelector(online("p2", true), WAIT),
   ]);
   await admin.waitForFunction(() => document.getElementById("map").dataset.markers === "2", null, WAIT);
+  await admin.waitForSelector(online("p2", false), WAIT);
+  assert.match(await text(admin, '#fleet li[data-partner="p2"]'), /offline/);
+  assert.equal(await admin.locator(online("p1", true)).count(), 1);
+  assert.equal(await admin.evaluate(() => document.getElementById("map").dataset.markers), "2", "greyed out, not removed");
+  assert.equal(await admin.locator("#fleet li").count(), 2);
+  const rooms = adminFrames.map((f) => JSON.parse(f)).filter((f) => f.op === "subscribe").map((f) => f.room);
+  assert.ok(rooms.includes("admin:fleet"), `${rooms}`);
+  assert.deepEqual(rooms.filter((r) => r.startsWith("order:")), [], "the map needs no order room");
   await track.waitForFunction(() => document.getElementById("map").dataset.markers === "1", null, WAIT);
   await track.waitForFunction(() => /covered/.test(document.getElementById("partner-info").textContent), null, WAIT);
   assert.equal(await admin.evaluate(() => window.stillTheSamePage), true);
@@ -271,6 +293,10 @@ test("order statuses change in place, new orders appear, partners move on the ma
   mkdirSync(SCREENSHOTS, { recursive: true });
   await admin.screenshot({ path: resolve(SCREENSHOTS, "admin.png"), fullPage: true });
   await track.screenshot({ path: resolve(SCREENSHOTS, "tracking.png") });
+
+  // p1's app goes away: greyed out too.
+  await p1Page.close();
+  await admin.waitForSelector(online("p1", false), WAIT);
 
   // The tracking page follows the order to its end.
   await setStatus(orders.a.id, "delivered");
