@@ -34,18 +34,24 @@ impl Locations {
         self.lock().get(&id).cloned()
     }
 
-    /// Hands everything pending on in one batch; on failure the positions are kept for the
-    /// next flush unless a newer one arrived meanwhile.
+    /// Hands everything pending on in one batch. A position stays pending until the backend
+    /// has it, so a snapshot taken during the hand-over still overlays it (taking it out first
+    /// left a window in which a snapshot saw it in neither place); once written it is dropped,
+    /// unless a newer one arrived meanwhile (that one waits for the next flush). On failure
+    /// everything stays for the next flush.
     pub async fn flush(&self, backend: &dyn Backend) {
-        let batch: Vec<(i64, Location)> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        let batch: Vec<(i64, Location)> = self.lock().iter().map(|(id, l)| (*id, *l)).collect();
         if batch.is_empty() {
             return;
         }
         if let Err(err) = backend.write_positions(&batch).await {
             tracing::warn!(%err, positions = batch.len(), "could not hand positions on; retrying");
-            let mut pending = self.lock();
-            for (id, location) in batch {
-                pending.entry(id).or_insert(location);
+            return;
+        }
+        let mut pending = self.lock();
+        for (id, written) in &batch {
+            if pending.get(id) == Some(written) {
+                pending.remove(id);
             }
         }
     }

@@ -73,7 +73,8 @@ impl Engine {
 #[derive(Clone)]
 pub struct DatabaseOptions {
     pub url: String,
-    /// Connections per process (an in-memory SQLite database always has exactly one).
+    /// Connections per process (an in-memory SQLite database always has exactly one); on an
+    /// SQLite file, for reads, beside the one writer connection (see `Pools`).
     pub max_connections: u32,
     /// PostgreSQL `statement_timeout` of every connection; zero turns it off. SQLite has no
     /// statement timeout; a writer waits at most [`SQLITE_BUSY_TIMEOUT`] for the lock.
@@ -82,8 +83,29 @@ pub struct DatabaseOptions {
     pub acquire_timeout: Duration,
 }
 
-/// How long an SQLite writer waits for the database lock.
+/// How long an SQLite writer waits for the database lock: first in this process's queue of
+/// writers (the writer connection, see `Pools`), then, should another process hold the
+/// file's lock, in SQLite's busy handler.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connections of one store.
+///
+/// On an SQLite file, writes go through `writer`, a pool of exactly one connection: sqlx hands
+/// a pool's connections out in the order they were asked for, so the process's writers queue
+/// in order (first come, first served) for the database lock, each holding it from `BEGIN
+/// IMMEDIATE` to commit, and at most one of them at a time asks SQLite for it. Left to
+/// SQLite, every waiting writer polled the lock in its busy handler with sleeps growing to
+/// 100 ms, and whoever polled right after a commit won: under load a writer could lose for
+/// longer than the busy timeout and fail (`database is locked`, a 500) while newer writers
+/// went first. Reads use `reader` and never wait for a writer (WAL).
+///
+/// On PostgreSQL, and on an in-memory SQLite database (one connection in all), `writer` is
+/// `reader`.
+pub(crate) struct Pools {
+    pub reader: AnyPool,
+    pub writer: AnyPool,
+    pub engine: Engine,
+}
 
 impl DatabaseOptions {
     /// `url` with the default settings (10 connections, 5 s statement and acquire timeouts).
@@ -130,8 +152,8 @@ fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
-/// The pool for `options`, each connection set up for its engine.
-pub(crate) async fn connect(options: &DatabaseOptions) -> Result<(AnyPool, Engine), StoreError> {
+/// The pools for `options`, each connection set up for its engine.
+pub(crate) async fn connect(options: &DatabaseOptions) -> Result<Pools, StoreError> {
     sqlx::any::install_default_drivers();
     let engine = Engine::of_url(&options.url)?;
     let in_memory = engine == Engine::Sqlite && is_in_memory(&options.url);
@@ -160,27 +182,41 @@ pub(crate) async fn connect(options: &DatabaseOptions) -> Result<(AnyPool, Engin
         )],
     }
     .into();
-    let pool = AnyPoolOptions::new()
-        // An in-memory SQLite database exists per connection: keep exactly one.
-        .max_connections(if in_memory {
-            1
-        } else {
-            options.max_connections.max(1)
-        })
-        .min_connections(1)
-        .acquire_timeout(options.acquire_timeout)
-        .after_connect(move |conn, _| {
-            let setup = setup.clone();
-            Box::pin(async move {
-                for statement in setup.iter() {
-                    conn.execute(statement.as_str()).await?;
-                }
-                Ok(())
+    let pool = |max_connections: u32, acquire_timeout: Duration| {
+        let setup = setup.clone();
+        AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(acquire_timeout)
+            .after_connect(move |conn, _| {
+                let setup = setup.clone();
+                Box::pin(async move {
+                    for statement in setup.iter() {
+                        conn.execute(statement.as_str()).await?;
+                    }
+                    Ok(())
+                })
             })
-        })
-        .connect(&options.url)
-        .await?;
-    Ok((pool, engine))
+            .connect(&options.url)
+    };
+    // An in-memory SQLite database exists per connection: keep exactly one.
+    let reader = if in_memory {
+        pool(1, options.acquire_timeout).await?
+    } else {
+        pool(options.max_connections.max(1), options.acquire_timeout).await?
+    };
+    let writer = if engine == Engine::Sqlite && !in_memory {
+        // The queue of writers: waiting here is waiting for the database lock, as long as
+        // SQLite's busy handler would (or the acquire timeout, if longer).
+        pool(1, options.acquire_timeout.max(SQLITE_BUSY_TIMEOUT)).await?
+    } else {
+        reader.clone()
+    };
+    Ok(Pools {
+        reader,
+        writer,
+        engine,
+    })
 }
 
 /// Creates the SQLite file if it is missing and switches it to WAL (a setting the file keeps):

@@ -14,9 +14,10 @@
 //! and by `switchyard migrate`; a test (`database::tests`) fails when their schemas drift.
 //!
 //! How writers stay correct on each:
-//! - SQLite: writers open `BEGIN IMMEDIATE` transactions, so they queue on the database lock
-//!   (bounded by the busy timeout) instead of failing with `SQLITE_BUSY` on lock upgrade;
-//!   one writer at a time.
+//! - SQLite: one writer at a time. A process's writers queue in order for its one writer
+//!   connection (see `database::Pools`), and each opens a `BEGIN IMMEDIATE` transaction on it,
+//!   so it takes the database lock up front instead of failing with `SQLITE_BUSY` on lock
+//!   upgrade; the wait is bounded by the busy timeout. Reads never wait for a writer (WAL).
 //! - PostgreSQL: `READ COMMITTED` transactions; a write first locks the order row it changes
 //!   (`SELECT … FOR UPDATE`) and the revenue row is moved by a
 //!   guarded `UPDATE` (a row lock until commit), so writers to one order or to the totals
@@ -114,7 +115,11 @@ pub struct Actor<'a> {
 /// The database handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// Reads, and every statement on PostgreSQL.
     pool: AnyPool,
+    /// Writes: on an SQLite file the one writer connection writers queue for in order, else
+    /// `pool` (see `database::Pools`).
+    writer: AnyPool,
     engine: Engine,
     /// Woken after every commit that wrote outbox rows, so the relay publishes at once.
     outbox_written: Arc<Notify>,
@@ -147,11 +152,12 @@ impl Store {
     /// Opens the database `options` name (an SQLite file is created if missing) and applies
     /// the engine's migrations.
     pub async fn open_with(options: &DatabaseOptions) -> Result<Store, StoreError> {
-        let (pool, engine) = database::connect(options).await?;
-        database::migrate(&pool, engine).await?;
+        let pools = database::connect(options).await?;
+        database::migrate(&pools.writer, pools.engine).await?;
         Ok(Store {
-            pool,
-            engine,
+            pool: pools.reader,
+            writer: pools.writer,
+            engine: pools.engine,
             outbox_written: Arc::new(Notify::new()),
             low_stock_threshold: DEFAULT_LOW_STOCK_THRESHOLD,
             chat_close_grace_ms: chat::DEFAULT_CLOSE_GRACE_MS,
@@ -192,6 +198,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -202,11 +209,12 @@ impl Store {
         &self.pool
     }
 
-    /// A write transaction: on SQLite it takes the database lock up front (`BEGIN
-    /// IMMEDIATE`); on PostgreSQL each write locks the rows it changes.
+    /// A write transaction: on SQLite it waits its turn for the writer connection and takes
+    /// the database lock up front (`BEGIN IMMEDIATE`), both held until it ends; on PostgreSQL
+    /// each write locks the rows it changes.
     async fn write_tx(&self) -> Result<Tx, StoreError> {
         Ok(match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Engine::Postgres => self.pool.begin().await?,
         })
     }

@@ -147,7 +147,7 @@ impl Store {
         for id in ids {
             delete = delete.bind(*id);
         }
-        delete.execute(&self.pool).await?;
+        delete.execute(&self.writer).await?;
         Ok(())
     }
 
@@ -171,7 +171,7 @@ impl Store {
         let won: Option<(String,)> = sqlx::query_as(&sql)
             .bind(holder)
             .bind(ttl_ms)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
         Ok(won.is_some())
     }
@@ -180,7 +180,7 @@ impl Store {
     pub async fn release_relay_lease(&self, holder: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM relay_lease WHERE name = 'outbox' AND holder = $1")
             .bind(holder)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

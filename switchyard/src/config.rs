@@ -286,7 +286,9 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://switchyard.db")]
     pub database_url: String,
     /// Connections in this process's pool. On PostgreSQL, size it so that
-    /// (API processes × this) stays below the server's `max_connections`.
+    /// (API processes × this) stays below the server's `max_connections`. On an SQLite file
+    /// these serve reads; writes take turns, in the order they came, on one more connection
+    /// of their own (waiting for it at most 10 s, or `DATABASE_ACQUIRE_TIMEOUT_MS` if longer).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,

@@ -286,6 +286,15 @@ async fn two_api_processes_never_oversell() {
             ("JWT_SECRET", SECRET),
             ("DATABASE_URL", db.url.as_str()),
             ("RUST_LOG", "warn"),
+            // A burst of 100 requests per process on one product row, beyond the default
+            // bounds: they queue for 10 pooled connections (and, on PostgreSQL, for the
+            // row's lock) one transaction at a time. On a loaded machine that queue takes
+            // longer than the default 5 s acquire and statement timeouts (a 500: "pool timed
+            // out"), so they are lifted (and the request deadline with them); what is tested
+            // is the stock, not the wait.
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "120000"),
+            ("DATABASE_STATEMENT_TIMEOUT_MS", "120000"),
+            ("SWITCHYARD_REQUEST_TIMEOUT_MS", "120000"),
         ];
         let apis: Vec<ServerProcess> = (0..2)
             .map(|_| ServerProcess::start(dir.path(), &["api", "--listen", "127.0.0.1:0"], &env))

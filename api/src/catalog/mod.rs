@@ -35,10 +35,13 @@
 //! per process ([`moka`]'s `try_get_with`).
 //!
 //! **The cache is never needed**: when it fails (Redis down), reads go to the database
-//! (`switchyard_catalog_cache_bypass_total`); a write whose invalidation fails is logged and
-//! counted (`switchyard_catalog_cache_invalidation_failures_total`) and retried in the
-//! background until it succeeds, and this process's reads bypass the cache meanwhile. The
-//! limit: another API process that reaches Redis while the writer cannot may answer the old
+//! (`switchyard_catalog_cache_bypass_total`); a write whose invalidation fails retries it for
+//! up to [`INVALIDATION_PATIENCE`] before it answers — a Redis that restarted is back on the
+//! writer's connection within its reconnect back-off, while another API process may already
+//! read and fill it again — and if it still fails, it is logged and counted
+//! (`switchyard_catalog_cache_invalidation_failures_total`) and retried in the background
+//! until it succeeds, and this process's reads bypass the cache meanwhile. The limit: another
+//! API process that reaches Redis while the writer has not for that long may answer the old
 //! value until the retry lands (Redis being down for everyone, nobody reads it meanwhile).
 //!
 //! # Layout
@@ -247,15 +250,25 @@ impl Catalog {
     }
 
     /// After a committed write that changed these SKUs: bumps their generations (and the
-    /// pages'). A failure is retried in the background; until it succeeds, this process's
-    /// reads bypass the cache.
+    /// pages'), retrying a failure for up to [`INVALIDATION_PATIENCE`] before the write
+    /// answers. A failure beyond is retried in the background; until it succeeds, this
+    /// process's reads bypass the cache.
     async fn invalidate(&self, skus: Vec<String>) {
         let Some(cache) = &self.cache else { return };
         if skus.is_empty() {
             return;
         }
-        let Err(e) = cache.invalidate(&skus).await else {
-            return;
+        let deadline = tokio::time::Instant::now() + INVALIDATION_PATIENCE;
+        let mut pause = Duration::from_millis(50);
+        let e = loop {
+            match cache.invalidate(&skus).await {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() + pause >= deadline => break e,
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
         };
         metrics::counter!("switchyard_catalog_cache_invalidation_failures_total").increment(1);
         tracing::warn!(error = %e, "catalog cache invalidation failed; reads bypass the cache until it succeeds");
@@ -323,6 +336,10 @@ impl Catalog {
         Ok((value, CacheStatus::Miss))
     }
 }
+
+/// How long a write retries a failed invalidation before it answers (and leaves the rest to
+/// [`retry_invalidations`]): longer than the Redis cache connection's reconnect back-off (2 s).
+pub const INVALIDATION_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Retries the failed invalidations (all of them at once, backing off up to 2 s) until one
 /// attempt succeeds with none newer waiting.
