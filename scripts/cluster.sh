@@ -45,8 +45,10 @@ done
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || { echo "error: $1 not found; install it (Debian: apt-get install $2)" >&2; exit 1; }; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_for() { # url or redis port; up to 15 s
-  for _ in $(seq 1 300); do
+# Waits are generous (60 s): on a loaded machine a debug build migrating PostgreSQL can take
+# many seconds to answer; a healthy start on an idle one takes well under a second.
+wait_for() { # url or redis port; up to 60 s
+  for _ in $(seq 1 1200); do
     if [ "$1" = redis ]; then redis-cli -p "$2" ping >/dev/null 2>&1 && return 0
     else curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; fi
     sleep 0.05
@@ -70,7 +72,7 @@ start_switchyard() { # role name [VAR=value ...]
   mkdir -p "$dir/$name"
   (cd "$dir/$name" && exec env "$@" "$bin" "$role" --listen 127.0.0.1:0) < /dev/null > "$log.out" 2> "$log" &
   echo $! > "$dir/$name.pid"
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 1200); do
     addr=$(sed -n 's/^listening on //p' "$log.out" | head -n1)
     [ -n "$addr" ] && break
     kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null || { echo "error: $name exited; see $log" >&2; cat "$log" >&2; exit 1; }

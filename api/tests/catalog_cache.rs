@@ -253,7 +253,8 @@ fn spawn_redis(port: u16, dir: Option<&std::path::Path>) -> Child {
     let mut child = command
         .spawn()
         .expect("redis-server (Debian: apt-get install redis-server)");
-    for _ in 0..500 {
+    // Up to 30 s: a loaded machine can take seconds to start it.
+    for _ in 0..3_000 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return child;
         }

@@ -24,7 +24,8 @@ import { mint, sleep, startServer } from "../../clients/js/support/harness.js";
 const here = dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SCREENSHOTS = resolve(here, process.env.SCREENSHOTS_UPDATE === "1" ? "../../docs/screenshots" : "../../target/screenshots");
-const WAIT = { timeout: 10_000 };
+// Generous: it only bounds a failing test, and Chromium on a loaded machine can take seconds.
+const WAIT = { timeout: 30_000 };
 
 const tokens = {
   admin: mint({ sub: "admin", role: "admin", ttlSecs: 3600 }),

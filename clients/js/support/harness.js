@@ -10,6 +10,13 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 export const SECRET = "js-client-test-secret-0123456789abcdef";
+/**
+ * How long a test waits for something another process does (a frame, an event, a state), and
+ * for the server to start. Generous on purpose: they only bound a failing test, and a machine
+ * shared with builds and other test runs can take seconds for what an idle one does at once.
+ */
+export const WAIT_MS = 20_000;
+const START_WAIT_MS = 30_000;
 const here = dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.SWITCHYARD_BIN ?? resolve(here, "../../../target/debug/switchyard");
 
@@ -74,7 +81,7 @@ export async function startServer({ dir = tempDir(), port = 0 } = {}) {
   });
   const addr = await new Promise((res, rej) => {
     const lines = createInterface({ input: child.stdout });
-    const timer = setTimeout(() => rej(new Error(`switchyard did not listen within 10 s:\n${stderr}`)), 10_000);
+    const timer = setTimeout(() => rej(new Error(`switchyard did not listen within 30 s:\n${stderr}`)), START_WAIT_MS);
     lines.on("line", (line) => {
       if (line.startsWith("listening on ")) {
         clearTimeout(timer);
@@ -104,7 +111,7 @@ export async function startServer({ dir = tempDir(), port = 0 } = {}) {
       rmSync(dir, { recursive: true, force: true });
     },
   };
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + START_WAIT_MS;
   for (;;) {
     try {
       if ((await fetch(server.url("/readyz"))).status === 200) break;
@@ -148,7 +155,7 @@ export async function publish(server, room, event, data) {
 export const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 
 /** Resolves with the first payload of `name` (matching `pred`) the client emits, or rejects. */
-export function once(client, name, pred = () => true, timeoutMs = 5000) {
+export function once(client, name, pred = () => true, timeoutMs = WAIT_MS) {
   return new Promise((res, rej) => {
     const timer = setTimeout(() => {
       off();
@@ -164,7 +171,7 @@ export function once(client, name, pred = () => true, timeoutMs = 5000) {
 }
 
 /** Polls `cond` until true, or rejects after `timeoutMs`. */
-export async function until(cond, what, timeoutMs = 5000) {
+export async function until(cond, what, timeoutMs = WAIT_MS) {
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);

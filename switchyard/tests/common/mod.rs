@@ -37,8 +37,10 @@ pub fn workspace_root() -> std::path::PathBuf {
 }
 
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
-/// How long a test waits for any one expected frame or response.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test waits for any one expected frame or response, or for [`eventually`].
+/// Generous on purpose: it only bounds a failing test, and on a machine shared with builds and
+/// other test runs a relay, a second process or a lock wait can take seconds.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A `switchyard all` to be built from typed settings, after the registry backend's
 /// `TestApp`: `TestApp::embedded().with_config(|c| c.serve.limits.max_subscriptions = 3)`,
