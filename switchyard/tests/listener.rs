@@ -53,7 +53,8 @@ async fn stalled_and_trickled_bodies_are_cut_while_everyone_else_is_served() {
     let server = TestApp::embedded()
         .with_config(|c| {
             c.serve.limits.body_timeout_ms = BODY_TIMEOUT_MS;
-            c.serve.limits.request_timeout_ms = 5_000;
+            // Above the handshake's bus timeout (5 s by default), which it must exceed.
+            c.serve.limits.request_timeout_ms = 10_000;
         })
         .start()
         .await;
