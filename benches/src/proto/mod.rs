@@ -30,6 +30,10 @@ pub enum Incoming<'a> {
         seq: u64,
         ts_us: u64,
     },
+    /// An event the load generator did not publish (a `presence.*` event of a room with
+    /// presence): not a delivery to count, but it takes its place in the room's sequence, so
+    /// the next event's `seq` is no gap.
+    Untimed { room: Option<&'a str>, seq: u64 },
 }
 
 /// One system's client protocol.

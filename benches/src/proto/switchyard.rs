@@ -51,6 +51,7 @@ impl Protocol for Switchyard {
                 number_after(data, r#""ts":"#),
             ) {
                 (Some(seq), Some(ts_us)) => Incoming::Event { room, seq, ts_us },
+                (Some(seq), None) => Incoming::Untimed { room, seq },
                 _ => Incoming::Ignore,
             };
         }
