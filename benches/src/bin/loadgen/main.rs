@@ -950,10 +950,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.clients
     );
     if let Some(f) = &args.ready_file {
+        // Written beside the file and renamed into place: the parent polls for the file to
+        // exist, and a plain write lets it read the file between creation and content.
+        let partial = f.with_extension("partial");
         std::fs::write(
-            f,
+            &partial,
             json!({"connected": connected, "failed": failed}).to_string(),
         )?;
+        std::fs::rename(&partial, f)?;
     }
 
     // ── hold (idle) ─────────────────────────────────────────────────────────────────────
