@@ -500,10 +500,8 @@ async fn client(
                     delivered += 1;
                     ctx.latencies.record(i, now.saturating_sub(ts_us));
                 }
-                Incoming::Untimed { room, seq } => {
-                    if room.is_none_or(|r| r == tracked) {
-                        last = Some(last.map_or(seq, |p| p.max(seq)));
-                    }
+                Incoming::Untimed { room, seq } if room.is_none_or(|r| r == tracked) => {
+                    last = Some(last.map_or(seq, |p| p.max(seq)));
                 }
                 Incoming::Reply(r) => replies.push(r),
                 _ => {}
