@@ -5,6 +5,8 @@ their ratio, and orders/s with stock reservation at p99 <= 50 ms, on SQLite (1 A
 PostgreSQL (2), and every step. Nothing is written when nothing was measured."""
 import json, pathlib, re, sys
 
+from machine import sharing, was_shared
+
 results, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 if not list(results.glob("catalog-reads-*.json")):
     sys.exit(0)
@@ -25,8 +27,7 @@ lines = ["<!-- catalog -->", "## The catalog: product reads with the cache on an
          "or off (every read from the database); orders are `POST /api/orders` of one unit, its stock reserved in",
          "the order's transaction, with the cache on (each order invalidates its SKU and the list pages). Requests",
          "leave on schedule at each offered rate for the step; the answer is the highest rate whose p99 stays",
-         "within the bound with no error. **The machine was shared** with other engineers' builds and test runs",
-         "during the measurement: compare the columns of one run (the ratio) rather than absolute figures.", "",
+         "within the bound with no error.", "",
          "| engine | reads/s at p99 ≤ 5 ms, cache on | cache off | ratio (on / off) | orders/s at p99 ≤ 50 ms |",
          "|---|---|---|---|---|"]
 steps = []
@@ -51,9 +52,9 @@ if not machine.exists():
     machine = results / "machine.json"
 if machine.exists():
     m = json.loads(machine.read_text())
-    load = f", load average {m['load_average']} at the end" if "load_average" in m else ""
-    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, shared with other"
-              f" builds{load}; Redis {m.get('redis')}; Switchyard {m.get('switchyard_commit')}; {m.get('date')}."]
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, {sharing(m)}"
+              + ("; **compare the columns of one run (the ratio) rather than absolute figures**" if was_shared(m) else "")
+              + f"; Redis {m.get('redis')}; Switchyard {m.get('switchyard_commit')}; {m.get('date')}."]
 lines.append("<!-- /catalog -->")
 section = "\n".join(lines) + "\n"
 text = out.read_text() if out.exists() else ""

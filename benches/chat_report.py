@@ -3,6 +3,8 @@ or appended) from benches/results/chat-*.json, as benches/run.sh --only chat lea
 messages/s at p99 <= 20 ms from `send` to the other side's chat.message event, and every step."""
 import json, pathlib, re, sys
 
+from machine import sharing
+
 results, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 runs = sorted(results.glob("chat-*.json"))
 if not runs:
@@ -30,9 +32,8 @@ if not machine.exists():
     machine = results / "machine.json"
 if machine.exists():
     m = json.loads(machine.read_text())
-    load = f", load average {m['load_average']} at the end" if "load_average" in m else ""
-    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, shared with other"
-              f" sessions' builds{load}; {m.get('profile')} build; Redis {m.get('redis')}; Switchyard"
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, {sharing(m)};"
+              f" {m.get('profile')} build; Redis {m.get('redis')}; Switchyard"
               f" {m.get('switchyard_commit')}; {m.get('date')}."]
 lines.append("<!-- /chat -->")
 section = "\n".join(lines) + "\n"

@@ -4,6 +4,8 @@ requests/s at p99 <= 50 ms per scenario on SQLite (1 API process) and PostgreSQL
 and every step."""
 import json, pathlib, re, sys
 
+from machine import sharing
+
 results, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 if not list(results.glob("crud-*.json")):
     sys.exit(0)  # not measured: no section
@@ -35,7 +37,7 @@ if not machine.exists():
     machine = results / "machine.json"
 if machine.exists():
     m = json.loads(machine.read_text())
-    load = f", load average {m['load_average']} at the end (shared machine)" if "load_average" in m else ""
+    load = f", {sharing(m)}"
     lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB; {m.get('date')};"
               f" Switchyard {m.get('switchyard_commit')}{load}."]
 lines.append("<!-- /crud -->")

@@ -6,6 +6,8 @@ gateway's CPU per accepted fix in both and their ratio, fixes/s in, deliveries t
 the admins' latency. Nothing is written when nothing was measured."""
 import json, pathlib, re, sys
 
+from machine import sharing, was_shared
+
 results, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 f = results / "fleet-switchyard.json"
 if not f.exists():
@@ -35,9 +37,7 @@ lines = ["<!-- fleet -->", "## 10. The fleet: admin:fleet against the plain orde
          "second, with the admins joined to admin:fleet. CPU per fix is the gateway process's CPU time over the",
          "step divided by the fixes it accepted (answered `ok`). Admin latency runs from the fix's device time to",
          "its receipt by an admin: it includes the wait for the once-a-second publish (the newest fix of the second",
-         "is at most one send interval old then). The load generator runs on the same machine. **The machine was",
-         "shared** with other engineers' builds and test runs: compare the two phases of one run rather than",
-         "absolute figures.", "",
+         "is at most one send interval old then). The load generator runs on the same machine.", "",
          "| phase | admins | fixes/s offered | fixes/s sent | fixes/s accepted | gateway CPU | gateway µs per fix | deliveries to admins/s | admin p50 ms | admin p99 ms |",
          "|---|---|---|---|---|---|---|---|---|---|"]
 for s in steps:
@@ -55,9 +55,9 @@ if not machine.exists():
     machine = results / "machine.json"
 if machine.exists():
     m = json.loads(machine.read_text())
-    load = f", load average {m['load_average']} at the end" if "load_average" in m else ""
-    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, shared with other"
-              f" builds{load}; {m.get('profile')} build; Redis {m.get('redis')}; Switchyard {m.get('switchyard_commit')}; {m.get('date')}."]
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, {sharing(m)}"
+              + ("; compare the two phases of one run rather than absolute figures" if was_shared(m) else "")
+              + f"; {m.get('profile')} build; Redis {m.get('redis')}; Switchyard {m.get('switchyard_commit')}; {m.get('date')}."]
 lines.append("<!-- /fleet -->")
 section = "\n".join(lines) + "\n"
 text = out.read_text() if out.exists() else ""

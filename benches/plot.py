@@ -15,6 +15,8 @@ import re
 import statistics
 import sys
 
+from machine import sharing
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -247,9 +249,7 @@ def cluster_section(results):
         m = json.load(open(measured[0]))
         lines[2:2] = [f"Measured {m['date']} at Switchyard {m['switchyard_commit']}, {m.get('profile', 'release')} build"
                       f" (`benches/run.sh{' --debug' if m.get('profile') == 'debug' else ''} --only \"{m.get('only', '')}\"`),"
-                      f" {m.get('repeat', 1)} run(s), on the machine above shared with other engineers' builds"
-                      + (f" (load average {m['load_average']} on {m.get('cores', 2)} cores)" if m.get("load_average") is not None else "")
-                      + "."
+                      f" {m.get('repeat', 1)} run(s), on the machine above, {sharing(m)}."
                       + (" A debug build of the gateways and the publisher (loadgen) makes their CPU per event"
                          " larger and the rates lower than a release build's; Redis is the same server either way,"
                          " so its CPU per event is what to compare." if m.get("profile") == "debug" else ""), ""]
@@ -488,7 +488,7 @@ def main():
            "benches/run.sh --soak     # 30 min at 10,000 connections: resource slopes and loss", "```", "",
            "## Machine and versions", "",
            f"- {machine['cores']} cores ({machine['cpu']}), {machine['mem_gib']} GiB RAM, Linux {machine['kernel']};"
-           " shared with other engineers' builds during the run; at most 20,000 open files per process.",
+           f" {sharing(machine)}; at most 20,000 open files per process.",
            f"- Switchyard {machine['switchyard_commit']} (release build, {machine['rustc']}); Redis {machine['redis']};"
            f" Node {machine['node']}, socket.io {machine['socketio']}, @socket.io/redis-adapter {machine['redis_adapter']},"
            f" @socket.io/redis-emitter {machine['redis_emitter']}.",

@@ -36,12 +36,17 @@
 #   own; messages/s at p99 <= 20 ms from `send` to the other side's chat.message event, through
 #   the full durable path (API commit with the outbox row, relay, bus), in BENCHMARKS.md
 #   (benches/chat_report.py). Stepping stops at the first step over the bound.
+# fleet: partners streaming fixes at 4 Hz to one gateway (target/release/loadgen fleet, issue #16),
+#   twice on fresh gateways of the same Redis and API: the plain order-room location path
+#   (SWITCHYARD_FLEET_POSITIONS=false, no admin) and admin:fleet with 10 admins watching; the
+#   gateway's CPU per fix in both and their ratio, admin deliveries/s and latency, in BENCHMARKS.md
+#   (benches/fleet_report.py).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
-all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog cluster chat"
+all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog cluster chat fleet"
 only=$all_scenarios
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,10 +58,11 @@ while [ $# -gt 0 ]; do
     --skip-build) build=0; shift ;;
     --no-criterion) criterion=0; shift ;;
     --only) only=$2; shift 2 ;;
-    *) sed -n '2,33p' "$0"; exit 2 ;;
+    *) sed -n '2,43p' "$0"; exit 2 ;;
   esac
 done
 started=$(date +%s)
+load_start=$(cut -d' ' -f1 /proc/loadavg)   # everything else on the machine, before our servers
 results="$root/benches/results"
 [ $quick = 1 ] && results="$root/target/bench-quick"
 mkdir -p "$results"
@@ -177,15 +183,15 @@ if [ $quick = 1 ]; then # bounded smoke run: every load scenario, one short step
   loc_orders=20; loc_fractions=1; scale_levels=30; scale_gateways=2; idle_levels=100; hs_count=300; hs_secs=1
   bc_clients=200; bc_rates=20; step=1; slow_step=1; or_clients=200; or_rates=500; slow_rates=500; api_clients=100; api_rates=200
   read_rates=50; catalog_order_rates=20   # catalog: SQLite only in the smoke run
-  chat_rates=20; chat_pairs=10
+  chat_rates=20; chat_pairs=10; fleet_partners=20
 else
   step=4; slow_step=6; loc_orders=2500; loc_fractions=0.1,0.2,0.4,1; scale_levels=8350,16700; scale_gateways=6; api_clients=2000
   idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
   bc_rates=1,2,5,10,25,50,100,200
   or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
-  slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800
-  read_rates=250,500,1000,2000,3000,4000,6000; catalog_order_rates=25,50,100,200,300,400
-  chat_rates=25,50,100,200,300,400,600,800,1000,1500; chat_pairs=200
+  slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800,1200,1600,2400
+  read_rates=250,500,1000,2000,3000,4000,6000,8000,11000,15000; catalog_order_rates=25,50,100,200,300,400,600,800,1200
+  chat_rates=25,50,100,200,300,400,600,800,1000,1500; chat_pairs=200; fleet_partners=10000
 fi
 
 has() { [[ " $only " == *" $1 "* ]]; }
@@ -272,6 +278,20 @@ bus_run() { # label redis_url --pid name=pid...
   "$loadgen" run --label "cluster-$label" --rooms pairs --clients "$clients" --ramp "$ramp" --rates "$or_rates" \
     --step-secs "$step" --max-p99-ms 250 --proto switchyard "${targets[@]}" "$@" --publisher redis --redis "$url" \
     --json "$results/cluster-$label$sfx.json"
+  for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
+}
+# The fleet: two fresh gateways on the scenarios' Redis and API, one per phase — plain (fixes to
+# their order rooms only, no admin) then fleet (admin:fleet on, 10 admins); then they are stopped.
+fleet_run() {
+  local pids=() targets=() phase
+  for phase in plain fleet; do
+    SWITCHYARD_FLEET_POSITIONS=$([ $phase = plain ] && echo false || echo true) \
+      start_switchyard gateway "gateway-fleet-$phase"
+    targets+=(--target "$REPLY_ADDR" --pid "gateway-$phase=$REPLY_PID"); pids+=("$REPLY_PID")
+  done
+  "$loadgen" fleet --proto switchyard "${targets[@]}" --pid "redis=$sy_redis_pid" --api "http://$api_addr" \
+    --partners "$fleet_partners" --hz 4 --phases plain,fleet --admins 0,10 --step-secs "$step" \
+    --json "$results/fleet-switchyard.json"
   for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
 }
 suffix() { [ "$repeat" -gt 1 ] && echo ".r$1" || echo ""; }
@@ -365,6 +385,10 @@ for r in $(seq 1 "$repeat"); do
     log "scenario 10 chat ($chat_pairs customer/partner pairs on 2 gateways, messages/s $chat_rates, p99 <= 20 ms)"
     chat_run
   fi
+  if has fleet && [ "$r" = 1 ]; then
+    log "scenario 11 fleet ($fleet_partners partners at 4 Hz on one gateway: plain order rooms vs admin:fleet with 10 admins)"
+    fleet_run
+  fi
   if has catalog && [ "$r" = 1 ]; then
     log "scenario 9 catalog (product reads, cache on/off; orders with stock reservation): reads $read_rates, orders $catalog_order_rates"
     catalog_run sqlite-1api "sqlite://$work/catalog-%s.db" 1
@@ -403,6 +427,7 @@ fi
   echo "\"profile\": \"$profile\","
   echo "\"only\": \"$only\","
   echo "\"quick\": $quick,"
+  echo "\"load_average_start\": $load_start,"
   echo "\"load_average\": $(cut -d' ' -f1 /proc/loadavg)"
   echo "}"
 } > "$results/machine.next.json"
@@ -430,6 +455,7 @@ if [ $quick = 0 ]; then
   python3 benches/crud_report.py "$results" "$root/BENCHMARKS.md"
   python3 benches/catalog_report.py "$results" "$root/BENCHMARKS.md"
   python3 benches/chat_report.py "$results" "$root/BENCHMARKS.md"
+  python3 benches/fleet_report.py "$results" "$root/BENCHMARKS.md"
 else
   "$venv/bin/python" benches/plot.py "$results" "$results/BENCHMARKS.md"
 fi

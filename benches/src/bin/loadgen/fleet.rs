@@ -104,11 +104,24 @@ pub async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for (p, name) in args.phases.iter().enumerate() {
         let target = &args.common.targets[p];
-        let result = phase(&args, &issuer, &ids, name, target, args.admins[p], &watched, p).await?;
+        let result = phase(
+            &args,
+            &issuer,
+            &ids,
+            name,
+            target,
+            args.admins[p],
+            &watched,
+            p,
+        )
+        .await?;
         results.push(result);
     }
     let cpu_per_fix = |r: &Value| r["gateway_cpu_us_per_fix"].as_f64();
-    let ratio = match (results.first().and_then(cpu_per_fix), results.last().and_then(cpu_per_fix)) {
+    let ratio = match (
+        results.first().and_then(cpu_per_fix),
+        results.last().and_then(cpu_per_fix),
+    ) {
         (Some(base), Some(with)) if base > 0.0 && results.len() > 1 => Some(with / base),
         _ => None,
     };
@@ -148,14 +161,16 @@ async fn phase(
     for a in 0..admins {
         let token = issuer.issue(&format!("lg-fleet-admin{a}"), Role::Admin, 3600);
         let (src, addr) = (sources[a % sources.len()], target.to_owned());
-        let (counters, latencies, mut stop) = (counters.clone(), latencies.clone(), stop_rx.clone());
+        let (counters, latencies, mut stop) =
+            (counters.clone(), latencies.clone(), stop_rx.clone());
         conns.push(tokio::spawn(async move {
             let setup = async {
                 let mut conn = open(&PROTO, src, &addr, &token).await?;
                 crate::join_all(&PROTO, &mut conn, &[FLEET.to_owned()], &token).await?;
                 anyhow::Ok(conn)
             };
-            let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(20), setup).await else {
+            let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(20), setup).await
+            else {
                 return;
             };
             counters.connected.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +195,12 @@ async fn phase(
                 if !text.contains(r#""event":"partner.location""#) {
                     continue;
                 }
-                if let Incoming::Event { room: Some(FLEET), ts_us: ts_ms, .. } = PROTO.on_text(text, "") {
+                if let Incoming::Event {
+                    room: Some(FLEET),
+                    ts_us: ts_ms,
+                    ..
+                } = PROTO.on_text(text, "")
+                {
                     counters.admin_deliveries.fetch_add(1, Ordering::Relaxed);
                     latencies.record(a, now.saturating_sub(ts_ms * 1000));
                 }
@@ -287,7 +307,9 @@ async fn phase(
         (Some(Some(b)), Some(Some(a))) => Some(a.cpu_secs - b.cpu_secs),
         _ => None,
     };
-    let per_fix = cpu_secs.filter(|_| accepted > 0).map(|c| c * 1e6 / accepted as f64);
+    let per_fix = cpu_secs
+        .filter(|_| accepted > 0)
+        .map(|c| c * 1e6 / accepted as f64);
     let step = json!({
         "phase": name,
         "admins": admins,

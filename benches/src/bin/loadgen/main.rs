@@ -13,12 +13,15 @@
 //! - `idle`: RSS per idle connection at several connection counts, using several `run`
 //!   processes (one process may hold at most ~20,000 sockets).
 //! - `merge`: combines the JSON results of several `run` processes (histograms exactly).
+//! - `fleet` (`fleet.rs`): partners streaming fixes with admins watching `admin:fleet`, against
+//!   the plain order-room location path; the gateway's CPU per fix in both.
 //! - `soak` (`soak.rs`): half an hour of mixed traffic and reconnects; the slopes of the
 //!   gateways' RSS and open files and of Redis' memory, and the loss.
 //!
 //! Loopback only; bounded in count (`--clients`, `--count`) and time (`--step-secs`, `--secs`,
 //! `--hold-secs`).
 
+mod fleet;
 mod soak;
 
 use anyhow::{Context, bail};
@@ -62,6 +65,8 @@ enum Cmd {
     /// Scenario 5 (Switchyard only): partners stream `location` ops into their orders' rooms,
     /// customers receive them; orders are created and assigned through the REST API first.
     Locations(Box<LocationArgs>),
+    /// Partners streaming fixes with admins in `admin:fleet` vs the plain order-room path.
+    Fleet(Box<fleet::FleetArgs>),
     /// Mixed traffic and reconnects for many minutes: resource slopes and loss (Switchyard).
     Soak(Box<soak::SoakArgs>),
     /// Merge the JSON results of several `run` processes.
@@ -1650,6 +1655,7 @@ fn main() -> anyhow::Result<()> {
                 match cmd {
                     Cmd::Handshake(a) => handshake(a).await,
                     Cmd::Locations(a) => locations(*a).await,
+                    Cmd::Fleet(a) => fleet::fleet(*a).await,
                     _ => unreachable!(),
                 }
             }),
