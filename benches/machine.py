@@ -1,20 +1,23 @@
 """How the reports describe the machine a run measured on (imported by plot.py and the *_report.py
-scripts). run.sh stamps the load average before it starts any server (`load_average_start`, the
-load of everything else on the machine) and at the end; a run that started on a busy machine says
-so, one that started on an idle machine says that instead."""
-
-
-def sharing(m):
-    """'quiet (…)' or 'shared with other builds (…)', from the load before the run started."""
-    start, end = m.get("load_average_start"), m.get("load_average")
-    at_end = f", {end} at the end" if end is not None else ""
-    if start is None:  # a run stamped before run.sh recorded it
-        return f"shared with other builds (load average{' ' + str(end) if end is not None else ''} at the end)"
-    busy = float(start) >= 0.7
-    return (f"{'shared with other builds' if busy else 'otherwise idle'}"
-            f" (load average {start} before the servers started{at_end})")
+scripts). run.sh measures, before it starts any server, how many cores everything else on the
+machine kept busy over one second (`others_busy_cores_start`); a run that started beside other
+work says so, one that started on an otherwise idle machine says that instead."""
 
 
 def was_shared(m):
-    start = m.get("load_average_start")
-    return start is None or float(start) >= 0.7
+    if m.get("note"):
+        return False
+    others = m.get("others_busy_cores_start")
+    return others is None or float(others) >= 0.3
+
+
+def sharing(m):
+    """'otherwise idle (…)' or 'shared with other builds (…)'."""
+    others, end = m.get("others_busy_cores_start"), m.get("load_average")
+    at_end = f"load average {end} at the end" if end is not None else ""
+    if m.get("note"):  # said by whoever ran it, e.g. how other work was kept off the machine
+        return m["note"] + (f" ({at_end})" if at_end else "")
+    if others is None:  # a run stamped before run.sh measured it
+        return "shared with other builds" + (f" ({at_end})" if at_end else "")
+    words = "shared with other builds" if was_shared(m) else "otherwise idle"
+    return f"{words} ({others} cores busy before the servers started{', ' + at_end if at_end else ''})"

@@ -62,7 +62,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 started=$(date +%s)
-load_start=$(cut -d' ' -f1 /proc/loadavg)   # everything else on the machine, before our servers
+# Everything else on the machine before our servers start: CPU cores busy over one second (the load
+# average lags by minutes, so it cannot tell a machine whose builds were just stopped).
+busy_cores() { python3 -c '
+import os, time
+def t():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v), v[3] + v[4]
+a, ia = t(); time.sleep(1); b, ib = t()
+print(round((1 - (ib - ia) / max(1, b - a)) * os.cpu_count(), 2))'; }
+others_start=$(busy_cores)
 results="$root/benches/results"
 [ $quick = 1 ] && results="$root/target/bench-quick"
 mkdir -p "$results"
@@ -427,7 +436,7 @@ fi
   echo "\"profile\": \"$profile\","
   echo "\"only\": \"$only\","
   echo "\"quick\": $quick,"
-  echo "\"load_average_start\": $load_start,"
+  echo "\"others_busy_cores_start\": $others_start,"
   echo "\"load_average\": $(cut -d' ' -f1 /proc/loadavg)"
   echo "}"
 } > "$results/machine.next.json"
