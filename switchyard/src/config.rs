@@ -336,6 +336,22 @@ pub struct UpstreamArgs {
     /// How long one request to the API may take before the op is refused with `internal` (ms).
     #[arg(long, env = "SWITCHYARD_API_TIMEOUT_MS", default_value_t = 2_000)]
     pub api_timeout_ms: u64,
+    /// How long an op (a subscribe's access check or snapshot, a chat write) may wait for the
+    /// API in all (ms): for a free request slot (SWITCHYARD_API_MAX_IN_FLIGHT), the request,
+    /// and the retries of an overloaded API's `503`/`429` answers (after their `Retry-After`,
+    /// or a jittered backoff from 50 ms up to 1 s). Past it the op is refused with `internal`
+    /// (the client retries). At least SWITCHYARD_API_TIMEOUT_MS.
+    #[arg(long, env = "SWITCHYARD_API_DEADLINE_MS", default_value_t = 5_000)]
+    pub api_deadline_ms: u64,
+    /// Requests this gateway has in flight to the API at once (over every URL of
+    /// SWITCHYARD_API_URL); more wait for a slot, within SWITCHYARD_API_DEADLINE_MS. Also how
+    /// many idle keep-alive connections it keeps. Keep (this × the number of gateways) well
+    /// below the API's SWITCHYARD_MAX_HTTP_CONNECTIONS (512 by default): beyond it the API
+    /// answers 503 and a burst of joins (a fleet reconnecting, Redis lost its snapshots) turns
+    /// into retries.
+    #[arg(long, env = "SWITCHYARD_API_MAX_IN_FLIGHT", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub api_max_in_flight: u64,
 }
 
 impl std::fmt::Debug for UpstreamArgs {
@@ -344,6 +360,8 @@ impl std::fmt::Debug for UpstreamArgs {
             .field("api_urls", &self.api_urls)
             .field("service_token", &masked(&self.service_token))
             .field("api_timeout_ms", &self.api_timeout_ms)
+            .field("api_deadline_ms", &self.api_deadline_ms)
+            .field("api_max_in_flight", &self.api_max_in_flight)
             .finish()
     }
 }

@@ -268,15 +268,19 @@ async fn accept_error(err: std::io::Error, pause: Duration, stop: &CancellationT
 
 /// Answers a connection over the limits without reading its request, and closes it.
 fn refuse(mut tcp: TcpStream, refusal: Refusal, conns: &Arc<Conns>) {
-    let (status, code, reason, message) = match refusal {
+    // A full process is a passing state: `Retry-After` tells clients (a gateway asking the
+    // API, `switchyard/src/backend/remote.rs`) when to come back.
+    let (status, retry, code, reason, message) = match refusal {
         Refusal::Full => (
             "503 Service Unavailable",
+            "retry-after: 1\r\n",
             ErrorCode::Unavailable,
             "connections",
             "too many HTTP connections; retry shortly",
         ),
         Refusal::PerIp => (
             "429 Too Many Requests",
+            "",
             ErrorCode::LimitExceeded,
             "per_ip",
             "too many HTTP connections from this address",
@@ -286,7 +290,7 @@ fn refuse(mut tcp: TcpStream, refusal: Refusal, conns: &Arc<Conns>) {
     let body = serde_json::to_string(&ErrorBody::new(code, message)).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
+         {retry}connection: close\r\n\r\n{body}",
         body.len()
     );
     // The answer fits an empty socket buffer: written without waiting.

@@ -16,7 +16,7 @@
 //! 4. **stop** — wait for all of it (bounded by the drain timeout), close the database.
 
 use crate::backend::embedded::Embedded;
-use crate::backend::remote::{ApiClient, Remote, ServiceToken};
+use crate::backend::remote::{ApiClient, ApiLimits, Remote, ServiceToken};
 use crate::config::{GatewayArgs, KeySource, Mode, Server, secret_path};
 use crate::health::{self, Health};
 use crate::listener::{HttpConfig, HttpServer};
@@ -392,7 +392,11 @@ fn remote_backend(
     let api = ApiClient::new(
         upstream.api_urls.clone(),
         token,
-        Duration::from_millis(upstream.api_timeout_ms.max(10)),
+        ApiLimits {
+            timeout: Duration::from_millis(upstream.api_timeout_ms.max(10)),
+            deadline: Duration::from_millis(upstream.api_deadline_ms),
+            max_in_flight: usize::try_from(upstream.api_max_in_flight).unwrap_or(1),
+        },
     )
     .map_err(anyhow::Error::msg)?;
     Ok(Remote { state, api })

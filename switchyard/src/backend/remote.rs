@@ -27,10 +27,14 @@
 //! data or the relay is behind.
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_auth::{Issuer, now_secs};
 use switchyard_broker::state::{Cached, SharedState};
@@ -38,6 +42,8 @@ use switchyard_gateway::backend::{Backend, BackendError, ChatError, Read, Sender
 use switchyard_gateway::locations::newest;
 use switchyard_protocol::chat::{ChatMessage, ChatState, NewMessage};
 use switchyard_protocol::{Location, Order, Product, Revenue, Role, Room};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 
 /// Lifetime of a service token the gateway signs itself; renewed when a quarter is left.
 const MINTED_TOKEN_TTL: u64 = 3600;
@@ -80,20 +86,79 @@ impl ServiceToken {
     }
 }
 
+/// How a gateway's requests to the API are bounded (`SWITCHYARD_API_*`, see
+/// `crate::config::UpstreamArgs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// One request's timeout.
+    pub timeout: Duration,
+    /// An op's whole wait for the API: a free request slot, the request, and the retries of
+    /// an overloaded API's 503s. At least `timeout`.
+    pub deadline: Duration,
+    /// Requests in flight to the API at once, over every base; also the keep-alive pool's
+    /// size. More wait for a free slot (within the deadline).
+    pub max_in_flight: usize,
+}
+
+/// The first wait before a request refused with 503 and no `Retry-After` is sent again;
+/// doubled per retry up to [`MAX_BACKOFF`], each wait drawn at random below it (full jitter:
+/// gateways refused together do not come back together).
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long an idle pooled connection to the API is kept: below the API's keep-alive idle
+/// time (its `SWITCHYARD_HANDSHAKE_TIMEOUT_MS`, 5 s by default), so the gateway, not the API,
+/// closes it, and a request never goes out on a connection the API is closing.
+const POOL_IDLE: Duration = Duration::from_secs(3);
+
+/// A lookup on its way to the API that later identical lookups join (see
+/// [`ApiClient::get_shared`]): the body on 200, `None` on 404.
+type Flight = Shared<BoxFuture<'static, Result<Option<Bytes>, String>>>;
+
 /// The API's `/internal` routes, over one or more base URLs.
+///
+/// An overloaded API answers 503 (its listener over `SWITCHYARD_MAX_HTTP_CONNECTIONS`); a
+/// burst of joins on a gateway must not become a burst of failed joins. So:
+/// - at most `max_in_flight` requests are in flight at once, on pooled keep-alive
+///   connections — a burst queues here (bounded by the op's deadline), not at the API;
+/// - a 503 or 429 (from every base) and a connection refused or cut before an answer are
+///   retried after the answer's `Retry-After`, or a jittered exponential backoff, as long as
+///   the op's deadline allows (a timed-out request is not); counted in
+///   `switchyard_backend_api_retries_total`;
+/// - identical cache-tolerant lookups (`Read::Cached` orders, products, revenue) still
+///   waiting for a request slot share one request (single flight per path).
+#[derive(Clone)]
 pub struct ApiClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     http: reqwest::Client,
     bases: Vec<String>,
     /// Where the next request starts, so requests spread over the API processes.
     next: AtomicUsize,
     token: ServiceToken,
+    limits: ApiLimits,
+    /// One permit per request in flight.
+    slots: Semaphore,
+    /// Lookups waiting for a request slot, by path. A flight leaves the map when it gets its
+    /// slot, before its request is sent: a lookup joins only a request not sent yet, so its
+    /// answer is never older than the lookup (a subscribe reads its snapshot after the room's
+    /// position, and must not get one read before it). A std mutex: held for one map
+    /// operation, never across an `.await`.
+    flights: Mutex<HashMap<String, (u64, Flight)>>,
+    /// Tells flights apart, so one leaves the map only itself.
+    flight_ids: AtomicU64,
 }
+
+/// A request slot held until the answer's body has been read.
+type Slot<'a> = SemaphorePermit<'a>;
 
 impl ApiClient {
     pub fn new(
         bases: Vec<String>,
         token: ServiceToken,
-        timeout: Duration,
+        limits: ApiLimits,
     ) -> Result<ApiClient, String> {
         if bases.is_empty() {
             return Err("`switchyard gateway` needs SWITCHYARD_API_URL: the API processes it asks when Redis has no snapshot".into());
@@ -110,60 +175,60 @@ impl ApiClient {
                 "SWITCHYARD_API_URL: {bad:?} is not an http:// or https:// URL"
             ));
         }
+        let limits = ApiLimits {
+            max_in_flight: limits.max_in_flight.max(1),
+            deadline: limits.deadline.max(limits.timeout),
+            ..limits
+        };
         let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
+            .timeout(limits.timeout)
+            .connect_timeout(limits.timeout)
+            .pool_max_idle_per_host(limits.max_in_flight)
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|e| e.to_string())?;
         Ok(ApiClient {
-            http,
-            bases,
-            next: AtomicUsize::new(0),
-            token,
+            inner: Arc::new(Inner {
+                http,
+                bases,
+                next: AtomicUsize::new(0),
+                token,
+                slots: Semaphore::new(limits.max_in_flight),
+                limits,
+                flights: Mutex::default(),
+                flight_ids: AtomicU64::new(0),
+            }),
         })
     }
 
-    /// Sends the request `build` makes for each API base in turn, starting from the next one
-    /// round-robin, and returns the first answer that is not a 5xx (draining, database down),
-    /// with the base that gave it. A base that does not answer is skipped too.
-    async fn first_answer(
-        &self,
-        build: impl Fn(&str) -> reqwest::RequestBuilder,
-    ) -> Result<(&str, reqwest::Response), BackendError> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let token = self.token.get();
-        let mut last = String::new();
-        for i in 0..self.bases.len() {
-            let base = &self.bases[(start + i) % self.bases.len()];
-            match build(base).bearer_auth(&token).send().await {
-                Err(err) => last = format!("{base}: {err}"),
-                Ok(response) if response.status().is_server_error() => {
-                    last = format!("{base}: {}", response.status());
-                }
-                Ok(response) => return Ok((base, response)),
-            }
-        }
-        Err(BackendError(format!("no API process answered: {last}")))
+    /// `GET {base}{path}`: `Some` on 200, `None` on 404. One request per call (a fresh read).
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, BackendError> {
+        let deadline = Instant::now() + self.inner.limits.deadline;
+        let slot = self.inner.slot(deadline).await?;
+        let body = self.inner.fetch(path, slot, deadline).await?;
+        decode(path, body)
     }
 
-    /// `GET {base}{path}`: `Some` on 200, `None` on 404.
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, BackendError> {
-        let (base, response) = self
-            .first_answer(|base| self.http.get(format!("{base}{path}")))
-            .await?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(BackendError(format!("{base}{path}: {status}")));
-        }
-        metrics::counter!("switchyard_backend_reads_total", "source" => "api").increment(1);
-        response
-            .json()
-            .await
-            .map(Some)
-            .map_err(|e| BackendError(format!("{base}{path}: {e}")))
+    /// Like [`get`](Self::get), but joins an identical lookup still waiting for its request
+    /// slot: for reads a cached answer may serve.
+    async fn get_shared<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, BackendError> {
+        let flight = {
+            let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(path) {
+                Some((_, flight)) => {
+                    metrics::counter!("switchyard_backend_api_coalesced_total").increment(1);
+                    flight.clone()
+                }
+                None => {
+                    let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
+                    let flight = self.inner.clone().fly(path.to_owned(), id);
+                    flights.insert(path.to_owned(), (id, flight.clone()));
+                    flight
+                }
+            }
+        };
+        let body = flight.await.map_err(BackendError)?;
+        decode(path, body)
     }
 
     /// `POST {base}{path}` with a JSON body, for the chat writes: the answer's body on 2xx
@@ -174,8 +239,13 @@ impl ApiClient {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, ChatError> {
-        let (base, response) = self
-            .first_answer(|base| self.http.post(format!("{base}{path}")).json(body))
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.limits.deadline;
+        let slot = inner.slot(deadline).await?;
+        let (base, response, _slot) = inner
+            .first_answer(slot, deadline, |base| {
+                inner.http.post(format!("{base}{path}")).json(body)
+            })
             .await?;
         let status = response.status();
         if status.is_success() {
@@ -199,6 +269,187 @@ impl ApiClient {
             _ => ChatError::Failed(BackendError(format!("{base}{path}: {status}"))),
         })
     }
+}
+
+/// A fetched body as `T`.
+fn decode<T: DeserializeOwned>(path: &str, body: Option<Bytes>) -> Result<Option<T>, BackendError> {
+    body.map(|bytes| serde_json::from_slice(&bytes))
+        .transpose()
+        .map_err(|e| BackendError(format!("{path}: {e}")))
+}
+
+impl Inner {
+    /// A request slot, waiting for one at most until `deadline`.
+    async fn slot(&self, deadline: Instant) -> Result<Slot<'_>, BackendError> {
+        match tokio::time::timeout_at(deadline, self.slots.acquire()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => {
+                metrics::counter!("switchyard_backend_api_slot_timeouts_total").increment(1);
+                Err(BackendError(format!(
+                    "no free request slot to the API within {:?} (SWITCHYARD_API_MAX_IN_FLIGHT = {})",
+                    self.limits.deadline, self.limits.max_in_flight
+                )))
+            }
+        }
+    }
+
+    /// A lookup others may join until it has its request slot (see [`Inner::flights`]). It
+    /// runs in a task of its own, so it completes (and leaves the map) even when every
+    /// lookup waiting for it is dropped (their connections closed).
+    fn fly(self: Arc<Inner>, path: String, id: u64) -> Flight {
+        let task = tokio::spawn(async move {
+            let deadline = Instant::now() + self.limits.deadline;
+            let slot = self.slot(deadline).await;
+            {
+                let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+                if flights
+                    .get(&path)
+                    .is_some_and(|(current, _)| *current == id)
+                {
+                    flights.remove(&path);
+                }
+            }
+            match slot {
+                Ok(slot) => self.fetch(&path, slot, deadline).await.map_err(|e| e.0),
+                Err(err) => Err(err.0),
+            }
+        });
+        task.map(|joined| joined.unwrap_or_else(|e| Err(format!("API lookup failed: {e}"))))
+            .boxed()
+            .shared()
+    }
+
+    /// `GET {base}{path}` on `slot`: the body on 200, `None` on 404.
+    async fn fetch(
+        &self,
+        path: &str,
+        slot: Slot<'_>,
+        deadline: Instant,
+    ) -> Result<Option<Bytes>, BackendError> {
+        let (base, response, _slot) = self
+            .first_answer(slot, deadline, |base| {
+                self.http.get(format!("{base}{path}"))
+            })
+            .await?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(BackendError(format!("{base}{path}: {status}")));
+        }
+        metrics::counter!("switchyard_backend_reads_total", "source" => "api").increment(1);
+        response
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(|e| BackendError(format!("{base}{path}: {e}")))
+    }
+
+    /// Sends the request `build` makes for each API base in turn, starting from the next one
+    /// round-robin, and returns the first answer that is not a 5xx (draining, database down),
+    /// with the base that gave it and the slot it holds. A base that does not answer is
+    /// skipped too. When every base refused with 503/429 or a connection refused or cut
+    /// (overloaded, restarting), the round is tried again after `Retry-After` or a backoff,
+    /// until `deadline`. `slot` is held for each request and released while waiting.
+    async fn first_answer<'a>(
+        &'a self,
+        slot: Slot<'a>,
+        deadline: Instant,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<(&'a str, reqwest::Response, Slot<'a>), BackendError> {
+        let token = self.token.get();
+        let mut slot = Some(slot);
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            let mut last = String::new();
+            let mut again = false;
+            let mut retry_after = None;
+            for i in 0..self.bases.len() {
+                let base = &self.bases[(start + i) % self.bases.len()];
+                let held = match slot.take() {
+                    Some(held) => held,
+                    None => self.slot(deadline).await?,
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                let request = build(base).bearer_auth(&token);
+                match request.timeout(self.limits.timeout.min(left)).send().await {
+                    // Refused or cut before an answer: a full API's listener answers 503
+                    // before it reads the request and closes, which the client may see as
+                    // the connection closing under its request. A timeout is not retried:
+                    // it already took its time (and may have been served).
+                    Err(err) => {
+                        again |= !err.is_timeout();
+                        last = format!("{base}: {}", chain(&err));
+                    }
+                    Ok(response) if overloaded(response.status()) => {
+                        again = true;
+                        retry_after = retry_after.max(retry_after_header(&response));
+                        last = format!("{base}: {}", response.status());
+                    }
+                    Ok(response) if response.status().is_server_error() => {
+                        last = format!("{base}: {}", response.status());
+                    }
+                    Ok(response) => return Ok((base, response, held)),
+                }
+            }
+            attempts += 1;
+            let wait = match retry_after {
+                // A little later than asked, spread so the refused do not come back at once.
+                Some(after) => after + jitter(after / 2),
+                None => jitter(backoff),
+            };
+            if !again || Instant::now() + wait >= deadline {
+                return Err(BackendError(format!(
+                    "no API process answered ({attempts} attempts): {last}"
+                )));
+            }
+            metrics::counter!("switchyard_backend_api_retries_total").increment(1);
+            tracing::debug!(%last, ?wait, "API overloaded; retrying");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// An answer that says "not now": the API's listener over its connection limit, a draining
+/// process, a request over its deadline (503); a per-address limit (429).
+fn overloaded(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Switchyard), at most the
+/// longest backoff's worth of seconds a deadline can hold.
+fn retry_after_header(response: &reqwest::Response) -> Option<Duration> {
+    let secs: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(60)))
+}
+
+/// An error with its causes (reqwest's own text is only "error sending request").
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A random duration in `[0, up_to]`.
+fn jitter(up_to: Duration) -> Duration {
+    up_to.mul_f64(rand::random::<f64>())
 }
 
 /// Shared state first, API second.
@@ -247,6 +498,12 @@ impl Backend for Remote {
                     .increment(1);
                 Some(order)
             }
+            // A cached read may share a lookup not sent yet; a fresh one asks on its own.
+            None if read == Read::Cached => {
+                self.api
+                    .get_shared(&format!("/internal/orders/{id}"))
+                    .await?
+            }
             None => self.api.get(&format!("/internal/orders/{id}")).await?,
         };
         if let Some(order) = order.as_mut() {
@@ -266,7 +523,9 @@ impl Backend for Remote {
                 .increment(1);
             return Ok(product);
         }
-        self.api.get(&format!("/internal/products/{sku}")).await
+        self.api
+            .get_shared(&format!("/internal/products/{sku}"))
+            .await
     }
 
     async fn revenue(&self) -> Result<Revenue, BackendError> {
@@ -277,7 +536,7 @@ impl Backend for Remote {
             return Ok(revenue);
         }
         self.api
-            .get("/internal/revenue")
+            .get_shared("/internal/revenue")
             .await?
             .ok_or_else(|| BackendError("/internal/revenue: 404".into()))
     }
