@@ -122,6 +122,80 @@ async fn a_batch_of_500_arrives_in_order_with_consecutive_offsets() {
     server.stop().await;
 }
 
+/// Publishes one batch of 600 events interleaving three fresh rooms (200 each: over the 256
+/// events of one script call on Redis, so the batch takes several pipelined calls) through
+/// the API at `api` (`http://host:port`), while an admin on the gateway at `ws` follows the
+/// rooms; checks the reply (one result per item, in the items' order: its room, and offsets
+/// consecutive per room in the items' order) and that every room's events arrive in that
+/// order with those offsets.
+async fn a_mixed_batch_keeps_order_and_offsets_per_room(api: &str, ws: &str, tag: &str) {
+    const PER_ROOM: usize = 200;
+    let rooms: Vec<String> = (0..3).map(|r| format!("user:mix-{tag}-{r}")).collect();
+    let mut watcher = connect(ws, &admin()).await;
+    let mut starts = Vec::new();
+    for room in &rooms {
+        let reply = watcher.subscribe(room).await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+        starts.push(reply["position"]["offset"].as_u64().unwrap());
+    }
+    let items: Vec<Value> = (0..PER_ROOM * rooms.len())
+        .map(|i| json!({"room": rooms[i % rooms.len()], "event":"mix.tick", "data":{"i":i}}))
+        .collect();
+    let (status, body) = http_call(
+        &reqwest::Client::new(),
+        "POST",
+        &format!("{api}/api/publish/batch"),
+        &service(),
+        Some(json!({ "items": items })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), items.len());
+    for (i, result) in results.iter().enumerate() {
+        let r = i % rooms.len();
+        assert_eq!(result["room"], rooms[r], "item {i}: {result}");
+        // The room's events come after what it had, in the items' order: none of another
+        // room's offsets, none skipped.
+        let expected = starts[r] + 1 + (i / rooms.len()) as u64;
+        assert_eq!(
+            result["offset"].as_u64(),
+            Some(expected),
+            "item {i}: {result}"
+        );
+    }
+    let mut next = vec![0usize; rooms.len()];
+    for _ in 0..items.len() {
+        let e = watcher
+            .recv_until(|v| v["type"] == "event" && v["event"] == "mix.tick")
+            .await;
+        let r = rooms.iter().position(|room| e["room"] == *room).unwrap();
+        let i = next[r] * rooms.len() + r;
+        assert_eq!(e["data"]["i"], i, "{e}");
+        assert_eq!(e["offset"], results[i]["offset"], "{e}");
+        next[r] += 1;
+    }
+    assert!(next.iter().all(|n| *n == PER_ROOM), "{next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mixing_rooms_keeps_order_and_offsets_per_room_in_process() {
+    let server = TestServer::start().await;
+    let api = server.url("");
+    a_mixed_batch_keeps_order_and_offsets_per_room(&api, &server.ws_url(), "memory").await;
+    server.stop().await;
+}
+
+/// The same through Redis: an API process publishing one batch (several pipelined script
+/// calls), a gateway process delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mixing_rooms_keeps_order_and_offsets_per_room_on_redis() {
+    let cluster = common::cluster::Cluster::up(1, 1);
+    let api = format!("http://{}", cluster.apis[0]);
+    let ws = cluster.ws(&cluster.gateways[0]);
+    a_mixed_batch_keeps_order_and_offsets_per_room(&api, &ws, "redis").await;
+}
+
 /// `data` nested `levels` deep (the object itself is level 1), as raw JSON.
 fn nested(levels: usize) -> String {
     format!(
