@@ -17,8 +17,11 @@
 //! | 415 | `unsupported_media_type` | body without `Content-Type: application/json` |
 //! | 422 | `invalid` | well-formed JSON with invalid values |
 //! | 429 | `limit_exceeded` | too many HTTP connections from one address (the listener), or requests in flight of one user ([`crate::in_flight`]) |
-//! | 500 | `internal` | the server failed (database, corrupt data); details are logged, never returned |
-//! | 503 | `unavailable` | a change while the event bus is down, the process over its connection limit, or a request over its deadline (retry) |
+//! | 500 | `internal` | the server failed (a database error, corrupt data); details are logged, never returned |
+//! | 503 | `unavailable` | a change while the event bus is down, every database connection busy past `DATABASE_ACQUIRE_TIMEOUT_MS` (the pool timed out), the process over its connection limit, or a request over its deadline (retry) |
+//!
+//! Every 503 carries `Retry-After` (seconds): the condition passes, and a client (a gateway
+//! asking `/internal`, a service publishing) should come back then rather than at once.
 //!
 //! **Logged once, by the edge.** An internal error carries its cause inside the response
 //! (an extension), and [`log_failures`], the outermost middleware, logs it with the request's
@@ -28,7 +31,7 @@
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -46,7 +49,13 @@ pub struct ApiError {
     /// The order lines the catalog refused (`price_changed`, `out_of_stock`), sent beside
     /// `error` and `message`.
     lines: Option<Vec<LineProblem>>,
+    /// `Retry-After`, seconds (the 503s).
+    retry_after: Option<u32>,
 }
+
+/// `Retry-After` of a 503: long enough for a busy pool or a restarting bus to recover, short
+/// enough that a retry within a client's deadline is worth it.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// The cause of a 500, carried from the error to [`log_failures`] in the response.
 #[derive(Debug, Clone)]
@@ -60,6 +69,7 @@ impl ApiError {
             message: message.into(),
             cause: None,
             lines: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -84,12 +94,16 @@ impl ApiError {
             message,
         )
     }
+    /// 503 `unavailable`, with `Retry-After`.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            message,
-        )
+        ApiError {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                message,
+            )
+        }
     }
     /// A server-side failure: the caller gets a generic 500, `cause` goes to the log.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
@@ -131,6 +145,11 @@ impl IntoResponse for ApiError {
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(Cause(cause.into()));
         }
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -168,6 +187,12 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(m) => ApiError::forbidden(m),
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::Invalid(m) => ApiError::invalid(m),
+            // Every pooled connection stayed busy for DATABASE_ACQUIRE_TIMEOUT_MS: a load
+            // peak or a slow transaction, not a failure — the client retries (#15).
+            err if err.pool_timed_out() => {
+                metrics::counter!("switchyard_database_pool_timeouts_total").increment(1);
+                ApiError::unavailable("every database connection is busy; retry shortly")
+            }
             StoreError::Corrupt(_)
             | StoreError::Config(_)
             | StoreError::Database(_)

@@ -105,6 +105,15 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// Every pooled connection stayed busy past the pool's acquire timeout
+    /// (`DATABASE_ACQUIRE_TIMEOUT_MS`): the database is overloaded or held by slow
+    /// transactions, not broken — the caller should retry (the API answers 503).
+    pub fn pool_timed_out(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut))
+    }
+}
+
 /// Who is asking, as the store needs to know it.
 #[derive(Debug, Clone, Copy)]
 pub struct Actor<'a> {

@@ -297,7 +297,9 @@ pub struct DatabaseArgs {
     /// instead of hanging. (SQLite writers wait at most 10 s for the database lock.)
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
     pub database_statement_timeout_ms: u64,
-    /// How long a request waits for a free pooled connection before it fails (ms).
+    /// How long a request waits for a free pooled connection (ms). Past it the request is
+    /// answered 503 `unavailable` with `Retry-After` (every connection busy is an overload
+    /// that passes, not a failure), counted in `switchyard_database_pool_timeouts_total`.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub database_acquire_timeout_ms: u64,

@@ -390,9 +390,14 @@ async fn serve_connection(tcp: TcpStream, conns: Arc<Conns>, _slot: Slot) {
 fn timed_out(status: StatusCode, code: ErrorCode, reason: &'static str, message: &str) -> Response {
     metrics::counter!("switchyard_http_rejections_total", "reason" => reason).increment(1);
     let mut response = ApiError::new(status, code, message).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(switchyard_api::error::RETRY_AFTER_SECS),
+        );
+    }
     response
 }
 

@@ -289,8 +289,8 @@ async fn two_api_processes_never_oversell() {
             // A burst of 100 requests per process on one product row, beyond the default
             // bounds: they queue for 10 pooled connections (and, on PostgreSQL, for the
             // row's lock) one transaction at a time. On a loaded machine that queue takes
-            // longer than the default 5 s acquire and statement timeouts (a 500: "pool timed
-            // out"), so they are lifted (and the request deadline with them); what is tested
+            // longer than the default 5 s acquire and statement timeouts (a 503 when the
+            // pool timed out, a 500 past the statement timeout), so they are lifted (and the request deadline with them); what is tested
             // is the stock, not the wait.
             ("DATABASE_ACQUIRE_TIMEOUT_MS", "120000"),
             ("DATABASE_STATEMENT_TIMEOUT_MS", "120000"),

@@ -195,3 +195,81 @@ async fn the_other_api_process_publishes_a_killed_leaders_backlog() {
     let metrics = scrape(&format!("http://{survivor}")).await;
     assert_eq!(sample(&metrics, "switchyard_relay_leader"), Some(1.0));
 }
+
+/// Every pooled connection busy past `DATABASE_ACQUIRE_TIMEOUT_MS` is a passing overload, not
+/// a failure: 503 `unavailable` with `Retry-After` and the JSON error shape (#15; it was a
+/// 500). A pool of one connection, held by a request waiting for a row lock the test holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_timeout_answers_503_with_retry_after() {
+    let db = switchyard_store::testing::TestDatabase::postgres().await;
+    let url = db.url.clone();
+    let server = TestApp::embedded()
+        .with_config(|c| {
+            c.database.database_url = url;
+            c.database.database_max_connections = 1;
+            c.database.database_acquire_timeout_ms = 300;
+            // The held request waits for the lock as long as the test holds it.
+            c.database.database_statement_timeout_ms = 120_000;
+            c.serve.limits.request_timeout_ms = 120_000;
+        })
+        .start()
+        .await;
+    // The embedded mode seeded its catalog: lock one product's row.
+    let locker = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut held = locker.begin().await.unwrap();
+    sqlx::query("SELECT sku FROM products WHERE sku = 'milk-1l' FOR UPDATE")
+        .fetch_one(&mut *held)
+        .await
+        .unwrap();
+    // A write to that row takes the pool's one connection and waits for the lock.
+    let http = server.http.clone();
+    let write = tokio::spawn(
+        http.patch(server.url("/api/products/milk-1l"))
+            .bearer_auth(admin())
+            .json(&json!({"stock": 7}))
+            .send(),
+    );
+    eventually("the write waits for the row lock", async || {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&locker)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+
+    // Meanwhile a read finds no free connection.
+    let response = server
+        .http
+        .get(server.url("/api/orders"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
+
+    // The lock released, the write completes and reads are served again.
+    held.rollback().await.unwrap();
+    let written = write.await.unwrap().unwrap();
+    assert_eq!(written.status().as_u16(), 200);
+    eventually("reads served again", async || {
+        server.call("GET", "/api/orders", &admin(), None).await.0 == 200
+    })
+    .await;
+    server.stop().await;
+}

@@ -339,6 +339,13 @@ impl Catalog {
 
 /// How long a write retries a failed invalidation before it answers (and leaves the rest to
 /// [`retry_invalidations`]): longer than the Redis cache connection's reconnect back-off (2 s).
+///
+/// The gap past it (README, "The catalog"): when this process cannot reach Redis for longer
+/// while another API process can, the write still answers its success (committed, about this
+/// much late) and this process reads the database, but the others may answer the value cached
+/// before the write (`X-Cache: hit`) until the background retry lands — at most the cache TTL
+/// (`SWITCHYARD_CATALOG_CACHE_TTL_SECS`) after the commit, plus one racing read: no value from
+/// before the commit is stored later than that read, and every value lives the TTL at most.
 pub const INVALIDATION_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Retries the failed invalidations (all of them at once, backing off up to 2 s) until one
