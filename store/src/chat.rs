@@ -37,7 +37,7 @@ use switchyard_protocol::chat::{
     is_valid_client_msg_id,
 };
 use switchyard_protocol::events::ChatRead;
-use switchyard_protocol::{Order, Role};
+use switchyard_protocol::{BuiltinEvent, Order, Role};
 use tokio::sync::broadcast::error::RecvError;
 use unicode_normalization::UnicodeNormalization;
 
@@ -210,9 +210,7 @@ impl Store {
             });
         }
         let now = now_ms();
-        if order.status.is_final() && now - order.updated_at > self.chat_close_grace_ms {
-            return Err(StoreError::Forbidden(CHAT_CLOSED.into()));
-        }
+        self.open_at(&order, now)?;
         if !is_valid_client_msg_id(&new.client_msg_id) {
             return Err(StoreError::Invalid(
                 "client_msg_id must be 1 to 64 printable ASCII characters".into(),
@@ -245,9 +243,7 @@ impl Store {
             sent_at: now,
             offset: None,
         };
-        enqueue(&mut tx, &order_room(id), &message).await?;
-        tx.commit().await?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, id, &message).await?;
         Ok(Sent {
             message,
             created: true,
@@ -365,9 +361,28 @@ impl Store {
     /// `Err` is the check that comes first (404 not a member, 403 the chat is closed).
     pub async fn chat_precheck(&self, id: i64, actor: Actor<'_>) -> Result<(), StoreError> {
         let order = self.chat_order(id, actor).await?;
-        if order.status.is_final() && now_ms() - order.updated_at > self.chat_close_grace_ms {
+        self.open_at(&order, now_ms())
+    }
+
+    /// `Forbidden` when `order`'s chat is closed at `now`: finished longer ago than the grace
+    /// period.
+    fn open_at(&self, order: &Order, now: i64) -> Result<(), StoreError> {
+        if order.status.is_final() && now - order.updated_at > self.chat_close_grace_ms {
             return Err(StoreError::Forbidden(CHAT_CLOSED.into()));
         }
+        Ok(())
+    }
+
+    /// Writes `event` to order `id`'s room in the outbox, commits `tx` and wakes the relay.
+    async fn commit_with_event<E: BuiltinEvent>(
+        &self,
+        mut tx: crate::Tx,
+        id: i64,
+        event: &E,
+    ) -> Result<(), StoreError> {
+        enqueue(&mut tx, &order_room(id), event).await?;
+        tx.commit().await?;
+        self.outbox_written.notify_one();
         Ok(())
     }
 
@@ -458,9 +473,7 @@ impl Store {
             from: actor.sub.to_owned(),
             message_id: message_id.to_string(),
         };
-        enqueue(&mut tx, &order_room(id), &event).await?;
-        tx.commit().await?;
-        self.outbox_written.notify_one();
+        self.commit_with_event(tx, id, &event).await?;
         Ok(Some(event))
     }
 
