@@ -5,8 +5,9 @@
 //! are. Publishers never wait on it: [`Outbound::push`] takes a short lock, appends, and
 //! wakes the session only when the queue was empty (the session then takes everything
 //! queued, up to a batch, and flushes once). A session written to more often than the write
-//! delay marks its mailbox busy, and then the wake-up waits for the gateway's write-delay tick
-//! so frames gather into fewer writes (see [`crate::write_delay`]).
+//! delay marks its mailbox busy until one write delay after its last write; until then the
+//! wake-up waits for the gateway's write-delay tick so frames gather into fewer writes, and
+//! after it an event wakes the session at once again (see [`crate::write_delay`]).
 //!
 //! Two kinds of events, two policies:
 //! - **latest-value** events (`partner.location`, `revenue.updated`, see
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use switchyard_protocol::Room;
 use switchyard_protocol::close::Disconnect;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// What one queued item is charged beyond its frame's bytes (queue slot, bookkeeping).
 pub const ITEM_OVERHEAD: usize = 64;
@@ -132,8 +134,9 @@ struct Queue {
     closed: bool,
     /// Why the session must close, once told ([`Mailbox::kick`]).
     kicked: Option<Disconnect>,
-    /// The session writes more often than the write delay: wake it at the delay's tick.
-    busy: bool,
+    /// The session writes more often than the write delay: until this moment (its last write
+    /// plus the delay) an event wakes it at the delay's tick, not at once.
+    busy_until: Option<Instant>,
     /// Registered with the write delay's tick, not yet woken.
     deferred: bool,
 }
@@ -218,7 +221,11 @@ impl Mailbox {
         queue.latest_only += usize::from(is_latest_only(&item));
         queue.items.push_back(item);
         queue.bytes.add(cost);
-        let defer = was_empty && queue.busy && !queue.deferred;
+        // The clock is read only for the first item after a take, of a busy mailbox not yet
+        // waiting for the tick: at most once per write, however many events a fan-out brings.
+        let defer = was_empty
+            && !queue.deferred
+            && queue.busy_until.is_some_and(|until| Instant::now() < until);
         queue.deferred |= defer;
         drop(queue);
         match &self.write_delay {
@@ -258,13 +265,15 @@ impl Mailbox {
         }
     }
 
-    /// Whether the session writes more often than the write delay (then an event wakes it at
-    /// the delay's next tick rather than at once). Without a write delay, never.
-    pub fn set_busy(&self, busy: bool) {
-        let busy = busy && self.write_delay.is_some();
+    /// Until when the session counts as writing more often than the write delay — its last
+    /// write plus the delay, or `None` when it does not: until then an event wakes it at the
+    /// delay's next tick rather than at once; after it, at once again, however long ago the
+    /// busy spell was. Without a write delay, never busy.
+    pub fn set_busy_until(&self, until: Option<Instant>) {
+        let until = until.filter(|_| self.write_delay.is_some());
         let mut queue = self.lock();
-        queue.busy = busy;
-        if !busy && queue.deferred && !queue.items.is_empty() {
+        queue.busy_until = until;
+        if until.is_none() && queue.deferred && !queue.items.is_empty() {
             drop(queue);
             self.ready.notify_one();
         }
@@ -344,7 +353,7 @@ impl Outbound {
                 latest_only: 0,
                 closed: false,
                 kicked: None,
-                busy: false,
+                busy_until: None,
                 deferred: false,
             }),
             ready: Notify::new(),
@@ -501,12 +510,10 @@ mod tests {
         assert_eq!(offsets(&batch), [("order:1".to_owned(), 10_000)]);
     }
 
-    /// Issue #17 §2: a busy connection's events wait for the write delay's one tick and go
-    /// out together; a connection that is not busy is woken at once.
-    #[tokio::test(start_paused = true)]
-    async fn a_busy_mailbox_gathers_events_until_the_write_delay_tick() {
-        use std::time::Duration;
-        let write_delay = WriteDelay::new(Duration::from_millis(20));
+    /// A mailbox with the gateway's write delay of 20 ms, its ticker running.
+    fn delayed() -> (Outbound, Arc<Mailbox>, std::time::Duration) {
+        let delay = std::time::Duration::from_millis(20);
+        let write_delay = WriteDelay::new(delay);
         tokio::spawn(write_delay.clone().run());
         let (out, mailbox) = Outbound::new(
             1,
@@ -515,26 +522,72 @@ mod tests {
             metrics::Gauge::noop(),
             Some(write_delay),
         );
-        let woken_within = |ms| tokio::time::timeout(Duration::from_millis(ms), mailbox.ready());
+        (out, mailbox, delay)
+    }
+
+    /// Whether `mailbox`'s session is woken within `ms` (of paused time).
+    async fn woken_within(mailbox: &Mailbox, ms: u64) -> bool {
+        let within = std::time::Duration::from_millis(ms);
+        tokio::time::timeout(within, mailbox.ready()).await.is_ok()
+    }
+
+    /// Issue #17 §2: a busy connection's events wait for the write delay's one tick and go
+    /// out together; a connection that is not busy is woken at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_mailbox_gathers_events_until_the_write_delay_tick() {
+        let (out, mailbox, delay) = delayed();
         let mut batch = Vec::new();
         out.push(event("order:1", 1, false, 10));
-        assert!(woken_within(1).await.is_ok(), "not busy: at once");
+        assert!(woken_within(&mailbox, 1).await, "not busy: at once");
         mailbox.take(&mut batch, 100);
-        mailbox.set_busy(true);
-        let started = tokio::time::Instant::now();
-        for offset in 2..=4 {
+        let started = Instant::now();
+        mailbox.set_busy_until(Some(started + delay));
+        out.push(event("order:1", 2, false, 10));
+        assert!(!woken_within(&mailbox, 1).await, "busy: not at once");
+        for offset in 3..=4 {
             out.push(event("order:1", offset, false, 10));
         }
-        assert!(woken_within(1).await.is_err(), "busy: not at once");
-        assert!(woken_within(100).await.is_ok(), "busy: at the tick");
-        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert!(woken_within(&mailbox, 100).await, "busy: at the tick");
+        assert!(started.elapsed() >= delay);
         batch.clear();
         mailbox.take(&mut batch, 100);
         assert_eq!(offsets(&batch).len(), 3, "gathered into one batch");
         // No longer busy: at once again.
-        mailbox.set_busy(false);
+        mailbox.set_busy_until(None);
         out.push(event("order:1", 5, false, 10));
-        assert!(woken_within(1).await.is_ok());
+        assert!(woken_within(&mailbox, 1).await);
+    }
+
+    /// Issue #17 §2: busy decays with time — the first event after a busy spell, once the
+    /// connection has been quiet for longer than the write delay, wakes its session at once
+    /// (no later write has to clear it), while events within the delay still gather.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_mailbox_quiet_for_longer_than_the_delay_wakes_at_once() {
+        let (out, mailbox, delay) = delayed();
+        let mut batch = Vec::new();
+        // A write just now, close behind another: busy until one delay from now.
+        mailbox.set_busy_until(Some(Instant::now() + delay));
+        tokio::time::sleep(delay / 2).await;
+        out.push(event("order:1", 1, false, 10));
+        assert!(
+            !woken_within(&mailbox, 1).await,
+            "within the delay: gathers"
+        );
+        out.push(event("order:1", 2, false, 10));
+        assert!(woken_within(&mailbox, 100).await, "at the tick");
+        mailbox.take(&mut batch, 100);
+        assert_eq!(offsets(&batch).len(), 2, "gathered into one batch");
+        // That write was busy too (two frames): busy until one delay after it...
+        mailbox.set_busy_until(Some(Instant::now() + delay));
+        // ...then quiet for longer than the delay, and nothing written since.
+        tokio::time::sleep(delay * 3).await;
+        let pushed = Instant::now();
+        out.push(event("order:1", 3, false, 10));
+        assert!(
+            woken_within(&mailbox, 1).await,
+            "quiet past the delay: at once"
+        );
+        assert_eq!(pushed.elapsed(), std::time::Duration::ZERO);
     }
 
     #[tokio::test]

@@ -4,13 +4,17 @@
 //! the lot instead of one per event.
 //!
 //! Without a timer per connection or per write: a mailbox that its session marked *busy*
-//! ([`crate::outbound::Mailbox::set_busy`]) does not wake its session when an event arrives in
-//! an empty queue; it registers once with the gateway's one [`WriteDelay`] instead, whose single
-//! ticker wakes every registered session `write_delay` after the first of them registered (it
-//! sleeps while none is waiting, so an idle gateway has no timer running). A session marks its mailbox busy
-//! when it writes again less than `write_delay` after its previous write, and clears it as soon
-//! as writes are further apart — so at low rates nothing is delayed (the first event after a
-//! busy spell waits at most one tick).
+//! ([`crate::outbound::Mailbox::set_busy_until`]) does not wake its session when an event
+//! arrives in an empty queue; it registers once with the gateway's one [`WriteDelay`] instead,
+//! whose single ticker wakes every registered session `write_delay` after the first of them
+//! registered (it sleeps while none is waiting, so an idle gateway has no timer running).
+//!
+//! A session marks its mailbox busy when it writes two frames at once or again less than
+//! `write_delay` after its previous write — busy *until* `write_delay` after that write, so
+//! busy decays with time: an event that arrives once the connection has been quiet for longer
+//! than the delay wakes the session at once (the push compares against the clock; no later
+//! write is needed to clear it), and a write of one frame after a longer pause clears it. So at
+//! low rates nothing is delayed, and under load frames still gather until the tick.
 
 use crate::outbound::Mailbox;
 use std::sync::{Arc, Mutex, Weak};

@@ -598,7 +598,8 @@ pub struct LimitArgs {
     pub write_timeout_ms: u64,
     /// Write delay under load (ms, at most 1,000; 0 turns it off): a connection written to
     /// more often than this lets its frames gather for up to this long and gets them in one
-    /// write. Connections written to less often are never delayed.
+    /// write. Connections written to less often, and the first event after a connection was
+    /// quiet for longer than this, are never delayed.
     #[arg(long, env = "SWITCHYARD_WRITE_DELAY_MS", default_value_t = 20)]
     pub write_delay_ms: u64,
     /// Server ping interval (ms).

@@ -398,16 +398,17 @@ impl Session {
     }
 
     /// After a write of `taken` items: the connection is busy when frames queue up behind each
-    /// other or writes come less than the write delay apart; it stops being busy as soon as a
-    /// write carries one frame after a longer pause, so low rates are never delayed.
+    /// other or writes come less than the write delay apart — and then only until one write
+    /// delay after this write, so the first event after a quiet spell is never held for the
+    /// tick; it stops being busy as soon as a write carries one frame after a longer pause.
     fn pace(&mut self, mailbox: &Mailbox, taken: usize) {
         let now = Instant::now();
-        let busy =
-            taken >= 2 || now.duration_since(self.last_write) < self.shared.config.write_delay;
+        let delay = self.shared.config.write_delay;
+        let busy = taken >= 2 || now.duration_since(self.last_write) < delay;
         self.last_write = now;
-        if busy != self.busy {
+        if busy || self.busy {
             self.busy = busy;
-            mailbox.set_busy(busy);
+            mailbox.set_busy_until(busy.then(|| now + delay));
         }
     }
 
