@@ -299,14 +299,18 @@ async fn client(
                         Opcode::Ping if conn.pong(&frame).await.is_err() => break false,
                         Opcode::Close => break false,
                         Opcode::Text => {
-                            if let Incoming::Event { room: Some(r), seq, .. } =
-                                proto.on_text(conn.text(&frame).unwrap_or(""), token)
-                                && r == room
-                            {
-                                if let Some(prev) = last && seq > prev + 1 {
-                                    counts.lost.fetch_add(seq - prev - 1, Ordering::Relaxed);
-                                }
-                                last = Some(last.map_or(seq, |p| p.max(seq)));
+                            // The room's presence events (the other member leaving and coming
+                            // back) take offsets between the bench's own: tracked, not counted.
+                            let (seq, timed) = match proto.on_text(conn.text(&frame).unwrap_or(""), token) {
+                                Incoming::Event { room: Some(r), seq, .. } if r == room => (seq, true),
+                                Incoming::Untimed { room: Some(r), seq } if r == room => (seq, false),
+                                _ => continue,
+                            };
+                            if let Some(prev) = last && seq > prev + 1 {
+                                counts.lost.fetch_add(seq - prev - 1, Ordering::Relaxed);
+                            }
+                            last = Some(last.map_or(seq, |p| p.max(seq)));
+                            if timed {
                                 counts.delivered.fetch_add(1, Ordering::Relaxed);
                             }
                         }
