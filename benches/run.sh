@@ -371,8 +371,10 @@ for r in $(seq 1 "$repeat"); do
     kill -TERM "$(cat "$work/redis-single.pid")" 2>/dev/null || true
     rc="$work/redis-cluster-$r"
     "$root/scripts/redis-cluster.sh" up "$rc" --watch $$ > /dev/null
-    # shellcheck disable=SC1091
-    cluster_url=$(. "$rc/redis-cluster.env" && echo "$REDIS_URL")
+    # Read, not sourced: the URL's `&`s would background half of the assignment (and REDIS_URL
+    # would stay the main topology's single Redis).
+    cluster_url=$(sed -n 's/^REDIS_URL=//p' "$rc/redis-cluster.env")
+    case "$cluster_url" in redis-cluster://*) ;; *) log "error: no cluster URL in $rc/redis-cluster.env"; exit 1 ;; esac
     cluster_pids=()
     for port in $(. "$rc/redis-cluster.env" && echo "$REDIS_PORTS"); do
       pid=$(cat "$rc/node-$port.pid"); started_pids+=("$pid")
