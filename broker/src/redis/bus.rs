@@ -118,9 +118,11 @@ table.insert(result, 1, tostring(claimed))
 return result
 "#;
 
+/// Rooms travel as [`Room`]s (a shared name): the manager's maps hold the same name the hub
+/// holds, not a copy per map (issue #17, idle memory).
 enum Interest {
-    Join(String, oneshot::Sender<Result<(), String>>),
-    Leave(String),
+    Join(Room, oneshot::Sender<Result<(), String>>),
+    Leave(Room),
     /// Subscribe again to the rooms held in these hash slots (every room: `None`), then tell
     /// exactly those rooms' members `gap`.
     Resubscribe(Option<HashSet<u16>>),
@@ -143,7 +145,7 @@ impl Resubscriber {
 /// the answer came (`room` still set), it waits for it off the caller's path and, if the join
 /// went through, sends the matching leave — so a given-up join leaves no member counted.
 struct PendingJoin {
-    room: Option<String>,
+    room: Option<Room>,
     reply: oneshot::Receiver<Result<(), String>>,
     interest: mpsc::Sender<Interest>,
 }
@@ -196,7 +198,7 @@ impl RedisBus {
         let (interest, requests) = mpsc::channel(4096);
         let sharded = config.is_cluster();
         let channels = Channels {
-            subscriber: subscriber.clone(),
+            subscriber: subscriber.to_client(),
             prefix: config.prefix.clone(),
             sharded,
             batch_timeout: config.subscribe_timeout,
@@ -396,11 +398,11 @@ impl Bus for RedisBus {
     async fn subscribe(&self, room: &Room) -> Result<(), BrokerError> {
         let (tx, rx) = oneshot::channel();
         self.interest
-            .send(Interest::Join(room.as_str().to_owned(), tx))
+            .send(Interest::Join(room.clone(), tx))
             .await
             .map_err(|_| BrokerError::Closed)?;
         let mut pending = PendingJoin {
-            room: Some(room.as_str().to_owned()),
+            room: Some(room.clone()),
             reply: rx,
             interest: self.interest.clone(),
         };
@@ -412,10 +414,7 @@ impl Bus for RedisBus {
     }
 
     async fn unsubscribe(&self, room: &Room) {
-        let _ = self
-            .interest
-            .send(Interest::Leave(room.as_str().to_owned()))
-            .await;
+        let _ = self.interest.send(Interest::Leave(room.clone())).await;
     }
 
     /// Position and history come from Redis in one atomic script call (which starts a new
@@ -489,7 +488,10 @@ fn history_of(room: &Room, since: Option<&StreamPosition>, reply: Vec<String>) -
 /// command per slot (Redis refuses channels of several slots in one), and a message reaches
 /// only that shard's subscribers instead of being broadcast to every node.
 struct Channels {
-    subscriber: SubscriberClient,
+    /// The subscriber connection, through a plain client handle: a [`SubscriberClient`] also
+    /// keeps its own copy of every channel name subscribed (for its `resubscribe_all`, which
+    /// nothing here calls — [`manage`] resubscribes itself), ≈ 100 bytes per room.
+    subscriber: Client,
     prefix: String,
     sharded: bool,
     /// How long one batch of subscriptions may take on a cluster (one command per slot,
@@ -508,14 +510,14 @@ impl Channels {
     /// rooms sent together.
     async fn change(
         &self,
-        rooms: &[String],
+        rooms: &[Room],
         subscribe: bool,
-    ) -> Vec<(Vec<String>, Result<(), fred::error::Error>)> {
+    ) -> Vec<(Vec<Room>, Result<(), fred::error::Error>)> {
         let deadline = tokio::time::Instant::now() + self.batch_timeout;
         if rooms.is_empty() {
             return Vec::new();
         }
-        let channel = |room: &String| room_channel(&self.prefix, room);
+        let channel = |room: &Room| room_channel(&self.prefix, room.as_str());
         if !self.sharded {
             let channels: Vec<String> = rooms.iter().map(channel).collect();
             let result = if subscribe {
@@ -525,10 +527,10 @@ impl Channels {
             };
             return vec![(rooms.to_vec(), result)];
         }
-        let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        let mut by_slot: BTreeMap<u16, Vec<Room>> = BTreeMap::new();
         for room in rooms {
             by_slot
-                .entry(self.slot(room))
+                .entry(self.slot(room.as_str()))
                 .or_default()
                 .push(room.clone());
         }
@@ -575,11 +577,11 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// `gap` — after their subscription is live again, so a member recovering from history misses
 /// nothing published after its recovery.
 async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>, sinks: Sinks) {
-    let mut members: HashMap<String, usize> = HashMap::new();
+    let mut members: HashMap<Room, usize> = HashMap::new();
     // What Redis has been told: rooms with a live subscription.
-    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut subscribed: HashSet<Room> = HashSet::new();
     // Rooms whose resubscription failed: tried again every RETRY.
-    let mut retry: HashSet<String> = HashSet::new();
+    let mut retry: HashSet<Room> = HashSet::new();
     const MAX_BATCH: usize = 10_000;
     loop {
         let first = if retry.is_empty() {
@@ -598,8 +600,8 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>, sink
                 Err(_) => break,
             }
         }
-        let mut touched: HashSet<String> = HashSet::new();
-        let mut waiters: Vec<(String, oneshot::Sender<Result<(), String>>)> = Vec::new();
+        let mut touched: HashSet<Room> = HashSet::new();
+        let mut waiters: Vec<(Room, oneshot::Sender<Result<(), String>>)> = Vec::new();
         // Slots to subscribe again (`None`: all).
         let mut again: Option<Option<HashSet<u16>>> = None;
         for request in batch {
@@ -630,17 +632,17 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>, sink
                 }
             }
         }
-        let join: Vec<String> = touched
+        let join: Vec<Room> = touched
             .iter()
             .filter(|r| members.contains_key(*r) && !subscribed.contains(*r))
             .cloned()
             .collect();
-        let leave: Vec<String> = touched
+        let leave: Vec<Room> = touched
             .iter()
             .filter(|r| !members.contains_key(*r) && subscribed.contains(*r))
             .cloned()
             .collect();
-        let mut failed: HashSet<String> = HashSet::new();
+        let mut failed: HashSet<Room> = HashSet::new();
         let mut failure = String::new();
         for (rooms, result) in channels.change(&join, true).await {
             match result {
@@ -678,13 +680,13 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>, sink
             retry.remove(room);
         }
         if again.is_some() || !retry.is_empty() {
-            let rooms: Vec<String> = subscribed
+            let rooms: Vec<Room> = subscribed
                 .iter()
                 .filter(|room| {
                     retry.contains(*room)
                         || match &again {
                             Some(None) => true,
-                            Some(Some(slots)) => slots.contains(&channels.slot(room)),
+                            Some(Some(slots)) => slots.contains(&channels.slot(room.as_str())),
                             None => false,
                         }
                 })
@@ -694,7 +696,7 @@ async fn manage(channels: Channels, mut requests: mpsc::Receiver<Interest>, sink
             let mut renewed = Vec::with_capacity(rooms.len());
             for (rooms, result) in channels.change(&rooms, true).await {
                 match result {
-                    Ok(()) => renewed.extend(rooms.iter().filter_map(|r| Room::parse(r).ok())),
+                    Ok(()) => renewed.extend(rooms),
                     Err(err) => {
                         tracing::warn!(%err, rooms = rooms.len(), "redis resubscribe failed; retrying");
                         retry.extend(rooms);

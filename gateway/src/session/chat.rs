@@ -16,6 +16,7 @@
 use super::{Reply, Session};
 use crate::access::Refusal;
 use crate::backend::{Backend, ChatError, Sender};
+use crate::rate::TokenBucket;
 use serde_json::value::RawValue;
 use switchyard_protocol::chat::NewMessage;
 use switchyard_protocol::events::ChatTyping;
@@ -54,7 +55,11 @@ impl Session {
         room: Room,
         message: &NewMessage,
     ) -> Result<Reply, Refusal> {
-        if !self.chat_sends.try_take() {
+        let c = &self.shared.config;
+        let bucket = self
+            .chat_sends
+            .get_or_insert_with(|| Box::new(TokenBucket::new(c.chat_rate, c.chat_burst)));
+        if !bucket.try_take() {
             return Err(Refusal::new(
                 ErrorCode::RateLimited,
                 format!(

@@ -34,7 +34,7 @@ mod tests;
 
 use crate::Shared;
 use crate::access::Refusal;
-use crate::cursor::{Admit, Cursor, Recovery};
+use crate::cursor::{Admit, Cursor, Joined, Recovery};
 use crate::outbound::{Event, Mailbox, Outbound, Outgoing};
 use crate::rate::TokenBucket;
 use crate::slot::{Opened, Slot};
@@ -42,7 +42,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use switchyard_auth::Principal;
 use switchyard_broker::{History, Publication};
@@ -108,14 +107,16 @@ pub(crate) struct Session {
     shared: Arc<Shared>,
     /// Rooms this connection is in, each with what its client has of the room's stream
     /// (looked up for every event this connection is sent). Bounded by `max_subscriptions`.
-    rooms: HashMap<Room, Cursor>,
+    rooms: Joined,
     ops: TokenBucket,
     /// Pings and pongs the client sends: answered by the WebSocket layer, so counted here, and
     /// a flood beyond the burst closes the connection (4500).
     pings: TokenBucket,
-    locations: TokenBucket,
-    /// Chat messages this connection may send (`SWITCHYARD_CHAT_RATE`/`_BURST`).
-    chat_sends: TokenBucket,
+    /// Locations (partners) and chat messages (`SWITCHYARD_CHAT_RATE`/`_BURST`) this
+    /// connection may send: most connections send neither, so each bucket is made on first use
+    /// (full, as one made at the start and never used since would be): 8 bytes until then.
+    locations: Option<Box<TokenBucket>>,
+    chat_sends: Option<Box<TokenBucket>>,
     /// The order this partner was last found to carry, and when: location ops for it skip
     /// the backend for `CARRYING_TTL` (a reassignment is noticed within that).
     carrying: Option<(OrderId, Instant)>,
@@ -141,12 +142,12 @@ pub(crate) struct Session {
 impl Session {
     pub fn new(shared: Arc<Shared>, who: Principal, opened: Opened) -> Session {
         let c = &shared.config;
-        let mut rooms = HashMap::new();
+        let mut rooms = Joined::default();
         rooms.insert(opened.user_room.keep(), Cursor::default());
         Session {
             ops: TokenBucket::new(c.op_rate, c.op_burst),
-            locations: TokenBucket::new(c.location_rate, c.location_burst),
-            chat_sends: TokenBucket::new(c.chat_rate, c.chat_burst),
+            locations: None,
+            chat_sends: None,
             pings: TokenBucket::new(c.ping_rate, c.ping_burst),
             conn_id: opened.conn_id,
             who,
@@ -190,10 +191,10 @@ impl Session {
             }
             Exit::Gone(reason) => (0, reason),
         };
-        let joined: Vec<Room> = self.rooms.keys().cloned().collect();
+        let joined: Vec<Room> = self.rooms.rooms().cloned().collect();
         for room in joined {
             self.leave(&room).await;
-            self.rooms.remove(&room);
+            self.rooms.remove_entry(room.as_str());
         }
         self.leave_fleet();
         self.ended = true;
@@ -365,7 +366,7 @@ impl Session {
                         self.admit(&event)
                     }
                     Outgoing::Revoke { room, reason } => self.revoked(room.as_str(), &reason).await,
-                    Outgoing::Gap { room } => self.rooms.get_mut(&room).map(|cursor| {
+                    Outgoing::Gap { room } => self.rooms.get_mut(room.as_str()).map(|cursor| {
                         cursor.gap();
                         let gap = ServerMessage::Gap(Gap {
                             room: Cow::Borrowed(room.as_str()),
@@ -416,7 +417,7 @@ impl Session {
     /// the event is above what the client already has ([`Cursor::admit`]). The shared frame,
     /// or — first event of a new epoch — a copy that names the epoch.
     fn admit(&mut self, event: &Event) -> Option<Message> {
-        let cursor = self.rooms.get_mut(&event.room)?;
+        let cursor = self.rooms.get_mut(event.room.as_str())?;
         match cursor.admit(&event.epoch, event.offset) {
             Admit::Send => Some(Message::Text(event.frame.clone())),
             Admit::SendWithEpoch => {
@@ -573,7 +574,7 @@ impl Drop for Session {
             return;
         }
         self.mailbox.close();
-        let joined: Vec<Room> = self.rooms.drain().map(|(room, _)| room).collect();
+        let joined: Vec<Room> = self.rooms.take_rooms();
         for room in &joined {
             self.leave_hub(room);
         }

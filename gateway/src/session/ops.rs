@@ -3,6 +3,7 @@
 use super::{Reply, Session, chat, error_frame};
 use crate::access::{self, Refusal};
 use crate::fleet;
+use crate::rate::TokenBucket;
 use std::borrow::Cow;
 use switchyard_broker::Publication;
 use switchyard_protocol::chat::NewMessage;
@@ -259,7 +260,11 @@ impl Session {
                 "only partners send locations",
             ));
         }
-        if !self.locations.try_take() {
+        let c = &self.shared.config;
+        let bucket = self
+            .locations
+            .get_or_insert_with(|| Box::new(TokenBucket::new(c.location_rate, c.location_burst)));
+        if !bucket.try_take() {
             return Err(Refusal::new(
                 ErrorCode::RateLimited,
                 format!(

@@ -859,3 +859,45 @@ async fn a_panicking_session_leaves_no_trace() {
     }
     assert!(h.gateway.drain(Duration::from_secs(1)).await);
 }
+
+/// What one idle connection's structures weigh (issue #17, idle memory): printed with
+/// `cargo test -p switchyard-gateway sizes -- --nocapture`. The heap each one points to is
+/// not counted here (see benches/analysis.md for the whole account).
+#[tokio::test]
+async fn sizes() {
+    use std::mem::size_of;
+    let h = Harness::new(GatewayConfig::default());
+    let who = Principal {
+        sub: UserId::parse("u1").unwrap(),
+        role: Role::Customer,
+        exp: now_secs() + 60,
+        iat: None,
+    };
+    let opened = slot::open(h.shared(), &who.sub, None).await.unwrap();
+    let session = Box::new(Session::new(h.shared().clone(), who, opened));
+    let (to_client, _from_server) = mpsc::channel::<Message>(1);
+    let (_to_server, mut inbound) = mpsc::channel::<Result<Message, axum::Error>>(1);
+    let stream = futures_util::stream::poll_fn(move |cx| inbound.poll_recv(cx));
+    let run = session.run(PollSender::new(to_client), stream);
+    let sizes = [
+        ("Session", size_of::<Session>()),
+        ("Session::run future (channel transport)", size_of_val(&run)),
+        ("axum WebSocket", size_of::<axum::extract::ws::WebSocket>()),
+        ("Message", size_of::<Message>()),
+        ("outbound::Mailbox", size_of::<crate::outbound::Mailbox>()),
+        ("outbound::Outbound", size_of::<crate::outbound::Outbound>()),
+        ("cursor::Cursor", size_of::<crate::cursor::Cursor>()),
+        ("Room", size_of::<Room>()),
+        ("members::Members", size_of::<crate::members::Members>()),
+        ("rate::TokenBucket", size_of::<crate::rate::TokenBucket>()),
+        ("Principal", size_of::<Principal>()),
+        ("slot::Slot", size_of::<slot::Slot>()),
+        ("tokio Sleep", size_of::<tokio::time::Sleep>()),
+        ("tokio Interval", size_of::<tokio::time::Interval>()),
+        ("tokio Notify", size_of::<tokio::sync::Notify>()),
+    ];
+    for (name, size) in sizes {
+        println!("{name:>45}: {size:>5} B");
+    }
+    drop(run);
+}
