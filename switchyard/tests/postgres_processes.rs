@@ -173,10 +173,13 @@ async fn the_other_api_process_publishes_a_killed_leaders_backlog() {
     assert_eq!(customer.subscribe("user:c1").await["type"], "ok");
 
     cluster.signal_api(leader, "STOP");
-    let mut placed = BTreeSet::new();
-    for _ in 0..20 {
-        placed.insert(cluster.create_order(&survivor, "c1").await);
-    }
+    // All at once: the backlog must be written before the hung leader's lease (5 s) runs out
+    // and the survivor takes over by itself — one after the other, a loaded machine took longer.
+    let placed: BTreeSet<String> =
+        futures_util::future::join_all((0..20).map(|_| cluster.create_order(&survivor, "c1")))
+            .await
+            .into_iter()
+            .collect();
     let db = database(&cluster).await;
     let backlog = count(&db, "outbox").await;
     assert!(backlog > 0, "the hung leader left no backlog");
