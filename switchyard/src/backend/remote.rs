@@ -106,6 +106,13 @@ pub struct ApiLimits {
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Rounds in which a failure that is not "not now" is tried again, within the op's deadline:
+/// a 5xx other than 503 (a database error, a process restarting) or an answer whose body was
+/// cut. Every request to `/internal` is idempotent (lookups; chat writes carry their
+/// `client_msg_id`), so sending one again is safe; bounded, since a request the API cannot
+/// serve at all keeps failing.
+const FAILED_ROUNDS: u32 = 3;
+
 /// How long an idle pooled connection to the API is kept: below the API's keep-alive idle
 /// time (its `SWITCHYARD_HANDSHAKE_TIMEOUT_MS`, 5 s by default), so the gateway, not the API,
 /// closes it, and a request never goes out on a connection the API is closing.
@@ -123,8 +130,9 @@ type Flight = Shared<BoxFuture<'static, Result<Option<Bytes>, String>>>;
 ///   connections — a burst queues here (bounded by the op's deadline), not at the API;
 /// - a 503 or 429 (from every base) and a connection refused or cut before an answer are
 ///   retried after the answer's `Retry-After`, or a jittered exponential backoff, as long as
-///   the op's deadline allows (a timed-out request is not); counted in
-///   `switchyard_backend_api_retries_total`;
+///   the op's deadline allows (a timed-out request is not); other 5xx and answers cut
+///   mid-body are retried too, in at most [`FAILED_ROUNDS`] rounds (the requests are
+///   idempotent); every retry is counted in `switchyard_backend_api_retries_total`;
 /// - identical cache-tolerant lookups (`Read::Cached` orders, products, revenue) still
 ///   waiting for a request slot share one request (single flight per path).
 #[derive(Clone)]
@@ -233,7 +241,7 @@ impl ApiClient {
 
     /// `POST {base}{path}` with a JSON body, for the chat writes: the answer's body on 2xx
     /// (`null` when empty); the store's refusal on 403, 404 and 422. 5xx moves on to the
-    /// next base (the writes are idempotent).
+    /// next base, and to another round (the writes are idempotent).
     async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -319,31 +327,51 @@ impl Inner {
             .shared()
     }
 
-    /// `GET {base}{path}` on `slot`: the body on 200, `None` on 404.
+    /// `GET {base}{path}` on `slot`: the body on 200, `None` on 404. An answer whose body is
+    /// cut is asked for again (a lookup is idempotent), in at most [`FAILED_ROUNDS`] rounds
+    /// within `deadline`.
     async fn fetch(
         &self,
         path: &str,
         slot: Slot<'_>,
         deadline: Instant,
     ) -> Result<Option<Bytes>, BackendError> {
-        let (base, response, _slot) = self
-            .first_answer(slot, deadline, |base| {
-                self.http.get(format!("{base}{path}"))
-            })
-            .await?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+        let mut slot = Some(slot);
+        let mut rounds = 0;
+        loop {
+            let held = match slot.take() {
+                Some(held) => held,
+                None => self.slot(deadline).await?,
+            };
+            let (base, response, _held) = self
+                .first_answer(held, deadline, |base| {
+                    self.http.get(format!("{base}{path}"))
+                })
+                .await?;
+            let status = response.status();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(BackendError(format!("{base}{path}: {status}")));
+            }
+            match response.bytes().await {
+                Ok(body) => {
+                    metrics::counter!("switchyard_backend_reads_total", "source" => "api")
+                        .increment(1);
+                    return Ok(Some(body));
+                }
+                Err(err) => {
+                    rounds += 1;
+                    let failed = BackendError(format!("{base}{path}: {}", chain(&err)));
+                    if rounds >= FAILED_ROUNDS || Instant::now() >= deadline {
+                        return Err(failed);
+                    }
+                    metrics::counter!("switchyard_backend_api_retries_total").increment(1);
+                    tracing::debug!(%failed, "answer cut; asking again");
+                }
+            }
         }
-        if !status.is_success() {
-            return Err(BackendError(format!("{base}{path}: {status}")));
-        }
-        metrics::counter!("switchyard_backend_reads_total", "source" => "api").increment(1);
-        response
-            .bytes()
-            .await
-            .map(Some)
-            .map_err(|e| BackendError(format!("{base}{path}: {e}")))
     }
 
     /// Sends the request `build` makes for each API base in turn, starting from the next one
@@ -351,7 +379,8 @@ impl Inner {
     /// with the base that gave it and the slot it holds. A base that does not answer is
     /// skipped too. When every base refused with 503/429 or a connection refused or cut
     /// (overloaded, restarting), the round is tried again after `Retry-After` or a backoff,
-    /// until `deadline`. `slot` is held for each request and released while waiting.
+    /// until `deadline`; when they failed with other 5xx, in at most [`FAILED_ROUNDS`] rounds.
+    /// `slot` is held for each request and released while waiting.
     async fn first_answer<'a>(
         &'a self,
         slot: Slot<'a>,
@@ -390,6 +419,7 @@ impl Inner {
                         last = format!("{base}: {}", response.status());
                     }
                     Ok(response) if response.status().is_server_error() => {
+                        again |= attempts + 1 < FAILED_ROUNDS;
                         last = format!("{base}: {}", response.status());
                     }
                     Ok(response) => return Ok((base, response, held)),

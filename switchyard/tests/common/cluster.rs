@@ -115,6 +115,11 @@ impl Cluster {
         assert!(status.success(), "cluster.sh {cmd} failed");
     }
 
+    /// The logs (stderr) of process `name` (`gateway1`, `api2`, …), for a failure's message.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     pub fn stop_redis(&self) {
         self.run("stop-redis");
     }
