@@ -59,6 +59,11 @@ fn fan_out(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
+    // The gateway's real metrics handles (a Prometheus recorder, as `switchyard gateway`
+    // installs), not the no-op ones: the fan-out's per-member cost includes them.
+    let _ = metrics::set_global_recorder(
+        metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+    );
     let hub = std::sync::Arc::new(Hub::new());
     let (room1, room2) = (
         Room::parse("order:1").unwrap(),
@@ -95,6 +100,36 @@ fn fan_out(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The same fan-out while another thread drains every mailbox, as the sessions do on the
+    // other core (issue #17 §2): what a shared atomic touched per member (the queue-bytes
+    // gauge, once per push until then) costs when its cache line moves between cores.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = {
+        let stop = stop.clone();
+        let mailboxes: Vec<_> = connections.iter().map(|c| c.mailbox.clone()).collect();
+        std::thread::spawn(move || {
+            let mut batch = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for mailbox in &mailboxes {
+                    mailbox.take(&mut batch, usize::MAX);
+                    batch.clear();
+                }
+            }
+        })
+    };
+    g.bench_function("fan_out_10k_members_while_drained", |b| {
+        b.iter(|| {
+            hub.fan_out(Event::new(
+                room1.clone(),
+                epoch.clone(),
+                1,
+                frame.clone(),
+                false,
+            ))
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drainer.join().unwrap();
     // Membership changes in a room of 10,000 (issue #20 §3): one join, one leave, and the
     // whole room filled and emptied (every member's join, then every member's leave).
     let newcomer = hub

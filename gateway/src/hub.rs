@@ -213,9 +213,10 @@ impl Hub {
         };
         let event = Arc::new(event);
         let (mut accepted, mut conflated, mut total) = (0u64, 0u64, 0u64);
+        let mut owed = 0;
         for member in members.iter().flat_map(|chunk| chunk.iter()) {
             total += 1;
-            match member.push(Outgoing::Event(event.clone())) {
+            match member.push_owing(Outgoing::Event(event.clone()), &mut owed) {
                 Pushed::Queued => accepted += 1,
                 Pushed::Conflated => {
                     accepted += 1;
@@ -226,6 +227,9 @@ impl Hub {
                 }
                 Pushed::Closed => {}
             }
+        }
+        if owed > 0 {
+            self.metrics.queue_bytes.increment(owed as f64);
         }
         self.metrics.delivered.increment(accepted);
         if conflated > 0 {

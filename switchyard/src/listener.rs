@@ -312,6 +312,11 @@ fn refuse(mut tcp: TcpStream, refusal: Refusal, conns: &Arc<Conns>) {
 }
 
 async fn serve_connection(tcp: TcpStream, conns: Arc<Conns>, _slot: Slot) {
+    // No Nagle: every write here is a whole response or a whole batch of WebSocket frames
+    // (one flush per batch), so holding a small write until the previous one is acknowledged
+    // only adds latency — up to the peer's delayed-ACK time when events follow each other
+    // closer than that (issue #17 §2; the bare fan-out server and Centrifugo set it too).
+    let _ = tcp.set_nodelay(true);
     // Set by the service when the first request head has been parsed and routed.
     let routed = Arc::new(AtomicBool::new(false));
     let service = {
