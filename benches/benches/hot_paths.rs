@@ -37,6 +37,25 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
+/// The load generator's per-delivery parse (issue #17 §1): an event frame as the gateways send
+/// it, read in place from the read buffer — the room, the offset and the payload's `ts`.
+fn loadgen(c: &mut Criterion) {
+    use switchyard_benches::proto::{Incoming, Protocol, switchyard::Switchyard};
+    let frame = format!(
+        r#"{{"type":"event","room":"user:bench-broadcast","event":"bench.tick","offset":123456,"data":{{"ts":1764770000123456,"seq":123456,"pad":"{}"}}}}"#,
+        "x".repeat(200)
+    );
+    let mut g = c.benchmark_group("loadgen");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_event", |b| {
+        b.iter(|| {
+            let parsed = Switchyard.on_payload(black_box(frame.as_bytes()), "");
+            assert!(matches!(parsed, Incoming::Event { seq: 123456, .. }));
+        })
+    });
+    g.finish();
+}
+
 fn jwt(c: &mut Criterion) {
     let secret = b"bench-secret-0123456789abcdef0123";
     let verifier = Verifier::new(&JwtConfig {
@@ -173,5 +192,5 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, jwt, fan_out);
+criterion_group!(benches, encode, loadgen, jwt, fan_out);
 criterion_main!(benches);

@@ -11,9 +11,13 @@
 //!   received frame itself (encoded once, by the publisher) is cloned — a reference count — into
 //!   each member's bounded queue with a non-blocking send (a full queue drops the frame and
 //!   counts it, printed at exit);
-//! - each connection's writer takes everything queued, feeds it, and flushes once.
+//! - each connection's writer takes everything queued, feeds it, and flushes once (one task per
+//!   connection reads and writes: see [`connection`]);
+//! - tungstenite's buffers are the gateway's ([`config`]), so idle memory compares too.
 //!
-//! `bare --listen 127.0.0.1:0` prints `listening on ADDR` (like `switchyard`). Loopback only.
+//! `bare --listen 127.0.0.1:0 [--workers N]` prints `listening on ADDR` (like `switchyard`).
+//! Loopback only. `--workers`: tokio worker threads (default one per core, as the gateway;
+//! 0: a single-threaded runtime) — for A/B runs of the runtime's own cost.
 
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -86,77 +90,107 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
     rest[..digits].parse().ok()
 }
 
+/// tungstenite's buffers and limits as the gateway sets them (`gateway/src/handshake.rs`,
+/// `SWITCHYARD_READ_BUFFER_BYTES`/`_WRITE_BUFFER_BYTES` defaults): tungstenite's own default
+/// read buffer (128 KiB per connection) would make the bare server's memory per idle
+/// connection ~30× the gateway's, and the idle figure's "fraction of the bare limit" empty.
+fn config() -> WebSocketConfig {
+    const WRITE_BUFFER: usize = 16 * 1024;
+    const MAX_FRAME: usize = 1 << 20;
+    WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + 2 * MAX_FRAME)
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME))
+}
+
+/// One connection, in one task: what its queue holds is written (everything queued, up to
+/// [`BATCH`] frames, then one flush), and what its client sends is read, whichever is ready —
+/// no second task, so no lock between a reading and a writing half and one wake-up per batch.
 async fn connection(tcp: TcpStream, conn: u64, rooms: Arc<Rooms>) {
     let _ = tcp.set_nodelay(true);
-    let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
-    let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config())).await else {
         return;
     };
-    let (mut sink, mut stream) = ws.split();
     let (queue, mut queued) = mpsc::channel::<Utf8Bytes>(QUEUE);
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(BATCH);
-        while queued.recv_many(&mut batch, BATCH).await > 0 {
-            for frame in batch.drain(..) {
-                if sink.feed(Message::Text(frame)).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let _ = queue.try_send(Utf8Bytes::from_static(r#"{"type":"welcome"}"#));
     let mut joined: Vec<String> = Vec::new();
-    if queue
-        .send(Utf8Bytes::from_static(r#"{"type":"welcome"}"#))
-        .await
-        .is_ok()
-    {
-        while let Some(Ok(message)) = stream.next().await {
-            let Message::Text(text) = message else {
-                continue;
-            };
-            if text.starts_with(r#"{"type":"event""#) {
-                if let Some(room) = string_after(&text, r#""room":""#) {
-                    rooms.publish(room, &text);
+    let mut batch = Vec::new();
+    'conn: loop {
+        tokio::select! {
+            biased;
+            // Never 0: this task holds a sender.
+            _ = queued.recv_many(&mut batch, BATCH) => {
+                for frame in batch.drain(..) {
+                    if ws.feed(Message::Text(frame)).await.is_err() {
+                        break 'conn;
+                    }
                 }
-            } else if text.starts_with(r#"{"op":"subscribe""#)
-                && let (Some(room), Some(id)) = (
-                    string_after(&text, r#""room":""#),
-                    number_after(&text, r#""id":"#),
-                )
-            {
-                rooms.join(room, conn, &queue);
-                joined.push(room.to_owned());
-                let ok = format!(r#"{{"type":"ok","op":"subscribe","id":{id}}}"#);
-                if queue.send(ok.into()).await.is_err() {
+                if ws.flush().await.is_err() {
                     break;
+                }
+                if batch.capacity() > 64 {
+                    batch = Vec::new(); // a burst grew it: not kept by an idle connection
+                }
+            }
+            message = ws.next() => {
+                let Some(Ok(message)) = message else { break };
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                if text.starts_with(r#"{"type":"event""#) {
+                    if let Some(room) = string_after(&text, r#""room":""#) {
+                        rooms.publish(room, &text);
+                    }
+                } else if text.starts_with(r#"{"op":"subscribe""#)
+                    && let (Some(room), Some(id)) = (
+                        string_after(&text, r#""room":""#),
+                        number_after(&text, r#""id":"#),
+                    )
+                {
+                    rooms.join(room, conn, &queue);
+                    joined.push(room.to_owned());
+                    let ok = format!(r#"{{"type":"ok","op":"subscribe","id":{id}}}"#);
+                    if queue.try_send(ok.into()).is_err() {
+                        rooms.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
     }
     rooms.leave_all(&joined, conn);
-    drop(queue);
-    writer.abort();
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut listen: SocketAddr = "127.0.0.1:0".parse()?;
+    // Worker threads; 0: one thread (tokio's current-thread runtime). Default: tokio's
+    // multi-threaded runtime with a worker per core, as the gateway runs.
+    let mut workers: Option<usize> = None;
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--listen", Some(addr)) => listen = addr.parse()?,
-            _ => anyhow::bail!("usage: bare [--listen 127.0.0.1:PORT]"),
+            ("--workers", Some(n)) => workers = Some(n.parse()?),
+            _ => anyhow::bail!("usage: bare [--listen 127.0.0.1:PORT] [--workers N]"),
         }
     }
     if !listen.ip().is_loopback() {
         anyhow::bail!("{listen}: loopback only");
     }
     let rooms = Arc::new(Rooms::default());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match workers {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async {
         let listener = TcpListener::bind(listen).await?;
         println!("listening on {}", listener.local_addr()?);

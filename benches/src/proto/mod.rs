@@ -49,6 +49,12 @@ pub trait Protocol: Send + Sync + 'static {
     fn join(&self, room: &str, id: u64) -> String;
     /// Interprets one text frame; `token` is there for protocols that authenticate after open.
     fn on_text<'a>(&self, text: &'a str, token: &str) -> Incoming<'a>;
+    /// [`Protocol::on_text`] on a text frame's payload as it lies in the read buffer. A protocol
+    /// whose events can be read without validating the whole payload as UTF-8 first (the
+    /// receive loop's hot path) overrides this; the default validates, then interprets.
+    fn on_payload<'a>(&self, payload: &'a [u8], token: &str) -> Incoming<'a> {
+        std::str::from_utf8(payload).map_or(Incoming::Ignore, |text| self.on_text(text, token))
+    }
 }
 
 /// The protocol called `name`.
@@ -64,22 +70,58 @@ pub fn by_name(name: &str) -> anyhow::Result<Box<dyn Protocol>> {
 /// The unsigned integer right after the first `key` (e.g. `"ts":`) in `s`, without parsing
 /// the whole frame as JSON (the load generator reads up to a million frames per second).
 pub fn number_after(s: &str, key: &str) -> Option<u64> {
-    let start = s.find(key)? + key.len();
-    let digits = s[start..]
-        .bytes()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    s[start..start + digits].parse().ok()
+    let at = find(s.as_bytes(), 0, key.as_bytes())?;
+    number_at(s.as_bytes(), at + key.len()).map(|(n, _)| n)
+}
+
+/// Where `key` first occurs in `s` at or after `from`: the candidates are the positions of
+/// its first byte (`memchr`), each compared — no searcher is built per call, and a search that
+/// starts near its key never scans the rest of the frame (an event's padding).
+pub fn find(s: &[u8], from: usize, key: &[u8]) -> Option<usize> {
+    let (&first, _) = key.split_first()?;
+    let mut at = from;
+    while let Some(i) = memchr::memchr(first, s.get(at..)?) {
+        if s[at + i..].starts_with(key) {
+            return Some(at + i);
+        }
+        at += i + 1;
+    }
+    None
+}
+
+/// The decimal digits at `s[at..]` (at most 19: no overflow) as a number, and where they end;
+/// `None` when there is no digit there.
+pub fn number_at(s: &[u8], at: usize) -> Option<(u64, usize)> {
+    let digits = s
+        .get(at..)?
+        .iter()
+        .take(19)
+        .take_while(|b| b.is_ascii_digit());
+    let (mut n, mut end) = (0u64, at);
+    for b in digits {
+        n = n * 10 + u64::from(b - b'0');
+        end += 1;
+    }
+    (end > at).then_some((n, end))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::number_after;
+    use super::{find, number_after, number_at};
 
     #[test]
     fn numbers_are_found() {
         assert_eq!(number_after(r#"{"a":1,"ts":123}"#, r#""ts":"#), Some(123));
         assert_eq!(number_after(r#"{"a":1}"#, r#""ts":"#), None);
         assert_eq!(number_after(r#"{"ts":"x"}"#, r#""ts":"#), None);
+        assert_eq!(number_after(r#"{"t":"s","ts":7}"#, r#""ts":"#), Some(7));
+        assert_eq!(
+            number_at(b"x18446744073709551615", 1),
+            Some((1844674407370955161, 20))
+        );
+        assert_eq!(number_at(b"12", 2), None);
+        assert_eq!(find(b"abcabd", 1, b"ab"), Some(3));
+        assert_eq!(find(b"abcabd", 4, b"ab"), None);
+        assert_eq!(find(b"ab", 9, b"ab"), None);
     }
 }

@@ -3,7 +3,7 @@
 //! events `{"type":"event","room":…,"offset":N,"data":{"ts":…}}`. Keepalives are WebSocket
 //! pings, answered by the WebSocket library.
 
-use super::{Incoming, Protocol, number_after};
+use super::{Incoming, Protocol, find, number_after, number_at};
 use switchyard_protocol::{ClientOp, Room};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
@@ -40,21 +40,53 @@ impl Protocol for Switchyard {
         }
     }
 
-    fn on_text<'a>(&self, text: &'a str, _token: &str) -> Incoming<'a> {
-        if text.starts_with(r#"{"type":"event""#) {
-            let room = text
-                .strip_prefix(r#"{"type":"event","room":""#)
-                .and_then(|rest| rest.split('"').next());
-            let data = text.find(r#""data":"#).map(|i| &text[i..]).unwrap_or("");
-            return match (
-                number_after(text, r#""offset":"#),
-                number_after(data, r#""ts":"#),
-            ) {
-                (Some(seq), Some(ts_us)) => Incoming::Event { room, seq, ts_us },
-                (Some(seq), None) => Incoming::Untimed { room, seq },
-                _ => Incoming::Ignore,
-            };
+    fn on_text<'a>(&self, text: &'a str, token: &str) -> Incoming<'a> {
+        if text.starts_with(EVENT) {
+            return event(text.as_bytes());
         }
+        self.on_other(text, token)
+    }
+
+    fn on_payload<'a>(&self, payload: &'a [u8], token: &str) -> Incoming<'a> {
+        if payload.starts_with(EVENT.as_bytes()) {
+            return event(payload);
+        }
+        std::str::from_utf8(payload).map_or(Incoming::Ignore, |text| self.on_other(text, token))
+    }
+}
+
+/// How every event frame starts.
+const EVENT: &str = r#"{"type":"event""#;
+
+/// An event frame, read in place: the room (validated as UTF-8 alone), then `"offset":` and
+/// the payload's `"ts":` each searched from where the previous field ended, so the frame's
+/// padding is never scanned and nothing is allocated or parsed as JSON.
+fn event(frame: &[u8]) -> Incoming<'_> {
+    const ROOM: &[u8] = br#"{"type":"event","room":""#;
+    let mut at = 0;
+    let room = frame.strip_prefix(ROOM).and_then(|rest| {
+        let len = memchr::memchr(b'"', rest)?;
+        at = ROOM.len() + len;
+        std::str::from_utf8(&rest[..len]).ok()
+    });
+    const OFFSET: &[u8] = br#""offset":"#;
+    let Some((seq, end)) = find(frame, at, OFFSET).and_then(|i| number_at(frame, i + OFFSET.len()))
+    else {
+        return Incoming::Ignore;
+    };
+    const TS: &[u8] = br#""ts":"#;
+    let ts = find(frame, end, br#""data":"#)
+        .and_then(|data| find(frame, data, TS))
+        .and_then(|i| number_at(frame, i + TS.len()));
+    match ts {
+        Some((ts_us, _)) => Incoming::Event { room, seq, ts_us },
+        None => Incoming::Untimed { room, seq },
+    }
+}
+
+impl Switchyard {
+    /// Every frame but an event.
+    fn on_other<'a>(&self, text: &'a str, _token: &str) -> Incoming<'a> {
         if text.starts_with(r#"{"type":"welcome""#) {
             return Incoming::Ready;
         }
@@ -88,6 +120,9 @@ impl Protocol for Bare {
     fn on_text<'a>(&self, text: &'a str, token: &str) -> Incoming<'a> {
         Switchyard.on_text(text, token)
     }
+    fn on_payload<'a>(&self, payload: &'a [u8], token: &str) -> Incoming<'a> {
+        Switchyard.on_payload(payload, token)
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +140,32 @@ mod tests {
             p.on_text(r#"{"type":"welcome","conn":"x"}"#, ""),
             Incoming::Ready
         );
+        // In place, from the read buffer: the same answers, and no UTF-8 pass over the rest.
+        let event = br#"{"type":"event","room":"user:bench-broadcast","event":"bench.tick","offset":12,"epoch":"e1","data":{"ts":1700000000123456,"seq":12,"pad":"xxxx"}}"#;
+        assert_eq!(
+            p.on_payload(event, ""),
+            Incoming::Event {
+                room: Some("user:bench-broadcast"),
+                seq: 12,
+                ts_us: 1_700_000_000_123_456
+            }
+        );
+        let mut invalid = event.to_vec();
+        *invalid.last_mut().unwrap() = 0xff;
+        assert!(matches!(
+            p.on_payload(&invalid, ""),
+            Incoming::Event { seq: 12, .. }
+        ));
+        assert_eq!(p.on_payload(b"\xff\xfe", ""), Incoming::Ignore);
+        assert_eq!(
+            p.on_payload(br#"{"type":"event","room":"order:1","event":"presence.join","offset":3,"data":{"sub":"u"}}"#, ""),
+            Incoming::Untimed { room: Some("order:1"), seq: 3 }
+        );
+        assert_eq!(
+            p.on_payload(br#"{"type":"event","room":"order:1"}"#, ""),
+            Incoming::Ignore
+        );
+        assert_eq!(p.on_payload(br#"{"type":"welcome"}"#, ""), Incoming::Ready);
         assert_eq!(
             p.on_text(
                 r#"{"type":"ok","id":3,"op":"subscribe","room":"order:1"}"#,
