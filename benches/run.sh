@@ -2,6 +2,7 @@
 # The side-by-side load benchmark (issue #5): Switchyard vs Socket.IO 4 + @socket.io/redis-adapter.
 #
 #   benches/run.sh [--quick] [--debug] [--repeat N] [--skip-build] [--no-criterion] [--only "idle ..."]
+#                  [--fleet-partners N]
 #   benches/run.sh --soak [--soak-minutes M]
 #
 # Builds release, starts on loopback: redis-server + 2 Switchyard gateways + 1 API (distributed
@@ -36,16 +37,18 @@
 #   own; messages/s at p99 <= 20 ms from `send` to the other side's chat.message event, through
 #   the full durable path (API commit with the outbox row, relay, bus), in BENCHMARKS.md
 #   (benches/chat_report.py). Stepping stops at the first step over the bound.
-# fleet: partners streaming fixes at 4 Hz to one gateway (target/release/loadgen fleet, issue #16),
-#   twice on fresh gateways of the same Redis and API: the plain order-room location path
-#   (SWITCHYARD_FLEET_POSITIONS=false, no admin) and admin:fleet with 10 admins watching; the
-#   gateway's CPU per fix in both and their ratio, admin deliveries/s and latency, in BENCHMARKS.md
-#   (benches/fleet_report.py).
+# fleet: 10,000 partners online on one gateway (target/release/loadgen fleet, issue #16), a ladder
+#   of 10 % .. 100 % of them sending fixes at 4 Hz (4,000 .. 40,000 fixes/s), stopping at the
+#   first step the gateway does not sustain (≥ 95 % accepted), twice on fresh gateways of the same
+#   Redis and API: the plain order-room location path (SWITCHYARD_FLEET_POSITIONS=false, no admin)
+#   and admin:fleet with 10 admins watching; the gateway's CPU per fix in both and their ratio at
+#   the largest step both sustained, admin deliveries/s and latency, in BENCHMARKS.md
+#   (benches/fleet_report.py). --fleet-partners N: N partners online instead (the ladder alike).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
+fleet_partners_arg=""; quick=0; repeat=1; build=1; criterion=1; profile=release; soak=0; soak_minutes=30
 all_scenarios="idle handshake broadcast orders slow api locations scale crud catalog cluster chat fleet"
 only=$all_scenarios
 while [ $# -gt 0 ]; do
@@ -58,7 +61,8 @@ while [ $# -gt 0 ]; do
     --skip-build) build=0; shift ;;
     --no-criterion) criterion=0; shift ;;
     --only) only=$2; shift 2 ;;
-    *) sed -n '2,43p' "$0"; exit 2 ;;
+    --fleet-partners) fleet_partners_arg=$2; shift 2 ;;
+    *) sed -n '2,46p' "$0"; exit 2 ;;
   esac
 done
 started=$(date +%s)
@@ -192,7 +196,7 @@ if [ $quick = 1 ]; then # bounded smoke run: every load scenario, one short step
   loc_orders=20; loc_fractions=1; scale_levels=30; scale_gateways=2; idle_levels=100; hs_count=300; hs_secs=1
   bc_clients=200; bc_rates=20; step=1; slow_step=1; or_clients=200; or_rates=500; slow_rates=500; api_clients=100; api_rates=200
   read_rates=50; catalog_order_rates=20   # catalog: SQLite only in the smoke run
-  chat_rates=20; chat_pairs=10; fleet_partners=20
+  chat_rates=20; chat_pairs=10; fleet_partners=20; fleet_active=10,20
 else
   step=4; slow_step=6; loc_orders=2500; loc_fractions=0.1,0.2,0.4,1; scale_levels=8350,16700; scale_gateways=6; api_clients=2000
   idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
@@ -201,6 +205,12 @@ else
   slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800,1200,1600,2400
   read_rates=250,500,1000,2000,3000,4000,6000,8000,11000,15000; catalog_order_rates=25,50,100,200,300,400,600,800,1200
   chat_rates=25,50,100,200,300,400,600,800,1000,1500; chat_pairs=200; fleet_partners=10000
+  fleet_active=1000,2500,5000,7500,10000
+fi
+
+if [ -n "$fleet_partners_arg" ]; then # a smaller fleet: its ladder scaled down alike
+  fleet_active=$(python3 -c "import sys; n = int(sys.argv[1]); print(','.join(str(max(1, n * k // 100)) for k in (10, 25, 50, 75, 100)))" "$fleet_partners_arg")
+  fleet_partners=$fleet_partners_arg
 fi
 
 has() { [[ " $only " == *" $1 "* ]]; }
@@ -299,7 +309,7 @@ fleet_run() {
     targets+=(--target "$REPLY_ADDR" --pid "gateway-$phase=$REPLY_PID"); pids+=("$REPLY_PID")
   done
   "$loadgen" fleet --proto switchyard "${targets[@]}" --pid "redis=$sy_redis_pid" --api "http://$api_addr" \
-    --partners "$fleet_partners" --hz 4 --phases plain,fleet --admins 0,10 --step-secs "$step" \
+    --partners "$fleet_partners" --active "$fleet_active" --hz 4 --phases plain,fleet --admins 0,10 --step-secs "$step" \
     --json "$results/fleet-switchyard.json"
   for i in "${pids[@]}"; do kill -TERM "$i" 2>/dev/null || true; done
 }
@@ -397,7 +407,7 @@ for r in $(seq 1 "$repeat"); do
     chat_run
   fi
   if has fleet && [ "$r" = 1 ]; then
-    log "scenario 11 fleet ($fleet_partners partners at 4 Hz on one gateway: plain order rooms vs admin:fleet with 10 admins)"
+    log "scenario 11 fleet ($fleet_partners partners online on one gateway, $fleet_active of them sending at 4 Hz: plain order rooms vs admin:fleet with 10 admins)"
     fleet_run
   fi
   if has catalog && [ "$r" = 1 ]; then

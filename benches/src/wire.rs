@@ -16,8 +16,10 @@ use tokio_tungstenite::tungstenite::handshake::client::Request;
 
 /// Buffer a connection starts with; grown (up to [`MAX_FRAME`]) only for a larger frame.
 const INITIAL_BUFFER: usize = 16 * 1024;
-/// Largest frame accepted.
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest frame accepted: an `admin:fleet` subscribe reply lists every partner online, with
+/// presence and position (10,000 partners: about 2 MB; a 1 MiB limit once failed the fleet
+/// bench's admins silently).
+pub const MAX_FRAME: usize = 16 << 20;
 
 /// One frame found in the buffer: its opcode and where its payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]

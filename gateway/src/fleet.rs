@@ -6,26 +6,23 @@
 //! per interval, one task takes what gathered and publishes it — one `partner.location` per
 //! partner — in `admin:fleet`, then keeps the batch as the partners' last known positions
 //! (the room's snapshot, [`FleetPositions`]). So a partner sending 10 Hz costs the room one
-//! event a second, and the gateway one map insert per fix plus one publish per partner per
-//! interval; 10,000 partners cost 10,000 events a second, whatever they send.
+//! event a second, and the gateway one map insert per fix plus one event per partner per
+//! interval, published in batches (on Redis one script call per 256 events); 10,000 partners
+//! cost 10,000 events a second, whatever they send.
 //!
 //! The interval is per gateway: a partner connected through two gateways at once is seen in
 //! each (the connection limits bound how many).
 
-use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_broker::fleet::{FleetPositions, newer};
-use switchyard_broker::{BrokerError, Bus};
+use switchyard_broker::{BrokerError, Bus, Outgoing};
 use switchyard_protocol::events::PartnerLocation;
 use switchyard_protocol::presence::{FLEET_INTERVAL_MS, FleetPartner, FleetSnapshot, Present};
 use switchyard_protocol::{BuiltinEvent, Room};
 use tokio_util::sync::CancellationToken;
-
-/// Publishes in flight at once (one Redis round trip each in the distributed mode).
-const CONCURRENCY: usize = 64;
 
 #[derive(Default)]
 pub(crate) struct Fleet {
@@ -65,37 +62,34 @@ impl Fleet {
     }
 
     /// One interval's worth: each partner's newest fix published in `admin:fleet`, then kept.
+    /// The events go to the bus as one batch (on Redis one script call per
+    /// `MAX_PUBLISH_BATCH` events, pipelined), not one round trip per partner.
     async fn publish(&self, bus: &Arc<dyn Bus>, positions: &dyn FleetPositions) {
         let batch: Vec<PartnerLocation> = std::mem::take(&mut *self.lock()).into_values().collect();
         if batch.is_empty() {
             return;
         }
         let room = Room::admin_fleet();
-        // Owned futures (each its encoded data, a handle on the bus and the room), so the
-        // stream of them is `Send` for the spawned task.
-        let publishes: Vec<_> = batch
+        let events: Vec<Outgoing> = batch
             .iter()
-            .map(|position| {
-                let data = serde_json::value::to_raw_value(position);
-                let (bus, room) = (bus.clone(), room.clone());
-                async move {
-                    let data = data.map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                    bus.publish(&room, PartnerLocation::NAME, data).await
-                }
+            .filter_map(|position| {
+                Some(Outgoing {
+                    room: room.clone(),
+                    event: PartnerLocation::NAME.to_owned(),
+                    data: serde_json::value::to_raw_value(position).ok()?,
+                })
             })
             .collect();
-        let mut results = futures_util::stream::iter(publishes).buffer_unordered(CONCURRENCY);
-        let mut failed = 0usize;
-        while let Some(result) = results.next().await {
-            if let Err(err) = result {
-                // Once per interval, not once per partner (Redis may be down for them all).
-                if failed == 0 {
-                    tracing::warn!(%err, "admin:fleet publish failed");
-                }
-                failed += 1;
-            }
+        let failed = bus
+            .publish_batch(events)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect::<Vec<_>>();
+        if let Some(err) = failed.first() {
+            // Once per interval, not once per partner (Redis may be down for them all).
+            tracing::warn!(%err, failed = failed.len(), "admin:fleet publish failed");
         }
-        drop(results);
         metrics::counter!("switchyard_fleet_positions_total").increment(batch.len() as u64);
         if let Err(err) = positions.keep(&batch).await {
             tracing::warn!(%err, positions = batch.len(), "could not keep the fleet's positions");

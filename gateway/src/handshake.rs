@@ -197,11 +197,18 @@ fn refusal(shared: &Shared, refused: Refused) -> Response {
 }
 
 /// The subprotocol and tungstenite's buffer, frame and message limits, for every route.
+///
+/// The write buffer is not capped by tungstenite: a session writes one message (or one
+/// gathered batch, bounded by its outbound queue) and flushes it before the next, so what waits
+/// there is bounded already — and a reply larger than a cap would fail its write and drop the
+/// connection without a close frame. Replies have no size limit of the client's choosing but
+/// can be large: an `admin:fleet` subscribe lists every partner online (10,000 partners: about
+/// 2.5 MB; the old cap of 144 KiB dropped every admin past ~1,200 partners online).
 pub(crate) fn limits(ws: WebSocketUpgrade, config: &GatewayConfig) -> WebSocketUpgrade {
     ws.protocols([SUBPROTOCOL])
         .read_buffer_size(config.read_buffer_bytes)
         .write_buffer_size(config.write_buffer_bytes)
-        .max_write_buffer_size(config.write_buffer_bytes + 2 * config.max_frame_bytes)
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
 }

@@ -375,6 +375,19 @@ async fn open(proto: &dyn Protocol, src: IpAddr, addr: &str, token: &str) -> any
     }
 }
 
+/// A close frame's code and reason, as text.
+fn close_reason(conn: &Conn, frame: &wire::Frame) -> String {
+    let payload = conn.payload(frame);
+    match payload {
+        [a, b, reason @ ..] => format!(
+            "{} {}",
+            u16::from_be_bytes([*a, *b]),
+            String::from_utf8_lossy(reason)
+        ),
+        _ => "no code".to_owned(),
+    }
+}
+
 /// Joins `rooms` (ids 1..); returns once every join is acknowledged.
 async fn join_all(
     proto: &dyn Protocol,
@@ -401,7 +414,7 @@ async fn join_all(
                 }
             }
             Opcode::Ping => conn.pong(&frame).await?,
-            Opcode::Close => bail!("closed while joining"),
+            Opcode::Close => bail!("closed while joining: {}", close_reason(conn, &frame)),
             _ => {}
         }
     }
