@@ -31,6 +31,16 @@ pub trait FleetPositions: Send + Sync + 'static {
         &self,
         partners: &[String],
     ) -> Result<HashMap<String, PartnerLocation>, BrokerError>;
+
+    /// Claims each partner's turn in `admin:fleet` in the current window of `interval` (wall
+    /// clock windows, `⌊now / interval⌋`): true for a partner no process claimed it for in
+    /// this window — the room's one position per partner per interval, across gateways. In
+    /// order of `partners`.
+    async fn claim_turns(
+        &self,
+        partners: &[&str],
+        interval: Duration,
+    ) -> Result<Vec<bool>, BrokerError>;
 }
 
 /// The newer of two positions of one partner (by when a gateway accepted them).
@@ -73,6 +83,16 @@ impl FleetPositions for MemoryFleet {
             .iter()
             .filter_map(|sub| positions.get(sub).map(|p| (sub.clone(), p.clone())))
             .collect())
+    }
+
+    /// Every turn is ours: the embedded mode is one process, whose gateway publishes each
+    /// partner at most once per interval already.
+    async fn claim_turns(
+        &self,
+        partners: &[&str],
+        _interval: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        Ok(vec![true; partners.len()])
     }
 }
 

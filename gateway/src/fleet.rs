@@ -10,8 +10,12 @@
 //! interval, published in batches (on Redis one script call per 256 events); 10,000 partners
 //! cost 10,000 events a second, whatever they send.
 //!
-//! The interval is per gateway: a partner connected through two gateways at once is seen in
-//! each (the connection limits bound how many).
+//! Across gateways (a partner connected through two, or whose fixes reach two): before each
+//! publish the gateway claims its partners' turns for the current interval in the shared state
+//! (`FleetPositions::claim_turns`: in Redis one `SET … NX PX` per partner, all of a tick's
+//! pipelined), and publishes only those it won; the others wait, newest first, for the next
+//! interval. So a partner appears at most once per interval in `admin:fleet` whatever number of
+//! gateways it reaches. Embedded, the one gateway's interval is the throttle.
 
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -62,10 +66,46 @@ impl Fleet {
     }
 
     /// One interval's worth: each partner's newest fix published in `admin:fleet`, then kept.
-    /// The events go to the bus as one batch (on Redis one script call per
-    /// `MAX_PUBLISH_BATCH` events, pipelined), not one round trip per partner.
+    /// First the partners' turns are claimed for this interval (one pipeline; in the
+    /// distributed mode another gateway may have had a partner's turn already): a partner
+    /// whose turn was taken keeps its fix pending for the next interval, unless a newer one
+    /// replaces it meanwhile (latest wins). The events go to the bus as one batch (on Redis
+    /// one script call per `MAX_PUBLISH_BATCH` events, pipelined), not one round trip per
+    /// partner.
     async fn publish(&self, bus: &Arc<dyn Bus>, positions: &dyn FleetPositions) {
-        let batch: Vec<PartnerLocation> = std::mem::take(&mut *self.lock()).into_values().collect();
+        let gathered: Vec<(Arc<str>, PartnerLocation)> =
+            std::mem::take(&mut *self.lock()).into_iter().collect();
+        if gathered.is_empty() {
+            return;
+        }
+        let partners: Vec<&str> = gathered.iter().map(|(sub, _)| &**sub).collect();
+        let every = Duration::from_millis(FLEET_INTERVAL_MS);
+        let turns = match positions.claim_turns(&partners, every).await {
+            Ok(turns) if turns.len() == gathered.len() => turns,
+            Ok(_) => vec![true; gathered.len()],
+            Err(err) => {
+                // This gateway's interval still holds; the publish below meets the same bus.
+                tracing::warn!(%err, "admin:fleet turns unavailable; publishing");
+                vec![true; gathered.len()]
+            }
+        };
+        let mut batch = Vec::with_capacity(gathered.len());
+        let mut waiting = 0usize;
+        {
+            let mut pending = self.lock();
+            for ((sub, position), ours) in gathered.into_iter().zip(turns) {
+                if ours {
+                    batch.push(position);
+                } else {
+                    // A fix that arrived since is newer: it stays.
+                    pending.entry(sub).or_insert(position);
+                    waiting += 1;
+                }
+            }
+        }
+        if waiting > 0 {
+            metrics::counter!("switchyard_fleet_turns_taken_total").increment(waiting as u64);
+        }
         if batch.is_empty() {
             return;
         }

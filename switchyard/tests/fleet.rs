@@ -125,17 +125,7 @@ async fn fleet_scenario(s: &Setup) -> (Client, Client) {
         tokio::time::sleep(FIX_EVERY).await;
     }
     let last = lat(FIXES - 1);
-    let mut seen = Vec::new();
-    loop {
-        let e = a1.event(FLEET, "partner.location").await;
-        assert_eq!(e["data"]["partner"], "p1", "{e}");
-        assert_eq!(e["data"]["order_id"], s.order.as_str(), "{e}");
-        let at = e["data"]["lat"].as_f64().unwrap();
-        seen.push(at);
-        if at == last {
-            break;
-        }
-    }
+    let seen = positions_until(&mut a1, s.order.as_str(), last).await;
     let window = started.elapsed();
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
@@ -236,4 +226,68 @@ async fn the_fleet_across_gateways_and_a_sigkill() {
     let left = next_presence(&mut a1).await;
     assert_eq!(left, ("leave".into(), "p1".into(), "partner".into()));
     assert!(rest_fleet(&setup.base).await.is_empty());
+}
+
+/// Distributed: one partner connected to two gateways, sending 10 Hz on each at once; an
+/// admin sees it in `admin:fleet` at most once a second overall (the turns are claimed in
+/// Redis, not per gateway), and the newest fix still arrives. Counted, not timed: the turns
+/// are wall-clock windows of a second, so over the measured window at most `window + 2` (its
+/// two partial windows) can arrive — without the cluster-wide turns it would be about twice
+/// the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_on_two_gateways_appears_at_most_once_a_second() {
+    const TWICE: usize = 50; // fixes per connection, 10 Hz: 5 s
+    let cluster = Cluster::up_with(2, 1, &SETTINGS);
+    let api = cluster.apis[0].clone();
+    let order = cluster.create_order(&api, "c1").await;
+    cluster.assign(&api, &order, "p1").await;
+    let mut a1 = connect(&cluster.ws(&cluster.gateways[0]), &admin()).await;
+    let joined = a1.subscribe(FLEET).await;
+    assert_eq!(joined["type"], "ok", "{joined}");
+    let mut on = [
+        connect(
+            &cluster.ws(&cluster.gateways[0]),
+            &token("p1", Role::Partner),
+        )
+        .await,
+        connect(
+            &cluster.ws(&cluster.gateways[1]),
+            &token("p1", Role::Partner),
+        )
+        .await,
+    ];
+    let started = Instant::now();
+    for i in 0..TWICE {
+        for (g, p1) in on.iter_mut().enumerate() {
+            let n = 2 * i + g;
+            let fix = json!({"op": "location", "order_id": order, "lat": lat(n), "lng": 77.59});
+            let reply = p1.request(fix).await;
+            assert_eq!(reply["type"], "ok", "{reply}");
+        }
+        tokio::time::sleep(FIX_EVERY).await;
+    }
+    let seen = positions_until(&mut a1, &order, lat(2 * TWICE - 1)).await;
+    let window = started.elapsed();
+    assert!(
+        seen.len() as u64 <= window.as_secs() + 2,
+        "≤ 1 Hz across both gateways: {} positions in {window:?} for {} fixes: {seen:?}",
+        seen.len(),
+        2 * TWICE
+    );
+}
+
+/// The latitudes of p1's positions `admin` receives in `admin:fleet` (each for `order`), up to
+/// and including the one at `last`.
+async fn positions_until(admin: &mut Client, order: &str, last: f64) -> Vec<f64> {
+    let mut seen = Vec::new();
+    loop {
+        let e = admin.event(FLEET, "partner.location").await;
+        assert_eq!(e["data"]["partner"], "p1", "{e}");
+        assert_eq!(e["data"]["order_id"], order, "{e}");
+        let at = e["data"]["lat"].as_f64().unwrap();
+        seen.push(at);
+        if at == last {
+            return seen;
+        }
+    }
 }

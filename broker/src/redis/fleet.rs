@@ -8,21 +8,33 @@
 //!
 //! A gateway writes its batch (the positions it put in `admin:fleet` in the last interval)
 //! in one script call; a snapshot reads the online partners' positions with `HMGET`.
+//!
+//! Turns (the room's 1 Hz per partner across gateways, like the chat's typing turns):
+//! `{prefix}fleetturn:{<partner>}:<window>` set with `SET … NX PX` by the gateway that
+//! publishes the partner in that window (`⌊now ms / interval⌋`); one claim per partner per
+//! window wins. Hashed by the partner, so on a Redis Cluster the claims spread over the
+//! shards; a gateway sends its claims of a tick pipelined (per node on a cluster).
 
 use super::{room_key, script, unavailable};
 use crate::BrokerError;
 use crate::fleet::{FleetPositions, KEEP};
 use async_trait::async_trait;
 use fred::clients::Client;
-use fred::interfaces::HashesInterface;
+use fred::interfaces::{HashesInterface, KeysInterface};
 use fred::types::scripts::Script;
+use fred::types::{Expiration, SetOptions, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use switchyard_protocol::Room;
 use switchyard_protocol::events::PartnerLocation;
 
-/// Positions written (or read) per Redis call.
+/// Positions written (or read) per Redis call, and turns claimed per pipeline.
 const CHUNK: usize = 1_000;
+
+/// A turn's key outlives its window by this many windows (clock skew between gateways: a
+/// gateway whose clock is behind still finds the key of a window another one claimed).
+const TURN_WINDOWS_KEPT: u32 = 3;
 
 /// Positions dropped per call once older than KEEP, at most (the rest go with later calls).
 const PRUNE: usize = 1_000;
@@ -58,6 +70,7 @@ pub struct RedisFleet {
     keep_script: Script,
     positions: String,
     ages: String,
+    prefix: String,
 }
 
 impl RedisFleet {
@@ -71,6 +84,7 @@ impl RedisFleet {
             client,
             positions: room_key(prefix, "fleet", room.as_str()),
             ages: room_key(prefix, "fleett", room.as_str()),
+            prefix: prefix.to_owned(),
         }))
     }
 }
@@ -120,5 +134,32 @@ impl FleetPositions for RedisFleet {
             }
         }
         Ok(latest)
+    }
+
+    async fn claim_turns(
+        &self,
+        partners: &[&str],
+        interval: Duration,
+    ) -> Result<Vec<bool>, BrokerError> {
+        let every = interval.as_millis().max(1) as i64;
+        let window = crate::presence::now_ms() / every;
+        let ttl = Expiration::PX(every * i64::from(TURN_WINDOWS_KEPT));
+        let mut turns = Vec::with_capacity(partners.len());
+        for chunk in partners.chunks(CHUNK) {
+            let pipeline = self.client.pipeline();
+            for partner in chunk {
+                let key = format!("{}:{window}", room_key(&self.prefix, "fleetturn", partner));
+                // Queued in memory: sent with the rest by `try_all`.
+                let _: () = pipeline
+                    .set(key, "1", Some(ttl.clone()), Some(SetOptions::NX), false)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            // `SET … NX`: "OK" when the key was free (the turn is ours), nil when taken.
+            for reply in pipeline.try_all::<Value>().await {
+                turns.push(!reply.map_err(unavailable)?.is_null());
+            }
+        }
+        Ok(turns)
     }
 }
