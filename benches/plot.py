@@ -328,6 +328,36 @@ def redis_cores_lines(results, figures):
     return lines
 
 
+def sustained_orders(results):
+    """The order rooms' sustained step (benches/run.sh, orders-sustained-switchyard.json): one rate
+    held for a minute. Returns (markdown lines, figures) — figures None when it was not run."""
+    runs = load(results, "orders-sustained", "switchyard")
+    if not runs or not runs[0].get("steps"):
+        return [], None
+    r = runs[0]
+    st = r["steps"][0]
+    # A server that died is "gone" in (or missing from) the end-of-run sample.
+    watched = {p["name"] for p in st.get("processes", []) if p["name"] != "loadgen"}
+    alive = {p["name"] for p in r.get("processes_at_end", []) if not p.get("gone")}
+    dead = sorted(watched - alive)
+    f = dict(offered=st["offered_rate"], rate=st["publish_rate"], secs=st["publish_secs"],
+             lost=st["lost"], gaps=st["seq_gaps"], not_published=st["not_published"],
+             p99=st["latency_ms"]["p99"], deliveries=st["deliveries_per_sec"], dead=dead)
+    f["met"] = (f["offered"] >= 60000 and not dead and f["lost"] == 0 and f["gaps"] == 0 and f["not_published"] == 0
+                and f["rate"] >= 0.98 * f["offered"] and f["secs"] >= 0.98 * r.get("step_secs", 60))
+    lines = ["### Sustained: one step held for a minute (Switchyard only)", "",
+             f"{r['connected']:,} of {r['clients']:,} clients in {r.get('room_count', 0):,} two-member rooms;"
+             f" {fmt(f['offered'])} events/s offered for {r.get('step_secs')} s, once per invocation"
+             " (`loadgen run --label orders-sustained`).", "",
+             "| offered events/s | published/s | deliveries/s | p50 | p99 | max | lost | gaps | not published | server CPU (sum) | server RSS (sum) | redis CPU | servers alive at the end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| {fmt(f['offered'])} | {fmt(f['rate'])} | {fmt(f['deliveries'])} | {ms(st['latency_ms']['p50'])} | {ms(f['p99'])}"
+             f" | {ms(st['latency_ms']['max'])} | {fmt(f['lost'])} | {fmt(f['gaps'])} | {fmt(f['not_published'])}"
+             f" | {proc_cpu(st, 'gateway'):.0f} % | {proc_rss(st, 'gateway') / 1024:.0f} MiB | {proc_cpu(st, 'redis'):.0f} %"
+             f" | {'yes' if not dead else 'no: ' + ', '.join(dead) + ' gone'} |", ""]
+    return lines, f
+
+
 def stepped_section(results, out_dir, scenario, title, intro, p99_limit, plot_name):
     lines = [f"## {title}", "", intro, ""]
     best = {}
@@ -525,6 +555,8 @@ def main():
 
     sy_bc, pe_bc = bc.get("switchyard", {}), bc.get("socketio", {})
     sy_or, pe_or = orders.get("switchyard", {}), orders.get("socketio", {})
+    sus_lines, sus = sustained_orders(results)
+    or_lines += sus_lines
 
     def met(cond):
         return "**met**" if cond else "**not met**"
@@ -559,7 +591,12 @@ def main():
     summary.append(f"| order rooms 60,000/s sustained, no loss | highest lossless {fmt(sy_or.get('lossless_rate'))}/s (p99 {ms(sy_or.get('lossless_p99'))}) |"
                    f" {fmt(pe_or.get('lossless_rate'))}/s (p99 {ms(pe_or.get('lossless_p99'))}) | {ratio(sy_or.get('lossless_rate'), pe_or.get('lossless_rate'))} |"
                    f" {fmt(ba_or.get('lossless_rate'))}/s | {fraction(sy_or.get('lossless_rate'), ba_or.get('lossless_rate'))} |"
-                   f" {met((sy_or.get('lossless_rate') or 0) >= 59000)} |")
+                   f" {met((sy_or.get('lossless_rate') or 0) >= 59000) if sus is None else '(the ladder; the held step below)'} |")
+    if sus is not None:
+        verdict = met(sus["met"])
+        summary.append(f"| order rooms {fmt(sus['offered'])}/s held {sus['secs']:.0f} s: no loss, no crash | published {fmt(sus['rate'])}/s,"
+                       f" lost {fmt(sus['lost'])}, gaps {fmt(sus['gaps'])}, not published {fmt(sus['not_published'])}, p99 {ms(sus['p99'])}"
+                       f"{'' if not sus['dead'] else ', ' + ', '.join(sus['dead']) + ' gone'} | not run | | not run | | {verdict} |")
     if scale_res:
         summary.append(f"| 100,000 connections, gateways' total RSS ≤ 450 MiB | {fmt(scale_res[0])} connections: {scale_res[1]:.0f} MiB over {scale_res[2]} gateways | not run | | | |"
                        f" {met(scale_res[0] >= 99000 and scale_res[1] <= 450)} |")

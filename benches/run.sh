@@ -20,6 +20,9 @@
 # and the loss (benches/results/soak-switchyard.json; `loadgen soak --help`).
 #
 # Scenarios: idle handshake broadcast orders slow api locations scale crud cluster (bare: idle, broadcast, orders).
+# orders: the stepped ladder (Switchyard, the peer, bare), then once per invocation the sustained
+#   target on Switchyard: one step of 60,000 events/s for 60 s (orders-sustained-switchyard.json;
+#   loss, gaps, what the publisher could not publish, and whether every server was alive at the end).
 # locations: Switchyard only (the peer has no relay handler); orders created/assigned via REST first.
 # scale: 100,000 idle connections over 6 fresh gateways (Switchyard only; the target is about gateways).
 # crud: the CRUD side (target/release/crudload): REST status change -> WebSocket event, and
@@ -62,7 +65,7 @@ while [ $# -gt 0 ]; do
     --no-criterion) criterion=0; shift ;;
     --only) only=$2; shift 2 ;;
     --fleet-partners) fleet_partners_arg=$2; shift 2 ;;
-    *) sed -n '2,46p' "$0"; exit 2 ;;
+    *) sed -n '2,49p' "$0"; exit 2 ;;
   esac
 done
 started=$(date +%s)
@@ -195,6 +198,7 @@ if [ $quick = 1 ]; then # bounded smoke run: every load scenario, one short step
   only=${only/ crud/}; crud_rates=20   # crud needs PostgreSQL and crudload's release build: not in the smoke run
   loc_orders=20; loc_fractions=1; scale_levels=30; scale_gateways=2; idle_levels=100; hs_count=300; hs_secs=1
   bc_clients=200; bc_rates=20; step=1; slow_step=1; or_clients=200; or_rates=500; slow_rates=500; api_clients=100; api_rates=200
+  or_sustained_rate=500; or_sustained_secs=2
   read_rates=50; catalog_order_rates=20   # catalog: SQLite only in the smoke run
   chat_rates=20; chat_pairs=10; fleet_partners=20; fleet_active=10,20
 else
@@ -202,6 +206,7 @@ else
   idle_levels=5000,10000,18000; hs_count=60000; hs_secs=8; bc_clients=10000
   bc_rates=1,2,5,10,25,50,100,150,200   # to 2M deliveries/s: the bare limit on this machine is 1.0–1.6M (issue #17)
   or_clients=10000; or_rates=1000,5000,10000,15000,20000,30000,45000,60000,80000
+  or_sustained_rate=60000; or_sustained_secs=60   # issue #17: 60,000 events/s for 60 s, no loss, no crash
   slow_rates=5000,20000; api_rates=1000,5000,10000; crud_rates=50,100,200,300,400,600,800,1200,1600,2400
   read_rates=250,500,1000,2000,3000,4000,6000,8000,11000,15000; catalog_order_rates=25,50,100,200,300,400,600,800,1200
   chat_rates=25,50,100,200,300,400,600,800,1000,1500; chat_pairs=200; fleet_partners=10000
@@ -344,6 +349,12 @@ for r in $(seq 1 "$repeat"); do
     "$loadgen" "${common[@]}" "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" --json "$results/orders-switchyard$sfx.json"
     "$loadgen" "${common[@]}" "${peer_targets[@]}" --publisher peer --redis "$PEER_REDIS_URL" --json "$results/orders-socketio$sfx.json"
     "$loadgen" "${common[@]}" "${bare_targets[@]}" --publisher bare --json "$results/orders-bare$sfx.json"
+    if [ "$r" = 1 ]; then # the sustained target: one long step at one rate, once per invocation
+      log "scenario 4b order rooms sustained ($or_sustained_rate events/s for $or_sustained_secs s, Switchyard only)"
+      "$loadgen" run --label orders-sustained --rooms pairs --clients "$or_clients" --ramp 2000 --rates "$or_sustained_rate" \
+        --step-secs "$or_sustained_secs" --max-p99-ms 250 "${sy_targets[@]}" --publisher redis --redis "$REDIS_URL" \
+        --json "$results/orders-sustained-switchyard.json"
+    fi
   fi
   if has slow && [ "$r" = 1 ]; then
     log "scenario 7 slow consumers (orders with 5% of clients not reading, rates $slow_rates)"
