@@ -338,6 +338,24 @@ async fn the_fleet_on_a_cluster() {
         reply["snapshot"]["partners"][0]["location"]["lat"] == last
     })
     .await;
+    // The once-a-second turn is claimed on the partner's shard: while p1 keeps sending, a turn key
+    // of its (`SET {prefix}fleetturn:{p1}:<window> NX PX`) exists on the primary that owns its slot.
+    // A claim that failed would fall back to publishing, so the events above cannot tell.
+    let turns = format!("{prefix}fleetturn:{{p1}}");
+    let turn_owner = redis.owner(&turns).expect("a primary owns p1's slot");
+    let mut i = 0;
+    eventually("a turn key of p1 on its shard", async || {
+        i += 1;
+        if i % 5 == 1 {
+            // About 10 Hz, within the location rate set above (the check polls every 20 ms).
+            let lat = 13.0 + f64::from(i % 50) / 100.0;
+            let fix = json!({"op":"location","order_id":order,"lat":lat,"lng":77.6});
+            assert_eq!(p1.request(fix).await["type"], "ok");
+        }
+        let keys = redis.cli(turn_owner, &["keys", &format!("{turns}:*")]);
+        !keys.trim().is_empty()
+    })
+    .await;
     let slot = redis.keyslot(&channel(prefix, "admin:fleet"));
     for kind in ["fleet", "fleett", "pres", "presa"] {
         let key = format!("{prefix}{kind}:{{admin:fleet}}");
