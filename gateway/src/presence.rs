@@ -256,9 +256,7 @@ impl Keeper {
                 .filter(|r| !self.hub.serves(r.as_str()))
                 .cloned(),
         );
-        for room in rooms {
-            self.sweep(&room).await;
-        }
+        self.sweep(&rooms).await;
     }
 
     async fn sweep_due(&mut self) {
@@ -268,14 +266,18 @@ impl Keeper {
         let mut rooms: Vec<Room> = due.into_values().flatten().collect();
         rooms.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         rooms.dedup();
-        for room in rooms {
-            self.sweep(&room).await;
-        }
+        self.sweep(&rooms).await;
     }
 
-    async fn sweep(&self, room: &Room) {
-        if let Err(err) = self.presence.sweep(room, self.timing.debounce).await {
-            tracing::debug!(%err, %room, "presence sweep failed");
+    /// One batch for all of them (on Redis one script call per batch of rooms, not per room:
+    /// with thousands of rooms served, per-room calls every sweep interval were the largest
+    /// constant load on Redis).
+    async fn sweep(&self, rooms: &[Room]) {
+        if rooms.is_empty() {
+            return;
+        }
+        if let Err(err) = self.presence.sweep_many(rooms, self.timing.debounce).await {
+            tracing::debug!(%err, rooms = rooms.len(), "presence sweep failed");
         }
     }
 }
