@@ -13,6 +13,16 @@ use tokio_util::sync::CancellationToken;
 /// fragment under connection churn. jemalloc's background thread (switched on first thing in
 /// `main`) returns pages unused for its decay time (10 s) to the system; its other settings
 /// can be changed at run time with `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF` syntax).
+///
+/// Kept after an A/B (issue #17 §2, 2 gateways, 36,000 idle connections in two rooms each,
+/// `loadgen idle --levels 5000,10000,18000`, RSS summed; machine shared, load average 9–15, so
+/// 26k–33k of the 36k connected): KiB per connection glibc 6.07, jemalloc 6.23, jemalloc
+/// `narenas:1` 6.04, glibc `MALLOC_ARENA_MAX=2` 6.92 — within this machine's noise (on an idle
+/// machine glibc was 4.54 against 6.21) — and 15 s after every client left glibc 255 MiB
+/// (`MALLOC_ARENA_MAX=2` 246), still its peak, against jemalloc's 93 (`narenas:1` 101). A
+/// gateway that keeps the RSS of its busiest minute for good is the worse trade; `narenas:1`
+/// was no clear win, so no `malloc_conf` is built in. The live heap per idle connection is
+/// ≈ 4.0 KiB either way (heaptrack; benches/analysis.md, "Idle memory").
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
