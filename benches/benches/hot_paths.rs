@@ -7,8 +7,10 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::value::RawValue;
 use std::hint::black_box;
 use switchyard_auth::{Issuer, JwtConfig, Verifier, VerifyKey};
+use switchyard_gateway::cursor::{Admit, Cursor, Joined};
 use switchyard_gateway::hub::{Hub, Limits};
-use switchyard_gateway::outbound::Event;
+use switchyard_gateway::outbound::{Event, Outgoing};
+use switchyard_protocol::client::StreamPosition;
 use switchyard_protocol::server::encode_event;
 use switchyard_protocol::{ClientMessage, Role, Room, UserId};
 
@@ -72,11 +74,16 @@ fn jwt(c: &mut Criterion) {
     });
 }
 
+/// A current-thread runtime for the benches that need one entered (the hub's mailboxes).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
 fn fan_out(c: &mut Criterion) {
     const MEMBERS: usize = 10_000;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _guard = rt.enter();
     // The gateway's real metrics handles (a Prometheus recorder, as `switchyard gateway`
     // installs), not the no-op ones: the fan-out's per-member cost includes them.
@@ -192,5 +199,99 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, loadgen, jwt, fan_out);
+/// The sessions' share of one broadcast to 10,000 (issue #17 §2), per session: its mailbox's
+/// wake-up (the fan-out wakes a session waiting on it), its `take`, the event's room found
+/// among its own and its cursor's `admit` — what each session does per event besides the
+/// write itself. `shared` keeps the room's name and epoch as the hub and the bus share them
+/// (what sessions keep since this change); `own` gives each session names of its own (a name
+/// read per session, as before).
+fn session_share(c: &mut Criterion) {
+    const SESSIONS: usize = 10_000;
+    let rt = runtime();
+    let _guard = rt.enter();
+    let room = Room::parse("user:bench-broadcast").unwrap();
+    let epoch: std::sync::Arc<str> = "0123456789abcdef0123".into();
+    let position = StreamPosition {
+        epoch: epoch.to_string(),
+        offset: 0,
+    };
+    let frame = Utf8Bytes::from(encode_event(
+        room.as_str(),
+        "order.status",
+        1,
+        &RawValue::from_string(STATUS.to_owned()).unwrap(),
+    ));
+    let mut g = c.benchmark_group("session");
+    g.throughput(Throughput::Elements(SESSIONS as u64));
+    g.sample_size(20);
+    for shared in [true, false] {
+        let hub = std::sync::Arc::new(Hub::new());
+        let limits = Limits {
+            per_gateway: SESSIONS,
+            per_user: 1,
+        };
+        let mut sessions: Vec<_> = (0..SESSIONS as u64)
+            .map(|conn| {
+                let user = UserId::parse(&format!("u{conn}")).unwrap();
+                let connected = hub.connect(conn, &user, 1 << 20, limits).unwrap();
+                let own = Room::parse(room.as_str()).unwrap();
+                let (kept, _) = hub.join_shared(&own, &connected.out);
+                let mut joined = Joined::default();
+                joined.insert(Room::of_user(&user), Cursor::default());
+                let mut cursor = Cursor::default();
+                cursor.reposition(&position, None, false);
+                joined.insert(if shared { kept } else { own }, cursor);
+                (connected, joined)
+            })
+            .collect();
+        let mut offset = 0;
+        // A waker per session that counts nothing: what matters is that one is registered.
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let name = if shared { "shared" } else { "own" };
+        g.bench_function(format!("wake_take_admit_10k_{name}_names"), |b| {
+            b.iter(|| {
+                offset += 1;
+                // Each session waits on its mailbox, as a session between events does.
+                for (connected, _) in &sessions {
+                    let ready = std::pin::pin!(connected.mailbox.ready());
+                    let _ = std::future::Future::poll(ready, &mut cx);
+                }
+                let bus_epoch = if shared {
+                    epoch.clone()
+                } else {
+                    // Not the bus's interned one: each event a new allocation.
+                    std::sync::Arc::from(&*epoch)
+                };
+                hub.fan_out(Event::new(
+                    room.clone(),
+                    bus_epoch,
+                    offset,
+                    frame.clone(),
+                    false,
+                ));
+                let mut sent = 0;
+                let mut batch = Vec::new();
+                for (connected, joined) in &mut sessions {
+                    let ready = std::pin::pin!(connected.mailbox.ready());
+                    let _ = std::future::Future::poll(ready, &mut cx);
+                    connected.mailbox.take(&mut batch, 256);
+                    for item in batch.drain(..) {
+                        if let Outgoing::Event(event) = item
+                            && let Some(cursor) = joined.get_mut(event.room.as_str())
+                            && cursor.admit(&event.epoch, event.offset) != Admit::Drop
+                        {
+                            sent += 1;
+                        }
+                    }
+                }
+                black_box(sent)
+            })
+        });
+        drop(sessions.drain(..));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encode, loadgen, jwt, fan_out, session_share);
 criterion_main!(benches);

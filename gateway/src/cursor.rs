@@ -21,7 +21,7 @@ use switchyard_protocol::Room;
 use switchyard_protocol::client::StreamPosition;
 
 #[derive(Debug, Default)]
-pub(crate) struct Cursor {
+pub struct Cursor {
     /// The epoch the client knows this room's offsets in; `None` until the first position.
     epoch: Option<Arc<str>>,
     /// The epoch `epoch` replaced on this connection: its late events are stale.
@@ -33,7 +33,7 @@ pub(crate) struct Cursor {
 
 /// What to do with a live event.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Admit {
+pub enum Admit {
     /// Write the shared frame.
     Send,
     /// Write it with its epoch added: the first event the client sees in a new epoch.
@@ -45,7 +45,7 @@ pub(crate) enum Admit {
 /// How a subscribe with `since` (or the welcome's) recovers, given what this connection
 /// already wrote.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Recovery {
+pub enum Recovery {
     /// Complete: the client gets every event after `since` by writing those above this offset
     /// (the others are already on the wire).
     From(u64),
@@ -56,8 +56,17 @@ pub(crate) enum Recovery {
 impl Cursor {
     /// Whether the live event at `offset` of `epoch` goes out, and records it if so.
     pub fn admit(&mut self, epoch: &Arc<str>, offset: u64) -> Admit {
+        // The bus hands every event of an epoch the same allocation: a cursor that keeps it
+        // compares by address from its second event on, without reading the name (per
+        // recipient and event: at thousands of sessions per event, each read is a cache miss).
+        if let Some(current) = &mut self.epoch
+            && !Arc::ptr_eq(current, epoch)
+            && **current == **epoch
+        {
+            *current = epoch.clone();
+        }
         match &self.epoch {
-            Some(current) if **current == **epoch => {
+            Some(current) if Arc::ptr_eq(current, epoch) => {
                 if offset <= self.head {
                     return Admit::Drop;
                 }
@@ -134,7 +143,7 @@ impl Cursor {
 /// order's; at most `max_subscriptions`), so a binary search costs what a hash does, and two
 /// rooms take 160 bytes instead of a hash map's 340 (issue #17, idle memory).
 #[derive(Debug, Default)]
-pub(crate) struct Joined(Vec<(Room, Cursor)>);
+pub struct Joined(Vec<(Room, Cursor)>);
 
 impl Joined {
     fn find(&self, room: &str) -> Result<usize, usize> {
@@ -145,12 +154,29 @@ impl Joined {
         self.0.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn contains_key(&self, room: &str) -> bool {
         self.find(room).is_ok()
     }
 
+    /// The cursor of `room`. A name that is the very allocation kept here — the hub's, which
+    /// every event carries ([`crate::hub::Hub::join_shared`]) — is found by address among a
+    /// few rooms, without reading a name (the per-event lookup: at thousands of sessions per
+    /// event, each name read is a cache miss); any other by the binary search.
     pub fn get_mut(&mut self, room: &str) -> Option<&mut Cursor> {
-        let i = self.find(room).ok()?;
+        const SCAN: usize = 8;
+        let i = match self
+            .0
+            .iter()
+            .take(SCAN)
+            .position(|(r, _)| std::ptr::eq(r.as_str(), room))
+        {
+            Some(i) => i,
+            None => self.find(room).ok()?,
+        };
         Some(&mut self.0[i].1)
     }
 
@@ -215,6 +241,28 @@ mod tests {
         assert_eq!(c.admit(&e1, 6), Admit::Drop);
         assert_eq!(c.admit(&e1, 8), Admit::Send, "a conflated jump");
         assert_eq!(c.admit(&e1, 7), Admit::Drop, "never backwards");
+    }
+
+    /// Issue #17 §2: a cursor positioned by a reply (its own copy of the epoch) keeps the
+    /// bus's copy from the first event on, and compares by address after; an equal name in
+    /// another allocation is still the same epoch, a different name still a new one.
+    #[test]
+    fn a_cursor_keeps_the_events_epoch_and_still_compares_names() {
+        let bus: Arc<str> = "e1".into();
+        let mut c = joined("e1", 5);
+        assert_eq!(c.admit(&bus, 6), Admit::Send);
+        assert!(c.epoch.as_ref().is_some_and(|e| Arc::ptr_eq(e, &bus)));
+        assert_eq!(c.admit(&bus, 7), Admit::Send);
+        let copy: Arc<str> = "e1".into();
+        assert_eq!(
+            c.admit(&copy, 7),
+            Admit::Drop,
+            "the same epoch, already sent"
+        );
+        assert_eq!(c.admit(&copy, 8), Admit::Send);
+        let e2: Arc<str> = "e2".into();
+        assert_eq!(c.admit(&e2, 1), Admit::SendWithEpoch);
+        assert_eq!(c.admit(&bus, 9), Admit::Drop, "the old epoch's late event");
     }
 
     #[test]
@@ -312,6 +360,11 @@ mod tests {
         }
         j.insert(room("user:a"), joined("e1", 3));
         assert_eq!(j.len(), 4);
+        // By the kept allocation (the hub's, which events carry) and by another spelling alike.
+        let kept = j.rooms().find(|r| r.as_str() == "order:7").unwrap().clone();
+        j.get_mut(kept.as_str()).unwrap().head = 9;
+        assert_eq!(j.get_mut(&String::from("order:7")).unwrap().head, 9);
+        assert!(j.get_mut("order:70").is_none());
         assert!(j.contains_key("order:7") && !j.contains_key("order:8"));
         assert_eq!(j.get_mut("user:a").unwrap().head, 3, "replaced");
         let (left, _) = j.remove_entry("order:10").unwrap();

@@ -158,11 +158,20 @@ impl Hub {
 
     /// Adds a member; returns false if it was already there.
     pub fn join(&self, room: &Room, member: &Outbound) -> bool {
+        self.join_shared(room, member).1
+    }
+
+    /// [`Hub::join`] that also returns the room's name as the hub holds it — the allocation
+    /// every event of the room carries from here on ([`Hub::fan_out`]). A session that keeps
+    /// it finds an event's room among its own by address, without reading the name
+    /// ([`crate::cursor::Joined::get_mut`]).
+    pub fn join_shared(&self, room: &Room, member: &Outbound) -> (Room, bool) {
         let mut entry = self.rooms.entry(room.clone()).or_insert_with(|| {
             metrics::gauge!("switchyard_rooms").increment(1.0);
             Members::default()
         });
-        entry.insert(member)
+        let added = entry.insert(member);
+        (entry.key().clone(), added)
     }
 
     /// Removes a member; returns false if it was not there.
@@ -206,11 +215,13 @@ impl Hub {
     }
 
     /// Queues `event` for every member of its room; returns how many accepted it. The event
-    /// is wrapped once and shared by every member.
-    pub fn fan_out(&self, event: Event) -> usize {
-        let Some(members) = self.rooms.get(event.room.as_str()).map(|m| m.snapshot()) else {
+    /// is wrapped once and shared by every member, and carries the room's name as the hub
+    /// holds it (the one its members' sessions keep: see [`Hub::join_shared`]).
+    pub fn fan_out(&self, mut event: Event) -> usize {
+        let Some((room, members)) = self.members(event.room.as_str()) else {
             return 0;
         };
+        event.room = room;
         let event = Arc::new(event);
         let (mut accepted, mut conflated, mut total) = (0u64, 0u64, 0u64);
         let mut owed = 0;
@@ -481,6 +492,25 @@ mod tests {
         assert!(hub.leave("order:1", 2));
         assert_eq!(hub.room_count(), 0);
         assert_eq!(hub.fan_out(event("order:1", 1)), 0);
+    }
+
+    /// Issue #17 §2: every member is told the room's name as the hub holds it, and every
+    /// event of the room carries that same allocation, whatever name the bus parsed.
+    #[test]
+    fn joins_and_events_share_the_hubs_room_name() {
+        let hub = Arc::new(Hub::new());
+        let (a, b) = (connect(&hub, 1, "a", 1024), connect(&hub, 2, "b", 1024));
+        let (first, added) = hub.join_shared(&room("order:1"), &a.out);
+        assert!(added);
+        let (second, added) = hub.join_shared(&room("order:1"), &b.out);
+        assert!(added);
+        assert!(std::ptr::eq(first.as_str(), second.as_str()));
+        assert_eq!(hub.fan_out(event("order:1", 1)), 2);
+        for mailbox in [&a.mailbox, &b.mailbox] {
+            assert!(
+                matches!(next_event(mailbox), Some(Outgoing::Event(e)) if std::ptr::eq(e.room.as_str(), first.as_str()))
+            );
+        }
     }
 
     #[tokio::test]

@@ -43,7 +43,7 @@ pub mod access;
 pub mod backend;
 pub mod config;
 mod conformance;
-mod cursor;
+pub mod cursor;
 pub mod delivery;
 mod fleet;
 mod handshake;

@@ -27,11 +27,13 @@
 
 use crate::write_delay::WriteDelay;
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use switchyard_protocol::Room;
 use switchyard_protocol::close::Disconnect;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What one queued item is charged beyond its frame's bytes (queue slot, bookkeeping).
@@ -183,12 +185,42 @@ fn is_latest_only(item: &Outgoing) -> bool {
     matches!(item, Outgoing::Event(event) if event.latest_only)
 }
 
+/// How a mailbox wakes its one session: a flag set by whoever has news (something queued, a
+/// kick) and the session's waker. Lock-free both ways, unlike a `Notify` (whose waiter list
+/// is behind a mutex, taken once to wait and once to wake): a fan-out wakes thousands of
+/// sessions, and each wakes once per event at low rates (issue #17 §2 profile).
+#[derive(Debug, Default)]
+struct Wake {
+    /// Set by [`Wake::wake`], cleared by the poll that reports it: many wakes before the
+    /// session looks are one.
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    fn wake(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        // Registered before the flag is read again, so a wake in between is never missed.
+        if !self.pending.swap(false, Ordering::Acquire) {
+            self.waker.register(cx.waker());
+            if !self.pending.swap(false, Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 /// A connection's bounded mailbox, shared by the hub (pushes) and its session (takes).
-/// One `Notify` wakes the session for both reasons: something queued, or a kick.
+/// One wake-up serves the session for both reasons: something queued, or a kick.
 #[derive(Debug)]
 pub struct Mailbox {
     queue: Mutex<Queue>,
-    ready: Notify,
+    ready: Wake,
     limit: usize,
     /// The gateway's write delay, if it has one, and this mailbox as it registers there.
     write_delay: Option<Arc<WriteDelay>>,
@@ -246,7 +278,7 @@ impl Mailbox {
         drop(queue);
         match &self.write_delay {
             Some(write_delay) if defer => write_delay.defer(self.me.clone()),
-            _ if was_empty => self.ready.notify_one(),
+            _ if was_empty => self.ready.wake(),
             _ => {}
         }
         if freed > 0 {
@@ -277,7 +309,7 @@ impl Mailbox {
         }
         drop(queue);
         if more {
-            self.ready.notify_one();
+            self.ready.wake();
         }
     }
 
@@ -291,20 +323,21 @@ impl Mailbox {
         queue.busy_until = until;
         if until.is_none() && queue.deferred && !queue.items.is_empty() {
             drop(queue);
-            self.ready.notify_one();
+            self.ready.wake();
         }
     }
 
     /// The write delay's tick: wake the session for what gathered.
     pub(crate) fn wake_deferred(&self) {
         self.lock().deferred = false;
-        self.ready.notify_one();
+        self.ready.wake();
     }
 
     /// Completes when something may have been queued since the last [`Mailbox::take`], or the
-    /// session was kicked.
+    /// session was kicked. For the mailbox's one session: a second waiter would take the
+    /// first one's place.
     pub async fn ready(&self) {
-        self.ready.notified().await
+        std::future::poll_fn(|cx| self.ready.poll(cx)).await
     }
 
     /// The session is ending: refuse further items and free what is queued.
@@ -324,7 +357,7 @@ impl Mailbox {
         if queue.kicked.is_none_or(|current| why.outranks(current)) {
             queue.kicked = Some(why);
             drop(queue);
-            self.ready.notify_one();
+            self.ready.wake();
         }
     }
 
@@ -372,7 +405,7 @@ impl Outbound {
                 busy_until: None,
                 deferred: false,
             }),
-            ready: Notify::new(),
+            ready: Wake::default(),
             limit: limit_bytes.max(ITEM_OVERHEAD),
             write_delay: write_delay.filter(|w| !w.delay().is_zero()),
             me: me.clone(),
@@ -628,6 +661,30 @@ mod tests {
             "quiet past the delay: at once"
         );
         assert_eq!(pushed.elapsed(), std::time::Duration::ZERO);
+    }
+
+    /// Issue #17 §2: the session's wake-up is never lost — neither one given before the
+    /// session waits nor one given while it waits — and many before it looks are one.
+    #[tokio::test]
+    async fn a_wake_before_or_while_waiting_is_kept_and_many_are_one() {
+        let (out, mailbox) = outbound(1 << 20);
+        out.push(event("order:r", 1, false, 1));
+        out.push(event("order:r", 2, false, 1));
+        assert!(woken_within(&mailbox, 1000).await, "given before the wait");
+        assert!(!woken_within(&mailbox, 10).await, "two pushes, one wake");
+        let mut batch = Vec::new();
+        mailbox.take(&mut batch, 10);
+        assert_eq!(batch.len(), 2);
+        let waiter = {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move { mailbox.ready().await })
+        };
+        tokio::task::yield_now().await;
+        mailbox.kick(Disconnect::SLOW);
+        tokio::time::timeout(std::time::Duration::from_secs(30), waiter)
+            .await
+            .expect("woken while waiting")
+            .unwrap();
     }
 
     #[tokio::test]

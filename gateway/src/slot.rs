@@ -137,7 +137,7 @@ pub(crate) async fn open(
     };
     bounded(deadline, bus.subscribe(&user_room.room)).await?;
     user_room.subscribed = true;
-    shared.hub.join(&user_room.room, &out);
+    user_room.room = shared.hub.join_shared(&user_room.room, &out).0;
     metrics::gauge!("switchyard_subscriptions").increment(1.0);
     // Released when the slot drops, whatever became of the claim (a claim that timed out may
     // still be made; the release goes after it on the same connection).

@@ -525,7 +525,8 @@ impl Session {
             tracing::warn!(%err, "bus subscribe failed");
             return Err(Refusal::new(ErrorCode::Internal, "bus unavailable, retry"));
         }
-        self.shared.hub.join(&room, &self.out);
+        // Kept as the hub holds it: the events' name (see `Joined::get_mut`).
+        let room = self.shared.hub.join_shared(&room, &self.out).0;
         metrics::gauge!("switchyard_subscriptions").increment(1.0);
         if members_present(&room) {
             let sub = self.who.sub.as_arc();
