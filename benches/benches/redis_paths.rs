@@ -9,10 +9,6 @@
 //! - `publish/batch_64`: 64 events to random rooms in one `Bus::publish_batch` (one script
 //!   call) — against `publish/one_call_per_event_64`, 64 `Bus::publish` at once (pipelined).
 //!
-//! - `presence_sweep/sweep_many_128_rooms`: a gateway's periodic sweep of 128 rooms it serves
-//!   in one `Presence::sweep_many` (one script call) — against
-//!   `presence_sweep/one_call_per_room_128`, one `Presence::sweep` per room (what it did).
-//!
 //! Run: `cargo bench -p switchyard-benches --bench redis_paths`. Without `redis-server` on the
 //! PATH it says so and measures nothing.
 
@@ -21,10 +17,9 @@ use serde_json::value::RawValue;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_broker::presence::{Holder, Presence};
 use switchyard_broker::redis::{Redis, RedisConfig};
 use switchyard_broker::{Bus, Claim, ConnectionLeases, Outgoing, claim_then_read};
-use switchyard_protocol::{Role, Room};
+use switchyard_protocol::Room;
 
 /// A redis-server of this bench's own, stopped on drop.
 struct Server(Child, u16);
@@ -148,41 +143,6 @@ fn redis_paths(c: &mut Criterion) {
             });
             let offsets = rt.block_on(futures_util::future::join_all(publishes));
             assert!(offsets.iter().all(Result::is_ok));
-        })
-    });
-    g.finish();
-
-    // Presence sweeps (issue #17): what a gateway does for every room it serves once per sweep
-    // interval — 128 order rooms, each with a user held, nothing due (the steady state).
-    let presence: Arc<dyn Presence> = redis.presence.clone();
-    let swept: Vec<Room> = order_rooms[..128].to_vec();
-    rt.block_on(async {
-        for (i, room) in swept.iter().enumerate() {
-            let holder = Holder {
-                sub: format!("bench{i}"),
-                role: Role::Customer,
-            };
-            presence
-                .hold(room, "bench-node", &[holder], Duration::from_secs(3600))
-                .await
-                .unwrap();
-        }
-    });
-    let mut g = c.benchmark_group("presence_sweep");
-    g.throughput(Throughput::Elements(swept.len() as u64));
-    g.bench_function("sweep_many_128_rooms", |b| {
-        b.iter(|| {
-            rt.block_on(presence.sweep_many(&swept, Duration::from_secs(5)))
-                .unwrap()
-        })
-    });
-    g.bench_function("one_call_per_room_128", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                for room in &swept {
-                    presence.sweep(room, Duration::from_secs(5)).await.unwrap();
-                }
-            })
         })
     });
     g.finish();

@@ -256,7 +256,9 @@ impl Keeper {
                 .filter(|r| !self.hub.serves(r.as_str()))
                 .cloned(),
         );
-        self.sweep(&rooms).await;
+        for room in rooms {
+            self.sweep(&room).await;
+        }
     }
 
     async fn sweep_due(&mut self) {
@@ -266,18 +268,14 @@ impl Keeper {
         let mut rooms: Vec<Room> = due.into_values().flatten().collect();
         rooms.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         rooms.dedup();
-        self.sweep(&rooms).await;
+        for room in rooms {
+            self.sweep(&room).await;
+        }
     }
 
-    /// One batch for all of them (on Redis one script call per batch of rooms, not per room:
-    /// with thousands of rooms served, per-room calls every sweep interval were the largest
-    /// constant load on Redis).
-    async fn sweep(&self, rooms: &[Room]) {
-        if rooms.is_empty() {
-            return;
-        }
-        if let Err(err) = self.presence.sweep_many(rooms, self.timing.debounce).await {
-            tracing::debug!(%err, rooms = rooms.len(), "presence sweep failed");
+    async fn sweep(&self, room: &Room) {
+        if let Err(err) = self.presence.sweep(room, self.timing.debounce).await {
+            tracing::debug!(%err, %room, "presence sweep failed");
         }
     }
 }

@@ -931,19 +931,3 @@ async fn batch_publishes_keep_offsets_per_room() {
         .collect();
     common::batch::batches_keep_offsets_per_room(a, b, listener, &rooms, 60).await;
 }
-
-/// Issue #17: presence sweeps in one script call per batch of rooms (the contract in
-/// `common::batch`), on one Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batched_presence_sweep_announces_each_room() {
-    let cluster = Cluster::up(1, 1);
-    let config = RedisConfig::new(format!("redis://127.0.0.1:{}", cluster.redis_port));
-    let (redis, listener) = (
-        Redis::connect(config.clone()).await.unwrap(),
-        Redis::connect(config).await.unwrap(),
-    );
-    let rooms: Vec<Room> = (0..9)
-        .map(|i| Room::parse(&format!("order:{}", 910_000 + i)).unwrap())
-        .collect();
-    common::batch::batched_sweep_announces_each_room(redis.presence, listener.bus, &rooms).await;
-}

@@ -163,25 +163,6 @@ async fn batch_publishes_keep_offsets_per_room_on_every_shard() {
     common::batch::batches_keep_offsets_per_room(a, b, listener, &rooms, 60).await;
 }
 
-/// Issue #17: the batched presence sweep on a cluster — rooms grouped per hash slot, rooms of
-/// every shard in one `sweep_many`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batched_presence_sweep_announces_each_room_on_every_shard() {
-    let prefix = "sweep:";
-    let redis = redis_cluster::shared();
-    let mut rooms = rooms_on_every_shard(redis, prefix);
-    rooms.extend((0..6).map(|i| Room::parse(&format!("order:{}", 920_000 + i)).unwrap()));
-    let config = RedisConfig {
-        prefix: prefix.into(),
-        ..RedisConfig::new(redis.url.clone())
-    };
-    let (a, listener) = (
-        Redis::connect(config.clone()).await.unwrap(),
-        Redis::connect(config).await.unwrap(),
-    );
-    common::batch::batched_sweep_announces_each_room(a.presence, listener.bus, &rooms).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_increase_per_room_under_two_publishers_on_every_shard() {
     let prefix = "seq:";

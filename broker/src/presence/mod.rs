@@ -62,21 +62,6 @@ pub trait Presence: Send + Sync + 'static {
     /// had no entry for at least `debounce`.
     async fn sweep(&self, room: &Room, debounce: Duration) -> Result<(), BrokerError>;
 
-    /// [`sweep`](Presence::sweep) for each of `rooms`: what a node does for every room it
-    /// serves once per sweep interval. Redis does it in one script call per batch of rooms
-    /// (issue #17: one call per room and node was the largest constant load on Redis in a
-    /// bench of 5,000 order rooms). Every room is swept even when one fails; the last error
-    /// is returned.
-    async fn sweep_many(&self, rooms: &[Room], debounce: Duration) -> Result<(), BrokerError> {
-        let mut result = Ok(());
-        for room in rooms {
-            if let Err(err) = self.sweep(room, debounce).await {
-                result = Err(err);
-            }
-        }
-        result
-    }
-
     /// The users present (announced) in `room`, ordered by `sub`.
     async fn present(&self, room: &Room) -> Result<Vec<Present>, BrokerError>;
 }

@@ -24,7 +24,7 @@ use crate::presence::{Holder, Presence, announce};
 use crate::{BrokerError, Bus};
 use async_trait::async_trait;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, HashesInterface};
+use fred::interfaces::HashesInterface;
 use fred::types::scripts::Script;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,62 +94,37 @@ return 1
 "#;
 
 /// Drops expired entries (a user left without entries is gone since its entry expired), then
-/// takes the users gone for at least the debounce. A Lua function, `sweep(entries, counts,
-/// announced, gone, lock, debounce ms, lock token, lock ms)`, shared by [`SWEEP_LUA`] (one
-/// room) and [`SWEEP_MANY_LUA`] (a batch). Returns `{}`, `{"busy"}` or `{"ok", sub, role, …}`
-/// with the lock taken (publish the leaves, then unlock).
-const SWEEP_FN: &str = r#"
-local function sweep(entries, counts, announced, gone, lock, debounce, token, lock_ms)
-  local expired = redis.call('ZRANGEBYSCORE', entries, '-inf', now, 'WITHSCORES')
-  for i = 1, #expired, 2 do
-    local entry, at = expired[i], expired[i + 1]
-    redis.call('ZREM', entries, entry)
-    local sub = string.match(entry, '^[^ ]+ (.+)$')
-    if sub and redis.call('HINCRBY', counts, sub, -1) <= 0 then
-      redis.call('HDEL', counts, sub)
-      if redis.call('HEXISTS', announced, sub) == 1 then
-        redis.call('ZADD', gone, 'NX', at, sub)
-      end
-    end
-  end
-  local due = redis.call('ZRANGEBYSCORE', gone, '-inf', now - tonumber(debounce))
-  if #due == 0 then return {} end
-  if not redis.call('SET', lock, token, 'NX', 'PX', lock_ms) then return {'busy'} end
-  local out = {'ok'}
-  for _, sub in ipairs(due) do
-    redis.call('ZREM', gone, sub)
-    local was = redis.call('HGET', announced, sub)
-    if was then
-      redis.call('HDEL', announced, sub)
-      table.insert(out, sub)
-      table.insert(out, string.match(was, '^(%S+)'))
-    end
-  end
-  return out
-end
-"#;
-
-/// One room: KEYS = entries, counts, announced, gone, lock; ARGV = debounce ms, lock token,
-/// lock ms.
+/// takes the users gone for at least the debounce. KEYS = entries, counts, announced, gone,
+/// lock; ARGV = debounce ms, lock token, lock ms. Returns `{}`, `{"busy"}` or
+/// `{"ok", sub, role, …}` with the lock taken (publish the leaves, then unlock).
 const SWEEP_LUA: &str = r#"
-return sweep(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
-"#;
-
-/// A batch of rooms (on a cluster all in one hash slot): KEYS = five per room, as for
-/// [`SWEEP_LUA`]; ARGV as for it (one lock token for the call: each room's lock is its own
-/// key). Returns one answer per room, in order.
-const SWEEP_MANY_LUA: &str = r#"
-local answers = {}
-for i = 0, #KEYS / 5 - 1 do
-  local k = 5 * i
-  answers[i + 1] = sweep(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
-    ARGV[1], ARGV[2], ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES')
+for i = 1, #expired, 2 do
+  local entry, at = expired[i], expired[i + 1]
+  redis.call('ZREM', KEYS[1], entry)
+  local sub = string.match(entry, '^[^ ]+ (.+)$')
+  if sub and redis.call('HINCRBY', KEYS[2], sub, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], sub)
+    if redis.call('HEXISTS', KEYS[3], sub) == 1 then
+      redis.call('ZADD', KEYS[4], 'NX', at, sub)
+    end
+  end
 end
-return answers
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[1]))
+if #due == 0 then return {} end
+if not redis.call('SET', KEYS[5], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'busy'} end
+local out = {'ok'}
+for _, sub in ipairs(due) do
+  redis.call('ZREM', KEYS[4], sub)
+  local announced = redis.call('HGET', KEYS[3], sub)
+  if announced then
+    redis.call('HDEL', KEYS[3], sub)
+    table.insert(out, sub)
+    table.insert(out, string.match(announced, '^(%S+)'))
+  end
+end
+return out
 "#;
-
-/// Rooms one [`SWEEP_MANY_LUA`] call takes at most: bounds the time Redis spends in one call.
-const SWEEP_BATCH: usize = 128;
 
 /// Deletes the lock if it is still ours. KEYS = lock; ARGV = token.
 const UNLOCK_LUA: &str = r#"
@@ -165,7 +140,6 @@ pub struct RedisPresence {
     hold_script: Script,
     release_script: Script,
     sweep_script: Script,
-    sweep_many_script: Script,
     unlock_script: Script,
 }
 
@@ -178,9 +152,7 @@ impl RedisPresence {
         Ok(Arc::new(RedisPresence {
             hold_script: script(&client, &format!("{NOW_LUA}{HOLD_LUA}")).await?,
             release_script: script(&client, &format!("{NOW_LUA}{RELEASE_LUA}")).await?,
-            sweep_script: script(&client, &format!("{NOW_LUA}{SWEEP_FN}{SWEEP_LUA}")).await?,
-            sweep_many_script: script(&client, &format!("{NOW_LUA}{SWEEP_FN}{SWEEP_MANY_LUA}"))
-                .await?,
+            sweep_script: script(&client, &format!("{NOW_LUA}{SWEEP_LUA}")).await?,
             unlock_script: script(&client, UNLOCK_LUA).await?,
             client,
             bus,
@@ -320,62 +292,6 @@ impl Presence for RedisPresence {
             self.announce_all(room, &answer[1..], false, token).await?;
         }
         Ok(())
-    }
-
-    /// One [`SWEEP_MANY_LUA`] call per [`SWEEP_BATCH`] rooms; on a cluster per hash slot too
-    /// (a script's keys must share one: a room's five keys are in its slot), the calls one
-    /// after the other. A room whose lock another node holds is swept again alone
-    /// ([`Presence::sweep`], which waits for the lock); a room with leaves due has them
-    /// announced, then its lock released, as a single sweep would.
-    async fn sweep_many(&self, rooms: &[Room], debounce: Duration) -> Result<(), BrokerError> {
-        let mut groups: Vec<Vec<&Room>> = Vec::new();
-        if self.client.is_clustered() {
-            let mut by_slot: std::collections::BTreeMap<u16, Vec<&Room>> = Default::default();
-            for room in rooms {
-                let slot = fred::util::redis_keyslot(self.key("pres", room).as_bytes());
-                by_slot.entry(slot).or_default().push(room);
-            }
-            for group in by_slot.into_values() {
-                groups.extend(group.chunks(SWEEP_BATCH).map(<[&Room]>::to_vec));
-            }
-        } else {
-            groups.extend(rooms.chunks(SWEEP_BATCH).map(|c| c.iter().collect()));
-        }
-        let mut result = Ok(());
-        for group in groups {
-            let token = format!("{:x}", rand_token());
-            let keys: Vec<String> = group.iter().flat_map(|room| self.keys(room)).collect();
-            let args = vec![
-                debounce.as_millis().to_string(),
-                token.clone(),
-                LOCK_MS.to_string(),
-            ];
-            let answers: Vec<Vec<String>> = match self
-                .sweep_many_script
-                .evalsha_with_reload(&self.client, keys, args)
-                .await
-            {
-                Ok(answers) => answers,
-                Err(err) => {
-                    result = Err(unavailable(err));
-                    continue;
-                }
-            };
-            for (room, answer) in group.iter().zip(answers) {
-                let outcome = match answer.first().map(String::as_str) {
-                    None => Ok(()),
-                    Some("busy") => self.sweep(room, debounce).await,
-                    Some(_) => {
-                        self.announce_all(room, &answer[1..], false, token.clone())
-                            .await
-                    }
-                };
-                if let Err(err) = outcome {
-                    result = Err(err);
-                }
-            }
-        }
-        result
     }
 
     async fn present(&self, room: &Room) -> Result<Vec<Present>, BrokerError> {

@@ -2,16 +2,11 @@
 //! processes publishing batches that mix rooms (on a cluster, rooms of every shard) get
 //! offsets 1, 2, 3, … per room with none twice or skipped; a subscriber receives every event
 //! once, in offset order, in one epoch; and recovery from any position gives exactly the
-//! events after it (the history behind the gap semantics). And the batched presence sweep's:
-//! one `sweep_many` over rooms of several users held by a node that stopped renewing announces
-//! each of them gone in its own room, and nothing in the others.
+//! events after it (the history behind the gap semantics).
 
 use serde_json::value::RawValue;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use switchyard_broker::presence::{Holder, Presence};
 use switchyard_broker::{Bus, Deliver, Outgoing, Publication};
-use switchyard_protocol::Role;
 use switchyard_protocol::Room;
 use switchyard_protocol::client::StreamPosition;
 
@@ -119,75 +114,6 @@ pub async fn batches_keep_offsets_per_room(
                 .unwrap()
                 .missed
                 .is_none()
-        );
-    }
-}
-
-/// Every other room of `rooms` gets a user held by a node that never renews (entries of
-/// 100 ms); then `sweep_many` over all the rooms (repeated until it has, on a slow machine)
-/// must leave none of those users present and publish each one's `presence.leave` in its
-/// room — and nothing in the rooms nobody was in. Rooms should be fresh.
-pub async fn batched_sweep_announces_each_room(
-    presence: Arc<dyn Presence>,
-    listener: Arc<dyn Bus>,
-    rooms: &[Room],
-) {
-    let sink = Arc::new(Collect::default());
-    listener.attach(sink.clone());
-    for room in rooms {
-        listener.subscribe(room).await.unwrap();
-    }
-    let held: Vec<(Room, String)> = rooms
-        .iter()
-        .step_by(2)
-        .enumerate()
-        .map(|(i, room)| (room.clone(), format!("swept-{i}")))
-        .collect();
-    for (room, sub) in &held {
-        let holder = Holder {
-            sub: sub.clone(),
-            role: Role::Customer,
-        };
-        presence
-            .hold(room, "gone-node", &[holder], Duration::from_millis(100))
-            .await
-            .unwrap();
-        assert_eq!(presence.present(room).await.unwrap().len(), 1, "{room}");
-    }
-    crate::eventually("every held user announced gone", async || {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        presence.sweep_many(rooms, Duration::ZERO).await.unwrap();
-        let mut left = Vec::new();
-        for (room, _) in &held {
-            if !presence.present(room).await.unwrap().is_empty() {
-                left.push(room.to_string());
-            }
-        }
-        left.is_empty()
-    })
-    .await;
-    let frames = |room: &Room| -> Vec<String> {
-        sink.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| p.room == *room)
-            .map(|p| String::from_utf8_lossy(&p.frame).into_owned())
-            .collect()
-    };
-    crate::eventually("each leave delivered in its room", async || {
-        held.iter().all(|(room, sub)| {
-            frames(room)
-                .iter()
-                .any(|f| f.contains("presence.leave") && f.contains(sub.as_str()))
-        })
-    })
-    .await;
-    for room in rooms.iter().skip(1).step_by(2) {
-        assert!(
-            frames(room).is_empty(),
-            "nothing in {room}: {:?}",
-            frames(room)
         );
     }
 }
