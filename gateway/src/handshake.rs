@@ -241,10 +241,13 @@ pub(crate) async fn upgrade(
     let session = Box::new(Session::new(shared.clone(), principal, opened));
     limits(ws, config)
         .on_failed_upgrade(|err| tracing::debug!(%err, "upgrade failed"))
-        // Not an async block: the socket is split here and the task's future is the session
-        // itself — a few hundred bytes per idle connection.
+        // The session runs in a task of its own, whose future is the session's loop and nothing
+        // else: axum's upgrade task, which would otherwise carry it, keeps what it captured for
+        // the upgrade (the WebSocket config, the protocol, the upgrade handle) for as long as
+        // it runs — bytes per idle connection (issue #17). It ends as soon as this returns.
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            session.run(sink, stream)
+            tokio::spawn(session.run(sink, stream));
+            std::future::ready(())
         })
 }

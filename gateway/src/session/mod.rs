@@ -250,42 +250,59 @@ impl Session {
         let shared = self.shared.clone();
         let mailbox = self.mailbox.clone();
         let config = &shared.config;
-        let mut heartbeat = tokio::time::interval_at(
-            Instant::now() + config.heartbeat_interval,
-            config.heartbeat_interval,
-        );
-        // One timer for both ends a connection has a date for: its token's `exp`, and once
-        // the gateway drains, its own moment within the drain spread — whichever is first.
-        // (The drain reaches sessions as a kick through the mailbox, so an idle connection
-        // waits on no shutdown future of its own: every byte here is per connection.)
+        // One timer for everything a connection has a date for: its next heartbeat, its
+        // token's `exp`, and once the gateway drains, its own moment within the drain spread —
+        // whichever is first (`ends`: the earlier of the last two). Not a timer each: every
+        // byte here is per connection (issue #17, idle memory; a heartbeat `Interval` was a
+        // boxed timer of its own). The drain reaches sessions as a kick through the mailbox, so
+        // an idle connection waits on no shutdown future of its own either.
+        let beat = config.heartbeat_interval;
+        let mut next_beat = Instant::now() + beat;
         let mut exp = self.who.exp;
         let mut close_at: Option<Instant> = None;
-        let deadline = tokio::time::sleep(until_exp(exp));
-        tokio::pin!(deadline);
-        let mut last_seen = Instant::now();
         if self.shared.shutdown.is_cancelled() {
             // Joined after the drain's sweep: take this connection's moment now.
             close_at = Some(self.drain_moment());
-            deadline.as_mut().reset(earliest(exp, close_at));
         }
+        let mut ends = earliest(exp, close_at);
+        let timer = tokio::time::sleep_until(next_beat.min(ends));
+        tokio::pin!(timer);
+        let mut last_seen = Instant::now();
 
         loop {
             tokio::select! {
                 biased;
-                _ = &mut deadline => {
-                    return match close_at {
-                        Some(at) if Instant::now() >= at => {
-                            Exit::Close(Disconnect::SHUTDOWN)
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= ends {
+                        return match close_at {
+                            Some(at) if now >= at => Exit::Close(Disconnect::SHUTDOWN),
+                            _ => Exit::Close(Disconnect::TOKEN_EXPIRED),
+                        };
+                    }
+                    if now >= next_beat {
+                        if last_seen.elapsed() > config.idle_timeout {
+                            return Exit::Close(Disconnect::IDLE);
                         }
-                        _ => Exit::Close(Disconnect::TOKEN_EXPIRED),
-                    };
+                        if let Some(exit) = Box::pin(self.write(sink, Message::Ping(Default::default()))).await {
+                            return exit;
+                        }
+                        // The next beat a period after this one, or after now when this one
+                        // came that late: missed beats are not made up in a burst.
+                        next_beat += beat;
+                        if next_beat <= now {
+                            next_beat = now + beat;
+                        }
+                    }
+                    timer.as_mut().reset(next_beat.min(ends));
                 }
                 _ = mailbox.ready() => {
                     match mailbox.kicked() {
                         // The drain: close at this connection's moment of the spread.
                         Some(Disconnect::SHUTDOWN) if close_at.is_none() => {
                             close_at = Some(self.drain_moment());
-                            deadline.as_mut().reset(earliest(exp, close_at));
+                            ends = earliest(exp, close_at);
+                            timer.as_mut().reset(next_beat.min(ends));
                         }
                         Some(Disconnect::SHUTDOWN) | None => {}
                         Some(why) => return Exit::Close(why),
@@ -331,15 +348,8 @@ impl Session {
                     }
                     if self.who.exp != exp {
                         exp = self.who.exp;
-                        deadline.as_mut().reset(earliest(exp, close_at));
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if last_seen.elapsed() > config.idle_timeout {
-                        return Exit::Close(Disconnect::IDLE);
-                    }
-                    if let Some(exit) = Box::pin(self.write(sink, Message::Ping(Default::default()))).await {
-                        return exit;
+                        ends = earliest(exp, close_at);
+                        timer.as_mut().reset(next_beat.min(ends));
                     }
                 }
             }
