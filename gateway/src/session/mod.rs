@@ -124,6 +124,10 @@ pub(crate) struct Session {
     /// handshake's `since` — until the welcome is sent (boxed: 8 bytes per connection after).
     user_welcome: Option<Box<(History, Option<StreamPosition>)>>,
     started: Instant,
+    /// When the client last sent anything (a frame, a pong): the idle timeout counts from it.
+    /// Here rather than in the loop's future, which every byte would push into a larger
+    /// allocation class of its task (see `tests::sizes`).
+    last_seen: Instant,
     /// When the last batch was written, and whether writes come faster than the write delay
     /// (then the mailbox is marked busy: see [`crate::write_delay`]).
     last_write: Instant,
@@ -157,6 +161,7 @@ impl Session {
             user_welcome: Some(Box::new((opened.history, opened.since))),
             carrying: None,
             started: Instant::now(),
+            last_seen: Instant::now(),
             last_write: Instant::now(),
             busy: false,
             in_fleet: false,
@@ -256,8 +261,7 @@ impl Session {
         // byte here is per connection (issue #17, idle memory; a heartbeat `Interval` was a
         // boxed timer of its own). The drain reaches sessions as a kick through the mailbox, so
         // an idle connection waits on no shutdown future of its own either.
-        let beat = config.heartbeat_interval;
-        let mut next_beat = Instant::now() + beat;
+        let mut next_beat = Instant::now() + config.heartbeat_interval;
         let mut exp = self.who.exp;
         let mut close_at: Option<Instant> = None;
         if self.shared.shutdown.is_cancelled() {
@@ -267,7 +271,7 @@ impl Session {
         let mut ends = earliest(exp, close_at);
         let timer = tokio::time::sleep_until(next_beat.min(ends));
         tokio::pin!(timer);
-        let mut last_seen = Instant::now();
+        self.last_seen = Instant::now();
 
         loop {
             tokio::select! {
@@ -281,7 +285,7 @@ impl Session {
                         };
                     }
                     if now >= next_beat {
-                        if last_seen.elapsed() > config.idle_timeout {
+                        if self.last_seen.elapsed() > config.idle_timeout {
                             return Exit::Close(Disconnect::IDLE);
                         }
                         if let Some(exit) = Box::pin(self.write(sink, Message::Ping(Default::default()))).await {
@@ -289,9 +293,9 @@ impl Session {
                         }
                         // The next beat a period after this one, or after now when this one
                         // came that late: missed beats are not made up in a burst.
-                        next_beat += beat;
+                        next_beat += config.heartbeat_interval;
                         if next_beat <= now {
-                            next_beat = now + beat;
+                            next_beat = now + config.heartbeat_interval;
                         }
                     }
                     timer.as_mut().reset(next_beat.min(ends));
@@ -312,7 +316,7 @@ impl Session {
                     }
                 }
                 inbound = stream.next() => {
-                    last_seen = Instant::now();
+                    self.last_seen = Instant::now();
                     let message = match inbound {
                         None => return Exit::Gone("peer disconnected"),
                         Some(Ok(message)) => message,
@@ -339,7 +343,8 @@ impl Session {
                         }
                         Message::Close(_) => {
                             // tungstenite queued the close reply; send it.
-                            let _ = tokio::time::timeout(config.write_timeout, sink.flush()).await;
+                            // Boxed: inline, this rare wait would grow every session's future (issue #17).
+                            let _ = Box::pin(tokio::time::timeout(config.write_timeout, sink.flush())).await;
                             return Exit::Gone("peer closed");
                         }
                     };
