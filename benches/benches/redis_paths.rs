@@ -9,6 +9,13 @@
 //! - `publish/batch_64`: 64 events to random rooms in one `Bus::publish_batch` (one script
 //!   call) — against `publish/one_call_per_event_64`, 64 `Bus::publish` at once (pipelined).
 //!
+//! - `presence/holds_256_32_in_flight`: a burst of presence holds pipelined, as the gateway's
+//!   presence keeper sends them now — against `presence/holds_256_one_at_a_time`, one round
+//!   trip after the other, as it did.
+//!
+//! The publish script itself (its Redis-side cost per event) is measured with callgrind on
+//! redis-server, not here: criterion times the round trip on a shared machine.
+//!
 //! Run: `cargo bench -p switchyard-benches --bench redis_paths`. Without `redis-server` on the
 //! PATH it says so and measures nothing.
 
@@ -143,6 +150,52 @@ fn redis_paths(c: &mut Criterion) {
             });
             let offsets = rt.block_on(futures_util::future::join_all(publishes));
             assert!(offsets.iter().all(Result::is_ok));
+        })
+    });
+    g.finish();
+
+    // The gateway's presence keeper (gateway/src/presence.rs): a burst of 256 rooms' holds
+    // (each a short script call; the users already announced, so no publish), one round trip
+    // after the other as it was, against 32 in flight as it is now.
+    use switchyard_broker::presence::{Holder, Presence};
+    const HOLDS: usize = 256;
+    let presence: Arc<dyn Presence> = redis.presence.clone();
+    let holders = [Holder {
+        sub: "bench-user".into(),
+        role: switchyard_protocol::Role::Customer,
+    }];
+    let ttl = Duration::from_secs(45);
+    let presence_rooms: Vec<Room> = (0..HOLDS)
+        .map(|i| Room::parse(&format!("order:p{i}")).unwrap())
+        .collect();
+    let mut g = c.benchmark_group("presence");
+    g.throughput(Throughput::Elements(HOLDS as u64));
+    g.bench_function("holds_256_one_at_a_time", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for room in &presence_rooms {
+                    presence
+                        .hold(room, "bench-node", &holders, ttl)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+    });
+    g.bench_function("holds_256_32_in_flight", |b| {
+        use futures_util::StreamExt;
+        b.iter(|| {
+            rt.block_on(
+                futures_util::stream::iter(&presence_rooms).for_each_concurrent(32, |room| {
+                    let (presence, holders) = (&presence, &holders);
+                    async move {
+                        presence
+                            .hold(room, "bench-node", holders, ttl)
+                            .await
+                            .unwrap();
+                    }
+                }),
+            )
         })
     });
     g.finish();

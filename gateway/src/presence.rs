@@ -15,6 +15,7 @@
 
 use crate::config::PresenceTiming;
 use crate::hub::Hub;
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use switchyard_broker::presence::{Holder, Presence};
@@ -25,6 +26,15 @@ use tokio::time::{Duration, Instant};
 
 /// Entries renewed per call (one script call each on Redis).
 const RENEW_CHUNK: usize = 1_000;
+
+/// Presence calls (holds, releases, renewals, sweeps — each one short script call) this
+/// gateway keeps in flight at once: pipelined on the connection instead of one round trip
+/// after the other. One at a time, a ramp of a thousand joins a second (each a hold, then the
+/// join's publish and the unlock: three round trips) left the keeper seconds behind on a
+/// loaded machine — joins waited out [`ENTER_WAIT`] and the presence work spilled into
+/// whatever came next (issue #17: the order-room bench's first step). Each call stays as
+/// short as before; Redis serves other clients between them.
+const IN_FLIGHT: usize = 32;
 
 /// Changes applied together, at most.
 const BATCH: usize = 4_096;
@@ -211,18 +221,25 @@ impl Keeper {
             }
         }
         let ttl = self.timing.ttl();
-        for (room, sub) in released {
-            if let Err(err) = self.presence.release(&room, &self.node, &sub).await {
-                tracing::warn!(%err, %room, "presence release failed (the entry expires)");
-            }
-            let at = Instant::now() + self.timing.debounce + SWEEP_MARGIN;
+        let (presence, node) = (&self.presence, self.node.as_str());
+        futures_util::stream::iter(&released)
+            .for_each_concurrent(IN_FLIGHT, |(room, sub)| async move {
+                if let Err(err) = presence.release(room, node, sub).await {
+                    tracing::warn!(%err, %room, "presence release failed (the entry expires)");
+                }
+            })
+            .await;
+        let at = Instant::now() + self.timing.debounce + SWEEP_MARGIN;
+        for (room, _) in released {
             self.due.entry(at).or_default().push(room);
         }
-        for (room, holders) in holds {
-            if let Err(err) = self.presence.hold(&room, &self.node, &holders, ttl).await {
-                tracing::warn!(%err, %room, "presence hold failed (retried at the next renewal)");
-            }
-        }
+        futures_util::stream::iter(&holds)
+            .for_each_concurrent(IN_FLIGHT, |(room, holders)| async move {
+                if let Err(err) = presence.hold(room, node, holders, ttl).await {
+                    tracing::warn!(%err, %room, "presence hold failed (retried at the next renewal)");
+                }
+            })
+            .await;
         for done in waiting {
             let _ = done.send(());
         }
@@ -231,7 +248,8 @@ impl Keeper {
     /// Renews every entry this gateway holds (and writes back any Redis lost).
     async fn renew(&self) {
         let ttl = self.timing.ttl();
-        for (room, users) in &self.held {
+        let (presence, node) = (&self.presence, self.node.as_str());
+        let calls = self.held.iter().flat_map(|(room, users)| {
             let holders: Vec<Holder> = users
                 .iter()
                 .map(|(sub, (role, _))| Holder {
@@ -239,12 +257,19 @@ impl Keeper {
                     role: *role,
                 })
                 .collect();
-            for chunk in holders.chunks(RENEW_CHUNK) {
-                if let Err(err) = self.presence.hold(room, &self.node, chunk, ttl).await {
+            let chunks: Vec<Vec<Holder>> = holders
+                .chunks(RENEW_CHUNK)
+                .map(<[Holder]>::to_vec)
+                .collect();
+            chunks.into_iter().map(move |chunk| (room, chunk))
+        });
+        futures_util::stream::iter(calls)
+            .for_each_concurrent(IN_FLIGHT, |(room, chunk)| async move {
+                if let Err(err) = presence.hold(room, node, &chunk, ttl).await {
                     tracing::warn!(%err, %room, "presence renewal failed");
                 }
-            }
-        }
+            })
+            .await;
     }
 
     /// Sweeps every room with presence this gateway serves: members here, or entries.
@@ -256,9 +281,7 @@ impl Keeper {
                 .filter(|r| !self.hub.serves(r.as_str()))
                 .cloned(),
         );
-        for room in rooms {
-            self.sweep(&room).await;
-        }
+        self.sweep_all(rooms).await;
     }
 
     async fn sweep_due(&mut self) {
@@ -268,14 +291,18 @@ impl Keeper {
         let mut rooms: Vec<Room> = due.into_values().flatten().collect();
         rooms.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         rooms.dedup();
-        for room in rooms {
-            self.sweep(&room).await;
-        }
+        self.sweep_all(rooms).await;
     }
 
-    async fn sweep(&self, room: &Room) {
-        if let Err(err) = self.presence.sweep(room, self.timing.debounce).await {
-            tracing::debug!(%err, %room, "presence sweep failed");
-        }
+    /// One sweep call per room, [`IN_FLIGHT`] at a time.
+    async fn sweep_all(&self, rooms: Vec<Room>) {
+        let (presence, debounce) = (&self.presence, self.timing.debounce);
+        futures_util::stream::iter(rooms)
+            .for_each_concurrent(IN_FLIGHT, |room| async move {
+                if let Err(err) = presence.sweep(&room, debounce).await {
+                    tracing::debug!(%err, %room, "presence sweep failed");
+                }
+            })
+            .await;
     }
 }

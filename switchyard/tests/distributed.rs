@@ -931,3 +931,99 @@ async fn batch_publishes_keep_offsets_per_room() {
         .collect();
     common::batch::batches_keep_offsets_per_room(a, b, listener, &rooms, 60).await;
 }
+
+/// Issue #17 §2: the publish script refreshes a room's keys' expiry once per slack instead of
+/// per event, and each key still lives at least its TTL after the room's last event: the
+/// history its history TTL, the offset counter and the epoch the offset TTL — whether the
+/// epoch was started by a read (history TTL only) or by the publish itself. Within one script
+/// call (Redis's clock stands still in it) only the room's first event refreshes; the others
+/// check the epoch's remaining lifetime (one `PTTL` each) and skip the three `PEXPIRE`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_refresh_expiry_once_per_slack_and_keys_outlive_the_last_event() {
+    let cluster = Cluster::up(1, 1);
+    let mut config = RedisConfig::new(format!("redis://127.0.0.1:{}", cluster.redis_port));
+    config.offset_ttl = Duration::from_secs(60);
+    config.history = switchyard_broker::HistoryConfig {
+        size: 100,
+        ttl: Duration::from_millis(1600),
+    };
+    // The slack: a sixteenth of the shorter TTL.
+    let slack = 100;
+    let bus = Redis::connect(config).await.unwrap().bus;
+    let pttl = |key: &str| -> i64 { cluster.redis_cli(&["PTTL", key]).trim().parse().unwrap() };
+    let keys = |room: &str| ["off", "epoch", "hist"].map(|kind| format!("sy:{kind}:{{{room}}}"));
+    let event = |room: &Room, i: usize| switchyard_broker::Outgoing {
+        room: room.clone(),
+        event: "test.ttl".into(),
+        data: RawValue::from_string(format!(r#"{{"i":{i}}}"#)).unwrap(),
+    };
+    // Lower bounds allow for the time between the publish and the PTTL (a loaded machine).
+    let outlives = |room: &str, at_least: &str| {
+        let [off, epoch, hist] = keys(room);
+        for key in [&off, &epoch] {
+            let ttl = pttl(key);
+            assert!(
+                (59_000..=60_000 + slack).contains(&ttl),
+                "{key}: {ttl} ms ({at_least})"
+            );
+        }
+        let ttl = pttl(&hist);
+        assert!(
+            (1_000..=1_600 + slack).contains(&ttl),
+            "{hist}: {ttl} ms ({at_least})"
+        );
+    };
+
+    // A room whose epoch a read started: the epoch lives the history TTL only...
+    let read_first = Room::parse("order:970001").unwrap();
+    bus.history(&read_first, None).await.unwrap();
+    let [_, epoch, _] = keys(read_first.as_str());
+    assert!((1..=1_600).contains(&pttl(&epoch)), "read-created epoch");
+    // ... until its first event, which gives it (and the counter) the offset TTL.
+    cluster.redis_cli(&["CONFIG", "RESETSTAT"]);
+    let offsets = bus
+        .publish_batch((0..10).map(|i| event(&read_first, i)).collect())
+        .await;
+    let offsets: Vec<u64> = offsets.into_iter().map(Result::unwrap).collect();
+    assert_eq!(offsets, (1..=10).collect::<Vec<u64>>());
+    // The first event refreshed (offset 1: no PTTL); the nine others only looked (nothing
+    // else here sends PTTL).
+    let stats = cluster.redis_cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(calls("pttl"), 9, "{stats}");
+    outlives(read_first.as_str(), "after the first batch");
+
+    // A room the publish starts, then an event after more than the slack: refreshed again, so
+    // the history outlives the last event by its TTL, not the first.
+    let fresh = Room::parse("order:970002").unwrap();
+    for (offset, pause_ms) in [(1, 0), (2, 900)] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        let data = RawValue::from_string("{}".into()).unwrap();
+        let published = bus.publish(&fresh, "test.ttl", data).await.unwrap();
+        assert_eq!(published, offset);
+        outlives(
+            fresh.as_str(),
+            &format!("event {offset}, {pause_ms} ms after the last"),
+        );
+    }
+    // And the history holds both, in order.
+    let history = bus
+        .history(
+            &fresh,
+            Some(&switchyard_protocol::client::StreamPosition {
+                epoch: bus.history(&fresh, None).await.unwrap().position.epoch,
+                offset: 0,
+            }),
+        )
+        .await
+        .unwrap();
+    let missed: Vec<u64> = history.missed.unwrap().iter().map(|p| p.offset).collect();
+    assert_eq!(missed, vec![1, 2]);
+}
