@@ -303,11 +303,8 @@ impl Mailbox {
         queue.bytes.sub(bytes);
         queue.latest_only -= latest_only;
         let more = !queue.items.is_empty();
-        if !more && (queue.items.capacity() > 64 || queue.busy_until.is_none()) {
-            // Emptied: give the memory back — always after a burst grew the queue, and while
-            // the session is not busy (an idle connection holds no queue; issue #17, idle
-            // memory). A busy session keeps it: its next event is due within the write delay,
-            // and a fan-out then pushes without allocating.
+        if queue.items.is_empty() && queue.items.capacity() > 64 {
+            // A burst grew the queue; give the memory back while idle.
             queue.items = VecDeque::new();
         }
         drop(queue);
