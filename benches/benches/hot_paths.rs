@@ -184,6 +184,25 @@ fn fan_out(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // A handshake's and a close's share of the hub (issue #17): a connection registered
+    // (the limits, its mailbox), its user room joined and left, the registration dropped —
+    // the gauges moved through handles, with no registry lookup.
+    let user = UserId::parse("u-handshake").unwrap();
+    let user_room = Room::of_user(&user);
+    let mut conn = MEMBERS as u64 + 1;
+    let open = Limits {
+        per_gateway: 2 * MEMBERS,
+        per_user: 4,
+    };
+    g.bench_function("connect_join_leave_disconnect", |b| {
+        b.iter(|| {
+            conn += 1;
+            let connected = hub.connect(conn, &user, 1 << 16, open).unwrap();
+            hub.join_shared(&user_room, &connected.out);
+            hub.leave(user_room.as_str(), conn);
+            drop(connected);
+        })
+    });
     g.sample_size(10);
     g.throughput(Throughput::Elements(2 * MEMBERS as u64));
     g.bench_function("fill_and_empty_10k_members", |b| {

@@ -6,6 +6,10 @@
 //!   one script (what a gateway does now) — against `handshake/claim_then_read_two_calls`,
 //!   the two script calls at once (what it did, and still does when the leases live in a
 //!   Redis of their own).
+//! - `handshake/subscribe_claim_read_unsubscribe`: a connection's whole bus work on one Redis
+//!   — its user room subscribed (through the bus's subscription manager), the script on the
+//!   subscriber connection after the `SUBSCRIBE` (one round trip), and the room left again
+//!   (the `UNSUBSCRIBE`, off the caller's path).
 //! - `publish/batch_64`: 64 events to random rooms in one `Bus::publish_batch` (one script
 //!   call) — against `publish/one_call_per_event_64`, 64 `Bus::publish` at once (pipelined).
 //!
@@ -99,6 +103,20 @@ fn redis_paths(c: &mut Criterion) {
             i = (i + 1) % rooms.len();
             rt.block_on(leases.claim_and_read(bus.as_ref(), claim(i), &rooms[i], None))
                 .unwrap()
+        })
+    });
+    g.bench_function("subscribe_claim_read_unsubscribe", |b| {
+        b.iter(|| {
+            i = (i + 1) % rooms.len();
+            rt.block_on(async {
+                bus.subscribe(&rooms[i]).await.unwrap();
+                let read = leases
+                    .claim_and_read(bus.as_ref(), claim(i), &rooms[i], None)
+                    .await
+                    .unwrap();
+                bus.unsubscribe(&rooms[i]).await;
+                read
+            })
         })
     });
     g.bench_function("claim_then_read_two_calls", |b| {

@@ -131,11 +131,14 @@ impl Default for HistoryConfig {
 /// A fresh epoch: time and process id, hex. Unique per call site and moment (a process start,
 /// a room's first publish in Redis).
 pub fn new_epoch() -> String {
+    // Made for every position read and publish call; the process id is read once (each
+    // `process::id()` is a `getpid` system call: one per handshake, issue #17).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{:x}{:x}", nanos, std::process::id())
+    format!("{:x}{:x}", nanos, PID.get_or_init(std::process::id))
 }
 
 /// Receives publications (a gateway's hub). Must not block: it runs on the bus's delivery
@@ -268,7 +271,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn unsubscribe(&self, room: &Room);
 
     /// The room's position, and with `since` the publications after it (recovery). Call it
-    /// after subscribing, so nothing published in between is lost (deduplicate by offset).
+    /// after subscribing, so nothing published in between is lost (deduplicate by offset):
+    /// the bus runs the read after this node's subscriptions are active (Redis: on the
+    /// subscriber connection, after its `SUBSCRIBE`).
     async fn history(
         &self,
         room: &Room,

@@ -12,9 +12,9 @@ use crate::session::Session;
 use crate::slot::{self, Full, Opened, Refused};
 use crate::{GatewayConfig, Shared};
 use axum::Json;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -223,17 +223,16 @@ fn user_room_since(query: &str) -> Result<Option<StreamPosition>, ()> {
     StreamPosition::parse_compact(&value).map(Some).ok_or(())
 }
 
-pub(crate) async fn upgrade(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    uri: Uri,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
+/// `GET /ws`. Takes the request whole and reads its head in place: axum's `HeaderMap` and `Uri`
+/// extractors would copy them for every handshake (issue #17: allocations per handshake).
+pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (mut head, _body) = request.into_parts();
+    let ws = WebSocketUpgrade::from_request_parts(&mut head, &shared).await;
     let Admitted {
         principal,
         ws,
         opened,
-    } = match admit(&shared, &headers, &uri, ws).await {
+    } = match admit(&shared, &head.headers, &head.uri, ws).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };

@@ -35,6 +35,9 @@ pub struct Hub {
     connections: AtomicUsize,
     /// Handles on the delivery-path metrics, registered once: no registry lookup per event.
     pub(crate) metrics: DeliveryMetrics,
+    /// Handles on the gauges every handshake and close moves, registered once: no registry
+    /// lookup (a hash of the name, a shard's lock) per connection (issue #17).
+    pub(crate) counts: ConnectionMetrics,
     /// The gateway's write delay, handed to each new connection's mailbox.
     write_delay: Option<Arc<WriteDelay>>,
 }
@@ -47,6 +50,15 @@ pub(crate) struct DeliveryMetrics {
     pub slow_consumer_closes: metrics::Counter,
     pub queue_bytes: metrics::Gauge,
     pub fanout_latency: metrics::Histogram,
+}
+
+/// The gauges and counters of connections, rooms and subscriptions.
+pub(crate) struct ConnectionMetrics {
+    pub connections: metrics::Gauge,
+    pub opened: metrics::Counter,
+    pub rooms: metrics::Gauge,
+    /// Memberships of connections in rooms (`switchyard_subscriptions`).
+    pub subscriptions: metrics::Gauge,
 }
 
 impl Default for Hub {
@@ -62,6 +74,12 @@ impl Default for Hub {
                 slow_consumer_closes: metrics::counter!("switchyard_slow_consumer_closes_total"),
                 queue_bytes: metrics::gauge!("switchyard_outbound_queue_bytes"),
                 fanout_latency: metrics::histogram!("switchyard_fanout_latency_seconds"),
+            },
+            counts: ConnectionMetrics {
+                connections: metrics::gauge!("switchyard_connections"),
+                opened: metrics::counter!("switchyard_connections_opened_total"),
+                rooms: metrics::gauge!("switchyard_rooms"),
+                subscriptions: metrics::gauge!("switchyard_subscriptions"),
             },
             write_delay: None,
         }
@@ -128,8 +146,8 @@ impl Hub {
         user.reserve_exact(1);
         user.push(out.clone());
         drop(user);
-        metrics::gauge!("switchyard_connections").increment(1.0);
-        metrics::counter!("switchyard_connections_opened_total").increment(1);
+        self.counts.connections.increment(1.0);
+        self.counts.opened.increment(1);
         Ok(Connected {
             registration: Registration {
                 hub: self.clone(),
@@ -153,7 +171,7 @@ impl Hub {
         });
         drop(removed);
         self.connections.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("switchyard_connections").decrement(1.0);
+        self.counts.connections.decrement(1.0);
     }
 
     /// Adds a member; returns false if it was already there.
@@ -167,7 +185,7 @@ impl Hub {
     /// ([`crate::cursor::Joined::get_mut`]).
     pub fn join_shared(&self, room: &Room, member: &Outbound) -> (Room, bool) {
         let mut entry = self.rooms.entry(room.clone()).or_insert_with(|| {
-            metrics::gauge!("switchyard_rooms").increment(1.0);
+            self.counts.rooms.increment(1.0);
             Members::default()
         });
         let added = entry.insert(member);
@@ -184,7 +202,7 @@ impl Hub {
                 members.is_empty()
             })
             .is_some_and(|_| {
-                metrics::gauge!("switchyard_rooms").decrement(1.0);
+                self.counts.rooms.decrement(1.0);
                 true
             });
         removed

@@ -86,14 +86,26 @@ async fn bounded<T>(
 
 /// Lets a connection of `sub` in: registers it in the hub (the local limits), subscribes and
 /// joins its `user:` room, then claims its lease in the cluster-wide per-user count and reads
-/// the user room's position (with `since`, the events missed) — on Redis in one script, one
-/// round trip ([`ConnectionLeases::claim_and_read`]; the subscription is batched with other
-/// handshakes' by the bus). Every wait for the bus shares one deadline,
+/// the user room's position (with `since`, the events missed) — on Redis in one script
+/// ([`ConnectionLeases::claim_and_read`]). Every wait for the bus shares one deadline,
 /// `handshake_bus_timeout`, so a bus that stops answering refuses handshakes within it
 /// (503, see `handshake`) instead of holding them until the listener's request timeout.
 ///
-/// The subscription is made first: once it is live and the connection is in the hub, every
-/// later event is queued for the connection and every earlier one is covered by the position.
+/// One Redis round trip on one Redis (issue #17): the subscription is batched with other
+/// handshakes' by the bus and answered once its `SUBSCRIBE` is written to the subscriber
+/// connection; the script follows it on that same connection, and its reply is the one wait.
+/// (On a cluster the `SSUBSCRIBE`'s confirmation is waited for first: two.)
+///
+/// No gap — an event published to the user room is either counted in the position or reaches
+/// the connection live: the subscription is made first and the connection joins the hub
+/// before the position is read, and Redis runs the read after the subscription (same
+/// connection, in order; `switchyard_broker::redis::bus`). So an event published before the
+/// read is at or below the position (the welcome covers it: the session's cursor drops it if
+/// it also comes live), and one published after it comes through the active subscription to
+/// the hub, where the connection is already a member and its mailbox keeps it for after the
+/// welcome. `handshakes_miss_no_event_of_their_user_room` (one Redis, and a cluster) races a
+/// publisher against a burst of handshakes to check it.
+///
 /// Whatever was taken is given back if the handshake is refused or dropped on the way: the
 /// lease by [`Slot`], the room by [`UserRoom`], the subscription by the bus (a subscribe
 /// given up while waiting is undone).
@@ -138,7 +150,7 @@ pub(crate) async fn open(
     bounded(deadline, bus.subscribe(&user_room.room)).await?;
     user_room.subscribed = true;
     user_room.room = shared.hub.join_shared(&user_room.room, &out).0;
-    metrics::gauge!("switchyard_subscriptions").increment(1.0);
+    shared.hub.counts.subscriptions.increment(1.0);
     // Released when the slot drops, whatever became of the claim (a claim that timed out may
     // still be made; the release goes after it on the same connection).
     slot.claimed = Some(conn_id.clone());
@@ -200,7 +212,7 @@ impl Drop for UserRoom {
             return;
         }
         if self.shared.hub.leave(self.room.as_str(), self.conn) {
-            metrics::gauge!("switchyard_subscriptions").decrement(1.0);
+            self.shared.hub.counts.subscriptions.decrement(1.0);
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (bus, room) = (self.shared.backplane.bus.clone(), self.room.clone());

@@ -448,7 +448,7 @@ pub struct RedisArgs {
     #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
     /// How long one batch of room subscriptions may take on a Redis Cluster (ms): one
-    /// `SSUBSCRIBE` per hash slot, up to 64 pipelined; none starts after this, and the
+    /// `SSUBSCRIBE` per room, up to 64 pipelined; none starts after this, and the
     /// subscribes not reached fail (the client gets an error and may retry).
     #[arg(
         long,

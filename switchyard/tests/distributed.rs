@@ -1027,3 +1027,15 @@ async fn publishes_refresh_expiry_once_per_slack_and_keys_outlive_the_last_event
     let missed: Vec<u64> = history.missed.unwrap().iter().map(|p| p.offset).collect();
     assert_eq!(missed, vec![1, 2]);
 }
+
+/// Issue #17: a handshake's subscription and position read (one Redis round trip) leave no gap
+/// — every event published after the position reaches the gateway, though the publisher never
+/// pauses while a burst of handshakes joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_miss_no_event_of_their_user_room() {
+    let cluster = Cluster::up(1, 1);
+    let config = RedisConfig::new(format!("redis://127.0.0.1:{}", cluster.redis_port));
+    let publisher: Arc<dyn Bus> = Redis::connect(config.clone()).await.unwrap().bus;
+    let gateway = Redis::connect(config).await.unwrap();
+    common::gapless::joins_miss_nothing(publisher, &gateway, "gapless", 5, 200).await;
+}

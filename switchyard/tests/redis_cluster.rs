@@ -364,3 +364,18 @@ async fn the_fleet_on_a_cluster() {
         assert_eq!(redis.cli(owner, &["exists", &key]).trim(), "1", "{key}");
     }
 }
+
+/// Issue #17: a handshake's shard subscription and position read leave no gap on a cluster
+/// either — every event published after the position reaches the gateway, though the
+/// publisher never pauses while a burst of handshakes (user rooms on every shard) joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_miss_no_event_of_their_user_room_on_a_cluster() {
+    let redis = redis_cluster::shared();
+    let config = RedisConfig {
+        prefix: "gapless:".into(),
+        ..RedisConfig::new(redis.url.clone())
+    };
+    let publisher: Arc<dyn Bus> = Redis::connect(config.clone()).await.unwrap().bus;
+    let gateway = Redis::connect(config).await.unwrap();
+    common::gapless::joins_miss_nothing(publisher, &gateway, "gapless", 3, 150).await;
+}

@@ -1,5 +1,28 @@
 //! [`RedisBus`]: publish (one script call per batch of events), reference-counted subscriptions,
 //! history from the room's stream.
+//!
+//! # A subscription, then the position: one connection, no gap
+//! A subscriber (a handshake's user room, a client's subscribe) joins a room's channel, then
+//! reads the room's position (and, with `since`, what it missed); every event above that
+//! position must then reach it live. That needs the subscription to be active in Redis before
+//! the read runs. Redis runs one connection's commands in the order they came, and a channel
+//! subscription is active from the moment its `(S)SUBSCRIBE` ran; so every position read
+//! ([`POSITION_LUA`], and the handshake's [`ADMIT_LUA`]) goes on the *subscriber* connection
+//! (RESP3, which allows commands there), after the subscription command: any event published
+//! before the read is counted in the position, any after it comes on the subscription.
+//!
+//! This is also what makes a handshake one Redis round trip. On one Redis, fred answers a
+//! `SUBSCRIBE` once it is written to the connection (its confirmation comes later, out of
+//! band), so the subscription costs the handshake no round trip of its own: the manager hands
+//! the command to the connection and answers, and the handshake's one script follows it there.
+//! (Reading on the command connection instead, as before, could overtake the `SUBSCRIBE` still
+//! in the subscriber's write buffer: an event published in between was lost for the client.)
+//! On a cluster fred waits for each `SSUBSCRIBE`'s confirmation (to follow a `MOVED`), so a
+//! handshake waits for it and then the script: two round trips, on the shard owning both.
+//!
+//! Every `SSUBSCRIBE` names one channel: Redis confirms each channel of a command with a reply
+//! of its own, and fred matches only the first to the command — a second would be taken as
+//! the reply to the next command on the connection, a position read's.
 
 use super::{eval, room_channel, room_key, script, unavailable};
 use crate::{
@@ -202,6 +225,9 @@ impl Drop for PendingJoin {
 pub struct RedisBus {
     client: Client,
     subscriber: SubscriberClient,
+    /// The subscriber connection as a command client: where position reads go, after the
+    /// subscriptions (see the module's doc).
+    reads: Client,
     publish_script: Script,
     position_script: Script,
     admit_script: Script,
@@ -248,6 +274,7 @@ impl RedisBus {
             )
             .await?,
             client,
+            reads: subscriber.to_client(),
             subscriber,
             prefix: config.prefix.clone(),
             offset_ttl_ms: config.offset_ttl.as_millis() as i64,
@@ -311,7 +338,8 @@ impl RedisBus {
     }
 
     /// A handshake's lease claim (in `lease_key`, the user's lease set in the user room's hash
-    /// slot) and its user room's position, in one script ([`ADMIT_LUA`]): one round trip.
+    /// slot) and its user room's position, in one script ([`ADMIT_LUA`]) on the subscriber
+    /// connection, after the room's subscription: one round trip.
     pub(super) async fn claim_and_read(
         &self,
         lease_key: String,
@@ -319,7 +347,7 @@ impl RedisBus {
         room: &Room,
         since: Option<&StreamPosition>,
     ) -> Result<(bool, History), BrokerError> {
-        let mut reply: Vec<String> = eval(&self.client, &self.admit_script, || {
+        let mut reply: Vec<String> = eval(&self.reads, &self.admit_script, || {
             let mut keys = self.room_keys(room);
             keys.push(lease_key.clone());
             let mut args = self.position_args(since);
@@ -449,7 +477,8 @@ impl Bus for RedisBus {
     }
 
     /// Position and history come from Redis in one atomic script call (which starts a new
-    /// epoch when the room has none, as a publish would). A recovery is
+    /// epoch when the room has none, as a publish would), on the subscriber connection after
+    /// the room's subscription (the module's doc: no gap). A recovery is
     /// complete only when the epoch matches and the stream still holds the entry right after
     /// `since` (and every one after it, which the stream's consecutive ids guarantee).
     async fn history(
@@ -457,7 +486,7 @@ impl Bus for RedisBus {
         room: &Room,
         since: Option<&StreamPosition>,
     ) -> Result<History, BrokerError> {
-        let reply: Vec<String> = eval(&self.client, &self.position_script, || {
+        let reply: Vec<String> = eval(&self.reads, &self.position_script, || {
             (self.room_keys(room), self.position_args(since))
         })
         .await
@@ -516,8 +545,9 @@ fn history_of(room: &Room, since: Option<&StreamPosition>, reply: Vec<String>) -
 
 /// Rooms' channels on the subscriber connection: classic pub/sub on one Redis, sharded pub/sub
 /// on a cluster — where a gateway's `SSUBSCRIBE` goes to the shard owning the room's slot, one
-/// command per slot (Redis refuses channels of several slots in one), and a message reaches
-/// only that shard's subscribers instead of being broadcast to every node.
+/// command per room (the module's doc), its `SUNSUBSCRIBE` one per slot (Redis refuses channels
+/// of several slots in one), and a message reaches only that shard's subscribers instead of
+/// being broadcast to every node.
 struct Channels {
     /// The subscriber connection, through a plain client handle: a [`SubscriberClient`] also
     /// keeps its own copy of every channel name subscribed (for its `resubscribe_all`, which
@@ -525,7 +555,7 @@ struct Channels {
     subscriber: Client,
     prefix: String,
     sharded: bool,
-    /// How long one batch of subscriptions may take on a cluster (one command per slot,
+    /// How long one batch of subscriptions may take on a cluster (one command per room,
     /// [`SLOTS_IN_FLIGHT`] pipelined): no command starts after it, and the rooms not reached
     /// fail.
     batch_timeout: std::time::Duration,
@@ -558,23 +588,31 @@ impl Channels {
             };
             return vec![(rooms.to_vec(), result)];
         }
-        let mut by_slot: BTreeMap<u16, Vec<Room>> = BTreeMap::new();
-        for room in rooms {
-            by_slot
-                .entry(self.slot(room.as_str()))
-                .or_default()
-                .push(room.clone());
-        }
-        // One command per slot, up to SLOTS_IN_FLIGHT of them pipelined (fred routes each to
-        // the slot's owner). Not one at a time: a gateway taking thousands of new rooms a
-        // second (a ramp of connections, each with its own user room in a slot of its own)
-        // would wait a round trip per slot, one after the other — the queue that made the
-        // cluster benchmark's handshakes time out (issue #13). A command that fails (a MOVED
+        // A subscription names one channel (the module's doc: a second channel's confirmation
+        // would answer the next command on the connection); an unsubscription every channel
+        // of one slot (fred drops their confirmations).
+        let groups: Vec<Vec<Room>> = if subscribe {
+            rooms.iter().map(|room| vec![room.clone()]).collect()
+        } else {
+            let mut by_slot: BTreeMap<u16, Vec<Room>> = BTreeMap::new();
+            for room in rooms {
+                by_slot
+                    .entry(self.slot(room.as_str()))
+                    .or_default()
+                    .push(room.clone());
+            }
+            by_slot.into_values().collect()
+        };
+        // Up to SLOTS_IN_FLIGHT commands pipelined (fred routes each to the slot's owner).
+        // Not one at a time: a gateway taking thousands of new rooms a second (a ramp of
+        // connections, each with its own user room in a slot of its own) would wait a round
+        // trip per room, one after the other — the queue that made the cluster benchmark's
+        // handshakes time out (issue #13). A command that fails (a MOVED
         // during a resharding: fred does not follow it for pipelined commands) fails only its
         // rooms: their joiners get an error, a resubscription retries them. A subscribe batch
         // has a deadline (each command has the command timeout besides): its joiners wait for
         // it, and no command starts after it.
-        let batch = by_slot.into_values().map(|rooms| async move {
+        let batch = groups.into_iter().map(|rooms| async move {
             if subscribe && tokio::time::Instant::now() >= deadline {
                 let late = fred::error::Error::new(
                     fred::error::ErrorKind::Timeout,

@@ -74,8 +74,17 @@ impl RedisLeases {
     /// `{prefix}conns:{user:<sub>}`: the user's connection leases across the gateways, in
     /// the hash slot of the user's room.
     fn key(&self, sub: &str) -> String {
-        format!("{}conns:{{user:{sub}}}", self.prefix)
+        lease_key(&self.prefix, sub)
     }
+}
+
+/// `{prefix}conns:{user:<sub>}`, built at its exact size (one per handshake and per close).
+fn lease_key(prefix: &str, sub: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + sub.len() + 13);
+    for part in [prefix, "conns:{user:", sub, "}"] {
+        key.push_str(part);
+    }
+    key
 }
 
 #[async_trait]
@@ -138,5 +147,20 @@ impl ConnectionLeases for RedisLeases {
         if let Err(err) = removed {
             tracing::debug!(%err, "connection lease release failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_users_lease_set_is_in_its_user_rooms_hash_slot() {
+        let prefix = "sy:";
+        let key = super::lease_key(prefix, "u1");
+        assert_eq!(key, "sy:conns:{user:u1}");
+        assert_eq!(key.capacity(), key.len());
+        assert_eq!(
+            fred::util::redis_keyslot(key.as_bytes()),
+            fred::util::redis_keyslot(super::super::room_channel(prefix, "user:u1").as_bytes())
+        );
     }
 }

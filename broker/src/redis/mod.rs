@@ -23,8 +23,11 @@
 //! A gateway holds a Redis subscription to a room's channel only while it has at least one
 //! local member. Join/leave requests go to one manager task that counts members per room and
 //! sends one `SUBSCRIBE`/`UNSUBSCRIBE` for everything that changed since its last round
-//! trip (on a cluster, one `SSUBSCRIBE` per hash slot), so 10,000 joins cost a handful of
-//! commands, not 10,000. A gateway receives no traffic for rooms it does not serve.
+//! trip, so on one Redis 10,000 joins cost a handful of commands, not 10,000 (on a cluster,
+//! one `SSUBSCRIBE` per room, pipelined, and one `SUNSUBSCRIBE` per hash slot: see [`bus`]).
+//! A gateway receives no traffic for rooms it does not serve. A room's position is read on
+//! the subscriber connection after its subscription (RESP3): nothing published in between
+//! is missed, and a handshake waits for Redis once ([`bus`]'s doc).
 //!
 //! # Names
 //! Every key and channel starts with the configured prefix (default `sy:`). A room's keys
@@ -105,7 +108,7 @@ pub struct RedisConfig {
     /// How long one Redis command may take before it fails (and the publish is refused).
     pub command_timeout: Duration,
     /// How long one batch of room subscriptions may take on a cluster (one `SSUBSCRIBE` per
-    /// hash slot, up to 64 pipelined): none starts after it, and the rooms not reached fail.
+    /// room, up to 64 pipelined): none starts after it, and the rooms not reached fail.
     pub subscribe_timeout: Duration,
     /// Events each room keeps in its history stream (0: none), and for how long after the
     /// room's last event.
@@ -155,6 +158,10 @@ impl Redis {
         // switchyard_bus_lagged_total and told to clients as a gap.
         let client = builder.build().map_err(unavailable)?;
         builder.with_performance_config(|p| p.broadcast_channel_capacity = 1 << 14);
+        // RESP3 on the subscriber connection: it runs commands while subscribed (RESP2 allows
+        // only (un)subscribe and PING there), so a room's position is read on the very
+        // connection its subscription was made on, after it (see `bus`: no gap).
+        builder.with_config(|c| c.version = fred::types::RespVersion::RESP3);
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
@@ -342,9 +349,14 @@ fn unavailable(err: fred::error::Error) -> BrokerError {
 }
 
 /// `{prefix}{kind}:{{room}}`: a key of the room's, in the room's hash slot (the hash tag is
-/// the room name; prefixes cannot contain braces).
+/// the room name; prefixes cannot contain braces). Built at its exact size: a handshake makes
+/// several (its script's keys, its channel), and `format!` would grow each once or twice.
 fn room_key(prefix: &str, kind: &str, room: &str) -> String {
-    format!("{prefix}{kind}:{{{room}}}")
+    let mut key = String::with_capacity(prefix.len() + kind.len() + room.len() + 3);
+    for part in [prefix, kind, ":{", room, "}"] {
+        key.push_str(part);
+    }
+    key
 }
 
 /// `{prefix}room:{{room}}`: the room's channel, in the room's hash slot (sharded pub/sub
@@ -598,7 +610,14 @@ async fn dispatch(
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{channel_room, redact, room_channel, room_key};
+
+    #[test]
+    fn room_names_carry_the_room_as_their_hash_tag() {
+        assert_eq!(room_key("sy:", "off", "order:1"), "sy:off:{order:1}");
+        assert_eq!(room_channel("p:", "user:u1"), "p:room:{user:u1}");
+        assert_eq!(channel_room("p:", "p:room:{user:u1}"), Some("user:u1"));
+    }
 
     #[test]
     fn passwords_are_not_logged() {

@@ -203,7 +203,7 @@ impl Session {
         }
         self.leave_fleet();
         self.ended = true;
-        metrics::counter!("switchyard_connections_closed_total", "code" => code.to_string())
+        metrics::counter!("switchyard_connections_closed_total", "code" => code_label(code))
             .increment(1);
         tracing::info!(
             conn = %self.conn_id,
@@ -542,7 +542,7 @@ impl Session {
         }
         // Kept as the hub holds it: the events' name (see `Joined::get_mut`).
         let room = self.shared.hub.join_shared(&room, &self.out).0;
-        metrics::gauge!("switchyard_subscriptions").increment(1.0);
+        self.shared.hub.counts.subscriptions.increment(1.0);
         if members_present(&room) {
             let sub = self.who.sub.as_arc();
             self.shared.presence.enter(&room, sub, self.who.role).await;
@@ -559,7 +559,7 @@ impl Session {
 
     fn leave_hub(&self, room: &Room) {
         if self.shared.hub.leave(room.as_str(), self.out.conn) {
-            metrics::gauge!("switchyard_subscriptions").decrement(1.0);
+            self.shared.hub.counts.subscriptions.decrement(1.0);
             if members_present(room) {
                 self.shared.presence.leave(room, self.who.sub.as_arc());
             }
@@ -636,6 +636,19 @@ async fn bounded<F: std::future::Future>(
         return Ok(done);
     }
     tokio::time::timeout(limit, write).await
+}
+
+/// `switchyard_connections_closed_total`'s `code` label: the codes of routine closes without an
+/// allocation (one per connection, issue #17), any other as its number.
+fn code_label(code: u16) -> Cow<'static, str> {
+    match code {
+        0 => Cow::Borrowed("0"),
+        1000 => Cow::Borrowed("1000"),
+        1001 => Cow::Borrowed("1001"),
+        4000 => Cow::Borrowed("4000"),
+        4001 => Cow::Borrowed("4001"),
+        code => Cow::Owned(code.to_string()),
+    }
 }
 
 /// After our close frame, reads (and drops) what the peer still sends until its close reply,

@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod chaos;
 pub mod cluster;
+pub mod gapless;
 pub mod process;
 pub mod pypi;
 pub mod redis_cluster;
